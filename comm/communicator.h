@@ -1,0 +1,50 @@
+// Communicator: the collectives monta uses, over one process group, with an MPI backend (host buffers)
+// and an NCCL backend (device buffers). Only the exchange strategies and the gradient reducer call these.
+#pragma once
+#include <memory>
+#include <span>
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace monta::comm {
+
+using engine::Tensor;
+
+enum class ReduceOp { sum, max };
+
+// A started collective; wait() blocks (MPI) or orders the caller's stream after it (NCCL).
+class Request {
+ public:
+  virtual ~Request() = default;
+  virtual void wait() = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const std::string& name() const = 0;  // "tp", "ep", ...
+
+  // In place; buf is f32, f64, i32 or i64 (bf16 too on NCCL).
+  virtual void all_reduce(Tensor buf, ReduceOp op) = 0;
+  // out holds size() blocks of in.numel() elements, in rank order.
+  virtual void all_gather(Tensor out, const Tensor& in) = 0;
+  // in holds size() blocks of out.numel() elements; out = reduction of block rank() over the group.
+  virtual void reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) = 0;
+  // Block j of in (in.numel()/size() elements) goes to rank j; block i of out comes from rank i.
+  virtual void all_to_all(Tensor out, const Tensor& in) = 0;
+  // Per-peer element counts; blocks packed in rank order in both buffers.
+  virtual void all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
+                            std::span<const int64_t> send_counts) = 0;
+  virtual void broadcast(Tensor buf, int root) = 0;
+  virtual void barrier() = 0;
+
+  // Asynchronous forms: start now, wait later (overlap with computation).
+  virtual std::unique_ptr<Request> all_reduce_async(Tensor buf, ReduceOp op) = 0;
+  virtual std::unique_ptr<Request> all_gather_async(Tensor out, const Tensor& in) = 0;
+  virtual std::unique_ptr<Request> all_to_all_async(Tensor out, const Tensor& in) = 0;
+};
+
+}  // namespace monta::comm

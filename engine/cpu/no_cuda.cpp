@@ -1,0 +1,15 @@
+// CPU-only builds: the CUDA seam reports "no GPU" and refuses device memory with a clear message.
+#include "engine/check.h"
+#include "engine/cuda_backend.h"
+
+namespace monta::engine::cudab {
+int device_count() { return 0; }
+void set_device(int) { fail_user("this build of monta has no CUDA backend; use --train.device cpu"); }
+void* alloc(size_t) { fail_user("this build of monta has no CUDA backend; use --train.device cpu"); }
+void free(void*) {}
+void copy(void*, bool, const void*, bool, size_t, Stream) { fail_user("this build of monta has no CUDA backend"); }
+void memset_zero(void*, size_t, Stream) { fail_user("this build of monta has no CUDA backend"); }
+void synchronize(Stream) {}
+Stream stream_create() { return nullptr; }
+void stream_destroy(Stream) {}
+}  // namespace monta::engine::cudab

@@ -1,0 +1,20 @@
+// The seam between host code and the CUDA backend: plain functions with no CUDA types, implemented in
+// engine/cuda/runtime.cu, or by engine/cpu/no_cuda.cpp (which fails with a clear message) in CPU-only builds.
+#pragma once
+#include <cstddef>
+
+#include "engine/tensor.h"
+
+namespace monta::engine::cudab {
+
+int device_count();  // 0 when built without CUDA or no GPU is visible
+void set_device(int index);
+void* alloc(size_t bytes);
+void free(void* p);
+void copy(void* dst, bool dst_dev, const void* src, bool src_dev, size_t bytes, Stream s);
+void memset_zero(void* p, size_t bytes, Stream s);
+void synchronize(Stream s);
+Stream stream_create();
+void stream_destroy(Stream s);
+
+}  // namespace monta::engine::cudab

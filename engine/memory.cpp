@@ -1,0 +1,108 @@
+// Host side of memory.h: arenas, and copies/fills that dispatch to the CUDA backend for device tensors.
+#include "engine/memory.h"
+
+#include <cstdlib>
+#include <cstring>
+
+#include "engine/check.h"
+#include "engine/cuda_backend.h"
+
+namespace monta::engine {
+
+bool cuda_available() { return cudab::device_count() > 0; }
+int cuda_device_count() { return cudab::device_count(); }
+void cuda_set_device(int index) { cudab::set_device(index); }
+
+void* device_alloc(Device d, size_t bytes) {
+  if (bytes == 0) bytes = 256;
+  if (d == Device::cuda) return cudab::alloc(bytes);
+  void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
+  MONTA_CHECK(p, "host allocation of " + std::to_string(bytes) + " bytes failed");
+  return p;
+}
+
+void device_free(Device d, void* p) {
+  if (!p) return;
+  if (d == Device::cuda)
+    cudab::free(p);
+  else
+    std::free(p);
+}
+
+void copy(Tensor dst, const Tensor& src, Stream s) {
+  MONTA_CHECK(dst.numel() == src.numel() && dst.dtype == src.dtype,
+              "copy " + src.str() + " -> " + dst.str() + ": sizes or dtypes differ");
+  if (dst.device == Device::cpu && src.device == Device::cpu) {
+    if (dst.data != src.data) std::memmove(dst.data, src.data, src.bytes());
+    return;
+  }
+  cudab::copy(dst.data, dst.device == Device::cuda, src.data, src.device == Device::cuda, src.bytes(), s);
+}
+
+void fill_zero(Tensor t, Stream s) {
+  if (t.device == Device::cpu)
+    std::memset(t.data, 0, t.bytes());
+  else
+    cudab::memset_zero(t.data, t.bytes(), s);
+}
+
+void sync_device(Device d, Stream s) {
+  if (d == Device::cuda) cudab::synchronize(s);
+}
+
+Tensor make_view(void* p, const std::vector<int64_t>& shape, DType t, Device d) {
+  MONTA_CHECK(shape.size() <= 4, "tensors have at most 4 dimensions");
+  Tensor v;
+  v.data = p;
+  v.dtype = t;
+  v.device = d;
+  v.ndim = int(shape.size());
+  for (size_t i = 0; i < shape.size(); ++i) v.shape[i] = shape[i];
+  return v;
+}
+
+Arena::Arena(std::string name, Device device, const std::vector<TensorSpec>& specs)
+    : name_(std::move(name)), device_(device) {
+  std::vector<size_t> offsets;
+  for (const auto& s : specs) {
+    int64_t n = 1;
+    for (int64_t v : s.shape) {
+      MONTA_CHECK(v >= 0, "arena " + name_ + ": negative dimension in " + s.name);
+      n *= v;
+    }
+    offsets.push_back(bytes_);
+    bytes_ += (size_t(n) * dtype_size(s.dtype) + 255) / 256 * 256;
+  }
+  base_ = device_alloc(device, bytes_);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    names_.push_back(specs[i].name);
+    tensors_.push_back(make_view(static_cast<char*>(base_) + offsets[i], specs[i].shape, specs[i].dtype, device));
+  }
+}
+
+Arena::~Arena() { device_free(device_, base_); }
+
+Arena::Arena(Arena&& o) noexcept { *this = std::move(o); }
+Arena& Arena::operator=(Arena&& o) noexcept {
+  if (this != &o) {
+    device_free(device_, base_);
+    name_ = std::move(o.name_);
+    device_ = o.device_;
+    base_ = o.base_;
+    bytes_ = o.bytes_;
+    names_ = std::move(o.names_);
+    tensors_ = std::move(o.tensors_);
+    o.base_ = nullptr;
+    o.bytes_ = 0;
+  }
+  return *this;
+}
+
+Tensor Arena::get(const std::string& name) const {
+  for (size_t i = 0; i < names_.size(); ++i)
+    if (names_[i] == name) return tensors_[i];
+  MONTA_CHECK(false, "arena " + name_ + " has no tensor " + name);
+  return {};
+}
+
+}  // namespace monta::engine

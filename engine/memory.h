@@ -1,0 +1,60 @@
+// Device memory and arenas: all memory of a run is carved from a few arenas sized up front from spec
+// tables (STYLE.md rule 5); copies, fills and the one named device->host sync live here too.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace monta::engine {
+
+bool cuda_available();   // a CUDA device is visible and the CUDA backend is built
+int cuda_device_count();
+void cuda_set_device(int index);
+
+void* device_alloc(Device d, size_t bytes);
+void device_free(Device d, void* p);
+// dst and src must have the same numel and dtype; any pair of devices.
+void copy(Tensor dst, const Tensor& src, Stream s = nullptr);
+void fill_zero(Tensor t, Stream s = nullptr);
+// The one named device->host sync point: waits for all work on the device (or stream) to finish.
+void sync_device(Device d, Stream s = nullptr);
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  DType dtype = DType::f32;
+};
+
+// One allocation, many named tensors (256-byte aligned). Not copyable; frees on destruction.
+class Arena {
+ public:
+  Arena() = default;
+  Arena(std::string name, Device device, const std::vector<TensorSpec>& specs);
+  ~Arena();
+  Arena(const Arena&) = delete;
+  Arena& operator=(const Arena&) = delete;
+  Arena(Arena&& o) noexcept;
+  Arena& operator=(Arena&& o) noexcept;
+
+  Tensor get(const std::string& name) const;
+  Tensor at(size_t i) const { return tensors_[i]; }
+  size_t count() const { return tensors_.size(); }
+  const std::string& name_of(size_t i) const { return names_[i]; }
+  size_t bytes() const { return bytes_; }
+  const std::string& name() const { return name_; }
+  Device device() const { return device_; }
+
+ private:
+  std::string name_;
+  Device device_ = Device::cpu;
+  void* base_ = nullptr;
+  size_t bytes_ = 0;
+  std::vector<std::string> names_;
+  std::vector<Tensor> tensors_;
+};
+
+// Tensor from shape vector.
+Tensor make_view(void* p, const std::vector<int64_t>& shape, DType t, Device d);
+
+}  // namespace monta::engine

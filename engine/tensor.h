@@ -1,0 +1,58 @@
+// Tensor: a non-owning view (pointer, shape, dtype, device) over memory carved from an arena.
+// Contiguous, row-major, up to 4 dimensions; every op takes views and dispatches on dtype and device.
+#pragma once
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+namespace monta::engine {
+
+enum class DType : uint8_t { f32, f64, bf16, i32, i64, u16, u32, u8 };
+enum class Device : uint8_t { cpu, cuda };
+
+size_t dtype_size(DType t);
+const char* dtype_name(DType t);
+const char* device_name(Device d);
+// Dtype of saved statistics (rstd, lse, ...) for activations of dtype t: f64 stays f64, all else f32.
+inline DType stat_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
+
+// bf16 on the host: storage and round-to-nearest-even conversion (CPU side of the CUDA path, tests).
+struct bf16_t {
+  uint16_t bits = 0;
+};
+float bf16_to_float(bf16_t v);
+bf16_t float_to_bf16(float f);
+
+// Opaque stream handle (cudaStream_t on the CUDA backend, ignored on the CPU).
+using Stream = void*;
+
+struct Tensor {
+  void* data = nullptr;
+  std::array<int64_t, 4> shape{0, 0, 0, 0};
+  int ndim = 0;
+  DType dtype = DType::f32;
+  Device device = Device::cpu;
+
+  Tensor() = default;
+  Tensor(void* p, std::initializer_list<int64_t> dims, DType t, Device d = Device::cpu);
+
+  bool empty() const { return data == nullptr; }
+  int64_t numel() const;
+  size_t bytes() const { return size_t(numel()) * dtype_size(dtype); }
+  int64_t dim(int i) const { return shape[size_t(i < 0 ? i + ndim : i)]; }
+  // Elements per index of dimension 0 (product of the remaining dims).
+  int64_t row_elems() const;
+  template <class T> T* as() const { return static_cast<T*>(data); }
+
+  // Same memory, new shape (numel must match).
+  Tensor view(std::initializer_list<int64_t> dims) const;
+  // Rows [begin, begin+count) of dimension 0.
+  Tensor rows(int64_t begin, int64_t count) const;
+  std::string str() const;  // "f32[4,8]@cpu"
+};
+
+bool same_shape(const Tensor& a, const Tensor& b);
+
+}  // namespace monta::engine
