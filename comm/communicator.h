@@ -29,7 +29,7 @@ class Communicator {
 
   // In place; buf is f32, f64, i32 or i64 (bf16 too on NCCL).
   virtual void all_reduce(Tensor buf, ReduceOp op) = 0;
-  // out holds size() blocks of in.numel() elements, in rank order.
+  // out holds size() blocks of in.numel() elements, in rank order. in may be out's own block rank() (in place).
   virtual void all_gather(Tensor out, const Tensor& in) = 0;
   // in holds size() blocks of out.numel() elements; out = reduction of block rank() over the group.
   virtual void reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) = 0;

@@ -1,0 +1,319 @@
+// `monta bench ops|layer`: per-op timings at 2x70B widths against ceilings measured in the same run (a large
+// bf16 GEMM, a large device copy), and one whole decoder layer forward+backward. Benchmarks, not tests:
+// they print a table and write JSON; correctness lives in the tests.
+#include <algorithm>
+#include <boost/program_options.hpp>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <functional>
+#include <iostream>
+#include <vector>
+
+#include "app/commands.h"
+#include "engine/check.h"
+#include "engine/log.h"
+#include "engine/memory.h"
+#include "engine/ops/adamw.h"
+#include "engine/ops/attention.h"
+#include "engine/ops/cross_entropy.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/linear.h"
+#include "engine/ops/moe_permute.h"
+#include "engine/ops/rmsnorm.h"
+#include "engine/ops/rope.h"
+#include "engine/ops/router.h"
+#include "engine/ops/swiglu.h"
+#include "model/model.h"
+
+namespace po = boost::program_options;
+
+namespace monta::app {
+
+using namespace monta::engine;
+
+namespace {
+
+struct Row {
+  std::string name, shape;
+  double ms = 0, tflops = 0, gbps = 0, flops = 0, bytes = 0;
+};
+
+// Owns device buffers for the benchmark; fills them with deterministic pseudo-random values (never zeros).
+class Buffers {
+ public:
+  explicit Buffers(Device d) : dev_(d) {}
+  ~Buffers() {
+    for (auto& [p, d] : owned_) device_free(d, p);
+  }
+  Tensor make(std::vector<int64_t> shape, DType t, double scale = 1.0) {
+    Tensor x = make_view(nullptr, shape, t, dev_);
+    x.data = device_alloc(dev_, x.bytes());
+    owned_.push_back({x.data, dev_});
+    fill(x, scale);
+    return x;
+  }
+  void fill(Tensor x, double scale) {
+    const int64_t n = x.numel();
+    uint64_t s = 0x9e3779b97f4a7c15ull ^ uint64_t(n) ^ (seed_++ * 0x2545F4914F6CDD1Dull);
+    auto next = [&] {
+      s ^= s << 13;
+      s ^= s >> 7;
+      s ^= s << 17;
+      return double(s >> 11) / 9007199254740992.0 * 2.0 - 1.0;
+    };
+    if (x.dtype == DType::i32) return;  // index tensors are filled by the ops that produce them
+    std::vector<float> host(static_cast<size_t>(n));
+    for (auto& v : host) v = float(next() * scale);
+    Tensor h(host.data(), {n}, DType::f32);
+    if (x.dtype == DType::f32) {
+      copy(x.view({n}), h);
+    } else {
+      std::vector<bf16_t> b(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) b[size_t(i)] = float_to_bf16(host[size_t(i)]);
+      copy(x.view({n}), Tensor(b.data(), {n}, DType::bf16));
+    }
+  }
+
+ private:
+  Device dev_;
+  uint64_t seed_ = 1;
+  std::vector<std::pair<void*, Device>> owned_;
+};
+
+double time_ms(Device d, int warmup, int iters, const std::function<void()>& fn) {
+  for (int i = 0; i < warmup; ++i) fn();
+  sync_device(d);
+  std::vector<double> samples;
+  for (int i = 0; i < iters; ++i) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    sync_device(d);
+    samples.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(samples.begin(), samples.end());
+  return samples[samples.size() / 2];  // median
+}
+
+void print_rows(const std::vector<Row>& rows, const std::string& json_path, const std::string& title,
+                const std::string& extra_json) {
+  log_info(title);
+  log_info(strf("%-28s %-34s %10s %10s %10s", "op", "shape", "ms", "TFLOP/s", "GB/s"));
+  for (auto& r : rows)
+    log_info(strf("%-28s %-34s %10.3f %10.1f %10.1f", r.name.c_str(), r.shape.c_str(), r.ms, r.tflops, r.gbps));
+  if (json_path.empty()) return;
+  std::ofstream out(json_path);
+  out << "{" << extra_json << "\"rows\": [\n";
+  for (size_t i = 0; i < rows.size(); ++i) {
+    auto& r = rows[i];
+    out << strf("  {\"op\": \"%s\", \"shape\": \"%s\", \"ms\": %.5f, \"tflops\": %.3f, \"gbps\": %.3f, \"flops\": %.6e, "
+                "\"bytes\": %.6e}%s\n",
+                r.name.c_str(), r.shape.c_str(), r.ms, r.tflops, r.gbps, r.flops, r.bytes, i + 1 < rows.size() ? "," : "");
+  }
+  out << "]}\n";
+  log_info("wrote " + json_path);
+}
+
+Row measure(Device d, int iters, const std::string& name, const std::string& shape, double flops, double bytes,
+            const std::function<void()>& fn) {
+  Row r{name, shape};
+  r.ms = time_ms(d, 2, iters, fn);
+  r.flops = flops;
+  r.bytes = bytes;
+  r.tflops = flops / (r.ms * 1e-3) / 1e12;
+  r.gbps = bytes / (r.ms * 1e-3) / 1e9;
+  return r;
+}
+
+int bench_ops(Device dev, int iters, const std::string& json, int64_t S) {
+  const int64_t H = 8192, A = 64, G = 8, D = 128, F = 28672, E = 2, V = 32000, N = S;
+  const int64_t C = N / E;  // top-1, capacity factor 1.0
+  const DType act = dev == Device::cuda ? DType::bf16 : DType::f32;
+  const double el = double(dtype_size(act));
+  Buffers B(dev);
+  std::vector<Row> rows;
+  // Ceilings: a large GEMM and a large device copy, measured in this run.
+  {
+    const int64_t M = dev == Device::cuda ? 8192 : 512;
+    Tensor a = B.make({M, M}, act), w = B.make({M, M}, act, 0.01), o = B.make({M, M}, act);
+    rows.push_back(measure(dev, iters, "ceiling: GEMM", strf("%ldx%ldx%ld", M, M, M), 2.0 * M * M * M, 3.0 * M * M * el,
+                           [&] { linear_forward(o, a, w); }));
+    const int64_t n = dev == Device::cuda ? (int64_t(1) << 29) : (int64_t(1) << 24);
+    Tensor src = B.make({n}, DType::bf16), dst = B.make({n}, DType::bf16);
+    rows.push_back(measure(dev, iters, "ceiling: device copy", strf("%ld MiB", n * 2 >> 20), 0, 2.0 * double(n) * 2,
+                           [&] { copy(dst, src); }));
+  }
+  Tensor x = B.make({N, H}, act), y = B.make({N, H}, act), dy = B.make({N, H}, act), dx = B.make({N, H}, act);
+  Tensor wn = B.make({H}, act), dwn = B.make({H}, DType::f32), rstd = B.make({N}, DType::f32);
+  rows.push_back(measure(dev, iters, "rmsnorm fwd", strf("N%ld H%ld", N, H), 0, 2.0 * N * H * el,
+                         [&] { rmsnorm_forward(y, rstd, x, wn, 1e-5f); }));
+  rows.push_back(measure(dev, iters, "rmsnorm bwd", strf("N%ld H%ld", N, H), 0, 3.0 * N * H * el,
+                         [&] { rmsnorm_backward(dx, dwn, dy, x, wn, rstd); }));
+  Tensor wq = B.make({A * D, H}, act, 0.01), dwq = B.make({A * D, H}, DType::f32), q = B.make({N, A * D}, act);
+  rows.push_back(measure(dev, iters, "linear fwd (wq)", strf("%ldx%ldx%ld", N, A * D, H), 2.0 * N * A * D * H,
+                         el * (N * H + A * D * H + N * A * D), [&] { linear_forward(q, x, wq); }));
+  rows.push_back(measure(dev, iters, "linear bwd (wq)", strf("%ldx%ldx%ld", N, A * D, H), 4.0 * N * A * D * H,
+                         el * (2 * N * H + A * D * H + N * A * D) + 8.0 * A * D * H,
+                         [&] { linear_backward(dx, dwq, q, x, wq); }));
+  Tensor k = B.make({N, G * D}, act), v = B.make({N, G * D}, act), o = B.make({N, A * D}, act);
+  Tensor lse = B.make({1, A, S}, DType::f32), dq = B.make({N, A * D}, act), dk = B.make({N, G * D}, act),
+         dv = B.make({N, G * D}, act), dout = B.make({N, A * D}, act);
+  Tensor q4 = q.view({1, S, A, D}), k4 = k.view({1, S, G, D}), v4 = v.view({1, S, G, D}), o4 = o.view({1, S, A, D});
+  rows.push_back(measure(dev, iters, "rope fwd (q)", strf("S%ld A%ld D%ld", S, A, D), 0, 2.0 * N * A * D * el,
+                         [&] { rope_forward(q4, q4, 10000.f); }));
+  const double attn_fwd = 2.0 * double(S) * double(S) * double(A * D);
+  rows.push_back(measure(dev, iters, "attention fwd", strf("S%ld A%ld G%ld D%ld causal", S, A, G, D), attn_fwd,
+                         el * (2 * N * A * D + 2 * N * G * D), [&] { attention_forward(o4, lse, q4, k4, v4); }));
+  rows.push_back(measure(dev, iters, "attention bwd", strf("S%ld A%ld G%ld D%ld causal", S, A, G, D), 2.5 * attn_fwd,
+                         el * (4 * N * A * D + 4 * N * G * D), [&] {
+                           attention_backward(dq.view({1, S, A, D}), dk.view({1, S, G, D}), dv.view({1, S, G, D}),
+                                              dout.view({1, S, A, D}), q4, k4, v4, o4, lse);
+                         }));
+  // MoE pieces, top-1 of 2 experts.
+  Tensor wr = B.make({E, H}, act, 0.01), rl = B.make({N, E}, act), probs = B.make({N, E}, act);
+  Tensor idx = B.make({N, 1}, DType::i32), slot = B.make({N, 1}, DType::i32), counts = B.make({E}, DType::i32);
+  Tensor wgt = B.make({N, 1}, act);
+  linear_forward(rl, x, wr);
+  softmax_forward(probs, rl);
+  rows.push_back(measure(dev, iters, "router softmax+top-k+capacity", strf("N%ld E%ld C%ld", N, E, C), 0,
+                         el * 2 * N * E, [&] {
+                           softmax_forward(probs, rl);
+                           router_topk_assign(idx, slot, counts, probs, C);
+                           topk_weights_forward(wgt, probs, idx);
+                         }));
+  Tensor buf = B.make({E, C, H}, act), gate = B.make({E, C, F}, act), up = B.make({E, C, F}, act),
+         actv = B.make({E, C, F}, act), eo = B.make({E, C, H}, act);
+  Tensor wg = B.make({E, F, H}, act, 0.01), wd = B.make({E, H, F}, act, 0.01), dwg = B.make({E, F, H}, DType::f32);
+  rows.push_back(measure(dev, iters, "moe dispatch fwd", strf("N%ld -> E%ld C%ld H%ld", N, E, C, H), 0, 2.0 * N * H * el,
+                         [&] { moe_dispatch_forward(buf, x, idx, slot); }));
+  rows.push_back(measure(dev, iters, "moe combine fwd", strf("E%ld C%ld H%ld -> N%ld", E, C, H, N), 0, 2.0 * N * H * el,
+                         [&] { moe_combine_forward(y, eo, wgt, idx, slot); }));
+  rows.push_back(measure(dev, iters, "expert gemm fwd (gate)", strf("E%ld %ldx%ldx%ld", E, C, F, H), 2.0 * E * C * F * H,
+                         el * E * (C * H + F * H + C * F), [&] { expert_linear_forward(gate, buf, wg); }));
+  rows.push_back(measure(dev, iters, "expert gemm bwd (gate)", strf("E%ld %ldx%ldx%ld", E, C, F, H), 4.0 * E * C * F * H,
+                         el * E * (2 * C * H + F * H + C * F) + 8.0 * E * F * H,
+                         [&] { expert_linear_backward(buf, dwg, gate, buf, wg); }));
+  rows.push_back(measure(dev, iters, "expert gemm fwd (down)", strf("E%ld %ldx%ldx%ld", E, C, H, F), 2.0 * E * C * F * H,
+                         el * E * (C * H + F * H + C * F), [&] { expert_linear_forward(eo, actv, wd); }));
+  rows.push_back(measure(dev, iters, "swiglu fwd", strf("E%ld C%ld F%ld", E, C, F), 0, 3.0 * E * C * F * el,
+                         [&] { swiglu_forward(actv, gate, up); }));
+  rows.push_back(measure(dev, iters, "swiglu bwd", strf("E%ld C%ld F%ld", E, C, F), 0, 5.0 * E * C * F * el,
+                         [&] { swiglu_backward(gate, up, actv, gate, up); }));
+  // LM head + cross-entropy.
+  Tensor logits = B.make({N, V}, act), dlogits = B.make({N, V}, act), tg = B.make({N}, DType::i32);
+  {
+    std::vector<int32_t> t(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) t[size_t(i)] = int32_t((i * 7919) % V);
+    copy(tg, Tensor(t.data(), {N}, DType::i32));
+  }
+  Tensor rm = B.make({N}, DType::f32), se = B.make({N}, DType::f32), tl = B.make({N}, DType::f32),
+         ls = B.make({N}, DType::f32), lo = B.make({N}, DType::f32);
+  rows.push_back(measure(dev, iters, "cross-entropy fwd", strf("N%ld V%ld", N, V), 0, 2.0 * N * V * el, [&] {
+    logits_rowmax(rm, logits);
+    cross_entropy_partial(se, tl, logits, rm, tg, 0);
+    cross_entropy_finish(lo, ls, se, rm, tl, tg);
+  }));
+  rows.push_back(measure(dev, iters, "cross-entropy bwd", strf("N%ld V%ld", N, V), 0, 2.0 * N * V * el,
+                         [&] { cross_entropy_backward(dlogits, logits, tg, ls, 0, 1.0f / float(N)); }));
+  // AdamW over one FFN weight's worth of parameters (fp32 param, grad, m, v + bf16 copy).
+  const int64_t P = F * H;
+  Tensor pm = B.make({P}, DType::f32, 0.02), pg = B.make({P}, DType::f32, 1e-3), m1 = B.make({P}, DType::f32, 1e-4),
+         m2 = B.make({P}, DType::f32, 1e-8), plp = B.make({P}, DType::bf16);
+  fill_zero(m2);
+  AdamWArgs aw;
+  rows.push_back(measure(dev, iters, "adamw", strf("%ld params", P), 0, double(P) * (4 * 4 + 4 * 3 + 2),
+                         [&] { adamw_step(pm, m1, m2, dev == Device::cuda ? plp : Tensor(), pg, aw); }));
+  const double gemm = rows[0].tflops, bw = rows[1].gbps;
+  print_rows(rows, json, strf("monta bench ops (%s, median of %d; ceilings: GEMM %.1f TFLOP/s, copy %.1f GB/s)",
+                              device_name(dev), iters, gemm, bw),
+             strf("\"device\": \"%s\", \"gemm_tflops\": %.3f, \"copy_gbps\": %.3f, ", device_name(dev), gemm, bw));
+  for (auto& r : rows)
+    if (r.name.rfind("ceiling", 0) != 0)
+      log_info(strf("  %-28s %5.1f%% of GEMM ceiling, %5.1f%% of copy ceiling", r.name.c_str(),
+                    r.flops > 0 ? 100.0 * r.tflops / gemm : 0.0, 100.0 * r.gbps / bw));
+  return 0;
+}
+
+int bench_layer(Device dev, int iters, const std::string& json, int64_t S) {
+  model::ModelConfig m;
+  m.vocab = 32000;
+  m.hidden = 8192;
+  m.layers = 1;
+  m.heads = 64;
+  m.kv_heads = 8;
+  m.ffn = 28672;
+  m.experts = 2;
+  m.top_k = 1;
+  m.seq_len = S;
+  m.capacity_factor = 1.0;
+  model::ParallelContext par;
+  const DType act = dev == Device::cuda ? DType::bf16 : DType::f32;
+  model::ParamStore params(m, par, dev, DType::f32, act);
+  params.init(1);
+  model::Shapes s = model::Shapes::make(m, 1, 1, 1, 1, true);
+  model::Model model(m, s, par, params, act);
+  std::vector<int32_t> tok(static_cast<size_t>(s.N)), tgt(static_cast<size_t>(s.N));
+  for (int64_t i = 0; i < s.N; ++i) {
+    tok[size_t(i)] = int32_t((i * 7919 + 13) % m.vocab);
+    tgt[size_t(i)] = int32_t((i * 104729 + 7) % m.vocab);
+  }
+  // Ceiling measured in the same run.
+  Buffers B(dev);
+  const int64_t M = dev == Device::cuda ? 8192 : 512;
+  Tensor a = B.make({M, M}, act), w = B.make({M, M}, act, 0.01), o = B.make({M, M}, act);
+  double gemm_ms = time_ms(dev, 2, iters, [&] { linear_forward(o, a, w); });
+  double gemm_tflops = 2.0 * M * M * M / (gemm_ms * 1e-3) / 1e12;
+  model.forward(tok.data(), tgt.data());  // real activations for the layer to start from
+  double layer_ms = time_ms(dev, 1, iters, [&] { model.bench_layer(0); });
+  // Model FLOPs of one layer, forward + backward (3x forward for GEMMs; attention backward 2.5x forward).
+  const double N = double(s.N), H = double(s.H), D = double(s.D);
+  const double proj = 2.0 * N * H * (2.0 * double(s.A) * D + 2.0 * double(s.G) * D);
+  const double experts = 2.0 * N * double(m.top_k) * 3.0 * H * double(m.ffn) + 2.0 * N * H * double(s.E);
+  const double attn = 2.0 * double(S) * double(S) * H;
+  const double flops = 3.0 * (proj + experts) + 3.5 * attn;
+  double tflops = flops / (layer_ms * 1e-3) / 1e12;
+  std::vector<Row> rows;
+  rows.push_back({"ceiling: GEMM", strf("%ldx%ldx%ld", M, M, M), gemm_ms, gemm_tflops, 0, 2.0 * M * M * M, 0});
+  rows.push_back({"2x70B layer fwd+bwd", strf("S%ld H8192 F28672 E2 top1", S), layer_ms, tflops, 0, flops, 0});
+  print_rows(rows, json, strf("monta bench layer (%s, median of %d): %.1f%% of the GEMM ceiling", device_name(dev), iters,
+                              100.0 * tflops / gemm_tflops),
+             strf("\"device\": \"%s\", \"gemm_tflops\": %.3f, \"layer_tflops\": %.3f, \"fraction_of_gemm\": %.4f, ",
+                  device_name(dev), gemm_tflops, tflops, tflops / gemm_tflops));
+  return 0;
+}
+
+}  // namespace
+
+int cmd_bench(int argc, char** argv) {
+  std::string what, json, device = "auto";
+  int iters = 10;
+  int64_t seq = 8192;
+  po::options_description desc("monta bench ops|layer options");
+  desc.add_options()("help,h", "print this help")("what", po::value<std::string>(&what), "ops | layer")(
+      "json", po::value<std::string>(&json), "write the results as JSON here")(
+      "iters", po::value<int>(&iters)->default_value(10), "timed iterations (median reported)")(
+      "seq", po::value<int64_t>(&seq)->default_value(8192), "sequence length (tokens of the micro-batch)")(
+      "device", po::value<std::string>(&device)->default_value("auto"), "auto | cpu | cuda");
+  po::positional_options_description pos;
+  pos.add("what", 1);
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).positional(pos).run(), vm);
+    po::notify(vm);
+  } catch (const po::error& e) {
+    fail_user(std::string("bad option: ") + e.what() + " (see `monta bench --help`)");
+  }
+  if (vm.count("help") || what.empty()) {
+    std::cout << desc << "\n";
+    return what.empty() && !vm.count("help") ? 2 : 0;
+  }
+  MONTA_USER_CHECK(iters > 0 && seq > 0, "--iters and --seq must be positive");
+  Device dev = device == "cpu" ? Device::cpu : (cuda_available() ? Device::cuda : Device::cpu);
+  MONTA_USER_CHECK(device != "cuda" || dev == Device::cuda, "--device cuda but no CUDA device is visible");
+  if (dev == Device::cuda) cuda_set_device(0);
+  if (what == "ops") return bench_ops(dev, iters, json, seq);
+  if (what == "layer") return bench_layer(dev, iters, json, seq);
+  fail_user("unknown benchmark '" + what + "' (choose ops or layer)");
+}
+
+}  // namespace monta::app

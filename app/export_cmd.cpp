@@ -1,0 +1,36 @@
+// `monta export`: one HDF5 file of full logical tensors from a sharded checkpoint (any layout).
+#include <boost/program_options.hpp>
+#include <iostream>
+
+#include "app/commands.h"
+#include "engine/check.h"
+#include "engine/log.h"
+#include "model/checkpoint.h"
+
+namespace po = boost::program_options;
+
+namespace monta::app {
+
+int cmd_export(int argc, char** argv) {
+  std::string dir, out;
+  po::options_description desc("monta export options");
+  desc.add_options()("help,h", "print this help")("checkpoint", po::value<std::string>(&dir)->required(),
+                                                  "checkpoint directory (run_dir/checkpoints/step_N)")(
+      "out", po::value<std::string>(&out)->required(), "output HDF5 file");
+  po::variables_map vm;
+  try {
+    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
+    if (vm.count("help")) {
+      std::cout << desc << "\n";
+      return 0;
+    }
+    po::notify(vm);
+  } catch (const po::error& e) {
+    engine::fail_user(std::string("bad option: ") + e.what() + " (see `monta export --help`)");
+  }
+  model::ckpt_export(dir, out);
+  engine::log_info("wrote " + out);
+  return 0;
+}
+
+}  // namespace monta::app

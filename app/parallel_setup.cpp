@@ -1,0 +1,55 @@
+// Parallel setup: the config is validated against the world size before any group or buffer exists.
+#include "app/parallel_setup.h"
+
+#include "comm/runtime.h"
+#include "comm/topology.h"
+#include "engine/check.h"
+#include "engine/memory.h"
+#include "model/shapes.h"
+
+namespace monta::app {
+
+ParallelSetup setup_parallel(const model::Config& c) {
+  ParallelSetup ps;
+  const int world = comm::runtime_world_size();
+  model::validate(c, world);
+  const auto& m = c.model;
+  comm::Layout layout = comm::make_layout(world, c.parallel.tp, c.parallel.ep, c.parallel.expert_tp, int(m.experts),
+                                          int(m.heads), int(m.kv_heads), m.vocab, m.ffn);
+  comm::Topology topo = comm::discover_topology(c.comm.emulate_nodes);
+  ps.local_rank = comm::runtime_local_rank();
+  ps.groups = std::make_unique<comm::ProcessGroups>(layout, topo);
+  ps.layout_table = ps.groups->layout_table();
+  auto& g = *ps.groups;
+  auto coords = g.coords();
+  auto& x = ps.ctx;
+  x.tp = layout.tp;
+  x.tp_rank = coords.tp_idx;
+  x.ep = layout.ep;
+  x.ep_rank = coords.ep_idx;
+  x.dp = layout.dp;
+  x.dp_rank = coords.dp_idx;
+  x.expert_dp = layout.expert_dp;
+  x.expert_dp_rank = coords.expert_dp_idx;
+  x.expert_tp = c.parallel.expert_tp;
+  x.world = &g.world();
+  x.tp_comm = &g.tp();
+  x.dp_comm = &g.dp();
+  x.ep_comm = &g.ep();
+  x.expert_dp_comm = &g.expert_dp();
+  return ps;
+}
+
+void attach_exchange(ParallelSetup& ps, const model::Config& c, engine::Device device, engine::DType act) {
+  if (ps.ctx.ep <= 1) return;  // no all-to-all: the dispatch buffer is the experts' input
+  MONTA_USER_CHECK(device == engine::Device::cpu,
+                   "expert parallelism on GPUs needs the NCCL communicator, which this build does not have yet; "
+                   "use --train.device cpu");
+  model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, ps.ctx.tp, ps.ctx.ep, ps.ctx.dp, ps.ctx.expert_tp);
+  comm::ExchangeShape shape{s.E, s.C, s.H};
+  ps.exchange = comm::make_exchange(comm::parse_exchange_kind(c.comm.exchange), *ps.ctx.tp_comm, *ps.ctx.ep_comm,
+                                    shape, act, device);
+  ps.ctx.exchange = ps.exchange.get();
+}
+
+}  // namespace monta::app

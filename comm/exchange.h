@@ -1,0 +1,56 @@
+// The MoE token exchange: moves the (E, C, H) dispatch buffer of one MoE layer to the EP ranks that own each
+// expert and back. Strategies differ only in how the bytes travel; all give bit-identical results.
+#pragma once
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "comm/communicator.h"
+#include "engine/tensor.h"
+
+namespace monta::comm {
+
+enum class ExchangeKind { duplicate, drop_gather };
+// "duplicate" or "drop_gather"; anything else is a user error listing the valid names.
+ExchangeKind parse_exchange_kind(const std::string& name);
+const char* exchange_kind_name(ExchangeKind k);
+
+struct ExchangeShape {
+  int64_t experts = 0, capacity = 0, hidden = 0;  // E, C, H of the dispatch buffer
+};
+
+// What the last dispatch/combine cost this rank: bytes it sent to other ranks (its own block excluded, padding
+// included) over the EP all-to-all and over the TP all-gather, and the wall time of the call.
+struct ExchangeStats {
+  int64_t ep_bytes = 0, tp_bytes = 0;
+  double seconds = 0;
+};
+
+// EP group of size e, E_l = E / e local experts; EP rank p owns global experts [p*E_l, (p+1)*E_l).
+// Both calls are collective over the TP and EP groups and need every rank of both to call them.
+//
+// Gradients: dispatch and combine are inverse permutations of slots, so each is the other's backward:
+//   backward of dispatch: dx = combine(dy)       backward of combine: dz = dispatch(dout)
+// (activation gradients, overwritten, STYLE.md rule 3). There is no separate backward entry point.
+class Exchange {
+ public:
+  virtual ~Exchange() = default;
+  // x (E, C, H), identical on every TP rank -> y (E_l, e*C, H), identical on every TP rank:
+  // y[j, p*C + c, :] = x_p[my_ep_rank*E_l + j, c, :], x_p the input of EP peer p. y must not alias x.
+  virtual void dispatch(Tensor y, const Tensor& x) = 0;
+  // The inverse permutation: z (E_l, e*C, H), identical on every TP rank -> out (E, C, H), identical on every
+  // TP rank: out[p*E_l + j, c, :] = z_p[j, my_ep_rank*C + c, :]. out must not alias z.
+  virtual void combine(Tensor out, const Tensor& z) = 0;
+  virtual ExchangeStats last_stats() const = 0;
+  virtual ExchangeKind kind() const = 0;
+};
+
+// duplicate:   every TP rank runs the whole all-to-all over EP (the DeepSpeed baseline).
+// drop_gather: TP rank r sends only capacity slice r (balanced shard of C over t, padded to ceil(C/t) for the
+//              equal-count all-gather), all-to-all over EP, then all-gather over TP and reorder; combine is the
+//              same in reverse. Staging buffers come from one arena allocated here, never per call; reorders use
+//              engine::copy, so device buffers work with a device communicator.
+std::unique_ptr<Exchange> make_exchange(ExchangeKind kind, Communicator& tp, Communicator& ep, ExchangeShape shape,
+                                        engine::DType dtype, engine::Device device);
+
+}  // namespace monta::comm

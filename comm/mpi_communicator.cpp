@@ -1,0 +1,201 @@
+// MPI backend of Communicator: host buffers, byte-typed data movement, typed reductions, non-blocking forms.
+#include "comm/mpi_communicator.h"
+
+#include <climits>
+#include <vector>
+
+#include "engine/check.h"
+
+namespace monta::comm {
+namespace {
+
+using engine::DType;
+
+MPI_Datatype reduce_type(const Tensor& t, const std::string& who) {
+  switch (t.dtype) {
+    case DType::f32: return MPI_FLOAT;
+    case DType::f64: return MPI_DOUBLE;
+    case DType::i32: return MPI_INT32_T;
+    case DType::i64: return MPI_INT64_T;
+    default: break;
+  }
+  MONTA_CHECK(false, who + ": MPI reductions take f32, f64, i32 or i64, not " + t.str());
+  return MPI_DATATYPE_NULL;
+}
+
+MPI_Op mpi_op(ReduceOp op) { return op == ReduceOp::sum ? MPI_SUM : MPI_MAX; }
+
+// MPI counts are int; Open MPI 4 has no big-count calls, so a larger message is a loud error, not a wrap.
+int as_count(int64_t n, const std::string& who) {
+  MONTA_CHECK(n >= 0 && n <= INT_MAX, who + ": count " + std::to_string(n) + " exceeds MPI's int range");
+  return int(n);
+}
+
+void check_host(const Tensor& t, const std::string& who) {
+  MONTA_CHECK(t.device == engine::Device::cpu, who + ": the MPI communicator takes host buffers, not " + t.str());
+  MONTA_CHECK(t.data != nullptr || t.numel() == 0, who + ": null buffer " + t.str());
+}
+
+void check_same_dtype(const Tensor& a, const Tensor& b, const std::string& who) {
+  MONTA_CHECK(a.dtype == b.dtype, who + ": dtypes differ, " + a.str() + " vs " + b.str());
+}
+
+class MpiRequest final : public Request {
+ public:
+  explicit MpiRequest(MPI_Request r) : req_(r) {}
+  ~MpiRequest() override {
+    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+  }
+  void wait() override {
+    if (req_ != MPI_REQUEST_NULL) MPI_CHECK(MPI_Wait(&req_, MPI_STATUS_IGNORE));
+  }
+
+ private:
+  MPI_Request req_;
+};
+
+// In-place all-gather: in is exactly out's own block.
+bool gather_in_place(const Tensor& out, const Tensor& in, int rank) {
+  return in.data == static_cast<const char*>(out.data) + size_t(rank) * in.bytes();
+}
+
+}  // namespace
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm, std::string name) : comm_(comm), name_(std::move(name)) {
+  MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+  MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  int same_world = MPI_UNEQUAL, same_self = MPI_UNEQUAL;
+  MPI_Comm_compare(comm_, MPI_COMM_WORLD, &same_world);
+  MPI_Comm_compare(comm_, MPI_COMM_SELF, &same_self);
+  owned_ = !(same_world == MPI_IDENT || same_self == MPI_IDENT);
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int fin = 0;
+  MPI_Finalized(&fin);
+  if (owned_ && !fin) MPI_Comm_free(&comm_);
+}
+
+std::unique_ptr<MpiCommunicator> MpiCommunicator::split(MPI_Comm parent, int color, int key, std::string name) {
+  MPI_Comm c;
+  MPI_CHECK(MPI_Comm_split(parent, color, key, &c));
+  return std::make_unique<MpiCommunicator>(c, std::move(name));
+}
+
+void MpiCommunicator::all_reduce(Tensor buf, ReduceOp op) {
+  const std::string who = name_ + " all_reduce";
+  check_host(buf, who);
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf.data, as_count(buf.numel(), who), reduce_type(buf, who), mpi_op(op), comm_));
+}
+
+void MpiCommunicator::all_gather(Tensor out, const Tensor& in) {
+  const std::string who = name_ + " all_gather";
+  check_host(out, who);
+  check_host(in, who);
+  check_same_dtype(out, in, who);
+  MONTA_CHECK(out.numel() == int64_t(size_) * in.numel(),
+              who + ": out " + out.str() + " must hold " + std::to_string(size_) + " blocks of in " + in.str());
+  const int n = as_count(int64_t(in.bytes()), who);
+  const void* send = gather_in_place(out, in, rank_) ? MPI_IN_PLACE : in.data;
+  MPI_CHECK(MPI_Allgather(send, n, MPI_BYTE, out.data, n, MPI_BYTE, comm_));
+}
+
+void MpiCommunicator::reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) {
+  const std::string who = name_ + " reduce_scatter";
+  check_host(out, who);
+  check_host(in, who);
+  check_same_dtype(out, in, who);
+  MONTA_CHECK(in.numel() == int64_t(size_) * out.numel(),
+              who + ": in " + in.str() + " must hold " + std::to_string(size_) + " blocks of out " + out.str());
+  MPI_CHECK(MPI_Reduce_scatter_block(in.data, out.data, as_count(out.numel(), who), reduce_type(out, who), mpi_op(op),
+                                     comm_));
+}
+
+void MpiCommunicator::all_to_all(Tensor out, const Tensor& in) {
+  const std::string who = name_ + " all_to_all";
+  check_host(out, who);
+  check_host(in, who);
+  check_same_dtype(out, in, who);
+  MONTA_CHECK(out.numel() == in.numel() && in.numel() % size_ == 0,
+              who + ": in " + in.str() + " and out " + out.str() + " must be equal and divide into " +
+                  std::to_string(size_) + " blocks");
+  MONTA_CHECK(in.data != out.data || in.numel() == 0, who + ": in and out must not alias");
+  const int n = as_count(int64_t(in.bytes()) / size_, who);
+  MPI_CHECK(MPI_Alltoall(in.data, n, MPI_BYTE, out.data, n, MPI_BYTE, comm_));
+}
+
+void MpiCommunicator::all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
+                                   std::span<const int64_t> send_counts) {
+  const std::string who = name_ + " all_to_all_v";
+  check_host(out, who);
+  check_host(in, who);
+  check_same_dtype(out, in, who);
+  MONTA_CHECK(recv_counts.size() == size_t(size_) && send_counts.size() == size_t(size_),
+              who + ": need " + std::to_string(size_) + " send and receive counts");
+  const int64_t es = int64_t(engine::dtype_size(in.dtype));
+  const size_t np = size_t(size_);
+  std::vector<int> sc(np), sd(np), rc(np), rd(np);
+  int64_t soff = 0, roff = 0;
+  for (size_t i = 0; i < size_t(size_); ++i) {
+    MONTA_CHECK(send_counts[i] >= 0 && recv_counts[i] >= 0, who + ": negative count");
+    sc[i] = as_count(send_counts[i] * es, who);
+    rc[i] = as_count(recv_counts[i] * es, who);
+    sd[i] = as_count(soff * es, who);
+    rd[i] = as_count(roff * es, who);
+    soff += send_counts[i];
+    roff += recv_counts[i];
+  }
+  MONTA_CHECK(soff <= in.numel() && roff <= out.numel(),
+              who + ": counts sum to " + std::to_string(soff) + " sent / " + std::to_string(roff) +
+                  " received elements, more than in " + in.str() + " / out " + out.str());
+  MPI_CHECK(MPI_Alltoallv(in.data, sc.data(), sd.data(), MPI_BYTE, out.data, rc.data(), rd.data(), MPI_BYTE, comm_));
+}
+
+void MpiCommunicator::broadcast(Tensor buf, int root) {
+  const std::string who = name_ + " broadcast";
+  check_host(buf, who);
+  MONTA_CHECK(root >= 0 && root < size_, who + ": root " + std::to_string(root) + " out of range");
+  MPI_CHECK(MPI_Bcast(buf.data, as_count(int64_t(buf.bytes()), who), MPI_BYTE, root, comm_));
+}
+
+void MpiCommunicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
+
+std::unique_ptr<Request> MpiCommunicator::all_reduce_async(Tensor buf, ReduceOp op) {
+  const std::string who = name_ + " all_reduce_async";
+  check_host(buf, who);
+  MPI_Request r;
+  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, buf.data, as_count(buf.numel(), who), reduce_type(buf, who), mpi_op(op), comm_,
+                           &r));
+  return std::make_unique<MpiRequest>(r);
+}
+
+std::unique_ptr<Request> MpiCommunicator::all_gather_async(Tensor out, const Tensor& in) {
+  const std::string who = name_ + " all_gather_async";
+  check_host(out, who);
+  check_host(in, who);
+  check_same_dtype(out, in, who);
+  MONTA_CHECK(out.numel() == int64_t(size_) * in.numel(),
+              who + ": out " + out.str() + " must hold " + std::to_string(size_) + " blocks of in " + in.str());
+  const int n = as_count(int64_t(in.bytes()), who);
+  const void* send = gather_in_place(out, in, rank_) ? MPI_IN_PLACE : in.data;
+  MPI_Request r;
+  MPI_CHECK(MPI_Iallgather(send, n, MPI_BYTE, out.data, n, MPI_BYTE, comm_, &r));
+  return std::make_unique<MpiRequest>(r);
+}
+
+std::unique_ptr<Request> MpiCommunicator::all_to_all_async(Tensor out, const Tensor& in) {
+  const std::string who = name_ + " all_to_all_async";
+  check_host(out, who);
+  check_host(in, who);
+  check_same_dtype(out, in, who);
+  MONTA_CHECK(out.numel() == in.numel() && in.numel() % size_ == 0,
+              who + ": in " + in.str() + " and out " + out.str() + " must be equal and divide into " +
+                  std::to_string(size_) + " blocks");
+  MONTA_CHECK(in.data != out.data || in.numel() == 0, who + ": in and out must not alias");
+  const int n = as_count(int64_t(in.bytes()) / size_, who);
+  MPI_Request r;
+  MPI_CHECK(MPI_Ialltoall(in.data, n, MPI_BYTE, out.data, n, MPI_BYTE, comm_, &r));
+  return std::make_unique<MpiRequest>(r);
+}
+
+}  // namespace monta::comm

@@ -1,0 +1,123 @@
+// Internal helpers shared by the CUDA op files: stream cast, launch checks, argument checks, bf16/f32
+// element access, block reductions, and the per-device cuBLASLt handle and per-stream scratch.
+#pragma once
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstdint>
+#include <string>
+
+#include "engine/check.h"
+#include "engine/tensor.h"
+
+namespace monta::engine::cuda {
+
+using bf16 = __nv_bfloat16;
+
+inline cudaStream_t stream_of(Stream s) { return static_cast<cudaStream_t>(s); }
+
+// Every launch is followed by this: a bad configuration surfaces at the launch, not at the next sync.
+#define MONTA_LAUNCH_CHECK() CUDA_CHECK(cudaGetLastError())
+
+inline unsigned grid_1d(int64_t n, int threads, int64_t max_blocks = 2147483647LL) {
+  int64_t b = (n + threads - 1) / threads;
+  if (b < 1) b = 1;
+  if (b > max_blocks) b = max_blocks;
+  return unsigned(b);
+}
+
+// ---- argument checks (host) ----
+inline void need_cuda(const Tensor& t, const char* op, const char* name) {
+  MONTA_CHECK(t.device == Device::cuda && t.data != nullptr,
+              std::string(op) + ": " + name + " must be a non-empty CUDA tensor, got " + t.str());
+}
+inline void need_float(const Tensor& t, const char* op, const char* name) {
+  need_cuda(t, op, name);
+  MONTA_CHECK(t.dtype == DType::f32 || t.dtype == DType::bf16,
+              std::string(op) + ": " + name + " must be f32 or bf16 on CUDA, got " + t.str());
+}
+inline void need_dtype(const Tensor& t, DType d, const char* op, const char* name) {
+  need_cuda(t, op, name);
+  MONTA_CHECK(t.dtype == d, std::string(op) + ": " + name + " must be " + dtype_name(d) + ", got " + t.str());
+}
+inline void need_numel(const Tensor& t, int64_t n, const char* op, const char* name) {
+  MONTA_CHECK(t.numel() == n, std::string(op) + ": " + name + " " + t.str() + " must have " + std::to_string(n) +
+                                  " elements");
+}
+
+// ---- element access ----
+// Typed (templated kernels) ...
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bf16 x) { return __bfloat162float(x); }
+template <class T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 from_f<bf16>(float x) { return __float2bfloat16_rn(x); }
+
+// ... and by run-time dtype flag (small or secondary tensors; the branch is uniform across the grid).
+__device__ __forceinline__ float ld(const void* p, int64_t i, bool is_bf16) {
+  return is_bf16 ? __bfloat162float(static_cast<const bf16*>(p)[i]) : static_cast<const float*>(p)[i];
+}
+__device__ __forceinline__ void st(void* p, int64_t i, bool is_bf16, float v) {
+  if (is_bf16)
+    static_cast<bf16*>(p)[i] = __float2bfloat16_rn(v);
+  else
+    static_cast<float*>(p)[i] = v;
+}
+inline bool is_bf16(const Tensor& t) { return t.dtype == DType::bf16; }
+
+// ---- reductions ----
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+// Block-wide sum/max in a fixed order (deterministic); every thread gets the result. blockDim.x % 32 == 0,
+// at most 1024 threads; `red` is 32 floats of shared memory.
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = lane < nw ? red[lane] : 0.f;
+  return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float* red) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  v = lane < nw ? red[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+// Typed dispatch over the two activation dtypes: runs BODY with T bound to float or bf16.
+#define MONTA_FLOAT_TYPES(dtype, T, ...)        \
+  do {                                          \
+    if ((dtype) == ::monta::engine::DType::bf16) { \
+      using T = ::monta::engine::cuda::bf16;    \
+      __VA_ARGS__;                              \
+    } else {                                    \
+      using T = float;                          \
+      __VA_ARGS__;                              \
+    }                                           \
+  } while (0)
+
+// ---- per-device / per-stream resources (runtime.cu) ----
+cublasLtHandle_t lt_handle();  // for the current device, created once
+// Scratch owned by (current device, stream), allocated on first use and kept: cuBLASLt workspace and the
+// partial sums of the deterministic two-pass reductions. Work on one stream is ordered, so no races.
+constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
+constexpr int kReduceBlocks = 256;  // fixed grid of the two-pass reductions: same result on every device
+void* lt_workspace(Stream s);
+float* reduce_scratch(Stream s);  // kReduceBlocks floats
+
+}  // namespace monta::engine::cuda

@@ -1,0 +1,168 @@
+// CUDA token permutation between token order (N, H) and the expert buffer (E, C, H). Every kept
+// (token, choice) owns a distinct slot, so scatters never collide; gathers sum a token's K choices in
+// choice order. No atomics anywhere: results are bit-identical run to run.
+#include "engine/cuda/common.cuh"
+#include "engine/ops/moe_permute.h"
+
+namespace monta::engine::cuda {
+
+// buf[e, slot] = x[n] for kept (n, k); buf was zeroed first.
+template <class T>
+static __global__ void dispatch_forward_kernel(T* __restrict__ buf, const T* __restrict__ x,
+                                               const int32_t* __restrict__ idx, const int32_t* __restrict__ slot,
+                                               int64_t N, int K, int64_t C, int64_t H) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * K * H;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t nk = i / H, h = i - nk * H;
+    int32_t sl = slot[nk];
+    if (sl < 0) continue;
+    buf[(int64_t(idx[nk]) * C + sl) * H + h] = x[(nk / K) * H + h];
+  }
+}
+
+// dx[n] = Σ_k dbuf[e_k, slot_k] over kept choices.
+template <class T>
+static __global__ void dispatch_backward_kernel(T* __restrict__ dx, const T* __restrict__ dbuf,
+                                                const int32_t* __restrict__ idx, const int32_t* __restrict__ slot,
+                                                int64_t N, int K, int64_t C, int64_t H) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * H; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t n = i / H, h = i - n * H;
+    float acc = 0.f;
+    for (int k = 0; k < K; ++k) {
+      int32_t sl = slot[n * K + k];
+      if (sl >= 0) acc += to_f(dbuf[(int64_t(idx[n * K + k]) * C + sl) * H + h]);
+    }
+    dx[i] = from_f<T>(acc);
+  }
+}
+
+// y[n] = Σ_k w[n, k] · ebuf[e_k, slot_k] over kept choices.
+template <class T>
+static __global__ void combine_forward_kernel(T* __restrict__ y, const T* __restrict__ ebuf, const void* w, bool w_bf,
+                                              const int32_t* __restrict__ idx, const int32_t* __restrict__ slot,
+                                              int64_t N, int K, int64_t C, int64_t H) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * H; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t n = i / H, h = i - n * H;
+    float acc = 0.f;
+    for (int k = 0; k < K; ++k) {
+      int32_t sl = slot[n * K + k];
+      if (sl >= 0) acc += ld(w, n * K + k, w_bf) * to_f(ebuf[(int64_t(idx[n * K + k]) * C + sl) * H + h]);
+    }
+    y[i] = from_f<T>(acc);
+  }
+}
+
+// debuf[e_k, slot_k] = w[n, k] · dy[n] for kept choices; debuf was zeroed first.
+template <class T>
+static __global__ void combine_backward_debuf_kernel(T* __restrict__ debuf, const T* __restrict__ dy, const void* w,
+                                                     bool w_bf, const int32_t* __restrict__ idx,
+                                                     const int32_t* __restrict__ slot, int64_t N, int K, int64_t C,
+                                                     int64_t H) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * K * H;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t nk = i / H, h = i - nk * H;
+    int32_t sl = slot[nk];
+    if (sl < 0) continue;
+    debuf[(int64_t(idx[nk]) * C + sl) * H + h] = from_f<T>(ld(w, nk, w_bf) * to_f(dy[(nk / K) * H + h]));
+  }
+}
+
+// One block per (n, k): dweight[n, k] = dy[n] · ebuf[e_k, slot_k] (0 when dropped).
+template <class T>
+static __global__ void combine_backward_dweight_kernel(void* dweight, bool dw_bf, const T* __restrict__ dy,
+                                                       const T* __restrict__ ebuf, const int32_t* __restrict__ idx,
+                                                       const int32_t* __restrict__ slot, int K, int64_t C,
+                                                       int64_t H) {
+  __shared__ float red[32];
+  int64_t nk = blockIdx.x;
+  int32_t sl = slot[nk];
+  float acc = 0.f;
+  if (sl >= 0) {
+    const T* er = ebuf + (int64_t(idx[nk]) * C + sl) * H;
+    const T* dr = dy + (nk / K) * H;
+    for (int64_t h = threadIdx.x; h < H; h += blockDim.x) acc += to_f(dr[h]) * to_f(er[h]);
+  }
+  acc = block_sum(acc, red);
+  if (threadIdx.x == 0) st(dweight, nk, dw_bf, acc);
+}
+
+struct PermuteDims {
+  int64_t N, K, E, C, H;
+};
+
+static PermuteDims permute_dims(const char* op, const Tensor& tokens, const Tensor& buf, const Tensor& expert_idx,
+                                const Tensor& slot) {
+  need_float(tokens, op, "token-order tensor");
+  need_float(buf, op, "expert buffer");
+  need_dtype(expert_idx, DType::i32, op, "expert_idx");
+  need_dtype(slot, DType::i32, op, "slot");
+  MONTA_CHECK(tokens.dtype == buf.dtype, std::string(op) + ": token and buffer tensors must share a dtype");
+  MONTA_CHECK(buf.ndim == 3 && expert_idx.ndim == 2,
+              std::string(op) + ": buffer (E, C, H) and expert_idx (N, K) expected, got " + buf.str() + " " +
+                  expert_idx.str());
+  PermuteDims d{expert_idx.dim(0), expert_idx.dim(1), buf.dim(0), buf.dim(1), buf.dim(2)};
+  need_numel(tokens, d.N * d.H, op, "token-order tensor");
+  need_numel(slot, d.N * d.K, op, "slot");
+  return d;
+}
+
+void moe_dispatch_forward(Tensor buf, const Tensor& x, const Tensor& expert_idx, const Tensor& slot, Stream s) {
+  PermuteDims d = permute_dims("moe_dispatch_forward", x, buf, expert_idx, slot);
+  cudaStream_t st = stream_of(s);
+  CUDA_CHECK(cudaMemsetAsync(buf.data, 0, buf.bytes(), st));
+  if (d.N * d.K * d.H == 0) return;
+  MONTA_FLOAT_TYPES(x.dtype, T, dispatch_forward_kernel<T><<<grid_1d(d.N * d.K * d.H, 256), 256, 0, st>>>(
+                                    buf.as<T>(), x.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N,
+                                    int(d.K), d.C, d.H));
+  MONTA_LAUNCH_CHECK();
+}
+
+void moe_dispatch_backward(Tensor dx, const Tensor& dbuf, const Tensor& expert_idx, const Tensor& slot, Stream s) {
+  PermuteDims d = permute_dims("moe_dispatch_backward", dx, dbuf, expert_idx, slot);
+  if (d.N * d.H == 0) return;
+  MONTA_FLOAT_TYPES(dx.dtype, T, dispatch_backward_kernel<T><<<grid_1d(d.N * d.H, 256), 256, 0, stream_of(s)>>>(
+                                     dx.as<T>(), dbuf.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N,
+                                     int(d.K), d.C, d.H));
+  MONTA_LAUNCH_CHECK();
+}
+
+void moe_combine_forward(Tensor y, const Tensor& ebuf, const Tensor& weight, const Tensor& expert_idx,
+                         const Tensor& slot, Stream s) {
+  const char* op = "moe_combine_forward";
+  PermuteDims d = permute_dims(op, y, ebuf, expert_idx, slot);
+  need_float(weight, op, "weight");
+  need_numel(weight, d.N * d.K, op, "weight");
+  if (d.N * d.H == 0) return;
+  MONTA_FLOAT_TYPES(y.dtype, T, combine_forward_kernel<T><<<grid_1d(d.N * d.H, 256), 256, 0, stream_of(s)>>>(
+                                    y.as<T>(), ebuf.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(),
+                                    slot.as<int32_t>(), d.N, int(d.K), d.C, d.H));
+  MONTA_LAUNCH_CHECK();
+}
+
+void moe_combine_backward(Tensor debuf, Tensor dweight, const Tensor& dy, const Tensor& ebuf, const Tensor& weight,
+                          const Tensor& expert_idx, const Tensor& slot, Stream s) {
+  const char* op = "moe_combine_backward";
+  PermuteDims d = permute_dims(op, dy, ebuf, expert_idx, slot);
+  need_float(debuf, op, "debuf");
+  MONTA_CHECK(debuf.dtype == ebuf.dtype && same_shape(debuf, ebuf), "moe_combine_backward: debuf must match ebuf");
+  need_float(weight, op, "weight");
+  need_numel(weight, d.N * d.K, op, "weight");
+  cudaStream_t st = stream_of(s);
+  CUDA_CHECK(cudaMemsetAsync(debuf.data, 0, debuf.bytes(), st));
+  if (d.N * d.K * d.H > 0) {
+    MONTA_FLOAT_TYPES(dy.dtype, T, combine_backward_debuf_kernel<T><<<grid_1d(d.N * d.K * d.H, 256), 256, 0, st>>>(
+                                       debuf.as<T>(), dy.as<T>(), weight.data, is_bf16(weight),
+                                       expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N, int(d.K), d.C, d.H));
+    MONTA_LAUNCH_CHECK();
+  }
+  if (!dweight.empty() && d.N * d.K > 0) {
+    need_float(dweight, op, "dweight");
+    need_numel(dweight, d.N * d.K, op, "dweight");
+    MONTA_FLOAT_TYPES(dy.dtype, T, combine_backward_dweight_kernel<T><<<unsigned(d.N * d.K), 128, 0, st>>>(
+                                       dweight.data, is_bf16(dweight), dy.as<T>(), ebuf.as<T>(),
+                                       expert_idx.as<int32_t>(), slot.as<int32_t>(), int(d.K), d.C, d.H));
+    MONTA_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace monta::engine::cuda

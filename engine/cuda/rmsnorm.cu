@@ -1,0 +1,112 @@
+// CUDA RMSNorm: one block per row with f32 math; the weight gradient is a separate column-owned
+// reduction (each block owns 32 columns and sums its rows in a fixed order), so it needs no atomics and
+// gives the same bits on every run.
+#include "engine/cuda/common.cuh"
+#include "engine/ops/rmsnorm.h"
+
+namespace monta::engine::cuda {
+
+template <class T>
+static __global__ void rmsnorm_forward_kernel(T* __restrict__ out, float* __restrict__ rstd, const T* __restrict__ x,
+                                              const void* __restrict__ w, bool w_bf, float eps, int64_t H) {
+  __shared__ float red[32];
+  const T* xr = x + blockIdx.x * H;
+  T* yr = out + blockIdx.x * H;
+  float ss = 0.f;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) {
+    float v = to_f(xr[h]);
+    ss += v * v;
+  }
+  ss = block_sum(ss, red);
+  float r = rsqrtf(ss / float(H) + eps);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) yr[h] = from_f<T>(to_f(xr[h]) * r * ld(w, h, w_bf));
+  if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+}
+
+// dx = r·w·g − x · r³/H · Σ_j w_j g_j x_j
+template <class T>
+static __global__ void rmsnorm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dout,
+                                                  const T* __restrict__ x, const void* __restrict__ w, bool w_bf,
+                                                  const float* __restrict__ rstd, int64_t H) {
+  __shared__ float red[32];
+  const T* xr = x + blockIdx.x * H;
+  const T* gr = dout + blockIdx.x * H;
+  T* dxr = dx + blockIdx.x * H;
+  float r = rstd[blockIdx.x];
+  float dot = 0.f;
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x) dot += ld(w, h, w_bf) * to_f(gr[h]) * to_f(xr[h]);
+  dot = block_sum(dot, red);
+  float c = dot * r * r * r / float(H);
+  for (int64_t h = threadIdx.x; h < H; h += blockDim.x)
+    dxr[h] = from_f<T>(r * ld(w, h, w_bf) * to_f(gr[h]) - to_f(xr[h]) * c);
+}
+
+// dweight[h] += Σ_n dout[n,h]·x[n,h]·rstd[n]; block (32, 8) owns 32 columns.
+template <class T>
+static __global__ void rmsnorm_backward_dw_kernel(float* __restrict__ dweight, const T* __restrict__ dout,
+                                                  const T* __restrict__ x, const float* __restrict__ rstd, int64_t N,
+                                                  int64_t H) {
+  __shared__ float part[8][33];
+  int64_t h = blockIdx.x * 32 + threadIdx.x;
+  float acc = 0.f;
+  if (h < H)
+    for (int64_t n = threadIdx.y; n < N; n += 8) acc += to_f(dout[n * H + h]) * to_f(x[n * H + h]) * rstd[n];
+  part[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && h < H) {
+    float s = 0.f;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) s += part[i][threadIdx.x];
+    dweight[h] += s;
+  }
+}
+
+static int row_threads(int64_t H) { return H >= 1024 ? 512 : (H >= 256 ? 256 : 128); }
+
+void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& x, const Tensor& weight, float eps, Stream s) {
+  const char* op = "rmsnorm_forward";
+  need_float(out, op, "out");
+  need_float(x, op, "x");
+  need_float(weight, op, "weight");
+  need_dtype(rstd, DType::f32, op, "rstd");
+  MONTA_CHECK(out.dtype == x.dtype, "rmsnorm_forward: out and x must share a dtype");
+  int64_t H = x.dim(-1), N = x.numel() / H;
+  need_numel(out, N * H, op, "out");
+  need_numel(rstd, N, op, "rstd");
+  need_numel(weight, H, op, "weight");
+  if (N == 0) return;
+  MONTA_FLOAT_TYPES(x.dtype, T, rmsnorm_forward_kernel<T><<<unsigned(N), row_threads(H), 0, stream_of(s)>>>(
+                                    out.as<T>(), rstd.as<float>(), x.as<T>(), weight.data, is_bf16(weight), eps, H));
+  MONTA_LAUNCH_CHECK();
+}
+
+void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
+                      const Tensor& rstd, Stream s) {
+  const char* op = "rmsnorm_backward";
+  need_float(dx, op, "dx");
+  need_float(dout, op, "dout");
+  need_float(x, op, "x");
+  need_float(weight, op, "weight");
+  need_dtype(rstd, DType::f32, op, "rstd");
+  MONTA_CHECK(dx.dtype == x.dtype && dout.dtype == x.dtype, "rmsnorm_backward: dx, dout and x must share a dtype");
+  int64_t H = x.dim(-1), N = x.numel() / H;
+  need_numel(dx, N * H, op, "dx");
+  need_numel(dout, N * H, op, "dout");
+  need_numel(rstd, N, op, "rstd");
+  need_numel(weight, H, op, "weight");
+  if (N == 0) return;
+  cudaStream_t st = stream_of(s);
+  MONTA_FLOAT_TYPES(x.dtype, T, rmsnorm_backward_dx_kernel<T><<<unsigned(N), row_threads(H), 0, st>>>(
+                                    dx.as<T>(), dout.as<T>(), x.as<T>(), weight.data, is_bf16(weight),
+                                    rstd.as<float>(), H));
+  MONTA_LAUNCH_CHECK();
+  if (!dweight.empty()) {
+    need_dtype(dweight, DType::f32, op, "dweight");
+    need_numel(dweight, H, op, "dweight");
+    MONTA_FLOAT_TYPES(x.dtype, T, rmsnorm_backward_dw_kernel<T><<<unsigned((H + 31) / 32), dim3(32, 8), 0, st>>>(
+                                      dweight.as<float>(), dout.as<T>(), x.as<T>(), rstd.as<float>(), N, H));
+    MONTA_LAUNCH_CHECK();
+  }
+}
+
+}  // namespace monta::engine::cuda

@@ -1,0 +1,134 @@
+// CUDA side of engine/cuda_backend.h (device count, memory, copies, streams) and the per-device and
+// per-stream resources the op files share (cuBLASLt handle, workspaces, reduction scratch).
+#include <map>
+#include <mutex>
+#include <utility>
+
+#include "engine/cuda/common.cuh"
+#include "engine/cuda_backend.h"
+
+namespace monta::engine::cudab {
+
+int device_count() {
+  int n = 0;
+  // No driver, no device, or a driver too old: the CUDA backend is simply unavailable.
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky error so later calls are not confused by it
+    return 0;
+  }
+  return n;
+}
+
+void set_device(int index) {
+  int n = device_count();
+  MONTA_USER_CHECK(index >= 0 && index < n, "CUDA device " + std::to_string(index) + " requested but " +
+                                                std::to_string(n) + " visible; check CUDA_VISIBLE_DEVICES");
+  CUDA_CHECK(cudaSetDevice(index));
+}
+
+void* alloc(size_t bytes) {
+  void* p = nullptr;
+  cudaError_t e = cudaMalloc(&p, bytes);
+  if (e == cudaErrorMemoryAllocation) {
+    (void)cudaGetLastError();
+    size_t free_b = 0, total_b = 0;
+    (void)cudaMemGetInfo(&free_b, &total_b);
+    int dev = -1;
+    (void)cudaGetDevice(&dev);
+    fail_user("out of GPU memory on device " + std::to_string(dev) + ": asked for " +
+              std::to_string(bytes >> 20) + " MiB, " + std::to_string(free_b >> 20) + " MiB free of " +
+              std::to_string(total_b >> 20) + " MiB; use a smaller micro-batch, more tensor/expert parallelism, "
+              "or activation recomputation");
+  }
+  CUDA_CHECK(e);
+  return p;
+}
+
+void free(void* p) {
+  if (p) CUDA_CHECK(cudaFree(p));
+}
+
+void copy(void* dst, bool dst_dev, const void* src, bool src_dev, size_t bytes, Stream s) {
+  if (bytes == 0 || dst == src) return;
+  cudaMemcpyKind kind = dst_dev ? (src_dev ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                                : (src_dev ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
+  cudaStream_t st = cuda::stream_of(s);
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, st));
+  // A host buffer may be reused or read by the caller right after return: finish the copy first.
+  if (!dst_dev || !src_dev) CUDA_CHECK(cudaStreamSynchronize(st));
+}
+
+void memset_zero(void* p, size_t bytes, Stream s) {
+  if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda::stream_of(s)));
+}
+
+void synchronize(Stream s) {
+  if (s)
+    CUDA_CHECK(cudaStreamSynchronize(cuda::stream_of(s)));
+  else
+    CUDA_CHECK(cudaDeviceSynchronize());
+}
+
+Stream stream_create() {
+  cudaStream_t st = nullptr;
+  CUDA_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+  return st;
+}
+
+void stream_destroy(Stream s) {
+  if (s) CUDA_CHECK(cudaStreamDestroy(cuda::stream_of(s)));
+}
+
+}  // namespace monta::engine::cudab
+
+namespace monta::engine::cuda {
+namespace {
+
+std::mutex g_mu;
+std::map<int, cublasLtHandle_t> g_lt;  // device -> handle
+
+struct StreamScratch {
+  void* lt_ws = nullptr;
+  float* reduce = nullptr;
+};
+std::map<std::pair<int, Stream>, StreamScratch> g_scratch;  // (device, stream) -> scratch
+
+int current_device() {
+  int d = 0;
+  CUDA_CHECK(cudaGetDevice(&d));
+  return d;
+}
+
+StreamScratch& scratch_for(Stream s) {
+  auto& sc = g_scratch[{current_device(), s}];
+  if (!sc.lt_ws) {
+    CUDA_CHECK(cudaMalloc(&sc.lt_ws, kLtWorkspaceBytes));
+    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&sc.reduce), sizeof(float) * kReduceBlocks));
+  }
+  return sc;
+}
+
+}  // namespace
+
+cublasLtHandle_t lt_handle() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  int d = current_device();
+  auto it = g_lt.find(d);
+  if (it != g_lt.end()) return it->second;
+  cublasLtHandle_t h = nullptr;
+  CUBLAS_CHECK(cublasLtCreate(&h));
+  g_lt[d] = h;
+  return h;
+}
+
+void* lt_workspace(Stream s) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return scratch_for(s).lt_ws;
+}
+
+float* reduce_scratch(Stream s) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return scratch_for(s).reduce;
+}
+
+}  // namespace monta::engine::cuda

@@ -1,0 +1,43 @@
+// Sharded checkpoints: every rank writes the parameter slices it owns (fp32 master weights and AdamW
+// moments) to its own HDF5 file, each dataset tagged with the logical full shape and the slice offset; a
+// manifest with a checksum per file and a completion marker are written last, and the directory is renamed
+// into place only when complete, so a crash at any moment leaves the previous checkpoint whole. Loading reads,
+// for each local slice, the hyperslabs of whichever files hold it, so a checkpoint loads into any layout.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/config.h"
+#include "model/params.h"
+#include "model/parallel.h"
+
+namespace monta::model {
+
+struct CkptMeta {
+  int64_t step = 0, consecutive_skips = 0;
+  uint64_t loader_seed = 0;
+  int64_t loader_epoch = 0, loader_sample = 0;
+  int world = 1, tp = 1, ep = 1;
+  bool expert_tp = true;
+  std::string signature;  // model shape; a checkpoint loads only into the same model
+};
+
+// "vocab=..,hidden=..,...": the parts of the config a checkpoint must agree with.
+std::string model_signature(const ModelConfig& m);
+
+// Collective over par.world. Writes <run_dir>/checkpoints/step_<N> (N = meta.step) and keeps the newest `keep`.
+// Returns the checkpoint directory. An unwritable run directory or a full disk is a user error naming the path.
+std::string ckpt_save(const std::string& run_dir, const ParamStore& params, const ParallelContext& par,
+                      const CkptMeta& meta, const std::string& config_ini, int64_t keep);
+// Newest complete and intact checkpoint under <run_dir>/checkpoints ("" if none); incomplete or corrupt ones
+// are skipped with a warning.
+std::string ckpt_find_latest(const std::string& run_dir);
+// Reads and checks a checkpoint's manifest (user error naming the file and the reason when it is not usable).
+CkptMeta ckpt_read_meta(const std::string& dir);
+// Loads every local slice (any source layout), checking signature and checksums; returns the metadata.
+CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string& signature);
+// Writes one HDF5 file of full logical tensors named like the model's parameters (single process).
+void ckpt_export(const std::string& dir, const std::string& out_path);
+
+}  // namespace monta::model

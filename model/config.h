@@ -1,0 +1,72 @@
+// Run configuration: one struct per INI section ([model], [train], [parallel], [data], [checkpoint], [comm]),
+// validated before anything is allocated, and the parameter/memory arithmetic that `train` reports up front.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace monta::model {
+
+struct ModelConfig {
+  int64_t vocab = 256, hidden = 64, layers = 2, heads = 4, kv_heads = 2, ffn = 128;
+  int64_t experts = 4, top_k = 2, seq_len = 64;
+  double capacity_factor = 1.25;
+  int64_t min_capacity = 4;
+  double rope_theta = 10000.0, norm_eps = 1e-5, init_std = 0.02;
+  double aux_loss_coef = 0.01, z_loss_coef = 0.001;
+  int64_t head_dim() const { return hidden / heads; }
+};
+
+struct TrainConfig {
+  int64_t steps = 200, micro_batch = 4, global_batch = 8;
+  double lr = 3e-3, min_lr = 3e-4, beta1 = 0.9, beta2 = 0.95, adam_eps = 1e-8, weight_decay = 0.1, grad_clip = 1.0;
+  int64_t warmup_steps = 20, decay_steps = 0;  // 0: decay over `steps`
+  uint64_t seed = 1234;
+  std::string run_dir = "runs/tiny", device = "auto";
+  int64_t log_interval = 1, max_skipped = 5;
+};
+
+struct ParallelConfig {
+  int tp = 1, ep = 1;
+  bool expert_tp = true;  // experts split over the TP group (true) or whole on every TP rank (false)
+};
+
+struct DataConfig {
+  std::string path = "builtin:markov";  // an HDF5 token file, or builtin:markov (generated into the run dir)
+  int64_t builtin_tokens = 1 << 20;
+};
+
+struct CheckpointConfig {
+  int64_t interval = 0, keep = 2;
+  std::string resume;  // "", "auto" or a checkpoint directory
+};
+
+struct CommConfig {
+  std::string exchange = "duplicate";
+  int emulate_nodes = 0;
+};
+
+struct Config {
+  ModelConfig model;
+  TrainConfig train;
+  ParallelConfig parallel;
+  DataConfig data;
+  CheckpointConfig checkpoint;
+  CommConfig comm;
+};
+
+// Capacity slots per expert for n tokens: max(min_capacity, ceil(capacity_factor · n · top_k / experts)).
+int64_t expert_capacity(const ModelConfig& m, int64_t tokens);
+// Checks every constraint that does not depend on the world size (and those that do, when world > 0);
+// the first violation is a user error (one sentence with the numbers).
+void validate(const Config& c, int world);
+
+struct ModelSize {
+  int64_t total = 0, expert = 0, embedding = 0;  // parameters
+  int64_t active_per_token = 0;                   // parameters touched per token (top-k experts)
+};
+ModelSize model_size(const ModelConfig& m);
+// Model FLOPs of one training step per token (forward+backward = 3× forward; attention counted causal).
+double train_flops_per_token(const ModelConfig& m);
+
+}  // namespace monta::model

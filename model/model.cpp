@@ -1,0 +1,300 @@
+// Forward and backward of the whole model. Gradient rule (STYLE.md 3): parameter gradients accumulate,
+// activation gradients overwrite, the residual-stream gradient dx_ accumulates across the two branches.
+#include "model/model.h"
+
+#include <chrono>
+
+#include "comm/exchange.h"
+#include "engine/check.h"
+#include "engine/ops/attention.h"
+#include "engine/ops/cross_entropy.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/embedding.h"
+#include "engine/ops/linear.h"
+#include "engine/ops/moe_permute.h"
+#include "engine/ops/rmsnorm.h"
+#include "engine/ops/rope.h"
+#include "engine/ops/router.h"
+#include "engine/ops/swiglu.h"
+
+namespace monta::model {
+
+using namespace monta::engine;
+
+namespace {
+struct SpecList {
+  std::vector<TensorSpec> specs;
+  std::vector<Tensor*> targets;
+  void add(Tensor* t, const std::string& name, std::vector<int64_t> shape, DType dt) {
+    specs.push_back({name, std::move(shape), dt});
+    targets.push_back(t);
+  }
+};
+}  // namespace
+
+Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par, ParamStore& params, DType act)
+    : cfg_(cfg), s_(s), par_(par), params_(params), act_(act), stat_(stat_dtype(act)) {
+  const Device dev = params.device();
+  layers_.resize(size_t(cfg.layers));
+  SpecList L;
+  const int64_t N = s.N, H = s.H, D = s.D;
+  const bool exchanged = par.exchange != nullptr;
+  for (int64_t l = 0; l < cfg.layers; ++l) {
+    auto& a = layers_[size_t(l)];
+    std::string n = "l" + std::to_string(l) + ".";
+    L.add(&a.x, n + "x", {N, H}, act);
+    L.add(&a.xn1, n + "xn1", {N, H}, act);
+    L.add(&a.rstd1, n + "rstd1", {N}, stat_);
+    L.add(&a.q, n + "q", {N, s.A_l * D}, act);
+    L.add(&a.k, n + "k", {N, s.G_l * D}, act);
+    L.add(&a.v, n + "v", {N, s.G_l * D}, act);
+    L.add(&a.ao, n + "ao", {N, s.A_l * D}, act);
+    L.add(&a.lse, n + "lse", {s.B, s.A_l, s.S}, stat_);
+    L.add(&a.h, n + "h", {N, H}, act);
+    L.add(&a.xn2, n + "xn2", {N, H}, act);
+    L.add(&a.rstd2, n + "rstd2", {N}, stat_);
+    L.add(&a.rlogits, n + "rlogits", {N, s.E}, act);
+    L.add(&a.probs, n + "probs", {N, s.E}, act);
+    L.add(&a.expert_idx, n + "expert_idx", {N, s.K}, DType::i32);
+    L.add(&a.slot, n + "slot", {N, s.K}, DType::i32);
+    L.add(&a.weight, n + "weight", {N, s.K}, act);
+    L.add(&a.counts, n + "counts", {s.E}, DType::i32);
+    L.add(&a.zlse, n + "zlse", {N}, stat_);
+    L.add(&a.aux, n + "aux", {1}, stat_);
+    L.add(&a.z, n + "z", {1}, stat_);
+    L.add(&a.dbuf, n + "dbuf", {s.E, s.C, H}, act);
+    if (exchanged) L.add(&a.y, n + "y", {s.E_l, s.EC, H}, act);
+    L.add(&a.gate, n + "gate", {s.E_l, s.EC, s.F_l}, act);
+    L.add(&a.up, n + "up", {s.E_l, s.EC, s.F_l}, act);
+    L.add(&a.act, n + "act", {s.E_l, s.EC, s.F_l}, act);
+    L.add(&a.eo, n + "eo", {s.E_l, s.EC, H}, act);
+    if (exchanged) L.add(&a.cbuf, n + "cbuf", {s.E, s.C, H}, act);
+  }
+  L.add(&tokens_, "tokens", {N}, DType::i32);
+  L.add(&targets_, "targets", {N}, DType::i32);
+  L.add(&x_final_, "x_final", {N, H}, act);
+  L.add(&xf_, "xf", {N, H}, act);
+  L.add(&rstdf_, "rstdf", {N}, stat_);
+  L.add(&logits_, "logits", {N, s.V_l}, act);
+  L.add(&rowmax_, "rowmax", {N}, stat_);
+  L.add(&sumexp_, "sumexp", {N}, stat_);
+  L.add(&tlogit_, "tlogit", {N}, stat_);
+  L.add(&lse_, "lse", {N}, stat_);
+  L.add(&losses_, "losses", {N}, stat_);
+  L.add(&ce_sum_, "ce_sum", {1}, stat_);
+  // Backward scratch, reused by every layer.
+  L.add(&dx_, "dx", {N, H}, act);
+  L.add(&dtmp_, "dtmp", {N, H}, act);
+  L.add(&tmp_, "tmp", {N, H}, act);
+  L.add(&dxn_, "dxn", {N, H}, act);
+  L.add(&dq_, "dq", {N, s.A_l * D}, act);
+  L.add(&dk_, "dk", {N, s.G_l * D}, act);
+  L.add(&dv_, "dv", {N, s.G_l * D}, act);
+  L.add(&dao_, "dao", {N, s.A_l * D}, act);
+  L.add(&dcbuf_, "dcbuf", {s.E, s.C, H}, act);
+  if (exchanged) L.add(&deo_, "deo", {s.E_l, s.EC, H}, act);
+  L.add(&dact_, "dact", {s.E_l, s.EC, s.F_l}, act);
+  L.add(&dgate_, "dgate", {s.E_l, s.EC, s.F_l}, act);
+  L.add(&dup_, "dup", {s.E_l, s.EC, s.F_l}, act);
+  L.add(&dy_, "dy", {s.E_l, s.EC, H}, act);
+  L.add(&dy2_, "dy2", {s.E_l, s.EC, H}, act);
+  if (exchanged) L.add(&ddbuf_, "ddbuf", {s.E, s.C, H}, act);
+  L.add(&dweight_, "dweight", {N, s.K}, act);
+  L.add(&dprobs_, "dprobs", {N, s.E}, act);
+  L.add(&drlogits_, "drlogits", {N, s.E}, act);
+  L.add(&dlogits_, "dlogits", {N, s.V_l}, act);
+  acts_ = Arena("activations", dev, L.specs);
+  for (size_t i = 0; i < L.targets.size(); ++i) *L.targets[i] = acts_.at(i);
+  // Without an exchange the expert buffers are the dispatch buffers themselves (E_l = E, e·C = C).
+  for (auto& a : layers_) {
+    if (!exchanged) {
+      a.y = a.dbuf;
+      a.cbuf = a.eo;
+    }
+  }
+  if (!exchanged) {
+    deo_ = dcbuf_;
+    ddbuf_ = dy_;
+  }
+}
+
+Tensor Model::p(const std::string& name) const { return params_.get(name).compute; }
+Tensor Model::grad(const std::string& name) const { return params_.get(name).grad; }
+
+double Model::read_scalar(const Tensor& t) const {
+  double host[1];
+  if (t.dtype == DType::f64) {
+    copy(Tensor(host, {1}, DType::f64), t);
+    return host[0];
+  }
+  float f[1];
+  copy(Tensor(f, {1}, DType::f32), t);
+  return f[0];
+}
+
+void Model::tp_all_reduce(Tensor t, bool max) {
+  if (par_.tp > 1) par_.tp_comm->all_reduce(t, max ? comm::ReduceOp::max : comm::ReduceOp::sum);
+}
+
+void Model::exchange_dispatch(Tensor out, const Tensor& in, MicroResult& r) {
+  if (!par_.exchange) return;  // out aliases in
+  auto t0 = std::chrono::steady_clock::now();
+  par_.exchange->dispatch(out, in);
+  r.exchange_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto st = par_.exchange->last_stats();
+  r.exchange_bytes += double(st.ep_bytes + st.tp_bytes);
+}
+
+void Model::exchange_combine(Tensor out, const Tensor& in, MicroResult& r) {
+  if (!par_.exchange) return;
+  auto t0 = std::chrono::steady_clock::now();
+  par_.exchange->combine(out, in);
+  r.exchange_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  auto st = par_.exchange->last_stats();
+  r.exchange_bytes += double(st.ep_bytes + st.tp_bytes);
+}
+
+void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
+  auto& a = layers_[size_t(l)];
+  const std::string P = "layers." + std::to_string(l) + ".";
+  const float eps = float(cfg_.norm_eps), theta = float(cfg_.rope_theta);
+  if (a.x.data != x_in.data) copy(a.x, x_in);
+  // Attention: column-parallel Q/K/V by heads, row-parallel output projection + all-reduce over TP.
+  rmsnorm_forward(a.xn1, a.rstd1, a.x, p(P + "attn_norm"), eps);
+  linear_forward(a.q, a.xn1, p(P + "wq"));
+  linear_forward(a.k, a.xn1, p(P + "wk"));
+  linear_forward(a.v, a.xn1, p(P + "wv"));
+  Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
+  Tensor v4 = a.v.view({s_.B, s_.S, s_.G_l, s_.D});
+  rope_forward(q4, q4, theta);
+  rope_forward(k4, k4, theta);
+  attention_forward(a.ao.view({s_.B, s_.S, s_.A_l, s_.D}), a.lse, q4, k4, v4);
+  linear_forward(tmp_, a.ao, p(P + "wo"));
+  tp_all_reduce(tmp_);
+  add(a.h, a.x, tmp_);
+  // MoE: router (replicated) → capacity assignment → (E, C, H) buffer → exchange → experts → back → combine.
+  rmsnorm_forward(a.xn2, a.rstd2, a.h, p(P + "ffn_norm"), eps);
+  linear_forward(a.rlogits, a.xn2, p(P + "router"));
+  softmax_forward(a.probs, a.rlogits);
+  router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.C);
+  topk_weights_forward(a.weight, a.probs, a.expert_idx);
+  load_balance_loss_forward(a.aux, a.probs, a.counts, s_.K);
+  router_z_loss_forward(a.z, a.zlse, a.rlogits);
+  moe_dispatch_forward(a.dbuf, a.xn2, a.expert_idx, a.slot);
+  exchange_dispatch(a.y, a.dbuf, r);
+  expert_linear_forward(a.gate, a.y, p(P + "w_gate"));
+  expert_linear_forward(a.up, a.y, p(P + "w_up"));
+  swiglu_forward(a.act, a.gate, a.up);
+  expert_linear_forward(a.eo, a.act, p(P + "w_down"));
+  if (par_.expert_tp) tp_all_reduce(a.eo);
+  exchange_combine(a.cbuf, a.eo, r);
+  moe_combine_forward(tmp_, a.cbuf, a.weight, a.expert_idx, a.slot);
+  add(x_out, a.h, tmp_);
+}
+
+void Model::read_router_stats(MicroResult& r) const {
+  std::vector<int32_t> slots(size_t(s_.N * s_.K));
+  for (const auto& a : layers_) {
+    r.aux_sum += read_scalar(a.aux);
+    r.z_sum += read_scalar(a.z);
+    copy(Tensor(slots.data(), {s_.N, s_.K}, DType::i32), a.slot);
+    for (int32_t v : slots) r.dropped += v < 0;
+  }
+}
+
+void Model::bench_layer(int l) {
+  MicroResult r;
+  Tensor out = l + 1 < int(layers_.size()) ? layers_[size_t(l) + 1].x : x_final_;
+  layer_forward(l, layers_[size_t(l)].x, out, r);
+  copy(dx_, out);  // any well-scaled gradient will do for timing
+  layer_backward(l, dx_, 1.0, r);
+}
+
+MicroResult Model::run_forward(const int32_t* tokens, const int32_t* targets) {
+  MicroResult r;
+  copy(tokens_, Tensor(const_cast<int32_t*>(tokens), {s_.N}, DType::i32));
+  copy(targets_, Tensor(const_cast<int32_t*>(targets), {s_.N}, DType::i32));
+  const int64_t vocab_begin = int64_t(par_.tp_rank) * s_.V_l;
+  Tensor x = layers_.empty() ? x_final_ : layers_[0].x;
+  embedding_forward(x, tokens_, p("embed"), vocab_begin);
+  tp_all_reduce(x);
+  for (int l = 0; l < int(layers_.size()); ++l) {
+    Tensor out = l + 1 < int(layers_.size()) ? layers_[size_t(l) + 1].x : x_final_;
+    layer_forward(l, layers_[size_t(l)].x, out, r);
+  }
+  rmsnorm_forward(xf_, rstdf_, x_final_, p("final_norm"), float(cfg_.norm_eps));
+  linear_forward(logits_, xf_, p("lm_head"));
+  // Vocab-parallel cross-entropy: max and Σexp are reduced over TP; the logits are never gathered.
+  logits_rowmax(rowmax_, logits_);
+  tp_all_reduce(rowmax_, true);
+  cross_entropy_partial(sumexp_, tlogit_, logits_, rowmax_, targets_, vocab_begin);
+  tp_all_reduce(sumexp_);
+  tp_all_reduce(tlogit_);
+  cross_entropy_finish(losses_, lse_, sumexp_, rowmax_, tlogit_, targets_);
+  sum(ce_sum_, losses_, 1.0);
+  r.ce_sum = read_scalar(ce_sum_);
+  read_router_stats(r);
+  return r;
+}
+
+MicroResult Model::forward(const int32_t* tokens, const int32_t* targets) { return run_forward(tokens, targets); }
+
+void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
+  auto& a = layers_[size_t(l)];
+  const std::string P = "layers." + std::to_string(l) + ".";
+  const float theta = float(cfg_.rope_theta);
+  // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual.
+  moe_combine_backward(dcbuf_, dweight_, dx, a.cbuf, a.weight, a.expert_idx, a.slot);
+  exchange_dispatch(deo_, dcbuf_, r);  // backward of combine is dispatch
+  expert_linear_backward(dact_, grad(P + "w_down"), deo_, a.act, p(P + "w_down"));
+  swiglu_backward(dgate_, dup_, dact_, a.gate, a.up);
+  expert_linear_backward(dy_, grad(P + "w_gate"), dgate_, a.y, p(P + "w_gate"));
+  expert_linear_backward(dy2_, grad(P + "w_up"), dup_, a.y, p(P + "w_up"));
+  accumulate(dy_, dy2_);
+  if (par_.expert_tp) tp_all_reduce(dy_);
+  exchange_combine(ddbuf_, dy_, r);  // backward of dispatch is combine
+  moe_dispatch_backward(dxn_, ddbuf_, a.expert_idx, a.slot);
+  // Router: through the chosen weights, the load-balancing loss and the z-loss.
+  fill_zero(dprobs_);
+  topk_weights_backward(dprobs_, dweight_, a.expert_idx);
+  load_balance_loss_backward(dprobs_, a.counts, s_.K, float(aux_scale * cfg_.aux_loss_coef));
+  softmax_backward(drlogits_, dprobs_, a.probs);
+  router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef));
+  linear_backward(dxn_, grad(P + "router"), drlogits_, a.xn2, p(P + "router"), true);
+  rmsnorm_backward(dtmp_, grad(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2);
+  accumulate(dx, dtmp_);  // dx is now d(loss)/dh
+  // Attention branch.
+  linear_backward(dao_, grad(P + "wo"), dx, a.ao, p(P + "wo"));
+  Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
+  Tensor v4 = a.v.view({s_.B, s_.S, s_.G_l, s_.D});
+  Tensor dq4 = dq_.view({s_.B, s_.S, s_.A_l, s_.D}), dk4 = dk_.view({s_.B, s_.S, s_.G_l, s_.D});
+  attention_backward(dq4, dk4, dv_.view({s_.B, s_.S, s_.G_l, s_.D}), dao_.view({s_.B, s_.S, s_.A_l, s_.D}), q4, k4, v4,
+                     a.ao.view({s_.B, s_.S, s_.A_l, s_.D}), a.lse);
+  rope_backward(dq4, dq4, theta);
+  rope_backward(dk4, dk4, theta);
+  linear_backward(dxn_, grad(P + "wq"), dq_, a.xn1, p(P + "wq"));
+  linear_backward(dxn_, grad(P + "wk"), dk_, a.xn1, p(P + "wk"), true);
+  linear_backward(dxn_, grad(P + "wv"), dv_, a.xn1, p(P + "wv"), true);
+  tp_all_reduce(dxn_);
+  rmsnorm_backward(dtmp_, grad(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1);
+  accumulate(dx, dtmp_);  // d(loss)/dx of this layer's input
+}
+
+MicroResult Model::forward_backward(const int32_t* tokens, const int32_t* targets, double ce_scale, double aux_scale) {
+  MicroResult r = run_forward(tokens, targets);
+  const int64_t vocab_begin = int64_t(par_.tp_rank) * s_.V_l;
+  cross_entropy_backward(dlogits_, logits_, targets_, lse_, vocab_begin, float(ce_scale));
+  linear_backward(dxn_, grad("lm_head"), dlogits_, xf_, p("lm_head"));
+  tp_all_reduce(dxn_);
+  rmsnorm_backward(dx_, grad("final_norm"), dxn_, x_final_, p("final_norm"), rstdf_);
+  if (on_grads_ready) on_grads_ready(int(layers_.size()));
+  for (int l = int(layers_.size()) - 1; l >= 0; --l) {
+    layer_backward(l, dx_, aux_scale, r);
+    if (on_grads_ready) on_grads_ready(l);
+  }
+  embedding_backward(grad("embed"), dx_, tokens_, vocab_begin);
+  if (on_grads_ready) on_grads_ready(-1);
+  return r;
+}
+
+}  // namespace monta::model

@@ -1,0 +1,71 @@
+// The whole model: embedding → L × [RMSNorm → attention → residual → RMSNorm → MoE → residual] → RMSNorm →
+// LM head → cross-entropy, with its hand-written backward. Activations live in one arena sized from the
+// shapes at construction; tensor/expert parallelism enters only through ParallelContext's communicators.
+#pragma once
+#include <functional>
+#include <vector>
+
+#include "engine/memory.h"
+#include "model/config.h"
+#include "model/params.h"
+#include "model/parallel.h"
+#include "model/shapes.h"
+
+namespace monta::model {
+
+struct MicroResult {
+  double ce_sum = 0;      // Σ token losses of this rank's micro-batch (after TP reduction)
+  double aux_sum = 0;     // Σ over layers of the load-balancing loss
+  double z_sum = 0;       // Σ over layers of the router z-loss
+  int64_t dropped = 0;    // (token, choice) pairs dropped by capacity, summed over layers
+  double exchange_s = 0;  // seconds spent in the token exchange
+  double exchange_bytes = 0;
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& cfg, const Shapes& shapes, const ParallelContext& par, ParamStore& params, DType act_dtype);
+  // One micro-batch (N = B·S tokens, host int32). Parameter gradients accumulate into params.grad with
+  // d(total)/d(param), total = ce_scale · Σ CE + aux_scale · Σ_layers (aux_coef · aux + z_coef · z).
+  MicroResult forward_backward(const int32_t* tokens, const int32_t* targets, double ce_scale, double aux_scale);
+  MicroResult forward(const int32_t* tokens, const int32_t* targets);
+  const Shapes& shapes() const { return s_; }
+  const engine::Arena& activations() const { return acts_; }
+  Tensor logits() const { return logits_; }  // (N, V_l) of the last forward
+  // Called during backward when a group of parameter gradients is final for this micro-batch: layer index
+  // l for layer l's parameters, layers() for the LM head and final norm, -1 for the embedding. The trainer
+  // starts their data-parallel reduction there (on the last micro-batch), overlapping the rest of backward.
+  std::function<void(int)> on_grads_ready;
+  // Forward + backward of layer l alone on the activations of the last forward (benchmarks).
+  void bench_layer(int l);
+
+ private:
+  struct Layer {
+    Tensor x, xn1, rstd1, q, k, v, ao, lse, h, xn2, rstd2;
+    Tensor rlogits, probs, expert_idx, slot, weight, counts, zlse, aux, z;
+    Tensor dbuf, y, gate, up, act, eo, cbuf;
+  };
+  MicroResult run_forward(const int32_t* tokens, const int32_t* targets);
+  void layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r);
+  void layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r);
+  void tp_all_reduce(Tensor t, bool max = false);
+  void exchange_dispatch(Tensor out, const Tensor& in, MicroResult& r);
+  void exchange_combine(Tensor out, const Tensor& in, MicroResult& r);
+  Tensor p(const std::string& name) const;      // compute copy of a parameter
+  Tensor grad(const std::string& name) const;   // its gradient accumulator
+  double read_scalar(const Tensor& t) const;
+  void read_router_stats(MicroResult& r) const;  // aux, z and drops of every layer: one sync per step
+
+  ModelConfig cfg_;
+  Shapes s_;
+  ParallelContext par_;
+  ParamStore& params_;
+  DType act_, stat_;
+  engine::Arena acts_;
+  std::vector<Layer> layers_;
+  Tensor tokens_, targets_, x_final_, xf_, rstdf_, logits_, rowmax_, sumexp_, tlogit_, lse_, losses_, ce_sum_;
+  Tensor dx_, dtmp_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, dy2_, ddbuf_;
+  Tensor dweight_, dprobs_, drlogits_, dlogits_, tmp_;
+};
+
+}  // namespace monta::model

@@ -1,0 +1,168 @@
+// Parameter table, sharding and RNG initialisation.
+#include "model/params.h"
+
+#include <cmath>
+
+#include "engine/check.h"
+#include "engine/ops/elementwise.h"
+#include "engine/rng.h"
+
+namespace monta::model {
+
+const char* param_kind_name(ParamKind k) {
+  switch (k) {
+    case ParamKind::replicated: return "replicated";
+    case ParamKind::column: return "column";
+    case ParamKind::row: return "row";
+    case ParamKind::expert: return "expert";
+  }
+  return "?";
+}
+
+namespace {
+
+// Splits dimension `dim` of p.full into `parts` equal slices and selects slice `index`.
+void split(Param& p, size_t dim, int parts, int index) {
+  MONTA_CHECK(p.full[dim] % parts == 0, p.name + ": dimension " + std::to_string(p.full[dim]) + " does not divide into " +
+                                            std::to_string(parts) + " parts");
+  p.local[dim] = p.full[dim] / parts;
+  p.offset[dim] = p.local[dim] * index;
+}
+
+Param make(const std::string& name, ParamKind kind, std::vector<int64_t> full, double std, bool decay) {
+  Param p;
+  p.name = name;
+  p.kind = kind;
+  p.full = full;
+  p.local = full;
+  p.offset.assign(full.size(), 0);
+  p.init_std = std;
+  p.weight_decay = decay;
+  return p;
+}
+
+}  // namespace
+
+std::vector<Param> param_table(const ModelConfig& m, const ParallelContext& par) {
+  std::vector<Param> t;
+  const int64_t H = m.hidden, D = m.head_dim(), A = m.heads, G = m.kv_heads, F = m.ffn, E = m.experts, V = m.vocab;
+  const double std = m.init_std, out_std = m.init_std / std::sqrt(2.0 * double(m.layers));
+  auto column = [&](const std::string& n, std::vector<int64_t> full, double s) {
+    Param p = make(n, ParamKind::column, full, s, true);
+    split(p, 0, par.tp, par.tp_rank);
+    t.push_back(p);
+  };
+  auto replicated = [&](const std::string& n, std::vector<int64_t> full, double s, bool decay) {
+    t.push_back(make(n, ParamKind::replicated, full, s, decay));
+  };
+  auto expert = [&](const std::string& n, std::vector<int64_t> full, size_t tp_dim, double s) {
+    Param p = make(n, ParamKind::expert, full, s, true);
+    split(p, 0, par.ep, par.ep_rank);
+    if (par.expert_tp) split(p, tp_dim, par.tp, par.tp_rank);
+    t.push_back(p);
+  };
+  column("embed", {V, H}, std);
+  for (int64_t l = 0; l < m.layers; ++l) {
+    std::string L = "layers." + std::to_string(l) + ".";
+    replicated(L + "attn_norm", {H}, 0, false);
+    column(L + "wq", {A * D, H}, std);
+    column(L + "wk", {G * D, H}, std);
+    column(L + "wv", {G * D, H}, std);
+    Param wo = make(L + "wo", ParamKind::row, {H, A * D}, out_std, true);
+    split(wo, 1, par.tp, par.tp_rank);
+    t.push_back(wo);
+    replicated(L + "ffn_norm", {H}, 0, false);
+    replicated(L + "router", {E, H}, std, false);
+    expert(L + "w_gate", {E, F, H}, 1, std);
+    expert(L + "w_up", {E, F, H}, 1, std);
+    expert(L + "w_down", {E, H, F}, 2, out_std);
+  }
+  replicated("final_norm", {H}, 0, false);
+  column("lm_head", {V, H}, std);
+  for (auto& p : t) {
+    bool tp_replica = p.kind == ParamKind::replicated || (p.kind == ParamKind::expert && !par.expert_tp);
+    bool dp_replica = p.kind == ParamKind::expert ? par.expert_dp_rank != 0 : par.dp_rank != 0;
+    p.owner = !(tp_replica && par.tp_rank != 0) && !dp_replica;
+  }
+  return t;
+}
+
+ParamStore::ParamStore(const ModelConfig& m, const ParallelContext& par, Device device, DType master_dtype,
+                       DType compute_dtype)
+    : params_(param_table(m, par)), device_(device) {
+  std::vector<engine::TensorSpec> master, compute;
+  for (const auto& p : params_) {
+    master.push_back({p.name, p.local, master_dtype});
+    compute.push_back({p.name, p.local, compute_dtype});
+  }
+  master_ = engine::Arena("params", device, master);
+  grad_ = engine::Arena("grads", device, master);
+  m_ = engine::Arena("adam_m", device, master);
+  v_ = engine::Arena("adam_v", device, master);
+  bool separate_compute = compute_dtype != master_dtype;
+  if (separate_compute) compute_ = engine::Arena("params_compute", device, compute);
+  for (size_t i = 0; i < params_.size(); ++i) {
+    params_[i].master = master_.at(i);
+    params_[i].grad = grad_.at(i);
+    params_[i].m = m_.at(i);
+    params_[i].v = v_.at(i);
+    params_[i].compute = separate_compute ? compute_.at(i) : master_.at(i);
+  }
+}
+
+Param& ParamStore::get(const std::string& name) {
+  for (auto& p : params_)
+    if (p.name == name) return p;
+  MONTA_CHECK(false, "no parameter named " + name);
+  return params_[0];
+}
+const Param& ParamStore::get(const std::string& name) const { return const_cast<ParamStore*>(this)->get(name); }
+
+void ParamStore::init(uint64_t seed) {
+  for (auto& p : params_) {
+    const int64_t n = p.master.numel();
+    std::vector<double> host(static_cast<size_t>(n));
+    const uint64_t stream = engine::fnv1a64(p.name);
+    const size_t nd = p.full.size();
+    std::vector<int64_t> idx(nd, 0);
+    for (int64_t i = 0; i < n; ++i) {
+      // Local multi-index -> logical flat index, so the value does not depend on the layout.
+      int64_t flat = 0;
+      for (size_t d = 0; d < nd; ++d) flat = flat * p.full[d] + idx[d] + p.offset[d];
+      host[size_t(i)] = p.init_std == 0 ? 1.0 : p.init_std * engine::rng_normal(seed, stream, uint64_t(flat));
+      for (size_t d = nd; d-- > 0;) {
+        if (++idx[d] < p.local[d]) break;
+        idx[d] = 0;
+      }
+    }
+    Tensor src = engine::make_view(host.data(), p.local, DType::f64, Device::cpu);
+    if (p.master.dtype == DType::f64 && p.master.device == Device::cpu) {
+      engine::copy(p.master, src);
+    } else {
+      std::vector<float> f(host.begin(), host.end());
+      Tensor fsrc = engine::make_view(f.data(), p.local, DType::f32, Device::cpu);
+      engine::copy(p.master, fsrc);
+    }
+    engine::fill_zero(p.m);
+    engine::fill_zero(p.v);
+    engine::fill_zero(p.grad);
+  }
+  refresh_compute();
+}
+
+void ParamStore::zero_grads() {
+  for (auto& p : params_) engine::fill_zero(p.grad);
+}
+
+void ParamStore::refresh_compute() {
+  for (auto& p : params_)
+    if (p.compute.data != p.master.data) engine::cast(p.compute, p.master);
+}
+
+std::vector<const engine::Arena*> ParamStore::arenas() const {
+  std::vector<const engine::Arena*> a{&master_, &grad_, &m_, &v_};
+  if (compute_.bytes()) a.push_back(&compute_);
+  return a;
+}
+
+}  // namespace monta::model

@@ -1,0 +1,62 @@
+// Parameters: the table of every tensor of the model with its logical (full) shape, its parallel kind and
+// this rank's slice; the arenas that hold master weights, gradients, AdamW moments and compute copies; and
+// initialisation from the counter-based RNG, so every layout holds the same logical values.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/memory.h"
+#include "model/config.h"
+#include "model/parallel.h"
+
+namespace monta::model {
+
+using engine::DType;
+using engine::Device;
+using engine::Tensor;
+
+// How a parameter is split, which decides its gradient-reduction group and its checkpoint slice.
+enum class ParamKind {
+  replicated,  // same on every rank (norms, router)
+  column,      // dim 0 split over TP (Q/K/V projections, vocab-parallel embedding and LM head)
+  row,         // dim 1 split over TP (attention output projection)
+  expert,      // dim 0 (experts) split over EP; with expert_tp the FFN dim is split over TP as well
+};
+const char* param_kind_name(ParamKind k);
+
+struct Param {
+  std::string name;
+  ParamKind kind = ParamKind::replicated;
+  std::vector<int64_t> full, local, offset;  // logical shape, this rank's slice shape and its offset
+  double init_std = 0;                       // 0: initialised to ones (norm weights)
+  bool weight_decay = true;
+  bool owner = true;  // this rank is the one that counts this slice (grad norm) and writes it (checkpoint)
+  Tensor master, grad, m, v;  // master precision (f32, or f64 for gradient checks)
+  Tensor compute;             // what the forward reads: bf16 copy on the GPU, == master on the CPU
+};
+
+// Parameter table for a config and a layout (no memory).
+std::vector<Param> param_table(const ModelConfig& m, const ParallelContext& par);
+
+class ParamStore {
+ public:
+  ParamStore(const ModelConfig& m, const ParallelContext& par, Device device, DType master_dtype, DType compute_dtype);
+  std::vector<Param>& all() { return params_; }
+  const std::vector<Param>& all() const { return params_; }
+  Param& get(const std::string& name);
+  const Param& get(const std::string& name) const;
+  // Fills master weights from the RNG (seed, parameter name, logical index), zeroes moments, refreshes compute copies.
+  void init(uint64_t seed);
+  void zero_grads();
+  void refresh_compute();  // master -> compute copy (no-op on the CPU)
+  std::vector<const engine::Arena*> arenas() const;
+  Device device() const { return device_; }
+
+ private:
+  std::vector<Param> params_;
+  Device device_;
+  engine::Arena master_, grad_, m_, v_, compute_;
+};
+
+}  // namespace monta::model

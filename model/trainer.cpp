@@ -1,0 +1,138 @@
+// The training step. Gradients are summed (not averaged) across ranks: every loss term is already scaled
+// by 1 / (global tokens) or 1 / (global micro-batches), so the sum over ranks is the gradient of the mean.
+#include "model/trainer.h"
+
+#include <chrono>
+#include <cmath>
+
+#include "engine/check.h"
+#include "engine/log.h"
+#include "engine/ops/adamw.h"
+#include "engine/ops/elementwise.h"
+
+namespace monta::model {
+
+using namespace monta::engine;
+
+Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
+    : cfg_(cfg), par_(par), device_(device), act_(device == Device::cuda ? DType::bf16 : DType::f32) {
+  sched_.lr = cfg.train.lr;
+  sched_.min_lr = cfg.train.min_lr;
+  sched_.warmup_steps = cfg.train.warmup_steps;
+  sched_.decay_steps = cfg.train.decay_steps > 0 ? cfg.train.decay_steps : cfg.train.steps;
+  params_ = std::make_unique<ParamStore>(cfg.model, par, device, DType::f32, act_);
+  params_->init(cfg.train.seed);
+  Shapes s = Shapes::make(cfg.model, cfg.train.micro_batch, par.tp, par.ep, par.dp, par.expert_tp);
+  model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_);
+  scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
+}
+
+void Trainer::start_reduction(int group) {
+  const std::string prefix = group >= 0 && group < cfg_.model.layers ? "layers." + std::to_string(group) + "." : "";
+  for (auto& p : params_->all()) {
+    bool mine = !prefix.empty() ? p.name.rfind(prefix, 0) == 0
+                                : (group < 0 ? p.name == "embed" : (p.name == "lm_head" || p.name == "final_norm"));
+    if (!mine) continue;
+    // One bucket per parameter, started as soon as its layer's backward is done (last micro-batch).
+    // Experts whole on every TP rank (expert_tp off) see the same tokens there and hold identical gradients,
+    // so only the expert-DP replicas are summed.
+    if (p.kind == ParamKind::expert) {
+      if (par_.expert_dp > 1) pending_.push_back(par_.expert_dp_comm->all_reduce_async(p.grad, comm::ReduceOp::sum));
+    } else if (par_.dp > 1) {
+      pending_.push_back(par_.dp_comm->all_reduce_async(p.grad, comm::ReduceOp::sum));
+    }
+  }
+}
+
+void Trainer::finish_reduction() {
+  for (auto& r : pending_) r->wait();
+  pending_.clear();
+}
+
+double Trainer::global_grad_norm() {
+  Tensor acc = scalars_.get("sumsq");
+  fill_zero(acc);
+  for (auto& p : params_->all())
+    if (p.owner) sum_squares(acc, p.grad);
+  if (par_.world && par_.world->size() > 1) par_.world->all_reduce(acc, comm::ReduceOp::sum);
+  float host = 0;
+  copy(Tensor(&host, {1}, DType::f32), acc);  // the step's one device->host sync
+  return std::sqrt(double(host));
+}
+
+StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::span<const int32_t> targets) {
+  const auto& t = cfg_.train;
+  const Shapes& s = model_->shapes();
+  const int64_t local_seqs = t.global_batch / par_.dp, micro_steps = local_seqs / t.micro_batch;
+  MONTA_CHECK(int64_t(inputs.size()) == local_seqs * s.S && inputs.size() == targets.size(),
+              "trainer: batch of " + std::to_string(inputs.size()) + " tokens, expected " + std::to_string(local_seqs * s.S));
+  const double ce_scale = 1.0 / double(t.global_batch * s.S);
+  const double aux_scale = 1.0 / double(t.global_batch / t.micro_batch);
+
+  params_->zero_grads();
+  double sums[4] = {0, 0, 0, 0};  // ce, aux, z, dropped
+  double exch_s = 0, exch_bytes = 0;
+  for (int64_t i = 0; i < micro_steps; ++i) {
+    if (i + 1 == micro_steps) model_->on_grads_ready = [this](int g) { start_reduction(g); };
+    auto r = model_->forward_backward(inputs.data() + i * s.N, targets.data() + i * s.N, ce_scale, aux_scale);
+    sums[0] += r.ce_sum;
+    sums[1] += r.aux_sum;
+    sums[2] += r.z_sum;
+    sums[3] += double(r.dropped);
+    exch_s += r.exchange_s;
+    exch_bytes += r.exchange_bytes;
+  }
+  model_->on_grads_ready = nullptr;
+  finish_reduction();
+  if (par_.dp > 1) {
+    Tensor host(sums, {4}, DType::f64);
+    par_.dp_comm->all_reduce(host, comm::ReduceOp::sum);
+  }
+  StepMetrics m;
+  m.step = step_ + 1;
+  m.loss = sums[0] * ce_scale;
+  m.aux_loss = sums[1] * aux_scale / double(cfg_.model.layers);
+  m.z_loss = sums[2] * aux_scale / double(cfg_.model.layers);
+  m.dropped = int64_t(sums[3]);
+  m.exchange_ms = exch_s * 1000.0;
+  m.exchange_gbps = exch_s > 0 ? exch_bytes / exch_s / 1e9 : 0.0;
+  return m;
+}
+
+StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32_t> targets) {
+  auto t0 = std::chrono::steady_clock::now();
+  const auto& t = cfg_.train;
+  StepMetrics m = compute_gradients(inputs, targets);
+  m.grad_norm = global_grad_norm();
+  m.lr = lr_at(m.step, sched_);
+  if (!std::isfinite(m.grad_norm) || !std::isfinite(m.loss)) {
+    m.skipped = true;
+    ++skips_;
+    log_warn(strf("step %ld: non-finite loss or gradient norm (loss %g, grad norm %g); update skipped (%ld in a row)",
+                  m.step, m.loss, m.grad_norm, skips_));
+    MONTA_USER_CHECK(skips_ < t.max_skipped,
+                     strf("%ld consecutive steps had a non-finite loss or gradient norm; stopping (train.max_skipped = %ld). "
+                          "Lower train.lr or check the data.", skips_, t.max_skipped));
+  } else {
+    skips_ = 0;
+    AdamWArgs a;
+    a.lr = m.lr;
+    a.beta1 = t.beta1;
+    a.beta2 = t.beta2;
+    a.eps = t.adam_eps;
+    a.step = m.step;
+    a.grad_scale = (t.grad_clip > 0 && m.grad_norm > t.grad_clip) ? t.grad_clip / (m.grad_norm + 1e-6) : 1.0;
+    for (auto& p : params_->all()) {
+      a.weight_decay = p.weight_decay ? t.weight_decay : 0.0;
+      Tensor lowp = p.compute.data != p.master.data ? p.compute : Tensor();
+      adamw_step(p.master, p.m, p.v, lowp, p.grad, a);
+    }
+  }
+  ++step_;
+  sync_device(device_);
+  m.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  m.tokens_per_s = double(t.global_batch * cfg_.model.seq_len) / (m.step_ms / 1000.0);
+  return m;
+}
+
+}  // namespace monta::model

@@ -1,0 +1,55 @@
+// One optimizer step over this rank's share of a global batch: micro-batches forward/backward, gradient
+// reduction over the data-parallel groups, global-norm clipping, AdamW, LR schedule, skip on non-finite.
+#pragma once
+#include <memory>
+#include <span>
+
+#include "engine/schedule.h"
+#include "model/config.h"
+#include "model/model.h"
+#include "model/params.h"
+
+namespace monta::model {
+
+struct StepMetrics {
+  int64_t step = 0;
+  double loss = 0, aux_loss = 0, z_loss = 0, grad_norm = 0, lr = 0;
+  double step_ms = 0, tokens_per_s = 0, exchange_ms = 0, exchange_gbps = 0;
+  int64_t dropped = 0;
+  bool skipped = false;
+};
+
+class Trainer {
+ public:
+  Trainer(const Config& cfg, const ParallelContext& par, Device device);
+  // inputs/targets: this rank's (global_batch / dp) sequences of seq_len tokens, row-major.
+  StepMetrics step(std::span<const int32_t> inputs, std::span<const int32_t> targets);
+  // The first half of step(): zeroes, accumulates and reduces the gradients of one global batch, and fills
+  // the loss fields of the result; no update. Tests compare these gradients across layouts.
+  StepMetrics compute_gradients(std::span<const int32_t> inputs, std::span<const int32_t> targets);
+  ParamStore& params() { return *params_; }
+  Model& model() { return *model_; }
+  int64_t steps_done() const { return step_; }
+  void set_steps_done(int64_t s) { step_ = s; }
+  int64_t consecutive_skips() const { return skips_; }
+  void set_consecutive_skips(int64_t s) { skips_ = s; }
+  DType act_dtype() const { return act_; }
+
+ private:
+  void start_reduction(int group);  // group: layer index, layers (head), -1 (embedding)
+  void finish_reduction();
+  double global_grad_norm();
+
+  Config cfg_;
+  ParallelContext par_;
+  Device device_;
+  DType act_;
+  engine::LrSchedule sched_;
+  std::unique_ptr<ParamStore> params_;
+  std::unique_ptr<Model> model_;
+  engine::Arena scalars_;
+  int64_t step_ = 0, skips_ = 0;
+  std::vector<std::unique_ptr<comm::Request>> pending_;
+};
+
+}  // namespace monta::model

@@ -1,0 +1,486 @@
+// MPI tests of monta_comm on the ranks mpirun gives (CTest: 2, 4 and 8): every collective of MpiCommunicator
+// against hand-computed results on several group shapes, topology discovery, process groups against the pure
+// layout, and both token-exchange strategies against a reference built from every rank's input.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "comm/exchange.h"
+#include "comm/groups.h"
+#include "comm/mpi_communicator.h"
+#include "comm/runtime.h"
+#include "comm/shard.h"
+#include "comm/topology.h"
+#include "engine/check.h"
+#include "engine/log.h"
+#include "engine/memory.h"
+
+namespace monta::comm {
+namespace {
+
+using engine::DType;
+using engine::Device;
+
+int wrank() { return runtime_world_rank(); }
+int wsize() { return runtime_world_size(); }
+
+template <class T> Tensor tens(std::vector<T>& v, DType dt) {
+  return engine::make_view(v.data(), {int64_t(v.size())}, dt, Device::cpu);
+}
+
+// Group shapes: the world, halves split unevenly (sizes 1/1, 1/3, 3/5), even/odd ranks, and the world in
+// reverse order (group rank != world rank).
+std::vector<std::unique_ptr<MpiCommunicator>> test_comms() {
+  std::vector<std::unique_ptr<MpiCommunicator>> c;
+  const int r = wrank(), w = wsize();
+  c.push_back(std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, "world"));
+  c.push_back(MpiCommunicator::split(MPI_COMM_WORLD, r < (w + 1) / 3 ? 0 : 1, r, "uneven"));
+  c.push_back(MpiCommunicator::split(MPI_COMM_WORLD, r % 2, r, "parity"));
+  c.push_back(MpiCommunicator::split(MPI_COMM_WORLD, 0, w - r, "reversed"));
+  return c;
+}
+
+const std::vector<int64_t> kCounts = {0, 1, 7, 129};
+
+// ---- collectives --------------------------------------------------------------------------------------------
+
+template <class T> void check_all_reduce(Communicator& c, DType dt) {
+  const int g = c.rank(), s = c.size();
+  for (int64_t n : kCounts) {
+    std::vector<T> sum(static_cast<size_t>(n)), mx(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) sum[size_t(i)] = mx[size_t(i)] = T((g + 1) * (i % 7 + 1));
+    c.all_reduce(tens(sum, dt), ReduceOp::sum);
+    c.all_reduce(tens(mx, dt), ReduceOp::max);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(sum[size_t(i)], T((i % 7 + 1) * s * (s + 1) / 2)) << c.name() << " " << engine::dtype_name(dt) << " i " << i;
+      EXPECT_EQ(mx[size_t(i)], T((i % 7 + 1) * s)) << c.name() << " " << engine::dtype_name(dt) << " i " << i;
+    }
+  }
+}
+
+TEST(Collectives, AllReduceSumMaxEveryDtype) {
+  for (auto& owned : test_comms()) {
+    Communicator& c = *owned;
+    check_all_reduce<float>(c, DType::f32);
+    check_all_reduce<double>(c, DType::f64);
+    check_all_reduce<int32_t>(c, DType::i32);
+    check_all_reduce<int64_t>(c, DType::i64);
+  }
+}
+
+template <class T> T code(int a, int b, int64_t i) { return T((a * 61 + b * 13 + i * 7 + 1) % 251); }
+
+template <class T> void check_all_gather(Communicator& c, DType dt) {
+  const int g = c.rank(), s = c.size();
+  for (int64_t n : kCounts) {
+    std::vector<T> in(static_cast<size_t>(n)), out(static_cast<size_t>(n * s), T(0));
+    for (int64_t i = 0; i < n; ++i) in[size_t(i)] = code<T>(g, 0, i);
+    c.all_gather(tens(out, dt), tens(in, dt));
+    for (int b = 0; b < s; ++b)
+      for (int64_t i = 0; i < n; ++i)
+        EXPECT_EQ(out[size_t(b * n + i)], code<T>(b, 0, i)) << c.name() << " " << engine::dtype_name(dt);
+    // In place: in is out's own block.
+    std::vector<T> inplace(static_cast<size_t>(n * s), T(0));
+    for (int64_t i = 0; i < n; ++i) inplace[size_t(g * n + i)] = code<T>(g, 1, i);
+    Tensor all = tens(inplace, dt);
+    c.all_gather(all, engine::make_view(inplace.data() + g * n, {n}, dt, Device::cpu));
+    for (int b = 0; b < s; ++b)
+      for (int64_t i = 0; i < n; ++i) EXPECT_EQ(inplace[size_t(b * n + i)], code<T>(b, 1, i)) << c.name() << " in place";
+  }
+}
+
+TEST(Collectives, AllGatherAnyDtypeAndInPlace) {
+  for (auto& owned : test_comms()) {
+    Communicator& c = *owned;
+    check_all_gather<float>(c, DType::f32);
+    check_all_gather<uint16_t>(c, DType::bf16);
+    check_all_gather<uint8_t>(c, DType::u8);
+    check_all_gather<int64_t>(c, DType::i64);
+  }
+}
+
+template <class T> void check_reduce_scatter(Communicator& c, DType dt) {
+  const int g = c.rank(), s = c.size();
+  for (int64_t n : kCounts) {
+    std::vector<T> in(static_cast<size_t>(n * s)), sum(static_cast<size_t>(n)), mx(static_cast<size_t>(n));
+    for (int b = 0; b < s; ++b)
+      for (int64_t i = 0; i < n; ++i) in[size_t(b * n + i)] = T((g + 1) + b * 10 + i);
+    c.reduce_scatter(tens(sum, dt), tens(in, dt), ReduceOp::sum);
+    c.reduce_scatter(tens(mx, dt), tens(in, dt), ReduceOp::max);
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(sum[size_t(i)], T(s * (s + 1) / 2 + s * (g * 10 + i))) << c.name() << " " << engine::dtype_name(dt);
+      EXPECT_EQ(mx[size_t(i)], T(s + g * 10 + i)) << c.name() << " " << engine::dtype_name(dt);
+    }
+  }
+}
+
+TEST(Collectives, ReduceScatterSumMax) {
+  for (auto& owned : test_comms()) {
+    Communicator& c = *owned;
+    check_reduce_scatter<float>(c, DType::f32);
+    check_reduce_scatter<double>(c, DType::f64);
+    check_reduce_scatter<int32_t>(c, DType::i32);
+    check_reduce_scatter<int64_t>(c, DType::i64);
+  }
+}
+
+template <class T> void check_all_to_all(Communicator& c, DType dt) {
+  const int g = c.rank(), s = c.size();
+  for (int64_t n : kCounts) {
+    std::vector<T> in(static_cast<size_t>(n * s)), out(static_cast<size_t>(n * s), T(0));
+    for (int j = 0; j < s; ++j)
+      for (int64_t i = 0; i < n; ++i) in[size_t(j * n + i)] = code<T>(g, j, i);  // block j goes to rank j
+    c.all_to_all(tens(out, dt), tens(in, dt));
+    for (int src = 0; src < s; ++src)
+      for (int64_t i = 0; i < n; ++i)
+        EXPECT_EQ(out[size_t(src * n + i)], code<T>(src, g, i)) << c.name() << " " << engine::dtype_name(dt);
+  }
+}
+
+TEST(Collectives, AllToAllAnyDtype) {
+  for (auto& owned : test_comms()) {
+    Communicator& c = *owned;
+    check_all_to_all<uint16_t>(c, DType::bf16);
+    check_all_to_all<double>(c, DType::f64);
+    check_all_to_all<uint8_t>(c, DType::u8);
+  }
+}
+
+TEST(Collectives, AllToAllVWithZeroCounts) {
+  for (auto& owned : test_comms()) {
+    Communicator& c = *owned;
+    const int g = c.rank(), s = c.size();
+    // Rank a sends (a + 2b) % 3 elements to rank b: zero for some pairs, uneven for the rest.
+    auto count = [](int a, int b) { return int64_t((a + 2 * b) % 3); };
+    std::vector<int64_t> sc(static_cast<size_t>(s)), rc(static_cast<size_t>(s));
+    int64_t ns = 0, nr = 0;
+    for (int j = 0; j < s; ++j) {
+      sc[size_t(j)] = count(g, j);
+      rc[size_t(j)] = count(j, g);
+      ns += sc[size_t(j)];
+      nr += rc[size_t(j)];
+    }
+    std::vector<int32_t> in, out(static_cast<size_t>(nr) + 3, -1);  // extra room must stay untouched
+    for (int j = 0; j < s; ++j)
+      for (int64_t k = 0; k < sc[size_t(j)]; ++k) in.push_back(g * 100 + j * 10 + int32_t(k));
+    in.reserve(1);
+    Tensor tin = engine::make_view(in.empty() ? out.data() + nr : in.data(), {ns}, DType::i32, Device::cpu);
+    c.all_to_all_v(tens(out, DType::i32), rc, tin, sc);
+    size_t at = 0;
+    for (int src = 0; src < s; ++src)
+      for (int64_t k = 0; k < rc[size_t(src)]; ++k, ++at)
+        EXPECT_EQ(out[at], src * 100 + g * 10 + int32_t(k)) << c.name() << " from " << src;
+    for (; at < out.size(); ++at) EXPECT_EQ(out[at], -1) << c.name() << " wrote past the counts";
+  }
+}
+
+TEST(Collectives, BroadcastFromLastRank) {
+  for (auto& owned : test_comms()) {
+    Communicator& c = *owned;
+    const int root = c.size() - 1;
+    std::vector<int64_t> a(11, -1);
+    std::vector<uint16_t> b(5, 0);
+    if (c.rank() == root) {
+      for (size_t i = 0; i < a.size(); ++i) a[i] = int64_t(i) * 1000003 + 7;
+      for (size_t i = 0; i < b.size(); ++i) b[i] = engine::float_to_bf16(float(i) + 0.5f).bits;
+    }
+    c.broadcast(tens(a, DType::i64), root);
+    c.broadcast(tens(b, DType::bf16), root);
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], int64_t(i) * 1000003 + 7) << c.name();
+    for (size_t i = 0; i < b.size(); ++i) EXPECT_EQ(engine::bf16_to_float({b[i]}), float(i) + 0.5f) << c.name();
+    c.barrier();
+  }
+}
+
+TEST(Collectives, AsyncFormsOverlapAndWait) {
+  for (auto& owned : test_comms()) {
+    Communicator& c = *owned;
+    const int g = c.rank(), s = c.size();
+    const int64_t n = 9;
+    std::vector<float> red(static_cast<size_t>(n), float(g + 1));
+    std::vector<int64_t> mx(static_cast<size_t>(n), g);
+    std::vector<double> gin(static_cast<size_t>(n), g + 0.25), gout(static_cast<size_t>(n * s), 0);
+    std::vector<int32_t> ain(static_cast<size_t>(n * s)), aout(static_cast<size_t>(n * s), 0);
+    for (int j = 0; j < s; ++j)
+      for (int64_t i = 0; i < n; ++i) ain[size_t(j * n + i)] = g * 1000 + j * 10 + int32_t(i);
+    // All four in flight at once, waited in a different order than started; the last waits in its destructor.
+    auto r1 = c.all_reduce_async(tens(red, DType::f32), ReduceOp::sum);
+    auto r2 = c.all_gather_async(tens(gout, DType::f64), tens(gin, DType::f64));
+    auto r3 = c.all_to_all_async(tens(aout, DType::i32), tens(ain, DType::i32));
+    auto r4 = c.all_reduce_async(tens(mx, DType::i64), ReduceOp::max);
+    r3->wait();
+    r1->wait();
+    r2->wait();
+    r2->wait();  // a second wait is harmless
+    r4.reset();
+    for (int64_t i = 0; i < n; ++i) {
+      EXPECT_EQ(red[size_t(i)], float(s * (s + 1) / 2)) << c.name();
+      EXPECT_EQ(mx[size_t(i)], s - 1) << c.name();
+    }
+    for (int b = 0; b < s; ++b)
+      for (int64_t i = 0; i < n; ++i) {
+        EXPECT_EQ(gout[size_t(b * n + i)], b + 0.25) << c.name();
+        EXPECT_EQ(aout[size_t(b * n + i)], b * 1000 + g * 10 + int32_t(i)) << c.name();
+      }
+  }
+}
+
+// Each of these fails its MONTA_CHECK before MPI is called, identically on every rank, so nobody hangs.
+TEST(Collectives, BadArgumentsFailLoudly) {
+  MpiCommunicator c(MPI_COMM_WORLD, "world");
+  const int s = c.size();
+  std::vector<float> a(4), b(size_t(4 * s) + 1);
+  std::vector<uint16_t> h(4);
+  EXPECT_THROW(c.all_gather(tens(b, DType::f32), tens(a, DType::f32)), engine::Error);
+  EXPECT_THROW(c.reduce_scatter(tens(a, DType::f32), tens(b, DType::f32), ReduceOp::sum), engine::Error);
+  EXPECT_THROW(c.all_to_all(tens(b, DType::f32), tens(b, DType::f32)), engine::Error);
+  EXPECT_THROW(c.all_reduce(tens(h, DType::bf16), ReduceOp::sum), engine::Error);
+  EXPECT_THROW(c.all_gather(tens(b, DType::f32), tens(h, DType::bf16)), engine::Error);
+  std::vector<int64_t> wrong(static_cast<size_t>(s) + 1, 0);
+  EXPECT_THROW(c.all_to_all_v(tens(a, DType::f32), wrong, tens(a, DType::f32), wrong), engine::Error);
+  std::vector<int64_t> too_many(static_cast<size_t>(s), 4);
+  EXPECT_THROW(c.all_to_all_v(tens(a, DType::f32), too_many, tens(a, DType::f32), too_many), engine::Error);
+  Tensor dev = tens(a, DType::f32);
+  dev.device = Device::cuda;
+  EXPECT_THROW(c.all_reduce(dev, ReduceOp::sum), engine::Error);
+  EXPECT_THROW(c.broadcast(tens(a, DType::f32), s), engine::Error);
+  c.barrier();
+}
+
+// ---- runtime and topology -----------------------------------------------------------------------------------
+
+TEST(Runtime, ActiveWithRankAndHost) {
+  EXPECT_TRUE(runtime_active());
+  int r = -1, w = -1;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  EXPECT_EQ(runtime_world_rank(), r);
+  EXPECT_EQ(runtime_world_size(), w);
+  EXPECT_FALSE(runtime_host().empty());
+  EXPECT_EQ(runtime_local_rank(), r) << "one host: local rank = world rank";
+  EXPECT_EQ(engine::log_rank(), r);
+}
+
+TEST(Topology, RealNodesOnOneHost) {
+  Topology t = discover_topology(0);
+  EXPECT_FALSE(t.emulated);
+  EXPECT_EQ(t.world_rank, wrank());
+  EXPECT_EQ(t.world_size, wsize());
+  EXPECT_EQ(t.num_nodes, 1);
+  EXPECT_EQ(t.node, 0);
+  EXPECT_EQ(t.local_rank, wrank());
+  EXPECT_EQ(t.local_size, wsize());
+  EXPECT_EQ(t.node_of_rank, std::vector<int>(static_cast<size_t>(wsize()), 0));
+  ASSERT_EQ(t.node_host.size(), 1u);
+  EXPECT_EQ(t.node_host[0], t.host);
+}
+
+TEST(Topology, EmulatedNodes) {
+  const int w = wsize();
+  for (int nodes : {1, 2, w}) {
+    if (w % nodes) continue;
+    Topology t = discover_topology(nodes);
+    const int per = w / nodes;
+    EXPECT_TRUE(t.emulated);
+    EXPECT_EQ(t.num_nodes, nodes);
+    EXPECT_EQ(t.node, wrank() / per);
+    EXPECT_EQ(t.local_rank, wrank() % per);
+    EXPECT_EQ(t.local_size, per);
+    for (int r = 0; r < w; ++r) EXPECT_EQ(t.node_of_rank[size_t(r)], r / per);
+    EXPECT_TRUE(t.same_node(0, per - 1));
+    if (nodes > 1) EXPECT_FALSE(t.same_node(0, per));
+    std::vector<int> all(static_cast<size_t>(w));
+    for (int r = 0; r < w; ++r) all[size_t(r)] = r;
+    EXPECT_DOUBLE_EQ(cross_node_fraction(t, all), double(w - per) / double(w - 1));
+  }
+}
+
+TEST(Topology, EmulatedNodesMustDivideWorld) {
+  const int w = wsize();
+  const int bad = w % 3 ? 3 : 5;
+  try {
+    discover_topology(bad);
+    ADD_FAILURE() << "no error for --emulate-nodes " << bad << " on " << w << " ranks";
+  } catch (const engine::Error& e) {
+    EXPECT_TRUE(e.user);
+    const std::string m = e.what();
+    EXPECT_NE(m.find("--emulate-nodes " + std::to_string(bad)), std::string::npos) << m;
+    EXPECT_NE(m.find(std::to_string(w) + " ranks"), std::string::npos) << m;
+  }
+}
+
+// ---- process groups -----------------------------------------------------------------------------------------
+
+std::vector<std::pair<int, int>> layouts_for(int world) {  // (tp, ep), t and e in {1, 2, 4}
+  std::vector<std::pair<int, int>> v;
+  for (int t : {1, 2, 4})
+    for (int e : {1, 2, 4})
+      if (world % (t * e) == 0) v.push_back({t, e});
+  return v;
+}
+
+Layout test_layout(int t, int e) { return make_layout(wsize(), t, e, true, 8, 8, 4, 64, 32); }
+
+TEST(ProcessGroups, SizesRanksAndMembersMatchTheLayout) {
+  const int w = wsize(), me = wrank();
+  const Topology topo = discover_topology(w >= 4 ? 2 : 1);
+  for (auto [t, e] : layouts_for(w)) {
+    const Layout l = test_layout(t, e);
+    ProcessGroups pg(l, topo);
+    const RankCoords c = pg.coords();
+    EXPECT_EQ(pg.world().size(), w);
+    EXPECT_EQ(pg.world().rank(), me);
+    EXPECT_EQ(pg.tp().size(), t);
+    EXPECT_EQ(pg.tp().rank(), c.tp_idx);
+    EXPECT_EQ(pg.dp().size(), l.dp);
+    EXPECT_EQ(pg.dp().rank(), c.dp_idx);
+    EXPECT_EQ(pg.ep().size(), e);
+    EXPECT_EQ(pg.ep().rank(), c.dp_idx % e);
+    EXPECT_EQ(pg.expert_dp().size(), l.dp / e);
+    EXPECT_EQ(pg.expert_dp().rank(), c.dp_idx / e);
+    EXPECT_EQ(pg.node().size(), topo.local_size);
+    EXPECT_EQ(pg.node().rank(), topo.local_rank);
+    for (GroupKind k : kGroupKinds) {
+      const auto want = k == GroupKind::node ? node_ranks(topo, me) : group_ranks(l, k, me);
+      EXPECT_EQ(pg.members(k), want) << group_kind_name(k);
+      EXPECT_EQ(pg.get(k).name(), group_kind_name(k));
+      // The MPI group really holds those ranks, in that order: gather world ranks over it.
+      std::vector<int32_t> mine = {me}, got(static_cast<size_t>(pg.get(k).size()), -1);
+      pg.get(k).all_gather(tens(got, DType::i32), tens(mine, DType::i32));
+      EXPECT_EQ(std::vector<int>(got.begin(), got.end()), want) << group_kind_name(k) << " tp " << t << " ep " << e;
+    }
+    EXPECT_EQ(pg.layout_table(), format_layout_table(l, topo));
+    if (t == 2 && e == 2) engine::log_info(pg.layout_table());
+  }
+}
+
+// ---- token exchange -----------------------------------------------------------------------------------------
+
+struct ExchangeCase {
+  int64_t E, C, H;
+  DType dtype;
+};
+
+// x of one rank: depends only on the DP index (so identical on every TP rank) and the salt; expert
+// dp_idx % E is all zeros.
+std::vector<char> make_input(const ExchangeCase& k, int dp_idx, int salt) {
+  const size_t es = engine::dtype_size(k.dtype);
+  const int64_t n = k.E * k.C * k.H;
+  std::vector<char> b(static_cast<size_t>(n) * es);
+  std::mt19937 rng(uint32_t(1000 * dp_idx + salt));
+  std::uniform_real_distribution<float> u(-2.f, 2.f);
+  for (int64_t i = 0; i < n; ++i) {
+    const bool zero = (i / (k.C * k.H)) == dp_idx % k.E;
+    const float v = zero ? 0.f : u(rng);
+    if (k.dtype == DType::f32) std::memcpy(&b[size_t(i) * es], &v, es);
+    else {
+      const engine::bf16_t h = engine::float_to_bf16(v);
+      std::memcpy(&b[size_t(i) * es], &h.bits, es);
+    }
+  }
+  return b;
+}
+
+std::vector<char> gather_world(const std::vector<char>& mine) {
+  std::vector<char> all(mine.size() * size_t(wsize()));
+  MPI_Allgather(mine.data(), int(mine.size()), MPI_BYTE, all.data(), int(mine.size()), MPI_BYTE, MPI_COMM_WORLD);
+  return all;
+}
+
+Tensor view_of(std::vector<char>& b, std::initializer_list<int64_t> dims, DType dt) {
+  return Tensor(b.data(), dims, dt, Device::cpu);
+}
+
+void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
+  const Layout& l = pg.layout();
+  const int me = wrank(), e = l.ep, t = l.tp;
+  const RankCoords co = pg.coords();
+  const int64_t E = k.E, C = k.C, H = k.H, El = E / e;
+  const size_t es = engine::dtype_size(k.dtype), slot = size_t(H) * es, bytes = size_t(E * C * H) * es;
+  const std::string what = "tp " + std::to_string(t) + " ep " + std::to_string(e) + " E " + std::to_string(E) + " C " +
+                           std::to_string(C) + " " + engine::dtype_name(k.dtype);
+  const std::vector<int> peers = pg.members(GroupKind::ep);
+
+  std::vector<char> x = make_input(k, co.dp_idx, 1), z = make_input(k, co.dp_idx, 2);
+  const std::vector<char> all_x = gather_world(x), all_z = gather_world(z);
+  // References from the formulas: y[j, p*C + c] = x_p[me*E_l + j, c]; out[p*E_l + j, c] = z_p[j, me*C + c].
+  std::vector<char> y_ref(bytes), out_ref(bytes);
+  for (int p = 0; p < e; ++p)
+    for (int64_t j = 0; j < El; ++j)
+      for (int64_t c = 0; c < C; ++c) {
+        const size_t peer = size_t(peers[size_t(p)]) * bytes;
+        std::memcpy(&y_ref[size_t(j * e * C + p * C + c) * slot],
+                    &all_x[peer + size_t((co.ep_idx * El + j) * C + c) * slot], slot);
+        std::memcpy(&out_ref[size_t((p * El + j) * C + c) * slot],
+                    &all_z[peer + size_t(j * e * C + co.ep_idx * C + c) * slot], slot);
+      }
+
+  std::vector<std::vector<char>> ys;
+  for (ExchangeKind kind : {ExchangeKind::duplicate, ExchangeKind::drop_gather}) {
+    const std::string name = what + " " + exchange_kind_name(kind);
+    auto ex = make_exchange(kind, pg.tp(), pg.ep(), {E, C, H}, k.dtype, Device::cpu);
+    EXPECT_EQ(ex->kind(), kind);
+    std::vector<char> y(bytes, char(0xAB)), back(bytes, char(0xCD)), out(bytes, char(0xEF));
+    ex->dispatch(view_of(y, {El, e * C, H}, k.dtype), view_of(x, {E, C, H}, k.dtype));
+    const ExchangeStats st = ex->last_stats();
+    ex->combine(view_of(back, {E, C, H}, k.dtype), view_of(y, {El, e * C, H}, k.dtype));
+    ex->combine(view_of(out, {E, C, H}, k.dtype), view_of(z, {El, e * C, H}, k.dtype));
+    EXPECT_TRUE(y == y_ref) << name << ": dispatch differs from the reference";
+    EXPECT_TRUE(back == x) << name << ": combine(dispatch(x)) != x";
+    EXPECT_TRUE(out == out_ref) << name << ": combine differs from the reference";
+    ys.push_back(y);
+
+    if (kind == ExchangeKind::duplicate) {
+      EXPECT_EQ(st.ep_bytes, int64_t((e - 1) * El * C * H) * int64_t(es)) << name;
+      EXPECT_EQ(st.tp_bytes, 0) << name;
+    } else {
+      const Shard s = shard(C, t, co.tp_idx, false);
+      const int64_t cp = (C + t - 1) / t;
+      EXPECT_EQ(st.ep_bytes, int64_t((e - 1) * El * s.size * H) * int64_t(es)) << name;
+      EXPECT_EQ(st.tp_bytes, int64_t((t - 1) * e * El * cp * H) * int64_t(es)) << name;
+      // The TP ranks together send exactly what one duplicate rank sends over EP.
+      std::vector<int64_t> sum = {st.ep_bytes};
+      pg.tp().all_reduce(tens(sum, DType::i64), ReduceOp::sum);
+      EXPECT_EQ(sum[0], int64_t((e - 1) * El * C * H) * int64_t(es)) << name;
+    }
+    EXPECT_GE(st.seconds, 0.0);
+  }
+  EXPECT_TRUE(ys[0] == ys[1]) << what << ": duplicate and drop_gather differ";
+}
+
+TEST(Exchange, MatchesReferenceAndInvertsForEveryLayout) {
+  const Topology topo = discover_topology(0);
+  int cases = 0;
+  for (auto [t, e] : layouts_for(wsize())) {
+    ProcessGroups pg(test_layout(t, e), topo);
+    // C = 5 and 3 divide by neither 2 nor 4 (3 < 4 leaves a TP rank with an empty slice); E_l = 1 and 2.
+    for (int64_t E : {int64_t(e), int64_t(2 * e)})
+      for (int64_t C : {5, 3})
+        for (DType dt : {DType::f32, DType::bf16}) {
+          run_exchange_case(pg, {E, C, 3, dt});
+          ++cases;
+        }
+  }
+  EXPECT_GE(cases, 16);
+}
+
+TEST(Exchange, WrongBuffersFailLoudly) {
+  const Topology topo = discover_topology(0);
+  ProcessGroups pg(test_layout(1, wsize() % 2 ? 1 : 2), topo);
+  const int e = pg.ep().size();
+  auto ex = make_exchange(ExchangeKind::drop_gather, pg.tp(), pg.ep(), {2 * e, 4, 2}, DType::f32, Device::cpu);
+  std::vector<float> x(static_cast<size_t>(2 * e * 4 * 2)), y(x.size() + 1);
+  EXPECT_THROW(ex->dispatch(tens(y, DType::f32), tens(x, DType::f32)), engine::Error);
+  EXPECT_THROW(ex->dispatch(tens(x, DType::f32), tens(x, DType::f32)), engine::Error);  // aliasing
+  EXPECT_THROW(ex->combine(tens(x, DType::f64), tens(x, DType::f32)), engine::Error);
+  if (e > 1)
+    EXPECT_THROW(make_exchange(ExchangeKind::duplicate, pg.tp(), pg.ep(), {2 * e + 1, 4, 2}, DType::f32, Device::cpu),
+                 engine::Error);
+  pg.world().barrier();
+}
+
+}  // namespace
+}  // namespace monta::comm

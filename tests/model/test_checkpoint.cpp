@@ -1,0 +1,191 @@
+// Checkpoints: save → continue equals uninterrupted training bit for bit; corrupt, incomplete, missing and
+// foreign checkpoints give their errors; `resume auto` skips broken ones; export writes full tensors.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <vector>
+
+#include "data/loader.h"
+#include "data/synthetic.h"
+#include "engine/check.h"
+#include "model/checkpoint.h"
+#include "model/trainer.h"
+
+using namespace monta;
+namespace fs = std::filesystem;
+
+namespace {
+
+model::Config small_config() {
+  model::Config c;
+  c.model.vocab = 64;
+  c.model.hidden = 32;
+  c.model.ffn = 64;
+  c.model.seq_len = 16;
+  c.train.micro_batch = 2;
+  c.train.global_batch = 4;
+  c.train.warmup_steps = 2;
+  c.train.steps = 6;
+  return c;
+}
+
+struct CkptRun {
+  model::Config c = small_config();
+  fs::path dir;
+  std::string data;
+  explicit CkptRun(const std::string& name) {
+    dir = fs::temp_directory_path() / ("monta_ckpt_" + name);
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    data = (dir / "markov.h5").string();
+    data::write_markov_corpus(data, 3, c.model.vocab, 1 << 14);
+  }
+  ~CkptRun() { fs::remove_all(dir); }
+  model::CkptMeta meta(model::Trainer& t, const data::TokenLoader& l) const {
+    model::CkptMeta m;
+    m.step = t.steps_done();
+    auto s = l.state();
+    m.loader_seed = s.seed;
+    m.loader_epoch = s.epoch;
+    m.loader_sample = s.sample;
+    m.signature = model::model_signature(c.model);
+    return m;
+  }
+};
+
+std::vector<float> weights(model::Trainer& t) {
+  std::vector<float> w;
+  for (auto& p : t.params().all()) {
+    const float* d = p.master.as<float>();
+    w.insert(w.end(), d, d + p.master.numel());
+  }
+  return w;
+}
+
+double run_steps(model::Trainer& t, data::TokenLoader& l, int n, std::vector<double>* losses) {
+  std::vector<int32_t> in(16 * 4), tg(16 * 4);
+  double last = 0;
+  for (int i = 0; i < n; ++i) {
+    l.next_batch(in, tg);
+    last = t.step(in, tg).loss;
+    if (losses) losses->push_back(last);
+  }
+  return last;
+}
+
+}  // namespace
+
+TEST(Checkpoint, ResumeIsBitExact) {
+  CkptRun r("exact");
+  model::ParallelContext par;
+  std::vector<double> straight, resumed;
+  model::Trainer a(r.c, par, engine::Device::cpu);
+  data::TokenLoader la(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
+  run_steps(a, la, 6, &straight);
+
+  model::Trainer b(r.c, par, engine::Device::cpu);
+  data::TokenLoader lb(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
+  run_steps(b, lb, 3, &resumed);
+  std::string dir = model::ckpt_save(r.dir.string(), b.params(), par, r.meta(b, lb), "[model]\n", 2);
+  ASSERT_TRUE(fs::exists(fs::path(dir) / "COMPLETE"));
+
+  model::Trainer c(r.c, par, engine::Device::cpu);  // fresh process state
+  data::TokenLoader lc(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
+  ASSERT_EQ(model::ckpt_find_latest(r.dir.string()), dir);
+  auto m = model::ckpt_load(dir, c.params(), model::model_signature(r.c.model));
+  c.set_steps_done(m.step);
+  lc.set_state(data::LoaderState{m.loader_seed, m.loader_epoch, m.loader_sample});
+  run_steps(c, lc, 3, &resumed);
+  ASSERT_EQ(straight.size(), resumed.size());
+  for (size_t i = 0; i < straight.size(); ++i) EXPECT_EQ(straight[i], resumed[i]) << "step " << i + 1;
+  EXPECT_EQ(weights(a), weights(c));
+}
+
+TEST(Checkpoint, BrokenCheckpointsAreSkippedOrRejected) {
+  engine::install_throwing_handler();
+  CkptRun r("broken");
+  model::ParallelContext par;
+  model::Trainer t(r.c, par, engine::Device::cpu);
+  data::TokenLoader l(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
+  run_steps(t, l, 1, nullptr);
+  std::string good = model::ckpt_save(r.dir.string(), t.params(), par, r.meta(t, l), "", 5);
+  run_steps(t, l, 1, nullptr);
+  std::string bad = model::ckpt_save(r.dir.string(), t.params(), par, r.meta(t, l), "", 5);
+  // Corrupt the newest: flip bytes in the middle of its shard.
+  {
+    fs::path f = fs::path(bad) / "rank_00000.h5";
+    std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(std::streamoff(fs::file_size(f) / 2));
+    io.write("\xde\xad\xbe\xef", 4);
+  }
+  EXPECT_EQ(model::ckpt_find_latest(r.dir.string()), good);
+  const std::string sig = model::model_signature(r.c.model);
+  try {
+    model::ckpt_load(bad, t.params(), sig);
+    FAIL();
+  } catch (const engine::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("fails its checksum"), std::string::npos) << e.what();
+  }
+  // Incomplete (no marker): skipped, and rejected when named.
+  fs::remove(fs::path(bad) / "COMPLETE");
+  EXPECT_EQ(model::ckpt_find_latest(r.dir.string()), good);
+  EXPECT_THROW(model::ckpt_load(bad, t.params(), sig), engine::Error);
+  // Missing shard.
+  fs::path missing = r.dir / "copy";
+  fs::copy(good, missing);
+  fs::remove(missing / "rank_00000.h5");
+  try {
+    model::ckpt_load(missing.string(), t.params(), sig);
+    FAIL();
+  } catch (const engine::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
+  }
+  // Another model.
+  try {
+    model::ckpt_load(good, t.params(), "vocab=1");
+    FAIL();
+  } catch (const engine::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("another model"), std::string::npos) << e.what();
+  }
+  // Unwritable run directory.
+  EXPECT_THROW(model::ckpt_save("/proc/monta_no_such_dir", t.params(), par, r.meta(t, l), "", 2), engine::Error);
+}
+
+TEST(Checkpoint, ExportWritesFullTensors) {
+  CkptRun r("export");
+  model::ParallelContext par;
+  model::Trainer t(r.c, par, engine::Device::cpu);
+  data::TokenLoader l(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
+  run_steps(t, l, 1, nullptr);
+  std::string dir = model::ckpt_save(r.dir.string(), t.params(), par, r.meta(t, l), "", 2);
+  std::string out = (r.dir / "export.h5").string();
+  model::ckpt_export(dir, out);
+  hid_t f = H5Fopen(out.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  const auto& p = t.params().get("layers.1.w_down");
+  std::vector<float> got(size_t(p.master.numel()));
+  hid_t ds = H5Dopen2(f, "layers.1.w_down", H5P_DEFAULT);
+  ASSERT_GE(ds, 0);
+  ASSERT_GE(H5Dread(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, got.data()), 0);
+  H5Dclose(ds);
+  H5Fclose(f);
+  EXPECT_EQ(0, std::memcmp(got.data(), p.master.data, got.size() * sizeof(float)));
+}
+
+TEST(Checkpoint, RotationKeepsNewest) {
+  CkptRun r("rotate");
+  model::ParallelContext par;
+  model::Trainer t(r.c, par, engine::Device::cpu);
+  data::TokenLoader l(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
+  for (int i = 0; i < 4; ++i) {
+    run_steps(t, l, 1, nullptr);
+    model::ckpt_save(r.dir.string(), t.params(), par, r.meta(t, l), "", 2);
+  }
+  int n = 0;
+  for (auto& e : fs::directory_iterator(r.dir / "checkpoints")) n += e.is_directory();
+  EXPECT_EQ(n, 2);
+  EXPECT_EQ(model::ckpt_read_meta(model::ckpt_find_latest(r.dir.string())).step, 4);
+}

@@ -1,0 +1,83 @@
+// Config validation and size arithmetic: each constraint gives its user error; 2x70B has the expected size.
+#include <gtest/gtest.h>
+
+#include "engine/check.h"
+#include "model/config.h"
+
+using namespace monta;
+using namespace monta::model;
+
+namespace {
+void expect_user_error(const Config& c, int world, const std::string& phrase) {
+  engine::install_throwing_handler();
+  try {
+    validate(c, world);
+    FAIL() << "expected an error containing '" << phrase << "'";
+  } catch (const engine::Error& e) {
+    EXPECT_TRUE(e.user) << e.what();
+    EXPECT_NE(std::string(e.what()).find(phrase), std::string::npos) << e.what();
+  }
+}
+}  // namespace
+
+TEST(Config, DefaultsAreValid) {
+  engine::install_throwing_handler();
+  Config c;
+  EXPECT_NO_THROW(validate(c, 1));
+}
+
+TEST(Config, RejectsBadValues) {
+  Config c;
+  c.model.heads = 5;
+  expect_user_error(c, 0, "divisible by model.heads");
+  c = Config();
+  c.model.kv_heads = 3;
+  expect_user_error(c, 0, "model.kv_heads");
+  c = Config();
+  c.model.top_k = 5;
+  expect_user_error(c, 0, "top_k");
+  c = Config();
+  c.parallel.tp = 8;
+  expect_user_error(c, 0, "divisible by parallel.tp");
+  c = Config();
+  c.parallel.ep = 3;
+  expect_user_error(c, 0, "parallel.ep");
+  c = Config();
+  c.train.device = "tpu";
+  expect_user_error(c, 0, "train.device");
+  c = Config();
+  c.train.global_batch = 6;
+  expect_user_error(c, 4, "global_batch");
+  c = Config();
+  c.parallel.tp = 2;
+  expect_user_error(c, 3, "world size 3");
+  c = Config();
+  c.model.capacity_factor = 0;
+  expect_user_error(c, 0, "capacity_factor");
+}
+
+TEST(Config, CapacityFormula) {
+  ModelConfig m;
+  m.experts = 4;
+  m.top_k = 2;
+  m.capacity_factor = 1.25;
+  m.min_capacity = 4;
+  EXPECT_EQ(expert_capacity(m, 256), 160);  // ceil(1.25 * 256 * 2 / 4)
+  EXPECT_EQ(expert_capacity(m, 2), 4);      // min capacity
+}
+
+TEST(Config, Size2x70B) {
+  ModelConfig m;
+  m.vocab = 32000;
+  m.hidden = 8192;
+  m.layers = 80;
+  m.heads = 64;
+  m.kv_heads = 8;
+  m.ffn = 28672;
+  m.experts = 2;
+  m.top_k = 1;
+  auto s = model_size(m);
+  // Llama-2-70B has 68.98 B parameters; a second expert adds 80 · 3 · 8192 · 28672 = 56.37 B.
+  EXPECT_NEAR(double(s.total) / 1e9, 68.98 + 56.37, 0.05);
+  EXPECT_NEAR(double(s.active_per_token) / 1e9, 68.98 - 0.26, 0.05);  // one embedding table is a lookup
+}
