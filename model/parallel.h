@@ -4,6 +4,7 @@
 
 namespace monta::comm {
 class Exchange;
+class ProcessGroups;
 }
 
 namespace monta::model {
@@ -21,5 +22,8 @@ struct ParallelContext {
   comm::Communicator* expert_dp_comm = nullptr;
   comm::Exchange* exchange = nullptr;  // moves the (E, C, H) dispatch buffer over EP (and TP); null when ep == 1
 };
+
+// Sizes, ranks and (MPI) communicators of this rank's groups; the exchange is attached separately.
+ParallelContext context_from_groups(const comm::ProcessGroups& g, bool expert_tp);
 
 }  // namespace monta::model
