@@ -249,7 +249,7 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S) {
   model::ParallelContext par;
   const DType act = dev == Device::cuda ? DType::bf16 : DType::f32;
   model::ParamStore params(m, par, dev, DType::f32, act);
-  params.init(1);
+  params.init_for_benchmark();
   model::Shapes s = model::Shapes::make(m, 1, 1, 1, 1, true);
   model::Model model(m, s, par, params, act);
   std::vector<int32_t> tok(static_cast<size_t>(s.N)), tgt(static_cast<size_t>(s.N));
@@ -285,6 +285,7 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S) {
 }  // namespace
 
 int cmd_bench(int argc, char** argv) {
+  if (argc > 1 && std::string(argv[1]) == "exchange") return cmd_bench_exchange(argc - 1, argv + 1);
   std::string what, json, device = "auto";
   int iters = 10;
   int64_t seq = 8192;

@@ -13,7 +13,8 @@ void usage() {
       "  train          train a model (see `monta train --help`)\n"
       "  prepare-data   convert text, raw uint16/uint32 tokens or .npy into an HDF5 token file\n"
       "  export         write one HDF5 file of full tensors from a sharded checkpoint\n"
-      "  bench          benchmarks: `monta bench ops`, `monta bench layer` (tables + JSON)\n"
+      "  plan           rank layouts and exchange strategies for a cluster (cost model; no GPUs needed)\n"
+      "  bench          benchmarks: `monta bench ops`, `monta bench layer`, `monta bench exchange` (tables + JSON)\n"
       "  help           this message\n");
 }
 }  // namespace
@@ -27,6 +28,7 @@ int main(int argc, char** argv) {
   if (cmd == "train") return monta::app::cmd_train(argc - 1, argv + 1);
   if (cmd == "prepare-data") return monta::app::cmd_prepare_data(argc - 1, argv + 1);
   if (cmd == "export") return monta::app::cmd_export(argc - 1, argv + 1);
+  if (cmd == "plan") return monta::app::cmd_plan(argc - 1, argv + 1);
   if (cmd == "bench") return monta::app::cmd_bench(argc - 1, argv + 1);
   std::fprintf(stderr, "monta: error: unknown command '%s' (try `monta help`)\n", cmd.c_str());
   return 2;

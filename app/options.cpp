@@ -53,6 +53,7 @@ void visit(model::Config& c, F&& f) {
   f("train.device", t.device);
   f("train.log_interval", t.log_interval);
   f("train.max_skipped", t.max_skipped);
+  f("train.step_timeout_s", t.step_timeout_s);
   f("parallel.tp", c.parallel.tp);
   f("parallel.ep", c.parallel.ep);
   f("parallel.expert_tp", c.parallel.expert_tp);

@@ -1,11 +1,18 @@
 // `monta train`: parse → bootstrap comm → validate → build groups, data, model → resume → loop.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <csignal>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <mutex>
+#include <sstream>
+#include <thread>
 #include <vector>
 
 #include "app/commands.h"
@@ -69,18 +76,111 @@ void print_sizes(const model::Config& c, int world) {
 std::atomic<int> g_signal_flags{0};
 void on_signal(int sig) { g_signal_flags.fetch_or(sig == SIGTERM ? 2 : 1); }
 
+// Losses and norms with all 17 digits (a resumed run's lines compare equal as text to an uninterrupted run's);
+// a non-finite value (a skipped step) is null, as JSON has no NaN.
+std::string exact(double v) { return std::isfinite(v) ? strf("%.17g", v) : std::string("null"); }
+
 std::string metrics_json(const model::StepMetrics& m) {
-  return strf("{\"step\": %ld, \"loss\": %.6f, \"aux_loss\": %.6f, \"z_loss\": %.6f, \"grad_norm\": %.6f, \"lr\": %.6e, "
+  return strf("{\"step\": %ld, \"loss\": %s, \"aux_loss\": %s, \"z_loss\": %s, \"grad_norm\": %s, \"lr\": %.6e, "
               "\"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"dropped\": %ld, \"skipped\": %s, \"exchange_ms\": %.3f, "
               "\"exchange_gbps\": %.3f}",
-              m.step, m.loss, m.aux_loss, m.z_loss, m.grad_norm, m.lr, m.step_ms, m.tokens_per_s, m.dropped,
-              m.skipped ? "true" : "false", m.exchange_ms, m.exchange_gbps);
+              m.step, exact(m.loss).c_str(), exact(m.aux_loss).c_str(), exact(m.z_loss).c_str(),
+              exact(m.grad_norm).c_str(), m.lr, m.step_ms, m.tokens_per_s, m.dropped, m.skipped ? "true" : "false",
+              m.exchange_ms, m.exchange_gbps);
+}
+
+// A rank that dies or stalls leaves the others waiting in a collective forever; this thread turns that into a
+// bounded failure. The loop arms it around every step and save; if one phase outlasts train.step_timeout_s it
+// takes the fatal path (message, then MPI_Abort through the abort hook), which ends every rank of the job.
+class Watchdog {
+ public:
+  Watchdog(int rank, int64_t timeout_s) : rank_(rank), timeout_s_(timeout_s) {
+    if (timeout_s_ > 0) thread_ = std::thread([this] { run(); });
+  }
+  ~Watchdog() {
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  void arm(const std::string& what) {
+    std::lock_guard<std::mutex> lk(mu_);
+    what_ = what;
+    start_ = std::chrono::steady_clock::now();
+    armed_ = true;
+  }
+  void disarm() {
+    std::lock_guard<std::mutex> lk(mu_);
+    armed_ = false;
+  }
+
+ private:
+  void run() {
+    std::unique_lock<std::mutex> lk(mu_);
+    const auto limit = std::chrono::seconds(timeout_s_);
+    while (!stop_) {
+      cv_.wait_for(lk, std::chrono::milliseconds(250));
+      if (stop_ || !armed_ || std::chrono::steady_clock::now() - start_ < limit) continue;
+      engine::fail_user(strf("rank %d: %s did not finish within %ld s (train.step_timeout_s); a rank failed or stalled, "
+                             "aborting the job",
+                             rank_, what_.c_str(), (long)timeout_s_));
+    }
+  }
+  const int rank_;
+  const int64_t timeout_s_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread thread_;
+  std::string what_;
+  std::chrono::steady_clock::time_point start_;
+  bool armed_ = false, stop_ = false;
+};
+
+// Fault-injection hooks for tests/resume (environment variables, off unless set; see docs/checkpoints.md).
+//   MONTA_TEST_STALL_RANK=r   rank r sleeps forever at the start of step 2 (the watchdog test)
+//   MONTA_TEST_NAN_STEPS=a,b  steps a, b, ... see a NaN weight (final_norm), restored after the skipped step
+//   MONTA_TEST_SLOW_SAVE_MS   (model/checkpoint.cpp) sleep between the shards and the manifest
+struct TestHooks {
+  int stall_rank = -1;
+  std::vector<int64_t> nan_steps;
+  static TestHooks from_env() {
+    TestHooks h;
+    if (const char* v = std::getenv("MONTA_TEST_STALL_RANK"); v && *v) h.stall_rank = std::atoi(v);
+    if (const char* v = std::getenv("MONTA_TEST_NAN_STEPS"); v && *v) {
+      std::stringstream ss(v);
+      std::string item;
+      while (std::getline(ss, item, ',')) h.nan_steps.push_back(std::atoll(item.c_str()));
+    }
+    return h;
+  }
+  bool nan_at(int64_t step) const { return std::find(nan_steps.begin(), nan_steps.end(), step) != nan_steps.end(); }
+};
+
+// Swaps final_norm for a NaN copy (and back): every token's logits become NaN, so the step is skipped on all
+// ranks and nothing but the skip counter changes.
+void poison_final_norm(model::ParamStore& params, std::vector<float>& saved, bool on) {
+  auto& p = params.get("final_norm");
+  auto host = [&](std::vector<float>& v) { return engine::make_view(v.data(), p.local, engine::DType::f32, engine::Device::cpu); };
+  if (on) {
+    saved.resize(size_t(p.master.numel()));
+    engine::copy(host(saved), p.master);
+    std::vector<float> bad(saved.size(), NAN);
+    engine::copy(p.master, host(bad));
+  } else {
+    engine::copy(p.master, host(saved));
+  }
+  params.refresh_compute();
 }
 
 }  // namespace
 
 int cmd_train(int argc, char** argv) {
   comm::runtime_init(&argc, &argv);
+  // Installed first, so a signal during start-up is honoured after the first step rather than killing the job.
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGUSR1, on_signal);
   ParsedConfig pc = parse_train_options(argc, argv);
   if (pc.help) {
     comm::runtime_finalize();
@@ -94,21 +194,30 @@ int cmd_train(int argc, char** argv) {
     comm::runtime_finalize();
     return 0;
   }
-  ParallelSetup ps = setup_parallel(c);  // validates the config against the world size first
+  const engine::Device device = pick_device(c.train.device);
+  ParallelSetup ps = setup_parallel(c, device);  // validates the config against the world size, selects the GPU
   const int world = ps.ctx.world ? ps.ctx.world->size() : 1;
   const int rank = ps.ctx.world ? ps.ctx.world->rank() : 0;
   log_info("monta train: resolved config\n" + config_table(c));
   print_sizes(c, world);
-  const engine::Device device = pick_device(c.train.device);
-  if (device == engine::Device::cuda) engine::cuda_set_device(ps.local_rank % engine::cuda_device_count());
-  MONTA_USER_CHECK(device == engine::Device::cpu || world == 1,
-                   "several ranks on GPUs need the NCCL communicator, which this build does not have yet; use "
-                   "--train.device cpu for multi-rank runs");
   attach_exchange(ps, c, device, device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32);
   log_info(ps.layout_table);
 
-  // Run directory, resolved config, built-in data.
+  // Resume: "auto" takes the newest complete checkpoint of this run directory (none: start fresh). Checked before
+  // anything is written, so a checkpoint that cannot be used leaves the run directory as it was.
   const fs::path run_dir = c.train.run_dir;
+  const std::string signature = model::model_signature(c.model);
+  std::string resume = c.checkpoint.resume;
+  if (resume == "auto") resume = model::ckpt_find_latest(run_dir.string());
+  model::CkptMeta resume_meta;
+  if (!resume.empty()) {
+    resume_meta = model::ckpt_check(resume, signature);
+    MONTA_USER_CHECK(resume_meta.loader_seed == c.train.seed,
+                     strf("checkpoint %s was written with train.seed %lu but the config has %lu", resume.c_str(),
+                          (unsigned long)resume_meta.loader_seed, (unsigned long)c.train.seed));
+  }
+
+  // Run directory, resolved config, built-in data.
   std::string data_path = c.data.path;
   double floor = NAN;
   if (rank == 0) {
@@ -139,22 +248,22 @@ int cmd_train(int argc, char** argv) {
                 engine::device_name(device)));
   if (!std::isnan(floor)) log_info(strf("data entropy floor: %.4f nats/token (the best achievable loss)", floor));
 
-  // Resume: "auto" takes the newest complete checkpoint of this run directory (none: start fresh).
-  const std::string signature = model::model_signature(c.model);
-  std::string resume = c.checkpoint.resume;
-  if (resume == "auto") resume = model::ckpt_find_latest(run_dir.string());
   if (!resume.empty()) {
-    auto meta = model::ckpt_load(resume, trainer.params(), signature);
-    MONTA_USER_CHECK(meta.loader_seed == c.train.seed,
-                     strf("checkpoint %s was written with train.seed %lu but the config has %lu", resume.c_str(),
-                          (unsigned long)meta.loader_seed, (unsigned long)c.train.seed));
+    auto t0 = std::chrono::steady_clock::now();
+    auto meta = model::ckpt_load(resume, trainer.params(), signature, /*check=*/false);
+    const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     trainer.set_steps_done(meta.step);
     trainer.set_consecutive_skips(meta.consecutive_skips);
     loader.set_state({meta.loader_seed, meta.loader_epoch, meta.loader_sample});
-    log_info(strf("resumed from %s at step %ld (saved by %d ranks: tp %d, ep %d)", resume.c_str(), meta.step, meta.world,
-                  meta.tp, meta.ep));
+    log_info(strf("resumed from %s at step %ld (saved by %d ranks: tp %d, ep %d) in %.1f ms", resume.c_str(), meta.step,
+                  meta.world, meta.tp, meta.ep, load_ms));
   }
+  Watchdog watchdog(rank, c.train.step_timeout_s);
+  int64_t last_saved = -1;
+  if (!resume.empty() && fs::weakly_canonical(fs::path(resume).parent_path()) == fs::weakly_canonical(run_dir / "checkpoints"))
+    last_saved = resume_meta.step;  // already on disk here: do not write it again
   auto save = [&] {
+    watchdog.arm(strf("checkpoint save at step %ld", trainer.steps_done()));
     model::CkptMeta meta;
     meta.step = trainer.steps_done();
     meta.consecutive_skips = trainer.consecutive_skips();
@@ -165,24 +274,35 @@ int cmd_train(int argc, char** argv) {
     meta.signature = signature;
     auto t0 = std::chrono::steady_clock::now();
     std::string dir = model::ckpt_save(run_dir.string(), trainer.params(), ps.ctx, meta, config_ini(c), c.checkpoint.keep);
+    watchdog.disarm();
+    last_saved = meta.step;
     log_info(strf("saved checkpoint %s in %.1f ms", dir.c_str(),
                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
   };
-  std::signal(SIGTERM, on_signal);
-  std::signal(SIGUSR1, on_signal);
+  const TestHooks hooks = TestHooks::from_env();
 
   std::ofstream metrics;
   if (rank == 0) metrics.open(run_dir / "metrics.jsonl", std::ios::app);
   const int64_t local = c.train.global_batch / ps.ctx.dp * c.model.seq_len;
   std::vector<int32_t> inputs(static_cast<size_t>(local)), targets(static_cast<size_t>(local));
   while (trainer.steps_done() < c.train.steps) {
+    const int64_t next = trainer.steps_done() + 1;
+    watchdog.arm(strf("step %ld", next));
+    if (rank == hooks.stall_rank && next == 2) {
+      std::fprintf(stderr, "monta: test hook: rank %d stalls at step 2\n", rank);
+      std::fflush(stderr);
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    }
     loader.next_batch(inputs, targets);
+    std::vector<float> saved_norm;
+    if (hooks.nan_at(next)) poison_final_norm(trainer.params(), saved_norm, true);
     auto m = trainer.step(inputs, targets);
+    if (hooks.nan_at(next)) poison_final_norm(trainer.params(), saved_norm, false);
     if (rank == 0) {
       metrics << metrics_json(m) << "\n";
       metrics.flush();
     }
-    if (m.step % c.train.log_interval == 0 || m.step == c.train.steps)
+    if (m.step % c.train.log_interval == 0 || m.step == c.train.steps || m.skipped)
       log_info(strf("step %5ld | loss %.4f | aux %.4f | gnorm %7.4f | lr %.3e | %8.1f ms | %9.0f tok/s | drop %4ld | "
                     "exch %.2f ms %.2f GB/s%s",
                     m.step, m.loss, m.aux_loss, m.grad_norm, m.lr, m.step_ms, m.tokens_per_s, m.dropped, m.exchange_ms,
@@ -193,14 +313,17 @@ int cmd_train(int argc, char** argv) {
       engine::Tensor f(&flags, {1}, engine::DType::i64);
       ps.ctx.world->all_reduce(f, comm::ReduceOp::max);
     }
-    const bool last = trainer.steps_done() == c.train.steps;
+    watchdog.disarm();
     const bool interval = c.checkpoint.interval > 0 && trainer.steps_done() % c.checkpoint.interval == 0;
-    if (flags || interval || (last && c.checkpoint.interval > 0)) save();
+    if (flags || interval) save();
     if (flags & 2) {
       log_info(strf("SIGTERM: saved at step %ld, exiting", trainer.steps_done()));
       break;
     }
   }
+  // With checkpointing on, the final state is always on disk, also when no step ran (resumed at train.steps):
+  // that is how a checkpoint is re-saved in another layout.
+  if (c.checkpoint.interval > 0 && last_saved != trainer.steps_done()) save();
   if (!std::isnan(floor)) log_info(strf("done: %ld steps; data entropy floor %.4f nats/token", trainer.steps_done(), floor));
   comm::runtime_finalize();
   return 0;

@@ -5,6 +5,7 @@
 #include <chrono>
 
 #include "comm/shard.h"
+#include "comm/exchange_util.h"
 #include "engine/check.h"
 #include "engine/memory.h"
 
@@ -14,13 +15,8 @@ namespace {
 using engine::DType;
 using engine::Device;
 
-std::string n2s(int64_t v) { return std::to_string(v); }
-
-// 1-D view of n elements starting elem_off elements into t.
-Tensor flat(const Tensor& t, int64_t elem_off, int64_t n) {
-  return engine::make_view(static_cast<char*>(t.data) + size_t(elem_off) * engine::dtype_size(t.dtype), {n}, t.dtype,
-                           t.device);
-}
+using detail::flat;
+using detail::n2s;
 
 class Timer {
  public:
@@ -204,13 +200,15 @@ class DropGatherExchange final : public ExchangeBase {
 ExchangeKind parse_exchange_kind(const std::string& name) {
   if (name == "duplicate") return ExchangeKind::duplicate;
   if (name == "drop_gather") return ExchangeKind::drop_gather;
-  engine::fail_user("unknown exchange strategy '" + name + "'; valid names: duplicate, drop_gather.");
+  if (name == "pipelined") return ExchangeKind::pipelined;
+  engine::fail_user("unknown exchange strategy '" + name + "'; valid names: duplicate, drop_gather, pipelined.");
 }
 
 const char* exchange_kind_name(ExchangeKind k) {
   switch (k) {
     case ExchangeKind::duplicate: return "duplicate";
     case ExchangeKind::drop_gather: return "drop_gather";
+    case ExchangeKind::pipelined: return "pipelined";
   }
   return "?";
 }
@@ -220,6 +218,7 @@ std::unique_ptr<Exchange> make_exchange(ExchangeKind kind, Communicator& tp, Com
   switch (kind) {
     case ExchangeKind::duplicate: return std::make_unique<DuplicateExchange>(tp, ep, shape, dtype, device);
     case ExchangeKind::drop_gather: return std::make_unique<DropGatherExchange>(tp, ep, shape, dtype, device);
+    case ExchangeKind::pipelined: return make_pipelined_exchange(tp, ep, shape, dtype, device);
   }
   MONTA_CHECK(false, "make_exchange: unknown kind");
   return nullptr;

@@ -10,13 +10,14 @@
 
 namespace monta::comm {
 
-enum class ExchangeKind { duplicate, drop_gather };
-// "duplicate" or "drop_gather"; anything else is a user error listing the valid names.
+enum class ExchangeKind { duplicate, drop_gather, pipelined };
+// "duplicate", "drop_gather" or "pipelined"; anything else is a user error listing the valid names.
 ExchangeKind parse_exchange_kind(const std::string& name);
 const char* exchange_kind_name(ExchangeKind k);
 
 struct ExchangeShape {
   int64_t experts = 0, capacity = 0, hidden = 0;  // E, C, H of the dispatch buffer
+  int64_t chunks = 4;  // pipelined only: capacity chunks n (uneven when n does not divide C; at most C are used)
 };
 
 // What the last dispatch/combine cost this rank: bytes it sent to other ranks (its own block excluded, padding
@@ -50,7 +51,13 @@ class Exchange {
 //              equal-count all-gather), all-to-all over EP, then all-gather over TP and reorder; combine is the
 //              same in reverse. Staging buffers come from one arena allocated here, never per call; reorders use
 //              engine::copy, so device buffers work with a device communicator.
+// pipelined:   drop_gather in shape.chunks chunks along capacity (comm/pipelined_exchange.cpp): chunk i's TP
+//              all-gather is issued while chunk i+1's EP all-to-all is in flight (asynchronous forms, waited in
+//              order; no host sync besides the waits). Bytes per leg as drop_gather, padding per chunk.
 std::unique_ptr<Exchange> make_exchange(ExchangeKind kind, Communicator& tp, Communicator& ep, ExchangeShape shape,
                                         engine::DType dtype, engine::Device device);
+// The pipelined strategy's factory (make_exchange calls it; exposed for its own translation unit).
+std::unique_ptr<Exchange> make_pipelined_exchange(Communicator& tp, Communicator& ep, ExchangeShape shape,
+                                                  engine::DType dtype, engine::Device device);
 
 }  // namespace monta::comm

@@ -17,14 +17,6 @@ bool g_owns_mpi = false;
 int g_rank = 0, g_world = 1, g_local = 0;
 std::string g_host;
 
-void abort_hook(int code) {
-  int init = 0, fin = 0;
-  MPI_Initialized(&init);
-  MPI_Finalized(&fin);
-  if (init && !fin && g_world > 1) MPI_Abort(MPI_COMM_WORLD, code);
-  std::exit(code);
-}
-
 int parse_env_int(const char* name) {
   const char* v = std::getenv(name);
   if (!v || !*v) return -1;
@@ -34,6 +26,14 @@ int parse_env_int(const char* name) {
 }
 
 }  // namespace
+
+void runtime_abort(int code) {
+  int init = 0, fin = 0;
+  MPI_Initialized(&init);
+  MPI_Finalized(&fin);
+  if (init && !fin && g_world > 1) MPI_Abort(MPI_COMM_WORLD, code);
+  std::exit(code);
+}
 
 int env_local_rank() {
   int r = parse_env_int("OMPI_COMM_WORLD_LOCAL_RANK");
@@ -72,7 +72,7 @@ void runtime_init(int* argc, char*** argv) {
   const int env = env_local_rank();
   g_local = (env >= 0 && env < shared_size) ? env : shared_rank;
 
-  engine::set_abort_hook(abort_hook);
+  engine::set_abort_hook(runtime_abort);
   engine::set_error_identity(g_rank, g_world, g_host);
   engine::set_log_rank(g_rank, g_world);
   g_active = true;

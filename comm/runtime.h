@@ -11,6 +11,9 @@ void runtime_init(int* argc, char*** argv);
 // Finalises MPI if runtime_init started it; a no-op when inactive.
 void runtime_finalize();
 bool runtime_active();
+// The abort hook runtime_init installs: MPI_Abort on a multi-rank job (so no rank waits in a collective), then
+// exit. Other hooks (NCCL's) run their own cleanup and chain to it.
+[[noreturn]] void runtime_abort(int exit_code);
 
 int runtime_world_rank();
 int runtime_world_size();

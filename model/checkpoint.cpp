@@ -6,11 +6,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
+#include <thread>
 
 #include "engine/check.h"
 #include "engine/log.h"
@@ -25,6 +28,11 @@ using engine::strf;
 namespace {
 
 const char* kGroups[3] = {"master", "adam_m", "adam_v"};
+
+// A shard whose close failed (disk full) stays in HDF5's table of open files, and HDF5 1.10's exit-time cleanup
+// then crashes retrying its flush, turning the one-line error into a segfault. Checkpoint code closes every
+// handle it opens, so nothing needs that cleanup; it must be declined before the library initialises.
+const bool kHdf5NoAtexit = [] { return H5dont_atexit() >= 0; }();
 
 struct Hdf5Quiet {
   Hdf5Quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
@@ -59,6 +67,33 @@ void fsync_path(const std::string& path, bool dir) {
   }
 }
 
+// Rename that reports failure as a user error naming both paths (std::filesystem would throw past the handler).
+void rename_or_fail(const fs::path& from, const fs::path& to) {
+  std::error_code ec;
+  fs::rename(from, to, ec);
+  MONTA_USER_CHECK(!ec, "cannot rename " + from.string() + " to " + to.string() + ": " + ec.message());
+}
+
+// Dataset creation properties without modification times, so equal tensors give byte-identical files (a
+// resumed run's checkpoints and exports compare with cmp against an uninterrupted run's).
+hid_t dcpl_no_times() {
+  hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+  H5Pset_obj_track_times(dcpl, 0);
+  return dcpl;
+}
+
+// Test hook (tests/resume/kill_during_save.sh): MONTA_TEST_SLOW_SAVE_MS=n makes every rank sleep n ms after its
+// shard is on disk and before the manifest exists, the window in which a crash must leave the previous
+// checkpoint the newest usable one.
+void test_hook_slow_save(int rank, int64_t step) {
+  const char* v = std::getenv("MONTA_TEST_SLOW_SAVE_MS");
+  if (!v || !*v) return;
+  std::fprintf(stderr, "monta: test hook: rank %d pid %d sleeping %s ms in the save of step %ld\n", rank, int(::getpid()),
+               v, step);
+  std::fflush(stderr);
+  std::this_thread::sleep_for(std::chrono::milliseconds(std::atoll(v)));
+}
+
 void write_text_atomic(const fs::path& path, const std::string& text) {
   fs::path tmp = path.string() + ".tmp";
   {
@@ -68,10 +103,12 @@ void write_text_atomic(const fs::path& path, const std::string& text) {
     MONTA_USER_CHECK(out.good(), "cannot write " + tmp.string() + " (disk full or not writable?)");
   }
   fsync_path(tmp.string(), false);
-  fs::rename(tmp, path);
+  rename_or_fail(tmp, path);
 }
 
-void write_slice(hid_t file, const char* group, const Param& p, const Tensor& t) {
+// Writes one slice with its full shape and offset; returns "" or the reason it failed (the caller closes the
+// file before failing, else HDF5's exit-time cleanup retries the flush of a half-written file).
+std::string write_slice(hid_t file, const std::string& path, const char* group, const Param& p, const Tensor& t) {
   std::vector<float> host(size_t(t.numel()));
   std::vector<double> hostd;
   hid_t type = H5T_NATIVE_FLOAT;
@@ -84,23 +121,27 @@ void write_slice(hid_t file, const char* group, const Param& p, const Tensor& t)
   } else {
     engine::copy(engine::make_view(host.data(), p.local, engine::DType::f32, engine::Device::cpu), t);
   }
+  const std::string name = std::string(group) + "/" + p.name;
+  const std::string failed = "cannot write dataset " + name + " to checkpoint file " + path + " (disk full?)";
   std::vector<hsize_t> dims(p.local.begin(), p.local.end());
   hid_t space = H5Screate_simple(int(dims.size()), dims.data(), nullptr);
-  std::string name = std::string(group) + "/" + p.name;
-  hid_t ds = H5Dcreate2(file, name.c_str(), type, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-  MONTA_USER_CHECK(ds >= 0, "cannot create dataset " + name + " in a checkpoint file (disk full?)");
-  MONTA_USER_CHECK(H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0,
-                   "cannot write dataset " + name + " (disk full?)");
+  hid_t dcpl = dcpl_no_times();
+  hid_t ds = H5Dcreate2(file, name.c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+  H5Pclose(dcpl);
+  H5Sclose(space);
+  if (ds < 0) return failed;
+  bool ok = H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
   hsize_t nd = p.full.size();
   hid_t aspace = H5Screate_simple(1, &nd, nullptr);
   for (auto [an, vals] : {std::pair{"full_shape", &p.full}, std::pair{"offset", &p.offset}}) {
+    if (!ok) break;
     hid_t a = H5Acreate2(ds, an, H5T_NATIVE_INT64, aspace, H5P_DEFAULT, H5P_DEFAULT);
-    HDF5_CHECK(H5Awrite(a, H5T_NATIVE_INT64, vals->data()));
-    H5Aclose(a);
+    ok = a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, vals->data()) >= 0;
+    if (a >= 0) H5Aclose(a);
   }
   H5Sclose(aspace);
   H5Dclose(ds);
-  H5Sclose(space);
+  return ok ? "" : failed;
 }
 
 std::map<std::string, std::string> parse_manifest(const fs::path& path) {
@@ -196,7 +237,7 @@ int64_t step_of(const fs::path& p) {
 
 // Checks COMPLETE, the manifest and every file's checksum; returns "" if intact, else the reason.
 std::string verify(const fs::path& dir) {
-  if (!fs::exists(dir / "COMPLETE")) return "no completion marker";
+  if (!fs::exists(dir / "COMPLETE")) return "incomplete (no COMPLETE marker)";
   std::map<std::string, std::string> kv;
   try {
     kv = parse_manifest(dir / "manifest.txt");
@@ -211,9 +252,16 @@ std::string verify(const fs::path& dir) {
     if (f == kv.end()) return "manifest lacks " + rank_file(r);
     fs::path path = dir / rank_file(r);
     if (!fs::exists(path)) return rank_file(r) + " is missing";
+    std::error_code ec;
+    const auto size = int64_t(fs::file_size(path, ec));
+    unsigned long want_sum = 0;
+    long want_bytes = -1;
+    std::sscanf(f->second.c_str(), "%lx %ld", &want_sum, &want_bytes);
+    if (!ec && size != want_bytes)
+      return strf("%s is truncated or altered (%ld bytes, the manifest says %ld)", rank_file(r).c_str(), size, want_bytes);
     int64_t bytes = 0;
     uint64_t sum = file_checksum(path.string(), &bytes);
-    if (strf("%016lx %ld", (unsigned long)sum, bytes) != f->second) return rank_file(r) + " fails its checksum";
+    if (strf("%016lx %ld", (unsigned long)sum, bytes) != f->second) return rank_file(r) + " fails its checksum (corrupt)";
   }
   return "";
 }
@@ -245,15 +293,20 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
   hid_t f = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   MONTA_USER_CHECK(f >= 0, "cannot create checkpoint file " + tmp + " (directory not writable?)");
   for (const char* g : kGroups) H5Gclose(H5Gcreate2(f, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+  std::string err;
   for (const auto& p : params.all()) {
     if (!p.owner) continue;
-    write_slice(f, "master", p, p.master);
-    write_slice(f, "adam_m", p, p.m);
-    write_slice(f, "adam_v", p, p.v);
+    for (const char* g : kGroups)
+      if (err.empty()) err = write_slice(f, tmp, g, p, std::string(g) == "master" ? p.master : (std::string(g) == "adam_m" ? p.m : p.v));
   }
-  MONTA_USER_CHECK(H5Fclose(f) >= 0, "cannot close checkpoint file " + tmp + " (disk full?)");
+  if (H5Fclose(f) < 0 && err.empty()) err = "cannot close checkpoint file " + tmp + " (disk full?)";
+  if (!err.empty()) {
+    std::remove(tmp.c_str());  // frees the space; the previous checkpoint stays the newest complete one
+    engine::fail_user(err);
+  }
   fsync_path(tmp, false);
-  fs::rename(tmp, mine);
+  rename_or_fail(tmp, mine);
+  test_hook_slow_save(rank, meta.step);
   int64_t bytes = 0;
   uint64_t sum = file_checksum(mine.string(), &bytes);
   std::vector<int64_t> all(size_t(2 * world));
@@ -278,7 +331,7 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
     fsync_path(tmp_dir.string(), true);
     std::error_code ec;
     fs::remove_all(final_dir, ec);
-    fs::rename(tmp_dir, final_dir);
+    rename_or_fail(tmp_dir, final_dir);
     fsync_path(root.string(), true);
     // Rotation: keep the newest `keep` complete checkpoints.
     std::vector<std::pair<int64_t, fs::path>> done;
@@ -330,13 +383,19 @@ CkptMeta ckpt_read_meta(const std::string& dir) {
   return m;
 }
 
-CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string& signature) {
-  static Hdf5Quiet quiet;
+CkptMeta ckpt_check(const std::string& dir, const std::string& signature) {
   CkptMeta meta = ckpt_read_meta(dir);
-  MONTA_USER_CHECK(meta.signature == signature, "checkpoint " + dir + " is of another model (" + meta.signature +
+  const std::string mp = (fs::path(dir) / "manifest.txt").string();
+  MONTA_USER_CHECK(meta.signature == signature, "checkpoint " + mp + " is of another model (" + meta.signature +
                                                     ") than the config (" + signature + ")");
   std::string why = verify(dir);
   MONTA_USER_CHECK(why.empty(), "checkpoint " + dir + " cannot be loaded: " + why);
+  return meta;
+}
+
+CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string& signature, bool check) {
+  static Hdf5Quiet quiet;
+  CkptMeta meta = check ? ckpt_check(dir, signature) : ckpt_read_meta(dir);
   std::vector<hid_t> files;
   for (int r = 0; r < meta.world; ++r) {
     std::string path = (fs::path(dir) / rank_file(r)).string();
@@ -398,7 +457,8 @@ void ckpt_export(const std::string& dir, const std::string& out_path) {
   }
   std::string tmp = out_path + ".tmp";
   hid_t out = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  MONTA_USER_CHECK(out >= 0, "cannot create " + tmp);
+  MONTA_USER_CHECK(out >= 0, "cannot create " + tmp + " (directory missing or not writable?)");
+  hid_t dcpl = dcpl_no_times();
   for (auto& [name, full] : shapes) {
     int64_t n = 1;
     for (int64_t v : full) n *= v;
@@ -410,15 +470,16 @@ void ckpt_export(const std::string& dir, const std::string& out_path) {
     std::vector<float> fl(host.begin(), host.end());
     std::vector<hsize_t> dims(full.begin(), full.end());
     hid_t sp = H5Screate_simple(int(dims.size()), dims.data(), nullptr);
-    hid_t ds = H5Dcreate2(out, name.c_str(), H5T_NATIVE_FLOAT, sp, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+    hid_t ds = H5Dcreate2(out, name.c_str(), H5T_NATIVE_FLOAT, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
     MONTA_USER_CHECK(ds >= 0 && H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, fl.data()) >= 0,
                      "cannot write " + name + " to " + tmp + " (disk full?)");
     H5Dclose(ds);
     H5Sclose(sp);
   }
-  H5Fclose(out);
+  H5Pclose(dcpl);
+  MONTA_USER_CHECK(H5Fclose(out) >= 0, "cannot close " + tmp + " (disk full?)");
   for (hid_t f : files) H5Fclose(f);
-  fs::rename(tmp, out_path);
+  rename_or_fail(tmp, out_path);
 }
 
 }  // namespace monta::model

@@ -35,8 +35,12 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
 std::string ckpt_find_latest(const std::string& run_dir);
 // Reads and checks a checkpoint's manifest (user error naming the file and the reason when it is not usable).
 CkptMeta ckpt_read_meta(const std::string& dir);
-// Loads every local slice (any source layout), checking signature and checksums; returns the metadata.
-CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string& signature);
+// Reads the manifest and checks the model signature, the completion marker, every file's size and checksum
+// (user error naming the file and the reason). Touches nothing; `train` calls it before writing anything.
+CkptMeta ckpt_check(const std::string& dir, const std::string& signature);
+// Loads every local slice (any source layout); returns the metadata. check = false skips ckpt_check when the
+// caller has just run it (the checksums read every file of the checkpoint).
+CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string& signature, bool check = true);
 // Writes one HDF5 file of full logical tensors named like the model's parameters (single process).
 void ckpt_export(const std::string& dir, const std::string& out_path);
 

@@ -24,6 +24,7 @@ struct TrainConfig {
   uint64_t seed = 1234;
   std::string run_dir = "runs/tiny", device = "auto";
   int64_t log_interval = 1, max_skipped = 5;
+  int64_t step_timeout_s = 600;  // watchdog: abort the job when a step (or a save) takes longer; 0 disables it
 };
 
 struct ParallelConfig {

@@ -48,6 +48,9 @@ class ParamStore {
   const Param& get(const std::string& name) const;
   // Fills master weights from the RNG (seed, parameter name, logical index), zeroes moments, refreshes compute copies.
   void init(uint64_t seed);
+  // Cheap deterministic pseudo-random weights (xorshift, same scale as init) for benchmarks of models whose
+  // RNG initialisation would take minutes on the host; not layout-independent.
+  void init_for_benchmark();
   void zero_grads();
   void refresh_compute();  // master -> compute copy (no-op on the CPU)
   std::vector<const engine::Arena*> arenas() const;

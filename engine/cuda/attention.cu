@@ -7,8 +7,11 @@
 //    dk/dv: a block owns 32 KV rows of one (b, KV head) and walks every query head of its group and
 //    every query tile from the diagonal on, so the A/G heads sharing a KV head add in a fixed order.
 //    D_i = dO_i · O_i is recomputed where it is needed (no scratch buffer).
+// bf16 with head dim 64 or 128 goes to cuDNN's fused flash attention instead (attention_cudnn.cu) unless
+// MONTA_ATTENTION=flash; these kernels remain the f32 path and the fallback.
 // Head dims 32, 64, 96, 128 (templates; a thread owns D / (4·threads-per-row) float4 chunks, so every
 // register array is indexed by compile-time constants).
+#include "engine/cuda/attention_cudnn.h"
 #include "engine/cuda/common.cuh"
 #include "engine/ops/attention.h"
 
@@ -310,6 +313,9 @@ void attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k,
   need_dtype(lse, DType::f32, op, "lse");
   need_numel(lse, int64_t(d.B) * d.A * d.S, op, "lse");
   if (int64_t(d.B) * d.S * d.A == 0) return;
+  // bf16 with a head dim cuDNN's fused flash attention takes: cuDNN (attention_cudnn.cu), unless
+  // MONTA_ATTENTION=flash; if cuDNN cannot build a plan, it has warned once and we fall through.
+  if (cudnn_attention_wanted(q, k) && cudnn_attention_forward(out, lse, q, k, v, s)) return;
   const float scale_log2 = kLog2e / std::sqrt(float(d.D));
   dim3 grid(unsigned((d.S + 63) / 64), unsigned(d.A), unsigned(d.B));
   MONTA_FLOAT_TYPES(q.dtype, T,
@@ -337,6 +343,7 @@ void attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, con
   need_dtype(lse, DType::f32, op, "lse");
   need_numel(lse, int64_t(d.B) * d.A * d.S, op, "lse");
   if (int64_t(d.B) * d.S * d.A == 0) return;
+  if (cudnn_attention_wanted(q, k) && cudnn_attention_backward(dq, dk, dv, dout, q, k, v, out, lse, s)) return;
   const float scale = 1.f / std::sqrt(float(d.D));
   cudaStream_t st = stream_of(s);
   dim3 grid_q(unsigned((d.S + 31) / 32), unsigned(d.A), unsigned(d.B));

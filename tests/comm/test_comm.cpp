@@ -286,12 +286,14 @@ TEST(Shard, MustDivide) {
 TEST(ExchangeKindNames, ParseValidNames) {
   EXPECT_EQ(parse_exchange_kind("duplicate"), ExchangeKind::duplicate);
   EXPECT_EQ(parse_exchange_kind("drop_gather"), ExchangeKind::drop_gather);
+  EXPECT_EQ(parse_exchange_kind("pipelined"), ExchangeKind::pipelined);
+  EXPECT_STREQ(exchange_kind_name(ExchangeKind::pipelined), "pipelined");
   EXPECT_STREQ(exchange_kind_name(ExchangeKind::drop_gather), "drop_gather");
   EXPECT_EQ(parse_exchange_kind(exchange_kind_name(ExchangeKind::duplicate)), ExchangeKind::duplicate);
 }
 
 TEST(ExchangeKindNames, UnknownNameListsValidOnes) {
-  expect_user_error([] { parse_exchange_kind("pipelined_typo"); }, {"pipelined_typo", "duplicate", "drop_gather"});
+  expect_user_error([] { parse_exchange_kind("pipelined_typo"); }, {"pipelined_typo", "duplicate", "drop_gather", "pipelined"});
   expect_user_error([] { parse_exchange_kind(""); }, {"duplicate", "drop_gather"});
 }
 

@@ -1,9 +1,11 @@
 // MPI tests of monta_comm on the ranks mpirun gives (CTest: 2, 4 and 8): every collective of MpiCommunicator
 // against hand-computed results on several group shapes, topology discovery, process groups against the pure
-// layout, and both token-exchange strategies against a reference built from every rank's input.
+// layout, and every token-exchange strategy (pipelined with 1..5 chunks) against a reference built from every
+// rank's input.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -419,9 +421,16 @@ void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
       }
 
   std::vector<std::vector<char>> ys;
-  for (ExchangeKind kind : {ExchangeKind::duplicate, ExchangeKind::drop_gather}) {
-    const std::string name = what + " " + exchange_kind_name(kind);
-    auto ex = make_exchange(kind, pg.tp(), pg.ep(), {E, C, H}, k.dtype, Device::cpu);
+  // duplicate first (the baseline every other strategy must equal), then drop_gather, then pipelined with
+  // 1..5 chunks (uneven when the count does not divide C; more chunks than slots are clamped to C).
+  std::vector<std::pair<ExchangeKind, int64_t>> runs = {{ExchangeKind::duplicate, 4}, {ExchangeKind::drop_gather, 4}};
+  for (int64_t n = 1; n <= 5; ++n) runs.push_back({ExchangeKind::pipelined, n});
+  for (auto [kind, chunks] : runs) {
+    const std::string name =
+        what + " " + exchange_kind_name(kind) + (kind == ExchangeKind::pipelined ? " chunks " + std::to_string(chunks) : "");
+    ExchangeShape shape{E, C, H};
+    shape.chunks = chunks;
+    auto ex = make_exchange(kind, pg.tp(), pg.ep(), shape, k.dtype, Device::cpu);
     EXPECT_EQ(ex->kind(), kind);
     std::vector<char> y(bytes, char(0xAB)), back(bytes, char(0xCD)), out(bytes, char(0xEF));
     ex->dispatch(view_of(y, {El, e * C, H}, k.dtype), view_of(x, {E, C, H}, k.dtype));
@@ -436,6 +445,21 @@ void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
     if (kind == ExchangeKind::duplicate) {
       EXPECT_EQ(st.ep_bytes, int64_t((e - 1) * El * C * H) * int64_t(es)) << name;
       EXPECT_EQ(st.tp_bytes, 0) << name;
+    } else if (kind == ExchangeKind::pipelined) {
+      // Per chunk k of C (balanced over min(n, C) chunks): this TP rank's slice of it over EP, padded blocks of
+      // ceil(cs_k / t) slots over TP.
+      const int nc = int(std::min<int64_t>(chunks, C));
+      int64_t ep_slots = 0, tp_slots = 0;
+      for (int c = 0; c < nc; ++c) {
+        const int64_t cs = shard(C, nc, c, false).size;
+        ep_slots += shard(cs, t, co.tp_idx, false).size;
+        tp_slots += (cs + t - 1) / t;
+      }
+      EXPECT_EQ(st.ep_bytes, int64_t((e - 1) * El * ep_slots * H) * int64_t(es)) << name;
+      EXPECT_EQ(st.tp_bytes, int64_t((t - 1) * e * El * tp_slots * H) * int64_t(es)) << name;
+      std::vector<int64_t> sum = {st.ep_bytes};
+      pg.tp().all_reduce(tens(sum, DType::i64), ReduceOp::sum);
+      EXPECT_EQ(sum[0], int64_t((e - 1) * El * C * H) * int64_t(es)) << name;
     } else {
       const Shard s = shard(C, t, co.tp_idx, false);
       const int64_t cp = (C + t - 1) / t;
@@ -448,7 +472,9 @@ void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
     }
     EXPECT_GE(st.seconds, 0.0);
   }
-  EXPECT_TRUE(ys[0] == ys[1]) << what << ": duplicate and drop_gather differ";
+  for (size_t i = 1; i < ys.size(); ++i)
+    EXPECT_TRUE(ys[0] == ys[i]) << what << ": duplicate and run " << i << " (" << exchange_kind_name(runs[i].first)
+                                << ", chunks " << runs[i].second << ") differ";
 }
 
 TEST(Exchange, MatchesReferenceAndInvertsForEveryLayout) {
@@ -456,15 +482,16 @@ TEST(Exchange, MatchesReferenceAndInvertsForEveryLayout) {
   int cases = 0;
   for (auto [t, e] : layouts_for(wsize())) {
     ProcessGroups pg(test_layout(t, e), topo);
-    // C = 5 and 3 divide by neither 2 nor 4 (3 < 4 leaves a TP rank with an empty slice); E_l = 1 and 2.
+    // C = 5, 3 and 11 divide by neither 2 nor 4 (3 < 4 leaves a TP rank with an empty slice) nor by most chunk
+    // counts (11 in 4 chunks: 3,3,3,2, each split again over t); E_l = 1 and 2.
     for (int64_t E : {int64_t(e), int64_t(2 * e)})
-      for (int64_t C : {5, 3})
+      for (int64_t C : {5, 3, 11})
         for (DType dt : {DType::f32, DType::bf16}) {
           run_exchange_case(pg, {E, C, 3, dt});
           ++cases;
         }
   }
-  EXPECT_GE(cases, 16);
+  EXPECT_GE(cases, 24);
 }
 
 TEST(Exchange, WrongBuffersFailLoudly) {

@@ -1,0 +1,120 @@
+// The α–β cost model: collective times per link class, exchange volumes and the pipeline formula. Every formula
+// here is written out, with its symbols, in docs/cost_model.md; keep the two in step.
+#include "comm/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "comm/groups.h"
+#include "comm/topology.h"
+#include "engine/check.h"
+
+namespace monta::comm {
+
+LinkParams link_from(double gbps, double latency_us) {
+  MONTA_CHECK(gbps > 0 && latency_us >= 0, "link parameters: bandwidth must be positive and latency non-negative");
+  return {latency_us * 1e-6, 1.0 / (gbps * 1e9)};
+}
+
+double all_to_all_time(const LinkModel& l, double M, int peers_intra, int peers_inter) {
+  const int n = 1 + peers_intra + peers_inter;
+  if (n < 2 || M <= 0) return 0;
+  const double block = M / n;
+  double t = 0;
+  if (peers_intra > 0) t = std::max(t, l.intra.time(peers_intra * block));
+  if (peers_inter > 0) t = std::max(t, l.inter.time(peers_inter * block));
+  return t;
+}
+
+double all_gather_time(const LinkModel& l, double M, int n, bool spans_nodes) {
+  if (n < 2 || M <= 0) return 0;
+  const LinkParams& p = spans_nodes ? l.inter : l.intra;
+  return (n - 1) * p.alpha + double(n - 1) / n * M * p.beta;
+}
+
+double all_reduce_time(const LinkModel& l, double M, int n, bool spans_nodes) {
+  if (n < 2 || M <= 0) return 0;
+  const LinkParams& p = spans_nodes ? l.inter : l.intra;
+  return 2.0 * (n - 1) * p.alpha + 2.0 * double(n - 1) / n * M * p.beta;
+}
+
+int64_t capacity_of(int64_t tokens, int64_t top_k, int64_t experts, double capacity_factor, int64_t min_capacity) {
+  // Same as model::expert_capacity: max(min_capacity, ceil(capacity_factor · tokens · top_k / experts)).
+  const int64_t c = int64_t(std::ceil(capacity_factor * double(tokens) * double(top_k) / double(experts)));
+  return std::max(min_capacity, c);
+}
+
+int64_t ExchangeVolume::capacity() const { return capacity_of(tokens(), K, E, capacity_factor, min_capacity); }
+double ExchangeVolume::dispatch_bytes() const { return double(E) * double(capacity()) * double(H) * elem_bytes; }
+
+GroupPlacement place_groups(const Cluster& c, int tp, int ep) {
+  const int world = c.world();
+  MONTA_CHECK(tp > 0 && ep > 0 && world % (tp * ep) == 0,
+              "place_groups: tp " + std::to_string(tp) + " x ep " + std::to_string(ep) + " does not divide " +
+                  std::to_string(world) + " GPUs");
+  Layout l;
+  l.world = world;
+  l.tp = tp;
+  l.ep = ep;
+  l.dp = world / tp;
+  l.expert_dp = l.dp / ep;
+  const Topology topo = emulated_topology(0, world, c.nodes, "plan");
+  GroupPlacement g;
+  g.t = tp;
+  g.e = ep;
+  g.ep_peers_intra = ep - 1;
+  for (int r = 0; r < world; ++r) {
+    const std::vector<int> epg = group_ranks(l, GroupKind::ep, r), tpg = group_ranks(l, GroupKind::tp, r);
+    int inter = 0;
+    for (int q : epg) inter += topo.same_node(q, r) ? 0 : 1;
+    if (inter > g.ep_peers_inter) {
+      g.ep_peers_inter = inter;
+      g.ep_peers_intra = ep - 1 - inter;
+    }
+    g.tp_spans_nodes = g.tp_spans_nodes || !topo.same_node(tpg.front(), tpg.back());
+  }
+  g.ep_cross_fraction = ep > 1 ? double(g.ep_peers_inter) / double(ep - 1) : 0.0;
+  return g;
+}
+
+ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
+                                          const GroupPlacement& g, const LinkModel& l) {
+  const double row = double(E) * double(H) * elem_bytes;  // bytes of one capacity slot over all experts
+  const int t = g.t, e = g.e;
+  ExchangePrediction p;
+  auto a2a_bytes = [&](double M) {  // per class: what this rank sends to peers of that class
+    return std::pair<double, double>{g.ep_peers_intra * M / e, g.ep_peers_inter * M / e};
+  };
+  if (kind == ExchangeKind::duplicate) {
+    const double M = row * double(C);
+    p.a2a = all_to_all_time(l, M, g.ep_peers_intra, g.ep_peers_inter);
+    p.total = p.a2a;
+    p.ep_bytes = double(e - 1) / e * M;
+    p.inter_bytes = a2a_bytes(M).second;
+    return p;
+  }
+  // drop_gather = pipelined with one chunk; chunks of ceil(C/n) slots, each split over t as ceil(c/t) (padding).
+  const int n = kind == ExchangeKind::pipelined ? int(std::clamp<int64_t>(chunks, 1, C)) : 1;
+  const int64_t ck = (C + n - 1) / n, cp = (ck + t - 1) / t;
+  const double Ma = row * double(cp), Mg = Ma * t;  // per chunk: all-to-all buffer, all-gather output
+  const auto [bi, bo] = a2a_bytes(Ma);
+  const double A_intra = g.ep_peers_intra > 0 ? l.intra.time(bi) : 0, A_inter = g.ep_peers_inter > 0 ? l.inter.time(bo) : 0;
+  const double A = std::max(A_intra, A_inter);
+  const double G = all_gather_time(l, Mg, t, g.tp_spans_nodes);
+  // Overlapped stage: the all-gather shares its link class with that class's share of the next all-to-all.
+  const double stage = g.tp_spans_nodes ? std::max(A_intra, A_inter + G) : std::max(A_intra + G, A_inter);
+  p.a2a = n * A;
+  p.ag = n * G;
+  p.total = A + (n - 1) * stage + G;  // fill + (n-1)·max(stage) + drain; n = 1: A + G (drop_gather)
+  p.ep_bytes = n * double(e - 1) / e * Ma;
+  p.inter_bytes = n * bo;
+  p.tp_bytes = n * double(t - 1) / t * Mg;
+  return p;
+}
+
+ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const ExchangeVolume& v, const GroupPlacement& g,
+                                    const LinkModel& l) {
+  return predict_exchange_shape(kind, chunks, v.E, v.capacity(), v.H, v.elem_bytes, g, l);
+}
+
+}  // namespace monta::comm

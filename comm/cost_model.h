@@ -1,0 +1,85 @@
+// The α–β cost model of the MoE token exchange (docs/cost_model.md has every formula with its symbols): link
+// classes (intra-node, inter-node), collective times, exchange volumes as formulas of the model shape and the
+// layout, the EP group's cross-node share, NVLink contention, and the pipeline. Pure functions, no MPI.
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "comm/exchange.h"
+
+namespace monta::comm {
+
+enum class LinkClass { intra, inter };
+
+// Time to move b bytes one way over one link class from one GPU: alpha + b * beta.
+struct LinkParams {
+  double alpha = 0;  // seconds per message (latency)
+  double beta = 0;   // seconds per byte (1 / bandwidth per GPU, one direction)
+  double time(double bytes) const { return alpha + bytes * beta; }
+};
+struct LinkModel {
+  LinkParams intra, inter;
+  const LinkParams& of(LinkClass c) const { return c == LinkClass::intra ? intra : inter; }
+};
+// From GB/s (1e9 bytes/s) and microseconds.
+LinkParams link_from(double gbps, double latency_us);
+
+// A cluster of `nodes` × `gpus_per_node` GPUs, world ranks consecutive per node (TP innermost).
+struct Cluster {
+  std::string name;
+  int nodes = 1, gpus_per_node = 1;
+  double intra_gbps = 0, intra_latency_us = 0;  // NVLink, per GPU, one direction
+  double inter_gbps = 0, inter_latency_us = 0;  // network, per GPU (node bandwidth / gpus_per_node), one direction
+  double gpu_mem_gib = 0;
+  double gpu_tflops = 0;  // achieved bf16 TFLOP/s per GPU, for the step-time estimate (0: not estimated)
+  int world() const { return nodes * gpus_per_node; }
+  LinkModel links() const { return {link_from(intra_gbps, intra_latency_us), link_from(inter_gbps, inter_latency_us)}; }
+};
+
+// Collectives over a group of n ranks; M = the per-rank buffer in bytes (all-to-all: in = out = M, n blocks of
+// M/n; all-gather: the output, n blocks of M/n; all-reduce: the buffer). `peers_intra` / `peers_inter`: how many of
+// the n-1 other ranks sit on this rank's node / on other nodes.
+// all-to-all: direct sends, both classes at once: max over classes of (alpha + peers_c * M/n * beta).
+double all_to_all_time(const LinkModel& l, double M, int peers_intra, int peers_inter);
+// all-gather / all-reduce: ring; the slowest link class in the ring sets the pace (inter if the group spans nodes).
+double all_gather_time(const LinkModel& l, double M, int n, bool spans_nodes);
+double all_reduce_time(const LinkModel& l, double M, int n, bool spans_nodes);
+
+// The numbers of one MoE layer's exchange (comm may not include model/, so these are passed in).
+struct ExchangeVolume {
+  int64_t B = 1, S = 1, H = 1, K = 1, E = 1, min_capacity = 0;
+  double capacity_factor = 1.0;
+  int elem_bytes = 2;
+  int64_t tokens() const { return B * S; }                    // N = B·S
+  int64_t capacity() const;                                    // C = max(min_cap, ceil(cf·N·K/E))
+  double dispatch_bytes() const;                               // X = E·C·H·es
+};
+// The same formula as model::expert_capacity (replicated here: comm may not depend on model).
+int64_t capacity_of(int64_t tokens, int64_t top_k, int64_t experts, double capacity_factor, int64_t min_capacity);
+
+// Where one rank's groups sit: t, e, and the EP group's peers per link class, for the bottleneck (worst) rank.
+struct GroupPlacement {
+  int t = 1, e = 1;
+  int ep_peers_intra = 0, ep_peers_inter = 0;  // of the e-1 EP peers
+  bool tp_spans_nodes = false;
+  double ep_cross_fraction = 0;  // share of the EP all-to-all's off-rank bytes that crosses nodes
+};
+// TP innermost, consecutive ranks per node; the rank whose EP group has the most inter-node peers.
+GroupPlacement place_groups(const Cluster& c, int tp, int ep);
+
+// Predicted time of one exchange call (dispatch or combine; they move the same bytes) and its legs.
+struct ExchangePrediction {
+  double a2a = 0, ag = 0;  // seconds of the EP all-to-all and the TP all-gather (whole call, not per chunk)
+  double total = 0;        // seconds of the call (pipelined: fill + (n-1)·max(stage) + drain)
+  double ep_bytes = 0, tp_bytes = 0, inter_bytes = 0;  // bytes this rank sends per leg, and of them over the network
+};
+ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const ExchangeVolume& v, const GroupPlacement& g,
+                                    const LinkModel& l);
+// The same for an explicit (E, C, H) buffer of elem_bytes elements (what `monta bench exchange` runs).
+ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
+                                          const GroupPlacement& g, const LinkModel& l);
+// Dispatch + combine, forward + backward, of one MoE layer: 4 exchange calls.
+inline constexpr int kExchangesPerLayer = 4;
+
+}  // namespace monta::comm

@@ -1,0 +1,145 @@
+// Planner: enumerate layouts × strategies × chunk counts, apply the memory model, predict communication per step
+// with the cost model, rank. Deterministic: a fixed enumeration order and a total order for ties.
+#include "comm/planner.h"
+
+#include <algorithm>
+#include <tuple>
+
+#include "engine/check.h"
+#include "engine/log.h"
+
+namespace monta::comm {
+namespace {
+
+std::vector<int> divisors(int n) {
+  std::vector<int> d;
+  for (int i = 1; i <= n; ++i)
+    if (n % i == 0) d.push_back(i);
+  return d;
+}
+
+int64_t kv_heads_local(const PlanModel& m, int tp) { return std::max<int64_t>(1, m.kv_heads / tp); }
+
+// Parameters outside the experts held by one GPU (the dense, DP-replicated ones).
+double dense_params(const PlanModel& m, int tp) {
+  const double H = double(m.hidden), D = double(m.hidden) / double(m.heads), L = double(m.layers);
+  const double attn = H * double(m.heads / tp) * D * 2 + 2 * H * double(kv_heads_local(m, tp)) * D;  // q, o; k, v
+  const double norms_router = 2 * H + double(m.experts) * H;
+  return L * (attn + norms_router) + H + 2.0 * double(m.vocab) * H / tp;  // final norm, embedding + LM head
+}
+
+double expert_params(const PlanModel& m, int tp, int ep, bool expert_tp) {
+  return double(m.layers) * double(m.experts / ep) * 3.0 * double(m.hidden) * double(m.ffn) / (expert_tp ? tp : 1);
+}
+
+}  // namespace
+
+double params_per_gpu(const PlanModel& m, int tp, int ep, bool expert_tp) {
+  return dense_params(m, tp) + expert_params(m, tp, ep, expert_tp);
+}
+
+double activation_bytes(const PlanModel& m, int tp, int ep, bool expert_tp) {
+  const double N = double(m.micro_batch * m.seq_len), H = double(m.hidden), D = double(m.hidden) / double(m.heads);
+  const double A_l = double(m.heads / tp), G_l = double(kv_heads_local(m, tp));
+  const double C = double(capacity_of(m.micro_batch * m.seq_len, m.top_k, m.experts, m.capacity_factor, m.min_capacity));
+  const double F_l = double(m.ffn) / (expert_tp ? tp : 1), E = double(m.experts), El = E / ep;
+  const double elems = N * H * 6                  // residual in/mid, two norm outputs, attention and MoE outputs
+                       + N * (A_l + 2 * G_l) * D  // q, k, v
+                       + N * A_l * D              // attention context
+                       + 4 * E * C * H            // dispatch x, y and combine z, out
+                       + El * ep * C * 3 * F_l;   // expert gate, up, SwiGLU output
+  const double per_layer = elems * m.act_bytes + 4.0 * N * A_l;  // + f32 log-sum-exp per head
+  return double(m.layers) * per_layer + 4.0 * N * double(m.vocab) / tp;  // + f32 logits of the vocab slice
+}
+
+Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
+  MONTA_USER_CHECK(c.nodes > 0 && c.gpus_per_node > 0, "cluster: nodes and gpus_per_node must be positive");
+  MONTA_USER_CHECK(m.hidden > 0 && m.heads > 0 && m.layers > 0 && m.seq_len > 0 && m.experts > 0,
+                   "plan: the model shape needs hidden, heads, layers, seq_len and experts");
+  const int world = c.world();
+  const LinkModel links = c.links();
+  const double mem_limit = c.gpu_mem_gib * double(1ull << 30);
+  Plan plan;
+  for (int tp : divisors(world)) {
+    if (m.heads % tp || m.ffn % tp || m.vocab % tp || (m.kv_heads % tp && tp % m.kv_heads)) continue;
+    const int dp = world / tp;
+    for (int ep : divisors(dp)) {
+      if (m.experts % ep) continue;
+      const GroupPlacement g = place_groups(c, tp, ep);
+      for (bool etp : {true, false}) {
+        if (tp == 1 && !etp) continue;  // the same layout as expert_tp = true
+        PlanRow base;
+        base.tp = tp;
+        base.ep = ep;
+        base.dp = dp;
+        base.expert_dp = dp / ep;
+        base.expert_tp = etp;
+        base.params_per_gpu = params_per_gpu(m, tp, ep, etp);
+        const double mem = base.params_per_gpu * kBytesPerParam + activation_bytes(m, tp, ep, etp);
+        base.mem_gib = mem / double(1ull << 30);
+        base.fits = mem <= mem_limit;
+        if (!base.fits) base.why_not = "memory";
+        if (m.global_batch % (int64_t(dp) * m.micro_batch)) {
+          base.fits = false;
+          base.why_not = "batch";
+        }
+        base.micro_steps = std::max<int64_t>(1, m.global_batch / (int64_t(dp) * m.micro_batch));
+        base.capacity = capacity_of(m.micro_batch * m.seq_len, m.top_k, m.experts, m.capacity_factor, m.min_capacity);
+        // Gradient all-reduce of fp32 gradients: dense over dp, experts over expert-dp (rings; strides tp, tp·ep).
+        const bool dp_spans = (dp - 1) * tp >= c.gpus_per_node, edp_spans = (dp / ep - 1) * tp * ep >= c.gpus_per_node;
+        base.grad_sync_s = all_reduce_time(links, 4.0 * dense_params(m, tp), dp, dp_spans) +
+                           all_reduce_time(links, 4.0 * expert_params(m, tp, ep, etp), dp / ep, edp_spans);
+        // TP: per layer, forward and backward, an all-reduce of the attention output and (expert-TP) of the MoE output.
+        const bool tp_spans = tp > c.gpus_per_node;
+        base.tp_s = 2.0 * (etp ? 2 : 1) * double(m.layers) * double(base.micro_steps) *
+                    all_reduce_time(links, double(m.micro_batch * m.seq_len * m.hidden * m.act_bytes), tp, tp_spans);
+        // Whole experts on every TP rank (expert-TP off) compute the same tokens tp times over.
+        const double expert_flops = 3.0 * 2.0 * double(m.top_k) * 3.0 * double(m.hidden) * double(m.ffn) * double(m.layers);
+        const double flops = m.flops_per_token + (etp ? 0.0 : double(tp - 1) * expert_flops);
+        base.compute_s = c.gpu_tflops > 0 ? flops * double(m.global_batch * m.seq_len) / world / (c.gpu_tflops * 1e12) : 0;
+        ExchangeVolume v{m.micro_batch, m.seq_len, m.hidden, m.top_k, m.experts, m.min_capacity, m.capacity_factor,
+                         m.act_bytes};
+        for (ExchangeKind k : o.strategies) {
+          if (ep == 1 && k != ExchangeKind::duplicate) continue;  // no exchange at all: one row
+          const int hi = k == ExchangeKind::pipelined ? o.max_chunks : 1;
+          for (int n = 1; n <= hi; ++n) {
+            PlanRow r = base;
+            r.strategy = k;
+            r.chunks = n;
+            if (ep > 1) r.exchange = predict_exchange(k, n, v, g, links);
+            r.exchange_s = r.exchange.total * kExchangesPerLayer * double(m.layers) * double(r.micro_steps);
+            r.comm_s = r.exchange_s + r.grad_sync_s + r.tp_s;
+            r.step_s = r.compute_s + r.comm_s;
+            if (o.only_fitting && !r.fits) continue;
+            plan.rows.push_back(r);
+          }
+        }
+      }
+    }
+  }
+  auto key = [](const PlanRow& r) {
+    return std::make_tuple(!r.fits, r.comm_s, r.tp, r.ep, !r.expert_tp, int(r.strategy), r.chunks);
+  };
+  std::stable_sort(plan.rows.begin(), plan.rows.end(), [&](const PlanRow& a, const PlanRow& b) { return key(a) < key(b); });
+  if (!plan.rows.empty() && plan.rows.front().fits) plan.best = 0;
+  return plan;
+}
+
+std::string format_plan(const Plan& p, size_t limit) {
+  std::string s = engine::strf("%4s %3s %3s %3s %4s %4s %-11s %3s %9s %8s %-6s %7s %9s %9s %10s %9s %9s %9s %9s %9s\n", "#", "tp",
+                               "ep", "dp", "edp", "etp", "strategy", "n", "params/G", "mem GiB", "fits", "C",
+                               "a2a ms", "ag ms", "exch ms", "exch s", "grad s", "tp s", "comm s", "step s");
+  const size_t n = limit ? std::min(limit, p.rows.size()) : p.rows.size();
+  for (size_t i = 0; i < n; ++i) {
+    const PlanRow& r = p.rows[i];
+    s += engine::strf("%4zu %3d %3d %3d %4d %4s %-11s %3d %8.2fB %8.1f %-6s %7ld %9.3f %9.3f %10.3f %9.3f %9.3f %9.3f %9.3f %9.3f\n",
+                      i + 1, r.tp, r.ep, r.dp, r.expert_dp, r.expert_tp ? "yes" : "no",
+                      r.ep == 1 ? "-" : exchange_kind_name(r.strategy), r.chunks, r.params_per_gpu / 1e9, r.mem_gib,
+                      r.fits ? "yes" : ("no:" + r.why_not).c_str(), long(r.capacity), r.exchange.a2a * 1e3,
+                      r.exchange.ag * 1e3, r.exchange.total * 1e3, r.exchange_s, r.grad_sync_s, r.tp_s, r.comm_s, r.step_s);
+  }
+  if (n < p.rows.size()) s += engine::strf("     ... %zu more rows\n", p.rows.size() - n);
+  return s;
+}
+
+}  // namespace monta::comm

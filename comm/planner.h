@@ -1,0 +1,63 @@
+// The planner: for a cluster and a model shape, enumerate the layouts (tp, ep, dp, expert-TP, exchange strategy,
+// chunk count), drop those that do not fit in GPU memory, predict each one's communication per training step
+// with the cost model, and rank them. Pure and deterministic (docs/cost_model.md states the memory model).
+#pragma once
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "comm/cost_model.h"
+
+namespace monta::comm {
+
+// What the planner needs of the model (comm may not include model/; app/plan_cmd.cpp fills it from the config).
+struct PlanModel {
+  int64_t vocab = 0, hidden = 0, layers = 0, heads = 0, kv_heads = 0, ffn = 0, experts = 1, top_k = 1, seq_len = 0;
+  double capacity_factor = 1.0;
+  int64_t min_capacity = 0;
+  int64_t micro_batch = 1, global_batch = 1;  // sequences per rank per micro-step / per optimizer step (whole job)
+  int act_bytes = 2;                          // activation element size (bf16 on GPUs)
+  double flops_per_token = 0;                 // training FLOPs per token (fwd+bwd), for the step-time estimate
+};
+
+struct PlanOptions {
+  std::vector<ExchangeKind> strategies = {ExchangeKind::duplicate, ExchangeKind::drop_gather, ExchangeKind::pipelined};
+  int max_chunks = 8;
+  bool only_fitting = false;  // leave layouts that do not fit out of the table
+};
+
+struct PlanRow {
+  int tp = 1, ep = 1, dp = 1, expert_dp = 1;
+  bool expert_tp = true;
+  ExchangeKind strategy = ExchangeKind::duplicate;
+  int chunks = 1;
+  double params_per_gpu = 0, mem_gib = 0;
+  bool fits = false;
+  std::string why_not;  // empty when feasible
+  int64_t capacity = 0;
+  int64_t micro_steps = 0;            // micro-batches per optimizer step on each DP rank
+  ExchangePrediction exchange;        // one exchange call
+  double exchange_s = 0;              // per step: 4 calls × layers × micro-steps
+  double grad_sync_s = 0;             // per step: gradient all-reduce over dp (dense) and expert-dp (experts)
+  double tp_s = 0;                    // per step: Megatron TP all-reduces of (N, H) activations, 2 or 4 per layer
+  double comm_s = 0;                  // exchange_s + grad_sync_s + tp_s
+  double compute_s = 0;               // per step, from flops_per_token and the cluster's TFLOP/s (0 if unknown)
+  double step_s = 0;                  // compute_s + comm_s (nothing overlapped: an upper bound)
+};
+
+struct Plan {
+  std::vector<PlanRow> rows;  // ranked: feasible first, then by comm_s, then by a fixed tie-break
+  int best = -1;              // index into rows of the cheapest feasible layout; -1 when none fits
+};
+
+// Parameters held by one GPU and its memory: 18 bytes per parameter (fp32 master, grad, Adam m and v + bf16 copy)
+// plus the activation estimate of docs/cost_model.md.
+double params_per_gpu(const PlanModel& m, int tp, int ep, bool expert_tp);
+double activation_bytes(const PlanModel& m, int tp, int ep, bool expert_tp);
+inline constexpr double kBytesPerParam = 18.0;
+
+Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o = {});
+// The ranked table, fixed-width, one line per row (top `limit` rows; 0 = all).
+std::string format_plan(const Plan& p, size_t limit = 0);
+
+}  // namespace monta::comm

@@ -1,0 +1,148 @@
+// Unit tests of the cost model (volumes and times hand-computed), the planner (feasibility, the pick, determinism)
+// and the calibration fit (recovers α and β from synthetic timings) plus the link-model cache text.
+#include <gtest/gtest.h>
+
+#include "comm/calibrate.h"
+#include "comm/cost_model.h"
+#include "comm/planner.h"
+#include "engine/check.h"
+
+namespace monta::comm {
+namespace {
+
+class ThrowingEnv : public ::testing::Environment {
+ public:
+  void SetUp() override { engine::install_throwing_handler(); }
+};
+[[maybe_unused]] auto* g_env = ::testing::AddGlobalTestEnvironment(new ThrowingEnv);
+
+Cluster a800() { return {"a800", 2, 8, 200, 5, 12.5, 10, 80, 156}; }
+
+TEST(CostModel, CapacityAndVolumeByHand) {
+  // 2x70B: N = 8192, K = 1, E = 2, cf 1: C = 4096; X = 2·4096·8192·2 B = 134217728.
+  ExchangeVolume v{1, 8192, 8192, 1, 2, 4, 1.0, 2};
+  EXPECT_EQ(v.capacity(), 4096);
+  EXPECT_DOUBLE_EQ(v.dispatch_bytes(), 134217728.0);
+  EXPECT_EQ(capacity_of(10, 2, 4, 1.25, 0), 7);  // ceil(1.25·10·2/4) = ceil(6.25)
+  EXPECT_EQ(capacity_of(10, 2, 4, 1.25, 9), 9);  // min capacity wins
+}
+
+TEST(CostModel, PlacementOfGroups) {
+  const GroupPlacement g = place_groups(a800(), 8, 2);  // EP pairs rank r with r+8: other node
+  EXPECT_EQ(g.ep_peers_inter, 1);
+  EXPECT_EQ(g.ep_peers_intra, 0);
+  EXPECT_FALSE(g.tp_spans_nodes);
+  EXPECT_DOUBLE_EQ(g.ep_cross_fraction, 1.0);
+  const GroupPlacement h = place_groups(a800(), 2, 4);  // ranks r, r+2, r+4, r+6: one node
+  EXPECT_EQ(h.ep_peers_inter, 0);
+  EXPECT_EQ(h.ep_peers_intra, 3);
+  const GroupPlacement k = place_groups(a800(), 2, 8);  // r + 2i, i < 8: 4 on each node
+  EXPECT_EQ(k.ep_peers_inter, 4);
+  EXPECT_EQ(k.ep_peers_intra, 3);
+  EXPECT_TRUE(place_groups(a800(), 16, 1).tp_spans_nodes);
+}
+
+TEST(CostModel, CollectiveTimesByHand) {
+  LinkModel l{{1e-6, 1e-9}, {1e-5, 1e-8}};
+  // all-to-all of M = 800 over 4 ranks, 1 intra + 2 inter peers: max(1e-6 + 200e-9, 1e-5 + 400e-8).
+  EXPECT_DOUBLE_EQ(all_to_all_time(l, 800, 1, 2), 1e-5 + 400e-8);
+  EXPECT_DOUBLE_EQ(all_to_all_time(l, 800, 3, 0), 1e-6 + 600e-9);
+  EXPECT_DOUBLE_EQ(all_gather_time(l, 800, 4, false), 3e-6 + 600e-9);
+  EXPECT_DOUBLE_EQ(all_reduce_time(l, 800, 4, true), 6e-5 + 1200e-8);
+  EXPECT_EQ(all_to_all_time(l, 800, 0, 0), 0.0);
+}
+
+TEST(CostModel, StrategiesByHand) {
+  LinkModel l{{0, 1e-9}, {0, 1e-8}};  // no latency: pure volumes
+  GroupPlacement g;
+  g.t = 2;
+  g.e = 2;
+  g.ep_peers_inter = 1;
+  // E 2, C 8, H 10, 2 B: X = 320 B. duplicate: 160 B inter.
+  const auto d = predict_exchange_shape(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, l);
+  EXPECT_DOUBLE_EQ(d.inter_bytes, 160);
+  EXPECT_DOUBLE_EQ(d.total, 160e-8);
+  // drop_gather: a2a of M = 160 (half the slots): 80 B inter = 80e-8 s; all-gather of 320: 160 B intra = 160e-9.
+  const auto dg = predict_exchange_shape(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l);
+  EXPECT_DOUBLE_EQ(dg.inter_bytes, 80);
+  EXPECT_DOUBLE_EQ(dg.tp_bytes, 160);
+  EXPECT_DOUBLE_EQ(dg.total, 80e-8 + 160e-9);
+  // pipelined 4: chunks of 2 slots, 1 per TP rank: A = 20e-8, G = 40e-9; total = A + 3·max(A, G) + G.
+  const auto p = predict_exchange_shape(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l);
+  EXPECT_DOUBLE_EQ(p.total, 20e-8 + 3 * 20e-8 + 40e-9);
+  const auto p1 = predict_exchange_shape(ExchangeKind::pipelined, 1, 2, 8, 10, 2, g, l);
+  EXPECT_DOUBLE_EQ(p1.total, dg.total);
+  // Contention: EP peer on the same node: the all-gather shares NVLink with the all-to-all.
+  g.ep_peers_inter = 0;
+  g.ep_peers_intra = 1;
+  const auto c = predict_exchange_shape(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l);
+  EXPECT_DOUBLE_EQ(c.total, 20e-9 + 3 * (20e-9 + 40e-9) + 40e-9);
+}
+
+PlanModel small_model() {
+  PlanModel m;
+  m.vocab = 32000; m.hidden = 8192; m.layers = 4; m.heads = 64; m.kv_heads = 8; m.ffn = 28672;
+  m.experts = 2; m.top_k = 1; m.seq_len = 4096; m.capacity_factor = 1.0; m.min_capacity = 4;
+  m.micro_batch = 1; m.global_batch = 16; m.flops_per_token = 1e9;
+  return m;
+}
+
+TEST(Planner, FeasibilityPickAndDeterminism) {
+  const Plan p = make_plan(a800(), small_model());
+  ASSERT_FALSE(p.rows.empty());
+  ASSERT_EQ(p.best, 0);
+  double best = 1e300;
+  for (const PlanRow& r : p.rows) {
+    EXPECT_EQ(r.fits, r.mem_gib * double(1ull << 30) <= 80.0 * double(1ull << 30) && r.why_not.empty());
+    if (r.fits) best = std::min(best, r.comm_s);
+    EXPECT_EQ(r.tp * r.dp, 16);
+  }
+  EXPECT_DOUBLE_EQ(p.rows[0].comm_s, best);
+  const Plan q = make_plan(a800(), small_model());
+  EXPECT_EQ(format_plan(p), format_plan(q));
+  // A 1 GiB GPU holds nothing.
+  Cluster tiny = a800();
+  tiny.gpu_mem_gib = 1;
+  EXPECT_EQ(make_plan(tiny, small_model()).best, -1);
+}
+
+TEST(Planner, MemoryModelByHand) {
+  PlanModel m;
+  m.vocab = 16; m.hidden = 8; m.layers = 1; m.heads = 2; m.kv_heads = 2; m.ffn = 4; m.experts = 2; m.seq_len = 4;
+  // q, o: 8·8·2; k, v: 2·8·8; norms 16 + router 16; final norm 8; embed + head 2·16·8; experts 2·3·8·4.
+  EXPECT_DOUBLE_EQ(params_per_gpu(m, 1, 1, true), 128 + 128 + 32 + 8 + 256 + 192);
+  EXPECT_DOUBLE_EQ(params_per_gpu(m, 2, 2, true), 64 + 64 + 32 + 8 + 128 + 48);
+}
+
+TEST(Calibration, FitRecoversAlphaBeta) {
+  const double a = 7e-6, b = 1.0 / 3e9;
+  std::vector<CalibSample> s;
+  for (bool gather : {false, true})
+    for (double M : {4096.0, 65536.0, 1048576.0}) {
+      CalibSample c{LinkClass::intra, gather, 4, M, 0};
+      c.seconds = a * c.latencies() + b * c.bytes() * (1 + (gather ? 1e-3 : -1e-3));  // slight noise
+      s.push_back(c);
+    }
+  const LinkParams p = fit_link(s);
+  EXPECT_NEAR(p.alpha, a, 0.05 * a);
+  EXPECT_NEAR(p.beta, b, 0.01 * b);
+  EXPECT_THROW(fit_link(std::vector<CalibSample>(1, s[0])), engine::Error);
+}
+
+TEST(Calibration, CacheTextRoundTripAndErrors) {
+  const LinkModel base{{1e-6, 1e-9}, {1e-5, 1e-8}};
+  const LinkModel l = parse_link_model("# c\nintra_gbps = 400\ninter_latency_us=20\n", base, "t");
+  EXPECT_DOUBLE_EQ(l.intra.beta, 1.0 / 400e9);
+  EXPECT_DOUBLE_EQ(l.inter.alpha, 20e-6);
+  EXPECT_DOUBLE_EQ(l.intra.alpha, 1e-6);
+  EXPECT_THROW(parse_link_model("bogus = 1\n", base, "t"), engine::Error);
+  EXPECT_THROW(parse_link_model("intra_gbps = fast\n", base, "t"), engine::Error);
+  const std::string path = ::testing::TempDir() + "links.txt";
+  write_link_model(path, l);
+  const LinkModel r = read_link_model(path, LinkModel{});
+  EXPECT_NEAR(r.intra.beta, l.intra.beta, 1e-6 * l.intra.beta);
+  EXPECT_NEAR(r.inter.alpha, l.inter.alpha, 1e-9);
+}
+
+}  // namespace
+}  // namespace monta::comm
