@@ -313,6 +313,9 @@ int cmd_bench(int argc, char** argv) {
   MONTA_USER_CHECK(device != "cuda" || dev == Device::cuda, "--device cuda but no CUDA device is visible");
   if (dev == Device::cuda) cuda_set_device(0);
   if (what == "ops") return bench_ops(dev, iters, json, seq);
+  MONTA_USER_CHECK(what != "layer" || dev == Device::cuda,
+                   "monta bench layer needs a GPU: one 2x70B layer holds 2.1 B parameters (~38 GiB of weights, "
+                   "gradients and AdamW state)");
   if (what == "layer") return bench_layer(dev, iters, json, seq);
   fail_user("unknown benchmark '" + what + "' (choose ops or layer)");
 }
