@@ -67,6 +67,40 @@ __device__ __forceinline__ void st(void* p, int64_t i, bool is_bf16, float v) {
 }
 inline bool is_bf16(const Tensor& t) { return t.dtype == DType::bf16; }
 
+// ---- 16-byte vector access (8 bf16 or 4 f32 per uint4) ----
+template <class T> struct Vec16 {
+  static constexpr int n = 16 / int(sizeof(T));
+};
+inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+// Loads 16 bytes at p (16-byte aligned) and widens to f32.
+__device__ __forceinline__ void load16(const float* p, float (&f)[4]) {
+  float4 u = *reinterpret_cast<const float4*>(p);
+  f[0] = u.x; f[1] = u.y; f[2] = u.z; f[3] = u.w;
+}
+__device__ __forceinline__ void load16(const bf16* p, float (&f)[8]) {
+  uint4 u = *reinterpret_cast<const uint4*>(p);
+  const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    f[2 * j] = __uint_as_float(w[j] << 16);             // low half: element 2j
+    f[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);  // high half: element 2j+1
+  }
+}
+// Rounds (bf16: to nearest even, as from_f) and stores 16 bytes at p (16-byte aligned).
+__device__ __forceinline__ void store16(float* p, const float (&f)[4]) {
+  *reinterpret_cast<float4*>(p) = make_float4(f[0], f[1], f[2], f[3]);
+}
+__device__ __forceinline__ void store16(bf16* p, const float (&f)[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    uint32_t lo = __bfloat16_as_ushort(__float2bfloat16_rn(f[2 * j]));
+    uint32_t hi = __bfloat16_as_ushort(__float2bfloat16_rn(f[2 * j + 1]));
+    w[j] = lo | (hi << 16);
+  }
+  *reinterpret_cast<uint4*>(p) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // ---- reductions ----
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

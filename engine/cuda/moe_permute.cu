@@ -4,6 +4,8 @@
 #include "engine/cuda/common.cuh"
 #include "engine/ops/moe_permute.h"
 
+#include <algorithm>
+
 namespace monta::engine::cuda {
 
 // buf[e, slot] = x[n] for kept (n, k); buf was zeroed first.
@@ -67,6 +69,67 @@ static __global__ void combine_backward_debuf_kernel(T* __restrict__ debuf, cons
   }
 }
 
+// ---- 16-byte vector paths (buffers 16-byte aligned, H % V == 0): same per-element f32 math and the same
+// k order as the kernels above, so the bits match them. ----
+
+// One block per kept (n, k) row, grid-stride over rows: buf[e, slot] = x[n] (scale 1) or w[n,k]·dy[n]
+// (SCALE, the combine backward). The buffer was zeroed first.
+template <class T, bool SCALE>
+static __global__ void scatter_rows_vec_kernel(T* __restrict__ buf, const T* __restrict__ src, const void* w, bool w_bf,
+                                               const int32_t* __restrict__ idx, const int32_t* __restrict__ slot,
+                                               int64_t NK, int K, int64_t C, int64_t H) {
+  constexpr int V = Vec16<T>::n;
+  for (int64_t nk = blockIdx.x; nk < NK; nk += gridDim.x) {
+    int32_t sl = slot[nk];
+    if (sl < 0) continue;
+    T* dr = buf + (int64_t(idx[nk]) * C + sl) * H;
+    const T* sr = src + (nk / K) * H;
+    if constexpr (SCALE) {
+      float wk = ld(w, nk, w_bf);
+      for (int64_t h = threadIdx.x * int64_t(V); h < H; h += int64_t(blockDim.x) * V) {
+        float v[V];
+        load16(sr + h, v);
+#pragma unroll
+        for (int j = 0; j < V; ++j) v[j] = wk * v[j];
+        store16(dr + h, v);
+      }
+    } else {
+      for (int64_t h = threadIdx.x * int64_t(V); h < H; h += int64_t(blockDim.x) * V)
+        *reinterpret_cast<uint4*>(dr + h) = *reinterpret_cast<const uint4*>(sr + h);
+    }
+  }
+}
+
+// Grid-stride over N·H/V vectors of the token-order output: out[n] = Σ_k (w[n,k]·) buf[e_k, slot_k] in k order.
+template <class T, bool WEIGHTED>
+static __global__ void gather_rows_vec_kernel(T* __restrict__ out, const T* __restrict__ buf, const void* w, bool w_bf,
+                                              const int32_t* __restrict__ idx, const int32_t* __restrict__ slot,
+                                              int64_t N, int K, int64_t C, int64_t H) {
+  constexpr int V = Vec16<T>::n;
+  int64_t hv = H / V, total = N * hv;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    int64_t n = i / hv, h = (i - n * hv) * V;
+    float acc[V];
+#pragma unroll
+    for (int j = 0; j < V; ++j) acc[j] = 0.f;
+    for (int k = 0; k < K; ++k) {
+      int32_t sl = slot[n * K + k];
+      if (sl < 0) continue;
+      float v[V];
+      load16(buf + (int64_t(idx[n * K + k]) * C + sl) * H + h, v);
+      if constexpr (WEIGHTED) {
+        float wk = ld(w, n * K + k, w_bf);
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[j] += wk * v[j];
+      } else {
+#pragma unroll
+        for (int j = 0; j < V; ++j) acc[j] += v[j];
+      }
+    }
+    store16(out + n * H + h, acc);
+  }
+}
+
 // One block per (n, k): dweight[n, k] = dy[n] · ebuf[e_k, slot_k] (0 when dropped).
 template <class T>
 static __global__ void combine_backward_dweight_kernel(void* dweight, bool dw_bf, const T* __restrict__ dy,
@@ -111,18 +174,32 @@ void moe_dispatch_forward(Tensor buf, const Tensor& x, const Tensor& expert_idx,
   cudaStream_t st = stream_of(s);
   CUDA_CHECK(cudaMemsetAsync(buf.data, 0, buf.bytes(), st));
   if (d.N * d.K * d.H == 0) return;
-  MONTA_FLOAT_TYPES(x.dtype, T, dispatch_forward_kernel<T><<<grid_1d(d.N * d.K * d.H, 256), 256, 0, st>>>(
-                                    buf.as<T>(), x.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N,
-                                    int(d.K), d.C, d.H));
+  bool vec = aligned16(buf.data) && aligned16(x.data);
+  MONTA_FLOAT_TYPES(x.dtype, T, {
+    if (vec && d.H % Vec16<T>::n == 0)
+      scatter_rows_vec_kernel<T, false><<<unsigned(std::min<int64_t>(d.N * d.K, 1 << 20)), 256, 0, st>>>(
+          buf.as<T>(), x.as<T>(), nullptr, false, expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N * d.K, int(d.K),
+          d.C, d.H);
+    else
+      dispatch_forward_kernel<T><<<grid_1d(d.N * d.K * d.H, 256), 256, 0, st>>>(
+          buf.as<T>(), x.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N, int(d.K), d.C, d.H);
+  });
   MONTA_LAUNCH_CHECK();
 }
 
 void moe_dispatch_backward(Tensor dx, const Tensor& dbuf, const Tensor& expert_idx, const Tensor& slot, Stream s) {
   PermuteDims d = permute_dims("moe_dispatch_backward", dx, dbuf, expert_idx, slot);
   if (d.N * d.H == 0) return;
-  MONTA_FLOAT_TYPES(dx.dtype, T, dispatch_backward_kernel<T><<<grid_1d(d.N * d.H, 256), 256, 0, stream_of(s)>>>(
-                                     dx.as<T>(), dbuf.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N,
-                                     int(d.K), d.C, d.H));
+  bool vec = aligned16(dx.data) && aligned16(dbuf.data);
+  MONTA_FLOAT_TYPES(dx.dtype, T, {
+    if (vec && d.H % Vec16<T>::n == 0)
+      gather_rows_vec_kernel<T, false><<<grid_1d(d.N * d.H / Vec16<T>::n, 256, 132 * 64), 256, 0, stream_of(s)>>>(
+          dx.as<T>(), dbuf.as<T>(), nullptr, false, expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N, int(d.K), d.C,
+          d.H);
+    else
+      dispatch_backward_kernel<T><<<grid_1d(d.N * d.H, 256), 256, 0, stream_of(s)>>>(
+          dx.as<T>(), dbuf.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N, int(d.K), d.C, d.H);
+  });
   MONTA_LAUNCH_CHECK();
 }
 
@@ -133,9 +210,17 @@ void moe_combine_forward(Tensor y, const Tensor& ebuf, const Tensor& weight, con
   need_float(weight, op, "weight");
   need_numel(weight, d.N * d.K, op, "weight");
   if (d.N * d.H == 0) return;
-  MONTA_FLOAT_TYPES(y.dtype, T, combine_forward_kernel<T><<<grid_1d(d.N * d.H, 256), 256, 0, stream_of(s)>>>(
-                                    y.as<T>(), ebuf.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(),
-                                    slot.as<int32_t>(), d.N, int(d.K), d.C, d.H));
+  bool vec = aligned16(y.data) && aligned16(ebuf.data);
+  MONTA_FLOAT_TYPES(y.dtype, T, {
+    if (vec && d.H % Vec16<T>::n == 0)
+      gather_rows_vec_kernel<T, true><<<grid_1d(d.N * d.H / Vec16<T>::n, 256, 132 * 64), 256, 0, stream_of(s)>>>(
+          y.as<T>(), ebuf.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N,
+          int(d.K), d.C, d.H);
+    else
+      combine_forward_kernel<T><<<grid_1d(d.N * d.H, 256), 256, 0, stream_of(s)>>>(
+          y.as<T>(), ebuf.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N,
+          int(d.K), d.C, d.H);
+  });
   MONTA_LAUNCH_CHECK();
 }
 
@@ -150,9 +235,17 @@ void moe_combine_backward(Tensor debuf, Tensor dweight, const Tensor& dy, const 
   cudaStream_t st = stream_of(s);
   CUDA_CHECK(cudaMemsetAsync(debuf.data, 0, debuf.bytes(), st));
   if (d.N * d.K * d.H > 0) {
-    MONTA_FLOAT_TYPES(dy.dtype, T, combine_backward_debuf_kernel<T><<<grid_1d(d.N * d.K * d.H, 256), 256, 0, st>>>(
-                                       debuf.as<T>(), dy.as<T>(), weight.data, is_bf16(weight),
-                                       expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N, int(d.K), d.C, d.H));
+    bool vec = aligned16(debuf.data) && aligned16(dy.data);
+    MONTA_FLOAT_TYPES(dy.dtype, T, {
+      if (vec && d.H % Vec16<T>::n == 0)
+        scatter_rows_vec_kernel<T, true><<<unsigned(std::min<int64_t>(d.N * d.K, 1 << 20)), 256, 0, st>>>(
+            debuf.as<T>(), dy.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(),
+            d.N * d.K, int(d.K), d.C, d.H);
+      else
+        combine_backward_debuf_kernel<T><<<grid_1d(d.N * d.K * d.H, 256), 256, 0, st>>>(
+            debuf.as<T>(), dy.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(),
+            d.N, int(d.K), d.C, d.H);
+    });
     MONTA_LAUNCH_CHECK();
   }
   if (!dweight.empty() && d.N * d.K > 0) {

@@ -41,6 +41,90 @@ static __global__ void rmsnorm_backward_dx_kernel(T* __restrict__ dx, const T* _
     dxr[h] = from_f<T>(r * ld(w, h, w_bf) * to_f(gr[h]) - to_f(xr[h]) * c);
 }
 
+// 16-byte vector paths of the two row kernels (x, out, dout, weight 16-byte aligned, H % V == 0): each
+// thread takes whole vectors of its row; the block sum is in a fixed order, so the bits repeat run to run.
+template <class T>
+static __device__ __forceinline__ void load_w16(const void* w, bool w_bf, int64_t h, float (&f)[Vec16<T>::n]) {
+  constexpr int V = Vec16<T>::n;
+  if constexpr (V == 8) {
+    if (w_bf) {
+      load16(static_cast<const bf16*>(w) + h, f);
+      return;
+    }
+  } else {
+    if (!w_bf) {
+      load16(static_cast<const float*>(w) + h, f);
+      return;
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < V; ++j) f[j] = ld(w, h + j, w_bf);
+}
+
+template <class T>
+static __global__ void rmsnorm_forward_vec_kernel(T* __restrict__ out, float* __restrict__ rstd,
+                                                  const T* __restrict__ x, const void* __restrict__ w, bool w_bf,
+                                                  float eps, int64_t H) {
+  constexpr int V = Vec16<T>::n;
+  __shared__ float red[32];
+  const T* xr = x + blockIdx.x * H;
+  T* yr = out + blockIdx.x * H;
+  float ss = 0.f;
+#pragma unroll 4
+  for (int64_t h = threadIdx.x * int64_t(V); h < H; h += int64_t(blockDim.x) * V) {
+    float v[V];
+    load16(xr + h, v);
+#pragma unroll
+    for (int j = 0; j < V; ++j) ss += v[j] * v[j];
+  }
+  ss = block_sum(ss, red);
+  float r = rsqrtf(ss / float(H) + eps);
+#pragma unroll 4
+  for (int64_t h = threadIdx.x * int64_t(V); h < H; h += int64_t(blockDim.x) * V) {
+    float v[V], wv[V], o[V];
+    load16(xr + h, v);
+    load_w16<T>(w, w_bf, h, wv);
+#pragma unroll
+    for (int j = 0; j < V; ++j) o[j] = v[j] * r * wv[j];
+    store16(yr + h, o);
+  }
+  if (threadIdx.x == 0) rstd[blockIdx.x] = r;
+}
+
+template <class T>
+static __global__ void rmsnorm_backward_dx_vec_kernel(T* __restrict__ dx, const T* __restrict__ dout,
+                                                      const T* __restrict__ x, const void* __restrict__ w, bool w_bf,
+                                                      const float* __restrict__ rstd, int64_t H) {
+  constexpr int V = Vec16<T>::n;
+  __shared__ float red[32];
+  const T* xr = x + blockIdx.x * H;
+  const T* gr = dout + blockIdx.x * H;
+  T* dxr = dx + blockIdx.x * H;
+  float r = rstd[blockIdx.x];
+  float dot = 0.f;
+#pragma unroll 4
+  for (int64_t h = threadIdx.x * int64_t(V); h < H; h += int64_t(blockDim.x) * V) {
+    float xv[V], gv[V], wv[V];
+    load16(xr + h, xv);
+    load16(gr + h, gv);
+    load_w16<T>(w, w_bf, h, wv);
+#pragma unroll
+    for (int j = 0; j < V; ++j) dot += wv[j] * gv[j] * xv[j];
+  }
+  dot = block_sum(dot, red);
+  float c = dot * r * r * r / float(H);
+#pragma unroll 4
+  for (int64_t h = threadIdx.x * int64_t(V); h < H; h += int64_t(blockDim.x) * V) {
+    float xv[V], gv[V], wv[V], o[V];
+    load16(xr + h, xv);
+    load16(gr + h, gv);
+    load_w16<T>(w, w_bf, h, wv);
+#pragma unroll
+    for (int j = 0; j < V; ++j) o[j] = r * wv[j] * gv[j] - xv[j] * c;
+    store16(dxr + h, o);
+  }
+}
+
 // dweight[h] += Σ_n dout[n,h]·x[n,h]·rstd[n]; block (32, 8) owns 32 columns.
 template <class T>
 static __global__ void rmsnorm_backward_dw_kernel(float* __restrict__ dweight, const T* __restrict__ dout,
@@ -62,6 +146,12 @@ static __global__ void rmsnorm_backward_dw_kernel(float* __restrict__ dweight, c
 }
 
 static int row_threads(int64_t H) { return H >= 1024 ? 512 : (H >= 256 ? 256 : 128); }
+// Vector path: H / V vectors per row, about two per thread for H 8192 bf16 (512 threads), at least 32.
+static int row_threads_vec(int64_t nvec) {
+  int64_t t = (nvec + 1) / 2;
+  t = (t + 31) / 32 * 32;
+  return int(t < 32 ? 32 : (t > 512 ? 512 : t));
+}
 
 void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& x, const Tensor& weight, float eps, Stream s) {
   const char* op = "rmsnorm_forward";
@@ -75,8 +165,15 @@ void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& x, const Tensor& wei
   need_numel(rstd, N, op, "rstd");
   need_numel(weight, H, op, "weight");
   if (N == 0) return;
-  MONTA_FLOAT_TYPES(x.dtype, T, rmsnorm_forward_kernel<T><<<unsigned(N), row_threads(H), 0, stream_of(s)>>>(
-                                    out.as<T>(), rstd.as<float>(), x.as<T>(), weight.data, is_bf16(weight), eps, H));
+  bool al = aligned16(out.data) && aligned16(x.data) && aligned16(weight.data);
+  MONTA_FLOAT_TYPES(x.dtype, T, {
+    if (al && H % Vec16<T>::n == 0)
+      rmsnorm_forward_vec_kernel<T><<<unsigned(N), row_threads_vec(H / Vec16<T>::n), 0, stream_of(s)>>>(
+          out.as<T>(), rstd.as<float>(), x.as<T>(), weight.data, is_bf16(weight), eps, H);
+    else
+      rmsnorm_forward_kernel<T><<<unsigned(N), row_threads(H), 0, stream_of(s)>>>(
+          out.as<T>(), rstd.as<float>(), x.as<T>(), weight.data, is_bf16(weight), eps, H);
+  });
   MONTA_LAUNCH_CHECK();
 }
 
@@ -96,9 +193,15 @@ void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tenso
   need_numel(weight, H, op, "weight");
   if (N == 0) return;
   cudaStream_t st = stream_of(s);
-  MONTA_FLOAT_TYPES(x.dtype, T, rmsnorm_backward_dx_kernel<T><<<unsigned(N), row_threads(H), 0, st>>>(
-                                    dx.as<T>(), dout.as<T>(), x.as<T>(), weight.data, is_bf16(weight),
-                                    rstd.as<float>(), H));
+  bool al = aligned16(dx.data) && aligned16(dout.data) && aligned16(x.data) && aligned16(weight.data);
+  MONTA_FLOAT_TYPES(x.dtype, T, {
+    if (al && H % Vec16<T>::n == 0)
+      rmsnorm_backward_dx_vec_kernel<T><<<unsigned(N), row_threads_vec(H / Vec16<T>::n), 0, st>>>(
+          dx.as<T>(), dout.as<T>(), x.as<T>(), weight.data, is_bf16(weight), rstd.as<float>(), H);
+    else
+      rmsnorm_backward_dx_kernel<T><<<unsigned(N), row_threads(H), 0, st>>>(
+          dx.as<T>(), dout.as<T>(), x.as<T>(), weight.data, is_bf16(weight), rstd.as<float>(), H);
+  });
   MONTA_LAUNCH_CHECK();
   if (!dweight.empty()) {
     need_dtype(dweight, DType::f32, op, "dweight");
