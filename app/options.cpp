@@ -63,7 +63,9 @@ void visit(model::Config& c, F&& f) {
   f("checkpoint.keep", c.checkpoint.keep);
   f("checkpoint.resume", c.checkpoint.resume);
   f("comm.exchange", c.comm.exchange);
+  f("comm.chunks", c.comm.chunks);
   f("comm.emulate_nodes", c.comm.emulate_nodes);
+  f("comm.links", c.comm.links);
 }
 
 template <class T>

@@ -8,6 +8,7 @@
 #include "comm/groups.h"
 #include "model/config.h"
 #include "model/parallel.h"
+#include "model/shapes.h"
 
 namespace monta::comm {
 class NcclGroups;  // comm/cuda/nccl_communicator.h, CUDA builds only
@@ -39,6 +40,10 @@ struct ParallelSetup {
 ParallelSetup setup_parallel(const model::Config& c, engine::Device device = engine::Device::cpu);
 // Builds the MoE token exchange of the configured strategy (when ep > 1) for activations of dtype act, over
 // ctx's communicators; device must be the one given to setup_parallel.
+// --comm.exchange auto: the cost model, with links from comm.links or a short probe over the exchange's own groups,
+// predicts every strategy and chunk count for this layer's buffer; rank 0's pick is broadcast and printed.
+comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, const model::Shapes& s, engine::DType act,
+                                   engine::Device device, int* chunks);
 void attach_exchange(ParallelSetup& ps, const model::Config& c, engine::Device device, engine::DType act);
 
 }  // namespace monta::app
