@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -43,19 +44,27 @@ std::string rank_file(int r) { return strf("rank_%05d.h5", r); }
 uint64_t file_checksum(const std::string& path, int64_t* bytes) {
   std::ifstream in(path, std::ios::binary);
   MONTA_USER_CHECK(in.good(), "checkpoint file " + path + " is missing");
-  uint64_t h = 1469598103934665603ull;
-  std::vector<char> buf(1 << 20);
+  // FNV-1a-style over 64-bit words in four independent lanes (a byte-wise FNV ran at ~0.35 GB/s and dominated
+  // saving an 11 GB checkpoint); the tail of the file goes byte by byte into lane 0.
+  constexpr uint64_t kPrime = 1099511628211ull;
+  uint64_t lane[4] = {1469598103934665603ull, 0x9e3779b97f4a7c15ull, 0xc2b2ae3d27d4eb4full, 0x165667b19e3779f9ull};
+  std::vector<char> buf(1 << 22);
   int64_t total = 0;
   while (in) {
     in.read(buf.data(), std::streamsize(buf.size()));
-    std::streamsize n = in.gcount();
-    for (std::streamsize i = 0; i < n; ++i) {
-      h ^= uint8_t(buf[size_t(i)]);
-      h *= 1099511628211ull;
-    }
-    total += n;
+    const size_t n = size_t(in.gcount()), words = n / 32 * 4;
+    for (size_t w = 0; w < words; w += 4)
+      for (size_t j = 0; j < 4; ++j) {
+        uint64_t x;
+        std::memcpy(&x, buf.data() + (w + j) * 8, 8);
+        lane[j] = (lane[j] ^ x) * kPrime;
+      }
+    for (size_t i = words * 8; i < n; ++i) lane[0] = (lane[0] ^ uint8_t(buf[i])) * kPrime;
+    total += int64_t(n);
   }
   if (bytes) *bytes = total;
+  uint64_t h = lane[0];
+  for (int j = 1; j < 4; ++j) h = (h ^ lane[j]) * kPrime;
   return h;
 }
 
