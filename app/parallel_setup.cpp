@@ -46,22 +46,8 @@ ParallelSetup setup_parallel(const model::Config& c, engine::Device device) {
   ps.groups = std::make_unique<comm::ProcessGroups>(layout, topo);
   ps.layout_table = ps.groups->layout_table();
   auto& g = *ps.groups;
-  auto coords = g.coords();
+  ps.ctx = model::context_from_groups(g, c.parallel.expert_tp);
   auto& x = ps.ctx;
-  x.tp = layout.tp;
-  x.tp_rank = coords.tp_idx;
-  x.ep = layout.ep;
-  x.ep_rank = coords.ep_idx;
-  x.dp = layout.dp;
-  x.dp_rank = coords.dp_idx;
-  x.expert_dp = layout.expert_dp;
-  x.expert_dp_rank = coords.expert_dp_idx;
-  x.expert_tp = c.parallel.expert_tp;
-  x.world = &g.world();
-  x.tp_comm = &g.tp();
-  x.dp_comm = &g.dp();
-  x.ep_comm = &g.ep();
-  x.expert_dp_comm = &g.expert_dp();
   if (device == engine::Device::cuda) {
 #ifdef MONTA_WITH_CUDA
     ps.nccl.reset(comm::make_nccl_groups(g).release());

@@ -82,23 +82,9 @@ std::unique_ptr<MpiCommunicator> MpiCommunicator::split(MPI_Comm parent, int col
   return std::make_unique<MpiCommunicator>(c, std::move(name));
 }
 
-void MpiCommunicator::all_reduce(Tensor buf, ReduceOp op) {
-  const std::string who = name_ + " all_reduce";
-  check_host(buf, who);
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, buf.data, as_count(buf.numel(), who), reduce_type(buf, who), mpi_op(op), comm_));
-}
+void MpiCommunicator::all_reduce(Tensor buf, ReduceOp op) { all_reduce_async(buf, op)->wait(); }
 
-void MpiCommunicator::all_gather(Tensor out, const Tensor& in) {
-  const std::string who = name_ + " all_gather";
-  check_host(out, who);
-  check_host(in, who);
-  check_same_dtype(out, in, who);
-  MONTA_CHECK(out.numel() == int64_t(size_) * in.numel(),
-              who + ": out " + out.str() + " must hold " + std::to_string(size_) + " blocks of in " + in.str());
-  const int n = as_count(int64_t(in.bytes()), who);
-  const void* send = gather_in_place(out, in, rank_) ? MPI_IN_PLACE : in.data;
-  MPI_CHECK(MPI_Allgather(send, n, MPI_BYTE, out.data, n, MPI_BYTE, comm_));
-}
+void MpiCommunicator::all_gather(Tensor out, const Tensor& in) { all_gather_async(out, in)->wait(); }
 
 void MpiCommunicator::reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) {
   const std::string who = name_ + " reduce_scatter";
@@ -111,18 +97,8 @@ void MpiCommunicator::reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) 
                                      comm_));
 }
 
-void MpiCommunicator::all_to_all(Tensor out, const Tensor& in) {
-  const std::string who = name_ + " all_to_all";
-  check_host(out, who);
-  check_host(in, who);
-  check_same_dtype(out, in, who);
-  MONTA_CHECK(out.numel() == in.numel() && in.numel() % size_ == 0,
-              who + ": in " + in.str() + " and out " + out.str() + " must be equal and divide into " +
-                  std::to_string(size_) + " blocks");
-  MONTA_CHECK(in.data != out.data || in.numel() == 0, who + ": in and out must not alias");
-  const int n = as_count(int64_t(in.bytes()) / size_, who);
-  MPI_CHECK(MPI_Alltoall(in.data, n, MPI_BYTE, out.data, n, MPI_BYTE, comm_));
-}
+// The blocking forms are the asynchronous ones waited at once: one place validates and issues each collective.
+void MpiCommunicator::all_to_all(Tensor out, const Tensor& in) { all_to_all_async(out, in)->wait(); }
 
 void MpiCommunicator::all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
                                    std::span<const int64_t> send_counts) {

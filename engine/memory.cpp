@@ -98,6 +98,8 @@ Arena& Arena::operator=(Arena&& o) noexcept {
   return *this;
 }
 
+Tensor Arena::whole() const { return make_view(base_, {int64_t(bytes_)}, DType::u8, device_); }
+
 Tensor Arena::get(const std::string& name) const {
   for (size_t i = 0; i < names_.size(); ++i)
     if (names_[i] == name) return tensors_[i];

@@ -42,6 +42,7 @@ class Arena {
   size_t count() const { return tensors_.size(); }
   const std::string& name_of(size_t i) const { return names_[i]; }
   size_t bytes() const { return bytes_; }
+  Tensor whole() const;  // the whole allocation as bytes (u8), padding included
   const std::string& name() const { return name_; }
   Device device() const { return device_; }
 

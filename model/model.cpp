@@ -56,12 +56,9 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
     L.add(&a.rlogits, n + "rlogits", {N, s.E}, act);
     L.add(&a.probs, n + "probs", {N, s.E}, act);
     L.add(&a.expert_idx, n + "expert_idx", {N, s.K}, DType::i32);
-    L.add(&a.slot, n + "slot", {N, s.K}, DType::i32);
     L.add(&a.weight, n + "weight", {N, s.K}, act);
     L.add(&a.counts, n + "counts", {s.E}, DType::i32);
     L.add(&a.zlse, n + "zlse", {N}, stat_);
-    L.add(&a.aux, n + "aux", {1}, stat_);
-    L.add(&a.z, n + "z", {1}, stat_);
     L.add(&a.dbuf, n + "dbuf", {s.E, s.C, H}, act);
     if (exchanged) L.add(&a.y, n + "y", {s.E_l, s.EC, H}, act);
     L.add(&a.gate, n + "gate", {s.E_l, s.EC, s.F_l}, act);
@@ -70,6 +67,9 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
     L.add(&a.eo, n + "eo", {s.E_l, s.EC, H}, act);
     if (exchanged) L.add(&a.cbuf, n + "cbuf", {s.E, s.C, H}, act);
   }
+  // Every layer's router statistics and slots side by side, so one copy per kind brings them to the host.
+  L.add(&router_stats_, "router_stats", {cfg.layers, 2}, stat_);  // (L, 2): aux, z
+  L.add(&slots_, "slots", {cfg.layers, N, s.K}, DType::i32);
   L.add(&tokens_, "tokens", {N}, DType::i32);
   L.add(&targets_, "targets", {N}, DType::i32);
   L.add(&x_final_, "x_final", {N, H}, act);
@@ -105,6 +105,13 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
   L.add(&dlogits_, "dlogits", {N, s.V_l}, act);
   acts_ = Arena("activations", dev, L.specs);
   for (size_t i = 0; i < L.targets.size(); ++i) *L.targets[i] = acts_.at(i);
+  for (int64_t l = 0; l < cfg.layers; ++l) {
+    auto& a = layers_[size_t(l)];
+    char* row = static_cast<char*>(router_stats_.rows(l, 1).data);
+    a.aux = Tensor(row, {1}, stat_, dev);
+    a.z = Tensor(row + dtype_size(stat_), {1}, stat_, dev);
+    a.slot = slots_.rows(l, 1).view({N, s.K});
+  }
   // Without an exchange the expert buffers are the dispatch buffers themselves (E_l = E, e·C = C).
   for (auto& a : layers_) {
     if (!exchanged) {
@@ -193,13 +200,22 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
 }
 
 void Model::read_router_stats(MicroResult& r) const {
-  std::vector<int32_t> slots(size_t(s_.N * s_.K));
-  for (const auto& a : layers_) {
-    r.aux_sum += read_scalar(a.aux);
-    r.z_sum += read_scalar(a.z);
-    copy(Tensor(slots.data(), {s_.N, s_.K}, DType::i32), a.slot);
-    for (int32_t v : slots) r.dropped += v < 0;
+  const size_t L = layers_.size();
+  std::vector<double> stats(2 * L);
+  if (stat_ == DType::f64) {
+    copy(Tensor(stats.data(), {int64_t(L), 2}, DType::f64), router_stats_);
+  } else {
+    std::vector<float> f(2 * L);
+    copy(Tensor(f.data(), {int64_t(L), 2}, DType::f32), router_stats_);
+    stats.assign(f.begin(), f.end());
   }
+  std::vector<int32_t> slots(static_cast<size_t>(slots_.numel()));
+  copy(Tensor(slots.data(), {slots_.numel()}, DType::i32), slots_.view({slots_.numel()}));
+  for (size_t l = 0; l < L; ++l) {
+    r.aux_sum += stats[2 * l];
+    r.z_sum += stats[2 * l + 1];
+  }
+  for (int32_t v : slots) r.dropped += v < 0;
 }
 
 void Model::bench_layer(int l) {

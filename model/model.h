@@ -54,7 +54,7 @@ class Model {
   Tensor p(const std::string& name) const;      // compute copy of a parameter
   Tensor grad(const std::string& name) const;   // its gradient accumulator
   double read_scalar(const Tensor& t) const;
-  void read_router_stats(MicroResult& r) const;  // aux, z and drops of every layer: one sync per step
+  void read_router_stats(MicroResult& r) const;  // aux, z and drops of every layer: two copies per micro-batch
 
   ModelConfig cfg_;
   Shapes s_;
@@ -63,6 +63,7 @@ class Model {
   DType act_, stat_;
   engine::Arena acts_;
   std::vector<Layer> layers_;
+  Tensor router_stats_, slots_;  // (L, 2) aux and z; (L, N, K) slots of every layer
   Tensor tokens_, targets_, x_final_, xf_, rstdf_, logits_, rowmax_, sumexp_, tlogit_, lse_, losses_, ce_sum_;
   Tensor dx_, dtmp_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, dy2_, ddbuf_;
   Tensor dweight_, dprobs_, drlogits_, dlogits_, tmp_;

@@ -169,9 +169,7 @@ void ParamStore::init_for_benchmark() {
   refresh_compute();
 }
 
-void ParamStore::zero_grads() {
-  for (auto& p : params_) engine::fill_zero(p.grad);
-}
+void ParamStore::zero_grads() { engine::fill_zero(grad_.whole()); }  // one fill, padding included
 
 void ParamStore::refresh_compute() {
   for (auto& p : params_)

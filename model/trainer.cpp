@@ -24,24 +24,41 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   params_->init(cfg.train.seed);
   Shapes s = Shapes::make(cfg.model, cfg.train.micro_batch, par.tp, par.ep, par.dp, par.expert_tp);
   model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_);
+  build_buckets();
   scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
 }
 
-void Trainer::start_reduction(int group) {
-  const std::string prefix = group >= 0 && group < cfg_.model.layers ? "layers." + std::to_string(group) + "." : "";
+void Trainer::build_buckets() {
+  // A bucket is a run of parameters that become final together (same layer, or head, or embedding), reduce over the
+  // same group and sit back to back in the gradient arena: one all-reduce covers the run (the 256-byte padding
+  // between tensors is zeroed with the arena, so summing it is harmless). Experts whole on every TP rank
+  // (expert_tp off) see the same tokens there and hold identical gradients, so only expert-DP replicas are summed.
+  auto group_of = [&](const std::string& name) {
+    if (name.rfind("layers.", 0) == 0) return std::stoi(name.substr(7));
+    return name == "embed" ? -1 : int(cfg_.model.layers);
+  };
   for (auto& p : params_->all()) {
-    bool mine = !prefix.empty() ? p.name.rfind(prefix, 0) == 0
-                                : (group < 0 ? p.name == "embed" : (p.name == "lm_head" || p.name == "final_norm"));
-    if (!mine) continue;
-    // One bucket per parameter, started as soon as its layer's backward is done (last micro-batch).
-    // Experts whole on every TP rank (expert_tp off) see the same tokens there and hold identical gradients,
-    // so only the expert-DP replicas are summed.
-    if (p.kind == ParamKind::expert) {
-      if (par_.expert_dp > 1) pending_.push_back(par_.expert_dp_comm->all_reduce_async(p.grad, comm::ReduceOp::sum));
-    } else if (par_.dp > 1) {
-      pending_.push_back(par_.dp_comm->all_reduce_async(p.grad, comm::ReduceOp::sum));
+    comm::Communicator* c = p.kind == ParamKind::expert ? (par_.expert_dp > 1 ? par_.expert_dp_comm : nullptr)
+                                                        : (par_.dp > 1 ? par_.dp_comm : nullptr);
+    if (!c) continue;
+    const int g = group_of(p.name);
+    char* begin = static_cast<char*>(p.grad.data);
+    char* end = begin + p.grad.bytes();
+    if (!buckets_.empty()) {
+      GradBucket& b = buckets_.back();
+      char* b_end = static_cast<char*>(b.grads.data) + b.grads.bytes();
+      if (b.group == g && b.comm == c && begin - b_end >= 0 && begin - b_end < 256) {
+        b.grads.shape[0] = (end - static_cast<char*>(b.grads.data)) / int64_t(dtype_size(b.grads.dtype));
+        continue;
+      }
     }
+    buckets_.push_back({g, c, p.grad.view({p.grad.numel()})});
   }
+}
+
+void Trainer::start_reduction(int group) {
+  for (auto& b : buckets_)
+    if (b.group == group) pending_.push_back(b.comm->all_reduce_async(b.grads, comm::ReduceOp::sum));
 }
 
 void Trainer::finish_reduction() {

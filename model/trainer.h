@@ -36,6 +36,7 @@ class Trainer {
   DType act_dtype() const { return act_; }
 
  private:
+  void build_buckets();
   void start_reduction(int group);  // group: layer index, layers (head), -1 (embedding)
   void finish_reduction();
   double global_grad_norm();
@@ -49,6 +50,12 @@ class Trainer {
   std::unique_ptr<Model> model_;
   engine::Arena scalars_;
   int64_t step_ = 0, skips_ = 0;
+  struct GradBucket {
+    int group;  // layer index, layers (LM head and final norm), or -1 (embedding)
+    comm::Communicator* comm;
+    Tensor grads;  // 1-D span over the bucket's gradients in the arena
+  };
+  std::vector<GradBucket> buckets_;
   std::vector<std::unique_ptr<comm::Request>> pending_;
 };
 
