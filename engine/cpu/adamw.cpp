@@ -6,18 +6,12 @@
 #include <string>
 
 #include "engine/check.h"
+#include "engine/cpu/check_args.h"
 #include "engine/ops/adamw.h"
 
 namespace monta::engine::cpu {
 namespace {
 
-void need(const char* op, const char* name, const Tensor& t, DType dt, int64_t n) {
-  MONTA_CHECK(t.device == Device::cpu && t.data != nullptr,
-              std::string(op) + ": " + name + " must be a non-empty CPU tensor, got " + t.str());
-  MONTA_CHECK(t.dtype == dt, std::string(op) + ": " + name + " must be " + dtype_name(dt) + ", got " + t.str());
-  MONTA_CHECK(t.numel() == n, std::string(op) + ": " + name + " " + t.str() + " must have " + std::to_string(n) +
-                                  " elements");
-}
 
 template <class T> void step(Tensor param, Tensor m, Tensor v, Tensor lowp, const Tensor& grad, const AdamWArgs& a) {
   const int64_t n = param.numel();

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/cpu/check_args.h"
 #include "engine/ops/attention.h"
 
 namespace monta::engine::cpu {
@@ -18,11 +19,6 @@ struct Dims {
   int64_t B, S, A, G, D;
 };
 
-void need(const char* op, const char* name, const Tensor& t, DType dt) {
-  MONTA_CHECK(t.device == Device::cpu && t.data != nullptr,
-              std::string(op) + ": " + name + " must be a non-empty CPU tensor, got " + t.str());
-  MONTA_CHECK(t.dtype == dt, std::string(op) + ": " + name + " must be " + dtype_name(dt) + ", got " + t.str());
-}
 
 Dims check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v) {
   MONTA_CHECK(q.dtype == DType::f32 || q.dtype == DType::f64, std::string(op) + ": q must be f32 or f64, got " + q.str());

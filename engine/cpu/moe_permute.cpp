@@ -6,6 +6,7 @@
 #include <string>
 
 #include "engine/check.h"
+#include "engine/cpu/check_args.h"
 #include "engine/ops/moe_permute.h"
 
 namespace monta::engine::cpu {
@@ -15,11 +16,6 @@ struct Route {
   int64_t N, K, E, C, H;
 };
 
-void need(const char* op, const char* name, const Tensor& t, DType dt) {
-  MONTA_CHECK(t.device == Device::cpu && t.data != nullptr,
-              std::string(op) + ": " + name + " must be a non-empty CPU tensor, got " + t.str());
-  MONTA_CHECK(t.dtype == dt, std::string(op) + ": " + name + " must be " + dtype_name(dt) + ", got " + t.str());
-}
 
 // tok (N, H) and buf (E, C, H) share a float dtype; expert_idx and slot (N, K) i32 and in range.
 Route check_route(const char* op, const Tensor& tok, const Tensor& buf, const Tensor& expert_idx, const Tensor& slot) {

@@ -5,18 +5,12 @@
 #include <string>
 
 #include "engine/check.h"
+#include "engine/cpu/check_args.h"
 #include "engine/ops/rmsnorm.h"
 
 namespace monta::engine::cpu {
 namespace {
 
-void need(const char* op, const char* name, const Tensor& t, DType dt, int64_t numel) {
-  MONTA_CHECK(t.device == Device::cpu && t.data != nullptr,
-              std::string(op) + ": " + name + " must be a non-empty CPU tensor, got " + t.str());
-  MONTA_CHECK(t.dtype == dt, std::string(op) + ": " + name + " must be " + dtype_name(dt) + ", got " + t.str());
-  MONTA_CHECK(t.numel() == numel,
-              std::string(op) + ": " + name + " " + t.str() + " must have " + std::to_string(numel) + " elements");
-}
 
 void check_x(const char* op, const Tensor& x) {
   MONTA_CHECK(x.dtype == DType::f32 || x.dtype == DType::f64, std::string(op) + ": x must be f32 or f64, got " + x.str());

@@ -9,16 +9,12 @@
 #include <vector>
 
 #include "engine/check.h"
+#include "engine/cpu/check_args.h"
 #include "engine/ops/router.h"
 
 namespace monta::engine::cpu {
 namespace {
 
-void need(const char* op, const char* name, const Tensor& t, DType dt) {
-  MONTA_CHECK(t.device == Device::cpu && t.data != nullptr,
-              std::string(op) + ": " + name + " must be a non-empty CPU tensor, got " + t.str());
-  MONTA_CHECK(t.dtype == dt, std::string(op) + ": " + name + " must be " + dtype_name(dt) + ", got " + t.str());
-}
 
 void need_float2d(const char* op, const char* name, const Tensor& t) {
   MONTA_CHECK(t.dtype == DType::f32 || t.dtype == DType::f64,

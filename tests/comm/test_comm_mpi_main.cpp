@@ -8,30 +8,7 @@
 
 #include "comm/runtime.h"
 #include "engine/check.h"
-
-namespace {
-
-// Ranks other than 0: print each failed assertion with the rank, nothing else.
-class FailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit FailurePrinter(int rank) : rank_(rank) {}
-  // The test's name is kept from OnTestStart: UnitTest::current_test_info() would take a lock gtest holds here.
-  void OnTestStart(const ::testing::TestInfo& t) override {
-    test_ = std::string(t.test_suite_name()) + "." + t.name();
-  }
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] FAILED %s at %s:%d\n%s\n", rank_, test_.c_str(),
-                 r.file_name() ? r.file_name() : "?", r.line_number(), r.message());
-    std::fflush(stderr);
-  }
-
- private:
-  int rank_;
-  std::string test_;
-};
-
-}  // namespace
+#include "tests/mpi_failure_printer.h"
 
 int main(int argc, char** argv) {
   monta::comm::runtime_init(&argc, &argv);
@@ -41,7 +18,7 @@ int main(int argc, char** argv) {
   if (rank != 0) {
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new FailurePrinter(rank));
+    listeners.Append(new monta::test::FailurePrinter(rank));
   }
   const int mine = RUN_ALL_TESTS() != 0 ? 1 : 0;
   int failed_ranks = 0;

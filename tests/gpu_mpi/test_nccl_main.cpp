@@ -13,6 +13,7 @@
 #include "comm/runtime.h"
 #include "comm/topology.h"
 #include "engine/check.h"
+#include "tests/mpi_failure_printer.h"
 #include "engine/memory.h"
 #include "gpu_mpi_env.h"
 
@@ -23,23 +24,6 @@ bool g_usable = false;
 std::string g_reason;
 int g_emulate = 0;
 
-class FailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit FailurePrinter(int rank) : rank_(rank) {}
-  void OnTestStart(const ::testing::TestInfo& t) override {
-    test_ = std::string(t.test_suite_name()) + "." + t.name();
-  }
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] FAILED %s at %s:%d\n%s\n", rank_, test_.c_str(),
-                 r.file_name() ? r.file_name() : "?", r.line_number(), r.message());
-    std::fflush(stderr);
-  }
-
- private:
-  int rank_;
-  std::string test_;
-};
 
 // Ranks sharing this host, from MPI (not the launcher's env, which a plain ./test_nccl lacks).
 int ranks_on_host() {
