@@ -11,6 +11,8 @@
 #include <vector>
 
 #include "app/commands.h"
+#include "app/parallel_setup.h"
+#include "comm/runtime.h"
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
@@ -24,7 +26,10 @@
 #include "engine/ops/rope.h"
 #include "engine/ops/router.h"
 #include "engine/ops/swiglu.h"
+#include "model/config.h"
 #include "model/model.h"
+#include "model/params.h"
+#include "model/shapes.h"
 
 namespace po = boost::program_options;
 
@@ -234,51 +239,123 @@ int bench_ops(Device dev, int iters, const std::string& json, int64_t S) {
   return 0;
 }
 
-int bench_layer(Device dev, int iters, const std::string& json, int64_t S) {
-  model::ModelConfig m;
-  m.vocab = 32000;
-  m.hidden = 8192;
+// What `monta bench layer` runs: one decoder layer at 2x70B widths by default; --tp/--ep spread it over the ranks
+// of an mpirun job, one row per exchange strategy.
+struct LayerOptions {
+  int tp = 1, ep = 1, chunks = 4, emulate_nodes = 0;
+  bool expert_tp = true;
+  std::string strategies = "duplicate,drop_gather,pipelined,overlapped";
+  int64_t hidden = 8192, ffn = 28672, heads = 64, kv_heads = 8, experts = 2, top_k = 1, vocab = 32000;
+};
+
+std::vector<std::string> split_list(const std::string& s) {
+  std::vector<std::string> v;
+  size_t at = 0;
+  while (at <= s.size()) {
+    const size_t end = std::min(s.find(',', at), s.size());
+    if (end > at) v.push_back(s.substr(at, end - at));
+    at = end + 1;
+  }
+  return v;
+}
+
+int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const LayerOptions& o) {
+  model::Config c;
+  model::ModelConfig& m = c.model;
+  m.vocab = o.vocab;
+  m.hidden = o.hidden;
   m.layers = 1;
-  m.heads = 64;
-  m.kv_heads = 8;
-  m.ffn = 28672;
-  m.experts = 2;
-  m.top_k = 1;
+  m.heads = o.heads;
+  m.kv_heads = o.kv_heads;
+  m.ffn = o.ffn;
+  m.experts = o.experts;
+  m.top_k = o.top_k;
   m.seq_len = S;
   m.capacity_factor = 1.0;
-  model::ParallelContext par;
+  const int world = comm::runtime_world_size(), me = comm::runtime_world_rank();
+  MONTA_USER_CHECK(o.tp > 0 && o.ep > 0 && world % o.tp == 0,
+                   strf("bench layer: --tp %d must divide the %d ranks, --ep must be positive", o.tp, world));
+  const int dp = world / o.tp;
+  c.parallel.tp = o.tp;
+  c.parallel.ep = o.ep;
+  c.parallel.expert_tp = o.expert_tp;
+  c.train.micro_batch = 1;
+  c.train.global_batch = dp;  // one sequence per DP rank
+  c.data.builtin_tokens = std::max<int64_t>(c.data.builtin_tokens, 2 * S);
+  c.comm.emulate_nodes = o.emulate_nodes;
+  c.comm.chunks = o.chunks;
+  std::vector<std::string> strategies = o.ep > 1 ? split_list(o.strategies) : std::vector<std::string>{"none"};
+  MONTA_USER_CHECK(!strategies.empty(), "bench layer: --strategies lists no strategy");
+  if (o.ep > 1)
+    for (const auto& k : strategies) comm::parse_exchange_kind(k);  // a user error names the valid ones
+  ParallelSetup ps = setup_parallel(c, dev);  // validates the layout against the world (user errors)
+  if (me == 0 && world > 1) log_info(ps.layout_table);
   const DType act = dev == Device::cuda ? DType::bf16 : DType::f32;
-  model::ParamStore params(m, par, dev, DType::f32, act);
+  model::ParamStore params(m, ps.ctx, dev, DType::f32, act);
   params.init_for_benchmark();
-  model::Shapes s = model::Shapes::make(m, 1, 1, 1, 1, true);
-  model::Model model(m, s, par, params, act);
+  const model::Shapes s = model::Shapes::make(m, 1, o.tp, o.ep, dp, o.expert_tp);
+  const int dp_idx = ps.groups->coords().dp_idx;
   std::vector<int32_t> tok(static_cast<size_t>(s.N)), tgt(static_cast<size_t>(s.N));
   for (int64_t i = 0; i < s.N; ++i) {
-    tok[size_t(i)] = int32_t((i * 7919 + 13) % m.vocab);
-    tgt[size_t(i)] = int32_t((i * 104729 + 7) % m.vocab);
+    tok[size_t(i)] = int32_t((i * 7919 + 13 + 101 * dp_idx) % m.vocab);
+    tgt[size_t(i)] = int32_t((i * 104729 + 7 + 31 * dp_idx) % m.vocab);
   }
   // Ceiling measured in the same run.
   Buffers B(dev);
   const int64_t M = dev == Device::cuda ? 8192 : 512;
-  Tensor a = B.make({M, M}, act), w = B.make({M, M}, act, 0.01), o = B.make({M, M}, act);
-  double gemm_ms = time_ms(dev, 2, iters, [&] { linear_forward(o, a, w); });
-  double gemm_tflops = 2.0 * M * M * M / (gemm_ms * 1e-3) / 1e12;
-  model.forward(tok.data(), tgt.data());  // real activations for the layer to start from
-  double layer_ms = time_ms(dev, 1, iters, [&] { model.bench_layer(0); });
-  // Model FLOPs of one layer, forward + backward (3x forward for GEMMs; attention backward 2.5x forward).
+  Tensor a = B.make({M, M}, act), w = B.make({M, M}, act, 0.01), out = B.make({M, M}, act);
+  const double gemm_ms = time_ms(dev, 2, iters, [&] { linear_forward(out, a, w); });
+  const double gemm_tflops = 2.0 * M * M * M / (gemm_ms * 1e-3) / 1e12;
+  // Model FLOPs of one layer on one sequence, forward + backward (3x forward for GEMMs; attention backward 2.5x
+  // forward), and the share of them each GPU does: the tp ranks of a DP group split one sequence.
   const double N = double(s.N), H = double(s.H), D = double(s.D);
   const double proj = 2.0 * N * H * (2.0 * double(s.A) * D + 2.0 * double(s.G) * D);
   const double experts = 2.0 * N * double(m.top_k) * 3.0 * H * double(m.ffn) + 2.0 * N * H * double(s.E);
   const double attn = 2.0 * double(S) * double(S) * H;
-  const double flops = 3.0 * (proj + experts) + 3.5 * attn;
-  double tflops = flops / (layer_ms * 1e-3) / 1e12;
+  const double flops = (3.0 * (proj + experts) + 3.5 * attn) / o.tp;
   std::vector<Row> rows;
   rows.push_back({"ceiling: GEMM", strf("%ldx%ldx%ld", M, M, M), gemm_ms, gemm_tflops, 0, 2.0 * M * M * M, 0});
-  rows.push_back({"2x70B layer fwd+bwd", strf("S%ld H8192 F28672 E2 top1", S), layer_ms, tflops, 0, flops, 0});
-  print_rows(rows, json, strf("monta bench layer (%s, median of %d): %.1f%% of the GEMM ceiling", device_name(dev), iters,
-                              100.0 * tflops / gemm_tflops),
-             strf("\"device\": \"%s\", \"gemm_tflops\": %.3f, \"layer_tflops\": %.3f, \"fraction_of_gemm\": %.4f, ",
-                  device_name(dev), gemm_tflops, tflops, tflops / gemm_tflops));
+  std::string extra;
+  for (const auto& name : strategies) {
+    if (o.ep > 1) {
+      c.comm.exchange = name;
+      attach_exchange(ps, c, dev, act);
+    }
+    model::Model model(m, s, ps.ctx, params, act);
+    model.forward(tok.data(), tgt.data());  // real activations for the layer to start from
+    model.bench_layer(0);                   // warm-up
+    sync_device(dev);
+    std::vector<double> t;
+    for (int i = 0; i < iters; ++i) {
+      ps.ctx.world->barrier();
+      const auto t0 = std::chrono::steady_clock::now();
+      model.bench_layer(0);
+      sync_device(dev);
+      t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+    }
+    std::sort(t.begin(), t.end());
+    std::vector<double> slowest = {t[t.size() / 2]};  // the slowest rank's median sets the pace
+    ps.ctx.world->all_reduce(Tensor(slowest.data(), {1}, DType::f64), comm::ReduceOp::max);
+    const double ms = slowest[0];
+    const std::string label =
+        o.ep == 1 ? std::string("layer fwd+bwd") : strf("layer fwd+bwd %s", name.c_str());
+    const std::string shape = strf("S%ld H%ld F%ld E%ld top%ld tp%d ep%d%s", long(S), long(m.hidden), long(m.ffn),
+                                   long(m.experts), long(m.top_k), o.tp, o.ep,
+                                   name == "pipelined" || name == "overlapped" ? strf(" n%d", o.chunks).c_str() : "");
+    rows.push_back({label, shape, ms, flops / (ms * 1e-3) / 1e12, 0, flops, 0});
+  }
+  const double best = rows[1].tflops;
+  std::string title = strf("monta bench layer (%s, %d rank%s, median of %d): %.1f%% of the GEMM ceiling", device_name(dev),
+                           world, world > 1 ? "s" : "", iters, 100.0 * best / gemm_tflops);
+  if (rows.size() > 2) {
+    title += "; time relative to " + strategies[0] + ":";
+    for (size_t i = 2; i < rows.size(); ++i) title += strf(" %s %.3f", strategies[i - 1].c_str(), rows[i].ms / rows[1].ms);
+  }
+  if (me == 0)
+    print_rows(rows, json, title,
+               strf("\"device\": \"%s\", \"ranks\": %d, \"tp\": %d, \"ep\": %d, \"emulated_nodes\": %d, "
+                    "\"gemm_tflops\": %.3f, \"layer_tflops\": %.3f, \"fraction_of_gemm\": %.4f, ",
+                    device_name(dev), world, o.tp, o.ep, o.emulate_nodes, gemm_tflops, best, best / gemm_tflops));
   return 0;
 }
 
@@ -289,12 +366,27 @@ int cmd_bench(int argc, char** argv) {
   std::string what, json, device = "auto";
   int iters = 10;
   int64_t seq = 8192;
-  po::options_description desc("monta bench ops|layer options");
+  LayerOptions lo;
+  po::options_description desc("monta bench ops|layer options (layer: under mpirun with --tp/--ep for the parallel "
+                               "layer, one row per exchange strategy)");
   desc.add_options()("help,h", "print this help")("what", po::value<std::string>(&what), "ops | layer")(
       "json", po::value<std::string>(&json), "write the results as JSON here")(
       "iters", po::value<int>(&iters)->default_value(10), "timed iterations (median reported)")(
       "seq", po::value<int64_t>(&seq)->default_value(8192), "sequence length (tokens of the micro-batch)")(
-      "device", po::value<std::string>(&device)->default_value("auto"), "auto | cpu | cuda");
+      "device", po::value<std::string>(&device)->default_value("auto"), "auto | cpu | cuda")(
+      "tp", po::value(&lo.tp)->default_value(1), "layer: tensor-parallel size")(
+      "ep", po::value(&lo.ep)->default_value(1), "layer: expert-parallel size")(
+      "expert-tp", po::value(&lo.expert_tp)->default_value(true), "layer: split expert FFNs over TP")(
+      "strategies", po::value(&lo.strategies)->default_value(lo.strategies), "layer: exchange strategies to time (ep > 1)")(
+      "chunks", po::value(&lo.chunks)->default_value(4), "layer: chunks of pipelined and overlapped")(
+      "emulate-nodes", po::value(&lo.emulate_nodes)->default_value(0), "layer: virtual nodes of consecutive ranks")(
+      "hidden", po::value(&lo.hidden)->default_value(lo.hidden), "layer: hidden size")(
+      "ffn", po::value(&lo.ffn)->default_value(lo.ffn), "layer: expert FFN size")(
+      "heads", po::value(&lo.heads)->default_value(lo.heads), "layer: attention heads")(
+      "kv-heads", po::value(&lo.kv_heads)->default_value(lo.kv_heads), "layer: key/value heads")(
+      "experts", po::value(&lo.experts)->default_value(lo.experts), "layer: experts")(
+      "top-k", po::value(&lo.top_k)->default_value(lo.top_k), "layer: experts per token")(
+      "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)");
   po::positional_options_description pos;
   pos.add("what", 1);
   po::variables_map vm;
@@ -311,13 +403,18 @@ int cmd_bench(int argc, char** argv) {
   MONTA_USER_CHECK(iters > 0 && seq > 0, "--iters and --seq must be positive");
   Device dev = device == "cpu" ? Device::cpu : (cuda_available() ? Device::cuda : Device::cpu);
   MONTA_USER_CHECK(device != "cuda" || dev == Device::cuda, "--device cuda but no CUDA device is visible");
-  if (dev == Device::cuda) cuda_set_device(0);
-  if (what == "ops") return bench_ops(dev, iters, json, seq);
-  MONTA_USER_CHECK(what != "layer" || dev == Device::cuda,
-                   "monta bench layer needs a GPU: one 2x70B layer holds 2.1 B parameters (~38 GiB of weights, "
-                   "gradients and AdamW state)");
-  if (what == "layer") return bench_layer(dev, iters, json, seq);
-  fail_user("unknown benchmark '" + what + "' (choose ops or layer)");
+  if (what == "ops") {
+    if (dev == Device::cuda) cuda_set_device(0);
+    return bench_ops(dev, iters, json, seq);
+  }
+  MONTA_USER_CHECK(what == "layer", "unknown benchmark '" + what + "' (choose ops, layer or exchange)");
+  MONTA_USER_CHECK(dev == Device::cuda || lo.hidden * lo.ffn <= (int64_t(1) << 22),
+                   "monta bench layer at these widths needs a GPU (one 2x70B layer holds 2.1 B parameters, ~38 GiB of "
+                   "weights, gradients and AdamW state); on the CPU pass small --hidden and --ffn");
+  comm::runtime_init(&argc, &argv);
+  const int rc = bench_layer(dev, iters, json, seq, lo);
+  comm::runtime_finalize();
+  return rc;
 }
 
 }  // namespace monta::app

@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "app/commands.h"
+#include "app/parallel_setup.h"
 #include "comm/calibrate.h"
 #include "comm/cost_model.h"
 #include "comm/exchange.h"
@@ -23,6 +24,9 @@
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#ifdef MONTA_WITH_CUDA
+#include "comm/cuda/nccl_communicator.h"
+#endif
 
 namespace po = boost::program_options;
 
@@ -96,7 +100,8 @@ int run(int argc, char** argv) {
       "warmup", po::value(&warmup)->default_value(2), "untimed iterations")(
       "cluster", po::value(&cluster), "predict with this cluster's links (file or inline) instead of calibrating")(
       "links", po::value(&links), "predict with this link-model cache (key = value) instead of calibrating")(
-      "device", po::value(&device)->default_value("cpu"), "cpu (MPI communicator); cuda needs a device communicator")(
+      "device", po::value(&device)->default_value("cpu"),
+      "cpu (MPI on host buffers, f32) | cuda (NCCL on device buffers, bf16)")(
       "json", po::value(&json), "write the rows as JSON here");
   po::variables_map vm;
   try {
@@ -109,10 +114,11 @@ int run(int argc, char** argv) {
     if (comm::runtime_world_rank() == 0) std::cout << desc << "\n";
     return 0;
   }
-  MONTA_USER_CHECK(device == "cpu", "--device " + device +
-                                        ": this build's communicator is MPI on host buffers; device buffers need the "
-                                        "NCCL communicator (use --device cpu)");
-  const Device dev = Device::cpu;
+  MONTA_USER_CHECK(device == "cpu" || device == "cuda", "--device must be cpu or cuda, not '" + device + "'");
+#ifndef MONTA_WITH_CUDA
+  MONTA_USER_CHECK(device == "cpu", "--device cuda: this build has no CUDA backend (use --device cpu)");
+#endif
+  const Device dev = device == "cuda" ? Device::cuda : Device::cpu;
   const DType dt = dev == Device::cpu ? DType::f32 : DType::bf16;
   const int es = int(engine::dtype_size(dt));
   const std::vector<int> chunk_list = parse_list(chunks_s);
@@ -127,6 +133,28 @@ int run(int argc, char** argv) {
   const comm::Topology topo = comm::discover_topology(emulate);
   comm::ProcessGroups pg(layout, topo);
   engine::log_info(pg.layout_table());
+  // The communicators the exchange runs over: MPI on host buffers, or NCCL on device buffers (host buffers given
+  // to those still travel over MPI). Calibration gets a node group and a one-rank-per-node group of the same kind.
+  comm::Communicator *W = &pg.world(), *TP = &pg.tp(), *EP = &pg.ep(), *NODE = &pg.node();
+  auto across = comm::MpiCommunicator::split(MPI_COMM_WORLD, topo.local_rank, topo.world_rank, "inter");
+  comm::Communicator* ACROSS = across.get();
+#ifdef MONTA_WITH_CUDA
+  std::unique_ptr<comm::NcclGroups> ng;
+  std::unique_ptr<comm::NcclCommunicator> nccl_node, nccl_across;
+  if (dev == Device::cuda) {
+    select_gpu(topo, topo.local_rank);
+    ng = comm::make_nccl_groups(pg);
+    auto* node_mpi = dynamic_cast<comm::MpiCommunicator*>(&pg.node());
+    MONTA_CHECK(node_mpi, "bench exchange: the node group is not an MPI communicator");
+    nccl_node = std::make_unique<comm::NcclCommunicator>(node_mpi->handle(), "node", node_mpi);
+    nccl_across = std::make_unique<comm::NcclCommunicator>(across->handle(), "inter", across.get());
+    W = &ng->world();
+    TP = &ng->tp();
+    EP = &ng->ep();
+    NODE = nccl_node.get();
+    ACROSS = nccl_across.get();
+  }
+#endif
 
   // Where this job's groups sit (the slowest rank's EP group decides), and the links to predict with.
   comm::GroupPlacement g;
@@ -137,7 +165,7 @@ int run(int argc, char** argv) {
   int inter = 0;
   for (int q : epm) inter += topo.same_node(q, topo.world_rank) ? 0 : 1;
   std::vector<int32_t> worst = {inter, topo.same_node(tpm.front(), tpm.back()) ? 0 : 1};
-  pg.world().all_reduce(Tensor(worst.data(), {2}, DType::i32), comm::ReduceOp::max);
+  W->all_reduce(Tensor(worst.data(), {2}, DType::i32), comm::ReduceOp::max);
   g.ep_peers_inter = worst[0];
   g.ep_peers_intra = ep - 1 - worst[0];
   g.tp_spans_nodes = worst[1] != 0;
@@ -150,9 +178,9 @@ int run(int argc, char** argv) {
   if (!links.empty()) lm = comm::read_link_model(links, lm);
   if (cluster.empty() && links.empty()) {
     // One rank per node (same local rank) is a pure inter-node group; the node group a pure intra-node one.
-    auto across = comm::MpiCommunicator::split(MPI_COMM_WORLD, topo.local_rank, topo.world_rank, "inter");
     const std::vector<int64_t> sizes = {1 << 12, 1 << 16, 1 << 20, 1 << 22};
-    const comm::Calibration cal = comm::calibrate(&pg.node(), topo.num_nodes > 1 ? across.get() : nullptr, lm, sizes,
+    const comm::Calibration cal = comm::calibrate(NODE->size() > 1 ? NODE : nullptr,
+                                                  topo.num_nodes > 1 ? ACROSS : nullptr, lm, sizes,
                                                   std::max(3, iters / 2), dev);
     lm = cal.links;
     engine::log_info("calibration (max over ranks of the median):\n" + comm::format_calibration(cal));
@@ -182,7 +210,7 @@ int run(int argc, char** argv) {
     // Raw collectives of the same groups and sizes.
     if (ep > 1) {
       Row r{"all_to_all(ep)", 0, ep, X};
-      r.us = time_us(pg.world(), dev, scratch.get("t"), warmup, iters, [&] { pg.ep().all_to_all(y, x); });
+      r.us = time_us(*W, dev, scratch.get("t"), warmup, iters, [&] { EP->all_to_all(y, x); });
       r.pred_us = 1e6 * comm::all_to_all_time(lm, X, g.ep_peers_intra, g.ep_peers_inter);
       rows.push_back(r);
     }
@@ -190,7 +218,7 @@ int run(int argc, char** argv) {
       const int64_t m = n / tp;
       Row r{"all_gather(tp)", 0, tp, double(m * tp) * es};
       Tensor in = engine::make_view(x.data, {m}, dt, dev), out = engine::make_view(y.data, {m * tp}, dt, dev);
-      r.us = time_us(pg.world(), dev, scratch.get("t"), warmup, iters, [&] { pg.tp().all_gather(out, in); });
+      r.us = time_us(*W, dev, scratch.get("t"), warmup, iters, [&] { TP->all_gather(out, in); });
       r.pred_us = 1e6 * comm::all_gather_time(lm, r.bytes, tp, g.tp_spans_nodes);
       rows.push_back(r);
     }
@@ -201,7 +229,7 @@ int run(int argc, char** argv) {
     for (auto [kind, c] : runs) {
       comm::ExchangeShape shape{E, C, hidden};
       shape.chunks = c;
-      auto ex = comm::make_exchange(kind, pg.tp(), pg.ep(), shape, dt, dev);
+      auto ex = comm::make_exchange(kind, *TP, *EP, shape, dt, dev);
       // Correctness, untimed: dispatch equals duplicate's; combine(dispatch(x)) == x.
       engine::fill_zero(y);
       ex->dispatch(y3, x3);
@@ -210,10 +238,10 @@ int run(int argc, char** argv) {
       const std::vector<char> yh = to_host(y);
       if (ref.empty()) ref = yh;
       std::vector<int32_t> bad = {yh != ref || to_host(back) != xh ? 1 : 0};
-      pg.world().all_reduce(Tensor(bad.data(), {1}, DType::i32), comm::ReduceOp::max);
+      W->all_reduce(Tensor(bad.data(), {1}, DType::i32), comm::ReduceOp::max);
       Row r{comm::exchange_kind_name(kind), kind == comm::ExchangeKind::pipelined ? c : 0, ep, X};
       r.ok = bad[0] == 0;
-      r.us = time_us(pg.world(), dev, scratch.get("t"), warmup, iters, [&] { ex->dispatch(y3, x3); });
+      r.us = time_us(*W, dev, scratch.get("t"), warmup, iters, [&] { ex->dispatch(y3, x3); });
       r.pred_us = 1e6 * comm::predict_exchange_shape(kind, c, E, C, hidden, es, g, lm).total;
       rows.push_back(r);
     }

@@ -1,6 +1,10 @@
 // Parallel setup: the config is validated against the world size before any group or buffer exists.
 #include "app/parallel_setup.h"
 
+#include <algorithm>
+#include <chrono>
+#include <vector>
+
 #include "comm/calibrate.h"
 #include "comm/cost_model.h"
 #include "comm/runtime.h"
@@ -8,6 +12,7 @@
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#include "engine/ops/linear.h"
 #include "model/shapes.h"
 #ifdef MONTA_WITH_CUDA
 #include "comm/cuda/nccl_communicator.h"
@@ -23,6 +28,24 @@ void NcclGroupsDeleter::operator()(comm::NcclGroups* g) const {
 }
 #endif
 
+void select_gpu(const comm::Topology& topo, int local_rank) {
+  // Before any NCCL call: NCCL binds each communicator to the device current at its creation.
+  const int gpus = engine::cuda_device_count(), world = comm::runtime_world_size();
+  MONTA_USER_CHECK(gpus > 0, "train.device = cuda but no CUDA device is visible; use --train.device cpu");
+  // Ranks may share a GPU only when each is its own emulated node: NCCL then sees distinct hosts (sockets
+  // between them) instead of refusing a duplicate GPU. For tests and functional runs on a one-GPU machine.
+  const bool node_per_rank = topo.emulated && topo.num_nodes == world;
+  MONTA_USER_CHECK(local_rank < gpus || node_per_rank,
+                   "local rank " + std::to_string(local_rank) + " on " + comm::runtime_host() +
+                       " has no GPU of its own (" + std::to_string(gpus) +
+                       " visible); NCCL needs one GPU per rank: launch at most one rank per GPU, give every rank its "
+                       "own emulated node (--comm.emulate_nodes " + std::to_string(world) +
+                       ", timings then shared), or use --train.device cpu");
+  if (local_rank == gpus)
+    engine::log_warn("ranks share GPUs (one emulated node per rank): functional only, timings are not per-GPU");
+  engine::cuda_set_device(local_rank % gpus);
+}
+
 ParallelSetup setup_parallel(const model::Config& c, engine::Device device) {
   ParallelSetup ps;
   ps.device = device;
@@ -33,16 +56,7 @@ ParallelSetup setup_parallel(const model::Config& c, engine::Device device) {
                                           int(m.heads), int(m.kv_heads), m.vocab, m.ffn);
   comm::Topology topo = comm::discover_topology(c.comm.emulate_nodes);
   ps.local_rank = comm::runtime_local_rank();
-  if (device == engine::Device::cuda) {
-    // Before any NCCL call: NCCL binds each communicator to the device current at its creation.
-    const int gpus = engine::cuda_device_count();
-    MONTA_USER_CHECK(gpus > 0, "train.device = cuda but no CUDA device is visible; use --train.device cpu");
-    MONTA_USER_CHECK(ps.local_rank < gpus, "local rank " + std::to_string(ps.local_rank) + " on " +
-                                               comm::runtime_host() + " has no GPU of its own (" + std::to_string(gpus) +
-                                               " visible); NCCL needs one GPU per rank: launch at most one rank per "
-                                               "GPU or use --train.device cpu");
-    engine::cuda_set_device(ps.local_rank % gpus);
-  }
+  if (device == engine::Device::cuda) select_gpu(topo, ps.local_rank);
   ps.groups = std::make_unique<comm::ProcessGroups>(layout, topo);
   ps.layout_table = ps.groups->layout_table();
   auto& g = *ps.groups;
@@ -78,6 +92,29 @@ void attach_exchange(ParallelSetup& ps, const model::Config& c, engine::Device d
   ps.ctx.exchange = ps.exchange.get();
 }
 
+namespace {
+
+// One layer's expert forward on this device, measured: the gate GEMM of this layer's shape (E_l experts, e*C rows,
+// H -> F_l) on scratch buffers, median of 3 after a warm-up, times 3 (gate, up and down have the same FLOPs).
+double expert_forward_seconds(const model::Shapes& s, engine::DType act, engine::Device device) {
+  engine::Arena scratch("expert_probe", device,
+                        {{"y", {s.E_l, s.EC, s.H}, act}, {"w", {s.E_l, s.F_l, s.H}, act}, {"o", {s.E_l, s.EC, s.F_l}, act}});
+  for (const char* n : {"y", "w"}) engine::fill_zero(scratch.get(n));
+  const engine::Tensor y = scratch.get("y"), w = scratch.get("w"), o = scratch.get("o");
+  std::vector<double> t;
+  for (int i = 0; i < 4; ++i) {
+    engine::sync_device(device);
+    const auto t0 = std::chrono::steady_clock::now();
+    engine::expert_linear_forward(o, y, w);
+    engine::sync_device(device);
+    if (i > 0) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return 3 * t[1];
+}
+
+}  // namespace
+
 comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, const model::Shapes& s, engine::DType act,
                                    engine::Device device, int* chunks) {
   const auto& g = *ps.groups;
@@ -106,19 +143,26 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
     const int64_t sizes[] = {1 << 16, 1 << 20, 1 << 22};
     links = comm::calibrate(intra, inter, links, sizes, 3, device).links;
   }
-  // Predict every strategy on this layer's (E, C, H) buffer; rank 0's choice is broadcast so all ranks agree.
+  // Predict every strategy on this layer's (E, C, H) buffer and measured expert time: the forward and backward MoE
+  // blocks (dispatch, experts, combine) of one layer. Rank 0's choice is broadcast so all ranks agree.
   const int es = int(engine::dtype_size(act));
-  std::string table = "exchange auto: predicted dispatch time per call for (E, C, H) = (" + std::to_string(s.E) + ", " +
-                      std::to_string(s.C) + ", " + std::to_string(s.H) + ")\n";
+  const double xf = expert_forward_seconds(s, act, device);
+  std::string table = engine::strf(
+      "exchange auto: predicted MoE blocks of one layer, forward + backward, for (E, C, H) = (%ld, %ld, %ld), experts "
+      "measured at %.1f us forward (backward taken as 2x)\n  %-12s %6s %12s %14s\n",
+      long(s.E), long(s.C), long(s.H), xf * 1e6, "strategy", "chunks", "call us", "fwd+bwd us");
   int64_t pick[2] = {int64_t(comm::ExchangeKind::duplicate), 1};
   double best = 1e300;
-  for (auto k : {comm::ExchangeKind::duplicate, comm::ExchangeKind::drop_gather, comm::ExchangeKind::pipelined}) {
-    const int hi = k == comm::ExchangeKind::pipelined ? 8 : 1;
-    for (int n = k == comm::ExchangeKind::pipelined ? 2 : 1; n <= hi; ++n) {
-      auto p = comm::predict_exchange_shape(k, n, s.E, s.C, s.H, es, place, links);
-      table += engine::strf("  %-12s chunks %d  %10.1f us\n", comm::exchange_kind_name(k), n, p.total * 1e6);
-      if (p.total < best * 0.98) {  // prefer the simpler strategy unless the gain is real
-        best = p.total;
+  for (auto k : {comm::ExchangeKind::duplicate, comm::ExchangeKind::drop_gather, comm::ExchangeKind::pipelined,
+                 comm::ExchangeKind::overlapped}) {
+    const bool chunked = k == comm::ExchangeKind::pipelined || k == comm::ExchangeKind::overlapped;
+    for (int n = chunked ? 2 : 1; n <= (chunked ? 8 : 1); ++n) {
+      const auto p = comm::predict_exchange_shape(k, n, s.E, s.C, s.H, es, place, links);
+      const double t = comm::predict_moe_block(k, n, s.E, s.C, s.H, es, place, links, xf) +
+                       comm::predict_moe_block(k, n, s.E, s.C, s.H, es, place, links, 2 * xf);
+      table += engine::strf("  %-12s %6d %12.1f %14.1f\n", comm::exchange_kind_name(k), n, p.total * 1e6, t * 1e6);
+      if (t < best * 0.98) {  // prefer the simpler strategy unless the gain is real
+        best = t;
         pick[0] = int64_t(k);
         pick[1] = n;
       }
@@ -128,7 +172,7 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
   const auto kind = comm::ExchangeKind(pick[0]);
   *chunks = int(pick[1]);
   engine::log_info(table + engine::strf("exchange auto: chose %s%s", comm::exchange_kind_name(kind),
-                                        kind == comm::ExchangeKind::pipelined
+                                        kind == comm::ExchangeKind::pipelined || kind == comm::ExchangeKind::overlapped
                                             ? engine::strf(" with %d chunks", *chunks).c_str()
                                             : ""));
   return kind;

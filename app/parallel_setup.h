@@ -6,6 +6,7 @@
 
 #include "comm/exchange.h"
 #include "comm/groups.h"
+#include "comm/topology.h"
 #include "model/config.h"
 #include "model/parallel.h"
 #include "model/shapes.h"
@@ -33,6 +34,9 @@ struct ParallelSetup {
   engine::Device device = engine::Device::cpu;
 };
 
+// Selects this rank's GPU, local_rank modulo the GPU count, before any NCCL call. Ranks outnumbering the GPUs of a
+// host are a user error unless every rank is its own emulated node (NCCL then accepts a shared GPU).
+void select_gpu(const comm::Topology& topo, int local_rank);
 // Validates c against the world size (user errors before anything is allocated), then builds the groups. For
 // device cuda it first selects GPU local_rank % device count, then builds NCCL communicators for world, tp, dp,
 // ep and expert-dp and points ctx at them (host buffers given to them still travel over MPI). The default (cpu,

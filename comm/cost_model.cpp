@@ -94,7 +94,8 @@ ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t
     return p;
   }
   // drop_gather = pipelined with one chunk; chunks of ceil(C/n) slots, each split over t as ceil(c/t) (padding).
-  const int n = kind == ExchangeKind::pipelined ? int(std::clamp<int64_t>(chunks, 1, C)) : 1;
+  const bool chunked = kind == ExchangeKind::pipelined || kind == ExchangeKind::overlapped;
+  const int n = chunked ? int(std::clamp<int64_t>(chunks, 1, C)) : 1;
   const int64_t ck = (C + n - 1) / n, cp = (ck + t - 1) / t;
   const double Ma = row * double(cp), Mg = Ma * t;  // per chunk: all-to-all buffer, all-gather output
   const auto [bi, bo] = a2a_bytes(Ma);
@@ -106,10 +107,22 @@ ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t
   p.a2a = n * A;
   p.ag = n * G;
   p.total = A + (n - 1) * stage + G;  // fill + (n-1)·max(stage) + drain; n = 1: A + G (drop_gather)
+  p.chunks = n;
+  p.chunk_a2a = A;
+  p.chunk_ag = G;
+  p.stage = stage;
   p.ep_bytes = n * double(e - 1) / e * Ma;
   p.inter_bytes = n * bo;
   p.tp_bytes = n * double(t - 1) / t * Mg;
   return p;
+}
+
+double predict_moe_block(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
+                         const GroupPlacement& g, const LinkModel& l, double expert_s) {
+  const ExchangePrediction p = predict_exchange_shape(kind, chunks, E, C, H, elem_bytes, g, l);
+  if (kind != ExchangeKind::overlapped) return 2 * p.total + expert_s;
+  const double x = expert_s / p.chunks, fill = p.chunk_a2a + p.chunk_ag;
+  return fill + x + (p.chunks - 1) * std::max(2 * p.stage, x) + fill;
 }
 
 ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const ExchangeVolume& v, const GroupPlacement& g,

@@ -72,6 +72,8 @@ GroupPlacement place_groups(const Cluster& c, int tp, int ep);
 struct ExchangePrediction {
   double a2a = 0, ag = 0;  // seconds of the EP all-to-all and the TP all-gather (whole call, not per chunk)
   double total = 0;        // seconds of the call (pipelined: fill + (n-1)·max(stage) + drain)
+  int chunks = 1;                                  // n actually used (at most C)
+  double chunk_a2a = 0, chunk_ag = 0, stage = 0;   // one chunk's A and G, and the contended steady stage
   double ep_bytes = 0, tp_bytes = 0, inter_bytes = 0;  // bytes this rank sends per leg, and of them over the network
 };
 ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const ExchangeVolume& v, const GroupPlacement& g,
@@ -81,5 +83,14 @@ ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t
                                           const GroupPlacement& g, const LinkModel& l);
 // Dispatch + combine, forward + backward, of one MoE layer: 4 exchange calls.
 inline constexpr int kExchangesPerLayer = 4;
+
+// One pass's MoE block, dispatch → experts → combine, when the experts take expert_s seconds run whole (forward:
+// X, backward about 2X). Strategies other than overlapped run it in sequence: 2·T_call + X. overlapped with n
+// chunks is a pipeline whose chunk k goes a2a → ag → experts → a2a → ag; the links carry both directions of a
+// chunk (2·stage) while the GPU computes another (x = X/n):
+//   T = (A + G) + x + (n−1)·max(2·stage, x) + (A + G)      (A, G, stage: one chunk's, as in predict_exchange)
+// n = 1 gives drop_gather's 2·(A + G) + X.
+double predict_moe_block(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
+                         const GroupPlacement& g, const LinkModel& l, double expert_s);
 
 }  // namespace monta::comm

@@ -197,11 +197,29 @@ class DropGatherExchange final : public ExchangeBase {
 
 }  // namespace
 
+Tensor Exchange::expert_chunk(const Tensor& t, int k) const {
+  MONTA_CHECK(k == 0, "exchange " + std::string(exchange_kind_name(kind())) + ": expert chunk " + n2s(k) +
+                          " of a single-chunk strategy");
+  return t;
+}
+
+ExchangeStats Exchange::dispatch_experts_combine(Tensor out, Tensor z, Tensor y, const Tensor& x,
+                                                 const std::function<void(int)>& experts) {
+  dispatch(y, x);
+  const ExchangeStats d = last_stats();
+  experts(0);
+  combine(out, z);
+  const ExchangeStats c = last_stats();
+  return {d.ep_bytes + c.ep_bytes, d.tp_bytes + c.tp_bytes, d.seconds + c.seconds};
+}
+
 ExchangeKind parse_exchange_kind(const std::string& name) {
   if (name == "duplicate") return ExchangeKind::duplicate;
   if (name == "drop_gather") return ExchangeKind::drop_gather;
   if (name == "pipelined") return ExchangeKind::pipelined;
-  engine::fail_user("unknown exchange strategy '" + name + "'; valid names: duplicate, drop_gather, pipelined.");
+  if (name == "overlapped") return ExchangeKind::overlapped;
+  engine::fail_user("unknown exchange strategy '" + name +
+                    "'; valid names: duplicate, drop_gather, pipelined, overlapped.");
 }
 
 const char* exchange_kind_name(ExchangeKind k) {
@@ -209,6 +227,7 @@ const char* exchange_kind_name(ExchangeKind k) {
     case ExchangeKind::duplicate: return "duplicate";
     case ExchangeKind::drop_gather: return "drop_gather";
     case ExchangeKind::pipelined: return "pipelined";
+    case ExchangeKind::overlapped: return "overlapped";
   }
   return "?";
 }
@@ -218,7 +237,8 @@ std::unique_ptr<Exchange> make_exchange(ExchangeKind kind, Communicator& tp, Com
   switch (kind) {
     case ExchangeKind::duplicate: return std::make_unique<DuplicateExchange>(tp, ep, shape, dtype, device);
     case ExchangeKind::drop_gather: return std::make_unique<DropGatherExchange>(tp, ep, shape, dtype, device);
-    case ExchangeKind::pipelined: return make_pipelined_exchange(tp, ep, shape, dtype, device);
+    case ExchangeKind::pipelined: return make_pipelined_exchange(tp, ep, shape, dtype, device, false);
+    case ExchangeKind::overlapped: return make_pipelined_exchange(tp, ep, shape, dtype, device, true);
   }
   MONTA_CHECK(false, "make_exchange: unknown kind");
   return nullptr;

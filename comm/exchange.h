@@ -2,6 +2,7 @@
 // expert and back. Strategies differ only in how the bytes travel; all give bit-identical results.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -10,14 +11,14 @@
 
 namespace monta::comm {
 
-enum class ExchangeKind { duplicate, drop_gather, pipelined };
-// "duplicate", "drop_gather" or "pipelined"; anything else is a user error listing the valid names.
+enum class ExchangeKind { duplicate, drop_gather, pipelined, overlapped };
+// "duplicate", "drop_gather", "pipelined" or "overlapped"; anything else is a user error listing the valid names.
 ExchangeKind parse_exchange_kind(const std::string& name);
 const char* exchange_kind_name(ExchangeKind k);
 
 struct ExchangeShape {
   int64_t experts = 0, capacity = 0, hidden = 0;  // E, C, H of the dispatch buffer
-  int64_t chunks = 4;  // pipelined only: capacity chunks n (uneven when n does not divide C; at most C are used)
+  int64_t chunks = 4;  // pipelined and overlapped only: capacity chunks n (uneven when n does not divide C; at most C are used)
 };
 
 // What the last dispatch/combine cost this rank: bytes it sent to other ranks (its own block excluded, padding
@@ -44,6 +45,21 @@ class Exchange {
   virtual void combine(Tensor out, const Tensor& z) = 0;
   virtual ExchangeStats last_stats() const = 0;
   virtual ExchangeKind kind() const = 0;
+
+  // Dispatch, the experts and combine as one call, so that a strategy may overlap them:
+  //   dispatch(y, x); experts(k) for every expert chunk k; combine(out, z)
+  // where experts(k) reads chunk k of y and writes chunk k of z (and of any other expert-side tensor it uses),
+  // taking the views from expert_chunk(). Every strategy but `overlapped` has one chunk, the whole buffer, in the
+  // layout of dispatch(). `overlapped` has expert_chunks() chunks along capacity and starts combining chunk k
+  // while later chunks are still arriving or being computed; its expert-side rows are then chunk-major (chunk k,
+  // then local expert j, then peer p, then slot): each chunk is one contiguous (E_l, e*c_k, W) block. The experts
+  // are row-wise, so only the order of their rows differs, never a value. Returns the stats of both directions,
+  // with the wall time spent in experts() left out.
+  virtual int expert_chunks() const { return 1; }
+  // Chunk k of an expert-side tensor t (E_l, e*C, W), any width W.
+  virtual Tensor expert_chunk(const Tensor& t, int k) const;
+  virtual ExchangeStats dispatch_experts_combine(Tensor out, Tensor z, Tensor y, const Tensor& x,
+                                                 const std::function<void(int)>& experts);
 };
 
 // duplicate:   every TP rank runs the whole all-to-all over EP (the DeepSpeed baseline).
@@ -54,10 +70,13 @@ class Exchange {
 // pipelined:   drop_gather in shape.chunks chunks along capacity (comm/pipelined_exchange.cpp): chunk i's TP
 //              all-gather is issued while chunk i+1's EP all-to-all is in flight (asynchronous forms, waited in
 //              order; no host sync besides the waits). Bytes per leg as drop_gather, padding per chunk.
+// overlapped:  pipelined, plus dispatch_experts_combine() in shape.chunks expert chunks: the experts of chunk k run
+//              while chunk k+1 is still being exchanged, and chunk k's combine starts as soon as its output exists
+//              (its plain dispatch() and combine() are pipelined's).
 std::unique_ptr<Exchange> make_exchange(ExchangeKind kind, Communicator& tp, Communicator& ep, ExchangeShape shape,
                                         engine::DType dtype, engine::Device device);
-// The pipelined strategy's factory (make_exchange calls it; exposed for its own translation unit).
+// The pipelined and overlapped strategies' factory (make_exchange calls it; exposed for its own translation unit).
 std::unique_ptr<Exchange> make_pipelined_exchange(Communicator& tp, Communicator& ep, ExchangeShape shape,
-                                                  engine::DType dtype, engine::Device device);
+                                                  engine::DType dtype, engine::Device device, bool overlapped);
 
 }  // namespace monta::comm

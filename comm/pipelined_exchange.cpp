@@ -1,9 +1,11 @@
 // The `pipelined` token exchange (MoNTA): drop_gather cut into n chunks along the capacity axis, so chunk i's
 // all-gather over TP (intra-node) runs while chunk i+1's all-to-all over EP (inter-node) is in flight. Pure data
 // movement like the other strategies, so it is bit-identical to `duplicate`; dispatch and combine are each
-// other's backward, so both directions of both passes are pipelined.
+// other's backward, so both directions of both passes are pipelined. `overlapped` is the same class with the
+// experts in the pipeline too (dispatch_experts_combine).
 #include <algorithm>
 #include <chrono>
+#include <functional>
 #include <vector>
 
 #include "comm/exchange.h"
@@ -31,14 +33,16 @@ struct Chunk {
 
 class PipelinedExchange final : public Exchange {
  public:
-  PipelinedExchange(Communicator& tp, Communicator& ep, ExchangeShape shape, DType dtype, Device device)
-      : tp_(tp), ep_(ep), E_(shape.experts), C_(shape.capacity), H_(shape.hidden), dtype_(dtype), device_(device) {
+  PipelinedExchange(Communicator& tp, Communicator& ep, ExchangeShape shape, DType dtype, Device device, bool overlapped)
+      : tp_(tp), ep_(ep), E_(shape.experts), C_(shape.capacity), H_(shape.hidden), dtype_(dtype), device_(device),
+        overlapped_(overlapped) {
     t_ = tp.size();
     e_ = ep.size();
     MONTA_CHECK(E_ > 0 && C_ > 0 && H_ > 0, "exchange shape (E " + n2s(E_) + ", C " + n2s(C_) + ", H " + n2s(H_) +
                                                 ") must be positive");
     MONTA_CHECK(E_ % e_ == 0, "exchange: " + n2s(E_) + " experts do not divide over an EP group of " + n2s(e_));
-    MONTA_CHECK(shape.chunks > 0, "pipelined exchange: chunks must be positive, not " + n2s(shape.chunks));
+    MONTA_CHECK(shape.chunks > 0, std::string(overlapped ? "overlapped" : "pipelined") +
+                                      " exchange: chunks must be positive, not " + n2s(shape.chunks));
     El_ = E_ / e_;
     es_ = int64_t(engine::dtype_size(dtype));
     // More chunks than slots would only add empty collectives: at most C chunks.
@@ -58,14 +62,16 @@ class PipelinedExchange final : public Exchange {
       gather_total += int64_t(t_) * c.block;
       chunks_.push_back(c);
     }
-    // Every chunk has its own regions: all of them may be in flight at once.
-    arena_ = engine::Arena("exchange_pipelined", device,
+    // Every chunk has its own regions: all of them may be in flight at once. The overlapped combine of chunk k
+    // reuses chunk k's regions: it is packed only after chunk k's dispatch has been unpacked, which orders it
+    // after both of that dispatch's collectives.
+    arena_ = engine::Arena(overlapped ? "exchange_overlapped" : "exchange_pipelined", device,
                            {{"send", {send_total}, dtype},        // per chunk (e, E_l, cs, H), this TP rank's slice
                             {"gather", {gather_total}, dtype}});  // per chunk (t, e, E_l, cp, H)
     send_ = arena_.get("send");
     gather_ = arena_.get("gather");
   }
-  ExchangeKind kind() const override { return ExchangeKind::pipelined; }
+  ExchangeKind kind() const override { return overlapped_ ? ExchangeKind::overlapped : ExchangeKind::pipelined; }
   ExchangeStats last_stats() const override { return stats_; }
 
   // Slot (expert row, capacity c) of x/out is at (row * C + c) * H; of y/z (local expert j, peer p) at
@@ -73,65 +79,142 @@ class PipelinedExchange final : public Exchange {
   void dispatch(Tensor y, const Tensor& x) override {
     const auto t0 = std::chrono::steady_clock::now();
     check_io(y, x, "dispatch");
-    run([&](int64_t p, int64_t j) { return (p * El_ + j) * C_; },  // x row of (peer p, local expert j)
-        [&](int64_t p, int64_t j) { return j * e_ * C_ + p * C_; }, x, y);
-    finish(t0);
+    Leg leg{x, y, token_side(), expert_side()};
+    run(leg);
+    finish(t0, 1, 0);
   }
 
   void combine(Tensor out, const Tensor& z) override {
     const auto t0 = std::chrono::steady_clock::now();
     check_io(out, z, "combine");
-    run([&](int64_t p, int64_t j) { return j * e_ * C_ + p * C_; },  // z position of (peer p, local expert j)
-        [&](int64_t p, int64_t j) { return (p * El_ + j) * C_; }, z, out);
-    finish(t0);
+    Leg leg{z, out, expert_side(), token_side()};
+    run(leg);
+    finish(t0, 1, 0);
+  }
+
+  int expert_chunks() const override { return overlapped_ ? int(chunks_.size()) : 1; }
+
+  Tensor expert_chunk(const Tensor& t, int k) const override {
+    if (!overlapped_) return Exchange::expert_chunk(t, k);
+    MONTA_CHECK(k >= 0 && k < int(chunks_.size()), "exchange overlapped: expert chunk " + n2s(k) + " of " +
+                                                       n2s(int64_t(chunks_.size())));
+    MONTA_CHECK(t.ndim == 3 && t.dim(0) == El_ && t.dim(1) == e_ * C_,
+                "exchange overlapped: expert-side tensor must be (" + n2s(El_) + ", " + n2s(e_ * C_) + ", W), got " +
+                    t.str());
+    const Chunk& c = chunks_[size_t(k)];
+    const int64_t W = t.dim(2);
+    return engine::make_view(static_cast<char*>(t.data) + size_t(El_ * e_ * c.off * W) * engine::dtype_size(t.dtype),
+                             {El_, e_ * c.size, W}, t.dtype, t.device);
+  }
+
+  // The overlapped schedule, host order (every call below is asynchronous on NCCL):
+  //   pack and start the dispatch all-to-all of every chunk;
+  //   for k: start dispatch all-gather k (chained after all-to-all k) | unpack k-1, experts(k-1), pack and start
+  //          the combine all-to-all of k-1;
+  //   unpack n-1, experts(n-1), start its combine all-to-all; then the combine's all-gathers and unpacks as in
+  //   the pipelined schedule.
+  // So experts(k) overlaps the dispatch of later chunks and the combine of earlier ones.
+  ExchangeStats dispatch_experts_combine(Tensor out, Tensor z, Tensor y, const Tensor& x,
+                                         const std::function<void(int)>& experts) override {
+    if (!overlapped_) return Exchange::dispatch_experts_combine(out, z, y, x, experts);
+    const auto t0 = std::chrono::steady_clock::now();
+    check_io(y, x, "dispatch");
+    check_io(out, z, "combine");
+    const int n = int(chunks_.size());
+    Leg d{x, y, token_side(), chunk_major()}, c{z, out, chunk_major(), token_side()};
+    double in_experts = 0;
+    auto compute = [&](int k) {
+      unpack(d, k);
+      const auto e0 = std::chrono::steady_clock::now();
+      experts(k);
+      in_experts += std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+      pack_and_send(c, k);
+    };
+    for (int k = 0; k < n; ++k) pack_and_send(d, k);
+    for (int k = 0; k < n; ++k) {
+      gather(d, k);
+      if (k > 0) compute(k - 1);
+    }
+    compute(n - 1);
+    for (int k = 0; k < n; ++k) {
+      gather(c, k);
+      if (k > 0) unpack(c, k - 1);
+    }
+    unpack(c, n - 1);
+    finish(t0, 2, in_experts);
+    return stats_;
   }
 
  private:
-  // The pipeline. src_base(p, j) / dst_base(p, j): slot index (before adding the capacity position) of the
-  // (peer p, local expert j) run in src and dst. Schedule, chunk k:
-  //   pack k+1, start all-to-all k+1 | wait all-to-all k, start all-gather k | wait all-gather k-1, unpack k-1
-  // so an all-gather is always issued while the next chunk's all-to-all is in flight; waits in issue order.
-  template <class SrcBase, class DstBase>
-  void run(SrcBase src_base, DstBase dst_base, const Tensor& src, Tensor dst) {
-    const int n = int(chunks_.size()), me = tp_.rank();
-    std::vector<std::unique_ptr<Request>> a2a(static_cast<size_t>(n)), ag(static_cast<size_t>(n));
-    auto pack_and_send = [&](int k) {
-      const Chunk& c = chunks_[size_t(k)];
-      const Shard s = c.slices[size_t(me)];
-      const int64_t m = s.size * H_, cnt = int64_t(e_) * El_ * m;
+  // Where the (peer p, local expert j) run of chunk k starts, as a slot index (times H for elements); the slots of
+  // the run are contiguous in every layout, so a TP slice adds its offset within the chunk.
+  using Position = std::function<int64_t(const Chunk&, int64_t p, int64_t j)>;
+  Position token_side() const {  // x and out: (E, C, H)
+    return [this](const Chunk& c, int64_t p, int64_t j) { return (p * El_ + j) * C_ + c.off; };
+  }
+  Position expert_side() const {  // y and z as dispatch() returns them: (E_l, e*C, H)
+    return [this](const Chunk& c, int64_t p, int64_t j) { return j * e_ * C_ + p * C_ + c.off; };
+  }
+  Position chunk_major() const {  // y and z of the overlapped form: chunk k is (E_l, e*c_k, H) at slot E_l*e*off_k
+    return [this](const Chunk& c, int64_t p, int64_t j) { return El_ * e_ * c.off + (j * e_ + p) * c.size; };
+  }
+
+  // One direction of the exchange: src -> dst, with the requests of its chunks.
+  struct Leg {
+    Tensor src, dst;
+    Position src_at, dst_at;
+    std::vector<std::unique_ptr<Request>> a2a{}, ag{};
+  };
+
+  void pack_and_send(Leg& leg, int k) {
+    const Chunk& c = chunks_[size_t(k)];
+    const Shard s = c.slices[size_t(tp_.rank())];
+    const int64_t m = s.size * H_, cnt = int64_t(e_) * El_ * m;
+    for (int64_t p = 0; p < e_; ++p)
+      for (int64_t j = 0; j < El_; ++j)
+        engine::copy(flat(send_, c.send_at + (p * El_ + j) * m, m),
+                     flat(leg.src, (leg.src_at(c, p, j) + s.offset) * H_, m));
+    if (leg.a2a.empty()) leg.a2a.resize(chunks_.size());
+    // Lands directly in this TP rank's block of the chunk's gather region (packed (e, E_l, cs, H)).
+    leg.a2a[size_t(k)] = ep_.all_to_all_async(flat(gather_, c.gather_at + tp_.rank() * c.block, cnt),
+                                              flat(send_, c.send_at, cnt));
+  }
+  // Starts chunk k's all-gather once its all-to-all is done; the caller's stream does not wait for the latter.
+  void gather(Leg& leg, int k) {
+    const Chunk& c = chunks_[size_t(k)];
+    if (leg.ag.empty()) leg.ag.resize(chunks_.size());
+    if (t_ > 1)
+      leg.ag[size_t(k)] =
+          tp_.all_gather_async_after(*leg.a2a[size_t(k)], flat(gather_, c.gather_at, int64_t(t_) * c.block),
+                                     flat(gather_, c.gather_at + tp_.rank() * c.block, c.block));
+    else
+      leg.a2a[size_t(k)]->wait();
+  }
+  void unpack(Leg& leg, int k) {
+    const Chunk& c = chunks_[size_t(k)];
+    if (leg.ag[size_t(k)]) leg.ag[size_t(k)]->wait();
+    for (int r = 0; r < t_; ++r) {
+      const Shard s = c.slices[size_t(r)];
+      const int64_t m = s.size * H_;
       for (int64_t p = 0; p < e_; ++p)
         for (int64_t j = 0; j < El_; ++j)
-          engine::copy(flat(send_, c.send_at + (p * El_ + j) * m, m),
-                       flat(src, (src_base(p, j) + c.off + s.offset) * H_, m));
-      // Lands directly in this TP rank's block of the chunk's gather region (packed (e, E_l, cs, H)).
-      a2a[size_t(k)] = ep_.all_to_all_async(flat(gather_, c.gather_at + me * c.block, cnt), flat(send_, c.send_at, cnt));
-    };
-    auto gather = [&](int k) {
-      const Chunk& c = chunks_[size_t(k)];
-      a2a[size_t(k)]->wait();
-      if (t_ > 1)
-        ag[size_t(k)] = tp_.all_gather_async(flat(gather_, c.gather_at, int64_t(t_) * c.block),
-                                             flat(gather_, c.gather_at + me * c.block, c.block));
-    };
-    auto unpack = [&](int k) {
-      const Chunk& c = chunks_[size_t(k)];
-      if (ag[size_t(k)]) ag[size_t(k)]->wait();
-      for (int r = 0; r < t_; ++r) {
-        const Shard s = c.slices[size_t(r)];
-        const int64_t m = s.size * H_;
-        for (int64_t p = 0; p < e_; ++p)
-          for (int64_t j = 0; j < El_; ++j)
-            engine::copy(flat(dst, (dst_base(p, j) + c.off + s.offset) * H_, m),
-                         flat(gather_, c.gather_at + r * c.block + (p * El_ + j) * m, m));
-      }
-    };
-    pack_and_send(0);
-    for (int k = 0; k < n; ++k) {
-      if (k + 1 < n) pack_and_send(k + 1);
-      gather(k);
-      if (k > 0) unpack(k - 1);
+          engine::copy(flat(leg.dst, (leg.dst_at(c, p, j) + s.offset) * H_, m),
+                       flat(gather_, c.gather_at + r * c.block + (p * El_ + j) * m, m));
     }
-    unpack(n - 1);
+  }
+
+  // The pipeline of one direction. Schedule, chunk k:
+  //   pack k+1, start all-to-all k+1 | start all-gather k after all-to-all k | unpack k-1
+  // so an all-gather is always issued while the next chunk's all-to-all is in flight; waits in issue order.
+  void run(Leg& leg) {
+    const int n = int(chunks_.size());
+    pack_and_send(leg, 0);
+    for (int k = 0; k < n; ++k) {
+      if (k + 1 < n) pack_and_send(leg, k + 1);
+      gather(leg, k);
+      if (k > 0) unpack(leg, k - 1);
+    }
+    unpack(leg, n - 1);
   }
 
   void check_io(const Tensor& dst, const Tensor& src, const char* who) const {
@@ -146,15 +229,16 @@ class PipelinedExchange final : public Exchange {
     MONTA_CHECK(dst.data != src.data, std::string("exchange ") + who + ": output must not alias input");
   }
 
-  void finish(std::chrono::steady_clock::time_point t0) {
+  // directions: 1 for dispatch() or combine(), 2 for the overlapped whole; minus_s: time spent outside the exchange.
+  void finish(std::chrono::steady_clock::time_point t0, int directions, double minus_s) {
     int64_t ep = 0, tp = 0;
     for (const Chunk& c : chunks_) {
       ep += int64_t(e_ - 1) * El_ * c.slices[size_t(tp_.rank())].size * H_ * es_;
       tp += int64_t(t_ - 1) * c.block * es_;
     }
-    stats_.ep_bytes = ep;
-    stats_.tp_bytes = tp;
-    stats_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    stats_.ep_bytes = directions * ep;
+    stats_.tp_bytes = directions * tp;
+    stats_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - minus_s;
   }
 
   Communicator& tp_;
@@ -163,6 +247,7 @@ class PipelinedExchange final : public Exchange {
   int t_ = 1, e_ = 1;
   DType dtype_;
   Device device_;
+  bool overlapped_;
   std::vector<Chunk> chunks_;
   engine::Arena arena_;
   Tensor send_, gather_;
@@ -172,8 +257,8 @@ class PipelinedExchange final : public Exchange {
 }  // namespace
 
 std::unique_ptr<Exchange> make_pipelined_exchange(Communicator& tp, Communicator& ep, ExchangeShape shape,
-                                                  engine::DType dtype, engine::Device device) {
-  return std::make_unique<PipelinedExchange>(tp, ep, shape, dtype, device);
+                                                  engine::DType dtype, engine::Device device, bool overlapped) {
+  return std::make_unique<PipelinedExchange>(tp, ep, shape, dtype, device, overlapped);
 }
 
 }  // namespace monta::comm

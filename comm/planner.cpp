@@ -99,15 +99,29 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         base.compute_s = c.gpu_tflops > 0 ? flops * double(m.global_batch * m.seq_len) / world / (c.gpu_tflops * 1e12) : 0;
         ExchangeVolume v{m.micro_batch, m.seq_len, m.hidden, m.top_k, m.experts, m.min_capacity, m.capacity_factor,
                          m.act_bytes};
+        // One layer's expert forward on one GPU: E·C rows (E_l experts × e·C slots) through three H×F_l GEMMs.
+        const double f_l = double(m.ffn) / (etp ? tp : 1);
+        const double expert_fwd_s = c.gpu_tflops > 0 ? 2.0 * double(m.experts) * double(base.capacity) * 3.0 *
+                                                           double(m.hidden) * f_l / (c.gpu_tflops * 1e12)
+                                                     : 0.0;
         for (ExchangeKind k : o.strategies) {
           if (ep == 1 && k != ExchangeKind::duplicate) continue;  // no exchange at all: one row
-          const int hi = k == ExchangeKind::pipelined ? o.max_chunks : 1;
-          for (int n = 1; n <= hi; ++n) {
+          const bool chunked = k == ExchangeKind::pipelined || k == ExchangeKind::overlapped;
+          const int hi = chunked ? o.max_chunks : 1;
+          for (int n = k == ExchangeKind::overlapped ? 2 : 1; n <= hi; ++n) {
             PlanRow r = base;
             r.strategy = k;
             r.chunks = n;
             if (ep > 1) r.exchange = predict_exchange(k, n, v, g, links);
-            r.exchange_s = r.exchange.total * kExchangesPerLayer * double(m.layers) * double(r.micro_steps);
+            // Exposed exchange time of one layer: forward and backward MoE blocks less their expert compute (the
+            // backward's is about twice the forward's). Only overlapped hides any of it behind the experts.
+            double per_layer = r.exchange.total * kExchangesPerLayer;
+            if (ep > 1 && k == ExchangeKind::overlapped) {
+              per_layer = 0;
+              for (double x : {expert_fwd_s, 2 * expert_fwd_s})
+                per_layer += predict_moe_block(k, n, m.experts, r.capacity, m.hidden, m.act_bytes, g, links, x) - x;
+            }
+            r.exchange_s = per_layer * double(m.layers) * double(r.micro_steps);
             r.comm_s = r.exchange_s + r.grad_sync_s + r.tp_s;
             r.step_s = r.compute_s + r.comm_s;
             if (o.only_fitting && !r.fits) continue;

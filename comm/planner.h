@@ -21,7 +21,8 @@ struct PlanModel {
 };
 
 struct PlanOptions {
-  std::vector<ExchangeKind> strategies = {ExchangeKind::duplicate, ExchangeKind::drop_gather, ExchangeKind::pipelined};
+  std::vector<ExchangeKind> strategies = {ExchangeKind::duplicate, ExchangeKind::drop_gather, ExchangeKind::pipelined,
+                                          ExchangeKind::overlapped};
   int max_chunks = 8;
   bool only_fitting = false;  // leave layouts that do not fit out of the table
 };
@@ -37,7 +38,8 @@ struct PlanRow {
   int64_t capacity = 0;
   int64_t micro_steps = 0;            // micro-batches per optimizer step on each DP rank
   ExchangePrediction exchange;        // one exchange call
-  double exchange_s = 0;              // per step: 4 calls × layers × micro-steps
+  double exchange_s = 0;              // per step, exposed: 4 calls × layers × micro-steps (overlapped: less what
+                                      // the experts hide, predict_moe_block)
   double grad_sync_s = 0;             // per step: gradient all-reduce over dp (dense) and expert-dp (experts)
   double tp_s = 0;                    // per step: Megatron TP all-reduces of (N, H) activations, 2 or 4 per layer
   double comm_s = 0;                  // exchange_s + grad_sync_s + tp_s

@@ -53,8 +53,8 @@ void validate(const Config& c, int world) {
   need(c.comm.emulate_nodes >= 0, "comm.emulate_nodes must be >= 0");
   need(c.comm.chunks >= 1 && c.comm.chunks <= 64, strf("comm.chunks must be in [1, 64] (got %d)", c.comm.chunks));
   need(c.comm.exchange == "auto" || c.comm.exchange == "duplicate" || c.comm.exchange == "drop_gather" ||
-           c.comm.exchange == "pipelined",
-       "comm.exchange must be duplicate, drop_gather, pipelined or auto (got '" + c.comm.exchange + "')");
+           c.comm.exchange == "pipelined" || c.comm.exchange == "overlapped",
+       "comm.exchange must be duplicate, drop_gather, pipelined, overlapped or auto (got '" + c.comm.exchange + "')");
   need(c.data.builtin_tokens > m.seq_len, "data.builtin_tokens must exceed model.seq_len");
   if (world > 0) {
     need(world % p.tp == 0, strf("world size %d is not divisible by parallel.tp (%d)", world, p.tp));

@@ -43,8 +43,8 @@ struct CheckpointConfig {
 };
 
 struct CommConfig {
-  std::string exchange = "duplicate";  // duplicate | drop_gather | pipelined | auto (cost model picks at start-up)
-  int chunks = 4;                      // capacity chunks of the pipelined exchange
+  std::string exchange = "duplicate";  // duplicate | drop_gather | pipelined | overlapped | auto (cost model picks)
+  int chunks = 4;                      // capacity chunks of the pipelined and overlapped exchanges
   int emulate_nodes = 0;
   std::string links;  // link-model file (intra/inter GB/s and µs) for auto; empty: measure with a short probe
 };

@@ -143,23 +143,18 @@ void Model::tp_all_reduce(Tensor t, bool max) {
   if (par_.tp > 1) par_.tp_comm->all_reduce(t, max ? comm::ReduceOp::max : comm::ReduceOp::sum);
 }
 
-void Model::exchange_dispatch(Tensor out, const Tensor& in, MicroResult& r) {
-  if (!par_.exchange) return;  // out aliases in
-  auto t0 = std::chrono::steady_clock::now();
-  par_.exchange->dispatch(out, in);
-  r.exchange_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  auto st = par_.exchange->last_stats();
+void Model::exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x,
+                             const std::function<void(int)>& experts, MicroResult& r) {
+  if (!par_.exchange) {
+    experts(0);
+    return;
+  }
+  const comm::ExchangeStats st = par_.exchange->dispatch_experts_combine(out, z, y, x, experts);
+  r.exchange_s += st.seconds;
   r.exchange_bytes += double(st.ep_bytes + st.tp_bytes);
 }
 
-void Model::exchange_combine(Tensor out, const Tensor& in, MicroResult& r) {
-  if (!par_.exchange) return;
-  auto t0 = std::chrono::steady_clock::now();
-  par_.exchange->combine(out, in);
-  r.exchange_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  auto st = par_.exchange->last_stats();
-  r.exchange_bytes += double(st.ep_bytes + st.tp_bytes);
-}
+Tensor Model::expert_chunk(const Tensor& t, int k) const { return par_.exchange ? par_.exchange->expert_chunk(t, k) : t; }
 
 void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
   auto& a = layers_[size_t(l)];
@@ -188,13 +183,19 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   load_balance_loss_forward(a.aux, a.probs, a.counts, s_.K);
   router_z_loss_forward(a.z, a.zlse, a.rlogits);
   moe_dispatch_forward(a.dbuf, a.xn2, a.expert_idx, a.slot);
-  exchange_dispatch(a.y, a.dbuf, r);
-  expert_linear_forward(a.gate, a.y, p(P + "w_gate"));
-  expert_linear_forward(a.up, a.y, p(P + "w_up"));
-  swiglu_forward(a.act, a.gate, a.up);
-  expert_linear_forward(a.eo, a.act, p(P + "w_down"));
-  if (par_.expert_tp) tp_all_reduce(a.eo);
-  exchange_combine(a.cbuf, a.eo, r);
+  const Tensor w_gate = p(P + "w_gate"), w_up = p(P + "w_up"), w_down = p(P + "w_down");
+  exchange_experts(
+      a.cbuf, a.eo, a.y, a.dbuf,
+      [&](int k) {
+        const Tensor y = expert_chunk(a.y, k), gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k);
+        const Tensor act = expert_chunk(a.act, k), eo = expert_chunk(a.eo, k);
+        expert_linear_forward(gate, y, w_gate);
+        expert_linear_forward(up, y, w_up);
+        swiglu_forward(act, gate, up);
+        expert_linear_forward(eo, act, w_down);
+        if (par_.expert_tp) tp_all_reduce(eo);
+      },
+      r);
   moe_combine_forward(tmp_, a.cbuf, a.weight, a.expert_idx, a.slot);
   add(x_out, a.h, tmp_);
 }
@@ -261,14 +262,24 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   const float theta = float(cfg_.rope_theta);
   // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual.
   moe_combine_backward(dcbuf_, dweight_, dx, a.cbuf, a.weight, a.expert_idx, a.slot);
-  exchange_dispatch(deo_, dcbuf_, r);  // backward of combine is dispatch
-  expert_linear_backward(dact_, grad(P + "w_down"), deo_, a.act, p(P + "w_down"));
-  swiglu_backward(dgate_, dup_, dact_, a.gate, a.up);
-  expert_linear_backward(dy_, grad(P + "w_gate"), dgate_, a.y, p(P + "w_gate"));
-  expert_linear_backward(dy2_, grad(P + "w_up"), dup_, a.y, p(P + "w_up"));
-  accumulate(dy_, dy2_);
-  if (par_.expert_tp) tp_all_reduce(dy_);
-  exchange_combine(ddbuf_, dy_, r);  // backward of dispatch is combine
+  // The backward of combine is dispatch and that of dispatch is combine: dcbuf -> deo -> experts -> dy -> ddbuf.
+  const Tensor w_gate = p(P + "w_gate"), w_up = p(P + "w_up"), w_down = p(P + "w_down");
+  const Tensor g_gate = grad(P + "w_gate"), g_up = grad(P + "w_up"), g_down = grad(P + "w_down");
+  exchange_experts(
+      ddbuf_, dy_, deo_, dcbuf_,
+      [&](int k) {
+        const Tensor deo = expert_chunk(deo_, k), act = expert_chunk(a.act, k), dact = expert_chunk(dact_, k);
+        const Tensor gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k), y = expert_chunk(a.y, k);
+        const Tensor dgate = expert_chunk(dgate_, k), dup = expert_chunk(dup_, k);
+        const Tensor dy = expert_chunk(dy_, k), dy2 = expert_chunk(dy2_, k);
+        expert_linear_backward(dact, g_down, deo, act, w_down);
+        swiglu_backward(dgate, dup, dact, gate, up);
+        expert_linear_backward(dy, g_gate, dgate, y, w_gate);
+        expert_linear_backward(dy2, g_up, dup, y, w_up);
+        accumulate(dy, dy2);
+        if (par_.expert_tp) tp_all_reduce(dy);
+      },
+      r);
   moe_dispatch_backward(dxn_, ddbuf_, a.expert_idx, a.slot);
   // Router: through the chosen weights, the load-balancing loss and the z-loss.
   fill_zero(dprobs_);

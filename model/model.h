@@ -49,8 +49,11 @@ class Model {
   void layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r);
   void layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r);
   void tp_all_reduce(Tensor t, bool max = false);
-  void exchange_dispatch(Tensor out, const Tensor& in, MicroResult& r);
-  void exchange_combine(Tensor out, const Tensor& in, MicroResult& r);
+  // The MoE exchange around the experts: dispatch x -> y, experts(k) per expert chunk (y -> z), combine z -> out.
+  // Without an exchange y aliases x and out aliases z, and experts(0) runs on the whole buffers.
+  void exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x, const std::function<void(int)>& experts,
+                        MicroResult& r);
+  Tensor expert_chunk(const Tensor& t, int k) const;  // chunk k of an expert-side (E_l, e*C, W) tensor
   Tensor p(const std::string& name) const;      // compute copy of a parameter
   Tensor grad(const std::string& name) const;   // its gradient accumulator
   double read_scalar(const Tensor& t) const;

@@ -118,6 +118,8 @@ class NcclRequest final : public Request {
     CUDA_CHECK(cudaEventDestroy(done_));
     done_ = nullptr;
   }
+  // The event recorded after the collective; null once waited.
+  cudaEvent_t done() const { return done_; }
 
  private:
   cudaEvent_t done_;
@@ -210,6 +212,14 @@ std::unique_ptr<Request> NcclCommunicator::all_to_all_async(Tensor out, const Te
   std::vector<size_t> off(n), bytes(n, block);
   for (size_t p = 0; p < n; ++p) off[p] = p * block;
   return issue([&](cudaStream_t s) { send_recv_all(out, in, off, bytes, off, bytes, comm_, s); });
+}
+
+std::unique_ptr<Request> NcclCommunicator::all_gather_async_after(Request& after, Tensor out, const Tensor& in) {
+  auto* dev = dynamic_cast<NcclRequest*>(&after);
+  if (!dev || !dev->done() || (host_ && out.device == Device::cpu && in.device == Device::cpu))
+    return Communicator::all_gather_async_after(after, out, in);
+  CUDA_CHECK(cudaStreamWaitEvent(stream_, dev->done(), 0));
+  return all_gather_async(out, in);
 }
 
 void NcclCommunicator::all_reduce(Tensor buf, ReduceOp op) { all_reduce_async(buf, op)->wait(); }

@@ -396,6 +396,15 @@ Tensor view_of(std::vector<char>& b, std::initializer_list<int64_t> dims, DType 
   return Tensor(b.data(), dims, dt, Device::cpu);
 }
 
+// dst (El, rows, H) = src with the elements of every row of local expert j rotated by j+1 (es bytes each).
+void rotate_rows(std::vector<char>& dst, const std::vector<char>& src, int64_t El, int64_t rows, int64_t H, size_t es) {
+  for (int64_t j = 0; j < El; ++j)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t h = 0; h < H; ++h)
+        std::memcpy(&dst[size_t((j * rows + r) * H + h) * es], &src[size_t((j * rows + r) * H + (h + j + 1) % H) * es],
+                    es);
+}
+
 void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
   const Layout& l = pg.layout();
   const int me = wrank(), e = l.ep, t = l.tp;
@@ -425,9 +434,11 @@ void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
   // 1..5 chunks (uneven when the count does not divide C; more chunks than slots are clamped to C).
   std::vector<std::pair<ExchangeKind, int64_t>> runs = {{ExchangeKind::duplicate, 4}, {ExchangeKind::drop_gather, 4}};
   for (int64_t n = 1; n <= 5; ++n) runs.push_back({ExchangeKind::pipelined, n});
+  for (int64_t n : {1, 3, 5}) runs.push_back({ExchangeKind::overlapped, n});
+  auto chunked = [](ExchangeKind k) { return k == ExchangeKind::pipelined || k == ExchangeKind::overlapped; };
   for (auto [kind, chunks] : runs) {
     const std::string name =
-        what + " " + exchange_kind_name(kind) + (kind == ExchangeKind::pipelined ? " chunks " + std::to_string(chunks) : "");
+        what + " " + exchange_kind_name(kind) + (chunked(kind) ? " chunks " + std::to_string(chunks) : "");
     ExchangeShape shape{E, C, H};
     shape.chunks = chunks;
     auto ex = make_exchange(kind, pg.tp(), pg.ep(), shape, k.dtype, Device::cpu);
@@ -445,7 +456,7 @@ void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
     if (kind == ExchangeKind::duplicate) {
       EXPECT_EQ(st.ep_bytes, int64_t((e - 1) * El * C * H) * int64_t(es)) << name;
       EXPECT_EQ(st.tp_bytes, 0) << name;
-    } else if (kind == ExchangeKind::pipelined) {
+    } else if (chunked(kind)) {
       // Per chunk k of C (balanced over min(n, C) chunks): this TP rank's slice of it over EP, padded blocks of
       // ceil(cs_k / t) slots over TP.
       const int nc = int(std::min<int64_t>(chunks, C));
@@ -475,6 +486,52 @@ void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
   for (size_t i = 1; i < ys.size(); ++i)
     EXPECT_TRUE(ys[0] == ys[i]) << what << ": duplicate and run " << i << " (" << exchange_kind_name(runs[i].first)
                                 << ", chunks " << runs[i].second << ") differ";
+
+  // dispatch_experts_combine with "experts" that rotate the elements of every row by j+1 (j the local expert), so a
+  // row computed under the wrong expert or written to the wrong place shows. Reference: duplicate's dispatch, the
+  // rotation on the whole buffer, its combine.
+  std::vector<char> out_f(bytes);
+  {
+    std::vector<char> y(bytes), zf(bytes);
+    auto ex = make_exchange(ExchangeKind::duplicate, pg.tp(), pg.ep(), ExchangeShape{E, C, H}, k.dtype, Device::cpu);
+    ex->dispatch(view_of(y, {El, e * C, H}, k.dtype), view_of(x, {E, C, H}, k.dtype));
+    rotate_rows(zf, y, El, e * C, H, es);
+    ex->combine(view_of(out_f, {E, C, H}, k.dtype), view_of(zf, {El, e * C, H}, k.dtype));
+  }
+  for (auto [kind, chunks] : runs) {
+    const std::string name = what + " " + exchange_kind_name(kind) + " chunks " + std::to_string(chunks) + " fused";
+    ExchangeShape shape{E, C, H};
+    shape.chunks = chunks;
+    auto ex = make_exchange(kind, pg.tp(), pg.ep(), shape, k.dtype, Device::cpu);
+    const int n = ex->expert_chunks();
+    EXPECT_EQ(n, kind == ExchangeKind::overlapped ? int(std::min<int64_t>(chunks, C)) : 1) << name;
+    std::vector<char> y(bytes, char(0xAB)), zb(bytes, char(0xCD)), out(bytes, char(0xEF));
+    const Tensor yt = view_of(y, {El, e * C, H}, k.dtype), zt = view_of(zb, {El, e * C, H}, k.dtype);
+    std::vector<int> seen;
+    int64_t rows = 0;
+    const ExchangeStats st = ex->dispatch_experts_combine(
+        view_of(out, {E, C, H}, k.dtype), zt, yt, view_of(x, {E, C, H}, k.dtype), [&](int c) {
+          seen.push_back(c);
+          const Tensor yc = ex->expert_chunk(yt, c), zc = ex->expert_chunk(zt, c);
+          ASSERT_EQ(yc.dim(0), El);
+          ASSERT_EQ(yc.dim(2), H);
+          rows += yc.dim(1);
+          // This chunk only: rotate its rows from y's bytes into z's bytes at the same offset.
+          const size_t at = size_t(static_cast<char*>(yc.data) - y.data()), len = size_t(yc.numel()) * es;
+          std::vector<char> ychunk(y.begin() + ptrdiff_t(at), y.begin() + ptrdiff_t(at + len)), zchunk(len);
+          rotate_rows(zchunk, ychunk, El, yc.dim(1), H, es);
+          std::memcpy(static_cast<char*>(zc.data), zchunk.data(), len);
+        });
+    std::vector<int> want(static_cast<size_t>(n));
+    for (int c = 0; c < n; ++c) want[size_t(c)] = c;
+    EXPECT_EQ(seen, want) << name << ": expert chunks not called once each, in order";
+    EXPECT_EQ(rows, e * C) << name << ": expert chunks do not tile the buffer";
+    EXPECT_TRUE(out == out_f) << name << ": dispatch, experts, combine differs from duplicate's";
+    ex->dispatch(view_of(y, {El, e * C, H}, k.dtype), view_of(x, {E, C, H}, k.dtype));
+    const ExchangeStats one = ex->last_stats();
+    EXPECT_EQ(st.ep_bytes, 2 * one.ep_bytes) << name;
+    EXPECT_EQ(st.tp_bytes, 2 * one.tp_bytes) << name;
+  }
 }
 
 TEST(Exchange, MatchesReferenceAndInvertsForEveryLayout) {

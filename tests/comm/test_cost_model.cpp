@@ -79,6 +79,31 @@ TEST(CostModel, StrategiesByHand) {
   EXPECT_DOUBLE_EQ(c.total, 20e-9 + 3 * (20e-9 + 40e-9) + 40e-9);
 }
 
+TEST(CostModel, OverlappedBlockByHand) {
+  LinkModel l{{0, 1e-9}, {0, 1e-8}};
+  GroupPlacement g;
+  g.t = 2;
+  g.e = 2;
+  g.ep_peers_inter = 1;
+  // As above, 4 chunks: A = 20e-8, G = 40e-9, stage = max(A_intra + G, A_inter) = 20e-8 (TP intra-node).
+  const double A = 20e-8, G = 40e-9, stage = 20e-8;
+  const auto dg = predict_exchange_shape(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l);
+  const auto pl = predict_exchange_shape(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l);
+  // Sequential strategies: 2 calls + X.
+  EXPECT_DOUBLE_EQ(predict_moe_block(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l, 1e-6), 2 * pl.total + 1e-6);
+  // One chunk: drop_gather in sequence.
+  EXPECT_DOUBLE_EQ(predict_moe_block(ExchangeKind::overlapped, 1, 2, 8, 10, 2, g, l, 1e-6), 2 * dg.total + 1e-6);
+  // Compute-bound (x = 1e-6 > 2·stage): (A+G) + x + 3x + (A+G) = X + 2(A+G).
+  EXPECT_DOUBLE_EQ(predict_moe_block(ExchangeKind::overlapped, 4, 2, 8, 10, 2, g, l, 4e-6), 2 * (A + G) + 4e-6);
+  // Communication-bound (x = 1e-8): (A+G) + x + 3·2·stage + (A+G).
+  EXPECT_DOUBLE_EQ(predict_moe_block(ExchangeKind::overlapped, 4, 2, 8, 10, 2, g, l, 4e-8),
+                   2 * (A + G) + 1e-8 + 3 * 2 * stage);
+  // Either way it beats pipelined in sequence, which it reduces to when nothing is to hide.
+  for (double X : {4e-8, 4e-7, 4e-6})
+    EXPECT_LT(predict_moe_block(ExchangeKind::overlapped, 4, 2, 8, 10, 2, g, l, X),
+              predict_moe_block(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l, X));
+}
+
 PlanModel small_model() {
   PlanModel m;
   m.vocab = 32000; m.hidden = 8192; m.layers = 4; m.heads = 64; m.kv_heads = 8; m.ffn = 28672;

@@ -1,5 +1,6 @@
 // main() of test_nccl: MPI up through runtime_init, a throwing error handler, one GPU per rank chosen by local
-// rank before any NCCL call (or every test skipped, on every rank, when a host has fewer GPUs than ranks),
+// rank before any NCCL call (or every test skipped, on every rank, when a host has fewer GPUs than ranks, unless
+// every rank is its own emulated node: then ranks share GPUs, local rank modulo the GPU count),
 // emulated nodes when MONTA_TEST_EMULATE_NODES is set, gtest's progress from rank 0 only, and any rank's
 // failure fails every rank (as tests/comm/test_comm_mpi_main.cpp).
 #include <gtest/gtest.h>
@@ -35,15 +36,18 @@ int ranks_on_host() {
   return n;
 }
 
+// One GPU per rank, or every rank on its own emulated node: NCCL then sees distinct hosts, so ranks may share a
+// GPU (their traffic goes over sockets), which lets one GPU run the multi-rank tests.
 void decide_usable() {
   const int gpus = engine::cuda_device_count(), here = ranks_on_host();
-  int mine = gpus > 0 && here <= gpus ? 1 : 0, all = 0;
+  const bool own_nodes = g_emulate > 0 && g_emulate == comm::runtime_world_size();
+  int mine = gpus > 0 && (here <= gpus || own_nodes) ? 1 : 0, all = 0;
   MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   g_usable = all == 1;
   if (!g_usable)
     g_reason = gpus == 0 ? "no GPU visible"
                          : std::to_string(here) + " ranks on a host with " + std::to_string(gpus) +
-                               " GPUs (or fewer elsewhere); NCCL needs one GPU per rank";
+                               " GPUs (or fewer elsewhere); NCCL needs one GPU per rank (or one emulated node per rank)";
   if (g_usable) engine::cuda_set_device(comm::runtime_local_rank() % gpus);
 }
 

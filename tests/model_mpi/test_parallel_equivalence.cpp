@@ -65,7 +65,7 @@ std::vector<Case> cases(int world) {
           out.push_back({tp, ep, etp, "none"});
           continue;
         }
-        for (const char* k : {"duplicate", "drop_gather"}) out.push_back({tp, ep, etp, k});
+        for (const char* k : {"duplicate", "drop_gather", "overlapped"}) out.push_back({tp, ep, etp, k});
       }
     }
   return out;
@@ -132,8 +132,9 @@ TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
     std::unique_ptr<comm::Exchange> exchange;
     if (k.ep > 1) {
       model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, k.tp, k.ep, par.dp, k.expert_tp);
+      // overlapped in 3 expert chunks: uneven for most capacities, and the experts then run per chunk.
       exchange = comm::make_exchange(comm::parse_exchange_kind(k.exchange), *par.tp_comm, *par.ep_comm,
-                                     comm::ExchangeShape{s.E, s.C, s.H}, engine::DType::f32, engine::Device::cpu);
+                                     comm::ExchangeShape{s.E, s.C, s.H, 3}, engine::DType::f32, engine::Device::cpu);
       par.exchange = exchange.get();
     }
     model::Trainer mine(c, par, engine::Device::cpu);
