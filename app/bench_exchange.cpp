@@ -204,7 +204,13 @@ int run(int argc, char** argv) {
         s ^= s << 17;
         v = float(double(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
       }
-      engine::copy(x, Tensor(h.data(), {n}, DType::f32));
+      if (dt == DType::f32) {
+        engine::copy(x, Tensor(h.data(), {n}, DType::f32));
+      } else {
+        std::vector<engine::bf16_t> b(h.size());
+        for (size_t i = 0; i < h.size(); ++i) b[i] = engine::float_to_bf16(h[i]);
+        engine::copy(x, Tensor(b.data(), {n}, DType::bf16));
+      }
     }
     const Tensor x3 = x.view({E, C, hidden}), y3 = y.view({E / ep, ep * C, hidden}), b3 = back.view({E, C, hidden});
     // Raw collectives of the same groups and sizes.
