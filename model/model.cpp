@@ -97,7 +97,6 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
   L.add(&dgate_, "dgate", {s.E_l, s.EC, s.F_l}, act);
   L.add(&dup_, "dup", {s.E_l, s.EC, s.F_l}, act);
   L.add(&dy_, "dy", {s.E_l, s.EC, H}, act);
-  L.add(&dy2_, "dy2", {s.E_l, s.EC, H}, act);
   if (exchanged) L.add(&ddbuf_, "ddbuf", {s.E, s.C, H}, act);
   L.add(&dweight_, "dweight", {N, s.K}, act);
   L.add(&dprobs_, "dprobs", {N, s.E}, act);
@@ -219,10 +218,11 @@ void Model::read_router_stats(MicroResult& r) const {
   for (int32_t v : slots) r.dropped += v < 0;
 }
 
-void Model::bench_layer(int l) {
+void Model::bench_layer(int l, bool backward) {
   MicroResult r;
   Tensor out = l + 1 < int(layers_.size()) ? layers_[size_t(l) + 1].x : x_final_;
   layer_forward(l, layers_[size_t(l)].x, out, r);
+  if (!backward) return;
   copy(dx_, out);  // any well-scaled gradient will do for timing
   layer_backward(l, dx_, 1.0, r);
 }
@@ -271,12 +271,11 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         const Tensor deo = expert_chunk(deo_, k), act = expert_chunk(a.act, k), dact = expert_chunk(dact_, k);
         const Tensor gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k), y = expert_chunk(a.y, k);
         const Tensor dgate = expert_chunk(dgate_, k), dup = expert_chunk(dup_, k);
-        const Tensor dy = expert_chunk(dy_, k), dy2 = expert_chunk(dy2_, k);
+        const Tensor dy = expert_chunk(dy_, k);
         expert_linear_backward(dact, g_down, deo, act, w_down);
         swiglu_backward(dgate, dup, dact, gate, up);
         expert_linear_backward(dy, g_gate, dgate, y, w_gate);
-        expert_linear_backward(dy2, g_up, dup, y, w_up);
-        accumulate(dy, dy2);
+        expert_linear_backward(dy, g_up, dup, y, w_up, true);  // dy += the up branch's gradient
         if (par_.expert_tp) tp_all_reduce(dy);
       },
       r);

@@ -192,7 +192,8 @@ void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream 
     cpu::linear_forward(out.rows(e, 1).view({C, O}), x.rows(e, 1).view({C, I}), w.rows(e, 1).view({O, I}), false, s);
 }
 
-void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, Stream s) {
+void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
+                            Stream s) {
   const char* op = "expert_linear_backward";
   need_float(op, "dout", dout, dout.dtype);
   MONTA_CHECK(dout.ndim == 3 && w.ndim == 3 && x.ndim == 3 && w.dim(0) == dout.dim(0) && x.dim(0) == dout.dim(0) &&
@@ -205,7 +206,7 @@ void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tens
     Tensor dxe = dx.empty() ? Tensor() : dx.rows(e, 1).view({C, I});
     Tensor dwe = dw.empty() ? Tensor() : dw.rows(e, 1).view({O, I});
     cpu::linear_backward(dxe, dwe, dout.rows(e, 1).view({C, O}), x.rows(e, 1).view({C, I}), w.rows(e, 1).view({O, I}),
-                         false, s);
+                         accumulate_dx, s);
   }
 }
 

@@ -153,5 +153,7 @@ constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
 constexpr int kReduceBlocks = 256;  // fixed grid of the two-pass reductions: same result on every device
 void* lt_workspace(Stream s);
 float* reduce_scratch(Stream s);  // kReduceBlocks floats
+constexpr int64_t kColumnScratchFloats = int64_t(1) << 20;  // partial column sums (rmsnorm weight gradient)
+float* column_scratch(Stream s);                            // kColumnScratchFloats floats
 
 }  // namespace monta::engine::cuda

@@ -254,7 +254,8 @@ void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream 
        0.f, s);
 }
 
-void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, Stream s) {
+void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
+                            Stream s) {
   const char* op = "expert_linear_backward";
   need_float(dout, op, "dout");
   need_float(x, op, "x");
@@ -267,7 +268,7 @@ void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tens
     need_float(dx, op, "dx");
     need_numel(dx, E * C * I, op, "dx");
     gemm(false, false, I, C, O, w.data, w.dtype, I, O * I, dout.data, dout.dtype, O, C * O, dx.data, dx.dtype, I,
-         C * I, E, 0.f, s);
+         C * I, E, accumulate_dx ? 1.f : 0.f, s);
   }
   if (!dw.empty()) {
     need_float(dw, op, "dw");

@@ -1,6 +1,8 @@
 // CUDA RMSNorm: one block per row with f32 math; the weight gradient is a separate column-owned
-// reduction (each block owns 32 columns and sums its rows in a fixed order), so it needs no atomics and
-// gives the same bits on every run.
+// reduction (row ranges summed in a fixed order, then the ranges in a fixed order), so it needs no atomics
+// and gives the same bits on every run.
+#include <algorithm>
+
 #include "engine/cuda/common.cuh"
 #include "engine/ops/rmsnorm.h"
 
@@ -145,6 +147,63 @@ static __global__ void rmsnorm_backward_dw_kernel(float* __restrict__ dweight, c
   }
 }
 
+// Two passes for the weight gradient when H is a multiple of 4: pass 1, block (32, 8) owns 128 columns (4 per
+// thread, one 8-byte load for bf16) of one of R row ranges and writes its column sums to partial (R, H); pass 2
+// adds the R partials of each column in order. Fixed order throughout, so bit-identical run to run.
+constexpr int kDwRowSplits = 16;
+__device__ __forceinline__ void load4(const float* p, float (&f)[4]) {
+  const float4 u = *reinterpret_cast<const float4*>(p);
+  f[0] = u.x; f[1] = u.y; f[2] = u.z; f[3] = u.w;
+}
+__device__ __forceinline__ void load4(const bf16* p, float (&f)[4]) {
+  const uint2 u = *reinterpret_cast<const uint2*>(p);
+  f[0] = __uint_as_float(u.x << 16);
+  f[1] = __uint_as_float(u.x & 0xffff0000u);
+  f[2] = __uint_as_float(u.y << 16);
+  f[3] = __uint_as_float(u.y & 0xffff0000u);
+}
+template <class T>
+static __global__ void rmsnorm_dw_partial_kernel(float* __restrict__ partial, const T* __restrict__ dout,
+                                                 const T* __restrict__ x, const float* __restrict__ rstd, int64_t N,
+                                                 int64_t H) {
+  __shared__ float part[8][32 * 4 + 4];
+  const int64_t h0 = (int64_t(blockIdx.x) * 32 + threadIdx.x) * 4;
+  const int64_t rows = (N + gridDim.y - 1) / gridDim.y, n0 = int64_t(blockIdx.y) * rows;
+  const int64_t n1 = n0 + rows < N ? n0 + rows : N;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  if (h0 < H)
+    for (int64_t n = n0 + threadIdx.y; n < n1; n += 8) {
+      const float r = rstd[n];
+      float g[4], v[4];
+      load4(dout + n * H + h0, g);
+      load4(x + n * H + h0, v);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) acc[i] += g[i] * v[i] * r;
+    }
+#pragma unroll
+  for (int i = 0; i < 4; ++i) part[threadIdx.y][threadIdx.x * 4 + i] = acc[i];
+  __syncthreads();
+  if (threadIdx.y < 4) {  // 4 rows of 32 threads sum the 8 row lanes of 128 columns, one column each
+    const int c = threadIdx.y * 32 + threadIdx.x;
+    const int64_t h = int64_t(blockIdx.x) * 128 + c;
+    if (h < H) {
+      float s = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s += part[i][c];
+      partial[int64_t(blockIdx.y) * H + h] = s;
+    }
+  }
+}
+
+static __global__ void rmsnorm_dw_finish_kernel(float* __restrict__ dweight, const float* __restrict__ partial,
+                                                int splits, int64_t H) {
+  const int64_t h = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (h >= H) return;
+  float s = 0.f;
+  for (int r = 0; r < splits; ++r) s += partial[int64_t(r) * H + h];
+  dweight[h] += s;
+}
+
 static int row_threads(int64_t H) { return H >= 1024 ? 512 : (H >= 256 ? 256 : 128); }
 // Vector path: H / V vectors per row, about two per thread for H 8192 bf16 (512 threads), at least 32.
 static int row_threads_vec(int64_t nvec) {
@@ -206,8 +265,18 @@ void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tenso
   if (!dweight.empty()) {
     need_dtype(dweight, DType::f32, op, "dweight");
     need_numel(dweight, H, op, "dweight");
-    MONTA_FLOAT_TYPES(x.dtype, T, rmsnorm_backward_dw_kernel<T><<<unsigned((H + 31) / 32), dim3(32, 8), 0, st>>>(
-                                      dweight.as<float>(), dout.as<T>(), x.as<T>(), rstd.as<float>(), N, H));
+    const int splits = int(std::min<int64_t>(kDwRowSplits, std::min<int64_t>(N, kColumnScratchFloats / H)));
+    if (H % 4 == 0 && splits >= 2 && aligned16(dout.data) && aligned16(x.data)) {
+      float* partial = column_scratch(s);
+      MONTA_FLOAT_TYPES(x.dtype, T,
+                        rmsnorm_dw_partial_kernel<T><<<dim3(unsigned((H + 127) / 128), unsigned(splits)), dim3(32, 8),
+                                                       0, st>>>(partial, dout.as<T>(), x.as<T>(), rstd.as<float>(), N, H));
+      MONTA_LAUNCH_CHECK();
+      rmsnorm_dw_finish_kernel<<<unsigned((H + 255) / 256), 256, 0, st>>>(dweight.as<float>(), partial, splits, H);
+    } else {
+      MONTA_FLOAT_TYPES(x.dtype, T, rmsnorm_backward_dw_kernel<T><<<unsigned((H + 31) / 32), dim3(32, 8), 0, st>>>(
+                                        dweight.as<float>(), dout.as<T>(), x.as<T>(), rstd.as<float>(), N, H));
+    }
     MONTA_LAUNCH_CHECK();
   }
 }

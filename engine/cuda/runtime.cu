@@ -90,6 +90,7 @@ std::map<int, cublasLtHandle_t> g_lt;  // device -> handle
 struct StreamScratch {
   void* lt_ws = nullptr;
   float* reduce = nullptr;
+  float* columns = nullptr;
 };
 std::map<std::pair<int, Stream>, StreamScratch> g_scratch;  // (device, stream) -> scratch
 
@@ -104,6 +105,7 @@ StreamScratch& scratch_for(Stream s) {
   if (!sc.lt_ws) {
     CUDA_CHECK(cudaMalloc(&sc.lt_ws, kLtWorkspaceBytes));
     CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&sc.reduce), sizeof(float) * kReduceBlocks));
+    CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&sc.columns), sizeof(float) * kColumnScratchFloats));
   }
   return sc;
 }
@@ -129,6 +131,11 @@ void* lt_workspace(Stream s) {
 float* reduce_scratch(Stream s) {
   std::lock_guard<std::mutex> lock(g_mu);
   return scratch_for(s).reduce;
+}
+
+float* column_scratch(Stream s) {
+  std::lock_guard<std::mutex> lock(g_mu);
+  return scratch_for(s).columns;
 }
 
 }  // namespace monta::engine::cuda

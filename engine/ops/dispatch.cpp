@@ -54,8 +54,9 @@ void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, 
 void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream s) {
   MONTA_DISPATCH(out, expert_linear_forward, out, x, w, s);
 }
-void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, Stream s) {
-  MONTA_DISPATCH(dout, expert_linear_backward, dx, dw, dout, x, w, s);
+void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
+                            Stream s) {
+  MONTA_DISPATCH(dout, expert_linear_backward, dx, dw, dout, x, w, accumulate_dx, s);
 }
 
 void rope_forward(Tensor out, const Tensor& x, float theta, Stream s) { MONTA_DISPATCH(out, rope_forward, out, x, theta, s); }

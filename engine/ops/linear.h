@@ -13,19 +13,21 @@ void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, 
 // Batched over experts: out (E, C, O) = x (E, C, I) · w (E, O, I)ᵀ per expert. Same gradient rules.
 void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream s = nullptr);
 void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
-                            Stream s = nullptr);
+                            bool accumulate_dx = false, Stream s = nullptr);
 namespace cpu {
 void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulate, Stream s);
 void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
                      Stream s);
 void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream s);
-void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, Stream s);
+void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
+                            Stream s);
 }  // namespace cpu
 namespace cuda {
 void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulate, Stream s);
 void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
                      Stream s);
 void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream s);
-void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, Stream s);
+void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
+                            Stream s);
 }  // namespace cuda
 }  // namespace monta::engine

@@ -131,6 +131,11 @@ TEST(ExpertLinearGrad, FiniteDifferenceXAndW) {
   eng::expert_linear_backward(dx, dw, c, x, w);
   expect_grad("expert_linear dx", x, dx.values(), loss);
   expect_grad("expert_linear dw", w, minus(dw.values(), dw0), loss);
+  // accumulate_dx: dx += the same gradient (here on top of -7 everywhere); dw skipped.
+  Buf dxa = filled({E, C, I}, DType::f64, -7.0);
+  eng::expert_linear_backward(dxa, Tensor(), c, x, w, true);
+  const auto want = dx.values(), got = dxa.values();
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i] - 7.0, 1e-12) << i;
 }
 
 using LinearErrors = ThrowingHandler;

@@ -53,6 +53,10 @@ TEST_P(GpuLayers, ExpertLinearForwardBackward) {
   engine::expert_linear_backward(dx.g(), dw.g(), dout.g(), x.g(), w.g());
   expect_close(dx, tol_for(dt), "dx");
   expect_close(dw, tol_for(dt), "dw");
+  engine::expert_linear_backward(dx.c(), Tensor(), dout.c(), x.c(), w.c(), true);  // dx accumulates, dw skipped
+  engine::expert_linear_backward(dx.g(), Tensor(), dout.g(), x.g(), w.g(), true);
+  expect_close(dx, tol_for(dt), "dx (accumulate)");
+  expect_close(dw, tol_for(dt), "dw (untouched)");
 }
 
 TEST_P(GpuLayers, RmsNormForwardBackward) {
