@@ -66,6 +66,7 @@ void visit(model::Config& c, F&& f) {
   f("comm.chunks", c.comm.chunks);
   f("comm.emulate_nodes", c.comm.emulate_nodes);
   f("comm.links", c.comm.links);
+  f("comm.auto_verify", c.comm.auto_verify);
 }
 
 template <class T>

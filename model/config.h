@@ -47,6 +47,7 @@ struct CommConfig {
   int chunks = 4;                      // capacity chunks of the pipelined and overlapped exchanges
   int emulate_nodes = 0;
   std::string links;  // link-model file (intra/inter GB/s and µs) for auto; empty: measure with a short probe
+  bool auto_verify = true;  // auto: time the predicted best of each strategy on the real groups, keep the fastest
 };
 
 struct Config {
