@@ -5,6 +5,7 @@
 #include <boost/program_options.hpp>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -167,13 +168,26 @@ int bench_ops(Device dev, int iters, const std::string& json, int64_t S) {
   rows.push_back(measure(dev, iters, "rope fwd (q)", strf("S%ld A%ld D%ld", S, A, D), 0, 2.0 * N * A * D * el,
                          [&] { rope_forward(q4, q4, 10000.f); }));
   const double attn_fwd = 2.0 * double(S) * double(S) * double(A * D);
-  rows.push_back(measure(dev, iters, "attention fwd", strf("S%ld A%ld G%ld D%ld causal", S, A, G, D), attn_fwd,
-                         el * (2 * N * A * D + 2 * N * G * D), [&] { attention_forward(o4, lse, q4, k4, v4); }));
-  rows.push_back(measure(dev, iters, "attention bwd", strf("S%ld A%ld G%ld D%ld causal", S, A, G, D), 2.5 * attn_fwd,
-                         el * (4 * N * A * D + 4 * N * G * D), [&] {
-                           attention_backward(dq.view({1, S, A, D}), dk.view({1, S, G, D}), dv.view({1, S, G, D}),
-                                              dout.view({1, S, A, D}), q4, k4, v4, o4, lse);
-                         }));
+  auto attn_fwd_run = [&] { attention_forward(o4, lse, q4, k4, v4); };
+  auto attn_bwd_run = [&] {
+    attention_backward(dq.view({1, S, A, D}), dk.view({1, S, G, D}), dv.view({1, S, G, D}), dout.view({1, S, A, D}), q4,
+                       k4, v4, o4, lse);
+  };
+  const std::string attn_shape = strf("S%ld A%ld G%ld D%ld causal", S, A, G, D);
+  const double attn_fwd_bytes = el * (2 * N * A * D + 2 * N * G * D), attn_bwd_bytes = el * (4 * N * A * D + 4 * N * G * D);
+  rows.push_back(measure(dev, iters, "attention fwd", attn_shape, attn_fwd, attn_fwd_bytes, attn_fwd_run));
+  rows.push_back(measure(dev, iters, "attention bwd", attn_shape, 2.5 * attn_fwd, attn_bwd_bytes, attn_bwd_run));
+  if (dev == Device::cuda) {  // the hand-written kernels (the f32 path and fallback) on the same inputs, for the record
+    const char* was = std::getenv("MONTA_ATTENTION");
+    const std::string saved = was ? was : "";
+    setenv("MONTA_ATTENTION", "flash", 1);
+    const int few = std::min(iters, 3);
+    rows.push_back(measure(dev, few, "attention fwd (hand-written)", attn_shape, attn_fwd, attn_fwd_bytes, attn_fwd_run));
+    rows.push_back(
+        measure(dev, few, "attention bwd (hand-written)", attn_shape, 2.5 * attn_fwd, attn_bwd_bytes, attn_bwd_run));
+    if (was) setenv("MONTA_ATTENTION", saved.c_str(), 1);
+    else unsetenv("MONTA_ATTENTION");
+  }
   // MoE pieces, top-1 of 2 experts.
   Tensor wr = B.make({E, H}, act, 0.01), rl = B.make({N, E}, act), probs = B.make({N, E}, act);
   Tensor idx = B.make({N, 1}, DType::i32), slot = B.make({N, 1}, DType::i32), counts = B.make({E}, DType::i32);

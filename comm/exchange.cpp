@@ -8,6 +8,7 @@
 #include "comm/exchange_util.h"
 #include "engine/check.h"
 #include "engine/memory.h"
+#include "engine/trace.h"
 
 namespace monta::comm {
 namespace {
@@ -78,6 +79,7 @@ class DuplicateExchange final : public ExchangeBase {
   ExchangeKind kind() const override { return ExchangeKind::duplicate; }
 
   void dispatch(Tensor y, const Tensor& x) override {
+    const engine::TraceRange trace("exchange dispatch");
     Timer tm;
     check_io(y, x_elems(), x, x_elems(), "dispatch");
     const Tensor xf = flat(x, 0, x_elems()), yf = flat(y, 0, x_elems());
@@ -94,6 +96,7 @@ class DuplicateExchange final : public ExchangeBase {
   }
 
   void combine(Tensor out, const Tensor& z) override {
+    const engine::TraceRange trace("exchange combine");
     Timer tm;
     check_io(out, x_elems(), z, x_elems(), "combine");
     const Tensor zf = flat(z, 0, x_elems()), of = flat(out, 0, x_elems());
@@ -140,6 +143,7 @@ class DropGatherExchange final : public ExchangeBase {
 
   // Slot (expert row, capacity c) of x/out is at ((expert * C) + c) * H; of y/z at ((j * e*C) + p*C + c) * H.
   void dispatch(Tensor y, const Tensor& x) override {
+    const engine::TraceRange trace("exchange dispatch");
     Timer tm;
     check_io(y, x_elems(), x, x_elems(), "dispatch");
     const int64_t cs = mine_.size, n = cs * H_;
@@ -158,6 +162,7 @@ class DropGatherExchange final : public ExchangeBase {
   }
 
   void combine(Tensor out, const Tensor& z) override {
+    const engine::TraceRange trace("exchange combine");
     Timer tm;
     check_io(out, x_elems(), z, x_elems(), "combine");
     const int64_t cs = mine_.size, n = cs * H_;

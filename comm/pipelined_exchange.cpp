@@ -13,6 +13,7 @@
 #include "comm/exchange_util.h"
 #include "engine/check.h"
 #include "engine/memory.h"
+#include "engine/trace.h"
 
 namespace monta::comm {
 namespace {
@@ -77,6 +78,7 @@ class PipelinedExchange final : public Exchange {
   // Slot (expert row, capacity c) of x/out is at (row * C + c) * H; of y/z (local expert j, peer p) at
   // ((j * e*C) + p*C + c) * H. Same layout rules as drop_gather, per chunk.
   void dispatch(Tensor y, const Tensor& x) override {
+    const engine::TraceRange trace("exchange dispatch");
     const auto t0 = std::chrono::steady_clock::now();
     check_io(y, x, "dispatch");
     Leg leg{x, y, token_side(), expert_side()};
@@ -85,6 +87,7 @@ class PipelinedExchange final : public Exchange {
   }
 
   void combine(Tensor out, const Tensor& z) override {
+    const engine::TraceRange trace("exchange combine");
     const auto t0 = std::chrono::steady_clock::now();
     check_io(out, z, "combine");
     Leg leg{z, out, expert_side(), token_side()};
@@ -117,6 +120,7 @@ class PipelinedExchange final : public Exchange {
   ExchangeStats dispatch_experts_combine(Tensor out, Tensor z, Tensor y, const Tensor& x,
                                          const std::function<void(int)>& experts) override {
     if (!overlapped_) return Exchange::dispatch_experts_combine(out, z, y, x, experts);
+    const engine::TraceRange trace("exchange overlapped: dispatch, experts, combine");
     const auto t0 = std::chrono::steady_clock::now();
     check_io(y, x, "dispatch");
     check_io(out, z, "combine");
@@ -126,7 +130,10 @@ class PipelinedExchange final : public Exchange {
     auto compute = [&](int k) {
       unpack(d, k);
       const auto e0 = std::chrono::steady_clock::now();
-      experts(k);
+      {
+        const engine::TraceRange trace("experts chunk " + std::to_string(k));
+        experts(k);
+      }
       in_experts += std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
       pack_and_send(c, k);
     };
@@ -167,6 +174,7 @@ class PipelinedExchange final : public Exchange {
   };
 
   void pack_and_send(Leg& leg, int k) {
+    const engine::TraceRange trace("exchange pack + all-to-all chunk " + std::to_string(k));
     const Chunk& c = chunks_[size_t(k)];
     const Shard s = c.slices[size_t(tp_.rank())];
     const int64_t m = s.size * H_, cnt = int64_t(e_) * El_ * m;
@@ -191,6 +199,7 @@ class PipelinedExchange final : public Exchange {
       leg.a2a[size_t(k)]->wait();
   }
   void unpack(Leg& leg, int k) {
+    const engine::TraceRange trace("exchange unpack chunk " + std::to_string(k));
     const Chunk& c = chunks_[size_t(k)];
     if (leg.ag[size_t(k)]) leg.ag[size_t(k)]->wait();
     for (int r = 0; r < t_; ++r) {

@@ -16,5 +16,8 @@ void memset_zero(void* p, size_t bytes, Stream s);
 void synchronize(Stream s);
 Stream stream_create();
 void stream_destroy(Stream s);
+// Profiler ranges (NVTX; no-ops without CUDA or without a profiler attached).
+void range_push(const char* name);
+void range_pop();
 
 }  // namespace monta::engine::cudab

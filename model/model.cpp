@@ -6,6 +6,7 @@
 
 #include "comm/exchange.h"
 #include "engine/check.h"
+#include "engine/trace.h"
 #include "engine/ops/attention.h"
 #include "engine/ops/cross_entropy.h"
 #include "engine/ops/elementwise.h"
@@ -156,6 +157,7 @@ void Model::exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x,
 Tensor Model::expert_chunk(const Tensor& t, int k) const { return par_.exchange ? par_.exchange->expert_chunk(t, k) : t; }
 
 void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
+  const engine::TraceRange trace("layer " + std::to_string(l) + " forward");
   auto& a = layers_[size_t(l)];
   const std::string P = "layers." + std::to_string(l) + ".";
   const float eps = float(cfg_.norm_eps), theta = float(cfg_.rope_theta);
@@ -257,6 +259,7 @@ MicroResult Model::run_forward(const int32_t* tokens, const int32_t* targets) {
 MicroResult Model::forward(const int32_t* tokens, const int32_t* targets) { return run_forward(tokens, targets); }
 
 void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
+  const engine::TraceRange trace("layer " + std::to_string(l) + " backward");
   auto& a = layers_[size_t(l)];
   const std::string P = "layers." + std::to_string(l) + ".";
   const float theta = float(cfg_.rope_theta);

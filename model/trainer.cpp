@@ -7,6 +7,7 @@
 
 #include "engine/check.h"
 #include "engine/log.h"
+#include "engine/trace.h"
 #include "engine/ops/adamw.h"
 #include "engine/ops/elementwise.h"
 
@@ -67,6 +68,7 @@ void Trainer::finish_reduction() {
 }
 
 double Trainer::global_grad_norm() {
+  const TraceRange trace("gradient norm");
   Tensor acc = scalars_.get("sumsq");
   fill_zero(acc);
   for (auto& p : params_->all())
@@ -86,6 +88,7 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
   const double ce_scale = 1.0 / double(t.global_batch * s.S);
   const double aux_scale = 1.0 / double(t.global_batch / t.micro_batch);
 
+  const TraceRange trace("forward and backward");
   params_->zero_grads();
   double sums[4] = {0, 0, 0, 0};  // ce, aux, z, dropped
   double exch_s = 0, exch_bytes = 0;
@@ -100,7 +103,10 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
     exch_bytes += r.exchange_bytes;
   }
   model_->on_grads_ready = nullptr;
-  finish_reduction();
+  {
+    const TraceRange wait("gradient all-reduce (wait)");
+    finish_reduction();
+  }
   if (par_.dp > 1) {
     Tensor host(sums, {4}, DType::f64);
     par_.dp_comm->all_reduce(host, comm::ReduceOp::sum);
@@ -139,11 +145,13 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
     a.eps = t.adam_eps;
     a.step = m.step;
     a.grad_scale = (t.grad_clip > 0 && m.grad_norm > t.grad_clip) ? t.grad_clip / (m.grad_norm + 1e-6) : 1.0;
-    for (auto& p : params_->all()) {
-      a.weight_decay = p.weight_decay ? t.weight_decay : 0.0;
-      Tensor lowp = p.compute.data != p.master.data ? p.compute : Tensor();
-      adamw_step(p.master, p.m, p.v, lowp, p.grad, a);
-    }
+    std::vector<AdamWEntry> entries;
+    entries.reserve(params_->all().size());
+    for (auto& p : params_->all())
+      entries.push_back({p.master, p.m, p.v, p.compute.data != p.master.data ? p.compute : Tensor(), p.grad,
+                         p.weight_decay ? t.weight_decay : 0.0});
+    const TraceRange opt("optimizer");
+    adamw_step_many(entries, a);  // one fused pass over every parameter (a few launches on the GPU)
   }
   ++step_;
   sync_device(device_);

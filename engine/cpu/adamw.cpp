@@ -52,4 +52,13 @@ void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tenso
     step<double>(param, m, v, param_lowp, grad, a);
 }
 
+// The reference: entry by entry, each with its own decay.
+void adamw_step_many(std::span<const AdamWEntry> entries, const AdamWArgs& a, Stream s) {
+  AdamWArgs each = a;
+  for (const AdamWEntry& e : entries) {
+    each.weight_decay = e.weight_decay;
+    cpu::adamw_step(e.param, e.m, e.v, e.param_lowp, e.grad, each, s);
+  }
+}
+
 }  // namespace monta::engine::cpu

@@ -12,4 +12,6 @@ void memset_zero(void*, size_t, Stream) { fail_user("this build of monta has no 
 void synchronize(Stream) {}
 Stream stream_create() { return nullptr; }
 void stream_destroy(Stream) {}
+void range_push(const char*) {}
+void range_pop() {}
 }  // namespace monta::engine::cudab

@@ -1,5 +1,7 @@
 // CUDA AdamW: one fused pass per tensor reads grad, param, m, v and writes param, m, v and (optionally)
 // the bf16 copy of the updated param that the next forward uses. Same update order as PyTorch's AdamW.
+// adamw_step_many packs many tensors into each launch (the trainer's whole-model step).
+#include <climits>
 #include <cmath>
 
 #include "engine/cuda/common.cuh"
@@ -11,24 +13,74 @@ struct AdamWConst {
   float lr, beta1, beta2, eps, decay_mul, step_size, inv_sqrt_bc2, grad_scale;
 };
 
+// One element's update; both kernels call it, so the fused step gives the per-tensor step's bits. Written with
+// round-to-nearest intrinsics, which the compiler never contracts into FMAs: otherwise it may fuse differently
+// in the two kernels (seen: last-bit differences in decayed tensors).
+static __device__ __forceinline__ void adamw_element(float* __restrict__ param, float* __restrict__ m,
+                                                     float* __restrict__ v, bf16* __restrict__ lowp,
+                                                     const float* __restrict__ grad, const AdamWConst& c,
+                                                     float decay_mul, int64_t i) {
+  const float g = __fmul_rn(grad[i], c.grad_scale);
+  const float mi = __fadd_rn(__fmul_rn(c.beta1, m[i]), __fmul_rn(1.f - c.beta1, g));
+  const float vi = __fadd_rn(__fmul_rn(c.beta2, v[i]), __fmul_rn(__fmul_rn(1.f - c.beta2, g), g));
+  float p = __fmul_rn(param[i], decay_mul);  // decoupled weight decay: p *= 1 - lr·wd
+  p = __fsub_rn(p, __fdiv_rn(__fmul_rn(c.step_size, mi), __fadd_rn(__fmul_rn(sqrtf(vi), c.inv_sqrt_bc2), c.eps)));
+  m[i] = mi;
+  v[i] = vi;
+  param[i] = p;
+  if (lowp) lowp[i] = __float2bfloat16_rn(p);
+}
+
 static __global__ void adamw_kernel(float* __restrict__ param, float* __restrict__ m, float* __restrict__ v,
                                     bf16* __restrict__ lowp, const float* __restrict__ grad, AdamWConst c,
                                     int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    float g = grad[i] * c.grad_scale;
-    float mi = c.beta1 * m[i] + (1.f - c.beta1) * g;
-    float vi = c.beta2 * v[i] + (1.f - c.beta2) * g * g;
-    float p = param[i] * c.decay_mul;  // decoupled weight decay: p *= 1 - lr·wd
-    p -= c.step_size * mi / (sqrtf(vi) * c.inv_sqrt_bc2 + c.eps);
-    m[i] = mi;
-    v[i] = vi;
-    param[i] = p;
-    if (lowp) lowp[i] = __float2bfloat16_rn(p);
-  }
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    adamw_element(param, m, v, lowp, grad, c, c.decay_mul, i);
 }
 
-void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tensor& grad, const AdamWArgs& a,
-                Stream s) {
+// The fused step: up to kTensorsPerLaunch tensors per launch, passed by value in the kernel's parameters (about
+// 3 KB); tensor t owns blocks [first_block[t], first_block[t+1]), each of kElemsPerBlock elements.
+constexpr int kTensorsPerLaunch = 40;
+constexpr int kAdamWThreads = 256;
+constexpr int64_t kElemsPerBlock = int64_t(kAdamWThreads) * 8;
+struct AdamWTable {
+  float* param[kTensorsPerLaunch];
+  float* m[kTensorsPerLaunch];
+  float* v[kTensorsPerLaunch];
+  bf16* lowp[kTensorsPerLaunch];
+  const float* grad[kTensorsPerLaunch];
+  int64_t n[kTensorsPerLaunch];
+  float decay_mul[kTensorsPerLaunch];
+  int32_t first_block[kTensorsPerLaunch + 1];
+  int32_t count;
+};
+
+static __global__ void adamw_many_kernel(const __grid_constant__ AdamWTable tab, AdamWConst c) {
+  const int32_t b = int32_t(blockIdx.x);
+  int t = 0;
+  while (t + 1 < tab.count && tab.first_block[t + 1] <= b) ++t;
+  const int64_t begin = int64_t(b - tab.first_block[t]) * kElemsPerBlock;
+  const int64_t end = begin + kElemsPerBlock < tab.n[t] ? begin + kElemsPerBlock : tab.n[t];
+  for (int64_t i = begin + threadIdx.x; i < end; i += kAdamWThreads)
+    adamw_element(tab.param[t], tab.m[t], tab.v[t], tab.lowp[t], tab.grad[t], c, tab.decay_mul[t], i);
+}
+
+static AdamWConst constants(const AdamWArgs& a) {
+  MONTA_CHECK(a.step >= 1, "adamw_step: step is 1-based");
+  double bc1 = 1.0 - std::pow(a.beta1, double(a.step));
+  double bc2 = 1.0 - std::pow(a.beta2, double(a.step));
+  return AdamWConst{float(a.lr),
+                    float(a.beta1),
+                    float(a.beta2),
+                    float(a.eps),
+                    float(1.0 - a.lr * a.weight_decay),
+                    float(a.lr / bc1),
+                    float(1.0 / std::sqrt(bc2)),
+                    float(a.grad_scale)};
+}
+
+static void check_operands(const Tensor& param, const Tensor& m, const Tensor& v, const Tensor& param_lowp,
+                           const Tensor& grad) {
   const char* op = "adamw_step";
   need_dtype(param, DType::f32, op, "param");
   need_dtype(m, DType::f32, op, "m");
@@ -42,17 +94,44 @@ void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tenso
     need_dtype(param_lowp, DType::bf16, op, "param_lowp");
     need_numel(param_lowp, n, op, "param_lowp");
   }
-  MONTA_CHECK(a.step >= 1, "adamw_step: step is 1-based");
-  double bc1 = 1.0 - std::pow(a.beta1, double(a.step));
-  double bc2 = 1.0 - std::pow(a.beta2, double(a.step));
-  AdamWConst c{float(a.lr),
-               float(a.beta1),
-               float(a.beta2),
-               float(a.eps),
-               float(1.0 - a.lr * a.weight_decay),
-               float(a.lr / bc1),
-               float(1.0 / std::sqrt(bc2)),
-               float(a.grad_scale)};
+}
+
+void adamw_step_many(std::span<const AdamWEntry> entries, const AdamWArgs& a, Stream s) {
+  const AdamWConst c = constants(a);
+  AdamWTable tab{};
+  int64_t blocks = 0;
+  auto launch = [&] {
+    if (tab.count == 0) return;
+    tab.first_block[tab.count] = int32_t(blocks);
+    if (blocks > 0) adamw_many_kernel<<<unsigned(blocks), kAdamWThreads, 0, stream_of(s)>>>(tab, c);
+    MONTA_LAUNCH_CHECK();
+    tab = AdamWTable{};
+    blocks = 0;
+  };
+  for (const AdamWEntry& e : entries) {
+    check_operands(e.param, e.m, e.v, e.param_lowp, e.grad);
+    const int64_t n = e.param.numel(), nb = (n + kElemsPerBlock - 1) / kElemsPerBlock;
+    if (tab.count == kTensorsPerLaunch || blocks + nb > int64_t(INT32_MAX) / 2) launch();
+    const int i = tab.count++;
+    tab.param[i] = e.param.as<float>();
+    tab.m[i] = e.m.as<float>();
+    tab.v[i] = e.v.as<float>();
+    tab.lowp[i] = e.param_lowp.empty() ? nullptr : e.param_lowp.as<bf16>();
+    tab.grad[i] = e.grad.as<float>();
+    tab.n[i] = n;
+    tab.decay_mul[i] = float(1.0 - a.lr * e.weight_decay);
+    tab.first_block[i] = int32_t(blocks);
+    blocks += nb;
+  }
+  launch();
+}
+
+void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tensor& grad, const AdamWArgs& a,
+                Stream s) {
+  check_operands(param, m, v, param_lowp, grad);
+  const int64_t n = param.numel();
+  const AdamWConst c = constants(a);
+  if (n == 0) return;
   adamw_kernel<<<grid_1d(n, 256, 132 * 16), 256, 0, stream_of(s)>>>(
       param.as<float>(), m.as<float>(), v.as<float>(), param_lowp.empty() ? nullptr : param_lowp.as<bf16>(),
       grad.as<float>(), c, n);

@@ -144,5 +144,11 @@ void sum(Tensor out, const Tensor& x, double alpha, Stream s) { MONTA_DISPATCH(x
 void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tensor& grad, const AdamWArgs& a, Stream s) {
   MONTA_DISPATCH(param, adamw_step, param, m, v, param_lowp, grad, a, s);
 }
+void adamw_step_many(std::span<const AdamWEntry> entries, const AdamWArgs& a, Stream s) {
+  if (entries.empty()) return;
+  for (const AdamWEntry& e : entries)
+    MONTA_CHECK(e.param.device == entries[0].param.device, "adamw_step_many: entries on different devices");
+  MONTA_DISPATCH(entries[0].param, adamw_step_many, entries, a, s);
+}
 
 }  // namespace monta::engine

@@ -140,6 +140,30 @@ template <class T> void adamw_against_hand(DType dt, double tol) {
 TEST(AdamW, OneStepMatchesHandFormulaF32) { adamw_against_hand<float>(DType::f32, 1e-6); }
 TEST(AdamW, OneStepMatchesHandFormulaF64) { adamw_against_hand<double>(DType::f64, 1e-14); }
 
+// The fused step is the per-tensor step entry by entry, each with its own weight decay (a.weight_decay unused).
+TEST(AdamW, FusedStepAppliesEachEntrysDecay) {
+  Buf p1 = random_buf({5}, DType::f32, 41), p2 = random_buf({3}, DType::f32, 42);
+  Buf q1 = random_buf({5}, DType::f32, 41), q2 = random_buf({3}, DType::f32, 42);
+  Buf g1 = random_buf({5}, DType::f32, 43), g2 = random_buf({3}, DType::f32, 44);
+  Buf m1({5}, DType::f32), v1({5}, DType::f32), m2({3}, DType::f32), v2({3}, DType::f32);
+  Buf n1({5}, DType::f32), w1({5}, DType::f32), n2({3}, DType::f32), w2({3}, DType::f32);
+  eng::AdamWArgs a;
+  a.lr = 0.01;
+  a.weight_decay = 123.0;  // must be ignored
+  a.step = 3;
+  const std::vector<eng::AdamWEntry> es = {{p1, m1, v1, Tensor(), g1, 0.5}, {p2, m2, v2, Tensor(), g2, 0.0}};
+  eng::adamw_step_many(es, a);
+  eng::AdamWArgs one = a;
+  one.weight_decay = 0.5;
+  eng::adamw_step(q1, n1, w1, Tensor(), g1, one);
+  one.weight_decay = 0.0;
+  eng::adamw_step(q2, n2, w2, Tensor(), g2, one);
+  EXPECT_EQ(p1.values(), q1.values());
+  EXPECT_EQ(p2.values(), q2.values());
+  EXPECT_EQ(m1.values(), n1.values());
+  EXPECT_EQ(v2.values(), w2.values());
+}
+
 TEST(AdamW, EmptyLowpIsSkippedAndZeroGradOnlyDecays) {
   Buf p = filled({4}, DType::f32, 2.0), m({4}, DType::f32), v({4}, DType::f32), g({4}, DType::f32);
   eng::AdamWArgs a;
