@@ -44,8 +44,8 @@ void select_gpu(const comm::Topology& topo, int local_rank);
 ParallelSetup setup_parallel(const model::Config& c, engine::Device device = engine::Device::cpu);
 // Builds the MoE token exchange of the configured strategy (when ep > 1) for activations of dtype act, over
 // ctx's communicators; device must be the one given to setup_parallel.
-// --comm.exchange auto: the cost model, with links from comm.links or a short probe over the exchange's own groups,
-// predicts every strategy and chunk count for this layer's buffer; rank 0's pick is broadcast and printed.
+// --comm.exchange auto: comm::choose_exchange (comm/exchange_choice.h) for this layer's shape, with links from
+// comm.links or a short probe, verified by measurement unless comm.auto_verify is off; rank 0 prints its table.
 comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, const model::Shapes& s, engine::DType act,
                                    engine::Device device, int* chunks);
 void attach_exchange(ParallelSetup& ps, const model::Config& c, engine::Device device, engine::DType act);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "comm/exchange.h"
+#include "comm/exchange_choice.h"
 #include "comm/groups.h"
 #include "comm/mpi_communicator.h"
 #include "comm/runtime.h"
@@ -549,6 +550,40 @@ TEST(Exchange, MatchesReferenceAndInvertsForEveryLayout) {
         }
   }
   EXPECT_GE(cases, 24);
+}
+
+// --comm.exchange auto on tp 2 x ep 2, two ranks a node (each TP pair on a node, each EP pair across nodes): every
+// rank gets the same pick; a slow network
+// steers away from duplicate (it sends t times the inter-node bytes), pure latency steers to it (one collective
+// per call); with verification on, the table shows the measurements and the pick is still common to all ranks.
+TEST(ExchangeChoice, FollowsTheLinksAndAllRanksAgree) {
+  if (wsize() % 4) GTEST_SKIP() << "needs a multiple of 4 ranks";
+  ProcessGroups pg(test_layout(2, 2), discover_topology(wsize() / 2));
+  ExchangeChoiceInput in;
+  in.experts = 4;
+  in.capacity = 64;
+  in.hidden = 32;
+  in.ffn_local = 16;
+  in.verify = false;
+  auto agree = [&](const ExchangeChoice& c, const std::string& what) {
+    std::vector<int64_t> lo = {int64_t(c.kind), c.chunks}, hi = lo;
+    pg.world().all_reduce(tens(lo, DType::i64), ReduceOp::sum);
+    for (auto& v : hi) v *= wsize();
+    EXPECT_EQ(lo, hi) << what << ": ranks picked differently";
+  };
+  in.links = LinkModel{link_from(1000, 1), link_from(0.01, 1)};  // NVLink-like and a very slow network
+  const ExchangeChoice slow = choose_exchange(pg, pg.world(), pg.tp(), pg.ep(), in);
+  EXPECT_NE(slow.kind, ExchangeKind::duplicate) << slow.table;
+  EXPECT_NE(slow.table.find("exchange auto: chose"), std::string::npos);
+  agree(slow, "slow network");
+  in.links = LinkModel{link_from(1e6, 10000), link_from(1e6, 10000)};  // 10 ms a message, bandwidth free
+  const ExchangeChoice latency = choose_exchange(pg, pg.world(), pg.tp(), pg.ep(), in);
+  EXPECT_EQ(latency.kind, ExchangeKind::duplicate) << latency.table;
+  agree(latency, "latency-bound");
+  in.verify = true;
+  const ExchangeChoice measured = choose_exchange(pg, pg.world(), pg.tp(), pg.ep(), in);
+  EXPECT_NE(measured.table.find("measured forward MoE block"), std::string::npos) << measured.table;
+  agree(measured, "verified");
 }
 
 TEST(Exchange, WrongBuffersFailLoudly) {

@@ -1,0 +1,36 @@
+// `--comm.exchange auto`: choose the exchange strategy and chunk count for one MoE layer shape at start-up, from
+// the cost model over this job's placement and links, then check the prediction by timing each strategy's best.
+// docs/cost_model.md ("--comm.exchange auto") states the procedure.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "comm/communicator.h"
+#include "comm/cost_model.h"
+#include "comm/exchange.h"
+#include "comm/groups.h"
+
+namespace monta::comm {
+
+struct ExchangeChoiceInput {
+  int64_t experts = 0, capacity = 0, hidden = 0;  // E, C, H of the dispatch buffer
+  int64_t ffn_local = 0;                          // F_l: the width of the experts' GEMMs on this rank
+  engine::DType dtype = engine::DType::f32;
+  engine::Device device = engine::Device::cpu;
+  std::optional<LinkModel> links;  // given (a cache file, a cluster description); empty: calibrate the groups
+  bool verify = true;              // time each strategy's predicted best and keep the measured fastest
+};
+
+struct ExchangeChoice {
+  ExchangeKind kind = ExchangeKind::duplicate;
+  int chunks = 1;
+  std::string table;  // predictions (and measurements), for rank 0 to print
+};
+
+// Collective over world, tp and ep (every rank calls it); every rank returns rank 0's choice. groups gives the
+// placement of this rank's TP and EP peers; tp, ep and world are the communicators the exchange will use.
+ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world, Communicator& tp, Communicator& ep,
+                               const ExchangeChoiceInput& in);
+
+}  // namespace monta::comm
