@@ -11,11 +11,13 @@ status=0
 for t in test_gpu test_gpu_model; do
   [ -x "$BIN/$t" ] || continue
   echo "== $t"
-  "$BIN/$t" --gtest_brief=1 2>&1 | tee "$OUT/$t.log" | tail -n 15 || status=1
+  "$BIN/$t" --gtest_brief=1 2>&1 | tee "$OUT/$t.log" | tail -n 15
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "$t FAILED"; status=1; }
 done
 if [ -x "$BIN/test_nccl" ]; then
   echo "== test_nccl (1 rank)"
-  mpirun --allow-run-as-root -np 1 "$BIN/test_nccl" --gtest_brief=1 2>&1 | tee "$OUT/test_nccl.log" | tail -n 8 || status=1
+  mpirun --allow-run-as-root -np 1 "$BIN/test_nccl" --gtest_brief=1 2>&1 | tee "$OUT/test_nccl.log" | tail -n 8
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "test_nccl FAILED"; status=1; }
 fi
 echo "== train tiny on cuda"
 "$BIN/monta" train --config configs/tiny.ini --train.device cuda --train.steps 100 --train.log_interval 25 \
