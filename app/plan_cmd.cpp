@@ -182,16 +182,17 @@ int cmd_plan(int argc, char** argv) {
   engine::log_info(comm::format_plan(plan, size_t(top)));
   if (plan.best >= 0) {
     const auto& b = plan.rows[size_t(plan.best)];
-    engine::log_info(engine::strf("pick: tp %d ep %d dp %d expert_tp %s, exchange %s%s: %.3f s communication per step",
+    engine::log_info(engine::strf("pick: tp %d ep %d dp %d expert_tp %s, exchange %s%s: %.3f s communication, %.3f s "
+                                  "predicted step",
                                   b.tp, b.ep, b.dp, b.expert_tp ? "yes" : "no", comm::exchange_kind_name(b.strategy),
                                   b.strategy == comm::ExchangeKind::pipelined || b.strategy == comm::ExchangeKind::overlapped
                                       ? engine::strf(" (%d chunks)", b.chunks).c_str()
                                       : "",
-                                  b.comm_s));
+                                  b.comm_s, b.step_s));
   } else {
     engine::log_info(engine::strf(
         "pick: none - no layout fits in %.0f GiB per GPU under the 18 B/parameter model (monta does not shard optimizer "
-        "state); the table still ranks them by communication",
+        "state); the table still ranks them by predicted step time (by communication without a TFLOP/s figure)",
         cl.gpu_mem_gib));
   }
   print_claims(plan, cl);

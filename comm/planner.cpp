@@ -131,8 +131,11 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
       }
     }
   }
-  auto key = [](const PlanRow& r) {
-    return std::make_tuple(!r.fits, r.comm_s, r.tp, r.ep, !r.expert_tp, int(r.strategy), r.chunks);
+  // Ranked by predicted step time when the cluster gives a compute rate (layouts differ in compute too: whole experts
+  // on every TP rank repeat work), else by communication.
+  const bool by_step = c.gpu_tflops > 0;
+  auto key = [by_step](const PlanRow& r) {
+    return std::make_tuple(!r.fits, by_step ? r.step_s : r.comm_s, r.tp, r.ep, !r.expert_tp, int(r.strategy), r.chunks);
   };
   std::stable_sort(plan.rows.begin(), plan.rows.end(), [&](const PlanRow& a, const PlanRow& b) { return key(a) < key(b); });
   if (!plan.rows.empty() && plan.rows.front().fits) plan.best = 0;

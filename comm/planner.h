@@ -48,7 +48,8 @@ struct PlanRow {
 };
 
 struct Plan {
-  std::vector<PlanRow> rows;  // ranked: feasible first, then by comm_s, then by a fixed tie-break
+  std::vector<PlanRow> rows;  // ranked: feasible first, then by step_s (comm_s when the cluster has no TFLOP/s), then
+                              // by a fixed tie-break
   int best = -1;              // index into rows of the cheapest feasible layout; -1 when none fits
 };
 

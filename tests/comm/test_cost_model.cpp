@@ -119,10 +119,18 @@ TEST(Planner, FeasibilityPickAndDeterminism) {
   double best = 1e300;
   for (const PlanRow& r : p.rows) {
     EXPECT_EQ(r.fits, r.mem_gib * double(1ull << 30) <= 80.0 * double(1ull << 30) && r.why_not.empty());
-    if (r.fits) best = std::min(best, r.comm_s);
+    if (r.fits) best = std::min(best, r.step_s);
     EXPECT_EQ(r.tp * r.dp, 16);
   }
-  EXPECT_DOUBLE_EQ(p.rows[0].comm_s, best);
+  EXPECT_DOUBLE_EQ(p.rows[0].step_s, best);  // the cluster gives a TFLOP/s: ranked by predicted step time
+  // Without a compute rate, by communication.
+  Cluster no_rate = a800();
+  no_rate.gpu_tflops = 0;
+  const Plan pc = make_plan(no_rate, small_model());
+  double least = 1e300;
+  for (const PlanRow& r : pc.rows)
+    if (r.fits) least = std::min(least, r.comm_s);
+  EXPECT_DOUBLE_EQ(pc.rows[0].comm_s, least);
   const Plan q = make_plan(a800(), small_model());
   EXPECT_EQ(format_plan(p), format_plan(q));
   // A 1 GiB GPU holds nothing.
