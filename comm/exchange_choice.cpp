@@ -112,6 +112,7 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
   place.ep_cross_fraction = place.e > 1 ? double(place.ep_peers_inter) / double(place.e - 1) : 0.0;
   // Link model: given, or a short probe over the very groups the exchange uses.
   LinkModel links{link_from(300, 10), link_from(10, 20)};
+  std::string calibration;
   if (in.links) {
     links = *in.links;
   } else {
@@ -123,7 +124,10 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
     else if (!intra)
       intra = &ep;
     const int64_t sizes[] = {1 << 16, 1 << 20, 1 << 22};
-    links = calibrate(intra, inter, links, sizes, 3, in.device).links;
+    const Calibration cal = calibrate(intra, inter, links, sizes, 3, in.device);
+    links = cal.links;
+    calibration = "exchange auto: link calibration over the exchange's own groups (max over ranks of the median)\n" +
+                  format_calibration(cal);
   }
   // Predict every strategy on this layer's (E, C, H) buffer and measured expert time: the forward and backward MoE
   // blocks (dispatch, experts, combine) of one layer.
@@ -132,7 +136,7 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
   const int es = int(engine::dtype_size(in.dtype));
   const double xf = expert_forward_seconds(xs, in.dtype, in.device);
   ExchangeChoice out;
-  out.table = engine::strf(
+  out.table = calibration + engine::strf(
       "exchange auto: predicted MoE blocks of one layer, forward + backward, for (E, C, H) = (%ld, %ld, %ld), experts "
       "measured at %.1f us forward (backward taken as 2x)\n  %-12s %6s %12s %14s\n",
       long(E), long(C), long(H), xf * 1e6, "strategy", "chunks", "call us", "fwd+bwd us");
