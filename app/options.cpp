@@ -54,6 +54,7 @@ void visit(model::Config& c, F&& f) {
   f("train.log_interval", t.log_interval);
   f("train.max_skipped", t.max_skipped);
   f("train.step_timeout_s", t.step_timeout_s);
+  f("train.peak_tflops", t.peak_tflops);
   f("parallel.tp", c.parallel.tp);
   f("parallel.ep", c.parallel.ep);
   f("parallel.expert_tp", c.parallel.expert_tp);

@@ -82,11 +82,11 @@ std::string exact(double v) { return std::isfinite(v) ? strf("%.17g", v) : std::
 
 std::string metrics_json(const model::StepMetrics& m) {
   return strf("{\"step\": %ld, \"loss\": %s, \"aux_loss\": %s, \"z_loss\": %s, \"grad_norm\": %s, \"lr\": %.6e, "
-              "\"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"dropped\": %ld, \"skipped\": %s, \"exchange_ms\": %.3f, "
-              "\"exchange_gbps\": %.3f}",
+              "\"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"tflops_per_gpu\": %.3f, \"mfu\": %.5f, \"dropped\": %ld, "
+              "\"skipped\": %s, \"exchange_ms\": %.3f, \"exchange_gbps\": %.3f}",
               m.step, exact(m.loss).c_str(), exact(m.aux_loss).c_str(), exact(m.z_loss).c_str(),
-              exact(m.grad_norm).c_str(), m.lr, m.step_ms, m.tokens_per_s, m.dropped, m.skipped ? "true" : "false",
-              m.exchange_ms, m.exchange_gbps);
+              exact(m.grad_norm).c_str(), m.lr, m.step_ms, m.tokens_per_s, m.tflops_per_gpu, m.mfu, m.dropped,
+              m.skipped ? "true" : "false", m.exchange_ms, m.exchange_gbps);
 }
 
 // A rank that dies or stalls leaves the others waiting in a collective forever; this thread turns that into a
@@ -303,10 +303,10 @@ int cmd_train(int argc, char** argv) {
       metrics.flush();
     }
     if (m.step % c.train.log_interval == 0 || m.step == c.train.steps || m.skipped)
-      log_info(strf("step %5ld | loss %.4f | aux %.4f | gnorm %7.4f | lr %.3e | %8.1f ms | %9.0f tok/s | drop %4ld | "
-                    "exch %.2f ms %.2f GB/s%s",
-                    m.step, m.loss, m.aux_loss, m.grad_norm, m.lr, m.step_ms, m.tokens_per_s, m.dropped, m.exchange_ms,
-                    m.exchange_gbps, m.skipped ? " | SKIPPED" : ""));
+      log_info(strf("step %5ld | loss %.4f | aux %.4f | gnorm %7.4f | lr %.3e | %8.1f ms | %9.0f tok/s | MFU %5.1f%% | "
+                    "drop %4ld | exch %.2f ms %.2f GB/s%s",
+                    m.step, m.loss, m.aux_loss, m.grad_norm, m.lr, m.step_ms, m.tokens_per_s, 100.0 * m.mfu, m.dropped,
+                    m.exchange_ms, m.exchange_gbps, m.skipped ? " | SKIPPED" : ""));
     // All ranks agree on signals so they save (a collective) together.
     int64_t flags = g_signal_flags.exchange(0);
     if (ps.ctx.world && world > 1) {

@@ -41,6 +41,7 @@ void validate(const Config& c, int world) {
   need(!t.run_dir.empty(), "train.run_dir must not be empty");
   need(t.max_skipped > 0, "train.max_skipped must be positive");
   need(t.step_timeout_s >= 0, "train.step_timeout_s must be >= 0 (0 disables the stall watchdog)");
+  need(t.peak_tflops > 0, "train.peak_tflops must be positive (the per-GPU peak MFU is measured against)");
   const auto& p = c.parallel;
   need(p.tp >= 1 && p.ep >= 1, "parallel.tp and parallel.ep must be >= 1");
   need(m.heads % p.tp == 0, strf("model.heads (%ld) must be divisible by parallel.tp (%d)", m.heads, p.tp));

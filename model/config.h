@@ -25,6 +25,7 @@ struct TrainConfig {
   std::string run_dir = "runs/tiny", device = "auto";
   int64_t log_interval = 1, max_skipped = 5;
   int64_t step_timeout_s = 600;  // watchdog: abort the job when a step (or a save) takes longer; 0 disables it
+  double peak_tflops = 989.0;    // per-GPU peak for MFU: dense bf16 of an H100/H200 SXM (datasheet); set yours
 };
 
 struct ParallelConfig {

@@ -157,6 +157,9 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
   sync_device(device_);
   m.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   m.tokens_per_s = double(t.global_batch * cfg_.model.seq_len) / (m.step_ms / 1000.0);
+  const int ranks = par_.world ? par_.world->size() : 1;
+  m.tflops_per_gpu = m.tokens_per_s * train_flops_per_token(cfg_.model) / double(ranks) / 1e12;
+  m.mfu = m.tflops_per_gpu / t.peak_tflops;
   return m;
 }
 

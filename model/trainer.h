@@ -15,6 +15,7 @@ struct StepMetrics {
   int64_t step = 0;
   double loss = 0, aux_loss = 0, z_loss = 0, grad_norm = 0, lr = 0;
   double step_ms = 0, tokens_per_s = 0, exchange_ms = 0, exchange_gbps = 0;
+  double tflops_per_gpu = 0, mfu = 0;  // model FLOPs (train_flops_per_token) per second per rank; / train.peak_tflops
   int64_t dropped = 0;
   bool skipped = false;
 };
