@@ -8,11 +8,14 @@
 #   3. `bench exchange --device cuda` sweeps (tp 1 ep 2 on 2 ranks, tp 2 ep 2 on 4 ranks), all links sockets;
 #   4. `bench layer` at 2x70B widths spread over 4 ranks (tp 2, ep 2), one row per exchange strategy.
 # Logs and JSON go to $OUT. Exit status non-zero if a test or a loss comparison fails.
+# NODES4 (default 4: a node per rank, so one GPU is enough) is the emulated node count of the 4-rank runs; on a
+# 4-GPU machine use NODES4=2 for the two-tier network (2 nodes x 2 GPUs: NVLink inside, sockets between).
 set -uo pipefail
 BIN=${BIN:-build-cuda/bin}
 OUT=${OUT:-/tmp/monta-out}
 LOSS_TOL=${LOSS_TOL:-0.03}
 STEPS=${STEPS:-30}
+NODES4=${NODES4:-4}
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none"
@@ -43,11 +46,11 @@ if [ "${SKIP_TRAIN:-0}" != 1 ]; then
   losses "$OUT/train_np1.log" >"$OUT/loss_np1.txt"
   for spec in "np2_ep2 2 --parallel.ep 2 --comm.emulate_nodes 2 --comm.exchange duplicate" \
               "np2_tp2 2 --parallel.tp 2 --comm.emulate_nodes 2" \
-              "np4_tp2ep2_dup 4 --parallel.tp 2 --parallel.ep 2 --comm.emulate_nodes 4 --comm.exchange duplicate" \
-              "np4_tp2ep2_pipe 4 --parallel.tp 2 --parallel.ep 2 --comm.emulate_nodes 4 --comm.exchange pipelined --comm.chunks 3" \
-              "np4_tp2ep2_ovl 4 --parallel.tp 2 --parallel.ep 2 --comm.emulate_nodes 4 --comm.exchange overlapped --comm.chunks 3" \
-              "np4_ep4_ovl 4 --parallel.ep 4 --comm.emulate_nodes 4 --comm.exchange overlapped" \
-              "np4_auto 4 --parallel.tp 2 --parallel.ep 2 --comm.emulate_nodes 4 --comm.exchange auto"; do
+              "np4_tp2ep2_dup 4 --parallel.tp 2 --parallel.ep 2 --comm.emulate_nodes $NODES4 --comm.exchange duplicate" \
+              "np4_tp2ep2_pipe 4 --parallel.tp 2 --parallel.ep 2 --comm.emulate_nodes $NODES4 --comm.exchange pipelined --comm.chunks 3" \
+              "np4_tp2ep2_ovl 4 --parallel.tp 2 --parallel.ep 2 --comm.emulate_nodes $NODES4 --comm.exchange overlapped --comm.chunks 3" \
+              "np4_ep4_ovl 4 --parallel.ep 4 --comm.emulate_nodes $NODES4 --comm.exchange overlapped" \
+              "np4_auto 4 --parallel.tp 2 --parallel.ep 2 --comm.emulate_nodes $NODES4 --comm.exchange auto"; do
     set -- $spec
     name=$1
     train "$@"
@@ -66,11 +69,11 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   $MPI -np 2 "$BIN/monta" bench exchange --device cuda --ep 2 --emulate-nodes 2 --min-bytes 1048576 \
     --max-bytes 67108864 --factor 4 --chunks 2,4 --hidden 1024 --iters 5 --json "$OUT/bench_exchange_np2.json" 2>&1 |
     tee "$OUT/bench_exchange_np2.log" | grep -vE "^\s*\[|NCCL INFO" | tail -n 30 || status=1
-  $MPI -np 4 "$BIN/monta" bench exchange --device cuda --tp 2 --ep 2 --emulate-nodes 4 --min-bytes 1048576 \
+  $MPI -np 4 "$BIN/monta" bench exchange --device cuda --tp 2 --ep 2 --emulate-nodes $NODES4 --min-bytes 1048576 \
     --max-bytes 67108864 --factor 4 --chunks 2,4 --hidden 1024 --iters 5 --json "$OUT/bench_exchange_np4.json" 2>&1 |
     tee "$OUT/bench_exchange_np4.log" | grep -vE "^\s*\[|NCCL INFO" | tail -n 40 || status=1
   echo "== bench layer, 2x70B widths, tp 2 ep 2 over 4 ranks on the GPU(s)"
-  $MPI -np 4 "$BIN/monta" bench layer --tp 2 --ep 2 --emulate-nodes 4 --seq "${LAYER_SEQ:-8192}" --iters 3 \
+  $MPI -np 4 "$BIN/monta" bench layer --tp 2 --ep 2 --emulate-nodes $NODES4 --seq "${LAYER_SEQ:-8192}" --iters 3 \
     --chunks 4 --json "$OUT/bench_layer_np4.json" 2>&1 | tee "$OUT/bench_layer_np4.log" | tail -n 8 || status=1
 fi
 exit $status
