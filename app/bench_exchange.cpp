@@ -260,6 +260,8 @@ int run(int argc, char** argv) {
                         "EP peers %d intra / %d inter",
                         tp, ep, world, topo.num_nodes, topo.emulated ? " (emulated)" : "", long(E), long(hidden),
                         engine::dtype_name(dt), iters, g.ep_peers_intra, g.ep_peers_inter));
+  engine::log_info("(overlapped moves its bytes as pipelined does; what it gains needs the experts between the "
+                   "chunks: see `monta bench layer --tp --ep`)");
   engine::log_info(strf("%12s  %-16s %6s %12s %10s %10s %12s %11s %7s %5s", "size (B)", "op", "chunks", "time (us)",
                         "algbw", "busbw", "pred (us)", "pred err %", "", "ok"));
   for (const Row& r : rows)
