@@ -14,6 +14,7 @@
 #include "app/commands.h"
 #include "app/parallel_setup.h"
 #include "comm/runtime.h"
+#include "comm/timing.h"
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
@@ -347,20 +348,7 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
     }
     model::Model model(m, s, ps.ctx, params, act);
     model.forward(tok.data(), tgt.data());  // real activations for the layer to start from
-    model.bench_layer(0);                   // warm-up
-    sync_device(dev);
-    std::vector<double> t;
-    for (int i = 0; i < iters; ++i) {
-      ps.ctx.world->barrier();
-      const auto t0 = std::chrono::steady_clock::now();
-      model.bench_layer(0);
-      sync_device(dev);
-      t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(t.begin(), t.end());
-    std::vector<double> slowest = {t[t.size() / 2]};  // the slowest rank's median sets the pace
-    ps.ctx.world->all_reduce(Tensor(slowest.data(), {1}, DType::f64), comm::ReduceOp::max);
-    const double ms = slowest[0];
+    const double ms = 1e3 * comm::slowest_median_seconds(*ps.ctx.world, dev, 1, iters, [&] { model.bench_layer(0); });
     const std::string label =
         o.ep == 1 ? std::string("layer fwd+bwd") : strf("layer fwd+bwd %s", name.c_str());
     const std::string shape = strf("S%ld H%ld F%ld E%ld top%ld tp%d ep%d%s", long(S), long(m.hidden), long(m.ffn),

@@ -5,7 +5,6 @@
 // Buffers live on the bench device and move only through engine::copy, so a device communicator drops in.
 #include <algorithm>
 #include <boost/program_options.hpp>
-#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <functional>
@@ -20,6 +19,7 @@
 #include "comm/groups.h"
 #include "comm/mpi_communicator.h"
 #include "comm/runtime.h"
+#include "comm/timing.h"
 #include "comm/topology.h"
 #include "engine/check.h"
 #include "engine/log.h"
@@ -44,27 +44,6 @@ struct Row {
   double bytes = 0, us = 0, algbw = 0, busbw = 0, pred_us = 0;
   bool ok = true;
 };
-
-// Median over iters of fn's wall time (device synced), the max over all ranks (the slowest rank sets the pace).
-double time_us(comm::Communicator& world, Device dev, Tensor scratch, int warmup, int iters, const std::function<void()>& fn) {
-  for (int i = 0; i < warmup; ++i) fn();
-  engine::sync_device(dev);
-  std::vector<double> ts;
-  for (int i = 0; i < iters; ++i) {
-    world.barrier();
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    engine::sync_device(dev);
-    ts.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(ts.begin(), ts.end());
-  double med = ts[ts.size() / 2];
-  Tensor h(&med, {1}, DType::f64);
-  engine::copy(scratch, h);
-  world.all_reduce(scratch, comm::ReduceOp::max);
-  engine::copy(h, scratch);
-  return med;
-}
 
 std::vector<int> parse_list(const std::string& s) {
   std::vector<int> v;
@@ -186,7 +165,6 @@ int run(int argc, char** argv) {
     engine::log_info("calibration (max over ranks of the median):\n" + comm::format_calibration(cal));
   }
 
-  engine::Arena scratch("bench_exchange_scratch", dev, {{"t", {1}, DType::f64}});
   std::vector<Row> rows;
   const comm::RankCoords co = pg.coords();
   for (double target = double(min_bytes); target <= double(max_bytes) * 1.0001; target *= factor) {
@@ -216,7 +194,7 @@ int run(int argc, char** argv) {
     // Raw collectives of the same groups and sizes.
     if (ep > 1) {
       Row r{"all_to_all(ep)", 0, ep, X};
-      r.us = time_us(*W, dev, scratch.get("t"), warmup, iters, [&] { EP->all_to_all(y, x); });
+      r.us = 1e6 * comm::slowest_median_seconds(*W, dev, warmup, iters, [&] { EP->all_to_all(y, x); });
       r.pred_us = 1e6 * comm::all_to_all_time(lm, X, g.ep_peers_intra, g.ep_peers_inter);
       rows.push_back(r);
     }
@@ -224,7 +202,7 @@ int run(int argc, char** argv) {
       const int64_t m = n / tp;
       Row r{"all_gather(tp)", 0, tp, double(m * tp) * es};
       Tensor in = engine::make_view(x.data, {m}, dt, dev), out = engine::make_view(y.data, {m * tp}, dt, dev);
-      r.us = time_us(*W, dev, scratch.get("t"), warmup, iters, [&] { TP->all_gather(out, in); });
+      r.us = 1e6 * comm::slowest_median_seconds(*W, dev, warmup, iters, [&] { TP->all_gather(out, in); });
       r.pred_us = 1e6 * comm::all_gather_time(lm, r.bytes, tp, g.tp_spans_nodes);
       rows.push_back(r);
     }
@@ -247,7 +225,7 @@ int run(int argc, char** argv) {
       W->all_reduce(Tensor(bad.data(), {1}, DType::i32), comm::ReduceOp::max);
       Row r{comm::exchange_kind_name(kind), kind == comm::ExchangeKind::pipelined ? c : 0, ep, X};
       r.ok = bad[0] == 0;
-      r.us = time_us(*W, dev, scratch.get("t"), warmup, iters, [&] { ex->dispatch(y3, x3); });
+      r.us = 1e6 * comm::slowest_median_seconds(*W, dev, warmup, iters, [&] { ex->dispatch(y3, x3); });
       r.pred_us = 1e6 * comm::predict_exchange_shape(kind, c, E, C, hidden, es, g, lm).total;
       rows.push_back(r);
     }

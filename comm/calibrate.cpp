@@ -1,8 +1,8 @@
 // Calibration probe, least-squares fit and the key = value cache of the link model.
 #include "comm/calibrate.h"
+#include "comm/timing.h"
 
 #include <algorithm>
-#include <chrono>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -45,8 +45,7 @@ std::vector<CalibSample> calibration_probe(Communicator& comm, LinkClass cls, st
   int64_t biggest = 0;
   for (int64_t b : sizes) biggest = std::max(biggest, b);
   const int64_t cap = (biggest / 4 / n + 1) * n;  // f32 elements, divisible by n
-  engine::Arena arena("calibration", device, {{"in", {cap}, engine::DType::f32}, {"out", {cap}, engine::DType::f32},
-                                              {"t", {1}, engine::DType::f64}});
+  engine::Arena arena("calibration", device, {{"in", {cap}, engine::DType::f32}, {"out", {cap}, engine::DType::f32}});
   engine::fill_zero(arena.get("in"));
   for (bool gather : {false, true})
     for (int64_t bytes : sizes) {
@@ -57,22 +56,7 @@ std::vector<CalibSample> calibration_probe(Communicator& comm, LinkClass cls, st
         if (gather) comm.all_gather(out_t, in);
         else comm.all_to_all(out_t, in);
       };
-      op();
-      engine::sync_device(device);
-      std::vector<double> ts;
-      for (int i = 0; i < iters; ++i) {
-        comm.barrier();
-        const auto t0 = std::chrono::steady_clock::now();
-        op();
-        engine::sync_device(device);
-        ts.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      }
-      std::sort(ts.begin(), ts.end());
-      double med = ts[ts.size() / 2];
-      Tensor h(&med, {1}, engine::DType::f64);
-      engine::copy(arena.get("t"), h);
-      comm.all_reduce(arena.get("t"), ReduceOp::max);
-      engine::copy(h, arena.get("t"));
+      const double med = slowest_median_seconds(comm, device, 1, iters, op);
       out.push_back({cls, gather, n, double(elems) * 4, med});
     }
   return out;

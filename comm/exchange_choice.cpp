@@ -2,11 +2,10 @@
 // strategy and chunk count, then the predicted best of each strategy timed on the real groups.
 #include "comm/exchange_choice.h"
 
-#include <algorithm>
-#include <chrono>
 #include <vector>
 
 #include "comm/calibrate.h"
+#include "comm/timing.h"
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
@@ -23,22 +22,14 @@ struct ExpertShape {
 };
 
 // One layer's expert forward on this device, measured: the gate GEMM of this layer's shape (E_l experts, e*C rows,
-// H -> F_l) on scratch buffers, median of 3 after a warm-up, times 3 (gate, up and down have the same FLOPs).
-double expert_forward_seconds(const ExpertShape& s, engine::DType act, engine::Device device) {
+// H -> F_l) on scratch buffers, the slowest rank's median of 3 after a warm-up, times 3 (gate, up and down have the
+// same FLOPs). Collective over world, so every rank predicts with the same number.
+double expert_forward_seconds(Communicator& world, const ExpertShape& s, engine::DType act, engine::Device device) {
   engine::Arena scratch("expert_probe", device,
                         {{"y", {s.El, s.EC, s.H}, act}, {"w", {s.El, s.F, s.H}, act}, {"o", {s.El, s.EC, s.F}, act}});
   for (const char* n : {"y", "w"}) engine::fill_zero(scratch.get(n));
   const Tensor y = scratch.get("y"), w = scratch.get("w"), o = scratch.get("o");
-  std::vector<double> t;
-  for (int i = 0; i < 4; ++i) {
-    engine::sync_device(device);
-    const auto t0 = std::chrono::steady_clock::now();
-    engine::expert_linear_forward(o, y, w);
-    engine::sync_device(device);
-    if (i > 0) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return 3 * t[1];
+  return 3 * slowest_median_seconds(world, device, 1, 3, [&] { engine::expert_linear_forward(o, y, w); });
 }
 
 struct Candidate {
@@ -49,7 +40,7 @@ struct Candidate {
 
 // Times each candidate's forward MoE block on scratch buffers: dispatch, then per expert chunk three GEMMs of the
 // chunk's rows (gate, up and down have the same FLOPs), then combine. All ranks run every candidate in the same
-// order; the median of 3 after a warm-up, maximum over the world, so every rank gets the same numbers.
+// order; the slowest rank's median of 3 after a warm-up, so every rank gets the same numbers.
 void measure_forward_blocks(Communicator& world, Communicator& tp, Communicator& ep, const ExchangeChoiceInput& in,
                             const ExpertShape& s, std::vector<Candidate>& cands) {
   const int64_t E = in.experts, C = in.capacity, n = E * C * s.H;
@@ -71,18 +62,7 @@ void measure_forward_blocks(Communicator& world, Communicator& tp, Communicator&
         for (int g = 0; g < 3; ++g) engine::expert_linear_forward(oc, yc, w);
       });
     };
-    std::vector<double> t;
-    for (int i = 0; i < 4; ++i) {
-      world.barrier();
-      const auto t0 = std::chrono::steady_clock::now();
-      block();
-      engine::sync_device(in.device);
-      if (i > 0) t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    std::sort(t.begin(), t.end());
-    double med[1] = {t[1]};
-    world.all_reduce(Tensor(med, {1}, engine::DType::f64), ReduceOp::max);
-    k.measured = med[0];
+    k.measured = slowest_median_seconds(world, in.device, 1, 3, block);
   }
 }
 
@@ -134,7 +114,7 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
   const int64_t E = in.experts, C = in.capacity, H = in.hidden;
   const ExpertShape xs{E / ep.size(), C * ep.size(), H, in.ffn_local};
   const int es = int(engine::dtype_size(in.dtype));
-  const double xf = expert_forward_seconds(xs, in.dtype, in.device);
+  const double xf = expert_forward_seconds(world, xs, in.dtype, in.device);
   ExchangeChoice out;
   out.table = calibration + engine::strf(
       "exchange auto: predicted MoE blocks of one layer, forward + backward, for (E, C, H) = (%ld, %ld, %ld), experts "
