@@ -65,8 +65,9 @@ class Exchange {
 // duplicate:   every TP rank runs the whole all-to-all over EP (the DeepSpeed baseline).
 // drop_gather: TP rank r sends only capacity slice r (balanced shard of C over t, padded to ceil(C/t) for the
 //              equal-count all-gather), all-to-all over EP, then all-gather over TP and reorder; combine is the
-//              same in reverse. Staging buffers come from one arena allocated here, never per call; reorders use
-//              engine::copy, so device buffers work with a device communicator.
+//              same in reverse (comm/pipelined_exchange.cpp: the one-chunk pipeline). Staging buffers come from one
+//              arena allocated at construction, never per call; reorders use engine::copy, so device buffers work
+//              with a device communicator.
 // pipelined:   drop_gather in shape.chunks chunks along capacity (comm/pipelined_exchange.cpp): chunk i's TP
 //              all-gather is issued while chunk i+1's EP all-to-all is in flight (asynchronous forms, waited in
 //              order; no host sync besides the waits). Bytes per leg as drop_gather, padding per chunk.
@@ -75,8 +76,9 @@ class Exchange {
 //              (its plain dispatch() and combine() are pipelined's).
 std::unique_ptr<Exchange> make_exchange(ExchangeKind kind, Communicator& tp, Communicator& ep, ExchangeShape shape,
                                         engine::DType dtype, engine::Device device);
-// The pipelined and overlapped strategies' factory (make_exchange calls it; exposed for its own translation unit).
-std::unique_ptr<Exchange> make_pipelined_exchange(Communicator& tp, Communicator& ep, ExchangeShape shape,
-                                                  engine::DType dtype, engine::Device device, bool overlapped);
+// The factory of drop_gather, pipelined and overlapped, one class (comm/pipelined_exchange.cpp; make_exchange calls
+// it). drop_gather ignores shape.chunks: it is the one-chunk pipeline.
+std::unique_ptr<Exchange> make_pipelined_exchange(ExchangeKind kind, Communicator& tp, Communicator& ep,
+                                                  ExchangeShape shape, engine::DType dtype, engine::Device device);
 
 }  // namespace monta::comm

@@ -1,8 +1,9 @@
-// The `pipelined` token exchange (MoNTA): drop_gather cut into n chunks along the capacity axis, so chunk i's
-// all-gather over TP (intra-node) runs while chunk i+1's all-to-all over EP (inter-node) is in flight. Pure data
-// movement like the other strategies, so it is bit-identical to `duplicate`; dispatch and combine are each
-// other's backward, so both directions of both passes are pipelined. `overlapped` is the same class with the
-// experts in the pipeline too (dispatch_experts_combine).
+// The capacity-sliced token exchanges: TP rank r sends only its slice of the capacity over EP, an all-gather over
+// TP completes it. `drop_gather` does that once; `pipelined` (MoNTA) cuts it into n chunks along capacity, so chunk
+// i's all-gather over TP (intra-node) runs while chunk i+1's all-to-all over EP (inter-node) is in flight;
+// `overlapped` puts the experts in the pipeline too (dispatch_experts_combine). One class: drop_gather is the
+// one-chunk pipeline. Pure data movement, so bit-identical to `duplicate`; dispatch and combine are each other's
+// backward, so both directions of both passes are pipelined.
 #include <algorithm>
 #include <chrono>
 #include <functional>
@@ -34,16 +35,18 @@ struct Chunk {
 
 class PipelinedExchange final : public Exchange {
  public:
-  PipelinedExchange(Communicator& tp, Communicator& ep, ExchangeShape shape, DType dtype, Device device, bool overlapped)
+  PipelinedExchange(Communicator& tp, Communicator& ep, ExchangeShape shape, DType dtype, Device device, ExchangeKind kind)
       : tp_(tp), ep_(ep), E_(shape.experts), C_(shape.capacity), H_(shape.hidden), dtype_(dtype), device_(device),
-        overlapped_(overlapped) {
+        kind_(kind), overlapped_(kind == ExchangeKind::overlapped) {
+    MONTA_CHECK(kind != ExchangeKind::duplicate, "PipelinedExchange: duplicate has its own class");
+    if (kind == ExchangeKind::drop_gather) shape.chunks = 1;  // drop_gather is the one-chunk pipeline
     t_ = tp.size();
     e_ = ep.size();
     MONTA_CHECK(E_ > 0 && C_ > 0 && H_ > 0, "exchange shape (E " + n2s(E_) + ", C " + n2s(C_) + ", H " + n2s(H_) +
                                                 ") must be positive");
     MONTA_CHECK(E_ % e_ == 0, "exchange: " + n2s(E_) + " experts do not divide over an EP group of " + n2s(e_));
-    MONTA_CHECK(shape.chunks > 0, std::string(overlapped ? "overlapped" : "pipelined") +
-                                      " exchange: chunks must be positive, not " + n2s(shape.chunks));
+    MONTA_CHECK(shape.chunks > 0, std::string(exchange_kind_name(kind)) + " exchange: chunks must be positive, not " +
+                                      n2s(shape.chunks));
     El_ = E_ / e_;
     es_ = int64_t(engine::dtype_size(dtype));
     // More chunks than slots would only add empty collectives: at most C chunks.
@@ -66,13 +69,13 @@ class PipelinedExchange final : public Exchange {
     // Every chunk has its own regions: all of them may be in flight at once. The overlapped combine of chunk k
     // reuses chunk k's regions: it is packed only after chunk k's dispatch has been unpacked, which orders it
     // after both of that dispatch's collectives.
-    arena_ = engine::Arena(overlapped ? "exchange_overlapped" : "exchange_pipelined", device,
+    arena_ = engine::Arena(std::string("exchange_") + exchange_kind_name(kind), device,
                            {{"send", {send_total}, dtype},        // per chunk (e, E_l, cs, H), this TP rank's slice
                             {"gather", {gather_total}, dtype}});  // per chunk (t, e, E_l, cp, H)
     send_ = arena_.get("send");
     gather_ = arena_.get("gather");
   }
-  ExchangeKind kind() const override { return overlapped_ ? ExchangeKind::overlapped : ExchangeKind::pipelined; }
+  ExchangeKind kind() const override { return kind_; }
   ExchangeStats last_stats() const override { return stats_; }
 
   // Slot (expert row, capacity c) of x/out is at (row * C + c) * H; of y/z (local expert j, peer p) at
@@ -227,15 +230,7 @@ class PipelinedExchange final : public Exchange {
   }
 
   void check_io(const Tensor& dst, const Tensor& src, const char* who) const {
-    const int64_t n = E_ * C_ * H_;
-    for (const Tensor* t : {&dst, &src})
-      MONTA_CHECK(t->dtype == dtype_ && t->device == device_,
-                  std::string("exchange ") + who + ": " + t->str() + " is not " + engine::dtype_name(dtype_) + "@" +
-                      engine::device_name(device_));
-    MONTA_CHECK(dst.numel() == n && src.numel() == n, std::string("exchange ") + who + ": expected " + n2s(n) +
-                                                          " -> " + n2s(n) + " elements, got " + src.str() + " -> " +
-                                                          dst.str());
-    MONTA_CHECK(dst.data != src.data, std::string("exchange ") + who + ": output must not alias input");
+    detail::check_exchange_io(dst, src, E_ * C_ * H_, dtype_, device_, who);
   }
 
   // directions: 1 for dispatch() or combine(), 2 for the overlapped whole; minus_s: time spent outside the exchange.
@@ -256,6 +251,7 @@ class PipelinedExchange final : public Exchange {
   int t_ = 1, e_ = 1;
   DType dtype_;
   Device device_;
+  ExchangeKind kind_;
   bool overlapped_;
   std::vector<Chunk> chunks_;
   engine::Arena arena_;
@@ -265,9 +261,9 @@ class PipelinedExchange final : public Exchange {
 
 }  // namespace
 
-std::unique_ptr<Exchange> make_pipelined_exchange(Communicator& tp, Communicator& ep, ExchangeShape shape,
-                                                  engine::DType dtype, engine::Device device, bool overlapped) {
-  return std::make_unique<PipelinedExchange>(tp, ep, shape, dtype, device, overlapped);
+std::unique_ptr<Exchange> make_pipelined_exchange(ExchangeKind kind, Communicator& tp, Communicator& ep,
+                                                  ExchangeShape shape, engine::DType dtype, engine::Device device) {
+  return std::make_unique<PipelinedExchange>(tp, ep, shape, dtype, device, kind);
 }
 
 }  // namespace monta::comm
