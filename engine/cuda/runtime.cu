@@ -26,6 +26,10 @@ void set_device(int index) {
   MONTA_USER_CHECK(index >= 0 && index < n, "CUDA device " + std::to_string(index) + " requested but " +
                                                 std::to_string(n) + " visible; check CUDA_VISIBLE_DEVICES");
   CUDA_CHECK(cudaSetDevice(index));
+  // The default stream's workspaces (cuBLASLt, reductions, column partials) and the cuBLASLt handle now, so the
+  // first training step allocates nothing (STYLE.md rule 5); other streams still get theirs on first use.
+  cuda::lt_handle();
+  cuda::lt_workspace(nullptr);
 }
 
 void* alloc(size_t bytes) {
