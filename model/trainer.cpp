@@ -27,6 +27,9 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_);
   build_buckets();
   scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
+  for (auto& p : params_->all())
+    adamw_entries_.push_back({p.master, p.m, p.v, p.compute.data != p.master.data ? p.compute : Tensor(), p.grad,
+                              p.weight_decay ? cfg.train.weight_decay : 0.0});
 }
 
 void Trainer::build_buckets() {
@@ -145,13 +148,8 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
     a.eps = t.adam_eps;
     a.step = m.step;
     a.grad_scale = (t.grad_clip > 0 && m.grad_norm > t.grad_clip) ? t.grad_clip / (m.grad_norm + 1e-6) : 1.0;
-    std::vector<AdamWEntry> entries;
-    entries.reserve(params_->all().size());
-    for (auto& p : params_->all())
-      entries.push_back({p.master, p.m, p.v, p.compute.data != p.master.data ? p.compute : Tensor(), p.grad,
-                         p.weight_decay ? t.weight_decay : 0.0});
     const TraceRange opt("optimizer");
-    adamw_step_many(entries, a);  // one fused pass over every parameter (a few launches on the GPU)
+    adamw_step_many(adamw_entries_, a);  // one fused pass over every parameter (a few launches on the GPU)
   }
   ++step_;
   sync_device(device_);

@@ -4,6 +4,7 @@
 #include <memory>
 #include <span>
 
+#include "engine/ops/adamw.h"
 #include "engine/schedule.h"
 #include "model/config.h"
 #include "model/model.h"
@@ -57,6 +58,7 @@ class Trainer {
     Tensor grads;  // 1-D span over the bucket's gradients in the arena
   };
   std::vector<GradBucket> buckets_;
+  std::vector<engine::AdamWEntry> adamw_entries_;  // every parameter's optimizer operands, fixed at construction
   std::vector<std::unique_ptr<comm::Request>> pending_;
 };
 
