@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "app/commands.h"
+#include "app/options.h"
 #include "app/parallel_setup.h"
 #include "comm/runtime.h"
 #include "comm/timing.h"
@@ -419,13 +420,7 @@ int cmd_bench(int argc, char** argv) {
       "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)");
   po::positional_options_description pos;
   pos.add("what", 1);
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).positional(pos).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    fail_user(std::string("bad option: ") + e.what() + " (see `monta bench --help`)");
-  }
+  const po::variables_map vm = parse_command_line(argc, argv, desc, "bench", &pos);
   if (vm.count("help") || what.empty()) {
     std::cout << desc << "\n";
     return what.empty() && !vm.count("help") ? 2 : 0;

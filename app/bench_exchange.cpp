@@ -12,6 +12,7 @@
 #include <sstream>
 
 #include "app/commands.h"
+#include "app/options.h"
 #include "app/parallel_setup.h"
 #include "comm/calibrate.h"
 #include "comm/cost_model.h"
@@ -82,13 +83,7 @@ int run(int argc, char** argv) {
       "device", po::value(&device)->default_value("cpu"),
       "cpu (MPI on host buffers, f32) | cuda (NCCL on device buffers, bf16)")(
       "json", po::value(&json), "write the rows as JSON here");
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
-    po::notify(vm);
-  } catch (const po::error& e) {
-    engine::fail_user(std::string("bad option: ") + e.what() + " (see `monta bench exchange --help`)");
-  }
+  const po::variables_map vm = parse_command_line(argc, argv, desc, "bench exchange");
   if (vm.count("help")) {
     if (comm::runtime_world_rank() == 0) std::cout << desc << "\n";
     return 0;

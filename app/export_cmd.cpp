@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "app/commands.h"
+#include "app/options.h"
 #include "engine/check.h"
 #include "engine/log.h"
 #include "model/checkpoint.h"
@@ -17,16 +18,10 @@ int cmd_export(int argc, char** argv) {
   desc.add_options()("help,h", "print this help")("checkpoint", po::value<std::string>(&dir)->required(),
                                                   "checkpoint directory (run_dir/checkpoints/step_N)")(
       "out", po::value<std::string>(&out)->required(), "output HDF5 file");
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    engine::fail_user(std::string("bad option: ") + e.what() + " (see `monta export --help`)");
+  const po::variables_map vm = parse_command_line(argc, argv, desc, "export");
+  if (vm.count("help")) {
+    std::cout << desc << "\n";
+    return 0;
   }
   model::ckpt_export(dir, out);
   engine::log_info("wrote " + out);

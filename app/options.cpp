@@ -113,6 +113,21 @@ ParsedConfig parse_train_options(int argc, char** argv) {
   return out;
 }
 
+po::variables_map parse_command_line(int argc, char** argv, const po::options_description& desc,
+                                     const std::string& command, const po::positional_options_description* positional) {
+  po::variables_map vm;
+  try {
+    po::command_line_parser parser(argc, argv);
+    parser.options(desc);
+    if (positional) parser.positional(*positional);
+    po::store(parser.run(), vm);
+    if (!vm.count("help")) po::notify(vm);
+  } catch (const po::error& e) {
+    engine::fail_user(std::string("bad option: ") + e.what() + " (see `monta " + command + " --help`)");
+  }
+  return vm;
+}
+
 std::vector<std::pair<std::string, std::string>> config_rows(const model::Config& c) {
   std::vector<std::pair<std::string, std::string>> rows;
   model::Config copy = c;

@@ -3,6 +3,7 @@
 #include <iostream>
 
 #include "app/commands.h"
+#include "app/options.h"
 #include "data/prepare.h"
 #include "engine/check.h"
 
@@ -18,16 +19,10 @@ int cmd_prepare_data(int argc, char** argv) {
       "format", po::value<std::string>(&a.format)->default_value("auto"), "text | raw16 | raw32 | npy | auto (by extension)")(
       "vocab-size", po::value<int64_t>(&a.vocab_size)->default_value(0), "vocabulary size (0: 256 for text, else max id + 1)")(
       "eos-token", po::value<int64_t>(&a.eos_token)->default_value(-1), "end-of-sequence id stored as an attribute");
-  po::variables_map vm;
-  try {
-    po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
-    if (vm.count("help")) {
-      std::cout << desc << "\n";
-      return 0;
-    }
-    po::notify(vm);
-  } catch (const po::error& e) {
-    engine::fail_user(std::string("bad option: ") + e.what() + " (see `monta prepare-data --help`)");
+  const po::variables_map vm = parse_command_line(argc, argv, desc, "prepare-data");
+  if (vm.count("help")) {
+    std::cout << desc << "\n";
+    return 0;
   }
   data::prepare_data(a);
   return 0;
