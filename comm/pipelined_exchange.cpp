@@ -37,7 +37,7 @@ class PipelinedExchange final : public Exchange {
  public:
   PipelinedExchange(Communicator& tp, Communicator& ep, ExchangeShape shape, DType dtype, Device device, ExchangeKind kind)
       : tp_(tp), ep_(ep), E_(shape.experts), C_(shape.capacity), H_(shape.hidden), dtype_(dtype), device_(device),
-        kind_(kind), overlapped_(kind == ExchangeKind::overlapped) {
+        kind_(kind) {
     MONTA_CHECK(kind != ExchangeKind::duplicate, "PipelinedExchange: duplicate has its own class");
     if (kind == ExchangeKind::drop_gather) shape.chunks = 1;  // drop_gather is the one-chunk pipeline
     t_ = tp.size();
@@ -76,6 +76,7 @@ class PipelinedExchange final : public Exchange {
     gather_ = arena_.get("gather");
   }
   ExchangeKind kind() const override { return kind_; }
+  bool overlapped() const { return kind_ == ExchangeKind::overlapped; }
   ExchangeStats last_stats() const override { return stats_; }
 
   // Slot (expert row, capacity c) of x/out is at (row * C + c) * H; of y/z (local expert j, peer p) at
@@ -98,10 +99,10 @@ class PipelinedExchange final : public Exchange {
     finish(t0, 1, 0);
   }
 
-  int expert_chunks() const override { return overlapped_ ? int(chunks_.size()) : 1; }
+  int expert_chunks() const override { return overlapped() ? int(chunks_.size()) : 1; }
 
   Tensor expert_chunk(const Tensor& t, int k) const override {
-    if (!overlapped_) return Exchange::expert_chunk(t, k);
+    if (!overlapped()) return Exchange::expert_chunk(t, k);
     MONTA_CHECK(k >= 0 && k < int(chunks_.size()), "exchange overlapped: expert chunk " + n2s(k) + " of " +
                                                        n2s(int64_t(chunks_.size())));
     MONTA_CHECK(t.ndim == 3 && t.dim(0) == El_ && t.dim(1) == e_ * C_,
@@ -122,7 +123,7 @@ class PipelinedExchange final : public Exchange {
   // So experts(k) overlaps the dispatch of later chunks and the combine of earlier ones.
   ExchangeStats dispatch_experts_combine(Tensor out, Tensor z, Tensor y, const Tensor& x,
                                          const std::function<void(int)>& experts) override {
-    if (!overlapped_) return Exchange::dispatch_experts_combine(out, z, y, x, experts);
+    if (!overlapped()) return Exchange::dispatch_experts_combine(out, z, y, x, experts);
     const engine::TraceRange trace("exchange overlapped: dispatch, experts, combine");
     const auto t0 = std::chrono::steady_clock::now();
     check_io(y, x, "dispatch");
@@ -252,7 +253,6 @@ class PipelinedExchange final : public Exchange {
   DType dtype_;
   Device device_;
   ExchangeKind kind_;
-  bool overlapped_;
   std::vector<Chunk> chunks_;
   engine::Arena arena_;
   Tensor send_, gather_;
