@@ -334,16 +334,21 @@ std::unique_ptr<Graph> build_backward(cudnnHandle_t h, const Shape& d) {
   Desc p = g->virt(kF32, sd, ss);
   g->pointwise(CUDNN_POINTWISE_EXP, s3, nullptr, p);
 
+  // out = reduce_heads(scoresᵀ·rhs): dV from P and dO, dK from dS and Q (the A/G query heads of a KV head summed).
+  auto kv_grad = [&](Desc scores, Desc rhs, Desc out) {
+    Desc t = g->virt(kBF16, sd, sts);
+    g->reshape(scores, t);
+    if (A == G) {
+      g->matmul(t, rhs, out);
+    } else {
+      Desc per_head = g->virt(kBF16, qd, packed);
+      g->matmul(t, rhs, per_head);
+      g->reduction(CUDNN_REDUCE_TENSOR_ADD, per_head, out);
+    }
+  };
+
   // dV = reduce_heads(Pᵀ·dO).
-  Desc pt = g->virt(kBF16, sd, sts);
-  g->reshape(p, pt);
-  if (A == G) {
-    g->matmul(pt, dO, dv);
-  } else {
-    Desc dvf = g->virt(kBF16, qd, packed);
-    g->matmul(pt, dO, dvf);
-    g->reduction(CUDNN_REDUCE_TENSOR_ADD, dvf, dv);
-  }
+  kv_grad(p, dO, dv);
 
   // dS = P∘(dO·Vᵀ − Δ)·scale.
   Desc dp = g->virt(kF32, sd, ss);
@@ -356,15 +361,7 @@ std::unique_ptr<Graph> build_backward(cudnnHandle_t h, const Shape& d) {
   g->pointwise(CUDNN_POINTWISE_MUL, u1, scale, ds);
 
   // dK = reduce_heads(dSᵀ·Q).
-  Desc dst = g->virt(kBF16, sd, sts);
-  g->reshape(ds, dst);
-  if (A == G) {
-    g->matmul(dst, q, dk);
-  } else {
-    Desc dkf = g->virt(kBF16, qd, packed);
-    g->matmul(dst, q, dkf);
-    g->reduction(CUDNN_REDUCE_TENSOR_ADD, dkf, dk);
-  }
+  kv_grad(ds, q, dk);
 
   // dQ = dS·K through an f32 accumulator in the workspace.
   Desc kr = g->virt(kBF16, kd, ks);
