@@ -152,7 +152,7 @@ int run(int argc, char** argv) {
   if (!links.empty()) lm = comm::read_link_model(links, lm);
   if (cluster.empty() && links.empty()) {
     // One rank per node (same local rank) is a pure inter-node group; the node group a pure intra-node one.
-    const std::vector<int64_t> sizes = {1 << 12, 1 << 16, 1 << 20, 1 << 22};
+    const std::vector<int64_t> sizes = comm::calibration_sizes(max_bytes);  // spans the sweep's buffer sizes
     const comm::Calibration cal = comm::calibrate(NODE->size() > 1 ? NODE : nullptr,
                                                   topo.num_nodes > 1 ? ACROSS : nullptr, lm, sizes,
                                                   std::max(3, iters / 2), dev);

@@ -62,6 +62,14 @@ std::vector<CalibSample> calibration_probe(Communicator& comm, LinkClass cls, st
   return out;
 }
 
+std::vector<int64_t> calibration_sizes(int64_t largest) {
+  const int64_t top = std::max<int64_t>(largest, int64_t(1) << 22);
+  std::vector<int64_t> v;
+  for (int64_t b = int64_t(1) << 12; b < top; b *= 4) v.push_back(b);
+  v.push_back(top);
+  return v;
+}
+
 Calibration calibrate(Communicator* intra, Communicator* inter, const LinkModel& start, std::span<const int64_t> sizes,
                       int iters, engine::Device device) {
   Calibration c;

@@ -32,6 +32,11 @@ LinkParams fit_link(std::span<const CalibSample> samples);
 std::vector<CalibSample> calibration_probe(Communicator& comm, LinkClass cls, std::span<const int64_t> sizes, int iters,
                                            engine::Device device);
 
+// Probe sizes (per-rank bytes) for predictions up to `largest`: 4 KiB, then ×4 up to max(4 MiB, largest), the
+// last one `largest` itself. The fit needs the large sizes: where the latency is milliseconds (sockets), the
+// small probes all take about α and leave β to noise.
+std::vector<int64_t> calibration_sizes(int64_t largest);
+
 struct Calibration {
   LinkModel links;
   bool measured_intra = false, measured_inter = false;  // false: that class kept the value it started from

@@ -56,6 +56,8 @@ class Exchange {
   // are row-wise, so only the order of their rows differs, never a value. Returns the stats of both directions,
   // with the wall time spent in experts() left out.
   virtual int expert_chunks() const { return 1; }
+  // Chunks along capacity of the exchange's schedule (pipelined and overlapped; 1 for the others).
+  virtual int pipeline_chunks() const { return 1; }
   // Chunk k of an expert-side tensor t (E_l, e*C, W), any width W.
   virtual Tensor expert_chunk(const Tensor& t, int k) const;
   virtual ExchangeStats dispatch_experts_combine(Tensor out, Tensor z, Tensor y, const Tensor& x,

@@ -103,7 +103,10 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
       inter = &ep;
     else if (!intra)
       intra = &ep;
-    const int64_t sizes[] = {1 << 16, 1 << 20, 1 << 22};
+    // Up to this layer's own dispatch buffer: a fit over small probes alone misjudges the bandwidth when the
+    // latency is large (emulated nodes: ~3 ms per collective), and the exchange moves the big buffer.
+    const int64_t buffer = in.experts * in.capacity * in.hidden * int64_t(engine::dtype_size(in.dtype));
+    const std::vector<int64_t> sizes = calibration_sizes(std::min<int64_t>(buffer, int64_t(1) << 28));
     const Calibration cal = calibrate(intra, inter, links, sizes, 3, in.device);
     links = cal.links;
     calibration = "exchange auto: link calibration over the exchange's own groups (max over ranks of the median)\n" +

@@ -100,6 +100,7 @@ class PipelinedExchange final : public Exchange {
   }
 
   int expert_chunks() const override { return overlapped() ? int(chunks_.size()) : 1; }
+  int pipeline_chunks() const override { return int(chunks_.size()); }
 
   Tensor expert_chunk(const Tensor& t, int k) const override {
     if (!overlapped()) return Exchange::expert_chunk(t, k);

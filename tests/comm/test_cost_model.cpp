@@ -162,6 +162,34 @@ TEST(Calibration, FitRecoversAlphaBeta) {
   EXPECT_THROW(fit_link(std::vector<CalibSample>(1, s[0])), engine::Error);
 }
 
+// The probe sizes span the prediction's range: 4 KiB ×4 up to the largest size asked for (at least 4 MiB), which
+// is itself the last probe.
+TEST(Calibration, SizesSpanTheLargestBuffer) {
+  EXPECT_EQ(calibration_sizes(1 << 10), (std::vector<int64_t>{4096, 16384, 65536, 262144, 1048576, 4194304}));
+  const std::vector<int64_t> big = calibration_sizes(int64_t(96) << 20);
+  EXPECT_EQ(big.front(), 4096);
+  EXPECT_EQ(big.back(), int64_t(96) << 20);
+  EXPECT_EQ(big[big.size() - 2], int64_t(64) << 20);
+  // With a 3 ms latency and 2% timing noise, probes up to 4 MiB leave β off by far more than probes up to the
+  // 64 MiB predicted: the reason for spanning the range.
+  const double a = 3e-3, b = 1.0 / 5e9;
+  auto fit_upto = [&](int64_t largest) {
+    std::vector<CalibSample> s;
+    int i = 0;
+    for (int64_t M : calibration_sizes(largest)) {
+      CalibSample c{LinkClass::inter, false, 2, double(M), 0};
+      c.seconds = (a * c.latencies() + b * c.bytes()) * (1 + (i++ % 2 ? 0.02 : -0.02));
+      s.push_back(c);
+    }
+    return fit_link(s);
+  };
+  const double M = double(int64_t(64) << 20) / 2;  // bytes() of a 2-rank all-to-all of 64 MiB
+  const double truth = a + b * M;
+  const LinkParams small = fit_upto(int64_t(1) << 22), spanning = fit_upto(int64_t(64) << 20);
+  EXPECT_LT(std::abs(spanning.alpha + spanning.beta * M - truth) / truth, 0.03);
+  EXPECT_GT(std::abs(small.alpha + small.beta * M - truth) / truth, 0.1);
+}
+
 TEST(Calibration, CacheTextRoundTripAndErrors) {
   const LinkModel base{{1e-6, 1e-9}, {1e-5, 1e-8}};
   const LinkModel l = parse_link_model("# c\nintra_gbps = 400\ninter_latency_us=20\n", base, "t");
