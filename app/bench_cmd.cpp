@@ -19,6 +19,7 @@
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#include "engine/op_timing.h"
 #include "engine/ops/adamw.h"
 #include "engine/ops/attention.h"
 #include "engine/ops/cross_entropy.h"
@@ -269,7 +270,7 @@ int bench_ops(Device dev, int iters, const std::string& json, int64_t S) {
 // of an mpirun job, one row per exchange strategy.
 struct LayerOptions {
   int tp = 1, ep = 1, chunks = 4, emulate_nodes = 0;
-  bool expert_tp = true;
+  bool expert_tp = true, breakdown = false;
   std::string strategies = "duplicate,drop_gather,pipelined,overlapped";
   int64_t hidden = 8192, ffn = 28672, heads = 64, kv_heads = 8, experts = 2, top_k = 1, vocab = 32000;
 };
@@ -283,6 +284,35 @@ std::vector<std::string> split_list(const std::string& s) {
     at = end + 1;
   }
   return v;
+}
+
+// One more layer step with op timing on (engine/op_timing.h): this rank's time per op, its share of that step, and
+// what no op accounts for (collectives, copies, launch gaps). Returns the ops as a JSON array.
+std::string layer_breakdown(Device dev, model::Model& model, const std::string& label, bool print) {
+  sync_device(dev);
+  set_op_timing(true);
+  const auto t0 = std::chrono::steady_clock::now();
+  model.bench_layer(0);
+  sync_device(dev);
+  const double step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  set_op_timing(false);
+  std::vector<OpTime> ops = take_op_times();
+  std::stable_sort(ops.begin(), ops.end(), [](const OpTime& a, const OpTime& b) { return a.ms > b.ms; });
+  double sum = 0;
+  for (const auto& op : ops) sum += op.ms;
+  if (print) {
+    log_info(strf("breakdown of one %s step (op timing on): %.3f ms", label.c_str(), step_ms));
+    log_info(strf("  %-44s %6s %10s %8s", "op and shape of its first tensor", "calls", "ms", "share"));
+    for (const auto& op : ops)
+      log_info(strf("  %-44s %6d %10.3f %7.1f%%", op.name.c_str(), op.calls, op.ms, 100.0 * op.ms / step_ms));
+    log_info(strf("  %-44s %6s %10.3f %7.1f%%", "(no op: comm, copies, gaps)", "", step_ms - sum,
+                  100.0 * (step_ms - sum) / step_ms));
+  }
+  std::string js = strf("{\"step_ms\": %.4f, \"ops\": [", step_ms);
+  for (size_t i = 0; i < ops.size(); ++i)
+    js += strf("%s{\"op\": \"%s\", \"calls\": %d, \"ms\": %.4f}", i ? ", " : "", ops[i].name.c_str(), ops[i].calls,
+              ops[i].ms);
+  return js + "]}";
 }
 
 int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const LayerOptions& o) {
@@ -313,7 +343,8 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
   std::vector<std::string> strategies = o.ep > 1 ? split_list(o.strategies) : std::vector<std::string>{"none"};
   MONTA_USER_CHECK(!strategies.empty(), "bench layer: --strategies lists no strategy");
   if (o.ep > 1)
-    for (const auto& k : strategies) comm::parse_exchange_kind(k);  // a user error names the valid ones
+    for (const auto& k : strategies)
+      if (k != "auto") comm::parse_exchange_kind(k);  // a user error names the valid ones
   ParallelSetup ps = setup_parallel(c, dev);  // validates the layout against the world (user errors)
   if (me == 0 && world > 1) log_info(ps.layout_table);
   const DType act = dev == Device::cuda ? DType::bf16 : DType::f32;
@@ -341,7 +372,7 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
   const double flops = (3.0 * (proj + experts) + 3.5 * attn) / o.tp;
   std::vector<Row> rows;
   rows.push_back({"ceiling: GEMM", strf("%ldx%ldx%ld", M, M, M), gemm_ms, gemm_tflops, 0, 2.0 * M * M * M, 0});
-  std::string extra;
+  std::string extra, breakdowns;
   for (const auto& name : strategies) {
     if (o.ep > 1) {
       c.comm.exchange = name;
@@ -350,17 +381,26 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
     model::Model model(m, s, ps.ctx, params, act);
     model.forward(tok.data(), tgt.data());  // real activations for the layer to start from
     const double ms = 1e3 * comm::slowest_median_seconds(*ps.ctx.world, dev, 1, iters, [&] { model.bench_layer(0); });
-    const std::string label =
-        o.ep == 1 ? std::string("layer fwd+bwd") : strf("layer fwd+bwd %s", name.c_str());
+    // auto: the cost model's pick for this layer (start-up calibration and prediction), timed like the others.
+    const std::string kind = o.ep == 1 ? name : comm::exchange_kind_name(ps.exchange->kind());
+    const int chunks = o.ep == 1 ? 1 : ps.exchange->pipeline_chunks();
+    const std::string label = o.ep == 1 ? std::string("layer fwd+bwd")
+                              : name == "auto" ? strf("layer fwd+bwd auto=%s", kind.c_str())
+                                               : strf("layer fwd+bwd %s", name.c_str());
     const std::string shape = strf("S%ld H%ld F%ld E%ld top%ld tp%d ep%d%s", long(S), long(m.hidden), long(m.ffn),
                                    long(m.experts), long(m.top_k), o.tp, o.ep,
-                                   name == "pipelined" || name == "overlapped" ? strf(" n%d", o.chunks).c_str() : "");
+                                   kind == "pipelined" || kind == "overlapped"
+                                       ? strf(" n%d", chunks).c_str()
+                                       : "");
     rows.push_back({label, shape, ms, flops / (ms * 1e-3) / 1e12, 0, flops, 0});
     if (world == 1) {  // the forward alone, for where the time goes (a third of the FLOPs, 1/3.5 of attention's)
       const double fwd_ms = time_ms(dev, 1, iters, [&] { model.bench_layer(0, false); });
       const double fwd_flops = (proj + experts + attn) / o.tp;
       rows.push_back({"layer fwd only", shape, fwd_ms, fwd_flops / (fwd_ms * 1e-3) / 1e12, 0, fwd_flops, 0});
     }
+    if (o.breakdown)
+      breakdowns += strf("%s\"%s\": %s", breakdowns.empty() ? "" : ", ", name.c_str(),
+                         layer_breakdown(dev, model, label, me == 0).c_str());
   }
   const double best = rows[1].tflops;  // the first strategy's fwd+bwd
   // The same GEMM again, back to back for as long as one layer step takes, measured after the layer: the rate the
@@ -378,7 +418,9 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
                            100.0 * best / sus_tflops);
   if (strategies.size() > 1 && world > 1) {
     title += "; time relative to " + strategies[0] + ":";
-    for (size_t i = 2; i < rows.size(); ++i) title += strf(" %s %.3f", strategies[i - 1].c_str(), rows[i].ms / rows[1].ms);
+    for (size_t i = 1; i < strategies.size(); ++i)  // rows[1 + i] is strategy i's (no forward-only rows when world > 1)
+      title += strf(" %s %.3f", rows[1 + i].name.substr(std::string("layer fwd+bwd ").size()).c_str(),
+                    rows[1 + i].ms / rows[1].ms);
   }
   if (me == 0)
     print_rows(rows, json, title,
@@ -386,7 +428,8 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
                     "\"gemm_tflops\": %.3f, \"gemm_sustained_tflops\": %.3f, \"layer_tflops\": %.3f, "
                     "\"fraction_of_gemm\": %.4f, \"fraction_of_sustained_gemm\": %.4f, ",
                     device_name(dev), world, o.tp, o.ep, o.emulate_nodes, gemm_tflops, sus_tflops, best,
-                    best / gemm_tflops, best / sus_tflops));
+                    best / gemm_tflops, best / sus_tflops) +
+                   (o.breakdown ? "\"breakdown\": {" + breakdowns + "}, " : std::string()));
   return 0;
 }
 
@@ -408,7 +451,7 @@ int cmd_bench(int argc, char** argv) {
       "tp", po::value(&lo.tp)->default_value(1), "layer: tensor-parallel size")(
       "ep", po::value(&lo.ep)->default_value(1), "layer: expert-parallel size")(
       "expert-tp", po::value(&lo.expert_tp)->default_value(true), "layer: split expert FFNs over TP")(
-      "strategies", po::value(&lo.strategies)->default_value(lo.strategies), "layer: exchange strategies to time (ep > 1)")(
+      "strategies", po::value(&lo.strategies)->default_value(lo.strategies), "layer: exchange strategies to time (ep > 1; auto: the cost model's pick)")(
       "chunks", po::value(&lo.chunks)->default_value(4), "layer: chunks of pipelined and overlapped")(
       "emulate-nodes", po::value(&lo.emulate_nodes)->default_value(0), "layer: virtual nodes of consecutive ranks")(
       "hidden", po::value(&lo.hidden)->default_value(lo.hidden), "layer: hidden size")(
@@ -417,7 +460,8 @@ int cmd_bench(int argc, char** argv) {
       "kv-heads", po::value(&lo.kv_heads)->default_value(lo.kv_heads), "layer: key/value heads")(
       "experts", po::value(&lo.experts)->default_value(lo.experts), "layer: experts")(
       "top-k", po::value(&lo.top_k)->default_value(lo.top_k), "layer: experts per token")(
-      "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)");
+      "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)")(
+      "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share");
   po::positional_options_description pos;
   pos.add("what", 1);
   const po::variables_map vm = parse_command_line(argc, argv, desc, "bench", &pos);

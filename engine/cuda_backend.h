@@ -19,5 +19,10 @@ void stream_destroy(Stream s);
 // Profiler ranges (NVTX; no-ops without CUDA or without a profiler attached).
 void range_push(const char* name);
 void range_pop();
+// Timing events (engine/op_timing.h): an event recorded now on stream s, taken from a pool; the milliseconds
+// between two of them (waits for the second); and handing every event back to the pool.
+void* timing_event(Stream s);
+double elapsed_ms(void* begin, void* end);
+void recycle_timing_events();
 
 }  // namespace monta::engine::cudab

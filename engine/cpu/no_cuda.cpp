@@ -14,4 +14,7 @@ Stream stream_create() { return nullptr; }
 void stream_destroy(Stream) {}
 void range_push(const char*) {}
 void range_pop() {}
+void* timing_event(Stream) { fail_user("this build of monta has no CUDA backend"); }
+double elapsed_ms(void*, void*) { return 0; }
+void recycle_timing_events() {}
 }  // namespace monta::engine::cudab

@@ -3,6 +3,7 @@
 #include <map>
 #include <mutex>
 #include <utility>
+#include <vector>
 
 #include <nvtx3/nvToolsExt.h>
 
@@ -88,6 +89,36 @@ void stream_destroy(Stream s) {
 // NVTX 3 is header-only: without a profiler attached these calls cost a branch each.
 void range_push(const char* name) { nvtxRangePushA(name); }
 void range_pop() { nvtxRangePop(); }
+
+namespace {
+std::mutex g_event_mu;
+std::vector<cudaEvent_t> g_events;  // the pool; the first g_events_used are handed out
+size_t g_events_used = 0;
+}  // namespace
+
+void* timing_event(Stream s) {
+  std::lock_guard<std::mutex> lock(g_event_mu);
+  if (g_events_used == g_events.size()) {
+    cudaEvent_t e = nullptr;
+    CUDA_CHECK(cudaEventCreate(&e));
+    g_events.push_back(e);
+  }
+  cudaEvent_t e = g_events[g_events_used++];
+  CUDA_CHECK(cudaEventRecord(e, cuda::stream_of(s)));
+  return e;
+}
+
+double elapsed_ms(void* begin, void* end) {
+  CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(end)));
+  float ms = 0;
+  CUDA_CHECK(cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(begin), static_cast<cudaEvent_t>(end)));
+  return double(ms);
+}
+
+void recycle_timing_events() {
+  std::lock_guard<std::mutex> lock(g_event_mu);
+  g_events_used = 0;
+}
 
 }  // namespace monta::engine::cudab
 

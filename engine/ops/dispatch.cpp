@@ -1,6 +1,7 @@
 // Public op entry points: the device of the first tensor argument picks the backend. CPU-only builds
 // (MONTA_WITH_CUDA undefined) fail loudly if a CUDA tensor ever reaches an op.
 #include "engine/check.h"
+#include "engine/op_timing.h"
 #include "engine/ops/adamw.h"
 #include "engine/ops/attention.h"
 #include "engine/ops/cross_entropy.h"
@@ -15,17 +16,20 @@
 
 namespace monta::engine {
 
+// Every entry point names its stream `s`; the OpScope times the call when op timing is on (engine/op_timing.h).
 #ifdef MONTA_WITH_CUDA
-#define MONTA_DISPATCH(t, fn, ...)                           \
-  do {                                                       \
+#define MONTA_DISPATCH(t, fn, ...)                                \
+  do {                                                            \
+    const OpScope op_scope(#fn, (t), s);                          \
     if ((t).device == Device::cuda) return cuda::fn(__VA_ARGS__); \
-    return cpu::fn(__VA_ARGS__);                             \
+    return cpu::fn(__VA_ARGS__);                                  \
   } while (0)
 #else
-#define MONTA_DISPATCH(t, fn, ...)                                                                       \
-  do {                                                                                                   \
-    MONTA_CHECK((t).device == Device::cpu, std::string(#fn) + ": this build has no CUDA backend");       \
-    return cpu::fn(__VA_ARGS__);                                                                         \
+#define MONTA_DISPATCH(t, fn, ...)                                                                 \
+  do {                                                                                             \
+    MONTA_CHECK((t).device == Device::cpu, std::string(#fn) + ": this build has no CUDA backend"); \
+    const OpScope op_scope(#fn, (t), s);                                                           \
+    return cpu::fn(__VA_ARGS__);                                                                   \
   } while (0)
 #endif
 
@@ -40,8 +44,8 @@ void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& x, const Tensor& wei
   MONTA_DISPATCH(out, rmsnorm_forward, out, rstd, x, weight, eps, s);
 }
 void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
-                      const Tensor& rstd, Stream s) {
-  MONTA_DISPATCH(dout, rmsnorm_backward, dx, dweight, dout, x, weight, rstd, s);
+                      const Tensor& rstd, bool accumulate_dx, Stream s) {
+  MONTA_DISPATCH(dout, rmsnorm_backward, dx, dweight, dout, x, weight, rstd, accumulate_dx, s);
 }
 
 void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulate, Stream s) {

@@ -1,4 +1,4 @@
-// Engine basics: tensor views and their errors, arena layout, the counter-based RNG, the LR schedule.
+// Engine basics: tensor views and their errors, arena layout, the counter-based RNG, the LR schedule, op timing.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,6 +7,9 @@
 
 #include "engine/check.h"
 #include "engine/memory.h"
+#include "engine/op_timing.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/linear.h"
 #include "engine/rng.h"
 #include "engine/schedule.h"
 #include "engine/tensor.h"
@@ -150,6 +153,32 @@ TEST(LrSchedule, NoDecayStaysAtPeak) {
   engine::LrSchedule w{3e-4, 3e-5, 4, 0};
   EXPECT_DOUBLE_EQ(engine::lr_at(2, w), 1.5e-4);
   EXPECT_DOUBLE_EQ(engine::lr_at(50, w), 3e-4);
+}
+
+// Op timing counts each entry-point call under its op name and first tensor's shape, in first-seen order, only
+// while it is on, and forgets what it handed out.
+TEST(OpTiming, CountsCallsPerOpWhileOn) {
+  std::vector<float> x(64 * 64, 0.5f), w(64 * 64, 0.25f), y(64 * 64);
+  Tensor tx(x.data(), {64, 64}, DType::f32), tw(w.data(), {64, 64}, DType::f32), ty(y.data(), {64, 64}, DType::f32);
+  engine::linear_forward(ty, tx, tw);  // not timed: timing is off
+  engine::set_op_timing(true);
+  engine::linear_forward(ty, tx, tw);
+  engine::add(ty, tx, tx);
+  engine::linear_forward(ty, tx, tw);
+  engine::linear_forward(ty.rows(0, 32), tx.rows(0, 32), tw);  // another shape: its own entry
+  engine::set_op_timing(false);
+  engine::add(ty, tx, tx);  // off again
+  const std::vector<engine::OpTime> ops = engine::take_op_times();
+  ASSERT_EQ(ops.size(), 3u);
+  EXPECT_EQ(ops[0].name, "linear_forward 64x64");
+  EXPECT_EQ(ops[0].calls, 2);
+  EXPECT_GT(ops[0].ms, 0.0);
+  EXPECT_EQ(ops[1].name, "add 64x64");
+  EXPECT_EQ(ops[1].calls, 1);
+  EXPECT_GE(ops[1].ms, 0.0);
+  EXPECT_EQ(ops[2].name, "linear_forward 32x64");
+  EXPECT_EQ(ops[2].calls, 1);
+  EXPECT_TRUE(engine::take_op_times().empty());
 }
 
 }  // namespace
