@@ -85,7 +85,6 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
   L.add(&ce_sum_, "ce_sum", {1}, stat_);
   // Backward scratch, reused by every layer.
   L.add(&dx_, "dx", {N, H}, act);
-  L.add(&dtmp_, "dtmp", {N, H}, act);
   L.add(&tmp_, "tmp", {N, H}, act);
   L.add(&dxn_, "dxn", {N, H}, act);
   L.add(&dq_, "dq", {N, s.A_l * D}, act);
@@ -290,8 +289,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   softmax_backward(drlogits_, dprobs_, a.probs);
   router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef));
   linear_backward(dxn_, grad(P + "router"), drlogits_, a.xn2, p(P + "router"), true);
-  rmsnorm_backward(dtmp_, grad(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2);
-  accumulate(dx, dtmp_);  // dx is now d(loss)/dh
+  rmsnorm_backward(dx, grad(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2, true);  // dx: now d(loss)/dh
   // Attention branch.
   linear_backward(dao_, grad(P + "wo"), dx, a.ao, p(P + "wo"));
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
@@ -305,8 +303,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   linear_backward(dxn_, grad(P + "wk"), dk_, a.xn1, p(P + "wk"), true);
   linear_backward(dxn_, grad(P + "wv"), dv_, a.xn1, p(P + "wv"), true);
   tp_all_reduce(dxn_);
-  rmsnorm_backward(dtmp_, grad(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1);
-  accumulate(dx, dtmp_);  // d(loss)/dx of this layer's input
+  rmsnorm_backward(dx, grad(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1, true);  // d(loss)/d(input)
 }
 
 MicroResult Model::forward_backward(const int32_t* tokens, const int32_t* targets, double ce_scale, double aux_scale) {

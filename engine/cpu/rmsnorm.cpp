@@ -33,7 +33,7 @@ template <class T> void fwd(Tensor out, Tensor rstd, const Tensor& x, const Tens
 
 // y = x·r·w, r = (mean x² + eps)^-1/2:  dx = r·(w∘dy) − x·r³·Σ(w∘dy∘x)/H;  dw += Σ_n dy∘x·r.
 template <class T> void bwd(Tensor dx, Tensor dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
-                            const Tensor& rstd) {
+                            const Tensor& rstd, bool acc) {
   const int64_t H = x.dim(-1), N = x.numel() / H;
   const T* w = weight.as<T>();
   T* dw = dweight.as<T>();
@@ -47,7 +47,7 @@ template <class T> void bwd(Tensor dx, Tensor dweight, const Tensor& dout, const
     const double c = r * r * r * dot / double(H);
     for (int64_t h = 0; h < H; ++h) {
       const double xh = double(xr[h]), gh = double(g[h]);
-      d[h] = T(r * gh * double(w[h]) - xh * c);
+      d[h] = T((acc ? double(d[h]) : 0.0) + (r * gh * double(w[h]) - xh * c));
       dw[h] += T(gh * xh * r);
     }
   }
@@ -70,7 +70,7 @@ void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& x, const Tensor& wei
 }
 
 void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
-                      const Tensor& rstd, Stream) {
+                      const Tensor& rstd, bool accumulate_dx, Stream) {
   const char* op = "rmsnorm_backward";
   check_x(op, x);
   const int64_t H = x.dim(-1);
@@ -81,9 +81,9 @@ void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tenso
   need(op, "dweight", dweight, x.dtype, H);
   need(op, "rstd", rstd, stat_dtype(x.dtype), x.numel() / H);
   if (x.dtype == DType::f32)
-    bwd<float>(dx, dweight, dout, x, weight, rstd);
+    bwd<float>(dx, dweight, dout, x, weight, rstd, accumulate_dx);
   else
-    bwd<double>(dx, dweight, dout, x, weight, rstd);
+    bwd<double>(dx, dweight, dout, x, weight, rstd, accumulate_dx);
 }
 
 }  // namespace monta::engine::cpu

@@ -72,10 +72,9 @@ static __global__ void combine_backward_debuf_kernel(T* __restrict__ debuf, cons
 // ---- 16-byte vector paths (buffers 16-byte aligned, H % V == 0): same per-element f32 math and the same
 // k order as the kernels above, so the bits match them. ----
 
-// One block per kept (n, k) row, grid-stride over rows: buf[e, slot] = x[n] (scale 1) or w[n,k]·dy[n]
-// (SCALE, the combine backward). The buffer was zeroed first.
-template <class T, bool SCALE>
-static __global__ void scatter_rows_vec_kernel(T* __restrict__ buf, const T* __restrict__ src, const void* w, bool w_bf,
+// One block per kept (n, k) row, grid-stride over rows: buf[e, slot] = x[n]. The buffer was zeroed first.
+template <class T>
+static __global__ void scatter_rows_vec_kernel(T* __restrict__ buf, const T* __restrict__ src,
                                                const int32_t* __restrict__ idx, const int32_t* __restrict__ slot,
                                                int64_t NK, int K, int64_t C, int64_t H) {
   constexpr int V = Vec16<T>::n;
@@ -84,18 +83,45 @@ static __global__ void scatter_rows_vec_kernel(T* __restrict__ buf, const T* __r
     if (sl < 0) continue;
     T* dr = buf + (int64_t(idx[nk]) * C + sl) * H;
     const T* sr = src + (nk / K) * H;
-    if constexpr (SCALE) {
-      float wk = ld(w, nk, w_bf);
+    for (int64_t h = threadIdx.x * int64_t(V); h < H; h += int64_t(blockDim.x) * V)
+      *reinterpret_cast<uint4*>(dr + h) = *reinterpret_cast<const uint4*>(sr + h);
+  }
+}
+
+// The combine backward in one pass over the kept rows (block per (n, k) row, grid-stride): debuf[e, slot] =
+// w[n,k]·dy[n] and dweight[n,k] = Σ_h dy[n,h]·ebuf[e, slot, h] (block sum in a fixed order: the same bits every
+// run, though not those of the scalar dweight kernel, which sums in another order). Dropped rows get dweight 0.
+template <class T>
+static __global__ void combine_backward_vec_kernel(T* __restrict__ debuf, void* dweight, bool dw_bf,
+                                                   const T* __restrict__ dy, const T* __restrict__ ebuf, const void* w,
+                                                   bool w_bf, const int32_t* __restrict__ idx,
+                                                   const int32_t* __restrict__ slot, int64_t NK, int K, int64_t C,
+                                                   int64_t H) {
+  constexpr int V = Vec16<T>::n;
+  __shared__ float red[32];
+  for (int64_t nk = blockIdx.x; nk < NK; nk += gridDim.x) {
+    const int32_t sl = slot[nk];
+    float acc = 0.f;
+    if (sl >= 0) {
+      const int64_t row = (int64_t(idx[nk]) * C + sl) * H;
+      const T* sr = dy + (nk / K) * H;
+      const float wk = ld(w, nk, w_bf);
       for (int64_t h = threadIdx.x * int64_t(V); h < H; h += int64_t(blockDim.x) * V) {
-        float v[V];
+        float v[V], e[V];
         load16(sr + h, v);
+        if (dweight) {
+          load16(ebuf + row + h, e);
+#pragma unroll
+          for (int j = 0; j < V; ++j) acc += v[j] * e[j];
+        }
 #pragma unroll
         for (int j = 0; j < V; ++j) v[j] = wk * v[j];
-        store16(dr + h, v);
+        store16(debuf + row + h, v);
       }
-    } else {
-      for (int64_t h = threadIdx.x * int64_t(V); h < H; h += int64_t(blockDim.x) * V)
-        *reinterpret_cast<uint4*>(dr + h) = *reinterpret_cast<const uint4*>(sr + h);
+    }
+    if (dweight) {
+      acc = block_sum(acc, red);
+      if (threadIdx.x == 0) st(dweight, nk, dw_bf, acc);
     }
   }
 }
@@ -177,9 +203,8 @@ void moe_dispatch_forward(Tensor buf, const Tensor& x, const Tensor& expert_idx,
   bool vec = aligned16(buf.data) && aligned16(x.data);
   MONTA_FLOAT_TYPES(x.dtype, T, {
     if (vec && d.H % Vec16<T>::n == 0)
-      scatter_rows_vec_kernel<T, false><<<unsigned(std::min<int64_t>(d.N * d.K, 1 << 20)), 256, 0, st>>>(
-          buf.as<T>(), x.as<T>(), nullptr, false, expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N * d.K, int(d.K),
-          d.C, d.H);
+      scatter_rows_vec_kernel<T><<<unsigned(std::min<int64_t>(d.N * d.K, 1 << 20)), 256, 0, st>>>(
+          buf.as<T>(), x.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N * d.K, int(d.K), d.C, d.H);
     else
       dispatch_forward_kernel<T><<<grid_1d(d.N * d.K * d.H, 256), 256, 0, st>>>(
           buf.as<T>(), x.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N, int(d.K), d.C, d.H);
@@ -234,28 +259,35 @@ void moe_combine_backward(Tensor debuf, Tensor dweight, const Tensor& dy, const 
   need_numel(weight, d.N * d.K, op, "weight");
   cudaStream_t st = stream_of(s);
   CUDA_CHECK(cudaMemsetAsync(debuf.data, 0, debuf.bytes(), st));
-  if (d.N * d.K * d.H > 0) {
-    bool vec = aligned16(debuf.data) && aligned16(dy.data);
-    MONTA_FLOAT_TYPES(dy.dtype, T, {
-      if (vec && d.H % Vec16<T>::n == 0)
-        scatter_rows_vec_kernel<T, true><<<unsigned(std::min<int64_t>(d.N * d.K, 1 << 20)), 256, 0, st>>>(
-            debuf.as<T>(), dy.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(),
-            d.N * d.K, int(d.K), d.C, d.H);
-      else
-        combine_backward_debuf_kernel<T><<<grid_1d(d.N * d.K * d.H, 256), 256, 0, st>>>(
-            debuf.as<T>(), dy.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(),
-            d.N, int(d.K), d.C, d.H);
-    });
-    MONTA_LAUNCH_CHECK();
-  }
-  if (!dweight.empty() && d.N * d.K > 0) {
+  const bool want_dw = !dweight.empty() && d.N * d.K > 0;
+  if (want_dw) {
     need_float(dweight, op, "dweight");
     need_numel(dweight, d.N * d.K, op, "dweight");
-    MONTA_FLOAT_TYPES(dy.dtype, T, combine_backward_dweight_kernel<T><<<unsigned(d.N * d.K), 128, 0, st>>>(
-                                       dweight.data, is_bf16(dweight), dy.as<T>(), ebuf.as<T>(),
-                                       expert_idx.as<int32_t>(), slot.as<int32_t>(), int(d.K), d.C, d.H));
-    MONTA_LAUNCH_CHECK();
   }
+  if (d.N * d.K * d.H == 0) {
+    if (want_dw) CUDA_CHECK(cudaMemsetAsync(dweight.data, 0, dweight.bytes(), st));
+    return;
+  }
+  const bool vec = aligned16(debuf.data) && aligned16(dy.data) && aligned16(ebuf.data);
+  MONTA_FLOAT_TYPES(dy.dtype, T, {
+    if (vec && d.H % Vec16<T>::n == 0) {
+      combine_backward_vec_kernel<T><<<unsigned(std::min<int64_t>(d.N * d.K, 1 << 20)), 256, 0, st>>>(
+          debuf.as<T>(), want_dw ? dweight.data : nullptr, want_dw && is_bf16(dweight), dy.as<T>(), ebuf.as<T>(),
+          weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N * d.K, int(d.K), d.C, d.H);
+      MONTA_LAUNCH_CHECK();
+    } else {
+      combine_backward_debuf_kernel<T><<<grid_1d(d.N * d.K * d.H, 256), 256, 0, st>>>(
+          debuf.as<T>(), dy.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N,
+          int(d.K), d.C, d.H);
+      MONTA_LAUNCH_CHECK();
+      if (want_dw) {
+        combine_backward_dweight_kernel<T><<<unsigned(d.N * d.K), 128, 0, st>>>(
+            dweight.data, is_bf16(dweight), dy.as<T>(), ebuf.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(),
+            int(d.K), d.C, d.H);
+        MONTA_LAUNCH_CHECK();
+      }
+    }
+  });
 }
 
 }  // namespace monta::engine::cuda

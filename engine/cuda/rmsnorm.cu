@@ -29,7 +29,7 @@ static __global__ void rmsnorm_forward_kernel(T* __restrict__ out, float* __rest
 template <class T>
 static __global__ void rmsnorm_backward_dx_kernel(T* __restrict__ dx, const T* __restrict__ dout,
                                                   const T* __restrict__ x, const void* __restrict__ w, bool w_bf,
-                                                  const float* __restrict__ rstd, int64_t H) {
+                                                  const float* __restrict__ rstd, int64_t H, bool acc) {
   __shared__ float red[32];
   const T* xr = x + blockIdx.x * H;
   const T* gr = dout + blockIdx.x * H;
@@ -40,7 +40,7 @@ static __global__ void rmsnorm_backward_dx_kernel(T* __restrict__ dx, const T* _
   dot = block_sum(dot, red);
   float c = dot * r * r * r / float(H);
   for (int64_t h = threadIdx.x; h < H; h += blockDim.x)
-    dxr[h] = from_f<T>(r * ld(w, h, w_bf) * to_f(gr[h]) - to_f(xr[h]) * c);
+    dxr[h] = from_f<T>((acc ? to_f(dxr[h]) : 0.f) + (r * ld(w, h, w_bf) * to_f(gr[h]) - to_f(xr[h]) * c));
 }
 
 // 16-byte vector paths of the two row kernels (x, out, dout, weight 16-byte aligned, H % V == 0): each
@@ -96,7 +96,7 @@ static __global__ void rmsnorm_forward_vec_kernel(T* __restrict__ out, float* __
 template <class T>
 static __global__ void rmsnorm_backward_dx_vec_kernel(T* __restrict__ dx, const T* __restrict__ dout,
                                                       const T* __restrict__ x, const void* __restrict__ w, bool w_bf,
-                                                      const float* __restrict__ rstd, int64_t H) {
+                                                      const float* __restrict__ rstd, int64_t H, bool acc) {
   constexpr int V = Vec16<T>::n;
   __shared__ float red[32];
   const T* xr = x + blockIdx.x * H;
@@ -121,8 +121,14 @@ static __global__ void rmsnorm_backward_dx_vec_kernel(T* __restrict__ dx, const 
     load16(xr + h, xv);
     load16(gr + h, gv);
     load_w16<T>(w, w_bf, h, wv);
+    if (acc) {
+      load16(dxr + h, o);
+    } else {
 #pragma unroll
-    for (int j = 0; j < V; ++j) o[j] = r * wv[j] * gv[j] - xv[j] * c;
+      for (int j = 0; j < V; ++j) o[j] = 0.f;
+    }
+#pragma unroll
+    for (int j = 0; j < V; ++j) o[j] += r * wv[j] * gv[j] - xv[j] * c;
     store16(dxr + h, o);
   }
 }
@@ -237,7 +243,7 @@ void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& x, const Tensor& wei
 }
 
 void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
-                      const Tensor& rstd, Stream s) {
+                      const Tensor& rstd, bool accumulate_dx, Stream s) {
   const char* op = "rmsnorm_backward";
   need_float(dx, op, "dx");
   need_float(dout, op, "dout");
@@ -256,10 +262,10 @@ void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tenso
   MONTA_FLOAT_TYPES(x.dtype, T, {
     if (al && H % Vec16<T>::n == 0)
       rmsnorm_backward_dx_vec_kernel<T><<<unsigned(N), row_threads_vec(H / Vec16<T>::n), 0, st>>>(
-          dx.as<T>(), dout.as<T>(), x.as<T>(), weight.data, is_bf16(weight), rstd.as<float>(), H);
+          dx.as<T>(), dout.as<T>(), x.as<T>(), weight.data, is_bf16(weight), rstd.as<float>(), H, accumulate_dx);
     else
       rmsnorm_backward_dx_kernel<T><<<unsigned(N), row_threads(H), 0, st>>>(
-          dx.as<T>(), dout.as<T>(), x.as<T>(), weight.data, is_bf16(weight), rstd.as<float>(), H);
+          dx.as<T>(), dout.as<T>(), x.as<T>(), weight.data, is_bf16(weight), rstd.as<float>(), H, accumulate_dx);
   });
   MONTA_LAUNCH_CHECK();
   if (!dweight.empty()) {

@@ -62,19 +62,26 @@ TEST_P(GpuLayers, ExpertLinearForwardBackward) {
 TEST_P(GpuLayers, RmsNormForwardBackward) {
   MONTA_REQUIRE_GPU();
   DType dt = GetParam();
-  const int64_t N = 300, H = 256;
-  Pair x({N, H}, dt, -2.f, 2.f), w({H}, DType::f32, 0.5f, 1.5f), dout({N, H}, dt);
-  Pair out = output({N, H}, dt), rstd = output({N}, DType::f32);
-  engine::rmsnorm_forward(out.c(), rstd.c(), x.c(), w.c(), 1e-5f);
-  engine::rmsnorm_forward(out.g(), rstd.g(), x.g(), w.g(), 1e-5f);
-  expect_close(out, tol_for(dt), "out");
-  expect_close(rstd, 1e-5, "rstd");
-  Pair dx = output({N, H}, dt);
-  Pair dw({H}, DType::f32);  // accumulates
-  engine::rmsnorm_backward(dx.c(), dw.c(), dout.c(), x.c(), w.c(), rstd.c());
-  engine::rmsnorm_backward(dx.g(), dw.g(), dout.g(), x.g(), w.g(), rstd.g());
-  expect_close(dx, tol_for(dt), "dx");
-  expect_close(dw, tol_for(dt), "dweight");
+  for (const int64_t H : {int64_t(256), int64_t(100)}) {  // the 16-byte vector kernels, then the scalar ones
+    SCOPED_TRACE("H " + std::to_string(H));
+    const int64_t N = 300;
+    Pair x({N, H}, dt, -2.f, 2.f), w({H}, DType::f32, 0.5f, 1.5f), dout({N, H}, dt);
+    Pair out = output({N, H}, dt), rstd = output({N}, DType::f32);
+    engine::rmsnorm_forward(out.c(), rstd.c(), x.c(), w.c(), 1e-5f);
+    engine::rmsnorm_forward(out.g(), rstd.g(), x.g(), w.g(), 1e-5f);
+    expect_close(out, tol_for(dt), "out");
+    expect_close(rstd, 1e-5, "rstd");
+    Pair dx = output({N, H}, dt);
+    Pair dw({H}, DType::f32);  // accumulates
+    engine::rmsnorm_backward(dx.c(), dw.c(), dout.c(), x.c(), w.c(), rstd.c());
+    engine::rmsnorm_backward(dx.g(), dw.g(), dout.g(), x.g(), w.g(), rstd.g());
+    expect_close(dx, tol_for(dt), "dx");
+    expect_close(dw, tol_for(dt), "dweight");
+    Pair dxa({N, H}, dt);  // accumulate_dx: dx += the gradient
+    engine::rmsnorm_backward(dxa.c(), dw.c(), dout.c(), x.c(), w.c(), rstd.c(), true);
+    engine::rmsnorm_backward(dxa.g(), dw.g(), dout.g(), x.g(), w.g(), rstd.g(), true);
+    expect_close(dxa, tol_for(dt), "dx accumulated");
+  }
 }
 
 TEST_P(GpuLayers, EmbeddingShardForwardBackward) {

@@ -3,6 +3,7 @@
 #include <array>
 
 #include "engine/cuda_backend.h"
+#include "engine/op_timing.h"
 #include "engine/ops/adamw.h"
 #include "engine/ops/elementwise.h"
 #include "gpu_test_util.h"
@@ -26,6 +27,29 @@ TEST(GpuRuntime, CopyRoundTripFillAndStreams) {
   std::vector<float> back(1000, -1.f);
   engine::copy(Tensor(back.data(), {1000}, DType::f32, Device::cpu), a.t, s);
   EXPECT_EQ(back, v);
+  engine::cudab::stream_destroy(s);
+}
+
+// Op timing on CUDA ops: device events around each call, on the op's stream; the two adds of ~8 MiB each take a
+// measurable time, the events go back to the pool, and a second round works the same.
+TEST(GpuRuntime, OpTimingWithEvents) {
+  MONTA_REQUIRE_GPU();
+  const int64_t n = int64_t(1) << 21;
+  Buf a = upload(random_values(n), {n}, DType::f32, Device::cuda);
+  Buf out({n}, DType::f32, Device::cuda);
+  engine::Stream s = engine::cudab::stream_create();
+  for (int round = 0; round < 2; ++round) {
+    engine::set_op_timing(true);
+    engine::add(out.t, a.t, a.t, s);
+    engine::add(out.t, out.t, a.t, s);
+    engine::set_op_timing(false);
+    const std::vector<engine::OpTime> ops = engine::take_op_times();
+    ASSERT_EQ(ops.size(), 1u);
+    EXPECT_EQ(ops[0].name, "add " + std::to_string(n));
+    EXPECT_EQ(ops[0].calls, 2);
+    EXPECT_GT(ops[0].ms, 0.0);
+    EXPECT_LT(ops[0].ms, 1000.0);
+  }
   engine::cudab::stream_destroy(s);
 }
 
@@ -59,6 +83,26 @@ TEST_P(GpuElementwise, AddAccumulateScaleCast) {
   engine::cast(cb.g(), a.g());
   engine::copy(cb.c(), a.c());
   expect_close(cb, 5e-3, "cast to bf16");
+}
+
+// Same-dtype add and accumulate on aligned buffers with n % 8 == 0 take the 16-byte vector kernel, views one
+// element in take the scalar one: both must give the CPU's f32 sum rounded once to the dtype (the same bits).
+TEST_P(GpuElementwise, AddAccumulateVectorAndScalarPathsGiveCpuBits) {
+  MONTA_REQUIRE_GPU();
+  DType dt = GetParam();
+  const int64_t n = 65536 + 8, m = n - 8;
+  for (int64_t off : {int64_t(0), int64_t(1)}) {
+    SCOPED_TRACE("offset " + std::to_string(off));
+    Pair a({n}, dt), b({n}, dt);
+    Pair out = output({n}, dt);
+    auto part = [&](const Tensor& t) { return t.rows(off, m); };
+    engine::add(part(out.c()), part(a.c()), part(b.c()));
+    engine::add(part(out.g()), part(a.g()), part(b.g()));
+    EXPECT_EQ(representable(download(part(out.c())), dt), download(part(out.g()))) << "add";
+    engine::accumulate(part(a.c()), part(b.c()));
+    engine::accumulate(part(a.g()), part(b.g()));
+    EXPECT_EQ(representable(download(part(a.c())), dt), download(part(a.g()))) << "accumulate";
+  }
 }
 
 TEST_P(GpuElementwise, SumSquaresAccumulatesAndSumOverwrites) {
