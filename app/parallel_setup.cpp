@@ -27,17 +27,20 @@ void select_gpu(const comm::Topology& topo, int local_rank) {
   // Before any NCCL call: NCCL binds each communicator to the device current at its creation.
   const int gpus = engine::cuda_device_count(), world = comm::runtime_world_size();
   MONTA_USER_CHECK(gpus > 0, "train.device = cuda but no CUDA device is visible; use --train.device cpu");
-  // Ranks may share a GPU only when each is its own emulated node: NCCL then sees distinct hosts (sockets
-  // between them) instead of refusing a duplicate GPU. For tests and functional runs on a one-GPU machine.
-  const bool node_per_rank = topo.emulated && topo.num_nodes == world;
-  MONTA_USER_CHECK(local_rank < gpus || node_per_rank,
+  // GPU = local rank modulo the GPU count. Ranks may share a GPU when they sit on different emulated nodes: NCCL
+  // then sees distinct hosts (sockets between them) instead of refusing a duplicate GPU. An emulated node's ranks
+  // are consecutive, so they get distinct GPUs when the node has at most as many ranks as there are GPUs: 2 nodes
+  // x 2 ranks run on 2 GPUs (each GPU holds one rank of each node), a node per rank on one GPU.
+  const bool distinct_in_node = topo.emulated && topo.local_size <= gpus;
+  MONTA_USER_CHECK(local_rank < gpus || distinct_in_node,
                    "local rank " + std::to_string(local_rank) + " on " + comm::runtime_host() +
                        " has no GPU of its own (" + std::to_string(gpus) +
-                       " visible); NCCL needs one GPU per rank: launch at most one rank per GPU, give every rank its "
-                       "own emulated node (--comm.emulate_nodes " + std::to_string(world) +
-                       ", timings then shared), or use --train.device cpu");
+                       " visible); NCCL needs one GPU per rank of a node: launch at most one rank per GPU, emulate "
+                       "nodes of at most " + std::to_string(gpus) + " ranks (--comm.emulate_nodes " +
+                       std::to_string((world + gpus - 1) / gpus) + " or more; GPUs then time-shared), or use "
+                       "--train.device cpu");
   if (local_rank == gpus)
-    engine::log_warn("ranks share GPUs (one emulated node per rank): functional only, timings are not per-GPU");
+    engine::log_warn("ranks share GPUs (each GPU holds ranks of different emulated nodes): timings are not per-GPU");
   engine::cuda_set_device(local_rank % gpus);
 }
 

@@ -1,6 +1,7 @@
 // main() of test_nccl: MPI up through runtime_init, a throwing error handler, one GPU per rank chosen by local
 // rank before any NCCL call (or every test skipped, on every rank, when a host has fewer GPUs than ranks, unless
-// every rank is its own emulated node: then ranks share GPUs, local rank modulo the GPU count),
+// no emulated node has more ranks than GPUs: then ranks of different nodes share GPUs, local rank modulo the GPU
+// count),
 // emulated nodes when MONTA_TEST_EMULATE_NODES is set, gtest's progress from rank 0 only, and any rank's
 // failure fails every rank (as tests/comm/test_comm_mpi_main.cpp).
 #include <gtest/gtest.h>
@@ -36,18 +37,19 @@ int ranks_on_host() {
   return n;
 }
 
-// One GPU per rank, or every rank on its own emulated node: NCCL then sees distinct hosts, so ranks may share a
-// GPU (their traffic goes over sockets), which lets one GPU run the multi-rank tests.
+// One GPU per rank, or emulated nodes of at most as many ranks as GPUs (monta's select_gpu rule): ranks of
+// different emulated nodes may share a GPU, since NCCL sees distinct hosts (sockets between them). That lets one
+// GPU run the multi-rank tests (a node per rank), and 2 GPUs the 2 nodes x 2 ranks layout.
 void decide_usable() {
   const int gpus = engine::cuda_device_count(), here = ranks_on_host();
-  const bool own_nodes = g_emulate > 0 && g_emulate == comm::runtime_world_size();
-  int mine = gpus > 0 && (here <= gpus || own_nodes) ? 1 : 0, all = 0;
+  const bool distinct_in_node = g_emulate > 0 && comm::runtime_world_size() / g_emulate <= gpus;
+  int mine = gpus > 0 && (here <= gpus || distinct_in_node) ? 1 : 0, all = 0;
   MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   g_usable = all == 1;
   if (!g_usable)
     g_reason = gpus == 0 ? "no GPU visible"
                          : std::to_string(here) + " ranks on a host with " + std::to_string(gpus) +
-                               " GPUs (or fewer elsewhere); NCCL needs one GPU per rank (or one emulated node per rank)";
+                               " GPUs (or fewer elsewhere); NCCL needs one GPU per rank of a node";
   if (g_usable) engine::cuda_set_device(comm::runtime_local_rank() % gpus);
 }
 
