@@ -27,12 +27,9 @@ void select_gpu(const comm::Topology& topo, int local_rank) {
   // Before any NCCL call: NCCL binds each communicator to the device current at its creation.
   const int gpus = engine::cuda_device_count(), world = comm::runtime_world_size();
   MONTA_USER_CHECK(gpus > 0, "train.device = cuda but no CUDA device is visible; use --train.device cpu");
-  // GPU = local rank modulo the GPU count. Ranks may share a GPU when they sit on different emulated nodes: NCCL
-  // then sees distinct hosts (sockets between them) instead of refusing a duplicate GPU. An emulated node's ranks
-  // are consecutive, so they get distinct GPUs when the node has at most as many ranks as there are GPUs: 2 nodes
-  // x 2 ranks run on 2 GPUs (each GPU holds one rank of each node), a node per rank on one GPU.
-  const bool distinct_in_node = topo.emulated && topo.local_size <= gpus;
-  MONTA_USER_CHECK(local_rank < gpus || distinct_in_node,
+  // GPU = local rank modulo the GPU count. Ranks may share a GPU when they sit on different emulated nodes
+  // (comm::gpu_per_rank_valid): 2 nodes x 2 ranks run on 2 GPUs, a node per rank on one GPU.
+  MONTA_USER_CHECK(comm::gpu_per_rank_valid(topo, local_rank + 1, gpus),
                    "local rank " + std::to_string(local_rank) + " on " + comm::runtime_host() +
                        " has no GPU of its own (" + std::to_string(gpus) +
                        " visible); NCCL needs one GPU per rank of a node: launch at most one rank per GPU, emulate "

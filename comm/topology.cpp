@@ -30,6 +30,11 @@ void check_emulate(int world_size, int nodes) {
 
 }  // namespace
 
+bool gpu_per_rank_valid(const Topology& topo, int ranks_on_host, int gpus) {
+  if (gpus <= 0) return false;
+  return ranks_on_host <= gpus || (topo.emulated && topo.local_size <= gpus);
+}
+
 Topology emulated_topology(int world_rank, int world_size, int nodes, const std::string& host) {
   check_emulate(world_size, nodes);
   MONTA_CHECK(nodes > 0 && world_rank >= 0 && world_rank < world_size, "emulated topology: bad rank or node count");

@@ -26,6 +26,12 @@ Topology discover_topology(int emulate_nodes);
 // The emulated topology as a pure function (no MPI), for tests and the planner's what-if tables.
 Topology emulated_topology(int world_rank, int world_size, int nodes, const std::string& host);
 
+// GPU of a rank: host-local rank modulo the host's GPU count. Whether that is valid for NCCL, which refuses two
+// ranks of one host (as it sees hosts) on one GPU: yes when the host has at most `gpus` ranks, or when nodes
+// are emulated (each its own NCCL host) and none has more ranks than `gpus`, since a node's ranks are consecutive
+// and so land on distinct GPUs. ranks_on_host: the real host's rank count.
+bool gpu_per_rank_valid(const Topology& topo, int ranks_on_host, int gpus);
+
 // Share of ordered pairs (a, b), a != b, of the group whose ranks sit on different nodes; 0 for groups of < 2.
 double cross_node_fraction(const Topology& topo, std::span<const int> group_world_ranks);
 

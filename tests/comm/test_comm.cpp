@@ -317,6 +317,18 @@ TEST(TopologyPure, EmulateNodesMustDivideWorld) {
   expect_user_error([] { emulated_topology(0, 8, -1, "h"); }, {"-1"});
 }
 
+// One GPU per rank, or emulated nodes no larger than the GPU count (each node's consecutive ranks on distinct GPUs).
+TEST(TopologyPure, GpuPerRankValid) {
+  const Topology real = emulated_topology(0, 4, 1, "h");  // one node of 4 ranks: as a real host
+  EXPECT_TRUE(gpu_per_rank_valid(real, 4, 4));
+  EXPECT_FALSE(gpu_per_rank_valid(real, 4, 2));
+  EXPECT_TRUE(gpu_per_rank_valid(emulated_topology(3, 4, 2, "h"), 4, 2));   // 2 nodes x 2 ranks on 2 GPUs
+  EXPECT_FALSE(gpu_per_rank_valid(emulated_topology(3, 4, 2, "h"), 4, 1));  // 2 ranks of a node on one GPU
+  EXPECT_TRUE(gpu_per_rank_valid(emulated_topology(3, 4, 4, "h"), 4, 1));   // a node per rank on one GPU
+  EXPECT_FALSE(gpu_per_rank_valid(emulated_topology(0, 8, 2, "h"), 8, 2));  // nodes of 4 ranks, 2 GPUs
+  EXPECT_FALSE(gpu_per_rank_valid(emulated_topology(0, 2, 2, "h"), 2, 0));  // no GPU at all
+}
+
 TEST(TopologyPure, CrossNodeFraction) {
   Topology t = emulated_topology(0, 8, 2, "h");
   const std::vector<int> intra = {0, 1, 2}, cross = {0, 4}, mixed = {0, 1, 4, 5}, single = {3};

@@ -42,8 +42,10 @@ int ranks_on_host() {
 // GPU run the multi-rank tests (a node per rank), and 2 GPUs the 2 nodes x 2 ranks layout.
 void decide_usable() {
   const int gpus = engine::cuda_device_count(), here = ranks_on_host();
-  const bool distinct_in_node = g_emulate > 0 && comm::runtime_world_size() / g_emulate <= gpus;
-  int mine = gpus > 0 && (here <= gpus || distinct_in_node) ? 1 : 0, all = 0;
+  const int world = comm::runtime_world_size();
+  const comm::Topology topo =
+      g_emulate > 0 ? comm::emulated_topology(comm::runtime_world_rank(), world, g_emulate, "test") : comm::Topology{};
+  int mine = comm::gpu_per_rank_valid(topo, here, gpus) ? 1 : 0, all = 0;
   MPI_Allreduce(&mine, &all, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
   g_usable = all == 1;
   if (!g_usable)
