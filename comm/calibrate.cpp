@@ -37,6 +37,14 @@ LinkParams fit_link(std::span<const CalibSample> s) {
   return p;
 }
 
+LinkParams fit_class(LinkClass cls, std::span<const CalibSample> samples) {
+  if (cls == LinkClass::intra) return fit_link(samples);
+  std::vector<CalibSample> a2a;
+  for (const CalibSample& c : samples)
+    if (!c.gather) a2a.push_back(c);
+  return fit_link(a2a);
+}
+
 std::vector<CalibSample> calibration_probe(Communicator& comm, LinkClass cls, std::span<const int64_t> sizes, int iters,
                                            engine::Device device) {
   const int n = comm.size();
@@ -77,7 +85,7 @@ Calibration calibrate(Communicator* intra, Communicator* inter, const LinkModel&
   for (auto [comm, cls] : {std::pair{intra, LinkClass::intra}, std::pair{inter, LinkClass::inter}}) {
     if (!comm || comm->size() < 2) continue;
     auto s = calibration_probe(*comm, cls, sizes, iters, device);
-    (cls == LinkClass::intra ? c.links.intra : c.links.inter) = fit_link(s);
+    (cls == LinkClass::intra ? c.links.intra : c.links.inter) = fit_class(cls, s);
     (cls == LinkClass::intra ? c.measured_intra : c.measured_inter) = true;
     c.samples.insert(c.samples.end(), s.begin(), s.end());
   }

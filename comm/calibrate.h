@@ -27,6 +27,11 @@ struct CalibSample {
 // are clamped to 0 (a latency below the timer's resolution). Fails when the samples cannot separate α from β.
 LinkParams fit_link(std::span<const CalibSample> samples);
 
+// The fit for one class from its probe samples: the inter-node class from its all-to-alls alone (the exchange's
+// traffic on that class; over emulated nodes a 256 MiB all-gather took 1.6x the all-to-all of the same bytes, and
+// one β for both misjudged the exchange by 20-30%), the intra-node class from both collectives.
+LinkParams fit_class(LinkClass cls, std::span<const CalibSample> samples);
+
 // Times all-to-all and all-gather over comm (every peer of class cls) at each per-rank size in bytes: warm-up,
 // `iters` timed calls, median, max over the group. Collective over comm.
 std::vector<CalibSample> calibration_probe(Communicator& comm, LinkClass cls, std::span<const int64_t> sizes, int iters,

@@ -9,7 +9,8 @@
 #   3. `bench exchange --device cuda` sweeps (tp 1 ep 2 on 2 ranks, tp 2 ep 2 on 4 ranks), all links sockets;
 #   4. `bench layer` at 2x70B widths over 2 ranks with tp 2 (nodes NODES2), then over 4 ranks (tp 2, ep 2), one
 #      row per exchange strategy and one for auto (the cost model's pick). MAX_BYTES: the sweeps' largest buffer.
-# Logs and JSON go to $OUT. Exit status non-zero if a test or a loss comparison fails.
+# Logs and JSON go to $OUT. Exit status non-zero if a test or a loss comparison fails. SKIP_TESTS, SKIP_TRAIN,
+# SKIP_BENCH (3 and 4), SKIP_LAYER (4 only) leave parts out.
 # NODES4 (default 4: a node per rank, so one GPU is enough) is the emulated node count of the 4-rank runs; with 2
 # or more GPUs use NODES4=2 for the two-tier network (2 nodes x 2 ranks: NVLink inside, sockets between; on 2
 # GPUs each GPU holds one rank of each node). NODES2 (default 2) is that of the 2-rank training and tp-2 layer
@@ -81,6 +82,8 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   $MPI -np 4 "$BIN/monta" bench exchange --device cuda --tp 2 --ep 2 --emulate-nodes $NODES4 --min-bytes 1048576 \
     --max-bytes "${MAX_BYTES:-67108864}" --factor 4 --chunks 2,4 --hidden 1024 --iters 5 --json "$OUT/bench_exchange_np4.json" 2>&1 |
     tee "$OUT/bench_exchange_np4.log" | grep -vE "^\s*\[|NCCL INFO" | tail -n 40 || status=1
+fi
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ "${SKIP_LAYER:-0}" != 1 ]; then
   echo "== bench layer, 2x70B widths, tp 2 over 2 ranks (emulated nodes: $NODES2)"
   $MPI -np 2 "$BIN/monta" bench layer --tp 2 --emulate-nodes $NODES2 --seq "${LAYER_SEQ:-8192}" --iters 5 \
     --json "$OUT/bench_layer_np2_tp2.json" 2>&1 | tee "$OUT/bench_layer_np2_tp2.log" | tail -n 6 || status=1

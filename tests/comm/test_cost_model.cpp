@@ -162,6 +162,24 @@ TEST(Calibration, FitRecoversAlphaBeta) {
   EXPECT_THROW(fit_link(std::vector<CalibSample>(1, s[0])), engine::Error);
 }
 
+// The inter-node class is fitted from its all-to-alls alone; the intra-node class from both collectives.
+TEST(Calibration, InterClassFitsItsAllToAlls) {
+  const double a = 3e-3, b_a2a = 1.0 / 3e9, b_gather = 1.0 / 2e9;  // all-gathers slower, as over sockets
+  std::vector<CalibSample> s;
+  for (bool gather : {false, true})
+    for (double M : {4096.0, 1048576.0, 67108864.0}) {
+      CalibSample c{LinkClass::inter, gather, 2, M, 0};
+      c.seconds = a * c.latencies() + (gather ? b_gather : b_a2a) * c.bytes();
+      s.push_back(c);
+    }
+  const LinkParams inter = fit_class(LinkClass::inter, s);
+  EXPECT_NEAR(inter.alpha, a, 1e-6 * a);
+  EXPECT_NEAR(inter.beta, b_a2a, 1e-6 * b_a2a);
+  const LinkParams intra = fit_class(LinkClass::intra, s);  // both: beta between the two
+  EXPECT_GT(intra.beta, 1.05 * b_a2a);
+  EXPECT_LT(intra.beta, 0.95 * b_gather);
+}
+
 // The probe sizes span the prediction's range: 4 KiB ×4 up to the largest size asked for (at least 4 MiB), which
 // is itself the last probe.
 TEST(Calibration, SizesSpanTheLargestBuffer) {
