@@ -38,11 +38,21 @@ LinkParams fit_link(std::span<const CalibSample> s) {
 }
 
 LinkParams fit_class(LinkClass cls, std::span<const CalibSample> samples) {
-  if (cls == LinkClass::intra) return fit_link(samples);
-  std::vector<CalibSample> a2a;
-  for (const CalibSample& c : samples)
-    if (!c.gather) a2a.push_back(c);
-  return fit_link(a2a);
+  std::vector<CalibSample> single, bursts;
+  for (const CalibSample& c : samples) {
+    if (c.burst > 1)
+      bursts.push_back(c);
+    else if (cls == LinkClass::intra || !c.gather)
+      single.push_back(c);
+  }
+  LinkParams p = fit_link(single);
+  if (!bursts.empty()) {
+    double sum = 0;
+    for (const CalibSample& c : bursts)
+      sum += (c.seconds - p.alpha - c.burst * p.beta * c.bytes()) / double(c.burst - 1);
+    p.alpha_next = std::clamp(sum / double(bursts.size()), 0.0, p.alpha);
+  }
+  return p;
 }
 
 std::vector<CalibSample> calibration_probe(Communicator& comm, LinkClass cls, std::span<const int64_t> sizes, int iters,
@@ -67,6 +77,20 @@ std::vector<CalibSample> calibration_probe(Communicator& comm, LinkClass cls, st
       const double med = slowest_median_seconds(comm, device, 1, iters, op);
       out.push_back({cls, gather, n, double(elems) * 4, med});
     }
+  // The back-to-back latency: kBurst all-to-alls issued in a row, as a pipeline's chunks are.
+  int64_t bytes = 0;
+  for (int64_t b : sizes)
+    if (b <= (int64_t(1) << 20)) bytes = std::max(bytes, b);
+  if (bytes == 0) bytes = *std::min_element(sizes.begin(), sizes.end());
+  const int64_t elems = std::max<int64_t>(n, bytes / 4 / n * n);
+  Tensor in = engine::make_view(arena.get("in").data, {elems}, engine::DType::f32, device);
+  Tensor out_t = engine::make_view(arena.get("out").data, {elems}, engine::DType::f32, device);
+  const double med = slowest_median_seconds(comm, device, 1, iters, [&] {
+    for (int k = 0; k < kBurst; ++k) comm.all_to_all(out_t, in);
+  });
+  CalibSample b{cls, false, n, double(elems) * 4, med};
+  b.burst = kBurst;
+  out.push_back(b);
   return out;
 }
 
@@ -97,16 +121,17 @@ std::string format_calibration(const Calibration& c) {
                                "fitted us", "err %");
   for (const CalibSample& x : c.samples) {
     const LinkParams& p = c.links.of(x.cls);
-    const double fit = p.alpha * x.latencies() + p.beta * x.bytes();
+    const double fit = x.burst > 1 ? p.alpha + (x.burst - 1) * p.next_alpha() + x.burst * p.beta * x.bytes()
+                                   : p.alpha * x.latencies() + p.beta * x.bytes();
+    const std::string what = x.gather ? "all_gather" : x.burst > 1 ? engine::strf("a2a x%d", x.burst) : "all_to_all";
     s += engine::strf("%-6s %-10s %3d %12.0f %12.2f %12.2f %8.1f\n", x.cls == LinkClass::intra ? "intra" : "inter",
-                      x.gather ? "all_gather" : "all_to_all", x.n, x.M, x.seconds * 1e6, fit * 1e6,
-                      100.0 * (x.seconds - fit) / fit);
+                      what.c_str(), x.n, x.M, x.seconds * 1e6, fit * 1e6, 100.0 * (x.seconds - fit) / fit);
   }
   for (auto [cls, name, measured] : {std::tuple{LinkClass::intra, "intra", c.measured_intra},
                                      std::tuple{LinkClass::inter, "inter", c.measured_inter}}) {
     const LinkParams& p = c.links.of(cls);
-    s += engine::strf("%s: alpha %.2f us, bandwidth %.2f GB/s (%s)\n", name, p.alpha * 1e6, 1e-9 / p.beta,
-                      measured ? "fitted" : "given");
+    s += engine::strf("%s: alpha %.2f us (back to back %.2f us), bandwidth %.2f GB/s (%s)\n", name, p.alpha * 1e6,
+                      p.next_alpha() * 1e6, 1e-9 / p.beta, measured ? "fitted" : "given");
   }
   return s;
 }
@@ -140,9 +165,12 @@ LinkModel parse_link_model(const std::string& text, const LinkModel& fallback, c
       (key == "intra_gbps" ? l.intra : l.inter).beta = 1.0 / (v * 1e9);
     } else if (key == "intra_latency_us" || key == "inter_latency_us") {
       (key == "intra_latency_us" ? l.intra : l.inter).alpha = v * 1e-6;
+    } else if (key == "intra_next_latency_us" || key == "inter_next_latency_us") {
+      (key == "intra_next_latency_us" ? l.intra : l.inter).alpha_next = v * 1e-6;
     } else {
       engine::fail_user(where + ": unknown key '" + key +
-                        "' (valid: intra_gbps, intra_latency_us, inter_gbps, inter_latency_us)");
+                        "' (valid: intra_gbps, intra_latency_us, intra_next_latency_us, inter_gbps, inter_latency_us, "
+                        "inter_next_latency_us)");
     }
   }
   return l;
@@ -162,6 +190,8 @@ void write_link_model(const std::string& path, const LinkModel& l) {
   out << "# monta link model (α–β per link class), written by the calibration probe\n"
       << engine::strf("intra_gbps = %.6g\nintra_latency_us = %.6g\ninter_gbps = %.6g\ninter_latency_us = %.6g\n",
                       1e-9 / l.intra.beta, l.intra.alpha * 1e6, 1e-9 / l.inter.beta, l.inter.alpha * 1e6);
+  for (auto [name, p] : {std::pair{"intra", l.intra}, std::pair{"inter", l.inter}})
+    if (p.alpha_next >= 0) out << engine::strf("%s_next_latency_us = %.6g\n", name, p.alpha_next * 1e6);
 }
 
 }  // namespace monta::comm

@@ -18,6 +18,7 @@ struct CalibSample {
   bool gather = false;  // all-gather (ring: n-1 latencies) or all-to-all (one)
   int n = 2;
   double M = 0, seconds = 0;
+  int burst = 1;  // > 1: that many all-to-alls back to back on one communicator, timed together (alpha_next)
   // The model's regressors: T = alpha * latencies() + beta * bytes() (cost_model.h's formulas, one class).
   double latencies() const { return gather ? double(n - 1) : 1.0; }
   double bytes() const { return double(n - 1) / n * M; }
@@ -29,11 +30,15 @@ LinkParams fit_link(std::span<const CalibSample> samples);
 
 // The fit for one class from its probe samples: the inter-node class from its all-to-alls alone (the exchange's
 // traffic on that class; over emulated nodes a 256 MiB all-gather took 1.6x the all-to-all of the same bytes, and
-// one β for both misjudged the exchange by 20-30%), the intra-node class from both collectives.
+// one β for both misjudged the exchange by 20-30%), the intra-node class from both collectives. Then alpha_next
+// from the burst samples: a burst of k takes alpha + (k-1)·alpha_next + k·beta·x; their mean, kept in [0, alpha]
+// (-1 without burst samples).
 LinkParams fit_class(LinkClass cls, std::span<const CalibSample> samples);
 
 // Times all-to-all and all-gather over comm (every peer of class cls) at each per-rank size in bytes: warm-up,
-// `iters` timed calls, median, max over the group. Collective over comm.
+// `iters` timed calls, median, max over the group; then a burst of kBurst all-to-alls back to back at the
+// largest size up to 1 MiB. Collective over comm.
+inline constexpr int kBurst = 4;
 std::vector<CalibSample> calibration_probe(Communicator& comm, LinkClass cls, std::span<const int64_t> sizes, int iters,
                                            engine::Device device);
 
@@ -53,7 +58,8 @@ Calibration calibrate(Communicator* intra, Communicator* inter, const LinkModel&
 // Samples with the fitted prediction beside each, then the fitted α (µs) and bandwidth (GB/s) per class.
 std::string format_calibration(const Calibration& c);
 
-// Cache / config text: intra_gbps, intra_latency_us, inter_gbps, inter_latency_us (one `key = value` a line,
+// Cache / config text: intra_gbps, intra_latency_us, inter_gbps, inter_latency_us, and optionally
+// intra_next_latency_us, inter_next_latency_us (the back-to-back latency) (one `key = value` a line,
 // '#' comments). Missing keys keep `fallback`'s values; unknown keys and bad numbers are user errors.
 LinkModel read_link_model(const std::string& path, const LinkModel& fallback);
 LinkModel parse_link_model(const std::string& text, const LinkModel& fallback, const std::string& where);

@@ -99,18 +99,29 @@ ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t
   const int64_t ck = (C + n - 1) / n, cp = (ck + t - 1) / t;
   const double Ma = row * double(cp), Mg = Ma * t;  // per chunk: all-to-all buffer, all-gather output
   const auto [bi, bo] = a2a_bytes(Ma);
-  const double A_intra = g.ep_peers_intra > 0 ? l.intra.time(bi) : 0, A_inter = g.ep_peers_inter > 0 ? l.inter.time(bo) : 0;
-  const double A = std::max(A_intra, A_inter);
-  const double G = all_gather_time(l, Mg, t, g.tp_spans_nodes);
-  // Overlapped stage: the all-gather shares its link class with that class's share of the next all-to-all.
-  const double stage = g.tp_spans_nodes ? std::max(A_intra, A_inter + G) : std::max(A_intra + G, A_inter);
-  p.a2a = n * A;
-  p.ag = n * G;
-  p.total = A + (n - 1) * stage + G;  // fill + (n-1)·max(stage) + drain; n = 1: A + G (drop_gather)
+  struct Legs {
+    double A, G, stage;
+  };
+  auto legs = [&](const LinkModel& m) {
+    const double A_intra = g.ep_peers_intra > 0 ? m.intra.time(bi) : 0;
+    const double A_inter = g.ep_peers_inter > 0 ? m.inter.time(bo) : 0;
+    const double G = all_gather_time(m, Mg, t, g.tp_spans_nodes);
+    // Overlapped stage: the all-gather shares its link class with that class's share of the next all-to-all.
+    const double stage = g.tp_spans_nodes ? std::max(A_intra, A_inter + G) : std::max(A_intra + G, A_inter);
+    return Legs{std::max(A_intra, A_inter), G, stage};
+  };
+  // The first chunk's collectives pay alpha; the later ones follow on the same communicators (alpha_next).
+  const Legs first = legs(l), later = n > 1 ? legs(l.chained()) : first;
+  p.a2a = first.A + (n - 1) * later.A;
+  p.ag = first.G + (n - 1) * later.G;
+  // fill + (n-1)·max(stage) + drain; n = 1: A + G (drop_gather)
+  p.total = n > 1 ? first.A + (n - 1) * later.stage + later.G : first.A + first.G;
   p.chunks = n;
-  p.chunk_a2a = A;
-  p.chunk_ag = G;
-  p.stage = stage;
+  p.chunk_a2a = first.A;
+  p.chunk_ag = first.G;
+  p.stage = later.stage;
+  p.next_a2a = later.A;
+  p.next_ag = later.G;
   p.ep_bytes = n * double(e - 1) / e * Ma;
   p.inter_bytes = n * bo;
   p.tp_bytes = n * double(t - 1) / t * Mg;
@@ -122,7 +133,8 @@ double predict_moe_block(ExchangeKind kind, int chunks, int64_t E, int64_t C, in
   const ExchangePrediction p = predict_exchange_shape(kind, chunks, E, C, H, elem_bytes, g, l);
   if (kind != ExchangeKind::overlapped) return 2 * p.total + expert_s;
   const double x = expert_s / p.chunks, fill = p.chunk_a2a + p.chunk_ag;
-  return fill + x + (p.chunks - 1) * std::max(2 * p.stage, x) + fill;
+  const double drain = p.chunks > 1 ? p.next_a2a + p.next_ag : fill;  // the last chunk's combine
+  return fill + x + (p.chunks - 1) * std::max(2 * p.stage, x) + drain;
 }
 
 ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const ExchangeVolume& v, const GroupPlacement& g,

@@ -16,11 +16,17 @@ enum class LinkClass { intra, inter };
 struct LinkParams {
   double alpha = 0;  // seconds per message (latency)
   double beta = 0;   // seconds per byte (1 / bandwidth per GPU, one direction)
+  // Latency of a collective issued right behind another on the same communicator (a pipeline's later chunks),
+  // where the calibration measured it; < 0: alpha.
+  double alpha_next = -1;
   double time(double bytes) const { return alpha + bytes * beta; }
+  double next_alpha() const { return alpha_next >= 0 ? alpha_next : alpha; }
+  LinkParams chained() const { return {next_alpha(), beta, alpha_next}; }  // alpha -> the back-to-back latency
 };
 struct LinkModel {
   LinkParams intra, inter;
   const LinkParams& of(LinkClass c) const { return c == LinkClass::intra ? intra : inter; }
+  LinkModel chained() const { return {intra.chained(), inter.chained()}; }
 };
 // From GB/s (1e9 bytes/s) and microseconds.
 LinkParams link_from(double gbps, double latency_us);
@@ -73,7 +79,8 @@ struct ExchangePrediction {
   double a2a = 0, ag = 0;  // seconds of the EP all-to-all and the TP all-gather (whole call, not per chunk)
   double total = 0;        // seconds of the call (pipelined: fill + (n-1)·max(stage) + drain)
   int chunks = 1;                                  // n actually used (at most C)
-  double chunk_a2a = 0, chunk_ag = 0, stage = 0;   // one chunk's A and G, and the contended steady stage
+  double chunk_a2a = 0, chunk_ag = 0, stage = 0;   // the first chunk's A and G; the later chunks' contended stage
+  double next_a2a = 0, next_ag = 0;                // a later chunk's A and G (= the first's unless alpha_next)
   double ep_bytes = 0, tp_bytes = 0, inter_bytes = 0;  // bytes this rank sends per leg, and of them over the network
 };
 ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const ExchangeVolume& v, const GroupPlacement& g,

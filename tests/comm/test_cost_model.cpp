@@ -79,6 +79,33 @@ TEST(CostModel, StrategiesByHand) {
   EXPECT_DOUBLE_EQ(c.total, 20e-9 + 3 * (20e-9 + 40e-9) + 40e-9);
 }
 
+// A measured back-to-back latency (alpha_next) prices the later chunks; the first still pays alpha, and one
+// chunk (drop_gather) or no measurement (alpha_next < 0) leave the prediction as it was.
+TEST(CostModel, LaterChunksPayTheBackToBackLatency) {
+  LinkModel l{{1e-6, 1e-9}, {3e-3, 1e-8}};
+  GroupPlacement g;
+  g.t = 2;
+  g.e = 2;
+  g.ep_peers_inter = 1;
+  const auto base = predict_exchange_shape(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l);
+  const auto dg0 = predict_exchange_shape(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l);
+  // As in StrategiesByHand plus latencies: A = 3e-3 + 20e-8, G = 1e-6 + 40e-9 (t = 2: one ring step).
+  const double A = 3e-3 + 20e-8, G = 1e-6 + 40e-9;
+  EXPECT_DOUBLE_EQ(base.total, A + 3 * A + G);
+  l.inter.alpha_next = 2e-3;
+  l.intra.alpha_next = 0.5e-6;
+  const double An = 2e-3 + 20e-8, Gn = 0.5e-6 + 40e-9;
+  const auto p = predict_exchange_shape(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l);
+  EXPECT_DOUBLE_EQ(p.total, A + 3 * An + Gn);
+  EXPECT_DOUBLE_EQ(p.a2a, A + 3 * An);
+  EXPECT_DOUBLE_EQ(p.chunk_a2a, A);
+  EXPECT_DOUBLE_EQ(p.next_a2a, An);
+  EXPECT_DOUBLE_EQ(predict_exchange_shape(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l).total, dg0.total);
+  // overlapped, communication-bound: fill (first chunk) + x + 3·2·stage(later) + drain (a later chunk).
+  EXPECT_DOUBLE_EQ(predict_moe_block(ExchangeKind::overlapped, 4, 2, 8, 10, 2, g, l, 4e-8),
+                   (A + G) + 1e-8 + 3 * 2 * An + (An + Gn));
+}
+
 TEST(CostModel, OverlappedBlockByHand) {
   LinkModel l{{0, 1e-9}, {0, 1e-8}};
   GroupPlacement g;
@@ -178,6 +205,16 @@ TEST(Calibration, InterClassFitsItsAllToAlls) {
   const LinkParams intra = fit_class(LinkClass::intra, s);  // both: beta between the two
   EXPECT_GT(intra.beta, 1.05 * b_a2a);
   EXPECT_LT(intra.beta, 0.95 * b_gather);
+  EXPECT_LT(inter.alpha_next, 0);  // no burst sample: not measured
+  // A burst of 4 all-to-alls of 1 MiB at alpha_next = 2 ms: recovered; one slower than 4 single ones: clamped.
+  CalibSample b{LinkClass::inter, false, 2, 1048576.0, 0};
+  b.burst = 4;
+  b.seconds = a + 3 * 2e-3 + 4 * b_a2a * b.bytes();
+  s.push_back(b);
+  EXPECT_NEAR(fit_class(LinkClass::inter, s).alpha_next, 2e-3, 1e-9);
+  EXPECT_NEAR(fit_class(LinkClass::inter, s).alpha, a, 1e-6 * a);  // bursts stay out of the alpha-beta fit
+  s.back().seconds = 4 * (a + b_a2a * b.bytes()) + 1e-3;
+  EXPECT_DOUBLE_EQ(fit_class(LinkClass::inter, s).alpha_next, fit_class(LinkClass::inter, s).alpha);
 }
 
 // The probe sizes span the prediction's range: 4 KiB ×4 up to the largest size asked for (at least 4 MiB), which
@@ -210,7 +247,10 @@ TEST(Calibration, SizesSpanTheLargestBuffer) {
 
 TEST(Calibration, CacheTextRoundTripAndErrors) {
   const LinkModel base{{1e-6, 1e-9}, {1e-5, 1e-8}};
-  const LinkModel l = parse_link_model("# c\nintra_gbps = 400\ninter_latency_us=20\n", base, "t");
+  const LinkModel l =
+      parse_link_model("# c\nintra_gbps = 400\ninter_latency_us=20\ninter_next_latency_us = 12\n", base, "t");
+  EXPECT_DOUBLE_EQ(l.inter.alpha_next, 12e-6);
+  EXPECT_LT(l.intra.alpha_next, 0);
   EXPECT_DOUBLE_EQ(l.intra.beta, 1.0 / 400e9);
   EXPECT_DOUBLE_EQ(l.inter.alpha, 20e-6);
   EXPECT_DOUBLE_EQ(l.intra.alpha, 1e-6);
@@ -221,6 +261,8 @@ TEST(Calibration, CacheTextRoundTripAndErrors) {
   const LinkModel r = read_link_model(path, LinkModel{});
   EXPECT_NEAR(r.intra.beta, l.intra.beta, 1e-6 * l.intra.beta);
   EXPECT_NEAR(r.inter.alpha, l.inter.alpha, 1e-9);
+  EXPECT_NEAR(r.inter.alpha_next, 12e-6, 1e-12);
+  EXPECT_LT(r.intra.alpha_next, 0);
 }
 
 }  // namespace
