@@ -32,6 +32,10 @@ double all_gather_time(const LinkModel& l, double M, int n, bool spans_nodes) {
   return (n - 1) * p.alpha + double(n - 1) / n * M * p.beta;
 }
 
+double reduce_scatter_time(const LinkModel& l, double M, int n, bool spans_nodes) {
+  return all_gather_time(l, M, n, spans_nodes);
+}
+
 double all_reduce_time(const LinkModel& l, double M, int n, bool spans_nodes) {
   if (n < 2 || M <= 0) return 0;
   const LinkParams& p = spans_nodes ? l.inter : l.intra;

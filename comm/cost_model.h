@@ -51,6 +51,8 @@ double all_to_all_time(const LinkModel& l, double M, int peers_intra, int peers_
 // all-gather / all-reduce: ring; the slowest link class in the ring sets the pace (inter if the group spans nodes).
 double all_gather_time(const LinkModel& l, double M, int n, bool spans_nodes);
 double all_reduce_time(const LinkModel& l, double M, int n, bool spans_nodes);
+// Ring reduce-scatter of an M-byte input into n blocks: the all-gather's cost, (n−1)·α + (n−1)/n·M·β.
+double reduce_scatter_time(const LinkModel& l, double M, int n, bool spans_nodes);
 
 // The numbers of one MoE layer's exchange (comm may not include model/, so these are passed in).
 struct ExchangeVolume {

@@ -62,6 +62,12 @@ class Exchange {
   virtual Tensor expert_chunk(const Tensor& t, int k) const;
   virtual ExchangeStats dispatch_experts_combine(Tensor out, Tensor z, Tensor y, const Tensor& x,
                                                  const std::function<void(int)>& experts);
+  // Experts split over TP (expert-TP) leave in z each TP rank's partial sums. Called from experts(k) on chunk k
+  // of z (as expert_chunk() gives it) once written, this sums them over TP in the rows that combine() sends from
+  // this rank and returns true; false: the caller must all-reduce zk over TP itself (duplicate sends every row).
+  // The capacity-sliced strategies reduce-scatter (half an all-reduce's traffic); the rows of the other TP ranks'
+  // slices are then left unspecified.
+  virtual bool reduce_tp_partials(Tensor zk, int k) { return false; }
 };
 
 // duplicate:   every TP rank runs the whole all-to-all over EP (the DeepSpeed baseline).

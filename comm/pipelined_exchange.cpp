@@ -115,6 +115,36 @@ class PipelinedExchange final : public Exchange {
                              {El_, e_ * c.size, W}, t.dtype, t.device);
   }
 
+  // Rank-major packing of every slice of the chunk(s) into the gather region (block r: slice r of each (p, j)
+  // run, as the all-gather lays it out), reduce-scatter over TP into the send region (this rank's block, summed),
+  // and back into this rank's slice rows of z. Both regions are idle here: the chunk's dispatch has been unpacked
+  // and its combine is not packed yet.
+  bool reduce_tp_partials(Tensor zk, int k) override {
+    if (t_ == 1) return true;
+    const engine::TraceRange trace("exchange reduce-scatter of TP partials");
+    const bool one = overlapped();
+    MONTA_CHECK(k >= 0 && k < (one ? int(chunks_.size()) : 1), "exchange: reduce_tp_partials chunk " + n2s(k));
+    const Position at = one ? chunk_major() : expert_side();
+    const int64_t base = one ? El_ * e_ * chunks_[size_t(k)].off : 0;  // zk's first slot in the whole z
+    for (int ci = one ? k : 0; ci < (one ? k + 1 : int(chunks_.size())); ++ci) {
+      const Chunk& c = chunks_[size_t(ci)];
+      for (int r = 0; r < t_; ++r) {
+        const int64_t off = c.slices[size_t(r)].offset, m = c.slices[size_t(r)].size * H_;
+        for (int64_t p = 0; p < e_; ++p)
+          for (int64_t j = 0; j < El_; ++j)
+            engine::copy(flat(gather_, c.gather_at + r * c.block + (p * El_ + j) * m, m),
+                         flat(zk, (at(c, p, j) - base + off) * H_, m));
+      }
+      tp_.reduce_scatter(flat(send_, c.send_at, c.block), flat(gather_, c.gather_at, int64_t(t_) * c.block),
+                         ReduceOp::sum);
+      const int64_t off = c.slices[size_t(tp_.rank())].offset, m = c.slices[size_t(tp_.rank())].size * H_;
+      for (int64_t p = 0; p < e_; ++p)
+        for (int64_t j = 0; j < El_; ++j)
+          engine::copy(flat(zk, (at(c, p, j) - base + off) * H_, m), flat(send_, c.send_at + (p * El_ + j) * m, m));
+    }
+    return true;
+  }
+
   // The overlapped schedule, host order (every call below is asynchronous on NCCL):
   //   pack and start the dispatch all-to-all of every chunk;
   //   for k: start dispatch all-gather k (chained after all-to-all k) | unpack k-1, experts(k-1), pack and start

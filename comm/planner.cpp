@@ -89,10 +89,15 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         const bool dp_spans = (dp - 1) * tp >= c.gpus_per_node, edp_spans = (dp / ep - 1) * tp * ep >= c.gpus_per_node;
         base.grad_sync_s = all_reduce_time(links, 4.0 * dense_params(m, tp), dp, dp_spans) +
                            all_reduce_time(links, 4.0 * expert_params(m, tp, ep, etp), dp / ep, edp_spans);
-        // TP: per layer, forward and backward, an all-reduce of the attention output and (expert-TP) of the MoE output.
+        // TP: per layer, forward and backward, an all-reduce of the attention output and (expert-TP) a sum of the
+        // MoE output: an all-reduce, or (sliced strategies, below) a reduce-scatter into the exchange's slices.
         const bool tp_spans = tp > c.gpus_per_node;
-        base.tp_s = 2.0 * (etp ? 2 : 1) * double(m.layers) * double(base.micro_steps) *
-                    all_reduce_time(links, double(m.micro_batch * m.seq_len * m.hidden * m.act_bytes), tp, tp_spans);
+        const double tp_bytes = double(m.micro_batch * m.seq_len * m.hidden * m.act_bytes);
+        const double tp_calls = 2.0 * double(m.layers) * double(base.micro_steps);
+        base.tp_s = tp_calls * (etp ? 2 : 1) * all_reduce_time(links, tp_bytes, tp, tp_spans);
+        const double tp_s_sliced =
+            tp_calls * (all_reduce_time(links, tp_bytes, tp, tp_spans) +
+                        (etp ? reduce_scatter_time(links, tp_bytes, tp, tp_spans) : 0.0));
         // Whole experts on every TP rank (expert-TP off) compute the same tokens tp times over.
         const double expert_flops = 3.0 * 2.0 * double(m.top_k) * 3.0 * double(m.hidden) * double(m.ffn) * double(m.layers);
         const double flops = m.flops_per_token + (etp ? 0.0 : double(tp - 1) * expert_flops);
@@ -112,6 +117,7 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
             PlanRow r = base;
             r.strategy = k;
             r.chunks = n;
+            if (ep > 1 && k != ExchangeKind::duplicate) r.tp_s = tp_s_sliced;
             if (ep > 1) r.exchange = predict_exchange(k, n, v, g, links);
             // Exposed exchange time of one layer: forward and backward MoE blocks less their expert compute (the
             // backward's is about twice the forward's). Only overlapped hides any of it behind the experts.

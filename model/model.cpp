@@ -153,6 +153,11 @@ void Model::exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x,
   r.exchange_bytes += double(st.ep_bytes + st.tp_bytes);
 }
 
+void Model::reduce_expert_partials(Tensor t, int k) {
+  if (par_.exchange && par_.exchange->reduce_tp_partials(t, k)) return;  // reduce-scatter where combine reads
+  tp_all_reduce(t);
+}
+
 Tensor Model::expert_chunk(const Tensor& t, int k) const { return par_.exchange ? par_.exchange->expert_chunk(t, k) : t; }
 
 void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
@@ -193,7 +198,7 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
         expert_linear_forward(up, y, w_up);
         swiglu_forward(act, gate, up);
         expert_linear_forward(eo, act, w_down);
-        if (par_.expert_tp) tp_all_reduce(eo);
+        if (par_.expert_tp) reduce_expert_partials(eo, k);
       },
       r);
   moe_combine_forward(tmp_, a.cbuf, a.weight, a.expert_idx, a.slot);
@@ -278,7 +283,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         swiglu_backward(dgate, dup, dact, gate, up);
         expert_linear_backward(dy, g_gate, dgate, y, w_gate);
         expert_linear_backward(dy, g_up, dup, y, w_up, true);  // dy += the up branch's gradient
-        if (par_.expert_tp) tp_all_reduce(dy);
+        if (par_.expert_tp) reduce_expert_partials(dy, k);
       },
       r);
   moe_dispatch_backward(dxn_, ddbuf_, a.expert_idx, a.slot);

@@ -54,6 +54,8 @@ class Model {
   void exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x, const std::function<void(int)>& experts,
                         MicroResult& r);
   Tensor expert_chunk(const Tensor& t, int k) const;  // chunk k of an expert-side (E_l, e*C, W) tensor
+  // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
+  void reduce_expert_partials(Tensor t, int k);
   Tensor p(const std::string& name) const;      // compute copy of a parameter
   Tensor grad(const std::string& name) const;   // its gradient accumulator
   double read_scalar(const Tensor& t) const;

@@ -533,6 +533,31 @@ void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
     EXPECT_EQ(st.ep_bytes, 2 * one.ep_bytes) << name;
     EXPECT_EQ(st.tp_bytes, 2 * one.tp_bytes) << name;
   }
+
+  // Experts split over TP write partial sums: here the last TP rank the rotated rows, the others zeros (exact in
+  // any summation order). reduce_tp_partials must sum them where combine reads; duplicate leaves it to the caller's
+  // all-reduce. The result must be the fused reference above. (MPI reduces f32 only: the bf16 cases skip this.)
+  if (k.dtype != DType::f32) return;
+  for (auto [kind, chunks] : runs) {
+    const std::string name = what + " " + exchange_kind_name(kind) + " chunks " + std::to_string(chunks) + " TP partials";
+    ExchangeShape shape{E, C, H};
+    shape.chunks = chunks;
+    auto ex = make_exchange(kind, pg.tp(), pg.ep(), shape, k.dtype, Device::cpu);
+    std::vector<char> y(bytes, char(0xAB)), zb(bytes, char(0xCD)), out(bytes, char(0xEF));
+    const Tensor yt = view_of(y, {El, e * C, H}, k.dtype), zt = view_of(zb, {El, e * C, H}, k.dtype);
+    bool reduced_here = false;
+    ex->dispatch_experts_combine(view_of(out, {E, C, H}, k.dtype), zt, yt, view_of(x, {E, C, H}, k.dtype), [&](int c) {
+      const Tensor yc = ex->expert_chunk(yt, c), zc = ex->expert_chunk(zt, c);
+      const size_t at = size_t(static_cast<char*>(yc.data) - y.data()), len = size_t(yc.numel()) * es;
+      std::vector<char> ychunk(y.begin() + ptrdiff_t(at), y.begin() + ptrdiff_t(at + len)), zchunk(len, 0);
+      if (co.tp_idx == t - 1) rotate_rows(zchunk, ychunk, El, yc.dim(1), H, es);
+      std::memcpy(static_cast<char*>(zc.data), zchunk.data(), len);
+      reduced_here = ex->reduce_tp_partials(zc, c);
+      if (!reduced_here) pg.tp().all_reduce(zc, ReduceOp::sum);
+    });
+    EXPECT_EQ(reduced_here, kind != ExchangeKind::duplicate) << name;
+    EXPECT_TRUE(out == out_f) << name << ": the TP sum of partial expert outputs, combined, differs from duplicate's";
+  }
 }
 
 TEST(Exchange, MatchesReferenceAndInvertsForEveryLayout) {
