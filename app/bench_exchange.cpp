@@ -246,10 +246,10 @@ int run(int argc, char** argv) {
   if (!json.empty() && comm::runtime_world_rank() == 0) {
     std::ofstream out(json);
     out << strf("{\"tp\": %d, \"ep\": %d, \"world\": %d, \"nodes\": %d, \"dtype\": \"%s\", \"iters\": %d, "
-                "\"intra_gbps\": %.4f, \"intra_latency_us\": %.3f, \"inter_gbps\": %.4f, \"inter_latency_us\": %.3f, "
-                "\"rows\": [\n",
+                "\"intra_gbps\": %.4f, \"intra_latency_us\": %.3f, \"intra_next_latency_us\": %.3f, "
+                "\"inter_gbps\": %.4f, \"inter_latency_us\": %.3f, \"inter_next_latency_us\": %.3f, \"rows\": [\n",
                 tp, ep, world, topo.num_nodes, engine::dtype_name(dt), iters, 1e-9 / lm.intra.beta, lm.intra.alpha * 1e6,
-                1e-9 / lm.inter.beta, lm.inter.alpha * 1e6);
+                lm.intra.next_alpha() * 1e6, 1e-9 / lm.inter.beta, lm.inter.alpha * 1e6, lm.inter.next_alpha() * 1e6);
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       out << strf("  {\"op\": \"%s\", \"chunks\": %d, \"bytes\": %.0f, \"time_us\": %.3f, \"algbw\": %.4f, "
