@@ -1,3 +1,5 @@
+// Per-op timing (engine/op_timing.h): the records of the timed op calls, and their sums per op and shape for
+// `monta bench layer --breakdown`.
 #include "engine/op_timing.h"
 
 #include <chrono>
