@@ -13,6 +13,7 @@ namespace {
 struct Record {
   std::string name;
   Device device;
+  Stream stream;
   std::chrono::steady_clock::time_point t0, t1;  // CPU ops
   void* e0 = nullptr;                             // CUDA ops: events from the backend's pool
   void* e1 = nullptr;
@@ -33,13 +34,14 @@ void set_op_timing(bool on) {
 bool op_timing_on() { return g_on; }
 
 void OpScope::begin(const char* name, const Tensor& first, Stream s) {
-  device_ = first.device;
-  stream_ = s;
   std::string key = name;
-  for (int i = 0; i < first.ndim; ++i) key += (i ? "x" : " ") + std::to_string(first.dim(i));
+  for (int i = 0; i < first.ndim; ++i) {
+    key += i ? 'x' : ' ';
+    key += std::to_string(first.dim(i));
+  }
   std::lock_guard<std::mutex> lock(g_mu);
-  Record r{std::move(key), device_, {}, {}};
-  if (device_ == Device::cuda)
+  Record r{std::move(key), first.device, s, {}, {}};
+  if (r.device == Device::cuda)
     r.e0 = cudab::timing_event(s);
   else
     r.t0 = std::chrono::steady_clock::now();
@@ -50,8 +52,8 @@ void OpScope::begin(const char* name, const Tensor& first, Stream s) {
 void OpScope::end() {
   std::lock_guard<std::mutex> lock(g_mu);
   Record& r = g_records[size_t(index_)];
-  if (device_ == Device::cuda)
-    r.e1 = cudab::timing_event(stream_);
+  if (r.device == Device::cuda)
+    r.e1 = cudab::timing_event(r.stream);
   else
     r.t1 = std::chrono::steady_clock::now();
   r.closed = true;

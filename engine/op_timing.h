@@ -37,9 +37,7 @@ class OpScope {
  private:
   void begin(const char* name, const Tensor& first, Stream s);
   void end();
-  int index_ = -1;
-  Device device_ = Device::cpu;
-  Stream stream_ = nullptr;
+  int index_ = -1;  // this call's record, once timed
 };
 
 }  // namespace monta::engine

@@ -11,13 +11,8 @@ static __global__ void add_kernel(void* out, bool out_bf, const void* a, bool a_
     st(out, i, out_bf, ld(a, i, a_bf) + ld(b, i, b_bf));
 }
 
-static __global__ void accumulate_kernel(void* dst, bool dst_bf, const void* src, bool src_bf, int64_t n) {
-  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    st(dst, i, dst_bf, ld(dst, i, dst_bf) + ld(src, i, src_bf));
-}
-
-// 16-byte vector forms of add and accumulate (all operands of one dtype, 16-byte aligned, n % V == 0): the same
-// f32 math per element, so the same bits as the kernels above, at the copy rate instead of 2-byte accesses.
+// 16-byte vector form of add (all operands of one dtype, 16-byte aligned, n % V == 0): the same f32 math per
+// element, so the same bits as add_kernel, at the copy rate instead of 2-byte accesses.
 template <class T>
 static __global__ void add_vec_kernel(T* __restrict__ out, const T* a, const T* b, int64_t nvec) {
   constexpr int V = Vec16<T>::n;
@@ -74,42 +69,35 @@ static void launch_reduce(float* out, const Tensor& x, float alpha, bool squares
   MONTA_LAUNCH_CHECK();
 }
 
+// out = a + b elementwise; accumulate is add(dst, dst, src) (the same f32 sum and rounding per element).
+static void launch_add(Tensor out, const Tensor& a, const Tensor& b, Stream s) {
+  const int64_t n = out.numel();
+  if (n > 0 && vec_same(out, a, b)) {
+    MONTA_FLOAT_TYPES(out.dtype, T, {
+      const int64_t nvec = n / Vec16<T>::n;
+      add_vec_kernel<T><<<grid_1d(nvec, 256, 132 * 16), 256, 0, stream_of(s)>>>(out.as<T>(), a.as<T>(), b.as<T>(), nvec);
+    });
+  } else {
+    add_kernel<<<grid_1d(n, 256), 256, 0, stream_of(s)>>>(out.data, is_bf16(out), a.data, is_bf16(a), b.data,
+                                                          is_bf16(b), n);
+  }
+  MONTA_LAUNCH_CHECK();
+}
+
 void add(Tensor out, const Tensor& a, const Tensor& b, Stream s) {
   need_float(out, "add", "out");
   need_float(a, "add", "a");
   need_float(b, "add", "b");
   need_numel(a, out.numel(), "add", "a");
   need_numel(b, out.numel(), "add", "b");
-  int64_t n = out.numel();
-  if (n > 0 && vec_same(out, a, b)) {
-    MONTA_FLOAT_TYPES(out.dtype, T, {
-      const int64_t nvec = n / Vec16<T>::n;
-      add_vec_kernel<T><<<grid_1d(nvec, 256, 132 * 16), 256, 0, stream_of(s)>>>(out.as<T>(), a.as<T>(), b.as<T>(), nvec);
-    });
-    MONTA_LAUNCH_CHECK();
-    return;
-  }
-  add_kernel<<<grid_1d(n, 256), 256, 0, stream_of(s)>>>(out.data, is_bf16(out), a.data, is_bf16(a), b.data,
-                                                        is_bf16(b), n);
-  MONTA_LAUNCH_CHECK();
+  launch_add(out, a, b, s);
 }
 
 void accumulate(Tensor dst, const Tensor& src, Stream s) {
   need_float(dst, "accumulate", "dst");
   need_float(src, "accumulate", "src");
   need_numel(src, dst.numel(), "accumulate", "src");
-  int64_t n = dst.numel();
-  if (n > 0 && vec_same(dst, dst, src)) {  // dst + src in that order, as the scalar kernel
-    MONTA_FLOAT_TYPES(dst.dtype, T, {
-      const int64_t nvec = n / Vec16<T>::n;
-      add_vec_kernel<T><<<grid_1d(nvec, 256, 132 * 16), 256, 0, stream_of(s)>>>(dst.as<T>(), dst.as<T>(), src.as<T>(),
-                                                                              nvec);
-    });
-    MONTA_LAUNCH_CHECK();
-    return;
-  }
-  accumulate_kernel<<<grid_1d(n, 256), 256, 0, stream_of(s)>>>(dst.data, is_bf16(dst), src.data, is_bf16(src), n);
-  MONTA_LAUNCH_CHECK();
+  launch_add(dst, dst, src, s);
 }
 
 void scale(Tensor t, double alpha, Stream s) {
