@@ -67,7 +67,7 @@ class Exchange {
   // this rank and returns true; false: the caller must all-reduce zk over TP itself (duplicate sends every row).
   // The capacity-sliced strategies reduce-scatter (half an all-reduce's traffic); the rows of the other TP ranks'
   // slices are then left unspecified.
-  virtual bool reduce_tp_partials(Tensor zk, int k) { return false; }
+  virtual bool reduce_tp_partials(Tensor /*zk*/, int /*k*/) { return false; }
 };
 
 // duplicate:   every TP rank runs the whole all-to-all over EP (the DeepSpeed baseline).

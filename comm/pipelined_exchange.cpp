@@ -128,19 +128,10 @@ class PipelinedExchange final : public Exchange {
     const int64_t base = one ? El_ * e_ * chunks_[size_t(k)].off : 0;  // zk's first slot in the whole z
     for (int ci = one ? k : 0; ci < (one ? k + 1 : int(chunks_.size())); ++ci) {
       const Chunk& c = chunks_[size_t(ci)];
-      for (int r = 0; r < t_; ++r) {
-        const int64_t off = c.slices[size_t(r)].offset, m = c.slices[size_t(r)].size * H_;
-        for (int64_t p = 0; p < e_; ++p)
-          for (int64_t j = 0; j < El_; ++j)
-            engine::copy(flat(gather_, c.gather_at + r * c.block + (p * El_ + j) * m, m),
-                         flat(zk, (at(c, p, j) - base + off) * H_, m));
-      }
+      for (int r = 0; r < t_; ++r) move_slice(c, r, zk, at, base, gather_, c.gather_at + r * c.block, true);
       tp_.reduce_scatter(flat(send_, c.send_at, c.block), flat(gather_, c.gather_at, int64_t(t_) * c.block),
                          ReduceOp::sum);
-      const int64_t off = c.slices[size_t(tp_.rank())].offset, m = c.slices[size_t(tp_.rank())].size * H_;
-      for (int64_t p = 0; p < e_; ++p)
-        for (int64_t j = 0; j < El_; ++j)
-          engine::copy(flat(zk, (at(c, p, j) - base + off) * H_, m), flat(send_, c.send_at + (p * El_ + j) * m, m));
+      move_slice(c, tp_.rank(), zk, at, base, send_, c.send_at, false);
     }
     return true;
   }
@@ -201,6 +192,23 @@ class PipelinedExchange final : public Exchange {
     return [this](const Chunk& c, int64_t p, int64_t j) { return El_ * e_ * c.off + (j * e_ + p) * c.size; };
   }
 
+  // Copies TP slice r of every (peer p, local expert j) run of chunk c between `side` (runs placed by `at`, whose
+  // slot `base` is side's first) and the packed (e, E_l, slice, H) block at element `packed_at` of `packed`.
+  void move_slice(const Chunk& c, int r, const Tensor& side, const Position& at, int64_t base, const Tensor& packed,
+                  int64_t packed_at, bool to_packed) const {
+    const Shard s = c.slices[size_t(r)];
+    const int64_t m = s.size * H_;
+    for (int64_t p = 0; p < e_; ++p)
+      for (int64_t j = 0; j < El_; ++j) {
+        const Tensor run = flat(side, (at(c, p, j) - base + s.offset) * H_, m);
+        const Tensor blk = flat(packed, packed_at + (p * El_ + j) * m, m);
+        if (to_packed)
+          engine::copy(blk, run);
+        else
+          engine::copy(run, blk);
+      }
+  }
+
   // One direction of the exchange: src -> dst, with the requests of its chunks.
   struct Leg {
     Tensor src, dst;
@@ -211,12 +219,8 @@ class PipelinedExchange final : public Exchange {
   void pack_and_send(Leg& leg, int k) {
     const engine::TraceRange trace("exchange pack + all-to-all chunk " + std::to_string(k));
     const Chunk& c = chunks_[size_t(k)];
-    const Shard s = c.slices[size_t(tp_.rank())];
-    const int64_t m = s.size * H_, cnt = int64_t(e_) * El_ * m;
-    for (int64_t p = 0; p < e_; ++p)
-      for (int64_t j = 0; j < El_; ++j)
-        engine::copy(flat(send_, c.send_at + (p * El_ + j) * m, m),
-                     flat(leg.src, (leg.src_at(c, p, j) + s.offset) * H_, m));
+    const int64_t cnt = int64_t(e_) * El_ * c.slices[size_t(tp_.rank())].size * H_;
+    move_slice(c, tp_.rank(), leg.src, leg.src_at, 0, send_, c.send_at, true);
     if (leg.a2a.empty()) leg.a2a.resize(chunks_.size());
     // Lands directly in this TP rank's block of the chunk's gather region (packed (e, E_l, cs, H)).
     leg.a2a[size_t(k)] = ep_.all_to_all_async(flat(gather_, c.gather_at + tp_.rank() * c.block, cnt),
@@ -237,14 +241,7 @@ class PipelinedExchange final : public Exchange {
     const engine::TraceRange trace("exchange unpack chunk " + std::to_string(k));
     const Chunk& c = chunks_[size_t(k)];
     if (leg.ag[size_t(k)]) leg.ag[size_t(k)]->wait();
-    for (int r = 0; r < t_; ++r) {
-      const Shard s = c.slices[size_t(r)];
-      const int64_t m = s.size * H_;
-      for (int64_t p = 0; p < e_; ++p)
-        for (int64_t j = 0; j < El_; ++j)
-          engine::copy(flat(leg.dst, (leg.dst_at(c, p, j) + s.offset) * H_, m),
-                       flat(gather_, c.gather_at + r * c.block + (p * El_ + j) * m, m));
-    }
+    for (int r = 0; r < t_; ++r) move_slice(c, r, leg.dst, leg.dst_at, 0, gather_, c.gather_at + r * c.block, false);
   }
 
   // The pipeline of one direction. Schedule, chunk k:

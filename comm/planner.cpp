@@ -94,10 +94,10 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         const bool tp_spans = tp > c.gpus_per_node;
         const double tp_bytes = double(m.micro_batch * m.seq_len * m.hidden * m.act_bytes);
         const double tp_calls = 2.0 * double(m.layers) * double(base.micro_steps);
-        base.tp_s = tp_calls * (etp ? 2 : 1) * all_reduce_time(links, tp_bytes, tp, tp_spans);
-        const double tp_s_sliced =
-            tp_calls * (all_reduce_time(links, tp_bytes, tp, tp_spans) +
-                        (etp ? reduce_scatter_time(links, tp_bytes, tp, tp_spans) : 0.0));
+        const double tp_ar = all_reduce_time(links, tp_bytes, tp, tp_spans);
+        auto tp_seconds = [&](bool sliced) {
+          return tp_calls * (tp_ar + (etp ? (sliced ? reduce_scatter_time(links, tp_bytes, tp, tp_spans) : tp_ar) : 0.0));
+        };
         // Whole experts on every TP rank (expert-TP off) compute the same tokens tp times over.
         const double expert_flops = 3.0 * 2.0 * double(m.top_k) * 3.0 * double(m.hidden) * double(m.ffn) * double(m.layers);
         const double flops = m.flops_per_token + (etp ? 0.0 : double(tp - 1) * expert_flops);
@@ -117,7 +117,7 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
             PlanRow r = base;
             r.strategy = k;
             r.chunks = n;
-            if (ep > 1 && k != ExchangeKind::duplicate) r.tp_s = tp_s_sliced;
+            r.tp_s = tp_seconds(ep > 1 && k != ExchangeKind::duplicate);
             if (ep > 1) r.exchange = predict_exchange(k, n, v, g, links);
             // Exposed exchange time of one layer: forward and backward MoE blocks less their expert compute (the
             // backward's is about twice the forward's). Only overlapped hides any of it behind the experts.
