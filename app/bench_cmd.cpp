@@ -221,6 +221,9 @@ int bench_ops(Device dev, int iters, const std::string& json, int64_t S) {
   rows.push_back(measure(dev, iters, "expert gemm bwd dw (gate)", strf("E%ld %ldx%ldx%ld", E, F, H, C), 2.0 * E * C * F * H,
                          el * E * (C * H + C * F) + 8.0 * E * F * H,
                          [&] { expert_linear_backward(Tensor(), dwg, gate, buf, wg); }));
+  rows.push_back(measure(dev, iters, "expert gemm bwd dw first (gate)", strf("E%ld %ldx%ldx%ld", E, F, H, C),
+                         2.0 * E * C * F * H, el * E * (C * H + C * F) + 4.0 * E * F * H,
+                         [&] { expert_linear_backward(Tensor(), dwg, gate, buf, wg, false, false); }));  // beta 0
   rows.push_back(measure(dev, iters, "expert gemm fwd (down)", strf("E%ld %ldx%ldx%ld", E, C, H, F), 2.0 * E * C * F * H,
                          el * E * (C * H + F * H + C * F), [&] { expert_linear_forward(eo, actv, wd); }));
   Tensor dwd = B.make({E, H, F}, DType::f32);
@@ -397,6 +400,9 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
       const double fwd_ms = time_ms(dev, 1, iters, [&] { model.bench_layer(0, false); });
       const double fwd_flops = (proj + experts + attn) / o.tp;
       rows.push_back({"layer fwd only", shape, fwd_ms, fwd_flops / (fwd_ms * 1e-3) / 1e12, 0, fwd_flops, 0});
+      // As on a later micro-batch of a step: the weight gradients are added to, not written (GEMMs with beta 1).
+      const double acc_ms = time_ms(dev, 1, iters, [&] { model.bench_layer(0, true, true); });
+      rows.push_back({"layer fwd+bwd, grads added", shape, acc_ms, flops / (acc_ms * 1e-3) / 1e12, 0, flops, 0});
     }
     if (o.breakdown)
       breakdowns += strf("%s\"%s\": %s", breakdowns.empty() ? "" : ", ", name.c_str(),

@@ -125,7 +125,13 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
 }
 
 Tensor Model::p(const std::string& name) const { return params_.get(name).compute; }
-Tensor Model::grad(const std::string& name) const { return params_.get(name).grad; }
+GradWrite Model::dweight(const std::string& name) { return params_.grad_write(name); }
+void Model::linear_backward_w(Tensor dx, const std::string& name, const Tensor& dout, const Tensor& x,
+                              bool accumulate_dx) {
+  const GradWrite g = dweight(name);
+  linear_backward(dx, g.grad, dout, x, p(name), accumulate_dx, g.accumulate);
+}
+Tensor Model::dweight_acc(const std::string& name) { return params_.grad_accumulate(name); }
 
 double Model::read_scalar(const Tensor& t) const {
   double host[1];
@@ -224,12 +230,13 @@ void Model::read_router_stats(MicroResult& r) const {
   for (int32_t v : slots) r.dropped += v < 0;
 }
 
-void Model::bench_layer(int l, bool backward) {
+void Model::bench_layer(int l, bool backward, bool later_micro_batch) {
   MicroResult r;
   Tensor out = l + 1 < int(layers_.size()) ? layers_[size_t(l) + 1].x : x_final_;
   layer_forward(l, layers_[size_t(l)].x, out, r);
   if (!backward) return;
   copy(dx_, out);  // any well-scaled gradient will do for timing
+  if (!later_micro_batch) params_.zero_grads();
   layer_backward(l, dx_, 1.0, r);
 }
 
@@ -271,7 +278,6 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   moe_combine_backward(dcbuf_, dweight_, dx, a.cbuf, a.weight, a.expert_idx, a.slot);
   // The backward of combine is dispatch and that of dispatch is combine: dcbuf -> deo -> experts -> dy -> ddbuf.
   const Tensor w_gate = p(P + "w_gate"), w_up = p(P + "w_up"), w_down = p(P + "w_down");
-  const Tensor g_gate = grad(P + "w_gate"), g_up = grad(P + "w_up"), g_down = grad(P + "w_down");
   exchange_experts(
       ddbuf_, dy_, deo_, dcbuf_,
       [&](int k) {
@@ -279,10 +285,11 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         const Tensor gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k), y = expert_chunk(a.y, k);
         const Tensor dgate = expert_chunk(dgate_, k), dup = expert_chunk(dup_, k);
         const Tensor dy = expert_chunk(dy_, k);
-        expert_linear_backward(dact, g_down, deo, act, w_down);
+        const GradWrite g_down = dweight(P + "w_down"), g_gate = dweight(P + "w_gate"), g_up = dweight(P + "w_up");
+        expert_linear_backward(dact, g_down.grad, deo, act, w_down, false, g_down.accumulate);
         swiglu_backward(dgate, dup, dact, gate, up);
-        expert_linear_backward(dy, g_gate, dgate, y, w_gate);
-        expert_linear_backward(dy, g_up, dup, y, w_up, true);  // dy += the up branch's gradient
+        expert_linear_backward(dy, g_gate.grad, dgate, y, w_gate, false, g_gate.accumulate);
+        expert_linear_backward(dy, g_up.grad, dup, y, w_up, true, g_up.accumulate);  // dy += the up branch's gradient
         if (par_.expert_tp) reduce_expert_partials(dy, k);
       },
       r);
@@ -293,10 +300,10 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   load_balance_loss_backward(dprobs_, a.counts, s_.K, float(aux_scale * cfg_.aux_loss_coef));
   softmax_backward(drlogits_, dprobs_, a.probs);
   router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef));
-  linear_backward(dxn_, grad(P + "router"), drlogits_, a.xn2, p(P + "router"), true);
-  rmsnorm_backward(dx, grad(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2, true);  // dx: now d(loss)/dh
+  linear_backward_w(dxn_, P + "router", drlogits_, a.xn2, true);
+  rmsnorm_backward(dx, dweight_acc(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2, true);  // dx: now d(loss)/dh
   // Attention branch.
-  linear_backward(dao_, grad(P + "wo"), dx, a.ao, p(P + "wo"));
+  linear_backward_w(dao_, P + "wo", dx, a.ao);
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor v4 = a.v.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor dq4 = dq_.view({s_.B, s_.S, s_.A_l, s_.D}), dk4 = dk_.view({s_.B, s_.S, s_.G_l, s_.D});
@@ -304,26 +311,26 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
                      a.ao.view({s_.B, s_.S, s_.A_l, s_.D}), a.lse);
   rope_backward(dq4, dq4, theta);
   rope_backward(dk4, dk4, theta);
-  linear_backward(dxn_, grad(P + "wq"), dq_, a.xn1, p(P + "wq"));
-  linear_backward(dxn_, grad(P + "wk"), dk_, a.xn1, p(P + "wk"), true);
-  linear_backward(dxn_, grad(P + "wv"), dv_, a.xn1, p(P + "wv"), true);
+  linear_backward_w(dxn_, P + "wq", dq_, a.xn1);
+  linear_backward_w(dxn_, P + "wk", dk_, a.xn1, true);
+  linear_backward_w(dxn_, P + "wv", dv_, a.xn1, true);
   tp_all_reduce(dxn_);
-  rmsnorm_backward(dx, grad(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1, true);  // d(loss)/d(input)
+  rmsnorm_backward(dx, dweight_acc(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1, true);  // d(loss)/d(input)
 }
 
 MicroResult Model::forward_backward(const int32_t* tokens, const int32_t* targets, double ce_scale, double aux_scale) {
   MicroResult r = run_forward(tokens, targets);
   const int64_t vocab_begin = int64_t(par_.tp_rank) * s_.V_l;
   cross_entropy_backward(dlogits_, logits_, targets_, lse_, vocab_begin, float(ce_scale));
-  linear_backward(dxn_, grad("lm_head"), dlogits_, xf_, p("lm_head"));
+  linear_backward_w(dxn_, "lm_head", dlogits_, xf_);
   tp_all_reduce(dxn_);
-  rmsnorm_backward(dx_, grad("final_norm"), dxn_, x_final_, p("final_norm"), rstdf_);
+  rmsnorm_backward(dx_, dweight_acc("final_norm"), dxn_, x_final_, p("final_norm"), rstdf_);
   if (on_grads_ready) on_grads_ready(int(layers_.size()));
   for (int l = int(layers_.size()) - 1; l >= 0; --l) {
     layer_backward(l, dx_, aux_scale, r);
     if (on_grads_ready) on_grads_ready(l);
   }
-  embedding_backward(grad("embed"), dx_, tokens_, vocab_begin);
+  embedding_backward(dweight_acc("embed"), dx_, tokens_, vocab_begin);
   if (on_grads_ready) on_grads_ready(-1);
   return r;
 }

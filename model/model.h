@@ -26,7 +26,8 @@ class Model {
  public:
   Model(const ModelConfig& cfg, const Shapes& shapes, const ParallelContext& par, ParamStore& params, DType act_dtype);
   // One micro-batch (N = B·S tokens, host int32). Parameter gradients accumulate into params.grad with
-  // d(total)/d(param), total = ce_scale · Σ CE + aux_scale · Σ_layers (aux_coef · aux + z_coef · z).
+  // d(total)/d(param), total = ce_scale · Σ CE + aux_scale · Σ_layers (aux_coef · aux + z_coef · z); after
+  // params.zero_grads() the first micro-batch's writes overwrite instead (ParamStore's lazy zeroing).
   MicroResult forward_backward(const int32_t* tokens, const int32_t* targets, double ce_scale, double aux_scale);
   MicroResult forward(const int32_t* tokens, const int32_t* targets);
   const Shapes& shapes() const { return s_; }
@@ -36,8 +37,9 @@ class Model {
   // l for layer l's parameters, layers() for the LM head and final norm, -1 for the embedding. The trainer
   // starts their data-parallel reduction there (on the last micro-batch), overlapping the rest of backward.
   std::function<void(int)> on_grads_ready;
-  // Forward (+ backward) of layer l alone on the activations of the last forward (benchmarks).
-  void bench_layer(int l, bool backward = true);
+  // Forward (+ backward) of layer l alone on the activations of the last forward (benchmarks), as on a step's
+  // first micro-batch (its weight gradients are written) or, with later_micro_batch, a later one (they are added).
+  void bench_layer(int l, bool backward = true, bool later_micro_batch = false);
 
  private:
   struct Layer {
@@ -57,7 +59,11 @@ class Model {
   // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
   void reduce_expert_partials(Tensor t, int k);
   Tensor p(const std::string& name) const;      // compute copy of a parameter
-  Tensor grad(const std::string& name) const;   // its gradient accumulator
+  GradWrite dweight(const std::string& name);  // its gradient, for a GEMM that overwrites on the step's first write
+  Tensor dweight_acc(const std::string& name);  // its gradient, for an op that adds
+  // linear_backward of parameter `name` (dx, and its weight gradient as dweight() says).
+  void linear_backward_w(Tensor dx, const std::string& name, const Tensor& dout, const Tensor& x,
+                         bool accumulate_dx = false);
   double read_scalar(const Tensor& t) const;
   void read_router_stats(MicroResult& r) const;  // aux, z and drops of every layer: two copies per micro-batch
 

@@ -97,6 +97,7 @@ ParamStore::ParamStore(const ModelConfig& m, const ParallelContext& par, Device 
   }
   master_ = engine::Arena("params", device, master);
   grad_ = engine::Arena("grads", device, master);
+  engine::fill_zero(grad_.whole());  // once, padding included: bucketed all-reduces sum the padding between tensors
   m_ = engine::Arena("adam_m", device, master);
   v_ = engine::Arena("adam_v", device, master);
   bool separate_compute = compute_dtype != master_dtype;
@@ -169,7 +170,32 @@ void ParamStore::init_for_benchmark() {
   refresh_compute();
 }
 
-void ParamStore::zero_grads() { engine::fill_zero(grad_.whole()); }  // one fill, padding included
+void ParamStore::zero_grads() {
+  for (auto& p : params_) p.grad_stale = true;
+}
+
+GradWrite ParamStore::grad_write(const std::string& name) {
+  Param& p = get(name);
+  const bool accumulate = !p.grad_stale;
+  p.grad_stale = false;
+  return {p.grad, accumulate};
+}
+
+Tensor ParamStore::grad_accumulate(const std::string& name) {
+  Param& p = get(name);
+  settle_grad(p);
+  return p.grad;
+}
+
+void ParamStore::settle_grad(Param& p) {
+  if (!p.grad_stale) return;
+  engine::fill_zero(p.grad);
+  p.grad_stale = false;
+}
+
+void ParamStore::settle_grads() {
+  for (auto& p : params_) settle_grad(p);
+}
 
 void ParamStore::refresh_compute() {
   for (auto& p : params_)

@@ -34,6 +34,14 @@ struct Param {
   bool owner = true;  // this rank is the one that counts this slice (grad norm) and writes it (checkpoint)
   Tensor master, grad, m, v;  // master precision (f32, or f64 for gradient checks)
   Tensor compute;             // what the forward reads: bf16 copy on the GPU, == master on the CPU
+  bool grad_stale = false;    // logically zero since zero_grads(), memory not yet written: the next write overwrites
+};
+
+// A parameter gradient as one write of the backward sees it: accumulate is false on the step's first write, which
+// then overwrites (the gradient is logically zero), and true after it.
+struct GradWrite {
+  Tensor grad;
+  bool accumulate = true;
 };
 
 // Parameter table for a config and a layout (no memory).
@@ -51,7 +59,16 @@ class ParamStore {
   // Cheap deterministic pseudo-random weights (xorshift, same scale as init) for benchmarks of models whose
   // RNG initialisation would take minutes on the host; not layout-independent.
   void init_for_benchmark();
+  // Gradients are zeroed lazily: zero_grads() only marks every one stale. The backward's first write of each
+  // overwrites it (GEMMs with beta 0) and later writes add, so a step neither fills the gradients with zeros nor
+  // reads those zeros back; ops that can only add get theirs zero-filled on first use.
   void zero_grads();
+  GradWrite grad_write(const std::string& name);  // for ops that can overwrite (weight GEMMs); marks it written
+  Tensor grad_accumulate(const std::string& name);  // for ops that only add (norm weights, embedding)
+  // Zero-fills what no write reached since zero_grads() (a no-op after a full backward); call before reading
+  // gradients as a whole (reduction, norm, optimizer).
+  void settle_grad(Param& p);
+  void settle_grads();
   void refresh_compute();  // master -> compute copy (no-op on the CPU)
   std::vector<const engine::Arena*> arenas() const;
   Device device() const { return device_; }

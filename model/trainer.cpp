@@ -53,16 +53,20 @@ void Trainer::build_buckets() {
       char* b_end = static_cast<char*>(b.grads.data) + b.grads.bytes();
       if (b.group == g && b.comm == c && begin - b_end >= 0 && begin - b_end < 256) {
         b.grads.shape[0] = (end - static_cast<char*>(b.grads.data)) / int64_t(dtype_size(b.grads.dtype));
+        b.params.push_back(&p);
         continue;
       }
     }
-    buckets_.push_back({g, c, p.grad.view({p.grad.numel()})});
+    buckets_.push_back({g, c, p.grad.view({p.grad.numel()}), {&p}});
   }
 }
 
 void Trainer::start_reduction(int group) {
-  for (auto& b : buckets_)
-    if (b.group == group) pending_.push_back(b.comm->all_reduce_async(b.grads, comm::ReduceOp::sum));
+  for (auto& b : buckets_) {
+    if (b.group != group) continue;
+    for (Param* p : b.params) params_->settle_grad(*p);  // a gradient no write reached is zero, not stale memory
+    pending_.push_back(b.comm->all_reduce_async(b.grads, comm::ReduceOp::sum));
+  }
 }
 
 void Trainer::finish_reduction() {
@@ -92,7 +96,7 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
   const double aux_scale = 1.0 / double(t.global_batch / t.micro_batch);
 
   const TraceRange trace("forward and backward");
-  params_->zero_grads();
+  params_->zero_grads();  // lazily: the first micro-batch's writes overwrite (no fill, no read of zeros)
   double sums[4] = {0, 0, 0, 0};  // ce, aux, z, dropped
   double exch_s = 0, exch_bytes = 0;
   for (int64_t i = 0; i < micro_steps; ++i) {
@@ -106,6 +110,7 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
     exch_bytes += r.exchange_bytes;
   }
   model_->on_grads_ready = nullptr;
+  params_->settle_grads();  // the gradients outside any bucket, for the norm and the optimizer
   {
     const TraceRange wait("gradient all-reduce (wait)");
     finish_reduction();

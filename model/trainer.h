@@ -56,6 +56,7 @@ class Trainer {
     int group;  // layer index, layers (LM head and final norm), or -1 (embedding)
     comm::Communicator* comm;
     Tensor grads;  // 1-D span over the bucket's gradients in the arena
+    std::vector<Param*> params;  // whose gradients it spans
   };
   std::vector<GradBucket> buckets_;
   std::vector<engine::AdamWEntry> adamw_entries_;  // every parameter's optimizer operands, fixed at construction

@@ -133,12 +133,12 @@ template <class T> void linear_fwd(Tensor out, const Tensor& x, const Tensor& w,
 }
 
 template <class T> void linear_bwd(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
-                                   bool accumulate_dx) {
+                                   bool accumulate_dx, bool accumulate_dw) {
   const int64_t M = dout.dim(0), O = dout.dim(1), I = w.dim(1);
   if (!dx.empty())  // dx (M, I) = dout (M, O) · w (O, I)
     gemm<T>(dx.as<T>(), I, Mat<T>{dout.as<T>(), O, 1}, Mat<T>{w.as<T>(), I, 1}, M, I, O, accumulate_dx);
   if (!dw.empty())  // dw (O, I) += doutᵀ (O, M) · x (M, I)
-    gemm<T>(dw.as<T>(), I, Mat<T>{dout.as<T>(), 1, O}, Mat<T>{x.as<T>(), I, 1}, O, I, M, true);
+    gemm<T>(dw.as<T>(), I, Mat<T>{dout.as<T>(), 1, O}, Mat<T>{x.as<T>(), I, 1}, O, I, M, accumulate_dw);
 }
 
 }  // namespace
@@ -158,7 +158,7 @@ void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulat
 }
 
 void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                     Stream) {
+                     bool accumulate_dw, Stream) {
   const char* op = "linear_backward";
   need_float(op, "dout", dout, dout.dtype);
   need_float(op, "w", w, dout.dtype);
@@ -176,9 +176,9 @@ void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, 
                 std::string(op) + ": want dw (O, I), x (M, I), got" + shapes(dw, x, w));
   }
   if (dout.dtype == DType::f32)
-    linear_bwd<float>(dx, dw, dout, x, w, accumulate_dx);
+    linear_bwd<float>(dx, dw, dout, x, w, accumulate_dx, accumulate_dw);
   else
-    linear_bwd<double>(dx, dw, dout, x, w, accumulate_dx);
+    linear_bwd<double>(dx, dw, dout, x, w, accumulate_dx, accumulate_dw);
 }
 
 void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream s) {
@@ -193,7 +193,7 @@ void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream 
 }
 
 void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                            Stream s) {
+                            bool accumulate_dw, Stream s) {
   const char* op = "expert_linear_backward";
   need_float(op, "dout", dout, dout.dtype);
   MONTA_CHECK(dout.ndim == 3 && w.ndim == 3 && x.ndim == 3 && w.dim(0) == dout.dim(0) && x.dim(0) == dout.dim(0) &&
@@ -206,7 +206,7 @@ void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tens
     Tensor dxe = dx.empty() ? Tensor() : dx.rows(e, 1).view({C, I});
     Tensor dwe = dw.empty() ? Tensor() : dw.rows(e, 1).view({O, I});
     cpu::linear_backward(dxe, dwe, dout.rows(e, 1).view({C, O}), x.rows(e, 1).view({C, I}), w.rows(e, 1).view({O, I}),
-                         accumulate_dx, s);
+                         accumulate_dx, accumulate_dw, s);
   }
 }
 

@@ -1,7 +1,8 @@
 // CUDA linear layers through cuBLASLt. Row-major tensors are read as their column-major transposes:
 //   forward   out'(O×M) = op_T(w'(I×O)) · x'(I×M)           (m=O, n=M, k=I)
 //   dx        dx'(I×M)  = w'(I×O) · dout'(O×M)              (m=I, n=M, k=O)
-//   dw        dw'(I×O) += x'(I×M) · op_T(dout'(O×M))         (m=I, n=O, k=M, beta=1, f32 C/D)
+//   dw        dw'(I×O) += x'(I×M) · op_T(dout'(O×M))         (m=I, n=O, k=M, beta=1, f32 C/D; beta=0 on the
+//                                                             step's first write, which skips reading C)
 // where t' is the column-major view of row-major t. Experts: the same GEMMs batched over E with strided
 // offsets. Compute is always fp32 (CUBLAS_COMPUTE_32F: no TF32 for f32 inputs). Algorithms come from the
 // heuristic once per shape/dtype/alignment and are cached.
@@ -222,7 +223,7 @@ void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulat
 }
 
 void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                     Stream s) {
+                     bool accumulate_dw, Stream s) {
   int64_t M, I, O;
   need_float(dout, "linear_backward", "dout");
   check_linear("linear_backward", dout, x, w, &M, &I, &O);
@@ -236,8 +237,8 @@ void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, 
   if (!dw.empty()) {
     need_float(dw, "linear_backward", "dw");
     need_numel(dw, O * I, "linear_backward", "dw");
-    gemm(false, true, I, O, M, x.data, x.dtype, I, 0, dout.data, dout.dtype, O, 0, dw.data, dw.dtype, I, 0, 1, 1.f,
-         s);
+    gemm(false, true, I, O, M, x.data, x.dtype, I, 0, dout.data, dout.dtype, O, 0, dw.data, dw.dtype, I, 0, 1,
+         accumulate_dw ? 1.f : 0.f, s);
   }
 }
 
@@ -255,7 +256,7 @@ void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream 
 }
 
 void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                            Stream s) {
+                            bool accumulate_dw, Stream s) {
   const char* op = "expert_linear_backward";
   need_float(dout, op, "dout");
   need_float(x, op, "x");
@@ -274,7 +275,7 @@ void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tens
     need_float(dw, op, "dw");
     need_numel(dw, E * O * I, op, "dw");
     gemm(false, true, I, O, C, x.data, x.dtype, I, C * I, dout.data, dout.dtype, O, C * O, dw.data, dw.dtype, I,
-         O * I, E, 1.f, s);
+         O * I, E, accumulate_dw ? 1.f : 0.f, s);
   }
 }
 

@@ -52,15 +52,15 @@ void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulat
   MONTA_DISPATCH(out, linear_forward, out, x, w, accumulate, s);
 }
 void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                     Stream s) {
-  MONTA_DISPATCH(dout, linear_backward, dx, dw, dout, x, w, accumulate_dx, s);
+                     bool accumulate_dw, Stream s) {
+  MONTA_DISPATCH(dout, linear_backward, dx, dw, dout, x, w, accumulate_dx, accumulate_dw, s);
 }
 void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream s) {
   MONTA_DISPATCH(out, expert_linear_forward, out, x, w, s);
 }
 void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                            Stream s) {
-  MONTA_DISPATCH(dout, expert_linear_backward, dx, dw, dout, x, w, accumulate_dx, s);
+                            bool accumulate_dw, Stream s) {
+  MONTA_DISPATCH(dout, expert_linear_backward, dx, dw, dout, x, w, accumulate_dx, accumulate_dw, s);
 }
 
 void rope_forward(Tensor out, const Tensor& x, float theta, Stream s) { MONTA_DISPATCH(out, rope_forward, out, x, theta, s); }

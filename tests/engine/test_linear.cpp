@@ -138,6 +138,23 @@ TEST(ExpertLinearGrad, FiniteDifferenceXAndW) {
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i] - 7.0, 1e-12) << i;
 }
 
+// accumulate_dw false (the step's first write of a lazily zeroed gradient): dw is overwritten, whatever it held,
+// with exactly what accumulating onto zeros gives.
+TEST(LinearGrad, FirstWriteOverwritesWeightGradient) {
+  const int64_t E = 2, C = 6, I = 5, O = 4;
+  Buf x = random_buf({E, C, I}, DType::f64, 41), w = random_buf({E, O, I}, DType::f64, 42);
+  Buf dout = random_buf({E, C, O}, DType::f64, 43);
+  Buf zero = filled({E, O, I}, DType::f64, 0.0), stale = filled({E, O, I}, DType::f64, std::nan(""));
+  eng::expert_linear_backward(Tensor(), zero, dout, x, w, false, true);
+  eng::expert_linear_backward(Tensor(), stale, dout, x, w, false, false);
+  EXPECT_EQ(stale.values(), zero.values());
+  Tensor x2 = x.t.view({E * C, I}), w2 = w.t.rows(0, 1).view({O, I}), dout2 = dout.t.view({E * C, O});
+  Buf zero2 = filled({O, I}, DType::f64, 0.0), stale2 = filled({O, I}, DType::f64, 1e30);
+  eng::linear_backward(Tensor(), zero2, dout2, x2, w2, false, true);
+  eng::linear_backward(Tensor(), stale2, dout2, x2, w2, false, false);
+  EXPECT_EQ(stale2.values(), zero2.values());
+}
+
 using LinearErrors = ThrowingHandler;
 
 TEST_F(LinearErrors, ShapeAndDtypeMismatch) {

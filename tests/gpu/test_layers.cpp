@@ -36,6 +36,9 @@ TEST_P(GpuLayers, LinearForwardBackward) {
   engine::linear_backward(dx.g(), Tensor(), dout.g(), x.g(), w.g(), true);
   expect_close(dx, tol_for(dt), "dx (accumulate)");
   expect_close(dw, tol_for(dt), "dw (untouched)");
+  engine::linear_backward(Tensor(), dw.c(), dout.c(), x.c(), w.c(), false, false);  // first write: dw overwritten
+  engine::linear_backward(Tensor(), dw.g(), dout.g(), x.g(), w.g(), false, false);
+  expect_close(dw, tol_for(dt), "dw (overwritten)");
 }
 
 TEST_P(GpuLayers, ExpertLinearForwardBackward) {
@@ -57,6 +60,10 @@ TEST_P(GpuLayers, ExpertLinearForwardBackward) {
   engine::expert_linear_backward(dx.g(), Tensor(), dout.g(), x.g(), w.g(), true);
   expect_close(dx, tol_for(dt), "dx (accumulate)");
   expect_close(dw, tol_for(dt), "dw (untouched)");
+  // The step's first write (accumulate_dw false, beta 0): dw overwritten; accumulating would keep its old contents.
+  engine::expert_linear_backward(Tensor(), dw.c(), dout.c(), x.c(), w.c(), false, false);
+  engine::expert_linear_backward(Tensor(), dw.g(), dout.g(), x.g(), w.g(), false, false);
+  expect_close(dw, tol_for(dt), "dw (overwritten)");
 }
 
 TEST_P(GpuLayers, RmsNormForwardBackward) {

@@ -2,9 +2,11 @@
 // finite differences of the total loss (CE + aux + z), in double, on a tiny config with token dropping.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
+#include "engine/memory.h"
 #include "engine/rng.h"
 #include "model/model.h"
 
@@ -96,6 +98,25 @@ TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
   f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
   const double* twice = f.params.get("lm_head").grad.as<double>();
   for (size_t i = 0; i < once.size(); ++i) ASSERT_NEAR(twice[i], 2 * once[i], 1e-12 + 1e-12 * std::abs(once[i]));
+}
+
+// Lazy zeroing: after zero_grads() every gradient of the backward is written over whatever its memory held (NaN
+// here), giving the same bits as a backward onto filled zeros.
+TEST(ModelGrad, FirstMicroBatchOverwritesStaleGradients) {
+  Fixture f;
+  for (auto& p : f.params.all()) engine::fill_zero(p.grad);
+  f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);  // accumulates onto zeros
+  std::vector<std::vector<double>> want;
+  for (auto& p : f.params.all()) want.emplace_back(p.grad.as<double>(), p.grad.as<double>() + p.grad.numel());
+  for (auto& p : f.params.all()) std::fill_n(p.grad.as<double>(), p.grad.numel(), std::nan(""));
+  f.params.zero_grads();
+  f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
+  f.params.settle_grads();
+  size_t i = 0;
+  for (auto& p : f.params.all()) {
+    const std::vector<double> got(p.grad.as<double>(), p.grad.as<double>() + p.grad.numel());
+    EXPECT_EQ(got, want[i++]) << p.name;
+  }
 }
 
 TEST(ModelInit, ValuesDependOnNameAndIndexOnly) {
