@@ -85,7 +85,6 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
   L.add(&ce_sum_, "ce_sum", {1}, stat_);
   // Backward scratch, reused by every layer.
   L.add(&dx_, "dx", {N, H}, act);
-  L.add(&tmp_, "tmp", {N, H}, act);
   L.add(&dxn_, "dxn", {N, H}, act);
   L.add(&dq_, "dq", {N, s.A_l * D}, act);
   L.add(&dk_, "dk", {N, s.G_l * D}, act);
@@ -182,9 +181,12 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   rope_forward(q4, q4, theta);
   rope_forward(k4, k4, theta);
   attention_forward(a.ao.view({s_.B, s_.S, s_.A_l, s_.D}), a.lse, q4, k4, v4);
-  linear_forward(tmp_, a.ao, p(P + "wo"));
-  tp_all_reduce(tmp_);
-  add(a.h, a.x, tmp_);
+  // h = x + ao · woᵀ with the residual added by the GEMM; under TP only rank 0 adds it, and the all-reduce sums.
+  if (par_.tp_rank == 0)
+    linear_forward_residual(a.h, a.ao, p(P + "wo"), a.x);
+  else
+    linear_forward(a.h, a.ao, p(P + "wo"));
+  tp_all_reduce(a.h);
   // MoE: router (replicated) → capacity assignment → (E, C, H) buffer → exchange → experts → back → combine.
   rmsnorm_forward(a.xn2, a.rstd2, a.h, p(P + "ffn_norm"), eps);
   linear_forward(a.rlogits, a.xn2, p(P + "router"));
@@ -207,8 +209,7 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
         if (par_.expert_tp) reduce_expert_partials(eo, k);
       },
       r);
-  moe_combine_forward(tmp_, a.cbuf, a.weight, a.expert_idx, a.slot);
-  add(x_out, a.h, tmp_);
+  moe_combine_forward(x_out, a.cbuf, a.weight, a.expert_idx, a.slot, a.h);  // x_out = h + the weighted expert rows
 }
 
 void Model::read_router_stats(MicroResult& r) const {

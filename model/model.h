@@ -77,7 +77,7 @@ class Model {
   Tensor router_stats_, slots_;  // (L, 2) aux and z; (L, N, K) slots of every layer
   Tensor tokens_, targets_, x_final_, xf_, rstdf_, logits_, rowmax_, sumexp_, tlogit_, lse_, losses_, ce_sum_;
   Tensor dx_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, ddbuf_;
-  Tensor dweight_, dprobs_, drlogits_, dlogits_, tmp_;
+  Tensor dweight_, dprobs_, drlogits_, dlogits_;
 };
 
 }  // namespace monta::model

@@ -157,6 +157,14 @@ void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulat
     linear_fwd<double>(out, x, w, accumulate);
 }
 
+void linear_forward_residual(Tensor out, const Tensor& x, const Tensor& w, const Tensor& residual, Stream s) {
+  need_float("linear_forward_residual", "residual", residual, out.dtype);
+  MONTA_CHECK(same_shape(residual, out), "linear_forward_residual: residual " + residual.str() + " must match out " +
+                                             out.str());
+  if (residual.data != out.data) std::memcpy(out.data, residual.data, out.bytes());
+  cpu::linear_forward(out, x, w, true, s);
+}
+
 void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
                      bool accumulate_dw, Stream) {
   const char* op = "linear_backward";

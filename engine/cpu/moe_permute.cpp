@@ -66,8 +66,11 @@ template <class T> void dispatch_bwd(Tensor dx, const Tensor& dbuf, const Tensor
 }
 
 template <class T> void combine_fwd(Tensor y, const Tensor& ebuf, const Tensor& weight, const Tensor& expert_idx,
-                                    const Tensor& slot, Route r) {
-  std::fill(y.as<T>(), y.as<T>() + y.numel(), T(0));
+                                    const Tensor& slot, const Tensor& residual, Route r) {
+  if (residual.empty())
+    std::fill(y.as<T>(), y.as<T>() + y.numel(), T(0));
+  else if (residual.data != y.data)
+    std::copy_n(residual.as<T>(), y.numel(), y.as<T>());
   for (int64_t n = 0; n < r.N; ++n)
     for (int64_t k = 0; k < r.K; ++k) {
       const int32_t c = slot.as<int32_t>()[n * r.K + k];
@@ -129,14 +132,18 @@ void moe_dispatch_backward(Tensor dx, const Tensor& dbuf, const Tensor& expert_i
 }
 
 void moe_combine_forward(Tensor y, const Tensor& ebuf, const Tensor& weight, const Tensor& expert_idx,
-                         const Tensor& slot, Stream) {
+                         const Tensor& slot, const Tensor& residual, Stream) {
   const char* op = "moe_combine_forward";
   Route r = check_route(op, y, ebuf, expert_idx, slot);
   need_weight(op, "weight", weight, y, expert_idx);
+  if (!residual.empty()) {
+    need(op, "residual", residual, y.dtype);
+    MONTA_CHECK(same_shape(residual, y), std::string(op) + ": residual " + residual.str() + " must match y " + y.str());
+  }
   if (y.dtype == DType::f32)
-    combine_fwd<float>(y, ebuf, weight, expert_idx, slot, r);
+    combine_fwd<float>(y, ebuf, weight, expert_idx, slot, residual, r);
   else
-    combine_fwd<double>(y, ebuf, weight, expert_idx, slot, r);
+    combine_fwd<double>(y, ebuf, weight, expert_idx, slot, residual, r);
 }
 
 void moe_combine_backward(Tensor debuf, Tensor dweight, const Tensor& dy, const Tensor& ebuf, const Tensor& weight,

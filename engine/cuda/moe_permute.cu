@@ -38,14 +38,14 @@ static __global__ void dispatch_backward_kernel(T* __restrict__ dx, const T* __r
   }
 }
 
-// y[n] = Σ_k w[n, k] · ebuf[e_k, slot_k] over kept choices.
+// y[n] = res[n] + Σ_k w[n, k] · ebuf[e_k, slot_k] over kept choices (res may be null: 0).
 template <class T>
 static __global__ void combine_forward_kernel(T* __restrict__ y, const T* __restrict__ ebuf, const void* w, bool w_bf,
                                               const int32_t* __restrict__ idx, const int32_t* __restrict__ slot,
-                                              int64_t N, int K, int64_t C, int64_t H) {
+                                              const T* res, int64_t N, int K, int64_t C, int64_t H) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < N * H; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t n = i / H, h = i - n * H;
-    float acc = 0.f;
+    float acc = res ? to_f(res[i]) : 0.f;
     for (int k = 0; k < K; ++k) {
       int32_t sl = slot[n * K + k];
       if (sl >= 0) acc += ld(w, n * K + k, w_bf) * to_f(ebuf[(int64_t(idx[n * K + k]) * C + sl) * H + h]);
@@ -126,18 +126,23 @@ static __global__ void combine_backward_vec_kernel(T* __restrict__ debuf, void* 
   }
 }
 
-// Grid-stride over N·H/V vectors of the token-order output: out[n] = Σ_k (w[n,k]·) buf[e_k, slot_k] in k order.
+// Grid-stride over N·H/V vectors of the token-order output: out[n] = res[n] + Σ_k (w[n,k]·) buf[e_k, slot_k] in k
+// order (res may be null: 0).
 template <class T, bool WEIGHTED>
 static __global__ void gather_rows_vec_kernel(T* __restrict__ out, const T* __restrict__ buf, const void* w, bool w_bf,
                                               const int32_t* __restrict__ idx, const int32_t* __restrict__ slot,
-                                              int64_t N, int K, int64_t C, int64_t H) {
+                                              const T* res, int64_t N, int K, int64_t C, int64_t H) {
   constexpr int V = Vec16<T>::n;
   int64_t hv = H / V, total = N * hv;
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
     int64_t n = i / hv, h = (i - n * hv) * V;
     float acc[V];
+    if (res) {
+      load16(res + n * H + h, acc);
+    } else {
 #pragma unroll
-    for (int j = 0; j < V; ++j) acc[j] = 0.f;
+      for (int j = 0; j < V; ++j) acc[j] = 0.f;
+    }
     for (int k = 0; k < K; ++k) {
       int32_t sl = slot[n * K + k];
       if (sl < 0) continue;
@@ -219,8 +224,8 @@ void moe_dispatch_backward(Tensor dx, const Tensor& dbuf, const Tensor& expert_i
   MONTA_FLOAT_TYPES(dx.dtype, T, {
     if (vec && d.H % Vec16<T>::n == 0)
       gather_rows_vec_kernel<T, false><<<grid_1d(d.N * d.H / Vec16<T>::n, 256, 132 * 64), 256, 0, stream_of(s)>>>(
-          dx.as<T>(), dbuf.as<T>(), nullptr, false, expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N, int(d.K), d.C,
-          d.H);
+          dx.as<T>(), dbuf.as<T>(), nullptr, false, expert_idx.as<int32_t>(), slot.as<int32_t>(), nullptr, d.N,
+          int(d.K), d.C, d.H);
     else
       dispatch_backward_kernel<T><<<grid_1d(d.N * d.H, 256), 256, 0, stream_of(s)>>>(
           dx.as<T>(), dbuf.as<T>(), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N, int(d.K), d.C, d.H);
@@ -229,22 +234,26 @@ void moe_dispatch_backward(Tensor dx, const Tensor& dbuf, const Tensor& expert_i
 }
 
 void moe_combine_forward(Tensor y, const Tensor& ebuf, const Tensor& weight, const Tensor& expert_idx,
-                         const Tensor& slot, Stream s) {
+                         const Tensor& slot, const Tensor& residual, Stream s) {
   const char* op = "moe_combine_forward";
   PermuteDims d = permute_dims(op, y, ebuf, expert_idx, slot);
   need_float(weight, op, "weight");
   need_numel(weight, d.N * d.K, op, "weight");
+  if (!residual.empty())
+    MONTA_CHECK(residual.device == Device::cuda && residual.dtype == y.dtype && same_shape(residual, y),
+                std::string(op) + ": residual " + residual.str() + " must match y " + y.str());
   if (d.N * d.H == 0) return;
-  bool vec = aligned16(y.data) && aligned16(ebuf.data);
+  bool vec = aligned16(y.data) && aligned16(ebuf.data) && (residual.empty() || aligned16(residual.data));
   MONTA_FLOAT_TYPES(y.dtype, T, {
+    const T* res = residual.empty() ? nullptr : residual.as<T>();
     if (vec && d.H % Vec16<T>::n == 0)
       gather_rows_vec_kernel<T, true><<<grid_1d(d.N * d.H / Vec16<T>::n, 256, 132 * 64), 256, 0, stream_of(s)>>>(
-          y.as<T>(), ebuf.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N,
-          int(d.K), d.C, d.H);
+          y.as<T>(), ebuf.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(), res,
+          d.N, int(d.K), d.C, d.H);
     else
       combine_forward_kernel<T><<<grid_1d(d.N * d.H, 256), 256, 0, stream_of(s)>>>(
-          y.as<T>(), ebuf.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(), d.N,
-          int(d.K), d.C, d.H);
+          y.as<T>(), ebuf.as<T>(), weight.data, is_bf16(weight), expert_idx.as<int32_t>(), slot.as<int32_t>(), res,
+          d.N, int(d.K), d.C, d.H);
   });
   MONTA_LAUNCH_CHECK();
 }

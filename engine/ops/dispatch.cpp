@@ -51,6 +51,9 @@ void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tenso
 void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulate, Stream s) {
   MONTA_DISPATCH(out, linear_forward, out, x, w, accumulate, s);
 }
+void linear_forward_residual(Tensor out, const Tensor& x, const Tensor& w, const Tensor& residual, Stream s) {
+  MONTA_DISPATCH(out, linear_forward_residual, out, x, w, residual, s);
+}
 void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
                      bool accumulate_dw, Stream s) {
   MONTA_DISPATCH(dout, linear_backward, dx, dw, dout, x, w, accumulate_dx, accumulate_dw, s);
@@ -116,8 +119,8 @@ void moe_dispatch_backward(Tensor dx, const Tensor& dbuf, const Tensor& expert_i
   MONTA_DISPATCH(dx, moe_dispatch_backward, dx, dbuf, expert_idx, slot, s);
 }
 void moe_combine_forward(Tensor y, const Tensor& ebuf, const Tensor& weight, const Tensor& expert_idx,
-                         const Tensor& slot, Stream s) {
-  MONTA_DISPATCH(y, moe_combine_forward, y, ebuf, weight, expert_idx, slot, s);
+                         const Tensor& slot, const Tensor& residual, Stream s) {
+  MONTA_DISPATCH(y, moe_combine_forward, y, ebuf, weight, expert_idx, slot, residual, s);
 }
 void moe_combine_backward(Tensor debuf, Tensor dweight, const Tensor& dy, const Tensor& ebuf, const Tensor& weight,
                           const Tensor& expert_idx, const Tensor& slot, Stream s) {

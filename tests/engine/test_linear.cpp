@@ -138,6 +138,18 @@ TEST(ExpertLinearGrad, FiniteDifferenceXAndW) {
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i] - 7.0, 1e-12) << i;
 }
 
+// out = residual + x · wᵀ in one GEMM (the residual as its C operand), out distinct from or aliasing the residual.
+TEST(Linear, ForwardAddsResidual) {
+  const int64_t M = 9, I = 7, O = 5;
+  Buf x = random_buf({M, I}, DType::f64, 51), w = random_buf({O, I}, DType::f64, 52);
+  Buf res = random_buf({M, O}, DType::f64, 53), out = filled({M, O}, DType::f64, std::nan(""));
+  const auto want = naive_linear(x, w, res.values());
+  eng::linear_forward_residual(out, x, w, res);
+  EXPECT_LE(max_abs_diff(out.values(), want), 1e-12);
+  eng::linear_forward_residual(res, x, w, res);
+  EXPECT_LE(max_abs_diff(res.values(), want), 1e-12);
+}
+
 // accumulate_dw false (the step's first write of a lazily zeroed gradient): dw is overwritten, whatever it held,
 // with exactly what accumulating onto zeros gives.
 TEST(LinearGrad, FirstWriteOverwritesWeightGradient) {

@@ -182,6 +182,10 @@ TEST(MoePermute, DispatchPlacesTokensAndZerosTheRest) {
   eng::moe_dispatch_forward(buf1, x, idx1, slot1);
   eng::moe_combine_forward(y, buf1, w1, idx1, slot1);
   EXPECT_EQ(y.values(), x.values());
+  // With a residual: y = residual + the same rows (small integers: exact).
+  Buf res = from_rows({{10, 20}, {30, 40}, {50, 60}, {70, 80}}, DType::f32);
+  eng::moe_combine_forward(y, buf1, w1, idx1, slot1, res);
+  EXPECT_EQ(y.values(), std::vector<double>({11, 22, 33, 44, 55, 66, 77, 88}));
 }
 
 TEST(MoePermuteGrad, FiniteDifferenceDispatchX) {

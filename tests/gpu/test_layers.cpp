@@ -25,6 +25,10 @@ TEST_P(GpuLayers, LinearForwardBackward) {
   engine::linear_forward(out.c(), x.c(), w.c(), true);  // accumulate
   engine::linear_forward(out.g(), x.g(), w.g(), true);
   expect_close(out, tol_for(dt), "out (accumulate)");
+  Pair res({M, O}, dt);
+  engine::linear_forward_residual(out.c(), x.c(), w.c(), res.c());  // out = res + x·wᵀ (the GEMM's C operand)
+  engine::linear_forward_residual(out.g(), x.g(), w.g(), res.g());
+  expect_close(out, tol_for(dt), "out (residual)");
 
   Pair dx = output({M, I}, dt);
   Pair dw({O, I}, DType::f32);  // f32 parameter gradient, accumulates onto its random contents
@@ -39,6 +43,23 @@ TEST_P(GpuLayers, LinearForwardBackward) {
   engine::linear_backward(Tensor(), dw.c(), dout.c(), x.c(), w.c(), false, false);  // first write: dw overwritten
   engine::linear_backward(Tensor(), dw.g(), dout.g(), x.g(), w.g(), false, false);
   expect_close(dw, tol_for(dt), "dw (overwritten)");
+}
+
+// The router's shape (a handful of outputs) takes the small-O kernels: each O of 1..8, both gradient flags.
+TEST_P(GpuLayers, LinearBackwardWithFewOutputs) {
+  MONTA_REQUIRE_GPU();
+  DType dt = GetParam();
+  const int64_t M = 300, I = 256;
+  for (int64_t O : {1, 2, 3, 8}) {
+    Pair x({M, I}, dt), w({O, I}, dt), dout({M, O}, dt), dx({M, I}, dt), dw({O, I}, DType::f32);
+    for (bool acc : {false, true}) {
+      engine::linear_backward(dx.c(), dw.c(), dout.c(), x.c(), w.c(), acc, acc);
+      engine::linear_backward(dx.g(), dw.g(), dout.g(), x.g(), w.g(), acc, acc);
+      const std::string what = "O " + std::to_string(O) + (acc ? " accumulate" : " overwrite");
+      expect_close(dx, tol_for(dt), "dx, " + what);
+      expect_close(dw, tol_for(dt), "dw, " + what);
+    }
+  }
 }
 
 TEST_P(GpuLayers, ExpertLinearForwardBackward) {

@@ -122,6 +122,10 @@ TEST_P(GpuMoePermute, DispatchCombineForwardBackward) {
   engine::moe_combine_forward(y.c(), ebuf.c(), weight.c(), idx.c(), slot.c());
   engine::moe_combine_forward(y.g(), ebuf.g(), weight.g(), idx.g(), slot.g());
   expect_close(y, dt == DType::f32 ? 1e-6 : tol_for(dt), "combine");  // FMA contraction may differ
+  Pair res({N, H}, dt);
+  engine::moe_combine_forward(y.c(), ebuf.c(), weight.c(), idx.c(), slot.c(), res.c());
+  engine::moe_combine_forward(y.g(), ebuf.g(), weight.g(), idx.g(), slot.g(), res.g());
+  expect_close(y, dt == DType::f32 ? 1e-6 : tol_for(dt), "combine + residual");
   Pair debuf = output({E, C, H}, dt), dweight = output({N, K}, DType::f32);
   engine::moe_combine_backward(debuf.c(), dweight.c(), dy.c(), ebuf.c(), weight.c(), idx.c(), slot.c());
   engine::moe_combine_backward(debuf.g(), dweight.g(), dy.g(), ebuf.g(), weight.g(), idx.g(), slot.g());
