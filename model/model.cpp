@@ -124,13 +124,11 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
 }
 
 Tensor Model::p(const std::string& name) const { return params_.get(name).compute; }
-GradWrite Model::dweight(const std::string& name) { return params_.grad_write(name); }
 void Model::linear_backward_w(Tensor dx, const std::string& name, const Tensor& dout, const Tensor& x,
                               bool accumulate_dx) {
-  const GradWrite g = dweight(name);
+  const GradWrite g = params_.grad_write(name);
   linear_backward(dx, g.grad, dout, x, p(name), accumulate_dx, g.accumulate);
 }
-Tensor Model::dweight_acc(const std::string& name) { return params_.grad_accumulate(name); }
 
 double Model::read_scalar(const Tensor& t) const {
   double host[1];
@@ -286,7 +284,8 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         const Tensor gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k), y = expert_chunk(a.y, k);
         const Tensor dgate = expert_chunk(dgate_, k), dup = expert_chunk(dup_, k);
         const Tensor dy = expert_chunk(dy_, k);
-        const GradWrite g_down = dweight(P + "w_down"), g_gate = dweight(P + "w_gate"), g_up = dweight(P + "w_up");
+        const GradWrite g_down = params_.grad_write(P + "w_down"), g_gate = params_.grad_write(P + "w_gate");
+        const GradWrite g_up = params_.grad_write(P + "w_up");
         expert_linear_backward(dact, g_down.grad, deo, act, w_down, false, g_down.accumulate);
         swiglu_backward(dgate, dup, dact, gate, up);
         expert_linear_backward(dy, g_gate.grad, dgate, y, w_gate, false, g_gate.accumulate);
@@ -302,7 +301,8 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   softmax_backward(drlogits_, dprobs_, a.probs);
   router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef));
   linear_backward_w(dxn_, P + "router", drlogits_, a.xn2, true);
-  rmsnorm_backward(dx, dweight_acc(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2, true);  // dx: now d(loss)/dh
+  // dx: now d(loss)/dh.
+  rmsnorm_backward(dx, params_.grad_accumulate(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2, true);
   // Attention branch.
   linear_backward_w(dao_, P + "wo", dx, a.ao);
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
@@ -316,7 +316,8 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   linear_backward_w(dxn_, P + "wk", dk_, a.xn1, true);
   linear_backward_w(dxn_, P + "wv", dv_, a.xn1, true);
   tp_all_reduce(dxn_);
-  rmsnorm_backward(dx, dweight_acc(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1, true);  // d(loss)/d(input)
+  // dx: now d(loss)/d(input).
+  rmsnorm_backward(dx, params_.grad_accumulate(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1, true);
 }
 
 MicroResult Model::forward_backward(const int32_t* tokens, const int32_t* targets, double ce_scale, double aux_scale) {
@@ -325,13 +326,13 @@ MicroResult Model::forward_backward(const int32_t* tokens, const int32_t* target
   cross_entropy_backward(dlogits_, logits_, targets_, lse_, vocab_begin, float(ce_scale));
   linear_backward_w(dxn_, "lm_head", dlogits_, xf_);
   tp_all_reduce(dxn_);
-  rmsnorm_backward(dx_, dweight_acc("final_norm"), dxn_, x_final_, p("final_norm"), rstdf_);
+  rmsnorm_backward(dx_, params_.grad_accumulate("final_norm"), dxn_, x_final_, p("final_norm"), rstdf_);
   if (on_grads_ready) on_grads_ready(int(layers_.size()));
   for (int l = int(layers_.size()) - 1; l >= 0; --l) {
     layer_backward(l, dx_, aux_scale, r);
     if (on_grads_ready) on_grads_ready(l);
   }
-  embedding_backward(dweight_acc("embed"), dx_, tokens_, vocab_begin);
+  embedding_backward(params_.grad_accumulate("embed"), dx_, tokens_, vocab_begin);
   if (on_grads_ready) on_grads_ready(-1);
   return r;
 }

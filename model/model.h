@@ -59,9 +59,7 @@ class Model {
   // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
   void reduce_expert_partials(Tensor t, int k);
   Tensor p(const std::string& name) const;      // compute copy of a parameter
-  GradWrite dweight(const std::string& name);  // its gradient, for a GEMM that overwrites on the step's first write
-  Tensor dweight_acc(const std::string& name);  // its gradient, for an op that adds
-  // linear_backward of parameter `name` (dx, and its weight gradient as dweight() says).
+  // linear_backward of parameter `name`: dx, and its weight gradient as ParamStore::grad_write says.
   void linear_backward_w(Tensor dx, const std::string& name, const Tensor& dout, const Tensor& x,
                          bool accumulate_dx = false);
   double read_scalar(const Tensor& t) const;
