@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <sstream>
 #include <functional>
 #include <iostream>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "comm/runtime.h"
 #include "comm/timing.h"
 #include "engine/check.h"
+#include "engine/files.h"
 #include "engine/log.h"
 #include "engine/memory.h"
 #include "engine/op_timing.h"
@@ -111,7 +113,7 @@ void print_rows(const std::vector<Row>& rows, const std::string& json_path, cons
   for (auto& r : rows)
     log_info(strf("%-28s %-34s %10.3f %10.1f %10.1f", r.name.c_str(), r.shape.c_str(), r.ms, r.tflops, r.gbps));
   if (json_path.empty()) return;
-  std::ofstream out(json_path);
+  std::ostringstream out;
   out << "{" << extra_json << "\"rows\": [\n";
   for (size_t i = 0; i < rows.size(); ++i) {
     auto& r = rows[i];
@@ -120,6 +122,7 @@ void print_rows(const std::vector<Row>& rows, const std::string& json_path, cons
                 r.name.c_str(), r.shape.c_str(), r.ms, r.tflops, r.gbps, r.flops, r.bytes, i + 1 < rows.size() ? "," : "");
   }
   out << "]}\n";
+  engine::write_text_file(json_path, out.str());
   log_info("wrote " + json_path);
 }
 
@@ -476,6 +479,7 @@ int cmd_bench(int argc, char** argv) {
     return what.empty() && !vm.count("help") ? 2 : 0;
   }
   MONTA_USER_CHECK(iters > 0 && seq > 0, "--iters and --seq must be positive");
+  if (!json.empty()) engine::check_output_path(json, "--json");
   Device dev = device == "cpu" ? Device::cpu : (cuda_available() ? Device::cuda : Device::cpu);
   MONTA_USER_CHECK(device != "cuda" || dev == Device::cuda, "--device cuda but no CUDA device is visible");
   if (what == "ops") {

@@ -23,6 +23,8 @@
 #include "comm/timing.h"
 #include "comm/topology.h"
 #include "engine/check.h"
+#include "engine/files.h"
+#include "engine/parse.h"
 #include "engine/log.h"
 #include "engine/memory.h"
 #ifdef MONTA_WITH_CUDA
@@ -45,15 +47,6 @@ struct Row {
   double bytes = 0, us = 0, algbw = 0, busbw = 0, pred_us = 0;
   bool ok = true;
 };
-
-std::vector<int> parse_list(const std::string& s) {
-  std::vector<int> v;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) v.push_back(std::stoi(item));
-  return v;
-}
 
 std::vector<char> to_host(const Tensor& t) {
   std::vector<char> h(t.bytes());
@@ -95,7 +88,8 @@ int run(int argc, char** argv) {
   const Device dev = device == "cuda" ? Device::cuda : Device::cpu;
   const DType dt = dev == Device::cpu ? DType::f32 : DType::bf16;
   const int es = int(engine::dtype_size(dt));
-  const std::vector<int> chunk_list = parse_list(chunks_s);
+  const std::vector<int> chunk_list = engine::parse_int_list(chunks_s, "--chunks");
+  if (!json.empty()) engine::check_output_path(json, "--json");
   MONTA_USER_CHECK(iters > 0 && warmup >= 0 && factor > 1 && min_bytes > 0 && max_bytes >= min_bytes && hidden > 0 &&
                        experts_per_rank > 0,
                    "bench exchange: need iters > 0, factor > 1, 0 < min-bytes <= max-bytes, hidden > 0");
@@ -244,7 +238,7 @@ int run(int argc, char** argv) {
   bool all_ok = true;
   for (const Row& r : rows) all_ok = all_ok && r.ok;
   if (!json.empty() && comm::runtime_world_rank() == 0) {
-    std::ofstream out(json);
+    std::ostringstream out;
     out << strf("{\"tp\": %d, \"ep\": %d, \"world\": %d, \"nodes\": %d, \"dtype\": \"%s\", \"iters\": %d, "
                 "\"intra_gbps\": %.4f, \"intra_latency_us\": %.3f, \"intra_next_latency_us\": %.3f, "
                 "\"inter_gbps\": %.4f, \"inter_latency_us\": %.3f, \"inter_next_latency_us\": %.3f, \"rows\": [\n",
@@ -258,6 +252,7 @@ int run(int argc, char** argv) {
                   i + 1 < rows.size() ? "," : "");
     }
     out << "]}\n";
+    engine::write_text_file(json, out.str());
     engine::log_info("wrote " + json);
   }
   return all_ok ? 0 : 1;

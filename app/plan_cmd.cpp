@@ -2,6 +2,7 @@
 // exchange strategies for a cluster (ours or one we do not have), the pick, and the paper's claims as predicted
 // by the cost model (duplicate vs drop_gather at the widest TP, and the effect on step time).
 #include <boost/program_options.hpp>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -56,8 +57,16 @@ comm::Cluster load_cluster(const std::string& spec) {
                       " (keys: name, nodes, gpus_per_node, intra_gbps, intra_latency_us, inter_gbps, inter_latency_us, "
                       "gpu_mem_gib, gpu_tflops)");
   }
-  MONTA_USER_CHECK(c.nodes > 0 && c.gpus_per_node > 0 && c.intra_gbps > 0 && c.inter_gbps > 0 && c.gpu_mem_gib > 0,
+  auto finite_pos = [](double v) { return std::isfinite(v) && v > 0; };
+  auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0; };
+  MONTA_USER_CHECK(c.nodes > 0 && c.gpus_per_node > 0 && finite_pos(c.intra_gbps) && finite_pos(c.inter_gbps) &&
+                       finite_pos(c.gpu_mem_gib),
                    "cluster '" + spec + "': nodes, gpus_per_node, intra_gbps, inter_gbps and gpu_mem_gib must be positive");
+  MONTA_USER_CHECK(double(c.nodes) * double(c.gpus_per_node) <= 1e6,
+                   "cluster '" + spec + "': nodes x gpus_per_node must be at most 1000000");
+  MONTA_USER_CHECK(finite_nonneg(c.intra_latency_us) && finite_nonneg(c.inter_latency_us) && finite_nonneg(c.gpu_tflops),
+                   "cluster '" + spec + "': intra_latency_us, inter_latency_us and gpu_tflops must be >= 0 (gpu_tflops 0: "
+                   "rank by communication only)");
   return c;
 }
 
@@ -142,7 +151,7 @@ int cmd_plan(int argc, char** argv) {
     std::cout << desc << "\n";
     return vm.count("help") ? 0 : 2;
   }
-  MONTA_USER_CHECK(max_chunks >= 1 && top >= 0, "--max-chunks must be at least 1 and --top not negative");
+  MONTA_USER_CHECK(max_chunks >= 1 && max_chunks <= 64 && top >= 0, "--max-chunks must be in [1, 64] and --top not negative");
   // The model config through `monta train`'s parser, so INI keys and overrides mean the same thing.
   std::vector<std::string> args = {"plan"};
   if (!config.empty()) args.insert(args.end(), {"--config", config});
@@ -150,6 +159,11 @@ int cmd_plan(int argc, char** argv) {
   std::vector<char*> av;
   for (auto& a : args) av.push_back(a.data());
   const model::Config cfg = parse_train_options(int(av.size()), av.data()).config;
+  {  // the model and training keys as `train` checks them; the layout is the planner's to choose
+    model::Config any_layout = cfg;
+    any_layout.parallel.tp = any_layout.parallel.ep = 1;
+    model::validate(any_layout, 0);
+  }
 
   comm::Cluster cl = load_cluster(cluster_spec);
   if (!links.empty()) {
@@ -166,6 +180,9 @@ int cmd_plan(int argc, char** argv) {
   comm::PlanOptions opt;
   opt.max_chunks = max_chunks;
   opt.only_fitting = only_fitting;
+  opt.layout_allowed = [&cfg](int tp, int ep, bool expert_tp) {
+    return model::layout_problem(cfg, tp, ep, expert_tp, 0).empty();
+  };
   const comm::Plan plan = comm::make_plan(cl, pm, opt);
 
   engine::log_info(engine::strf(

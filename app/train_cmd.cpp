@@ -81,12 +81,12 @@ void on_signal(int sig) { g_signal_flags.fetch_or(sig == SIGTERM ? 2 : 1); }
 std::string exact(double v) { return std::isfinite(v) ? strf("%.17g", v) : std::string("null"); }
 
 std::string metrics_json(const model::StepMetrics& m) {
-  return strf("{\"step\": %ld, \"loss\": %s, \"aux_loss\": %s, \"z_loss\": %s, \"grad_norm\": %s, \"lr\": %.6e, "
+  return strf("{\"step\": %ld, \"loss\": %s, \"loss_total\": %s, \"aux_loss\": %s, \"z_loss\": %s, \"grad_norm\": %s, \"lr\": %.6e, "
               "\"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"tflops_per_gpu\": %.3f, \"mfu\": %.5f, \"dropped\": %ld, "
-              "\"skipped\": %s, \"exchange_ms\": %.3f, \"exchange_gbps\": %.3f}",
-              m.step, exact(m.loss).c_str(), exact(m.aux_loss).c_str(), exact(m.z_loss).c_str(),
+              "\"skipped\": %s, \"exchange_host_ms\": %.3f, \"exchange_host_gbps\": %.3f, \"host_syncs\": %ld}",
+              m.step, exact(m.loss).c_str(), exact(m.loss_total).c_str(), exact(m.aux_loss).c_str(), exact(m.z_loss).c_str(),
               exact(m.grad_norm).c_str(), m.lr, m.step_ms, m.tokens_per_s, m.tflops_per_gpu, m.mfu, m.dropped,
-              m.skipped ? "true" : "false", m.exchange_ms, m.exchange_gbps);
+              m.skipped ? "true" : "false", m.exchange_host_ms, m.exchange_host_gbps, m.host_syncs);
 }
 
 // A rank that dies or stalls leaves the others waiting in a collective forever; this thread turns that into a
@@ -195,12 +195,18 @@ int cmd_train(int argc, char** argv) {
     return 0;
   }
   const engine::Device device = pick_device(c.train.device);
-  ParallelSetup ps = setup_parallel(c, device);  // validates the config against the world size, selects the GPU
+  ParallelSetup ps = [&] {
+    const engine::StartupPhase phase("communicators and process groups");
+    return setup_parallel(c, device);  // validates the config against the world size, selects the GPU
+  }();
   const int world = ps.ctx.world ? ps.ctx.world->size() : 1;
   const int rank = ps.ctx.world ? ps.ctx.world->rank() : 0;
   log_info("monta train: resolved config\n" + config_table(c));
   print_sizes(c, world);
-  attach_exchange(ps, c, device, device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32);
+  {
+    const engine::StartupPhase phase("MoE exchange set-up (" + c.comm.exchange + ")");
+    attach_exchange(ps, c, device, device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32);
+  }
   log_info(ps.layout_table);
 
   // Resume: "auto" takes the newest complete checkpoint of this run directory (none: start fresh). Checked before
@@ -211,6 +217,7 @@ int cmd_train(int argc, char** argv) {
   if (resume == "auto") resume = model::ckpt_find_latest(run_dir.string());
   model::CkptMeta resume_meta;
   if (!resume.empty()) {
+    const engine::StartupPhase phase("checking checkpoint " + resume + " (sizes and checksums)");
     resume_meta = model::ckpt_check(resume, signature);
     MONTA_USER_CHECK(resume_meta.loader_seed == c.train.seed,
                      strf("checkpoint %s was written with train.seed %lu but the config has %lu", resume.c_str(),
@@ -229,6 +236,7 @@ int cmd_train(int argc, char** argv) {
   if (data_path == "builtin:markov") {
     data_path = (run_dir / strf("markov_v%ld_s%lu.h5", c.model.vocab, (unsigned long)c.train.seed)).string();
     if (rank == 0 && !fs::exists(data_path)) {
+      const engine::StartupPhase phase(strf("generating the built-in corpus (%ld tokens)", c.data.builtin_tokens));
       auto info = data::write_markov_corpus(data_path, c.train.seed, c.model.vocab, c.data.builtin_tokens);
       log_info(strf("built-in corpus: %ld tokens of a random Markov chain over %ld ids -> %s", info.num_tokens,
                     info.vocab_size, data_path.c_str()));
@@ -249,6 +257,7 @@ int cmd_train(int argc, char** argv) {
   if (!std::isnan(floor)) log_info(strf("data entropy floor: %.4f nats/token (the best achievable loss)", floor));
 
   if (!resume.empty()) {
+    const engine::StartupPhase phase("loading checkpoint " + resume);
     auto t0 = std::chrono::steady_clock::now();
     auto meta = model::ckpt_load(resume, trainer.params(), signature, /*check=*/false);
     const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
@@ -285,6 +294,7 @@ int cmd_train(int argc, char** argv) {
   if (rank == 0) metrics.open(run_dir / "metrics.jsonl", std::ios::app);
   const int64_t local = c.train.global_batch / ps.ctx.dp * c.model.seq_len;
   std::vector<int32_t> inputs(static_cast<size_t>(local)), targets(static_cast<size_t>(local));
+  const int64_t first_step = trainer.steps_done() + 1;
   while (trainer.steps_done() < c.train.steps) {
     const int64_t next = trainer.steps_done() + 1;
     watchdog.arm(strf("step %ld", next));
@@ -297,6 +307,9 @@ int cmd_train(int argc, char** argv) {
     std::vector<float> saved_norm;
     if (hooks.nan_at(next)) poison_final_norm(trainer.params(), saved_norm, true);
     auto m = trainer.step(inputs, targets);
+    if (next == first_step)
+      log_info(strf("start-up: first step done %.1f s after launch (the step itself %.1f s)", engine::seconds_since_launch(),
+                    m.step_ms / 1000.0));
     if (hooks.nan_at(next)) poison_final_norm(trainer.params(), saved_norm, false);
     if (rank == 0) {
       metrics << metrics_json(m) << "\n";
@@ -304,9 +317,9 @@ int cmd_train(int argc, char** argv) {
     }
     if (m.step % c.train.log_interval == 0 || m.step == c.train.steps || m.skipped)
       log_info(strf("step %5ld | loss %.4f | aux %.4f | gnorm %7.4f | lr %.3e | %8.1f ms | %9.0f tok/s | MFU %5.1f%% | "
-                    "drop %4ld | exch %.2f ms %.2f GB/s%s",
+                    "drop %4ld | exch(host) %.2f ms %.2f GB/s%s",
                     m.step, m.loss, m.aux_loss, m.grad_norm, m.lr, m.step_ms, m.tokens_per_s, 100.0 * m.mfu, m.dropped,
-                    m.exchange_ms, m.exchange_gbps, m.skipped ? " | SKIPPED" : ""));
+                    m.exchange_host_ms, m.exchange_host_gbps, m.skipped ? " | SKIPPED" : ""));
     // All ranks agree on signals so they save (a collective) together.
     int64_t flags = g_signal_flags.exchange(0);
     if (ps.ctx.world && world > 1) {

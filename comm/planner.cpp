@@ -61,13 +61,15 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
   const double mem_limit = c.gpu_mem_gib * double(1ull << 30);
   Plan plan;
   for (int tp : divisors(world)) {
-    if (m.heads % tp || m.ffn % tp || m.vocab % tp || (m.kv_heads % tp && tp % m.kv_heads)) continue;
+    if (m.heads % tp || m.vocab % tp || m.kv_heads % tp) continue;
     const int dp = world / tp;
     for (int ep : divisors(dp)) {
       if (m.experts % ep) continue;
       const GroupPlacement g = place_groups(c, tp, ep);
       for (bool etp : {true, false}) {
         if (tp == 1 && !etp) continue;  // the same layout as expert_tp = true
+        if (etp && m.ffn % tp) continue;
+        if (o.layout_allowed && !o.layout_allowed(tp, ep, etp)) continue;
         PlanRow base;
         base.tp = tp;
         base.ep = ep;

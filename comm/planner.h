@@ -2,6 +2,7 @@
 // chunk count), drop those that do not fit in GPU memory, predict each one's communication per training step
 // with the cost model, and rank them. Pure and deterministic (docs/cost_model.md states the memory model).
 #pragma once
+#include <functional>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -25,6 +26,9 @@ struct PlanOptions {
                                           ExchangeKind::overlapped};
   int max_chunks = 8;
   bool only_fitting = false;  // leave layouts that do not fit out of the table
+  // The trainer's layout rule (model::layout_problem, which comm may not include): when set, only layouts it allows
+  // are ranked, so `plan` never proposes one that `train` refuses. Unset: the same divisibility rules, built in.
+  std::function<bool(int tp, int ep, bool expert_tp)> layout_allowed;
 };
 
 struct PlanRow {

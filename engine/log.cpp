@@ -1,6 +1,7 @@
 // Rank-aware logging: rank 0 speaks for the job; warnings come from whichever rank sees them.
 #include "engine/log.h"
 
+#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <vector>
@@ -8,6 +9,7 @@
 namespace monta::engine {
 namespace {
 int g_rank = 0, g_world = 1;
+const auto g_launch = std::chrono::steady_clock::now();
 }
 
 void set_log_rank(int rank, int world) {
@@ -46,6 +48,18 @@ void log_warn(const std::string& line) {
   else
     std::fprintf(stderr, "monta: warning: %s\n", line.c_str());
   std::fflush(stderr);
+}
+
+double seconds_since_launch() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - g_launch).count();
+}
+
+StartupPhase::StartupPhase(std::string what) : what_(std::move(what)), start_s_(seconds_since_launch()) {
+  log_info("start-up: " + what_ + " ...");
+}
+
+StartupPhase::~StartupPhase() {
+  log_info(strf("start-up: %s: %.2f s", what_.c_str(), seconds_since_launch() - start_s_));
 }
 
 }  // namespace monta::engine

@@ -12,4 +12,21 @@ void log_info(const std::string& line);
 void log_all(const std::string& line);
 void log_warn(const std::string& line);  // every rank, to stderr, "warning:" prefixed
 
+// A start-up phase that can take more than a second (allocation, weight init, corpus generation, communicator set-up,
+// calibration, checkpoint load): announced when it begins and timed when it ends, on rank 0, flushed at once, so a
+// slow start never looks like a hang.
+class StartupPhase {
+ public:
+  explicit StartupPhase(std::string what);
+  ~StartupPhase();
+  StartupPhase(const StartupPhase&) = delete;
+  StartupPhase& operator=(const StartupPhase&) = delete;
+
+ private:
+  std::string what_;
+  double start_s_;
+};
+// Seconds since the process started (the first use of the log library's clock, at static initialisation).
+double seconds_since_launch();
+
 }  // namespace monta::engine

@@ -1,13 +1,21 @@
 // Host side of memory.h: arenas, and copies/fills that dispatch to the CUDA backend for device tensors.
 #include "engine/memory.h"
 
+#include <unistd.h>
+
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 
 #include "engine/check.h"
+#include "engine/log.h"
 #include "engine/cuda_backend.h"
 
 namespace monta::engine {
+
+namespace {
+std::atomic<int64_t> g_host_syncs{0};
+}  // namespace
 
 bool cuda_available() { return cudab::device_count() > 0; }
 int cuda_device_count() { return cudab::device_count(); }
@@ -16,8 +24,14 @@ void cuda_set_device(int index) { cudab::set_device(index); }
 void* device_alloc(Device d, size_t bytes) {
   if (bytes == 0) bytes = 256;
   if (d == Device::cuda) return cudab::alloc(bytes);
+  // Linux overcommits, so a too-large request would "succeed" and be killed later: compare with the machine first.
+  const double phys = double(sysconf(_SC_PHYS_PAGES)) * double(sysconf(_SC_PAGESIZE));
+  MONTA_USER_CHECK(phys <= 0 || double(bytes) <= phys,
+                   strf("out of host memory: asked for %.1f GiB, the machine has %.1f GiB; use a smaller model or "
+                        "micro-batch, more ranks, or train on a GPU", double(bytes) / (1u << 30), phys / (1u << 30)));
   void* p = std::aligned_alloc(256, (bytes + 255) / 256 * 256);
-  MONTA_CHECK(p, "host allocation of " + std::to_string(bytes) + " bytes failed");
+  MONTA_USER_CHECK(p, strf("out of host memory: allocating %.1f GiB failed; use a smaller model or micro-batch, more "
+                           "ranks, or train on a GPU", double(bytes) / (1u << 30)));
   return p;
 }
 
@@ -36,8 +50,11 @@ void copy(Tensor dst, const Tensor& src, Stream s) {
     if (dst.data != src.data) std::memmove(dst.data, src.data, src.bytes());
     return;
   }
+  if (dst.device == Device::cpu) g_host_syncs.fetch_add(1, std::memory_order_relaxed);
   cudab::copy(dst.data, dst.device == Device::cuda, src.data, src.device == Device::cuda, src.bytes(), s);
 }
+
+int64_t host_sync_count() { return g_host_syncs.load(std::memory_order_relaxed); }
 
 void fill_zero(Tensor t, Stream s) {
   if (t.device == Device::cpu)
@@ -47,7 +64,9 @@ void fill_zero(Tensor t, Stream s) {
 }
 
 void sync_device(Device d, Stream s) {
-  if (d == Device::cuda) cudab::synchronize(s);
+  if (d != Device::cuda) return;
+  g_host_syncs.fetch_add(1, std::memory_order_relaxed);
+  cudab::synchronize(s);
 }
 
 Tensor make_view(void* p, const std::vector<int64_t>& shape, DType t, Device d) {

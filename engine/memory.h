@@ -19,6 +19,9 @@ void copy(Tensor dst, const Tensor& src, Stream s = nullptr);
 void fill_zero(Tensor t, Stream s = nullptr);
 // The one named device->host sync point: waits for all work on the device (or stream) to finish.
 void sync_device(Device d, Stream s = nullptr);
+// Host waits on the device so far in this process: copies into host memory from a device and sync_device calls on
+// a CUDA device (each blocks the host). The trainer reports the count per step (metrics.jsonl host_syncs).
+int64_t host_sync_count();
 
 struct TensorSpec {
   std::string name;

@@ -1,20 +1,16 @@
-// Philox4x32-10 (Salmon et al., SC'11) and the helpers built on it.
+// Philox4x32-10 (Salmon et al., SC'11) and the helpers built on it; the arithmetic is engine/rng_math.h's, shared
+// with the device (this file is compiled without FMA contraction, see engine/CMakeLists.txt).
 #include "engine/rng.h"
+
+#include "engine/rng_math.h"
 
 #include <cmath>
 
 namespace monta::engine {
 
 std::array<uint32_t, 4> philox4x32(std::array<uint32_t, 4> c, std::array<uint32_t, 2> k) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
-  for (int round = 0; round < 10; ++round) {
-    uint64_t p0 = uint64_t(kM0) * c[0], p1 = uint64_t(kM1) * c[2];
-    uint32_t hi0 = uint32_t(p0 >> 32), lo0 = uint32_t(p0), hi1 = uint32_t(p1 >> 32), lo1 = uint32_t(p1);
-    c = {hi1 ^ c[1] ^ k[0], lo1, hi0 ^ c[3] ^ k[1], lo0};
-    k[0] += kW0;
-    k[1] += kW1;
-  }
-  return c;
+  const rngmath::U4 r = rngmath::philox4x32(rngmath::U4{{c[0], c[1], c[2], c[3]}}, k[0], k[1]);
+  return {r.v[0], r.v[1], r.v[2], r.v[3]};
 }
 
 uint64_t fnv1a64(std::string_view s) {
@@ -28,25 +24,17 @@ uint64_t fnv1a64(std::string_view s) {
 
 namespace {
 std::array<uint32_t, 4> block(uint64_t seed, uint64_t stream, uint64_t index) {
-  std::array<uint32_t, 2> key{uint32_t(seed) ^ uint32_t(stream >> 32), uint32_t(seed >> 32) ^ uint32_t(stream)};
-  return philox4x32({uint32_t(index), uint32_t(index >> 32), uint32_t(stream), 0x6d6f6e74u}, key);
-}
-double to_unit(uint32_t a, uint32_t b) {  // 53-bit uniform in (0, 1)
-  uint64_t m = (uint64_t(a) << 21) ^ uint64_t(b >> 11);
-  return (double(m & ((1ull << 53) - 1)) + 0.5) / 9007199254740992.0;
+  const rngmath::U4 r = rngmath::block(seed, stream, index);
+  return {r.v[0], r.v[1], r.v[2], r.v[3]};
 }
 }  // namespace
 
 double rng_uniform(uint64_t seed, uint64_t stream, uint64_t index) {
   auto r = block(seed, stream, index);
-  return to_unit(r[0], r[1]);
+  return rngmath::to_unit(r[0], r[1]);
 }
 
-double rng_normal(uint64_t seed, uint64_t stream, uint64_t index) {
-  auto r = block(seed, stream, index);
-  double u1 = to_unit(r[0], r[1]), u2 = to_unit(r[2], r[3]);
-  return std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-}
+double rng_normal(uint64_t seed, uint64_t stream, uint64_t index) { return rngmath::normal(seed, stream, index); }
 
 uint32_t Philox::next_u32() { return block(seed, stream, counter++)[0]; }
 uint64_t Philox::next_u64() {

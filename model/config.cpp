@@ -2,9 +2,12 @@
 #include "model/config.h"
 
 #include <cmath>
+#include <string>
+#include <type_traits>
 
 #include "engine/check.h"
 #include "engine/log.h"
+#include "model/config_keys.h"
 
 namespace monta::model {
 
@@ -15,56 +18,98 @@ int64_t expert_capacity(const ModelConfig& m, int64_t tokens) {
   return std::max(c, m.min_capacity);
 }
 
-static void need(bool ok, const std::string& msg) { MONTA_USER_CHECK(ok, msg); }
+namespace {
+
+// The first problem of a config as one sentence ("" when none): the key table's ranges, then the constraints
+// between keys, then (world > 0) those of the world size.
+struct Problems {
+  std::string first;
+  void need(bool ok, const std::string& msg) {
+    if (!ok && first.empty()) first = msg;
+  }
+};
+
+template <class T>
+std::string value_text(const T& v) {
+  if constexpr (std::is_same_v<T, std::string>) return "'" + v + "'";
+  else if constexpr (std::is_same_v<T, bool>) return v ? "true" : "false";
+  else if constexpr (std::is_floating_point_v<T>) return strf("%g", double(v));
+  else return std::to_string(v);
+}
+
+void check_ranges(const Config& c, Problems& p) {
+  visit_config_keys(c, [&](const char* key, const auto& field, const char*, const KeyRange& r) {
+    using T = std::decay_t<decltype(field)>;
+    if constexpr (std::is_same_v<T, std::string>) {
+      p.need(r.allows(field), strf("%s must be %s (got %s)", key, r.choices ? ("one of " + std::string(r.choices)).c_str()
+                                                                            : r.describe().c_str(),
+                                   value_text(field).c_str()));
+    } else if constexpr (!std::is_same_v<T, bool>) {
+      p.need(r.contains(double(field)), strf("%s must be in %s (got %s)", key, r.describe().c_str(), value_text(field).c_str()));
+    }
+  });
+}
+
+void check_model(const Config& c, Problems& p) {
+  const auto& m = c.model;
+  p.need(m.hidden % m.heads == 0, strf("model.hidden (%ld) must be divisible by model.heads (%ld)", m.hidden, m.heads));
+  p.need(m.heads % m.kv_heads == 0,
+         strf("model.heads (%ld) must be divisible by model.kv_heads (%ld) for grouped-query attention", m.heads, m.kv_heads));
+  p.need(m.head_dim() % 2 == 0, strf("head dimension hidden/heads = %ld must be even for RoPE", m.head_dim()));
+  p.need(m.top_k <= m.experts, strf("model.top_k (%ld) cannot exceed model.experts (%ld)", m.top_k, m.experts));
+  // Sizes are counted in int64: keep every product far from overflow (1e15 parameters is beyond any machine).
+  const double params = double(m.layers) * double(m.experts) * 3.0 * double(m.hidden) * double(m.ffn) +
+                        2.0 * double(m.vocab) * double(m.hidden) + double(m.layers) * 4.0 * double(m.hidden) * double(m.hidden);
+  p.need(params < 1e15, strf("the model would have %.3g parameters; sizes this large overflow the size arithmetic", params));
+  const auto& t = c.train;
+  p.need(t.min_lr <= t.lr, strf("train.min_lr (%g) must not exceed train.lr (%g)", t.min_lr, t.lr));
+  p.need(double(t.micro_batch) * double(m.seq_len) < 2147483648.0,
+         strf("train.micro_batch x model.seq_len = %.0f tokens per micro-batch exceeds 2^31", double(t.micro_batch) * double(m.seq_len)));
+  p.need(t.global_batch >= t.micro_batch,
+         strf("train.global_batch (%ld) must be at least train.micro_batch (%ld)", t.global_batch, t.micro_batch));
+  if (c.data.path == "builtin:markov")
+    p.need(c.data.builtin_tokens > m.seq_len, strf("data.builtin_tokens (%ld) must exceed model.seq_len (%ld) for the "
+                                                   "built-in corpus", c.data.builtin_tokens, m.seq_len));
+}
+
+}  // namespace
+
+std::string layout_problem(const Config& c, int tp, int ep, bool expert_tp, int world) {
+  const auto& m = c.model;
+  Problems p;
+  p.need(tp >= 1 && ep >= 1, "parallel.tp and parallel.ep must be >= 1");
+  if (!p.first.empty()) return p.first;
+  p.need(m.heads % tp == 0, strf("model.heads (%ld) must be divisible by parallel.tp (%d)", m.heads, tp));
+  p.need(m.kv_heads % tp == 0, strf("model.kv_heads (%ld) must be divisible by parallel.tp (%d)", m.kv_heads, tp));
+  p.need(m.vocab % tp == 0, strf("model.vocab (%ld) must be divisible by parallel.tp (%d) for the vocab-parallel embedding", m.vocab, tp));
+  p.need(!expert_tp || m.ffn % tp == 0,
+         strf("model.ffn (%ld) must be divisible by parallel.tp (%d) when parallel.expert_tp is on", m.ffn, tp));
+  p.need(m.experts % ep == 0, strf("model.experts (%ld) must be divisible by parallel.ep (%d)", m.experts, ep));
+  if (world > 0) {
+    const auto& t = c.train;
+    p.need(world % tp == 0, strf("world size %d is not divisible by parallel.tp (%d)", world, tp));
+    if (!p.first.empty()) return p.first;
+    int dp = world / tp;
+    p.need(dp % ep == 0, strf("data-parallel size %d (world %d / tp %d) is not divisible by parallel.ep (%d)", dp, world, tp, ep));
+    p.need(t.global_batch % (t.micro_batch * dp) == 0,
+           strf("train.global_batch (%ld) must be divisible by train.micro_batch (%ld) x data-parallel size (%d)",
+                t.global_batch, t.micro_batch, dp));
+  }
+  return p.first;
+}
+
+std::string config_problem(const Config& c, int world) {
+  Problems p;
+  check_ranges(c, p);
+  if (!p.first.empty()) return p.first;  // the checks below divide by sizes the ranges keep positive
+  check_model(c, p);
+  if (!p.first.empty()) return p.first;
+  return layout_problem(c, c.parallel.tp, c.parallel.ep, c.parallel.expert_tp, world);
+}
 
 void validate(const Config& c, int world) {
-  const auto& m = c.model;
-  need(m.vocab > 0 && m.hidden > 0 && m.layers > 0 && m.heads > 0 && m.kv_heads > 0 && m.ffn > 0 && m.experts > 0 &&
-           m.top_k > 0 && m.seq_len > 0,
-       "model sizes must be positive (vocab, hidden, layers, heads, kv_heads, ffn, experts, top_k, seq_len)");
-  need(m.hidden % m.heads == 0, strf("model.hidden (%ld) must be divisible by model.heads (%ld)", m.hidden, m.heads));
-  need(m.heads % m.kv_heads == 0,
-       strf("model.heads (%ld) must be divisible by model.kv_heads (%ld) for grouped-query attention", m.heads, m.kv_heads));
-  need(m.head_dim() % 2 == 0, strf("head dimension hidden/heads = %ld must be even for RoPE", m.head_dim()));
-  need(m.top_k <= m.experts, strf("model.top_k (%ld) cannot exceed model.experts (%ld)", m.top_k, m.experts));
-  need(m.capacity_factor > 0, strf("model.capacity_factor must be > 0 (got %g)", m.capacity_factor));
-  need(m.min_capacity >= 0, "model.min_capacity must be >= 0");
-  need(m.aux_loss_coef >= 0 && m.z_loss_coef >= 0, "model.aux_loss_coef and model.z_loss_coef must be >= 0");
-  const auto& t = c.train;
-  need(t.steps >= 0, "train.steps must be >= 0");
-  need(t.micro_batch > 0 && t.global_batch > 0, "train.micro_batch and train.global_batch must be positive");
-  need(t.lr > 0 && t.min_lr >= 0 && t.min_lr <= t.lr, strf("need 0 <= train.min_lr <= train.lr and lr > 0 (lr %g, min_lr %g)", t.lr, t.min_lr));
-  need(t.beta1 >= 0 && t.beta1 < 1 && t.beta2 >= 0 && t.beta2 < 1, "train.beta1 and train.beta2 must be in [0, 1)");
-  need(t.grad_clip >= 0, "train.grad_clip must be >= 0 (0 disables clipping)");
-  need(t.device == "auto" || t.device == "cpu" || t.device == "cuda",
-       "train.device must be auto, cpu or cuda (got '" + t.device + "')");
-  need(!t.run_dir.empty(), "train.run_dir must not be empty");
-  need(t.max_skipped > 0, "train.max_skipped must be positive");
-  need(t.step_timeout_s >= 0, "train.step_timeout_s must be >= 0 (0 disables the stall watchdog)");
-  need(t.peak_tflops > 0, "train.peak_tflops must be positive (the per-GPU peak MFU is measured against)");
-  const auto& p = c.parallel;
-  need(p.tp >= 1 && p.ep >= 1, "parallel.tp and parallel.ep must be >= 1");
-  need(m.heads % p.tp == 0, strf("model.heads (%ld) must be divisible by parallel.tp (%d)", m.heads, p.tp));
-  need(m.kv_heads % p.tp == 0, strf("model.kv_heads (%ld) must be divisible by parallel.tp (%d)", m.kv_heads, p.tp));
-  need(m.vocab % p.tp == 0, strf("model.vocab (%ld) must be divisible by parallel.tp (%d) for the vocab-parallel embedding", m.vocab, p.tp));
-  need(!p.expert_tp || m.ffn % p.tp == 0,
-       strf("model.ffn (%ld) must be divisible by parallel.tp (%d) when parallel.expert_tp is on", m.ffn, p.tp));
-  need(m.experts % p.ep == 0, strf("model.experts (%ld) must be divisible by parallel.ep (%d)", m.experts, p.ep));
-  need(c.checkpoint.interval >= 0 && c.checkpoint.keep >= 1, "checkpoint.interval must be >= 0 and checkpoint.keep >= 1");
-  need(c.comm.emulate_nodes >= 0, "comm.emulate_nodes must be >= 0");
-  need(c.comm.chunks >= 1 && c.comm.chunks <= 64, strf("comm.chunks must be in [1, 64] (got %d)", c.comm.chunks));
-  need(c.comm.exchange == "auto" || c.comm.exchange == "duplicate" || c.comm.exchange == "drop_gather" ||
-           c.comm.exchange == "pipelined" || c.comm.exchange == "overlapped",
-       "comm.exchange must be duplicate, drop_gather, pipelined, overlapped or auto (got '" + c.comm.exchange + "')");
-  need(c.data.builtin_tokens > m.seq_len, "data.builtin_tokens must exceed model.seq_len");
-  if (world > 0) {
-    need(world % p.tp == 0, strf("world size %d is not divisible by parallel.tp (%d)", world, p.tp));
-    int dp = world / p.tp;
-    need(dp % p.ep == 0, strf("data-parallel size %d (world %d / tp %d) is not divisible by parallel.ep (%d)", dp, world, p.tp, p.ep));
-    need(t.global_batch % (t.micro_batch * dp) == 0,
-         strf("train.global_batch (%ld) must be divisible by train.micro_batch (%ld) x data-parallel size (%d)",
-              t.global_batch, t.micro_batch, dp));
-  }
+  const std::string problem = config_problem(c, world);
+  MONTA_USER_CHECK(problem.empty(), problem);
 }
 
 ModelSize model_size(const ModelConfig& m) {

@@ -65,6 +65,11 @@ int64_t expert_capacity(const ModelConfig& m, int64_t tokens);
 // Checks every constraint that does not depend on the world size (and those that do, when world > 0);
 // the first violation is a user error (one sentence with the numbers).
 void validate(const Config& c, int world);
+// The same checks as one sentence, "" when the config is valid (for callers that must not fail, e.g. the planner).
+std::string config_problem(const Config& c, int world);
+// Whether a layout (tp, ep, expert_tp, and the world size when > 0) suits the model: the one rule `train`, `plan` and
+// `bench` share. "" when it does, else the first reason.
+std::string layout_problem(const Config& c, int tp, int ep, bool expert_tp, int world);
 
 struct ModelSize {
   int64_t total = 0, expert = 0, embedding = 0;  // parameters

@@ -320,6 +320,11 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   rmsnorm_backward(dx, params_.grad_accumulate(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1, true);
 }
 
+double training_objective(const ModelConfig& m, double ce_sum, double aux_sum, double z_sum, double ce_scale,
+                          double aux_scale) {
+  return ce_scale * ce_sum + aux_scale * (m.aux_loss_coef * aux_sum + m.z_loss_coef * z_sum);
+}
+
 MicroResult Model::forward_backward(const int32_t* tokens, const int32_t* targets, double ce_scale, double aux_scale) {
   MicroResult r = run_forward(tokens, targets);
   const int64_t vocab_begin = int64_t(par_.tp_rank) * s_.V_l;

@@ -22,6 +22,13 @@ struct MicroResult {
   double exchange_bytes = 0;
 };
 
+// The objective training minimises, Megatron-Core's convention: mean token cross-entropy plus, for every layer,
+// aux_loss_coef x its load-balancing loss + z_loss_coef x its router z-loss (summed over layers, not averaged),
+// the router terms averaged over micro-batches. With the sums of a step, ce_scale = 1/(global tokens) and
+// aux_scale = 1/(global micro-batches) it is what the backward differentiates; metrics.jsonl prints it as loss_total.
+double training_objective(const ModelConfig& m, double ce_sum, double aux_sum, double z_sum, double ce_scale,
+                          double aux_scale);
+
 class Model {
  public:
   Model(const ModelConfig& cfg, const Shapes& shapes, const ParallelContext& par, ParamStore& params, DType act_dtype);

@@ -5,6 +5,7 @@
 
 #include "engine/check.h"
 #include "engine/ops/elementwise.h"
+#include "engine/ops/init.h"
 #include "engine/rng.h"
 
 namespace monta::model {
@@ -121,29 +122,15 @@ const Param& ParamStore::get(const std::string& name) const { return const_cast<
 
 void ParamStore::init(uint64_t seed) {
   for (auto& p : params_) {
-    const int64_t n = p.master.numel();
-    std::vector<double> host(static_cast<size_t>(n));
-    const uint64_t stream = engine::fnv1a64(p.name);
-    const size_t nd = p.full.size();
-    std::vector<int64_t> idx(nd, 0);
-    for (int64_t i = 0; i < n; ++i) {
-      // Local multi-index -> logical flat index, so the value does not depend on the layout.
-      int64_t flat = 0;
-      for (size_t d = 0; d < nd; ++d) flat = flat * p.full[d] + idx[d] + p.offset[d];
-      host[size_t(i)] = p.init_std == 0 ? 1.0 : p.init_std * engine::rng_normal(seed, stream, uint64_t(flat));
-      for (size_t d = nd; d-- > 0;) {
-        if (++idx[d] < p.local[d]) break;
-        idx[d] = 0;
-      }
+    engine::InitNormalArgs a;
+    a.seed = seed;
+    a.stream = engine::fnv1a64(p.name);
+    a.std = p.init_std;
+    for (size_t d = 0; d < p.full.size(); ++d) {
+      a.full[d] = p.full[d];
+      a.offset[d] = p.offset[d];
     }
-    Tensor src = engine::make_view(host.data(), p.local, DType::f64, Device::cpu);
-    if (p.master.dtype == DType::f64 && p.master.device == Device::cpu) {
-      engine::copy(p.master, src);
-    } else {
-      std::vector<float> f(host.begin(), host.end());
-      Tensor fsrc = engine::make_view(f.data(), p.local, DType::f32, Device::cpu);
-      engine::copy(p.master, fsrc);
-    }
+    engine::init_normal(p.master, a);  // on the parameter's device: the values depend on (seed, name, index) only
     engine::fill_zero(p.m);
     engine::fill_zero(p.v);
     engine::fill_zero(p.grad);

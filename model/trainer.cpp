@@ -21,10 +21,20 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   sched_.min_lr = cfg.train.min_lr;
   sched_.warmup_steps = cfg.train.warmup_steps;
   sched_.decay_steps = cfg.train.decay_steps > 0 ? cfg.train.decay_steps : cfg.train.steps;
-  params_ = std::make_unique<ParamStore>(cfg.model, par, device, DType::f32, act_);
-  params_->init(cfg.train.seed);
+  {
+    const StartupPhase phase(strf("allocating parameters, gradients and AdamW state (%s)", engine::device_name(device)));
+    params_ = std::make_unique<ParamStore>(cfg.model, par, device, DType::f32, act_);
+  }
+  {
+    const StartupPhase phase(strf("initialising weights (%s)", engine::device_name(device)));
+    params_->init(cfg.train.seed);
+    sync_device(device);
+  }
   Shapes s = Shapes::make(cfg.model, cfg.train.micro_batch, par.tp, par.ep, par.dp, par.expert_tp);
-  model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_);
+  {
+    const StartupPhase phase("allocating activations");
+    model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_);
+  }
   build_buckets();
   scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
   for (auto& p : params_->all())
@@ -122,21 +132,23 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
   StepMetrics m;
   m.step = step_ + 1;
   m.loss = sums[0] * ce_scale;
+  m.loss_total = training_objective(cfg_.model, sums[0], sums[1], sums[2], ce_scale, aux_scale);
   m.aux_loss = sums[1] * aux_scale / double(cfg_.model.layers);
   m.z_loss = sums[2] * aux_scale / double(cfg_.model.layers);
   m.dropped = int64_t(sums[3]);
-  m.exchange_ms = exch_s * 1000.0;
-  m.exchange_gbps = exch_s > 0 ? exch_bytes / exch_s / 1e9 : 0.0;
+  m.exchange_host_ms = exch_s * 1000.0;
+  m.exchange_host_gbps = exch_s > 0 ? exch_bytes / exch_s / 1e9 : 0.0;
   return m;
 }
 
 StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32_t> targets) {
   auto t0 = std::chrono::steady_clock::now();
+  const int64_t syncs0 = host_sync_count();
   const auto& t = cfg_.train;
   StepMetrics m = compute_gradients(inputs, targets);
   m.grad_norm = global_grad_norm();
   m.lr = lr_at(m.step, sched_);
-  if (!std::isfinite(m.grad_norm) || !std::isfinite(m.loss)) {
+  if (!std::isfinite(m.grad_norm) || !std::isfinite(m.loss_total)) {
     m.skipped = true;
     ++skips_;
     log_warn(strf("step %ld: non-finite loss or gradient norm (loss %g, grad norm %g); update skipped (%ld in a row)",
@@ -159,6 +171,7 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
   ++step_;
   sync_device(device_);
   m.step_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  m.host_syncs = host_sync_count() - syncs0;
   m.tokens_per_s = double(t.global_batch * cfg_.model.seq_len) / (m.step_ms / 1000.0);
   const int ranks = par_.world ? par_.world->size() : 1;
   m.tflops_per_gpu = m.tokens_per_s * train_flops_per_token(cfg_.model) / double(ranks) / 1e12;

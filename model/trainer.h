@@ -14,10 +14,17 @@ namespace monta::model {
 
 struct StepMetrics {
   int64_t step = 0;
-  double loss = 0, aux_loss = 0, z_loss = 0, grad_norm = 0, lr = 0;
-  double step_ms = 0, tokens_per_s = 0, exchange_ms = 0, exchange_gbps = 0;
+  double loss = 0;        // mean token cross-entropy
+  double loss_total = 0;  // the objective minimised (training_objective): loss + coef x router losses summed over layers
+  double aux_loss = 0, z_loss = 0;  // router losses per layer (mean over layers and micro-batches), before coefficients
+  double grad_norm = 0, lr = 0;
+  double step_ms = 0, tokens_per_s = 0;
+  // Host time inside the exchange calls: on the CPU (blocking MPI) the transfer time; on the GPU only what the host
+  // spends enqueuing NCCL work, not the transfers (hence the name; the benches time transfers with events).
+  double exchange_host_ms = 0, exchange_host_gbps = 0;
   double tflops_per_gpu = 0, mfu = 0;  // model FLOPs (train_flops_per_token) per second per rank; / train.peak_tflops
   int64_t dropped = 0;
+  int64_t host_syncs = 0;  // times the host waited on the device during the step (engine::host_sync_count)
   bool skipped = false;
 };
 

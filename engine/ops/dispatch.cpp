@@ -7,6 +7,7 @@
 #include "engine/ops/cross_entropy.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/embedding.h"
+#include "engine/ops/init.h"
 #include "engine/ops/linear.h"
 #include "engine/ops/moe_permute.h"
 #include "engine/ops/rmsnorm.h"
@@ -32,6 +33,14 @@ namespace monta::engine {
     return cpu::fn(__VA_ARGS__);                                                                   \
   } while (0)
 #endif
+
+void init_normal(Tensor out, const InitNormalArgs& a, Stream s) {
+  MONTA_CHECK(out.ndim >= 1 && out.ndim <= 4, "init_normal: out must have 1 to 4 dimensions, got " + out.str());
+  for (int d = 0; d < out.ndim; ++d)
+    MONTA_CHECK(a.offset[size_t(d)] >= 0 && a.offset[size_t(d)] + out.shape[size_t(d)] <= a.full[size_t(d)],
+                "init_normal: slice " + out.str() + " does not fit its logical shape at dimension " + std::to_string(d));
+  MONTA_DISPATCH(out, init_normal, out, a, s);
+}
 
 void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& table, int64_t vocab_begin, Stream s) {
   MONTA_DISPATCH(out, embedding_forward, out, tokens, table, vocab_begin, s);

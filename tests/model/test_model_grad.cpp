@@ -1,5 +1,6 @@
 // Whole-model gradient check: every parameter's analytic gradient (sampled elements) against central
-// finite differences of the total loss (CE + aux + z), in double, on a tiny config with token dropping.
+// finite differences of the printed objective (loss_total: CE + coef x router losses summed over layers), in double,
+// on a tiny config with token dropping.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -53,9 +54,11 @@ struct Fixture {
     }
     ce_scale = 1.0 / double(s.N);
   }
+  // Exactly the objective the trainer prints as loss_total (training_objective), not a copy of its formula: with
+  // several layers a gradient of coef x mean-over-layers would differ from it by the layer count.
   double loss() {
     auto r = model.forward(tokens.data(), targets.data());
-    return ce_scale * r.ce_sum + aux_scale * (cfg.aux_loss_coef * r.aux_sum + cfg.z_loss_coef * r.z_sum);
+    return training_objective(cfg, r.ce_sum, r.aux_sum, r.z_sum, ce_scale, aux_scale);
   }
 };
 

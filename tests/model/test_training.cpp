@@ -49,3 +49,29 @@ TEST(Training, TinyModelLearnsMarkovCorpusTowardItsFloor) {
   EXPECT_GT(last, info.entropy_floor_nats - 0.1);  // below the floor would mean a leak of the targets
   std::filesystem::remove_all(dir);
 }
+
+// The printed objective: loss_total = CE + aux_coef x Σ_layers aux + z_coef x Σ_layers z, while aux_loss and z_loss are
+// logged per layer. With 3 layers the router terms enter loss_total 3 times: a trainer that scaled them by 1/layers
+// (the mean) or printed something else would fail here.
+TEST(Training, LossTotalIsCrossEntropyPlusRouterLossesSummedOverLayers) {
+  model::Config c;
+  c.model.layers = 3;
+  c.model.aux_loss_coef = 0.5;
+  c.model.z_loss_coef = 0.25;
+  c.train.micro_batch = 2;
+  c.train.global_batch = 4;
+  const auto dir = std::filesystem::temp_directory_path() / "monta_test_loss_total";
+  std::filesystem::create_directories(dir);
+  const std::string path = (dir / "markov.h5").string();
+  data::write_markov_corpus(path, 3, c.model.vocab, 1 << 14);
+  data::TokenLoader loader(path, c.model.seq_len, c.train.global_batch, 0, 1, 5);
+  model::ParallelContext par;
+  model::Trainer trainer(c, par, engine::Device::cpu);
+  std::vector<int32_t> in(size_t(c.train.global_batch * c.model.seq_len)), tg(in.size());
+  loader.next_batch(in, tg);
+  auto m = trainer.step(in, tg);
+  const double want = m.loss + 3 * (0.5 * m.aux_loss + 0.25 * m.z_loss);
+  EXPECT_NEAR(m.loss_total, want, 1e-9 * want);
+  EXPECT_GT(m.loss_total - m.loss, 3 * 0.5 * m.aux_loss * 0.99);  // the aux term is there, times the layer count
+  std::filesystem::remove_all(dir);
+}
