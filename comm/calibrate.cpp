@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "engine/check.h"
+#include "engine/parse.h"
 #include "engine/log.h"
 #include "engine/memory.h"
 
@@ -151,14 +152,9 @@ LinkModel parse_link_model(const std::string& text, const LinkModel& fallback, c
     if (trim(line).empty() || trim(line)[0] == '[') continue;
     MONTA_USER_CHECK(eq != std::string::npos, where + ": expected `key = value`, got '" + trim(line) + "'");
     const std::string key = trim(line.substr(0, eq)), val = trim(line.substr(eq + 1));
-    double v = 0;
-    try {
-      size_t used = 0;
-      v = std::stod(val, &used);
-      MONTA_USER_CHECK(used == val.size(), "");
-    } catch (...) {
-      engine::fail_user(where + ": '" + key + "' needs a number, not '" + val + "'");
-    }
+    const auto parsed = engine::try_parse_double(val);
+    MONTA_USER_CHECK(parsed && std::isfinite(*parsed), where + ": '" + key + "' needs a finite number, not '" + val + "'");
+    const double v = *parsed;
     MONTA_USER_CHECK(v >= 0, where + ": '" + key + "' must not be negative");
     if (key == "intra_gbps" || key == "inter_gbps") {
       MONTA_USER_CHECK(v > 0, where + ": '" + key + "' must be positive");

@@ -7,6 +7,7 @@
 #include <cstdlib>
 
 #include "engine/check.h"
+#include "engine/parse.h"
 #include "engine/log.h"
 
 namespace monta::comm {
@@ -20,9 +21,8 @@ std::string g_host;
 int parse_env_int(const char* name) {
   const char* v = std::getenv(name);
   if (!v || !*v) return -1;
-  char* end = nullptr;
-  long x = std::strtol(v, &end, 10);
-  return (end && *end == '\0' && x >= 0) ? int(x) : -1;
+  const auto x = engine::try_parse_int(v);
+  return x && *x >= 0 ? *x : -1;
 }
 
 }  // namespace

@@ -58,7 +58,6 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
     L.add(&a.probs, n + "probs", {N, s.E}, act);
     L.add(&a.expert_idx, n + "expert_idx", {N, s.K}, DType::i32);
     L.add(&a.weight, n + "weight", {N, s.K}, act);
-    L.add(&a.counts, n + "counts", {s.E}, DType::i32);
     L.add(&a.zlse, n + "zlse", {N}, stat_);
     L.add(&a.dbuf, n + "dbuf", {s.E, s.C, H}, act);
     if (exchanged) L.add(&a.y, n + "y", {s.E_l, s.EC, H}, act);
@@ -68,8 +67,11 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
     L.add(&a.eo, n + "eo", {s.E_l, s.EC, H}, act);
     if (exchanged) L.add(&a.cbuf, n + "cbuf", {s.E, s.C, H}, act);
   }
-  // Every layer's router statistics and slots side by side, so one copy per kind brings them to the host.
+  // The micro-batch's scalars side by side (every layer's aux and z losses and expert counts, then the CE sum), so one
+  // copy of that byte range brings them all to the host (read_scalars).
   L.add(&router_stats_, "router_stats", {cfg.layers, 2}, stat_);  // (L, 2): aux, z
+  L.add(&counts_, "counts", {cfg.layers, s.E}, DType::i32);        // (L, E): choices per expert before dropping
+  L.add(&ce_sum_, "ce_sum", {1}, stat_);
   L.add(&slots_, "slots", {cfg.layers, N, s.K}, DType::i32);
   L.add(&tokens_, "tokens", {N}, DType::i32);
   L.add(&targets_, "targets", {N}, DType::i32);
@@ -82,7 +84,6 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
   L.add(&tlogit_, "tlogit", {N}, stat_);
   L.add(&lse_, "lse", {N}, stat_);
   L.add(&losses_, "losses", {N}, stat_);
-  L.add(&ce_sum_, "ce_sum", {1}, stat_);
   // Backward scratch, reused by every layer.
   L.add(&dx_, "dx", {N, H}, act);
   L.add(&dxn_, "dxn", {N, H}, act);
@@ -109,6 +110,7 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
     a.aux = Tensor(row, {1}, stat_, dev);
     a.z = Tensor(row + dtype_size(stat_), {1}, stat_, dev);
     a.slot = slots_.rows(l, 1).view({N, s.K});
+    a.counts = counts_.rows(l, 1).view({s.E});
   }
   // Without an exchange the expert buffers are the dispatch buffers themselves (E_l = E, e·C = C).
   for (auto& a : layers_) {
@@ -128,17 +130,6 @@ void Model::linear_backward_w(Tensor dx, const std::string& name, const Tensor& 
                               bool accumulate_dx) {
   const GradWrite g = params_.grad_write(name);
   linear_backward(dx, g.grad, dout, x, p(name), accumulate_dx, g.accumulate);
-}
-
-double Model::read_scalar(const Tensor& t) const {
-  double host[1];
-  if (t.dtype == DType::f64) {
-    copy(Tensor(host, {1}, DType::f64), t);
-    return host[0];
-  }
-  float f[1];
-  copy(Tensor(f, {1}, DType::f32), t);
-  return f[0];
 }
 
 void Model::tp_all_reduce(Tensor t, bool max) {
@@ -210,23 +201,27 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   moe_combine_forward(x_out, a.cbuf, a.weight, a.expert_idx, a.slot, a.h);  // x_out = h + the weighted expert rows
 }
 
-void Model::read_router_stats(MicroResult& r) const {
-  const size_t L = layers_.size();
-  std::vector<double> stats(2 * L);
-  if (stat_ == DType::f64) {
-    copy(Tensor(stats.data(), {int64_t(L), 2}, DType::f64), router_stats_);
-  } else {
-    std::vector<float> f(2 * L);
-    copy(Tensor(f.data(), {int64_t(L), 2}, DType::f32), router_stats_);
-    stats.assign(f.begin(), f.end());
+void Model::read_scalars(MicroResult& r) const {
+  // One device->host copy of the byte range from router_stats_ to the end of ce_sum_ (adjacent in the arena).
+  const char* begin = static_cast<const char*>(router_stats_.data);
+  const char* end = static_cast<const char*>(ce_sum_.data) + ce_sum_.bytes();
+  MONTA_CHECK(static_cast<const char*>(counts_.data) > begin && static_cast<const char*>(ce_sum_.data) > begin,
+              "model: the scalars are not laid out side by side");
+  std::vector<char> host(size_t(end - begin));
+  copy(Tensor(host.data(), {int64_t(host.size())}, DType::u8),
+       engine::make_view(const_cast<char*>(begin), {int64_t(host.size())}, DType::u8, router_stats_.device));
+  auto stat_at = [&](const void* dev_ptr, int64_t i) {
+    const char* p = host.data() + (static_cast<const char*>(dev_ptr) - begin);
+    if (stat_ == DType::f64) return reinterpret_cast<const double*>(p)[i];
+    return double(reinterpret_cast<const float*>(p)[i]);
+  };
+  const auto* counts = reinterpret_cast<const int32_t*>(host.data() + (static_cast<const char*>(counts_.data) - begin));
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    r.aux_sum += stat_at(router_stats_.data, int64_t(2 * l));
+    r.z_sum += stat_at(router_stats_.data, int64_t(2 * l + 1));
+    for (int64_t e = 0; e < s_.E; ++e) r.dropped += std::max<int64_t>(0, counts[int64_t(l) * s_.E + e] - s_.C);
   }
-  std::vector<int32_t> slots(static_cast<size_t>(slots_.numel()));
-  copy(Tensor(slots.data(), {slots_.numel()}, DType::i32), slots_.view({slots_.numel()}));
-  for (size_t l = 0; l < L; ++l) {
-    r.aux_sum += stats[2 * l];
-    r.z_sum += stats[2 * l + 1];
-  }
-  for (int32_t v : slots) r.dropped += v < 0;
+  r.ce_sum = stat_at(ce_sum_.data, 0);
 }
 
 void Model::bench_layer(int l, bool backward, bool later_micro_batch) {
@@ -261,8 +256,7 @@ MicroResult Model::run_forward(const int32_t* tokens, const int32_t* targets) {
   tp_all_reduce(tlogit_);
   cross_entropy_finish(losses_, lse_, sumexp_, rowmax_, tlogit_, targets_);
   sum(ce_sum_, losses_, 1.0);
-  r.ce_sum = read_scalar(ce_sum_);
-  read_router_stats(r);
+  read_scalars(r);
   return r;
 }
 

@@ -40,6 +40,7 @@ class Model {
   const Shapes& shapes() const { return s_; }
   const engine::Arena& activations() const { return acts_; }
   Tensor logits() const { return logits_; }  // (N, V_l) of the last forward
+  Tensor slots() const { return slots_; }  // (L, N, K) slot of every (token, choice) of the last forward; -1: dropped
   // Called during backward when a group of parameter gradients is final for this micro-batch: layer index
   // l for layer l's parameters, layers() for the LM head and final norm, -1 for the embedding. The trainer
   // starts their data-parallel reduction there (on the last micro-batch), overlapping the rest of backward.
@@ -69,8 +70,9 @@ class Model {
   // linear_backward of parameter `name`: dx, and its weight gradient as ParamStore::grad_write says.
   void linear_backward_w(Tensor dx, const std::string& name, const Tensor& dout, const Tensor& x,
                          bool accumulate_dx = false);
-  double read_scalar(const Tensor& t) const;
-  void read_router_stats(MicroResult& r) const;  // aux, z and drops of every layer: two copies per micro-batch
+  // CE sum, every layer's aux and z losses, and the dropped choices (from the expert counts and the capacity): one
+  // device->host copy per micro-batch.
+  void read_scalars(MicroResult& r) const;
 
   ModelConfig cfg_;
   Shapes s_;
@@ -79,7 +81,7 @@ class Model {
   DType act_, stat_;
   engine::Arena acts_;
   std::vector<Layer> layers_;
-  Tensor router_stats_, slots_;  // (L, 2) aux and z; (L, N, K) slots of every layer
+  Tensor router_stats_, counts_, slots_;  // (L, 2) aux and z; (L, E) choices per expert; (L, N, K) slots
   Tensor tokens_, targets_, x_final_, xf_, rstdf_, logits_, rowmax_, sumexp_, tlogit_, lse_, losses_, ce_sum_;
   Tensor dx_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, ddbuf_;
   Tensor dweight_, dprobs_, drlogits_, dlogits_;

@@ -145,3 +145,15 @@ TEST(ModelInit, ValuesDependOnNameAndIndexOnly) {
     for (int64_t c = 0; c < hc; ++c)
       ASSERT_EQ(wo_half.master.as<double>()[r * hc + c], wo_full.master.as<double>()[r * cols + hc + c]);
 }
+
+// Dropped choices are counted from the expert counts and the capacity (no copy of the slots): the count must equal
+// the slots marked -1 by the capacity assignment, over every layer.
+TEST(ModelGrad, DroppedCountEqualsDroppedSlots) {
+  Fixture f;
+  auto r = f.model.forward(f.tokens.data(), f.targets.data());
+  const Tensor slots = f.model.slots();
+  int64_t want = 0;
+  for (int64_t i = 0; i < slots.numel(); ++i) want += slots.as<int32_t>()[i] < 0;
+  EXPECT_GT(want, 0);
+  EXPECT_EQ(r.dropped, want);
+}
