@@ -42,6 +42,12 @@ void validate(const Config& c, int world) {
   need(t.max_skipped > 0, "train.max_skipped must be positive");
   need(t.step_timeout_s >= 0, "train.step_timeout_s must be >= 0 (0 disables the stall watchdog)");
   need(t.peak_tflops > 0, "train.peak_tflops must be positive (the per-GPU peak MFU is measured against)");
+  need(t.eval_interval >= 0 && t.eval_steps >= 0,
+       "train.eval_interval and train.eval_steps must be >= 0 (eval_steps 0 turns validation off)");
+  need(c.data.valid_fraction >= 0 && c.data.valid_fraction < 1,
+       strf("data.valid_fraction must be in [0, 1) (got %g)", c.data.valid_fraction));
+  need(c.data.valid_path.empty() || c.data.valid_fraction == 0,
+       "data.valid_path and data.valid_fraction are both set; hold data out one way: a file or a fraction");
   const auto& p = c.parallel;
   need(p.tp >= 1 && p.ep >= 1, "parallel.tp and parallel.ep must be >= 1");
   need(m.heads % p.tp == 0, strf("model.heads (%ld) must be divisible by parallel.tp (%d)", m.heads, p.tp));
