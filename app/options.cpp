@@ -55,11 +55,15 @@ void visit(model::Config& c, F&& f) {
   f("train.max_skipped", t.max_skipped);
   f("train.step_timeout_s", t.step_timeout_s);
   f("train.peak_tflops", t.peak_tflops);
+  f("train.eval_interval", t.eval_interval);
+  f("train.eval_steps", t.eval_steps);
   f("parallel.tp", c.parallel.tp);
   f("parallel.ep", c.parallel.ep);
   f("parallel.expert_tp", c.parallel.expert_tp);
   f("data.path", c.data.path);
   f("data.builtin_tokens", c.data.builtin_tokens);
+  f("data.valid_path", c.data.valid_path);
+  f("data.valid_fraction", c.data.valid_fraction);
   f("checkpoint.interval", c.checkpoint.interval);
   f("checkpoint.keep", c.checkpoint.keep);
   f("checkpoint.resume", c.checkpoint.resume);
