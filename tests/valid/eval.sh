@@ -10,13 +10,12 @@ eval_np() {
   else "$MPIEXEC" --allow-run-as-root --oversubscribe -np "$np" "$MONTA" eval --train.device cpu \
     --parallel.tp "$tp" --parallel.ep "$ep" "$@" 2>&1; fi
 }
-val_at() { python3 -c "import json,sys; print(repr([json.loads(l) for l in open(sys.argv[1]) if l.strip() and json.loads(l)['step']==int(sys.argv[2]) and 'val_loss' in l][-1]['val_loss']))" "$w/metrics.jsonl" "$1"; }
 json_val() { python3 -c "import json,sys; print(repr(json.load(open(sys.argv[1]))[sys.argv[2]]))" "$1" "$2"; }
 for step in 20 40; do
   out=$WORK/valid_eval_np${np}_${step}.json; rm -f "$out"
   eval_np --checkpoint "$(ckpt "$w" "$step")" --json "$out" > "$out.log" || { cat "$out.log"; fail "monta eval at step $step"; }
   grep "val_loss" "$out.log"
-  run_val=$(val_at "$step") ev=$(json_val "$out" val_loss)
+  run_val=$(val_at "$w/metrics.jsonl" "$step") ev=$(json_val "$out" val_loss)
   [ "$(json_val "$out" step)" = "$step" ] || fail "eval JSON names step $(json_val "$out" step), not $step"
   if [ "$np" -eq 1 ]; then
     [ "$ev" = "$run_val" ] || fail "step $step: eval $ev != run's val_loss $run_val"
