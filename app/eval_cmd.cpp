@@ -92,10 +92,10 @@ model::Config eval_config(const EvalArgs& a) {
 
 std::string eval_json(const EvalArgs& a, const model::CkptMeta& meta, const model::EvalResult& r,
                       const data::DataSources& src, int world, const model::Config& c) {
-  return strf("{\"checkpoint\": \"%s\", \"step\": %ld, \"val_loss\": %.17g, \"val_ppl\": %.17g, \"eval_steps\": %ld, "
-              "\"tokens\": %ld, \"valid_path\": \"%s\", \"world\": %d, \"tp\": %d, \"ep\": %d, \"exchange\": \"%s\"}\n",
-              a.checkpoint.c_str(), long(meta.step), r.loss, r.ppl, long(r.batches), long(r.tokens),
-              src.valid_path.c_str(), world, c.parallel.tp, c.parallel.ep, c.comm.exchange.c_str());
+  return strf("{\"checkpoint\": %s, \"step\": %ld, \"val_loss\": %.17g, \"val_ppl\": %.17g, \"eval_steps\": %ld, "
+              "\"tokens\": %ld, \"valid_path\": %s, \"world\": %d, \"tp\": %d, \"ep\": %d, \"exchange\": \"%s\"}\n",
+              json_string(a.checkpoint).c_str(), long(meta.step), r.loss, r.ppl, long(r.batches), long(r.tokens),
+              json_string(src.valid_path).c_str(), world, c.parallel.tp, c.parallel.ep, c.comm.exchange.c_str());
 }
 
 }  // namespace

@@ -236,7 +236,7 @@ int cmd_train(int argc, char** argv) {
                            data::TokenLoader::kDefaultResidentBytes, sources.train);
   const Validation validation = make_validation(sources, c, ps.ctx);
   log_info(sources.valid_note);
-  if (rank == 0) write_run_info(run_dir.string(), sources, c);
+  if (rank == 0) write_run_info(run_dir.string(), sources, c, world);
   MONTA_USER_CHECK(loader.info().vocab_size <= c.model.vocab,
                    strf("data file %s has vocab_size %ld but model.vocab is %ld", data_path.c_str(),
                         loader.info().vocab_size, c.model.vocab));

@@ -40,23 +40,33 @@ Validation make_validation(const data::DataSources& src, const model::Config& c,
   Validation v;
   v.interval = c.train.eval_interval;
   if (src.valid_path.empty() || c.train.eval_steps == 0) return v;
-  v.heldout = std::make_unique<data::HeldOutBatches>(src, c.model.seq_len, c.train.global_batch, par.dp_rank, par.dp,
-                                                     c.train.seed, c.train.eval_steps);
+  const int64_t S = c.model.seq_len, B = c.train.global_batch, steps = c.train.eval_steps;
+  if (src.valid_implicit && !data::HeldOutBatches::fits(src, S, B, steps)) {  // a default must not stop a run
+    engine::log_warn(strf("the built-in held-out file %s is shorter than train.eval_steps x train.global_batch = %ld "
+                          "samples of %ld tokens; validation is off (raise data.builtin_tokens or lower "
+                          "train.eval_steps)",
+                          src.valid_path.c_str(), long(steps * B), long(S)));
+    return v;
+  }
+  v.heldout = std::make_unique<data::HeldOutBatches>(src, S, B, par.dp_rank, par.dp, c.train.seed, steps);
   return v;
 }
 
-void write_run_info(const std::string& run_dir, const data::DataSources& src, const model::Config& c) {
-  auto quoted = [](const std::string& s) {
-    std::string q = "\"";
-    for (char ch : s) q += (ch == '"' || ch == '\\') ? std::string("\\") + ch : std::string(1, ch);
-    return q + "\"";
-  };
+std::string json_string(const std::string& s) {
+  std::string q = "\"";
+  for (char ch : s) q += (ch == '"' || ch == '\\') ? std::string("\\") + ch : std::string(1, ch);
+  return q + "\"";
+}
+
+void write_run_info(const std::string& run_dir, const data::DataSources& src, const model::Config& c, int world) {
   std::ofstream(std::filesystem::path(run_dir) / "run_info.json")
-      << strf("{\"tokens_per_step\": %ld, \"entropy_floor\": %s, \"train_path\": %s, \"valid_path\": %s, "
-              "\"eval_interval\": %ld, \"eval_steps\": %ld}\n",
-              long(c.train.global_batch * c.model.seq_len),
+      << strf("{\"tokens_per_step\": %ld, \"train_flops_per_token\": %.6g, \"peak_tflops\": %g, \"world\": %d, "
+              "\"entropy_floor\": %s, \"train_path\": %s, \"valid_path\": %s, \"eval_interval\": %ld, "
+              "\"eval_steps\": %ld}\n",
+              long(c.train.global_batch * c.model.seq_len), model::train_flops_per_token(c.model), c.train.peak_tflops,
+              world,
               std::isnan(src.entropy_floor) ? "null" : strf("%.17g", src.entropy_floor).c_str(),
-              quoted(src.train_path).c_str(), quoted(src.valid_path).c_str(), long(c.train.eval_interval),
+              json_string(src.train_path).c_str(), json_string(src.valid_path).c_str(), long(c.train.eval_interval),
               long(c.train.eval_steps));
 }
 

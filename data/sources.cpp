@@ -2,6 +2,7 @@
 // no training window can reach into it: the training loader's last window ends at or before the split point.
 #include "data/sources.h"
 
+#include <algorithm>
 #include <filesystem>
 
 #include "data/synthetic.h"
@@ -69,6 +70,7 @@ DataSources resolve_data_sources(const DataSpec& spec) {
   } else if (builtin) {
     s.valid_path = builtin_paths(spec).valid;
     s.valid_note = "held-out data: " + s.valid_path + " (the built-in chain on another walk)";
+    s.valid_implicit = true;
   } else {
     s.valid_note = "held-out data: none (set data.valid_path or data.valid_fraction); validation is off";
   }
@@ -87,6 +89,12 @@ HeldOutBatches::HeldOutBatches(const DataSources& src, int64_t seq_len, int64_t 
                         "train.global_batch = %ld x %ld; lower train.eval_steps or hold out more data.",
                         src.valid_path.c_str(), long(loader_.samples_per_epoch()), long(seq_len), long(batches),
                         long(global_batch)));
+}
+
+bool HeldOutBatches::fits(const DataSources& src, int64_t seq_len, int64_t global_batch, int64_t batches) {
+  const int64_t n = read_token_file_info(src.valid_path, false).num_tokens;
+  const int64_t end = src.valid.end < 0 ? n : std::min(src.valid.end, n);
+  return (end - src.valid.begin - 1) / seq_len >= batches * global_batch;
 }
 
 }  // namespace monta::data

@@ -30,6 +30,7 @@ struct DataSources {
   std::string valid_path;  // "": no held-out data, validation is off
   TokenRange valid;
   std::string valid_note;     // how the held-out set was chosen, one line for the log
+  bool valid_implicit = false;  // the built-in companion, chosen by default (no data.valid_* setting)
   double entropy_floor = NAN;  // of the training file (the built-in corpus has one); NaN when unknown
 };
 
@@ -52,6 +53,8 @@ class HeldOutBatches {
   void rewind() { loader_.set_state({seed_, 0, 0}); }
   void next_batch(std::span<int32_t> inputs, std::span<int32_t> targets) { loader_.next_batch(inputs, targets); }
   int64_t batches() const { return batches_; }
+  // Whether src's held-out range holds `batches` global batches (the constructor's condition, without failing).
+  static bool fits(const DataSources& src, int64_t seq_len, int64_t global_batch, int64_t batches);
   const TokenLoader& loader() const { return loader_; }
 
  private:

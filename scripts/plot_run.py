@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display needed
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 
 
 def load_run(run_dir):
@@ -37,6 +38,14 @@ def finite(v):
     return v is not None and math.isfinite(v)
 
 
+def mfu(row, info):
+    """MFU from tokens/s and run_info.json's FLOPs per token, peak and world size (the metrics' own mfu field is
+    rounded to 5 digits, too coarse for a CPU run); the metrics field when run_info.json lacks them."""
+    if all(k in info for k in ("train_flops_per_token", "peak_tflops", "world")):
+        return row.get("tokens_per_s", 0) * info["train_flops_per_token"] / info["world"] / (info["peak_tflops"] * 1e12)
+    return row.get("mfu", 0)
+
+
 def smooth(values, window):
     out, acc = [], []
     for v in values:
@@ -49,25 +58,33 @@ def smooth(values, window):
 
 def plot(runs, out, title):
     fig, (ax_loss, ax_tps, ax_mfu) = plt.subplots(1, 3, figsize=(13, 3.8), dpi=80)
-    floors = set()
+    floors, all_losses = set(), []
     for i, (name, rows, info) in enumerate(runs):
         color = f"C{i}"
+        prefix = f"{name} " if len(runs) > 1 else ""
         tokens_per_step = info.get("tokens_per_step", 1)
         unit = "tokens" if "tokens_per_step" in info else "steps x 1 (no run_info.json)"
         train = [(r["step"] * tokens_per_step, r["loss"]) for r in rows if finite(r.get("loss"))]
         val = [(r["step"] * tokens_per_step, r["val_loss"]) for r in rows if finite(r.get("val_loss"))]
+        all_losses += [v for _, v in train + val]
         if train:
             x, y = zip(*train)
             ax_loss.plot(x, y, color=color, alpha=0.25, linewidth=0.8)
-            ax_loss.plot(x, smooth(y, 10), color=color, linewidth=1.4, label=f"{name} train")
+            ax_loss.plot(x, smooth(y, 10), color=color, linewidth=1.4, label=f"{prefix}train (10-step mean)")
         if val:
             x, y = zip(*val)
-            ax_loss.plot(x, y, color=color, linestyle="--", marker="o", markersize=3.5, label=f"{name} validation")
+            ax_loss.plot(x, y, color=color, linestyle="--", marker="o", markersize=3.5, label=f"{prefix}validation")
         if finite(info.get("entropy_floor")):
             floors.add(info["entropy_floor"])
         steps = [r["step"] for r in rows]
         ax_tps.plot(steps, [r.get("tokens_per_s", 0) for r in rows], color=color, linewidth=0.9, label=name)
-        ax_mfu.plot(steps, [100.0 * r.get("mfu", 0) for r in rows], color=color, linewidth=0.9, label=name)
+        ax_mfu.plot(steps, [100.0 * mfu(r, info) for r in rows], color=color, linewidth=0.9, label=name)
+    if all_losses:
+        low = min(all_losses + list(floors))
+        ax_loss.set_yscale("log")
+        ax_loss.set_ylim(low * 0.95, max(all_losses) * 1.05)
+        ax_loss.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
+        ax_loss.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
     for f in sorted(floors):
         ax_loss.axhline(f, color="k", linestyle=":", linewidth=1.0, label=f"entropy floor {f:.3f}")
     ax_loss.set_xlabel(unit)
@@ -78,7 +95,7 @@ def plot(runs, out, title):
     ax_tps.set_ylabel("tokens/s")
     ax_tps.set_title("throughput")
     ax_mfu.set_xlabel("step")
-    ax_mfu.set_ylabel("MFU (%)")
+    ax_mfu.set_ylabel("MFU (% of train.peak_tflops)")
     ax_mfu.set_title("model FLOPs utilisation")
     if len(runs) > 1:
         ax_tps.legend(fontsize=7)

@@ -112,6 +112,9 @@ TEST_F(Sources, BuiltinCorpusHoldsOutAnotherWalkOfTheSameChain) {
   v.next_batch(iv, tv);
   EXPECT_EQ(ia, it);
   EXPECT_NE(it, iv);
+  EXPECT_TRUE(src.valid_implicit);
+  EXPECT_TRUE(HeldOutBatches::fits(src, kSeq, 4, 15));  // (512 - 1) / 8 = 63 samples
+  EXPECT_FALSE(HeldOutBatches::fits(src, kSeq, 4, 16));
   // A second call writes nothing new (the files exist).
   const auto stamp = fs::last_write_time(src.valid_path);
   write_builtin_corpus(s);
