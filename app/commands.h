@@ -6,6 +6,7 @@
 
 namespace monta::app {
 int cmd_train(int argc, char** argv);
+int cmd_eval(int argc, char** argv);
 int cmd_prepare_data(int argc, char** argv);
 int cmd_bench(int argc, char** argv);
 int cmd_export(int argc, char** argv);

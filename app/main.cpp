@@ -11,6 +11,7 @@ void usage() {
   std::printf(
       "usage: monta <command> [options]\n"
       "  train          train a model (see `monta train --help`)\n"
+      "  eval           validation loss of a checkpoint on held-out data (see `monta eval --help`)\n"
       "  prepare-data   convert text, raw uint16/uint32 tokens or .npy into an HDF5 token file\n"
       "  export         write one HDF5 file of full tensors from a sharded checkpoint\n"
       "  plan           rank layouts and exchange strategies for a cluster (cost model; no GPUs needed)\n"
@@ -26,6 +27,7 @@ int main(int argc, char** argv) {
   }
   const std::string cmd = argv[1];
   if (cmd == "train") return monta::app::cmd_train(argc - 1, argv + 1);
+  if (cmd == "eval") return monta::app::cmd_eval(argc - 1, argv + 1);
   if (cmd == "prepare-data") return monta::app::cmd_prepare_data(argc - 1, argv + 1);
   if (cmd == "export") return monta::app::cmd_export(argc - 1, argv + 1);
   if (cmd == "plan") return monta::app::cmd_plan(argc - 1, argv + 1);

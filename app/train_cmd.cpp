@@ -18,9 +18,10 @@
 #include "app/commands.h"
 #include "app/options.h"
 #include "app/parallel_setup.h"
+#include "app/validation.h"
 #include "comm/runtime.h"
 #include "data/loader.h"
-#include "data/synthetic.h"
+#include "data/sources.h"
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
@@ -83,10 +84,12 @@ std::string exact(double v) { return std::isfinite(v) ? strf("%.17g", v) : std::
 std::string metrics_json(const model::StepMetrics& m) {
   return strf("{\"step\": %ld, \"loss\": %s, \"loss_total\": %s, \"aux_loss\": %s, \"z_loss\": %s, \"grad_norm\": %s, \"lr\": %.6e, "
               "\"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"tflops_per_gpu\": %.3f, \"mfu\": %.5f, \"dropped\": %ld, "
-              "\"skipped\": %s, \"exchange_host_ms\": %.3f, \"exchange_host_gbps\": %.3f, \"host_syncs\": %ld}",
+              "\"skipped\": %s, \"exchange_host_ms\": %.3f, \"exchange_host_gbps\": %.3f, \"host_syncs\": %ld",
               m.step, exact(m.loss).c_str(), exact(m.loss_total).c_str(), exact(m.aux_loss).c_str(), exact(m.z_loss).c_str(),
               exact(m.grad_norm).c_str(), m.lr, m.step_ms, m.tokens_per_s, m.tflops_per_gpu, m.mfu, m.dropped,
-              m.skipped ? "true" : "false", m.exchange_host_ms, m.exchange_host_gbps, m.host_syncs);
+              m.skipped ? "true" : "false", m.exchange_host_ms, m.exchange_host_gbps, m.host_syncs) +
+         (std::isnan(m.val_loss) ? "" : strf(", \"val_loss\": %s, \"val_ppl\": %s", exact(m.val_loss).c_str(),
+                                            exact(m.val_ppl).c_str())) + "}";
 }
 
 // A rank that dies or stalls leaves the others waiting in a collective forever; this thread turns that into a
@@ -225,26 +228,25 @@ int cmd_train(int argc, char** argv) {
   }
 
   // Run directory, resolved config, built-in data.
-  std::string data_path = c.data.path;
-  double floor = NAN;
   if (rank == 0) {
     std::error_code ec;
     fs::create_directories(run_dir, ec);
     MONTA_USER_CHECK(!ec, "cannot create run directory '" + run_dir.string() + "': " + ec.message());
     std::ofstream(run_dir / "config.ini") << config_ini(c);
   }
-  if (data_path == "builtin:markov") {
-    data_path = (run_dir / strf("markov_v%ld_s%lu.h5", c.model.vocab, (unsigned long)c.train.seed)).string();
-    if (rank == 0 && !fs::exists(data_path)) {
-      const engine::StartupPhase phase(strf("generating the built-in corpus (%ld tokens)", c.data.builtin_tokens));
-      auto info = data::write_markov_corpus(data_path, c.train.seed, c.model.vocab, c.data.builtin_tokens);
-      log_info(strf("built-in corpus: %ld tokens of a random Markov chain over %ld ids -> %s", info.num_tokens,
-                    info.vocab_size, data_path.c_str()));
-    }
+  if (rank == 0) {
+    const engine::StartupPhase phase("built-in corpus (generated once per run directory)");
+    data::write_builtin_corpus(data_spec(c));
   }
   if (ps.ctx.world) ps.ctx.world->barrier();
-  floor = data::read_entropy_floor(data_path);
-  data::TokenLoader loader(data_path, c.model.seq_len, c.train.global_batch, ps.ctx.dp_rank, ps.ctx.dp, c.train.seed);
+  const data::DataSources sources = data::resolve_data_sources(data_spec(c));
+  const std::string& data_path = sources.train_path;
+  const double floor = sources.entropy_floor;
+  data::TokenLoader loader(data_path, c.model.seq_len, c.train.global_batch, ps.ctx.dp_rank, ps.ctx.dp, c.train.seed,
+                           data::TokenLoader::kDefaultResidentBytes, sources.train);
+  const Validation validation = make_validation(sources, c, ps.ctx);
+  log_info(sources.valid_note);
+  if (rank == 0) write_run_info(run_dir.string(), sources, c, world);
   MONTA_USER_CHECK(loader.info().vocab_size <= c.model.vocab,
                    strf("data file %s has vocab_size %ld but model.vocab is %ld", data_path.c_str(),
                         loader.info().vocab_size, c.model.vocab));
@@ -311,15 +313,17 @@ int cmd_train(int argc, char** argv) {
       log_info(strf("start-up: first step done %.1f s after launch (the step itself %.1f s)", engine::seconds_since_launch(),
                     m.step_ms / 1000.0));
     if (hooks.nan_at(next)) poison_final_norm(trainer.params(), saved_norm, false);
+    validation.after_step(trainer, c.train.steps, m);  // val_loss and val_ppl when due
     if (rank == 0) {
       metrics << metrics_json(m) << "\n";
       metrics.flush();
     }
-    if (m.step % c.train.log_interval == 0 || m.step == c.train.steps || m.skipped)
+    if (m.step % c.train.log_interval == 0 || m.step == c.train.steps || m.skipped || !std::isnan(m.val_loss))
       log_info(strf("step %5ld | loss %.4f | aux %.4f | gnorm %7.4f | lr %.3e | %8.1f ms | %9.0f tok/s | MFU %5.1f%% | "
-                    "drop %4ld | exch(host) %.2f ms %.2f GB/s%s",
+                    "drop %4ld | exch(host) %.2f ms %.2f GB/s%s%s",
                     m.step, m.loss, m.aux_loss, m.grad_norm, m.lr, m.step_ms, m.tokens_per_s, 100.0 * m.mfu, m.dropped,
-                    m.exchange_host_ms, m.exchange_host_gbps, m.skipped ? " | SKIPPED" : ""));
+                    m.exchange_host_ms, m.exchange_host_gbps, m.skipped ? " | SKIPPED" : "",
+                    std::isnan(m.val_loss) ? "" : strf(" | val_loss %.4f ppl %.3f", m.val_loss, m.val_ppl).c_str()));
     // All ranks agree on signals so they save (a collective) together.
     int64_t flags = g_signal_flags.exchange(0);
     if (ps.ctx.world && world > 1) {

@@ -19,7 +19,7 @@ struct TokenLoader::FileReader {
 };
 
 TokenLoader::TokenLoader(const std::string& path, int64_t seq_len, int64_t global_batch, int dp_rank, int dp_size,
-                         uint64_t seed, int64_t max_resident_bytes)
+                         uint64_t seed, int64_t max_resident_bytes, TokenRange range)
     : path_(path), seq_len_(seq_len), global_batch_(global_batch), dp_rank_(dp_rank), dp_size_(dp_size), seed_(seed) {
   MONTA_USER_CHECK(seq_len >= 1, strf("the loader needs a sequence length >= 1, not %ld; check model.seq_len.", long(seq_len)));
   MONTA_USER_CHECK(global_batch >= 1,
@@ -34,23 +34,31 @@ TokenLoader::TokenLoader(const std::string& path, int64_t seq_len, int64_t globa
   MONTA_USER_CHECK(info_.vocab_size <= int64_t(INT32_MAX) + 1,
                    strf("token file '%s' has vocab_size %ld, beyond the int32 ids the model takes.", path.c_str(),
                         long(info_.vocab_size)));
-  MONTA_USER_CHECK(info_.num_tokens >= seq_len + 1,
-                   strf("token file '%s' holds %ld tokens, shorter than one sample of seq_len + 1 = %ld tokens; use more "
+  range_ = {range.begin, range.end < 0 ? info_.num_tokens : range.end};
+  MONTA_USER_CHECK(range_.begin >= 0 && range_.begin < range_.end && range_.end <= info_.num_tokens,
+                   strf("token range [%ld, %ld) is outside token file '%s' of %ld tokens.", long(range.begin),
+                        long(range.end), path.c_str(), long(info_.num_tokens)));
+  const int64_t tokens = range_.end - range_.begin;
+  const std::string what = tokens == info_.num_tokens ? strf("token file '%s'", path.c_str())
+                                                      : strf("tokens [%ld, %ld) of '%s'", long(range_.begin),
+                                                             long(range_.end), path.c_str());
+  MONTA_USER_CHECK(tokens >= seq_len + 1,
+                   strf("%s holds %ld tokens, shorter than one sample of seq_len + 1 = %ld tokens; use more "
                         "data or a shorter model.seq_len.",
-                        path.c_str(), long(info_.num_tokens), long(seq_len + 1)));
-  samples_per_epoch_ = (info_.num_tokens - 1) / seq_len;
+                        what.c_str(), long(tokens), long(seq_len + 1)));
+  samples_per_epoch_ = (tokens - 1) / seq_len;
   MONTA_USER_CHECK(samples_per_epoch_ >= global_batch,
-                   strf("token file '%s' holds %ld tokens, %ld samples of %ld tokens, fewer than one global batch of %ld "
+                   strf("%s holds %ld tokens, %ld samples of %ld tokens, fewer than one global batch of %ld "
                         "samples, which needs at least %ld tokens; use more data or a smaller train.global_batch.",
-                        path.c_str(), long(info_.num_tokens), long(samples_per_epoch_), long(seq_len), long(global_batch),
+                        what.c_str(), long(tokens), long(samples_per_epoch_), long(seq_len), long(global_batch),
                         long(global_batch * seq_len + 1)));
 
-  if (info_.num_tokens * int64_t(sizeof(uint32_t)) <= max_resident_bytes) {
+  if (tokens * int64_t(sizeof(uint32_t)) <= max_resident_bytes) {
     h5::Handle f = h5::open_file(path);
     h5::Handle d = h5::dataset(H5Dopen2(f.get(), "tokens", H5P_DEFAULT));
     MONTA_USER_CHECK(d.valid(), "token file '" + path + "' changed while being opened; retry.");
-    tokens_.resize(size_t(info_.num_tokens));
-    h5::read_tokens(d.get(), 0, tokens_, path);
+    tokens_.resize(size_t(tokens));
+    h5::read_tokens(d.get(), range_.begin, tokens_, path);
   } else {
     reader_ = std::make_unique<FileReader>();
     reader_->file = h5::open_file(path);
@@ -76,7 +84,7 @@ void TokenLoader::read_sample(int64_t sample, std::span<uint32_t> out) {
   if (!tokens_.empty())
     std::copy_n(tokens_.begin() + off, out.size(), out.begin());
   else
-    h5::read_tokens(reader_->dset.get(), off, out, path_);
+    h5::read_tokens(reader_->dset.get(), range_.begin + off, out, path_);
 }
 
 void TokenLoader::next_batch(std::span<int32_t> inputs, std::span<int32_t> targets) {

@@ -12,6 +12,12 @@
 
 namespace monta::data {
 
+// A half-open range [begin, end) of a token file's positions; end < 0: to the end of the file. A training range and a
+// held-out range that do not overlap share no token (a sample reads seq_len + 1 tokens, all inside its range).
+struct TokenRange {
+  int64_t begin = 0, end = -1;
+};
+
 struct LoaderState {
   uint64_t seed = 0;
   int64_t epoch = 0;
@@ -23,13 +29,14 @@ class TokenLoader {
   // Files up to this many bytes (as uint32) are read into memory once; larger ones are read per sample.
   static constexpr int64_t kDefaultResidentBytes = int64_t(256) << 20;
 
-  // Samples are non-overlapping windows of seq_len+1 tokens at offsets i*seq_len, i < samples_per_epoch =
-  // (num_tokens-1)/seq_len. Each epoch visits them in a shuffled order (Fisher-Yates with Philox keyed by seed and
+  // Samples are windows of seq_len+1 tokens at offsets range.begin + i*seq_len, i < samples_per_epoch =
+  // (range tokens - 1)/seq_len (consecutive windows share one token, never a range's first or last). Each epoch visits them in a shuffled order (Fisher-Yates with Philox keyed by seed and
   // epoch). A global batch is global_batch consecutive samples of that order; when an epoch has fewer left than a
   // whole batch, the batch starts the next epoch instead. DP rank r takes samples [r*B/dp, (r+1)*B/dp) of it.
-  // Validates up front (user errors): the file, global_batch % dp_size == 0, samples_per_epoch >= global_batch.
+  // Validates up front (user errors): the file, the range, global_batch % dp_size == 0, samples_per_epoch >=
+  // global_batch.
   TokenLoader(const std::string& path, int64_t seq_len, int64_t global_batch, int dp_rank, int dp_size, uint64_t seed,
-              int64_t max_resident_bytes = kDefaultResidentBytes);
+              int64_t max_resident_bytes = kDefaultResidentBytes, TokenRange range = {});
   ~TokenLoader();
   TokenLoader(const TokenLoader&) = delete;
   TokenLoader& operator=(const TokenLoader&) = delete;
@@ -43,7 +50,8 @@ class TokenLoader {
   const TokenFileInfo& info() const { return info_; }
   int64_t samples_per_epoch() const { return samples_per_epoch_; }
   int64_t local_batch() const { return global_batch_ / dp_size_; }
-  bool resident() const { return !tokens_.empty(); }  // whole file in memory (else read per sample)
+  bool resident() const { return !tokens_.empty(); }  // whole range in memory (else read per sample)
+  TokenRange range() const { return range_; }           // resolved: 0 <= begin < end <= num_tokens
 
  private:
   struct FileReader;
@@ -52,6 +60,7 @@ class TokenLoader {
 
   std::string path_;
   TokenFileInfo info_;
+  TokenRange range_;
   int64_t seq_len_, global_batch_;
   int dp_rank_, dp_size_;
   uint64_t seed_;
@@ -59,7 +68,7 @@ class TokenLoader {
   int64_t epoch_ = 0, sample_ = 0;
   int64_t order_epoch_ = -1;
   std::vector<int64_t> order_;
-  std::vector<uint32_t> tokens_;        // the whole file when resident
+  std::vector<uint32_t> tokens_;        // the whole range when resident
   std::unique_ptr<FileReader> reader_;  // the open dataset otherwise
   std::vector<uint32_t> window_;        // one sample, seq_len + 1 tokens
 };

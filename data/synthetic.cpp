@@ -90,7 +90,8 @@ double entropy_floor(const Chain& c, const std::vector<double>& pi) {
 
 }  // namespace
 
-MarkovCorpusInfo write_markov_corpus(const std::string& path, uint64_t seed, int64_t vocab_size, int64_t num_tokens) {
+MarkovCorpusInfo write_markov_corpus(const std::string& path, uint64_t seed, int64_t vocab_size, int64_t num_tokens,
+                                     uint64_t walk) {
   MONTA_USER_CHECK(vocab_size >= 2 && vocab_size <= (int64_t(1) << 24),
                    strf("the built-in Markov corpus needs a vocab size in [2, 2^24], not %ld; check model.vocab.", long(vocab_size)));
   MONTA_USER_CHECK(num_tokens >= 2, strf("the built-in Markov corpus needs at least 2 tokens, not %ld; raise data.builtin_tokens.",
@@ -102,7 +103,7 @@ MarkovCorpusInfo write_markov_corpus(const std::string& path, uint64_t seed, int
   info.entropy_floor_nats = entropy_floor(c, stationary(c));
 
   std::vector<uint32_t> tokens(static_cast<size_t>(num_tokens));
-  engine::Philox rng{seed, engine::fnv1a64("monta.data.markov.walk"), 0};
+  engine::Philox rng{seed, engine::fnv1a64("monta.data.markov.walk") + walk, 0};
   uint32_t s = uint32_t(rng.below(uint64_t(vocab_size)));
   for (auto& t : tokens) {
     t = s;

@@ -67,6 +67,8 @@ void check_model(const Config& c, Problems& p) {
          strf("train.micro_batch x model.seq_len = %.0f tokens per micro-batch exceeds 2^31", double(t.micro_batch) * double(m.seq_len)));
   p.need(t.global_batch >= t.micro_batch,
          strf("train.global_batch (%ld) must be at least train.micro_batch (%ld)", t.global_batch, t.micro_batch));
+  p.need(c.data.valid_path.empty() || c.data.valid_fraction == 0,
+         "data.valid_path and data.valid_fraction are both set; hold data out one way: a file or a fraction");
   if (c.data.path == "builtin:markov")
     p.need(c.data.builtin_tokens > m.seq_len, strf("data.builtin_tokens (%ld) must exceed model.seq_len (%ld) for the "
                                                    "built-in corpus", c.data.builtin_tokens, m.seq_len));

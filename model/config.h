@@ -26,6 +26,9 @@ struct TrainConfig {
   int64_t log_interval = 1, max_skipped = 5;
   int64_t step_timeout_s = 600;  // watchdog: abort the job when a step (or a save) takes longer; 0 disables it
   double peak_tflops = 989.0;    // per-GPU peak for MFU: dense bf16 of an H100/H200 SXM (datasheet); set yours
+  // Validation on the held-out data (data.valid_*): every eval_interval steps (0: only at the end) and after the
+  // last step, eval_steps global batches, forward only; eval_steps 0 turns validation off.
+  int64_t eval_interval = 100, eval_steps = 8;
 };
 
 struct ParallelConfig {
@@ -36,6 +39,10 @@ struct ParallelConfig {
 struct DataConfig {
   std::string path = "builtin:markov";  // an HDF5 token file, or builtin:markov (generated into the run dir)
   int64_t builtin_tokens = 1 << 20;
+  // Held-out data (data/sources.h): a token file, or else the tail fraction of data.path; with neither, the
+  // built-in corpus holds out a second walk of its chain and a user file has no validation.
+  std::string valid_path;
+  double valid_fraction = 0;
 };
 
 struct CheckpointConfig {

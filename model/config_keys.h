@@ -100,6 +100,10 @@ void visit_config_keys(ConfigT& c, F&& f) {
     at_least(0));
   f("train.peak_tflops", t.peak_tflops, "per-GPU peak TFLOP/s that MFU is measured against (989: H100/H200 bf16)",
     positive());
+  f("train.eval_interval", t.eval_interval,
+    "evaluate on the held-out data every N steps and after the last; 0: only after the last", at_least(0));
+  f("train.eval_steps", t.eval_steps, "global batches of held-out data per evaluation; 0 turns validation off",
+    at_least(0));
   auto& p = c.parallel;
   f("parallel.tp", p.tp, "tensor-parallel size (consecutive ranks; heads, kv_heads, vocab, ffn divide by it)",
     closed(1, 1 << 16));
@@ -110,6 +114,12 @@ void visit_config_keys(ConfigT& c, F&& f) {
     nonempty());
   f("data.builtin_tokens", c.data.builtin_tokens, "tokens of the built-in corpus (more than model.seq_len)",
     closed(2, 1e12));
+  f("data.valid_path", c.data.valid_path,
+    "held-out token file for validation; empty: data.valid_fraction, or the built-in corpus's own held-out walk",
+    any());
+  f("data.valid_fraction", c.data.valid_fraction,
+    "fraction of data.path's tokens held out at its end for validation (never trained on); 0: none",
+    KeyRange{0, 1, false, true});
   f("checkpoint.interval", c.checkpoint.interval, "save every N steps and at the end; 0: never", at_least(0));
   f("checkpoint.keep", c.checkpoint.keep, "newest checkpoints kept; older ones are deleted", closed(1, kInt32));
   f("checkpoint.resume", c.checkpoint.resume, "\"\": start fresh; auto: newest complete checkpoint; or a directory",

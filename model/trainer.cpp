@@ -97,13 +97,26 @@ double Trainer::global_grad_norm() {
   return std::sqrt(double(host));
 }
 
+void Trainer::check_batch(std::span<const int32_t> inputs, std::span<const int32_t> targets) const {
+  const int64_t expected = cfg_.train.global_batch / par_.dp * model_->shapes().S;
+  MONTA_CHECK(int64_t(inputs.size()) == expected && inputs.size() == targets.size(),
+              "trainer: batch of " + std::to_string(inputs.size()) + " tokens, expected " + std::to_string(expected));
+}
+
+double Trainer::ce_scale() const { return 1.0 / double(cfg_.train.global_batch * model_->shapes().S); }
+
+void Trainer::sum_over_dp(std::span<double> sums) {
+  if (par_.dp <= 1) return;
+  Tensor host(sums.data(), {int64_t(sums.size())}, DType::f64);
+  par_.dp_comm->all_reduce(host, comm::ReduceOp::sum);
+}
+
 StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::span<const int32_t> targets) {
   const auto& t = cfg_.train;
   const Shapes& s = model_->shapes();
-  const int64_t local_seqs = t.global_batch / par_.dp, micro_steps = local_seqs / t.micro_batch;
-  MONTA_CHECK(int64_t(inputs.size()) == local_seqs * s.S && inputs.size() == targets.size(),
-              "trainer: batch of " + std::to_string(inputs.size()) + " tokens, expected " + std::to_string(local_seqs * s.S));
-  const double ce_scale = 1.0 / double(t.global_batch * s.S);
+  const int64_t micro_steps = t.global_batch / par_.dp / t.micro_batch;
+  check_batch(inputs, targets);
+  const double ce_scale = this->ce_scale();
   const double aux_scale = 1.0 / double(t.global_batch / t.micro_batch);
 
   const TraceRange trace("forward and backward");
@@ -126,10 +139,7 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
     const TraceRange wait("gradient all-reduce (wait)");
     finish_reduction();
   }
-  if (par_.dp > 1) {
-    Tensor host(sums, {4}, DType::f64);
-    par_.dp_comm->all_reduce(host, comm::ReduceOp::sum);
-  }
+  sum_over_dp(sums);
   StepMetrics m;
   m.step = step_ + 1;
   m.loss = sums[0] * ce_scale;
@@ -140,6 +150,33 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
   m.exchange_host_ms = exch_s * 1000.0;
   m.exchange_host_gbps = exch_s > 0 ? exch_bytes / exch_s / 1e9 : 0.0;
   return m;
+}
+
+double Trainer::evaluate(std::span<const int32_t> inputs, std::span<const int32_t> targets) {
+  check_batch(inputs, targets);
+  const TraceRange trace("evaluate");
+  const Shapes& s = model_->shapes();
+  const int64_t micro_steps = cfg_.train.global_batch / par_.dp / cfg_.train.micro_batch;
+  double ce = 0;
+  for (int64_t i = 0; i < micro_steps; ++i) ce += model_->forward(inputs.data() + i * s.N, targets.data() + i * s.N).ce_sum;
+  sum_over_dp({&ce, 1});
+  return ce * ce_scale();
+}
+
+EvalResult Trainer::evaluate(const BatchSource& next, int64_t batches) {
+  const int64_t local = cfg_.train.global_batch / par_.dp * model_->shapes().S;
+  std::vector<int32_t> inputs(static_cast<size_t>(local)), targets(static_cast<size_t>(local));
+  EvalResult r;
+  double sum = 0;
+  for (int64_t b = 0; b < batches; ++b) {
+    next(inputs, targets);
+    sum += evaluate(inputs, targets);
+  }
+  r.batches = batches;
+  r.tokens = batches * cfg_.train.global_batch * model_->shapes().S;
+  r.loss = batches > 0 ? sum / double(batches) : NAN;
+  r.ppl = std::exp(r.loss);
+  return r;
 }
 
 StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32_t> targets) {

@@ -1,6 +1,8 @@
 // One optimizer step over this rank's share of a global batch: micro-batches forward/backward, gradient
 // reduction over the data-parallel groups, global-norm clipping, AdamW, LR schedule, skip on non-finite.
 #pragma once
+#include <cmath>
+#include <functional>
 #include <memory>
 #include <span>
 
@@ -26,7 +28,17 @@ struct StepMetrics {
   int64_t dropped = 0;
   int64_t host_syncs = 0;  // times the host waited on the device during the step (engine::host_sync_count)
   bool skipped = false;
+  double val_loss = NAN, val_ppl = NAN;  // set by the caller after a validation pass (EvalResult); NaN: none
 };
+
+// Validation loss over held-out batches: cross-entropy only (no aux or z term), mean per token.
+struct EvalResult {
+  double loss = NAN, ppl = NAN;  // ppl = exp(loss)
+  int64_t batches = 0, tokens = 0;
+};
+
+// Fills this rank's share of the next held-out global batch (inputs, targets), as TokenLoader::next_batch does.
+using BatchSource = std::function<void(std::span<int32_t>, std::span<int32_t>)>;
 
 class Trainer {
  public:
@@ -36,6 +48,12 @@ class Trainer {
   // The first half of step(): zeroes, accumulates and reduces the gradients of one global batch, and fills
   // the loss fields of the result; no update. Tests compare these gradients across layouts.
   StepMetrics compute_gradients(std::span<const int32_t> inputs, std::span<const int32_t> targets);
+  // Forward only on one global batch (this rank's share, as for step): the mean cross-entropy per token over the
+  // global batch, reduced over data parallelism exactly as the training loss is, so equal on every rank. No
+  // gradient, no update; the MoE exchange runs its forward as in training.
+  double evaluate(std::span<const int32_t> inputs, std::span<const int32_t> targets);
+  // `batches` global batches from next: their mean loss (every batch has the same token count).
+  EvalResult evaluate(const BatchSource& next, int64_t batches);
   ParamStore& params() { return *params_; }
   Model& model() { return *model_; }
   int64_t steps_done() const { return step_; }
@@ -49,6 +67,9 @@ class Trainer {
   void start_reduction(int group);  // group: layer index, layers (head), -1 (embedding)
   void finish_reduction();
   double global_grad_norm();
+  void check_batch(std::span<const int32_t> inputs, std::span<const int32_t> targets) const;
+  double ce_scale() const;                 // 1 / tokens of a global batch
+  void sum_over_dp(std::span<double> sums);  // per-rank sums -> global sums, on every rank
 
   Config cfg_;
   ParallelContext par_;

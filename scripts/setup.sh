@@ -3,7 +3,7 @@
 # is missing that apt cannot provide (the CUDA toolkit: without it monta builds its CPU backend only).
 set -euo pipefail
 PKGS=(build-essential cmake ninja-build libopenmpi-dev openmpi-bin libhdf5-dev libboost-program-options-dev
-      libgtest-dev python3)
+      libgtest-dev python3 python3-matplotlib)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -1,6 +1,7 @@
 // N ranks in any layout = 1 rank: for every (tp, ep, expert_tp, exchange) the world size allows, the loss,
 // every parameter gradient (this rank's slice against the same slice of a single-process run on the whole
-// global batch, computed on every rank) and the losses of five AdamW steps match within float32 tolerance.
+// global batch, computed on every rank), the losses of five AdamW steps and the forward-only validation loss
+// (equal on every rank) match within float32 tolerance.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -65,7 +66,7 @@ std::vector<Case> cases(int world) {
           out.push_back({tp, ep, etp, "none"});
           continue;
         }
-        for (const char* k : {"duplicate", "drop_gather", "overlapped"}) out.push_back({tp, ep, etp, k});
+        for (const char* k : {"duplicate", "drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k});
       }
     }
   return out;
@@ -117,7 +118,7 @@ TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
   const int world = comm::runtime_world_size(), rank = comm::runtime_world_rank();
   const model::Config base = small_config();
   std::vector<int32_t> in, tg;
-  double worst_loss = 0, worst_grad = 0;
+  double worst_loss = 0, worst_grad = 0, worst_val = 0;
   for (const Case& k : cases(world)) {
     SCOPED_TRACE(k.name());
     model::Config c = base;
@@ -162,11 +163,23 @@ TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
       EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-4 * b.grad_norm) << "step " << step + 1;
       worst_loss = std::max(worst_loss, std::abs(a.loss - b.loss));
     }
+    // Validation after the five steps, on a batch no step saw: forward only, the same bound as the training loss.
+    make_batch(c, 999, in, tg);
+    const double val = mine.evaluate(std::span<const int32_t>(in.data() + par.dp_rank * per_rank, size_t(per_rank)),
+                                     std::span<const int32_t>(tg.data() + par.dp_rank * per_rank, size_t(per_rank)));
+    const double val_ref = ref.evaluate(in, tg);
+    EXPECT_NEAR(val, val_ref, 2e-5 * std::abs(val_ref)) << "validation loss";
+    double lo = val, hi = val;
+    MPI_Allreduce(MPI_IN_PLACE, &lo, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
+    MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    EXPECT_EQ(lo, hi) << "validation loss differs between ranks";
+    worst_val = std::max(worst_val, std::abs(val - val_ref));
     if (rank == 0) std::printf("  %-36s checked\n", k.name().c_str());
   }
-  double all[2] = {worst_loss, worst_grad}, red[2];
-  MPI_Allreduce(all, red, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  double all[3] = {worst_loss, worst_grad, worst_val}, red[3];
+  MPI_Allreduce(all, red, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
   if (rank == 0)
-    std::printf("world %d: largest |loss - loss_1rank| %.3g; largest gradient deviation %.3g x 1e-3 of the tensor's max\n",
-                world, red[0], red[1]);
+    std::printf("world %d: largest |loss - loss_1rank| %.3g; largest gradient deviation %.3g x 1e-3 of the tensor's max; "
+                "largest |val_loss - val_loss_1rank| %.3g\n",
+                world, red[0], red[1], red[2]);
 }

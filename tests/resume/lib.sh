@@ -40,6 +40,11 @@ for r in rows:
 PY
 }
 
+# val_at METRICS STEP: the val_loss written for STEP (the last line for it that has one; empty if none).
+val_at() {
+  python3 -c "import json,sys; v=[json.loads(l) for l in open(sys.argv[1]) if l.strip()]; v=[r['val_loss'] for r in v if r['step']==int(sys.argv[2]) and 'val_loss' in r]; print(repr(v[-1]) if v else '')" "$1" "$2"
+}
+
 # loss_at METRICS STEP: the loss written for STEP (the last line for it).
 loss_at() { losses "$1" "$2" "$2" | tail -n 1 | cut -d' ' -f2; }
 
