@@ -63,6 +63,7 @@ void visit(model::Config& c, F&& f) {
   f("checkpoint.interval", c.checkpoint.interval);
   f("checkpoint.keep", c.checkpoint.keep);
   f("checkpoint.resume", c.checkpoint.resume);
+  f("checkpoint.overwrite", c.checkpoint.overwrite);
   f("comm.exchange", c.comm.exchange);
   f("comm.chunks", c.comm.chunks);
   f("comm.emulate_nodes", c.comm.emulate_nodes);

@@ -13,6 +13,7 @@
 #include "data/token_file.h"
 #include "engine/check.h"
 #include "engine/log.h"
+#include "engine/output_file.h"
 
 namespace monta::data {
 
@@ -170,6 +171,7 @@ void prepare_data(const PrepareArgs& a) {
   const std::string format = a.format == "auto" ? detect_format(a.input) : a.format;
   MONTA_USER_CHECK(format == "text" || format == "raw16" || format == "raw32" || format == "npy",
                    "prepare-data: unknown --format '" + a.format + "'; use text, raw16, raw32, npy or auto.");
+  engine::check_output_file(a.output, {a.input}, a.force, "prepare-data --output");
 
   const std::string bytes = read_all(a.input);
   std::vector<uint32_t> tokens;

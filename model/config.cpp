@@ -56,7 +56,8 @@ void validate(const Config& c, int world) {
   need(c.comm.exchange == "auto" || c.comm.exchange == "duplicate" || c.comm.exchange == "drop_gather" ||
            c.comm.exchange == "pipelined" || c.comm.exchange == "overlapped",
        "comm.exchange must be duplicate, drop_gather, pipelined, overlapped or auto (got '" + c.comm.exchange + "')");
-  need(c.data.builtin_tokens > m.seq_len, "data.builtin_tokens must exceed model.seq_len");
+  need(c.data.path != "builtin:markov" || c.data.builtin_tokens > m.seq_len,
+       "data.builtin_tokens must exceed model.seq_len");
   if (world > 0) {
     need(world % p.tp == 0, strf("world size %d is not divisible by parallel.tp (%d)", world, p.tp));
     int dp = world / p.tp;
