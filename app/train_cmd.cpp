@@ -178,7 +178,8 @@ int cmd_train(int argc, char** argv) {
   if (rank == 0) run_dir_lock.emplace(run_dir.string());
   if (data_path == "builtin:markov") {
     data_path = (run_dir / strf("markov_v%ld_s%lu.h5", c.model.vocab, (unsigned long)c.train.seed)).string();
-    if (rank == 0 && !fs::exists(data_path)) {
+    std::error_code ec;
+    if (rank == 0 && !fs::exists(data_path, ec)) {
       auto info = data::write_markov_corpus(data_path, c.train.seed, c.model.vocab, c.data.builtin_tokens);
       log_info(strf("built-in corpus: %ld tokens of a random Markov chain over %ld ids -> %s", info.num_tokens,
                     info.vocab_size, data_path.c_str()));
@@ -215,7 +216,9 @@ int cmd_train(int argc, char** argv) {
   }
   comm::Watchdog watchdog(rank, world, c.train.step_timeout_s, (run_dir / ".progress").string());
   int64_t last_saved = -1;
-  if (!resume.empty() && fs::weakly_canonical(fs::path(resume).parent_path()) == fs::weakly_canonical(run_dir / "checkpoints"))
+  std::error_code ec1, ec2;
+  if (!resume.empty() &&
+      fs::weakly_canonical(fs::path(resume).parent_path(), ec1) == fs::weakly_canonical(run_dir / "checkpoints", ec2))
     last_saved = resume_meta.step;  // already on disk here: do not write it again
   auto save = [&] {
     watchdog.arm(strf("checkpoint save at step %ld", trainer.steps_done()));
