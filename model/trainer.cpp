@@ -7,6 +7,7 @@
 
 #include "engine/check.h"
 #include "engine/log.h"
+#include "engine/parse.h"
 #include "engine/trace.h"
 #include "engine/ops/adamw.h"
 #include "engine/ops/elementwise.h"
@@ -38,7 +39,10 @@ void Trainer::build_buckets() {
   // between tensors is zeroed with the arena, so summing it is harmless). Experts whole on every TP rank
   // (expert_tp off) see the same tokens there and hold identical gradients, so only expert-DP replicas are summed.
   auto group_of = [&](const std::string& name) {
-    if (name.rfind("layers.", 0) == 0) return std::stoi(name.substr(7));
+    if (name.rfind("layers.", 0) == 0) {  // "layers.<i>.<tensor>": names this code made, so <i> parses
+      const std::string rest = name.substr(7);
+      return engine::parse_int(rest.substr(0, rest.find('.')), "layer index of parameter " + name);
+    }
     return name == "embed" ? -1 : int(cfg_.model.layers);
   };
   for (auto& p : params_->all()) {
