@@ -108,8 +108,8 @@ Watchdog::Watchdog(int rank, int world, int64_t timeout_s, const std::string& pr
     std::error_code ec;
     fs::create_directories(dir_, ec);  // best effort: without heartbeats the message says it cannot tell
     if (rank_ == 0) fs::remove(fs::path(dir_) / "verdict", ec);  // an earlier launch's
+    io_thread_ = std::thread([this] { io_loop(); });
   }
-  publish(true);
   thread_ = std::thread([this] { run(); });
 }
 
@@ -120,6 +120,7 @@ Watchdog::~Watchdog() {
   }
   cv_.notify_all();
   if (thread_.joinable()) thread_.join();
+  if (io_thread_.joinable()) io_thread_.join();
 }
 
 void Watchdog::arm(const std::string& what) {
@@ -135,77 +136,124 @@ void Watchdog::disarm() {
   state_.armed = false;
 }
 
-// Called with mu_ held (or before the thread starts). Writes rank_N.tmp and renames it, so a reader sees a whole
-// heartbeat or the previous one. Failures are ignored: heartbeats only sharpen the message.
-void Watchdog::publish(bool force) {
-  if (dir_.empty()) return;
-  const auto now = std::chrono::steady_clock::now();
-  const bool changed = state_.phase != published_.phase || state_.armed != published_.armed;
-  if (!force && !changed && now - last_publish_ < kBeat) return;
-  ++state_.beat;
-  const std::string path = strf("%s/rank_%d", dir_.c_str(), rank_), tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << heartbeat_text(state_);
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  published_ = state_;
-  last_publish_ = now;
-}
-
 std::vector<std::optional<Heartbeat>> Watchdog::read_all() const {
   std::vector<std::optional<Heartbeat>> out(static_cast<size_t>(world_));
-  if (dir_.empty()) return out;
   for (int r = 0; r < world_; ++r) out[size_t(r)] = read_heartbeat(strf("%s/rank_%d", dir_.c_str(), r));
   return out;
 }
 
-// The first rank to reach a verdict records it in <dir>/verdict and later ones repeat it: once the job is being
-// aborted, the launcher may send SIGCONT to a stopped rank, whose heartbeat then moves again and would make the
-// later messages say that every rank is alive.
-std::string Watchdog::shared_verdict(const std::string& mine) const {
-  if (dir_.empty()) return mine;
-  const std::string path = dir_ + "/verdict", tag = strf("%ld ", (long)state_.phase);
-  int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
-  if (fd >= 0) {
-    const std::string text = tag + mine;
-    [[maybe_unused]] const ssize_t n = ::write(fd, text.data(), text.size());  // unrecorded: still this rank's message
-    ::close(fd);
-    return mine;
+// Every file operation happens here, outside the lock, so neither the training loop (arm/disarm) nor the timer
+// ever waits on the filesystem: on a filesystem that stops answering the timer still fires, saying it cannot tell.
+// Heartbeats are written as rank_N.tmp + rename (a reader sees a whole one); failures are ignored, heartbeats
+// only sharpen the message.
+void Watchdog::io_loop() {
+  std::unique_lock<std::mutex> lk(mu_);
+  Heartbeat published;
+  published.phase = -1;
+  auto last = std::chrono::steady_clock::time_point{};
+  const std::string path = strf("%s/rank_%d", dir_.c_str(), rank_), tmp = path + ".tmp";
+  while (!stop_) {
+    Heartbeat now_state = state_;
+    const auto now = std::chrono::steady_clock::now();
+    const bool due = now_state.phase != published.phase || now_state.armed != published.armed || now - last >= kBeat;
+    const int64_t want = want_reading_;
+    const std::string verdict = pending_verdict_;
+    lk.unlock();
+    if (due) {
+      now_state.beat = published.beat + 1;
+      {
+        std::ofstream out(tmp, std::ios::trunc);
+        out << heartbeat_text(now_state);
+      }
+      std::error_code ec;
+      fs::rename(tmp, path, ec);
+      published = now_state;
+      last = now;
+    }
+    std::vector<std::optional<Heartbeat>> reading;
+    std::string seen;
+    if (want > got_reading_) {
+      reading = read_all();
+      std::ifstream in(dir_ + "/verdict");
+      seen.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    }
+    if (!verdict.empty()) {
+      int fd = ::open((dir_ + "/verdict").c_str(), O_WRONLY | O_CREAT | O_EXCL, 0644);
+      if (fd >= 0) {
+        [[maybe_unused]] const ssize_t n = ::write(fd, verdict.data(), verdict.size());
+        ::close(fd);
+      }
+    }
+    lk.lock();
+    if (want > got_reading_) {
+      reading_ = std::move(reading);
+      verdict_seen_ = std::move(seen);
+      got_reading_ = want;
+    }
+    if (!verdict.empty()) pending_verdict_.clear();
+    cv_.notify_all();
+    if (!stop_) cv_.wait_for(lk, kTick);
   }
-  std::ifstream in(path);
-  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  return text.rfind(tag, 0) == 0 && text.size() > tag.size() ? text.substr(tag.size()) : mine;
 }
 
 void Watchdog::run() {
   std::unique_lock<std::mutex> lk(mu_);
   const auto limit = std::chrono::seconds(timeout_s_);
+  auto fire = [&](const std::string& diagnosis) {
+    engine::fail_user(strf("rank %d: %s did not finish within %ld s (train.step_timeout_s); %s; aborting the job", rank_,
+                           state_.what.c_str(), (long)timeout_s_, diagnosis.c_str()));
+  };
+  const std::string no_answer = "cannot tell which rank stalled: the heartbeats in " + dir_ +
+                                " could not be read in time (the filesystem does not answer?)";
   // Once the limit passes: a first reading of every heartbeat, then (heartbeats still published meanwhile, so
   // ranks diagnosing at the same time see each other alive) a second one kSettle later, then the verdict.
-  std::optional<std::vector<std::optional<Heartbeat>>> first;
-  int64_t first_phase = -1;
-  std::chrono::steady_clock::time_point first_at;
+  enum { kIdle, kFirst, kSettling, kSecond } stage = kIdle;
+  int64_t phase = -1;
+  std::vector<std::optional<Heartbeat>> first;
+  auto since = std::chrono::steady_clock::now();
   while (!stop_) {
     cv_.wait_for(lk, kTick);
     if (stop_) break;
-    publish(false);
     const auto now = std::chrono::steady_clock::now();
     if (!state_.armed || now - start_ < limit) {
-      first.reset();
+      stage = kIdle;
       continue;
     }
-    if (!first || first_phase != state_.phase) {
-      first = read_all();
-      first_phase = state_.phase;
-      first_at = now;
-      continue;
+    if (world_ <= 1) fire("the only rank is stuck " + std::string(state_.armed ? "in " : "after ") + state_.what);
+    if (dir_.empty()) fire("cannot tell which rank stalled (no heartbeats)");
+    if (stage == kIdle || phase != state_.phase) {
+      stage = kFirst;
+      phase = state_.phase;
+      ++want_reading_;
+      since = now;
+      cv_.notify_all();
+    } else if (stage == kFirst || stage == kSecond) {
+      if (got_reading_ < want_reading_) {
+        if (now - since > kReadWait) fire(no_answer);
+        continue;
+      }
+      if (stage == kFirst) {
+        first = reading_;
+        stage = kSettling;
+        since = now;
+        continue;
+      }
+      // The first rank to reach a verdict records it in <dir>/verdict and later ones repeat it: once the job is
+      // being aborted, the launcher may send SIGCONT to a stopped rank, whose heartbeat then moves again and
+      // would make the later messages say that every rank is alive.
+      const std::string tag = strf("%ld ", (long)phase);
+      if (verdict_seen_.rfind(tag, 0) == 0 && verdict_seen_.size() > tag.size()) fire(verdict_seen_.substr(tag.size()));
+      const std::string diagnosis = watchdog_diagnosis(rank_, state_, first, reading_);
+      pending_verdict_ = tag + diagnosis;
+      cv_.notify_all();
+      cv_.wait_for(lk, kReadWait, [&] { return pending_verdict_.empty(); });
+      fire(diagnosis);
+    } else if (now - since >= kSettle) {
+      stage = kSecond;
+      ++want_reading_;
+      since = now;
+      cv_.notify_all();
     }
-    if (now - first_at < kSettle && !dir_.empty()) continue;
-    const std::string diagnosis = shared_verdict(watchdog_diagnosis(rank_, state_, *first, read_all()));
-    engine::fail_user(strf("rank %d: %s did not finish within %ld s (train.step_timeout_s); %s; aborting the job", rank_,
-                           state_.what.c_str(), (long)timeout_s_, diagnosis.c_str()));
   }
 }
 

@@ -48,23 +48,25 @@ class Watchdog {
 
   static constexpr std::chrono::milliseconds kTick{250};
   static constexpr std::chrono::milliseconds kBeat{1000};
-  static constexpr std::chrono::milliseconds kSettle{2600};  // between the two readings: more than two beats
+  static constexpr std::chrono::milliseconds kSettle{2600};    // between the two readings: more than two beats
+  static constexpr std::chrono::milliseconds kReadWait{3000};  // longest wait for a reading before "cannot tell"
 
  private:
-  void run();
-  void publish(bool force);
+  void run();      // the timer: no file I/O, so it fires even when the filesystem hangs
+  void io_loop();  // heartbeats out, readings in
   std::vector<std::optional<Heartbeat>> read_all() const;
-  std::string shared_verdict(const std::string& mine) const;
 
   const int rank_, world_;
   const int64_t timeout_s_;
   const std::string dir_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::thread thread_;
-  Heartbeat state_;
-  Heartbeat published_;
-  std::chrono::steady_clock::time_point start_, last_publish_;
+  std::thread thread_, io_thread_;
+  Heartbeat state_;  // position (phase, armed, what); the beat is io_loop's
+  std::chrono::steady_clock::time_point start_;
+  int64_t want_reading_ = 0, got_reading_ = 0;       // the timer asks io_loop for a reading of every heartbeat
+  std::vector<std::optional<Heartbeat>> reading_;    // the latest reading
+  std::string verdict_seen_, pending_verdict_;       // <dir>/verdict as read with it; one to record
   bool stop_ = false;
 };
 

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <new>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -585,7 +586,8 @@ std::string ckpt_dir_containing(const std::string& path) {
   for (fs::path a = p.parent_path(); !a.empty(); a = a.parent_path()) {
     std::error_code e;
     const std::string name = a.filename().string();
-    if (fs::exists(a / "COMPLETE", e) || fs::exists(a / "manifest.txt", e) ||
+    const bool manifest = fs::exists(a / "manifest.txt", e);  // alone, a common name: with COMPLETE or a shard
+    if ((manifest && (fs::exists(a / "COMPLETE", e) || fs::exists(a / rank_file(0), e))) ||
         (name.rfind("step_", 0) == 0 && a.parent_path().filename() == "checkpoints"))
       return a.string();
     if (a == a.root_path()) break;
@@ -593,7 +595,10 @@ std::string ckpt_dir_containing(const std::string& path) {
   return "";
 }
 
-void ckpt_export(const std::string& dir, const std::string& out_path, bool force) {
+namespace {
+
+// ckpt_export without its guard against running out of host memory.
+void export_full_tensors(const std::string& dir, const std::string& out_path, bool force) {
   static Hdf5Quiet quiet;
   std::vector<std::string> inputs;
   {
@@ -673,6 +678,18 @@ void ckpt_export(const std::string& dir, const std::string& out_path, bool force
   if (ec) {
     std::remove(tmp.c_str());
     engine::fail_user("cannot rename " + tmp + " to " + out_path + ": " + ec.message());
+  }
+}
+
+}  // namespace
+
+void ckpt_export(const std::string& dir, const std::string& out_path, bool force) {
+  try {
+    export_full_tensors(dir, out_path, force);
+  } catch (const std::bad_alloc&) {
+    std::remove((out_path + strf(".tmp.%d", int(::getpid()))).c_str());
+    engine::fail_user("monta export: a tensor of checkpoint " + dir + " does not fit in this host's memory (export holds "
+                      "one full tensor at a time, in double precision)");
   }
 }
 
