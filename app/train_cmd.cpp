@@ -158,14 +158,14 @@ int cmd_train(int argc, char** argv) {
   attach_exchange(ps, c, device, device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32);
   log_info(ps.layout_table);
 
-  // Resume: "auto" takes the newest complete checkpoint of this run directory (none: start fresh). Checked before
-  // anything is written, so a checkpoint that cannot be used leaves the run directory as it was.
+  // Resume: "auto" takes the newest complete checkpoint of this run directory (none at all: start fresh; what is
+  // refused: model/checkpoint.h). Checked before anything is written, so a refusal leaves the run directory as it was.
   const fs::path run_dir = c.train.run_dir;
   const std::string signature = model::model_signature(c.model);
-  const std::string resume = model::ckpt_resolve_resume(run_dir.string(), c.checkpoint.resume, c.checkpoint.overwrite);
   model::CkptMeta resume_meta;
+  const std::string resume = model::ckpt_resolve_resume(run_dir.string(), c.checkpoint.resume, c.checkpoint.overwrite,
+                                                        signature, &resume_meta);
   if (!resume.empty()) {
-    resume_meta = model::ckpt_check(resume, signature);
     MONTA_USER_CHECK(resume_meta.loader_seed == c.train.seed,
                      strf("checkpoint %s was written with train.seed %lu but the config has %lu", resume.c_str(),
                           (unsigned long)resume_meta.loader_seed, (unsigned long)c.train.seed));

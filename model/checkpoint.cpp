@@ -480,35 +480,55 @@ std::string ckpt_find_latest(const std::string& run_dir) {
   return "";
 }
 
-std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& resume, bool overwrite) {
+std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& resume, bool overwrite,
+                                const std::string& signature, CkptMeta* meta) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   std::error_code ec;
   const bool present = fs::exists(root, ec);
   MONTA_USER_CHECK(!present || fs::is_directory(root, ec),
                    "cannot use checkpoint directory " + root.string() + ": it exists and is not a directory; move it away");
+  const auto steps = present ? list_steps(root, resume.empty() || resume == "auto")
+                             : std::vector<std::pair<int64_t, fs::path>>{};
+  CkptMeta m;
+  std::string chosen;
   if (!resume.empty() && resume != "auto") {
-    ckpt_check_intact(resume);
-    return resume;
+    m = ckpt_check(resume, signature);
+    // An older checkpoint of this very run directory: the first save would remove the newer ones (Rotation).
+    std::error_code e1, e2;
+    if (!overwrite && fs::weakly_canonical(fs::path(resume), e1).parent_path() == fs::weakly_canonical(root, e2)) {
+      std::string newer;
+      for (auto& [step, path] : steps)
+        if (step > m.step && newer.empty() && fs::exists(path / "COMPLETE", ec)) newer = path.string();
+      MONTA_USER_CHECK(newer.empty(), "continuing from " + resume + " would remove the newer checkpoints of this run " +
+                                          "directory at its first save (newest " + newer + "); pass " +
+                                          "--checkpoint.overwrite true to go on, or resume into another train.run_dir");
+    }
+    chosen = resume;
+  } else if (!steps.empty()) {
+    const std::string newest = steps.front().second.string();
+    MONTA_USER_CHECK(resume == "auto" || overwrite,
+                     "run directory " + run_dir + " holds checkpoints (newest " + newest +
+                         "); continue them with --checkpoint.resume auto, or start a new run with another train.run_dir "
+                         "(--checkpoint.overwrite true replaces them)");
+    if (resume == "auto") chosen = ckpt_find_latest(run_dir);
+    MONTA_USER_CHECK(!chosen.empty() || overwrite,
+                     strf("--checkpoint.resume auto: none of the %zu checkpoints under %s is usable (see the warnings "
+                          "above; newest %s); repair or move them, or pass --checkpoint.overwrite true to start afresh "
+                          "over them",
+                          steps.size(), root.string().c_str(), newest.c_str()));
+    if (chosen.empty())
+      engine::log_warn(strf("checkpoint.overwrite: starting afresh; the %zu checkpoints under %s (newest %s) are "
+                            "removed at the first save",
+                            steps.size(), root.string().c_str(), newest.c_str()));
+    if (!chosen.empty()) {
+      m = ckpt_read_meta(chosen);  // its files were just verified by ckpt_find_latest
+      MONTA_USER_CHECK(signature.empty() || m.signature == signature,
+                       "checkpoint " + (fs::path(chosen) / "manifest.txt").string() + " is of another model (" +
+                           m.signature + ") than the config (" + signature + ")");
+    }
   }
-  const auto steps = present ? list_steps(root, resume.empty()) : std::vector<std::pair<int64_t, fs::path>>{};
-  if (steps.empty() || overwrite) {
-    if (!steps.empty())
-      engine::log_warn(strf("checkpoint.overwrite: starting afresh; the %zu checkpoints under %s (newest %s) will be "
-                            "replaced or rotated away",
-                            steps.size(), root.string().c_str(), steps.front().second.filename().c_str()));
-    return resume == "auto" && !steps.empty() ? ckpt_find_latest(run_dir) : "";
-  }
-  const std::string newest = steps.front().second.string();
-  MONTA_USER_CHECK(resume == "auto",
-                   "run directory " + run_dir + " holds checkpoints (newest " + newest +
-                       "); continue them with --checkpoint.resume auto, or start a new run with another train.run_dir "
-                       "(--checkpoint.overwrite true replaces them)");
-  std::string found = ckpt_find_latest(run_dir);
-  MONTA_USER_CHECK(!found.empty(), strf("--checkpoint.resume auto: none of the %zu checkpoints under %s is usable (see the "
-                                        "warnings above; newest %s); repair or move them, or pass "
-                                        "--checkpoint.overwrite true to start afresh over them",
-                                        steps.size(), root.string().c_str(), newest.c_str()));
-  return found;
+  if (meta) *meta = m;
+  return chosen;
 }
 
 std::optional<std::string> ckpt_problem(const std::string& dir, const std::string& signature) {

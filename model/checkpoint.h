@@ -35,12 +35,17 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
 // are skipped with a warning. Never fails.
 std::string ckpt_find_latest(const std::string& run_dir);
 // What `monta train` starts from, decided before anything is written: "" (a fresh start) or a checkpoint
-// directory whose files are intact (the caller checks the model signature with ckpt_check). resume is
+// directory whose files are intact and (with a non-empty signature) of that model. resume is
 // checkpoint.resume: "" (fresh), "auto" or a directory. User errors, unless `overwrite`:
 //   fresh start while <run_dir>/checkpoints holds checkpoints (naming the newest and the two ways on);
 //   "auto" while checkpoints exist but none is usable (a fresh start only when there are none at all).
-// Always a user error: <run_dir>/checkpoints not a directory; an explicit directory that is not usable.
-std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& resume, bool overwrite);
+//   an explicit directory of this run directory older than its newest complete checkpoint (the first save
+//   would remove the newer ones).
+// Always a user error: <run_dir>/checkpoints not a directory; an explicit directory that is not usable or (with
+// a non-empty signature) of another model.
+// `meta` (if given) receives the chosen checkpoint's metadata.
+std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& resume, bool overwrite,
+                                const std::string& signature = "", CkptMeta* meta = nullptr);
 // The verdict on one checkpoint: nullopt when it is complete, intact (manifest checksum, every file's size and
 // checksum) and of the model `signature` ("" skips that check); else one sentence naming the directory and
 // the reason. Never ends the process.

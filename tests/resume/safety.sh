@@ -82,6 +82,14 @@ case $case_ in
     out=$(train "$run" --train.steps 1 --checkpoint.interval 1 --checkpoint.overwrite true) || { echo "$out"; fail "overwrite"; }
     [ -f "$(ckpt "$run" 1)/COMPLETE" ] || fail "overwrite did not save"
     [ ! -e "$new" ] || fail "the overwritten run's newer checkpoint is still there (resume auto would pick it)" ;;
+  older_explicit)  # continuing from an older checkpoint of the same run would remove the newer ones at the first save
+    before=$(snapshot "$run")
+    expect_error "continuing from $old would remove the newer checkpoints of this run directory at its first save (newest $new)" \
+      train "$run" --train.steps 3 --checkpoint.interval 1 --checkpoint.resume "$old"
+    [ "$before" = "$(snapshot "$run")" ] || fail "the refused run changed files"
+    out=$(train "$run" --train.steps 3 --checkpoint.interval 1 --checkpoint.resume "$old" --checkpoint.overwrite true) ||
+      { echo "$out"; fail "overwrite"; }
+    [ -f "$(ckpt "$run" 3)/COMPLETE" ] && [ ! -e "$new" ] || fail "expected step 3 saved and step 4 removed" ;;
   all_broken)
     for s in 2 4; do printf '\xde\xad\xbe\xef' | dd of="$(ckpt "$run" $s)/rank_00000.h5" bs=1 seek=1500000 conv=notrunc status=none; done
     before=$(snapshot "$run")
