@@ -3,14 +3,12 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <sstream>
 #include <thread>
@@ -102,7 +100,8 @@ struct TestHooks {
   std::vector<int64_t> nan_steps;
   static TestHooks from_env() {
     TestHooks h;
-    if (const char* v = std::getenv("MONTA_TEST_STALL_RANK"); v && *v) h.stall_rank = engine::parse_int(v, "MONTA_TEST_STALL_RANK");
+    if (const char* v = std::getenv("MONTA_TEST_STALL_RANK"); v && *v)
+      h.stall_rank = engine::parse_int(v, "MONTA_TEST_STALL_RANK");
     if (const char* v = std::getenv("MONTA_TEST_NAN_STEPS"); v && *v) {
       std::stringstream ss(v);
       std::string item;
