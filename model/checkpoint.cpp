@@ -45,6 +45,17 @@ struct Hdf5Quiet {
 
 std::string rank_file(int r) { return strf("rank_%05d.h5", r); }
 
+// A host staging buffer for one tensor; a tensor too large for this host's memory is a user error naming it,
+// not an uncaught std::bad_alloc.
+template <class T>
+std::vector<T> host_buffer(int64_t n, const std::string& what) {
+  try {
+    return std::vector<T>(static_cast<size_t>(n));
+  } catch (const std::exception&) {
+    engine::fail_user(strf("%s (%ld elements) does not fit in this host's memory for staging", what.c_str(), (long)n));
+  }
+}
+
 // FNV-1a 64 of a text (the manifest's own checksum line).
 uint64_t text_checksum(const std::string& text) {
   uint64_t h = 1469598103934665603ull;
@@ -130,12 +141,12 @@ void write_text_atomic(const fs::path& path, const std::string& text) {
 // Writes one slice with its full shape and offset; returns "" or the reason it failed (the caller closes the
 // file before failing, else HDF5's exit-time cleanup retries the flush of a half-written file).
 std::string write_slice(hid_t file, const std::string& path, const char* group, const Param& p, const Tensor& t) {
-  std::vector<float> host(size_t(t.numel()));
+  std::vector<float> host = host_buffer<float>(t.dtype == engine::DType::f64 ? 0 : t.numel(), "checkpoint tensor " + p.name);
   std::vector<double> hostd;
   hid_t type = H5T_NATIVE_FLOAT;
   const void* data = host.data();
   if (t.dtype == engine::DType::f64) {
-    hostd.resize(size_t(t.numel()));
+    hostd = host_buffer<double>(t.numel(), "checkpoint tensor " + p.name);
     engine::copy(engine::make_view(hostd.data(), p.local, engine::DType::f64, engine::Device::cpu), t);
     type = H5T_NATIVE_DOUBLE;
     data = hostd.data();
@@ -297,7 +308,7 @@ int64_t read_intersection(hid_t file, const std::string& name, const std::vector
     H5Dclose(ds);
     return n;
   }
-  std::vector<double> buf(static_cast<size_t>(n));
+  std::vector<double> buf = host_buffer<double>(n, "checkpoint slice " + name);
   HDF5_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr));
   hid_t mem = H5Screate_simple(nd, count.data(), nullptr);
   MONTA_USER_CHECK(H5Dread(ds, H5T_NATIVE_DOUBLE, mem, space, H5P_DEFAULT, buf.data()) >= 0,
@@ -580,7 +591,7 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
   for (auto& p : params.all()) {
     const int64_t n = p.master.numel();
     for (const char* g : kGroups) {
-      std::vector<double> host(static_cast<size_t>(n), 0.0);
+      std::vector<double> host = host_buffer<double>(n, "checkpoint tensor " + p.name);
       int64_t got = 0;
       for (hid_t f : files) got += read_intersection(f, std::string(g) + "/" + p.name, p.offset, p.local, host.data());
       MONTA_USER_CHECK(got == n, strf("checkpoint %s covers %ld of the %ld elements of %s/%s on this rank", dir.c_str(),
@@ -663,7 +674,7 @@ void export_full_tensors(const std::string& dir, const std::string& out_path, bo
   for (auto& [name, full] : shapes) {
     int64_t n = 1;
     for (int64_t v : full) n *= v;
-    std::vector<double> host(static_cast<size_t>(n), 0.0);
+    std::vector<double> host = host_buffer<double>(n, "tensor " + name);
     int64_t got = 0;
     std::vector<int64_t> zero(full.size(), 0);
     for (hid_t f : files) got += read_intersection(f, "master/" + name, zero, full, host.data());

@@ -128,6 +128,14 @@ case $case_ in
     ! grep -q "^step" <<<"$out" || fail "trained before failing"
     mkdir -p "$w/c/config.ini"
     expect_error "cannot write $w/c/config.ini" train "$w/c" --train.steps 2 ;;
+  metrics_disk_full)
+    # A file-size limit (as in faults.sh disk_full) that config.ini and the heartbeats fit under but metrics.jsonl
+    # soon outgrows: the run stops with one line naming the file instead of training on without metrics.
+    head -c 20000 "$MONTA" | od -An -tu1 | tr -s ' \n' '  ' > "$w/text.txt"
+    "$MONTA" prepare-data --input "$w/text.txt" --output "$w/text.h5" > /dev/null 2>&1 || fail "prepare-data"
+    expect_error "cannot write to $w/small/metrics.jsonl (disk full?)" \
+      "$MPIEXEC" --allow-run-as-root -np 1 bash -c 'trap "" XFSZ; ulimit -f 4; exec "$@"' _ "$MONTA" train --config "$CFG" \
+      --train.device cpu --train.run_dir "$w/small" --data.path "$w/text.h5" --train.steps 40 --train.log_interval 100 ;;
   # Class: two launches into one run directory.
   second_launch)
     "$MONTA" train --config "$CFG" --train.device cpu --train.run_dir "$w/busy" --train.steps 100000 \
