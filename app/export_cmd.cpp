@@ -14,16 +14,18 @@ namespace monta::app {
 
 int cmd_export(int argc, char** argv) {
   std::string dir, out;
+  bool force = false;
   po::options_description desc("monta export options");
   desc.add_options()("help,h", "print this help")("checkpoint", po::value<std::string>(&dir)->required(),
                                                   "checkpoint directory (run_dir/checkpoints/step_N)")(
-      "out", po::value<std::string>(&out)->required(), "output HDF5 file");
+      "out", po::value<std::string>(&out)->required(), "output HDF5 file (not inside a checkpoint directory)")(
+      "force", po::bool_switch(&force), "replace --out if it exists");
   const po::variables_map vm = parse_command_line(argc, argv, desc, "export");
   if (vm.count("help")) {
     std::cout << desc << "\n";
     return 0;
   }
-  model::ckpt_export(dir, out);
+  model::ckpt_export(dir, out, force);
   engine::log_info("wrote " + out);
   return 0;
 }

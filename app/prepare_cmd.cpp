@@ -6,6 +6,7 @@
 #include "app/options.h"
 #include "data/prepare.h"
 #include "engine/check.h"
+#include "model/checkpoint.h"
 
 namespace po = boost::program_options;
 
@@ -18,12 +19,16 @@ int cmd_prepare_data(int argc, char** argv) {
       "output", po::value<std::string>(&a.output)->required(), "output HDF5 file")(
       "format", po::value<std::string>(&a.format)->default_value("auto"), "text | raw16 | raw32 | npy | auto (by extension)")(
       "vocab-size", po::value<int64_t>(&a.vocab_size)->default_value(0), "vocabulary size (0: 256 for text, else max id + 1)")(
-      "eos-token", po::value<int64_t>(&a.eos_token)->default_value(-1), "end-of-sequence id stored as an attribute");
+      "eos-token", po::value<int64_t>(&a.eos_token)->default_value(-1), "end-of-sequence id stored as an attribute")(
+      "force", po::bool_switch(&a.force), "replace --output if it exists");
   const po::variables_map vm = parse_command_line(argc, argv, desc, "prepare-data");
   if (vm.count("help")) {
     std::cout << desc << "\n";
     return 0;
   }
+  const std::string inside = model::ckpt_dir_containing(a.output);
+  MONTA_USER_CHECK(inside.empty(), "prepare-data --output " + a.output + " lies inside the checkpoint directory " + inside +
+                                       "; write it elsewhere");
   data::prepare_data(a);
   return 0;
 }

@@ -3,14 +3,13 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
-#include <condition_variable>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <memory>
-#include <mutex>
+#include <optional>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -20,12 +19,15 @@
 #include "app/parallel_setup.h"
 #include "app/validation.h"
 #include "comm/runtime.h"
+#include "comm/watchdog.h"
 #include "data/loader.h"
 #include "data/sources.h"
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#include "engine/parse.h"
 #include "model/checkpoint.h"
+#include "model/run_dir.h"
 #include "model/trainer.h"
 
 namespace fs = std::filesystem;
@@ -92,55 +94,6 @@ std::string metrics_json(const model::StepMetrics& m) {
                                             exact(m.val_ppl).c_str())) + "}";
 }
 
-// A rank that dies or stalls leaves the others waiting in a collective forever; this thread turns that into a
-// bounded failure. The loop arms it around every step and save; if one phase outlasts train.step_timeout_s it
-// takes the fatal path (message, then MPI_Abort through the abort hook), which ends every rank of the job.
-class Watchdog {
- public:
-  Watchdog(int rank, int64_t timeout_s) : rank_(rank), timeout_s_(timeout_s) {
-    if (timeout_s_ > 0) thread_ = std::thread([this] { run(); });
-  }
-  ~Watchdog() {
-    {
-      std::lock_guard<std::mutex> lk(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    if (thread_.joinable()) thread_.join();
-  }
-  void arm(const std::string& what) {
-    std::lock_guard<std::mutex> lk(mu_);
-    what_ = what;
-    start_ = std::chrono::steady_clock::now();
-    armed_ = true;
-  }
-  void disarm() {
-    std::lock_guard<std::mutex> lk(mu_);
-    armed_ = false;
-  }
-
- private:
-  void run() {
-    std::unique_lock<std::mutex> lk(mu_);
-    const auto limit = std::chrono::seconds(timeout_s_);
-    while (!stop_) {
-      cv_.wait_for(lk, std::chrono::milliseconds(250));
-      if (stop_ || !armed_ || std::chrono::steady_clock::now() - start_ < limit) continue;
-      engine::fail_user(strf("rank %d: %s did not finish within %ld s (train.step_timeout_s); a rank failed or stalled, "
-                             "aborting the job",
-                             rank_, what_.c_str(), (long)timeout_s_));
-    }
-  }
-  const int rank_;
-  const int64_t timeout_s_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  std::thread thread_;
-  std::string what_;
-  std::chrono::steady_clock::time_point start_;
-  bool armed_ = false, stop_ = false;
-};
-
 // Fault-injection hooks for tests/resume (environment variables, off unless set; see docs/checkpoints.md).
 //   MONTA_TEST_STALL_RANK=r   rank r sleeps forever at the start of step 2 (the watchdog test)
 //   MONTA_TEST_NAN_STEPS=a,b  steps a, b, ... see a NaN weight (final_norm), restored after the skipped step
@@ -150,11 +103,12 @@ struct TestHooks {
   std::vector<int64_t> nan_steps;
   static TestHooks from_env() {
     TestHooks h;
-    if (const char* v = std::getenv("MONTA_TEST_STALL_RANK"); v && *v) h.stall_rank = std::atoi(v);
+    if (const char* v = std::getenv("MONTA_TEST_STALL_RANK"); v && *v)
+      h.stall_rank = engine::parse_int(v, "MONTA_TEST_STALL_RANK");
     if (const char* v = std::getenv("MONTA_TEST_NAN_STEPS"); v && *v) {
       std::stringstream ss(v);
       std::string item;
-      while (std::getline(ss, item, ',')) h.nan_steps.push_back(std::atoll(item.c_str()));
+      while (std::getline(ss, item, ',')) h.nan_steps.push_back(engine::parse_int64(item, "MONTA_TEST_NAN_STEPS"));
     }
     return h;
   }
@@ -212,28 +166,26 @@ int cmd_train(int argc, char** argv) {
   }
   log_info(ps.layout_table);
 
-  // Resume: "auto" takes the newest complete checkpoint of this run directory (none: start fresh). Checked before
-  // anything is written, so a checkpoint that cannot be used leaves the run directory as it was.
+  // Resume: "auto" takes the newest complete checkpoint of this run directory (none at all: start fresh; what is
+  // refused: model/checkpoint.h). Checked before anything is written, so a refusal leaves the run directory as it was.
   const fs::path run_dir = c.train.run_dir;
   const std::string signature = model::model_signature(c.model);
-  std::string resume = c.checkpoint.resume;
-  if (resume == "auto") resume = model::ckpt_find_latest(run_dir.string());
   model::CkptMeta resume_meta;
+  const std::string resume = [&] {
+    std::optional<engine::StartupPhase> phase;
+    if (!c.checkpoint.resume.empty()) phase.emplace("checkpoint to resume from (found and checked: sizes, checksums)");
+    return model::ckpt_resolve_resume(run_dir.string(), c.checkpoint.resume, c.checkpoint.overwrite, signature,
+                                      &resume_meta);
+  }();
   if (!resume.empty()) {
-    const engine::StartupPhase phase("checking checkpoint " + resume + " (sizes and checksums)");
-    resume_meta = model::ckpt_check(resume, signature);
     MONTA_USER_CHECK(resume_meta.loader_seed == c.train.seed,
                      strf("checkpoint %s was written with train.seed %lu but the config has %lu", resume.c_str(),
                           (unsigned long)resume_meta.loader_seed, (unsigned long)c.train.seed));
   }
 
   // Run directory, resolved config, built-in data.
-  if (rank == 0) {
-    std::error_code ec;
-    fs::create_directories(run_dir, ec);
-    MONTA_USER_CHECK(!ec, "cannot create run directory '" + run_dir.string() + "': " + ec.message());
-    std::ofstream(run_dir / "config.ini") << config_ini(c);
-  }
+  std::optional<model::RunDirLock> run_dir_lock;  // rank 0: one launch per run directory, checked writable
+  if (rank == 0) run_dir_lock.emplace(run_dir.string());
   if (rank == 0) {
     const engine::StartupPhase phase("built-in corpus (generated once per run directory)");
     data::write_builtin_corpus(data_spec(c));
@@ -246,10 +198,11 @@ int cmd_train(int argc, char** argv) {
                            data::TokenLoader::kDefaultResidentBytes, sources.train);
   const Validation validation = make_validation(sources, c, ps.ctx);
   log_info(sources.valid_note);
-  if (rank == 0) write_run_info(run_dir.string(), sources, c, world);
   MONTA_USER_CHECK(loader.info().vocab_size <= c.model.vocab,
                    strf("data file %s has vocab_size %ld but model.vocab is %ld", data_path.c_str(),
                         loader.info().vocab_size, c.model.vocab));
+  if (rank == 0) model::write_file_checked((run_dir / "config.ini").string(), config_ini(c));  // all validated now
+  if (rank == 0) write_run_info(run_dir.string(), sources, c, world);
 
   model::Trainer trainer(c, ps.ctx, device);
   for (const auto* a : trainer.params().arenas())
@@ -268,10 +221,16 @@ int cmd_train(int argc, char** argv) {
     loader.set_state({meta.loader_seed, meta.loader_epoch, meta.loader_sample});
     log_info(strf("resumed from %s at step %ld (saved by %d ranks: tp %d, ep %d) in %.1f ms", resume.c_str(), meta.step,
                   meta.world, meta.tp, meta.ep, load_ms));
+    if (meta.step >= c.train.steps)
+      log_info(strf("nothing to train: the checkpoint is already at step %ld and train.steps is %ld (raise train.steps to "
+                    "continue)",
+                    meta.step, c.train.steps));
   }
-  Watchdog watchdog(rank, c.train.step_timeout_s);
+  comm::Watchdog watchdog(rank, world, c.train.step_timeout_s, (run_dir / ".progress").string());
   int64_t last_saved = -1;
-  if (!resume.empty() && fs::weakly_canonical(fs::path(resume).parent_path()) == fs::weakly_canonical(run_dir / "checkpoints"))
+  std::error_code ec1, ec2;
+  if (!resume.empty() &&
+      fs::weakly_canonical(fs::path(resume).parent_path(), ec1) == fs::weakly_canonical(run_dir / "checkpoints", ec2))
     last_saved = resume_meta.step;  // already on disk here: do not write it again
   auto save = [&] {
     watchdog.arm(strf("checkpoint save at step %ld", trainer.steps_done()));
@@ -292,8 +251,8 @@ int cmd_train(int argc, char** argv) {
   };
   const TestHooks hooks = TestHooks::from_env();
 
-  std::ofstream metrics;
-  if (rank == 0) metrics.open(run_dir / "metrics.jsonl", std::ios::app);
+  model::AppendFile metrics;
+  if (rank == 0) metrics.open((run_dir / "metrics.jsonl").string());
   const int64_t local = c.train.global_batch / ps.ctx.dp * c.model.seq_len;
   std::vector<int32_t> inputs(static_cast<size_t>(local)), targets(static_cast<size_t>(local));
   const int64_t first_step = trainer.steps_done() + 1;
@@ -314,10 +273,7 @@ int cmd_train(int argc, char** argv) {
                     m.step_ms / 1000.0));
     if (hooks.nan_at(next)) poison_final_norm(trainer.params(), saved_norm, false);
     validation.after_step(trainer, c.train.steps, m);  // val_loss and val_ppl when due
-    if (rank == 0) {
-      metrics << metrics_json(m) << "\n";
-      metrics.flush();
-    }
+    if (rank == 0) metrics.write_line(metrics_json(m));
     if (m.step % c.train.log_interval == 0 || m.step == c.train.steps || m.skipped || !std::isnan(m.val_loss))
       log_info(strf("step %5ld | loss %.4f | aux %.4f | gnorm %7.4f | lr %.3e | %8.1f ms | %9.0f tok/s | MFU %5.1f%% | "
                     "drop %4ld | exch(host) %.2f ms %.2f GB/s%s%s",

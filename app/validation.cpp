@@ -6,6 +6,8 @@
 #include <fstream>
 
 #include "engine/log.h"
+#include "model/run_dir.h"
+#include "model/trainer.h"
 
 namespace monta::app {
 
@@ -59,15 +61,15 @@ std::string json_string(const std::string& s) {
 }
 
 void write_run_info(const std::string& run_dir, const data::DataSources& src, const model::Config& c, int world) {
-  std::ofstream(std::filesystem::path(run_dir) / "run_info.json")
-      << strf("{\"tokens_per_step\": %ld, \"train_flops_per_token\": %.6g, \"peak_tflops\": %g, \"world\": %d, "
+  model::write_file_checked((std::filesystem::path(run_dir) / "run_info.json").string(),
+      strf("{\"tokens_per_step\": %ld, \"train_flops_per_token\": %.6g, \"peak_tflops\": %g, \"world\": %d, "
               "\"entropy_floor\": %s, \"train_path\": %s, \"valid_path\": %s, \"eval_interval\": %ld, "
               "\"eval_steps\": %ld}\n",
               long(c.train.global_batch * c.model.seq_len), model::train_flops_per_token(c.model), c.train.peak_tflops,
               world,
               std::isnan(src.entropy_floor) ? "null" : strf("%.17g", src.entropy_floor).c_str(),
               json_string(src.train_path).c_str(), json_string(src.valid_path).c_str(), long(c.train.eval_interval),
-              long(c.train.eval_steps));
+              long(c.train.eval_steps)));
 }
 
 }  // namespace monta::app

@@ -8,11 +8,13 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <new>
 #include <vector>
 
 #include "data/token_file.h"
 #include "engine/check.h"
 #include "engine/log.h"
+#include "engine/output_file.h"
 
 namespace monta::data {
 
@@ -163,13 +165,15 @@ std::string detect_format(const std::string& input) {
   return "text";
 }
 
-void prepare_data(const PrepareArgs& a) {
+// The whole conversion; prepare_data turns running out of host memory into a user error.
+static void convert(const PrepareArgs& a) {
   MONTA_USER_CHECK(!a.input.empty(), "prepare-data needs an input file; pass --input PATH.");
   MONTA_USER_CHECK(!a.output.empty(), "prepare-data needs an output file; pass --output PATH.");
   MONTA_USER_CHECK(a.vocab_size >= 0, strf("prepare-data: --vocab-size %ld is negative; pass 0 to derive it.", long(a.vocab_size)));
   const std::string format = a.format == "auto" ? detect_format(a.input) : a.format;
   MONTA_USER_CHECK(format == "text" || format == "raw16" || format == "raw32" || format == "npy",
                    "prepare-data: unknown --format '" + a.format + "'; use text, raw16, raw32, npy or auto.");
+  engine::check_output_file(a.output, {a.input}, a.force, "prepare-data --output");
 
   const std::string bytes = read_all(a.input);
   std::vector<uint32_t> tokens;
@@ -195,6 +199,15 @@ void prepare_data(const PrepareArgs& a) {
   engine::log_info(strf("prepare-data: %s (%s) -> %s: %zu tokens, vocab_size %ld, stored as %s, max id %u", a.input.c_str(),
                         format.c_str(), a.output.c_str(), tokens.size(), long(vocab), vocab <= 65536 ? "uint16" : "uint32",
                         max_id));
+}
+
+void prepare_data(const PrepareArgs& a) {
+  try {
+    convert(a);
+  } catch (const std::bad_alloc&) {
+    fail_user("prepare-data: input '" + a.input + "' does not fit in this host's memory (the converter holds it, and its " +
+              "ids as uint32, in memory); split it into parts.");
+  }
 }
 
 }  // namespace monta::data

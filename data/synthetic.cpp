@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <vector>
 
 #include "data/hdf5_util.h"
@@ -102,7 +103,14 @@ MarkovCorpusInfo write_markov_corpus(const std::string& path, uint64_t seed, int
   info.num_tokens = num_tokens;
   info.entropy_floor_nats = entropy_floor(c, stationary(c));
 
-  std::vector<uint32_t> tokens(static_cast<size_t>(num_tokens));
+  std::vector<uint32_t> tokens;
+  try {
+    tokens.resize(static_cast<size_t>(num_tokens));
+  } catch (const std::exception&) {  // bad_alloc, length_error
+    engine::fail_user(strf("the built-in Markov corpus of %ld tokens does not fit in this host's memory; lower "
+                           "data.builtin_tokens.",
+                           long(num_tokens)));
+  }
   engine::Philox rng{seed, engine::fnv1a64("monta.data.markov.walk") + walk, 0};
   uint32_t s = uint32_t(rng.below(uint64_t(vocab_size)));
   for (auto& t : tokens) {

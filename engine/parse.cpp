@@ -26,6 +26,14 @@ std::optional<int> try_parse_int(std::string_view text) {
   return int(*v);
 }
 
+std::optional<uint64_t> try_parse_uint64(std::string_view text) {
+  if (text.empty()) return std::nullopt;
+  uint64_t v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return v;
+}
+
 std::optional<double> try_parse_double(std::string_view text) {
   if (text.empty()) return std::nullopt;
   std::string s(text);

@@ -13,6 +13,8 @@ namespace monta::engine {
 // nullopt when `text` is not wholly a base-10 integer (optional sign) or overflows int64 / int.
 std::optional<int64_t> try_parse_int64(std::string_view text);
 std::optional<int> try_parse_int(std::string_view text);
+// nullopt when `text` is not wholly a base-10 unsigned integer (no sign) or overflows uint64 (seeds, hashes).
+std::optional<uint64_t> try_parse_uint64(std::string_view text);
 // nullopt when `text` is not wholly a number (strtod syntax); non-finite values parse (callers range-check).
 std::optional<double> try_parse_double(std::string_view text);
 

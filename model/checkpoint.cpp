@@ -13,12 +13,16 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <new>
+#include <optional>
 #include <sstream>
 #include <thread>
 
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#include "engine/output_file.h"
+#include "engine/parse.h"
 
 namespace fs = std::filesystem;
 
@@ -41,9 +45,28 @@ struct Hdf5Quiet {
 
 std::string rank_file(int r) { return strf("rank_%05d.h5", r); }
 
-uint64_t file_checksum(const std::string& path, int64_t* bytes) {
+// A host staging buffer for one tensor; a tensor too large for this host's memory is a user error naming it,
+// not an uncaught std::bad_alloc.
+template <class T>
+std::vector<T> host_buffer(int64_t n, const std::string& what) {
+  try {
+    return std::vector<T>(static_cast<size_t>(n));
+  } catch (const std::exception&) {
+    engine::fail_user(strf("%s (%ld elements) does not fit in this host's memory for staging", what.c_str(), (long)n));
+  }
+}
+
+// FNV-1a 64 of a text (the manifest's own checksum line).
+uint64_t text_checksum(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : text) h = (h ^ ch) * 1099511628211ull;
+  return h;
+}
+
+// nullopt when the file cannot be opened (the callers turn that into their own verdict or error).
+std::optional<uint64_t> file_checksum(const std::string& path, int64_t* bytes) {
   std::ifstream in(path, std::ios::binary);
-  MONTA_USER_CHECK(in.good(), "checkpoint file " + path + " is missing");
+  if (!in.good()) return std::nullopt;
   // FNV-1a-style over 64-bit words in four independent lanes (a byte-wise FNV ran at ~0.35 GB/s and dominated
   // saving an 11 GB checkpoint); the tail of the file goes byte by byte into lane 0.
   constexpr uint64_t kPrime = 1099511628211ull;
@@ -100,7 +123,7 @@ void test_hook_slow_save(int rank, int64_t step) {
   std::fprintf(stderr, "monta: test hook: rank %d pid %d sleeping %s ms in the save of step %ld\n", rank, int(::getpid()),
                v, step);
   std::fflush(stderr);
-  std::this_thread::sleep_for(std::chrono::milliseconds(std::atoll(v)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(engine::parse_int64(v, "MONTA_TEST_SLOW_SAVE_MS")));
 }
 
 void write_text_atomic(const fs::path& path, const std::string& text) {
@@ -118,12 +141,12 @@ void write_text_atomic(const fs::path& path, const std::string& text) {
 // Writes one slice with its full shape and offset; returns "" or the reason it failed (the caller closes the
 // file before failing, else HDF5's exit-time cleanup retries the flush of a half-written file).
 std::string write_slice(hid_t file, const std::string& path, const char* group, const Param& p, const Tensor& t) {
-  std::vector<float> host(size_t(t.numel()));
+  std::vector<float> host = host_buffer<float>(t.dtype == engine::DType::f64 ? 0 : t.numel(), "checkpoint tensor " + p.name);
   std::vector<double> hostd;
   hid_t type = H5T_NATIVE_FLOAT;
   const void* data = host.data();
   if (t.dtype == engine::DType::f64) {
-    hostd.resize(size_t(t.numel()));
+    hostd = host_buffer<double>(t.numel(), "checkpoint tensor " + p.name);
     engine::copy(engine::make_view(hostd.data(), p.local, engine::DType::f64, engine::Device::cpu), t);
     type = H5T_NATIVE_DOUBLE;
     data = hostd.data();
@@ -153,23 +176,85 @@ std::string write_slice(hid_t file, const std::string& path, const char* group, 
   return ok ? "" : failed;
 }
 
-std::map<std::string, std::string> parse_manifest(const fs::path& path) {
-  std::ifstream in(path);
-  MONTA_USER_CHECK(in.good(), "checkpoint manifest " + path.string() + " is missing");
+constexpr const char* kManifestChecksumKey = "manifest_checksum";
+
+// A checkpoint's manifest as read and checked: the metadata, the "file.rank_XXXXX.h5" entries, and whether it
+// predates the manifest checksum (written by an older monta: trusted as it stands, with a warning).
+struct Manifest {
+  CkptMeta meta;
+  std::map<std::string, std::string> files;
+  bool unchecked = false;
+};
+
+// Reads <dir>/manifest.txt; returns "" or the reason it cannot be used (never fails: a verdict is a value, so
+// `resume auto` can fall back to an older checkpoint). Every number is checked whole and for range, and the
+// manifest's checksum line covers every line above it, so a hand edit (step, loader position) is refused.
+std::string read_manifest(const fs::path& dir, Manifest& out) {
+  std::error_code ec;
+  if (!fs::exists(dir / "COMPLETE", ec)) return "incomplete (no COMPLETE marker)";
+  const fs::path path = dir / "manifest.txt";
+  std::ifstream in(path, std::ios::binary);
+  if (!in.good()) return "manifest.txt is missing or unreadable";
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return "manifest.txt cannot be read";
+  const std::string tag = std::string(kManifestChecksumKey) + " = ";
+  const size_t at = text.rfind("\n" + tag);
+  if (at == std::string::npos) {
+    out.unchecked = true;
+  } else {
+    std::string got = text.substr(at + 1 + tag.size());
+    while (!got.empty() && (got.back() == '\n' || got.back() == '\r')) got.pop_back();
+    if (got != strf("%016lx", (unsigned long)text_checksum(text.substr(0, at + 1))))
+      return "manifest.txt fails its checksum (edited by hand or corrupt)";
+    text.resize(at + 1);
+  }
   std::map<std::string, std::string> kv;
+  std::istringstream lines(text);
   std::string line;
-  while (std::getline(in, line)) {
+  while (std::getline(lines, line)) {
     auto eq = line.find(" = ");
     if (eq == std::string::npos) continue;
-    kv[line.substr(0, eq)] = line.substr(eq + 3);
+    const std::string key = line.substr(0, eq), value = line.substr(eq + 3);
+    if (key.rfind("file.", 0) == 0)
+      out.files[key.substr(5)] = value;
+    else
+      kv[key] = value;
   }
-  return kv;
-}
-
-std::string need_key(const std::map<std::string, std::string>& kv, const std::string& k, const fs::path& path) {
-  auto it = kv.find(k);
-  MONTA_USER_CHECK(it != kv.end(), "checkpoint manifest " + path.string() + " lacks '" + k + "' (corrupt?)");
-  return it->second;
+  std::string why;
+  auto field = [&](const char* key, int64_t lo, int64_t hi) -> int64_t {
+    if (!why.empty()) return 0;
+    auto it = kv.find(key);
+    if (it == kv.end()) {
+      why = strf("manifest.txt lacks '%s' (corrupt?)", key);
+      return 0;
+    }
+    auto v = engine::try_parse_int64(it->second);
+    if (!v || *v < lo || *v > hi) why = strf("manifest.txt has %s = '%s', not an integer in [%ld, %ld] (corrupt?)", key,
+                                             it->second.c_str(), (long)lo, (long)hi);
+    return v ? *v : 0;
+  };
+  constexpr int64_t kMax = INT64_MAX, kMaxRanks = 1 << 24;
+  CkptMeta& m = out.meta;
+  m.step = field("step", 0, kMax);
+  m.consecutive_skips = field("consecutive_skips", 0, kMax);
+  m.loader_epoch = field("loader_epoch", 0, kMax);
+  m.loader_sample = field("loader_sample", 0, kMax);
+  m.world = int(field("world", 1, kMaxRanks));
+  m.tp = int(field("tp", 1, kMaxRanks));
+  m.ep = int(field("ep", 1, kMaxRanks));
+  m.expert_tp = field("expert_tp", 0, 1) == 1;
+  if (!why.empty()) return why;
+  auto seed = kv.find("loader_seed");
+  if (seed == kv.end()) return "manifest.txt lacks 'loader_seed' (corrupt?)";
+  auto sv = engine::try_parse_uint64(seed->second);
+  if (!sv) return "manifest.txt has loader_seed = '" + seed->second + "', not an unsigned 64-bit integer (corrupt?)";
+  m.loader_seed = *sv;
+  auto sig = kv.find("signature");
+  if (sig == kv.end() || sig->second.empty()) return "manifest.txt lacks 'signature' (corrupt?)";
+  m.signature = sig->second;
+  for (int r = 0; r < m.world; ++r)
+    if (!out.files.count(rank_file(r))) return "manifest.txt lacks " + rank_file(r);
+  return "";
 }
 
 // One slice stored in a file: where it sits in the logical tensor.
@@ -223,7 +308,7 @@ int64_t read_intersection(hid_t file, const std::string& name, const std::vector
     H5Dclose(ds);
     return n;
   }
-  std::vector<double> buf(static_cast<size_t>(n));
+  std::vector<double> buf = host_buffer<double>(n, "checkpoint slice " + name);
   HDF5_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr));
   hid_t mem = H5Screate_simple(nd, count.data(), nullptr);
   MONTA_USER_CHECK(H5Dread(ds, H5T_NATIVE_DOUBLE, mem, space, H5P_DEFAULT, buf.data()) >= 0,
@@ -246,43 +331,61 @@ int64_t read_intersection(hid_t file, const std::string& name, const std::vector
   return n;
 }
 
+// N of a directory named step_N; -1 for anything else (step_N.tmp, other names, N beyond int64).
 int64_t step_of(const fs::path& p) {
   std::string n = p.filename().string();
   if (n.rfind("step_", 0) != 0) return -1;
   std::string digits = n.substr(5);
   if (digits.empty() || !std::all_of(digits.begin(), digits.end(), ::isdigit)) return -1;
-  return std::stoll(digits);
+  return engine::try_parse_int64(digits).value_or(-1);
 }
 
-// Checks COMPLETE, the manifest and every file's checksum; returns "" if intact, else the reason.
-std::string verify(const fs::path& dir) {
-  if (!fs::exists(dir / "COMPLETE")) return "incomplete (no COMPLETE marker)";
-  std::map<std::string, std::string> kv;
-  try {
-    kv = parse_manifest(dir / "manifest.txt");
-  } catch (const engine::Error& e) {
-    return e.what();
+// The step_N directories under root, newest first ({} when root is missing or unreadable). Names that look like
+// a step but are not one (step_<21 digits>) are skipped with a warning, never parsed into an exception.
+std::vector<std::pair<int64_t, fs::path>> list_steps(const fs::path& root, bool warn) {
+  std::vector<std::pair<int64_t, fs::path>> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    const fs::path p = it->path();
+    std::error_code dec;
+    if (!it->is_directory(dec)) continue;
+    const std::string n = p.filename().string();
+    if (step_of(p) >= 0)
+      out.push_back({step_of(p), p});
+    else if (warn && n.rfind("step_", 0) == 0 && n.find('.') == std::string::npos)
+      engine::log_warn("ignoring " + p.string() + ": not a checkpoint of this run (its step number is not a 64-bit integer)");
   }
-  auto it = kv.find("world");
-  if (it == kv.end()) return "manifest lacks 'world'";
-  int world = std::stoi(it->second);
-  for (int r = 0; r < world; ++r) {
-    auto f = kv.find("file." + rank_file(r));
-    if (f == kv.end()) return "manifest lacks " + rank_file(r);
+  std::sort(out.rbegin(), out.rend());
+  return out;
+}
+
+// Checks COMPLETE, the manifest and every file's size and checksum; returns "" if intact, else the reason.
+std::string verify(const fs::path& dir, Manifest* keep = nullptr) {
+  Manifest man;
+  std::string why = read_manifest(dir, man);
+  if (!why.empty()) return why;
+  for (int r = 0; r < man.meta.world; ++r) {
+    const std::string& entry = man.files[rank_file(r)];
+    const size_t sp = entry.find(' ');
+    auto want_bytes = sp == std::string::npos ? std::nullopt : engine::try_parse_int64(entry.substr(sp + 1));
+    if (!want_bytes) return "manifest.txt has a malformed entry for " + rank_file(r) + " (corrupt?)";
     fs::path path = dir / rank_file(r);
-    if (!fs::exists(path)) return rank_file(r) + " is missing";
     std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) return rank_file(r) + " is missing";
     const auto size = int64_t(fs::file_size(path, ec));
-    unsigned long want_sum = 0;
-    long want_bytes = -1;
-    std::sscanf(f->second.c_str(), "%lx %ld", &want_sum, &want_bytes);
-    if (!ec && size != want_bytes)
-      return strf("%s is truncated or altered (%ld bytes, the manifest says %ld)", rank_file(r).c_str(), size, want_bytes);
+    if (!ec && size != *want_bytes)
+      return strf("%s is truncated or altered (%ld bytes, the manifest says %ld)", rank_file(r).c_str(), size, *want_bytes);
     int64_t bytes = 0;
-    uint64_t sum = file_checksum(path.string(), &bytes);
-    if (strf("%016lx %ld", (unsigned long)sum, bytes) != f->second) return rank_file(r) + " fails its checksum (corrupt)";
+    auto sum = file_checksum(path.string(), &bytes);
+    if (!sum) return rank_file(r) + " cannot be read";
+    if (strf("%016lx %ld", (unsigned long)*sum, bytes) != entry) return rank_file(r) + " fails its checksum (corrupt)";
   }
+  if (keep) *keep = man;
   return "";
+}
+
+void warn_unchecked(const std::string& dir) {
+  engine::log_warn("checkpoint " + dir + " has no manifest checksum (written by an older monta); its manifest is trusted as it is");
 }
 
 }  // namespace
@@ -327,7 +430,9 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
   rename_or_fail(tmp, mine);
   test_hook_slow_save(rank, meta.step);
   int64_t bytes = 0;
-  uint64_t sum = file_checksum(mine.string(), &bytes);
+  const auto checked = file_checksum(mine.string(), &bytes);
+  MONTA_USER_CHECK(checked.has_value(), "cannot read back checkpoint file " + mine.string());
+  const uint64_t sum = *checked;
   std::vector<int64_t> all(size_t(2 * world));
   int64_t pair[2] = {int64_t(sum), bytes};
   if (par.world && world > 1)
@@ -344,6 +449,8 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
     for (int r = 0; r < world; ++r)
       m << "file." << rank_file(r) << " = "
         << strf("%016lx %ld", (unsigned long)uint64_t(all[size_t(2 * r)]), all[size_t(2 * r + 1)]) << "\n";
+    const uint64_t manifest_sum = text_checksum(m.str());  // over every line above its own
+    m << kManifestChecksumKey << " = " << strf("%016lx", (unsigned long)manifest_sum) << "\n";
     write_text_atomic(tmp_dir / "config.ini", config_ini);
     write_text_atomic(tmp_dir / "manifest.txt", m.str());
     write_text_atomic(tmp_dir / "COMPLETE", strf("%ld\n", meta.step));
@@ -352,11 +459,19 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
     fs::remove_all(final_dir, ec);
     rename_or_fail(tmp_dir, final_dir);
     fsync_path(root.string(), true);
-    // Rotation: keep the newest `keep` complete checkpoints.
+    // Rotation: the checkpoint just written is the run's newest; keep it and the `keep` - 1 before it. Complete
+    // checkpoints of higher steps are from an earlier timeline (a run started over with checkpoint.overwrite, or
+    // resumed from an older checkpoint): left in place, `resume auto` would pick them over this run's latest.
     std::vector<std::pair<int64_t, fs::path>> done;
-    for (auto& e : fs::directory_iterator(root))
-      if (e.is_directory() && step_of(e.path()) >= 0 && fs::exists(e.path() / "COMPLETE")) done.push_back({step_of(e.path()), e.path()});
-    std::sort(done.rbegin(), done.rend());
+    for (auto& [step, path] : list_steps(root, false)) {
+      if (!fs::exists(path / "COMPLETE", ec)) continue;
+      if (step <= meta.step) {
+        done.push_back({step, path});
+        continue;
+      }
+      engine::log_warn("removing checkpoint " + path.string() + ": newer than this run's latest save (an earlier run's)");
+      fs::remove_all(path, ec);
+    }
     for (size_t i = size_t(keep); i < done.size(); ++i) fs::remove_all(done[i].second, ec);
   }
   if (par.world) par.world->barrier();
@@ -364,52 +479,103 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
 }
 
 std::string ckpt_find_latest(const std::string& run_dir) {
-  const fs::path root = fs::path(run_dir) / "checkpoints";
-  if (!fs::exists(root)) return "";
-  std::vector<std::pair<int64_t, fs::path>> cands;
-  for (auto& e : fs::directory_iterator(root))
-    if (e.is_directory() && step_of(e.path()) >= 0) cands.push_back({step_of(e.path()), e.path()});
-  std::sort(cands.rbegin(), cands.rend());
-  for (auto& [step, path] : cands) {
-    std::string why = verify(path);
-    if (why.empty()) return path.string();
+  for (auto& [step, path] : list_steps(fs::path(run_dir) / "checkpoints", true)) {
+    Manifest man;
+    std::string why = verify(path, &man);
+    if (why.empty()) {
+      if (man.unchecked) warn_unchecked(path.string());
+      return path.string();
+    }
     engine::log_warn("skipping checkpoint " + path.string() + ": " + why);
   }
   return "";
 }
 
+std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& resume, bool overwrite,
+                                const std::string& signature, CkptMeta* meta) {
+  const fs::path root = fs::path(run_dir) / "checkpoints";
+  std::error_code ec;
+  const bool present = fs::exists(root, ec);
+  MONTA_USER_CHECK(!present || fs::is_directory(root, ec),
+                   "cannot use checkpoint directory " + root.string() + ": it exists and is not a directory; move it away");
+  const auto steps = present ? list_steps(root, resume.empty() || resume == "auto")
+                             : std::vector<std::pair<int64_t, fs::path>>{};
+  CkptMeta m;
+  std::string chosen;
+  if (!resume.empty() && resume != "auto") {
+    m = ckpt_check(resume, signature);
+    // An older checkpoint of this very run directory: the first save would remove the newer ones (Rotation).
+    std::error_code e1, e2;
+    if (!overwrite && fs::weakly_canonical(fs::path(resume), e1).parent_path() == fs::weakly_canonical(root, e2)) {
+      std::string newer;
+      for (auto& [step, path] : steps)
+        if (step > m.step && newer.empty() && fs::exists(path / "COMPLETE", ec)) newer = path.string();
+      MONTA_USER_CHECK(newer.empty(), "continuing from " + resume + " would remove the newer checkpoints of this run " +
+                                          "directory at its first save (newest " + newer + "); pass " +
+                                          "--checkpoint.overwrite true to go on, or resume into another train.run_dir");
+    }
+    chosen = resume;
+  } else if (!steps.empty()) {
+    const std::string newest = steps.front().second.string();
+    MONTA_USER_CHECK(resume == "auto" || overwrite,
+                     "run directory " + run_dir + " holds checkpoints (newest " + newest +
+                         "); continue them with --checkpoint.resume auto, or start a new run with another train.run_dir "
+                         "(--checkpoint.overwrite true replaces them)");
+    if (resume == "auto") chosen = ckpt_find_latest(run_dir);
+    MONTA_USER_CHECK(!chosen.empty() || overwrite,
+                     strf("--checkpoint.resume auto: none of the %zu checkpoints under %s is usable (see the warnings "
+                          "above; newest %s); repair or move them, or pass --checkpoint.overwrite true to start afresh "
+                          "over them",
+                          steps.size(), root.string().c_str(), newest.c_str()));
+    if (chosen.empty())
+      engine::log_warn(strf("checkpoint.overwrite: starting afresh; the %zu checkpoints under %s (newest %s) are "
+                            "removed at the first save",
+                            steps.size(), root.string().c_str(), newest.c_str()));
+    if (!chosen.empty()) {
+      m = ckpt_read_meta(chosen);  // its files were just verified by ckpt_find_latest
+      MONTA_USER_CHECK(signature.empty() || m.signature == signature,
+                       "checkpoint " + (fs::path(chosen) / "manifest.txt").string() + " is of another model (" +
+                           m.signature + ") than the config (" + signature + ")");
+    }
+  }
+  if (meta) *meta = m;
+  return chosen;
+}
+
+std::optional<std::string> ckpt_problem(const std::string& dir, const std::string& signature) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return "checkpoint directory " + dir + " does not exist";
+  if (!fs::exists(fs::path(dir) / "COMPLETE", ec)) return "checkpoint " + dir + " is incomplete (no COMPLETE marker)";
+  Manifest man;
+  std::string why = verify(dir, &man);
+  if (!why.empty()) return "checkpoint " + dir + " cannot be loaded: " + why;
+  if (!signature.empty() && man.meta.signature != signature)
+    return "checkpoint " + (fs::path(dir) / "manifest.txt").string() + " is of another model (" + man.meta.signature +
+           ") than the config (" + signature + ")";
+  if (man.unchecked) warn_unchecked(dir);
+  return std::nullopt;
+}
+
+void ckpt_check_intact(const std::string& dir) {
+  auto problem = ckpt_problem(dir, "");
+  if (problem) engine::fail_user(*problem);
+}
+
 CkptMeta ckpt_read_meta(const std::string& dir) {
   const fs::path d = dir;
-  MONTA_USER_CHECK(fs::is_directory(d), "checkpoint directory " + dir + " does not exist");
-  MONTA_USER_CHECK(fs::exists(d / "COMPLETE"), "checkpoint " + dir + " is incomplete (no COMPLETE marker)");
-  auto kv = parse_manifest(d / "manifest.txt");
-  const fs::path mp = d / "manifest.txt";
-  CkptMeta m;
-  try {
-    m.step = std::stoll(need_key(kv, "step", mp));
-    m.consecutive_skips = std::stoll(need_key(kv, "consecutive_skips", mp));
-    m.loader_seed = std::stoull(need_key(kv, "loader_seed", mp));
-    m.loader_epoch = std::stoll(need_key(kv, "loader_epoch", mp));
-    m.loader_sample = std::stoll(need_key(kv, "loader_sample", mp));
-    m.world = std::stoi(need_key(kv, "world", mp));
-    m.tp = std::stoi(need_key(kv, "tp", mp));
-    m.ep = std::stoi(need_key(kv, "ep", mp));
-    m.expert_tp = need_key(kv, "expert_tp", mp) == "1";
-  } catch (const std::logic_error&) {
-    engine::fail_user("checkpoint manifest " + mp.string() + " has a malformed number (corrupt?)");
-  }
-  m.signature = need_key(kv, "signature", mp);
-  return m;
+  std::error_code ec;
+  MONTA_USER_CHECK(fs::is_directory(d, ec), "checkpoint directory " + dir + " does not exist");
+  Manifest man;
+  std::string why = read_manifest(d, man);
+  if (why == "incomplete (no COMPLETE marker)") engine::fail_user("checkpoint " + dir + " is " + why);
+  MONTA_USER_CHECK(why.empty(), "checkpoint " + dir + " cannot be loaded: " + why);
+  return man.meta;
 }
 
 CkptMeta ckpt_check(const std::string& dir, const std::string& signature) {
-  CkptMeta meta = ckpt_read_meta(dir);
-  const std::string mp = (fs::path(dir) / "manifest.txt").string();
-  MONTA_USER_CHECK(meta.signature == signature, "checkpoint " + mp + " is of another model (" + meta.signature +
-                                                    ") than the config (" + signature + ")");
-  std::string why = verify(dir);
-  MONTA_USER_CHECK(why.empty(), "checkpoint " + dir + " cannot be loaded: " + why);
-  return meta;
+  auto problem = ckpt_problem(dir, signature);
+  if (problem) engine::fail_user(*problem);
+  return ckpt_read_meta(dir);
 }
 
 CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string& signature, bool check) {
@@ -425,7 +591,7 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
   for (auto& p : params.all()) {
     const int64_t n = p.master.numel();
     for (const char* g : kGroups) {
-      std::vector<double> host(static_cast<size_t>(n), 0.0);
+      std::vector<double> host = host_buffer<double>(n, "checkpoint tensor " + p.name);
       int64_t got = 0;
       for (hid_t f : files) got += read_intersection(f, std::string(g) + "/" + p.name, p.offset, p.local, host.data());
       MONTA_USER_CHECK(got == n, strf("checkpoint %s covers %ld of the %ld elements of %s/%s on this rank", dir.c_str(),
@@ -444,11 +610,38 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
   return meta;
 }
 
-void ckpt_export(const std::string& dir, const std::string& out_path) {
+std::string ckpt_dir_containing(const std::string& path) {
+  std::error_code ec;
+  fs::path p = fs::weakly_canonical(fs::absolute(path, ec), ec);
+  if (ec) return "";
+  for (fs::path a = p.parent_path(); !a.empty(); a = a.parent_path()) {
+    std::error_code e;
+    const std::string name = a.filename().string();
+    const bool manifest = fs::exists(a / "manifest.txt", e);  // alone, a common name: with COMPLETE or a shard
+    if ((manifest && (fs::exists(a / "COMPLETE", e) || fs::exists(a / rank_file(0), e))) ||
+        (name.rfind("step_", 0) == 0 && a.parent_path().filename() == "checkpoints"))
+      return a.string();
+    if (a == a.root_path()) break;
+  }
+  return "";
+}
+
+namespace {
+
+// ckpt_export without its guard against running out of host memory.
+void export_full_tensors(const std::string& dir, const std::string& out_path, bool force) {
   static Hdf5Quiet quiet;
+  std::vector<std::string> inputs;
+  {
+    auto problem = ckpt_problem(dir, "");
+    if (problem) engine::fail_user(*problem);
+  }
   CkptMeta meta = ckpt_read_meta(dir);
-  std::string why = verify(dir);
-  MONTA_USER_CHECK(why.empty(), "checkpoint " + dir + " cannot be exported: " + why);
+  for (int r = 0; r < meta.world; ++r) inputs.push_back((fs::path(dir) / rank_file(r)).string());
+  const std::string inside = ckpt_dir_containing(out_path);
+  MONTA_USER_CHECK(inside.empty(), "--out " + out_path + " lies inside the checkpoint directory " + inside +
+                                       "; write the export outside it");
+  engine::check_output_file(out_path, inputs, force, "--out");
   std::vector<hid_t> files;
   for (int r = 0; r < meta.world; ++r) {
     std::string path = (fs::path(dir) / rank_file(r)).string();
@@ -474,31 +667,61 @@ void ckpt_export(const std::string& dir, const std::string& out_path) {
     }
     H5Gclose(g);
   }
-  std::string tmp = out_path + ".tmp";
+  const std::string tmp = out_path + strf(".tmp.%d", int(::getpid()));
   hid_t out = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
   MONTA_USER_CHECK(out >= 0, "cannot create " + tmp + " (directory missing or not writable?)");
   hid_t dcpl = dcpl_no_times();
   for (auto& [name, full] : shapes) {
     int64_t n = 1;
     for (int64_t v : full) n *= v;
-    std::vector<double> host(static_cast<size_t>(n), 0.0);
+    std::vector<double> host = host_buffer<double>(n, "tensor " + name);
     int64_t got = 0;
     std::vector<int64_t> zero(full.size(), 0);
     for (hid_t f : files) got += read_intersection(f, "master/" + name, zero, full, host.data());
-    MONTA_USER_CHECK(got == n, "checkpoint " + dir + " does not cover all of " + name);
+    if (got != n) {
+      H5Fclose(out);
+      std::remove(tmp.c_str());
+      engine::fail_user("checkpoint " + dir + " does not cover all of " + name);
+    }
     std::vector<float> fl(host.begin(), host.end());
     std::vector<hsize_t> dims(full.begin(), full.end());
     hid_t sp = H5Screate_simple(int(dims.size()), dims.data(), nullptr);
     hid_t ds = H5Dcreate2(out, name.c_str(), H5T_NATIVE_FLOAT, sp, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-    MONTA_USER_CHECK(ds >= 0 && H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, fl.data()) >= 0,
-                     "cannot write " + name + " to " + tmp + " (disk full?)");
-    H5Dclose(ds);
+    const bool ok = ds >= 0 && H5Dwrite(ds, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, fl.data()) >= 0;
+    if (ds >= 0) H5Dclose(ds);
+    if (!ok) {
+      H5Sclose(sp);
+      H5Fclose(out);
+      std::remove(tmp.c_str());
+      engine::fail_user("cannot write " + name + " to " + tmp + " (disk full?)");
+    }
     H5Sclose(sp);
   }
   H5Pclose(dcpl);
-  MONTA_USER_CHECK(H5Fclose(out) >= 0, "cannot close " + tmp + " (disk full?)");
   for (hid_t f : files) H5Fclose(f);
-  rename_or_fail(tmp, out_path);
+  if (H5Fclose(out) < 0) {
+    std::remove(tmp.c_str());
+    engine::fail_user("cannot close " + tmp + " (disk full?)");
+  }
+  fsync_path(tmp, false);
+  std::error_code ec;
+  fs::rename(tmp, out_path, ec);
+  if (ec) {
+    std::remove(tmp.c_str());
+    engine::fail_user("cannot rename " + tmp + " to " + out_path + ": " + ec.message());
+  }
+}
+
+}  // namespace
+
+void ckpt_export(const std::string& dir, const std::string& out_path, bool force) {
+  try {
+    export_full_tensors(dir, out_path, force);
+  } catch (const std::bad_alloc&) {
+    std::remove((out_path + strf(".tmp.%d", int(::getpid()))).c_str());
+    engine::fail_user("monta export: a tensor of checkpoint " + dir + " does not fit in this host's memory (export holds "
+                      "one full tensor at a time, in double precision)");
+  }
 }
 
 }  // namespace monta::model

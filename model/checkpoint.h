@@ -5,6 +5,7 @@
 // for each local slice, the hyperslabs of whichever files hold it, so a checkpoint loads into any layout.
 #pragma once
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,17 +32,40 @@ std::string model_signature(const ModelConfig& m);
 std::string ckpt_save(const std::string& run_dir, const ParamStore& params, const ParallelContext& par,
                       const CkptMeta& meta, const std::string& config_ini, int64_t keep);
 // Newest complete and intact checkpoint under <run_dir>/checkpoints ("" if none); incomplete or corrupt ones
-// are skipped with a warning.
+// are skipped with a warning. Never fails.
 std::string ckpt_find_latest(const std::string& run_dir);
+// What `monta train` starts from, decided before anything is written: "" (a fresh start) or a checkpoint
+// directory whose files are intact and (with a non-empty signature) of that model. resume is
+// checkpoint.resume: "" (fresh), "auto" or a directory. User errors, unless `overwrite`:
+//   fresh start while <run_dir>/checkpoints holds checkpoints (naming the newest and the two ways on);
+//   "auto" while checkpoints exist but none is usable (a fresh start only when there are none at all).
+//   an explicit directory of this run directory older than its newest complete checkpoint (the first save
+//   would remove the newer ones).
+// Always a user error: <run_dir>/checkpoints not a directory; an explicit directory that is not usable or (with
+// a non-empty signature) of another model.
+// `meta` (if given) receives the chosen checkpoint's metadata.
+std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& resume, bool overwrite,
+                                const std::string& signature = "", CkptMeta* meta = nullptr);
+// The verdict on one checkpoint: nullopt when it is complete, intact (manifest checksum, every file's size and
+// checksum) and of the model `signature` ("" skips that check); else one sentence naming the directory and
+// the reason. Never ends the process.
+std::optional<std::string> ckpt_problem(const std::string& dir, const std::string& signature);
+// ckpt_problem(dir, "") as a user error.
+void ckpt_check_intact(const std::string& dir);
 // Reads and checks a checkpoint's manifest (user error naming the file and the reason when it is not usable).
 CkptMeta ckpt_read_meta(const std::string& dir);
-// Reads the manifest and checks the model signature, the completion marker, every file's size and checksum
-// (user error naming the file and the reason). Touches nothing; `train` calls it before writing anything.
+// ckpt_problem(dir, signature) as a user error, then the metadata. Touches nothing; `train` calls it before
+// writing anything.
 CkptMeta ckpt_check(const std::string& dir, const std::string& signature);
 // Loads every local slice (any source layout); returns the metadata. check = false skips ckpt_check when the
 // caller has just run it (the checksums read every file of the checkpoint).
 CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string& signature, bool check = true);
-// Writes one HDF5 file of full logical tensors named like the model's parameters (single process).
-void ckpt_export(const std::string& dir, const std::string& out_path);
+// Writes one HDF5 file of full logical tensors named like the model's parameters (single process), through a
+// temporary file renamed into place. Refuses (user error) an out_path inside a checkpoint directory, onto a
+// file of the checkpoint, or over an existing file unless `force`.
+void ckpt_export(const std::string& dir, const std::string& out_path, bool force = false);
+// The checkpoint directory that `path` lies in ("" if none): an ancestor holding COMPLETE or manifest.txt, or
+// named checkpoints/step_*. Outputs of export and prepare-data must not land there.
+std::string ckpt_dir_containing(const std::string& path);
 
 }  // namespace monta::model

@@ -48,6 +48,7 @@ struct DataConfig {
 struct CheckpointConfig {
   int64_t interval = 0, keep = 2;
   std::string resume;  // "", "auto" or a checkpoint directory
+  bool overwrite = false;  // a fresh start may replace the checkpoints already in the run directory
 };
 
 struct CommConfig {

@@ -124,6 +124,8 @@ void visit_config_keys(ConfigT& c, F&& f) {
   f("checkpoint.keep", c.checkpoint.keep, "newest checkpoints kept; older ones are deleted", closed(1, kInt32));
   f("checkpoint.resume", c.checkpoint.resume, "\"\": start fresh; auto: newest complete checkpoint; or a directory",
     any());
+  f("checkpoint.overwrite", c.checkpoint.overwrite,
+    "let a fresh run (or an older explicit resume) write over the run directory's checkpoints", any());
   f("comm.exchange", c.comm.exchange, "MoE token exchange strategy (auto: the cost model picks, then verifies)",
     choices("duplicate|drop_gather|pipelined|overlapped|auto"));
   f("comm.chunks", c.comm.chunks, "capacity chunks of the pipelined and overlapped exchanges", closed(1, 64));

@@ -49,7 +49,10 @@ void Trainer::build_buckets() {
   // between tensors is zeroed with the arena, so summing it is harmless). Experts whole on every TP rank
   // (expert_tp off) see the same tokens there and hold identical gradients, so only expert-DP replicas are summed.
   auto group_of = [&](const std::string& name) {
-    if (name.rfind("layers.", 0) == 0) return engine::parse_int(name.substr(7, name.find('.', 7) - 7), "layer of " + name);
+    if (name.rfind("layers.", 0) == 0) {  // "layers.<i>.<tensor>": names this code made, so <i> parses
+      const std::string rest = name.substr(7);
+      return engine::parse_int(rest.substr(0, rest.find('.')), "layer index of parameter " + name);
+    }
     return name == "embed" ? -1 : int(cfg_.model.layers);
   };
   for (auto& p : params_->all()) {

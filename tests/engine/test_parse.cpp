@@ -41,3 +41,12 @@ TEST(Parse, RealsAndLists) {
   EXPECT_THROW(parse_int_list("1,,4", "x"), Error);
   EXPECT_THROW(parse_int_list("1,x", "x"), Error);
 }
+
+TEST(Parse, Unsigned64) {
+  EXPECT_EQ(try_parse_uint64("18446744073709551615"), UINT64_MAX);
+  EXPECT_FALSE(try_parse_uint64("18446744073709551616"));  // overflow
+  EXPECT_FALSE(try_parse_uint64("-1"));
+  EXPECT_FALSE(try_parse_uint64("+1"));
+  EXPECT_FALSE(try_parse_uint64("12x"));
+  EXPECT_FALSE(try_parse_uint64(""));
+}

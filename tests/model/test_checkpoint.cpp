@@ -189,3 +189,57 @@ TEST(Checkpoint, RotationKeepsNewest) {
   EXPECT_EQ(n, 2);
   EXPECT_EQ(model::ckpt_read_meta(model::ckpt_find_latest(r.dir.string())).step, 4);
 }
+
+// Checking a checkpoint returns a verdict and never ends the process (resume auto falls back on it); the manifest
+// is covered by its own checksum; resolving what to resume refuses to lose checkpoints.
+TEST(Checkpoint, VerdictsAndResumeResolution) {
+  engine::install_throwing_handler();
+  CkptRun r("verdict");
+  model::ParallelContext par;
+  model::Trainer t(r.c, par, engine::Device::cpu);
+  data::TokenLoader l(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
+  const std::string sig = model::model_signature(r.c.model), run = r.dir.string();
+  EXPECT_EQ(model::ckpt_resolve_resume(run, "", false), "");      // no checkpoints: a fresh start
+  EXPECT_EQ(model::ckpt_resolve_resume(run, "auto", false), "");  // the same for auto
+  run_steps(t, l, 1, nullptr);
+  std::string good = model::ckpt_save(run, t.params(), par, r.meta(t, l), "", 5);
+  run_steps(t, l, 1, nullptr);
+  std::string bad = model::ckpt_save(run, t.params(), par, r.meta(t, l), "", 5);
+  EXPECT_FALSE(model::ckpt_problem(good, sig));
+  EXPECT_TRUE(model::ckpt_problem(good, "vocab=1"));
+  // A fresh start over checkpoints is refused, naming the newest; overwrite allows it.
+  try {
+    model::ckpt_resolve_resume(run, "", false);
+    FAIL();
+  } catch (const engine::Error& e) {
+    EXPECT_TRUE(e.user);
+    EXPECT_NE(std::string(e.what()).find("holds checkpoints (newest " + bad + ")"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(model::ckpt_resolve_resume(run, "", true), "");
+  // A hand-edited manifest fails its checksum: a verdict, and auto falls back.
+  const fs::path man = fs::path(bad) / "manifest.txt";
+  std::string text;
+  {
+    std::ifstream in(man);
+    text.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  std::string edited = text;
+  edited.replace(edited.find("step = 2"), 8, "step = 9");
+  std::ofstream(man) << edited;
+  auto verdict = model::ckpt_problem(bad, sig);
+  ASSERT_TRUE(verdict);
+  EXPECT_NE(verdict->find("fails its checksum"), std::string::npos) << *verdict;
+  EXPECT_EQ(model::ckpt_resolve_resume(run, "auto", false), good);
+  // A deleted manifest: the same.
+  fs::remove(man);
+  ASSERT_TRUE(model::ckpt_problem(bad, sig));
+  EXPECT_EQ(model::ckpt_resolve_resume(run, "auto", false), good);
+  EXPECT_THROW(model::ckpt_resolve_resume(run, bad, false), engine::Error);
+  // Every checkpoint broken: auto refuses instead of starting over them.
+  fs::remove(fs::path(good) / "manifest.txt");
+  EXPECT_THROW(model::ckpt_resolve_resume(run, "auto", false), engine::Error);
+  EXPECT_EQ(model::ckpt_resolve_resume(run, "auto", true), "");
+  // A directory named like a step that no int64 holds is not a checkpoint, not a crash.
+  fs::create_directories(r.dir / "checkpoints" / "step_123456789012345678901");
+  EXPECT_EQ(model::ckpt_find_latest(run), "");
+}

@@ -51,9 +51,9 @@ case $case_ in
     touch "$w/file"
     expect_error "cannot create run directory '$w/file/run'" train "$w/file/run" --train.steps 1 ;;
   ckptdir_unwritable)
-    # The run directory works but checkpoints/ is a file: the first save fails, naming the directory.
+    # The run directory works but checkpoints/ is a file: refused before step 1, naming it.
     rm -rf "$run/checkpoints"; touch "$run/checkpoints"
-    expect_error "cannot create checkpoint directory $run/checkpoints/step_00000001.tmp" train "$run" --train.steps 2 --checkpoint.interval 1 ;;
+    expect_error "cannot use checkpoint directory $run/checkpoints: it exists and is not a directory" train "$run" --train.steps 2 --checkpoint.interval 1 ;;
   disk_full)
     # A file-size limit makes writes past 2.5 MB fail (EFBIG) as a full disk would; the 3 MB shard cannot be
     # written. The error names the file; the step-4 checkpoint is still the newest complete one afterwards.
