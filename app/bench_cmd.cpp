@@ -369,13 +369,9 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
   Tensor a = B.make({M, M}, act), w = B.make({M, M}, act, 0.01), out = B.make({M, M}, act);
   const double gemm_ms = time_ms(dev, 2, iters, [&] { linear_forward(out, a, w); });
   const double gemm_tflops = 2.0 * M * M * M / (gemm_ms * 1e-3) / 1e12;
-  // Model FLOPs of one layer on one sequence, forward + backward (3x forward for GEMMs; attention backward 2.5x
-  // forward), and the share of them each GPU does: the tp ranks of a DP group split one sequence.
-  const double N = double(s.N), H = double(s.H), D = double(s.D);
-  const double proj = 2.0 * N * H * (2.0 * double(s.A) * D + 2.0 * double(s.G) * D);
-  const double experts = 2.0 * N * double(m.top_k) * 3.0 * H * double(m.ffn) + 2.0 * N * H * double(s.E);
-  const double attn = 2.0 * double(S) * double(S) * H;
-  const double flops = (3.0 * (proj + experts) + 3.5 * attn) / o.tp;
+  // FLOPs of one layer's forward + backward on the micro-batch as the kernels execute them (model::FlopCount::executed),
+  // and the share each GPU does: the tp ranks of a DP group split one micro-batch.
+  const double flops = model::layer_train_flops_per_token(m, model::FlopCount::executed) * double(s.N) / o.tp;
   std::vector<Row> rows;
   rows.push_back({"ceiling: GEMM", strf("%ldx%ldx%ld", M, M, M), gemm_ms, gemm_tflops, 0, 2.0 * M * M * M, 0});
   std::string extra, breakdowns;
@@ -399,9 +395,9 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
                                        ? strf(" n%d", chunks).c_str()
                                        : "");
     rows.push_back({label, shape, ms, flops / (ms * 1e-3) / 1e12, 0, flops, 0});
-    if (world == 1) {  // the forward alone, for where the time goes (a third of the FLOPs, 1/3.5 of attention's)
+    if (world == 1) {  // the forward alone, for where the time goes (FlopCount::forward)
       const double fwd_ms = time_ms(dev, 1, iters, [&] { model.bench_layer(0, false); });
-      const double fwd_flops = (proj + experts + attn) / o.tp;
+      const double fwd_flops = model::layer_train_flops_per_token(m, model::FlopCount::forward) * double(s.N) / o.tp;
       rows.push_back({"layer fwd only", shape, fwd_ms, fwd_flops / (fwd_ms * 1e-3) / 1e12, 0, fwd_flops, 0});
       // As on a later micro-batch of a step: the weight gradients are added to, not written (GEMMs with beta 1).
       const double acc_ms = time_ms(dev, 1, iters, [&] { model.bench_layer(0, true, true); });

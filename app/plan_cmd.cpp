@@ -15,6 +15,7 @@
 #include "engine/check.h"
 #include "engine/log.h"
 #include "model/config.h"
+#include "model/footprint.h"
 
 namespace po = boost::program_options;
 
@@ -183,6 +184,10 @@ int cmd_plan(int argc, char** argv) {
   opt.layout_allowed = [&cfg](int tp, int ep, bool expert_tp) {
     return model::layout_problem(cfg, tp, ep, expert_tp, 0).empty();
   };
+  pm.footprint = [&cfg](int tp, int ep, bool expert_tp, int dp) {
+    const model::RankFootprint f = model::rank_footprint(cfg, tp, ep, expert_tp, dp, engine::Device::cuda);
+    return comm::PlanModel::Footprint{double(f.params - f.expert_params), double(f.expert_params), f.total()};
+  };
   const comm::Plan plan = comm::make_plan(cl, pm, opt);
 
   engine::log_info(engine::strf(
@@ -194,7 +199,8 @@ int cmd_plan(int argc, char** argv) {
       "model %s: H %ld, L %ld, E %ld, top-%ld, S %ld, cf %.2f, micro-batch %ld, global batch %ld (bf16 exchange)",
       config.empty() ? "(defaults)" : config.c_str(), long(m.hidden), long(m.layers), long(m.experts), long(m.top_k),
       long(m.seq_len), m.capacity_factor, long(cfg.train.micro_batch), long(cfg.train.global_batch)));
-  engine::log_info("memory: 18 B/parameter + activations (docs/cost_model.md); times per optimizer step; exch ms = one "
+  engine::log_info("memory: weights, gradients, AdamW, bf16 copy and activations as the trainer allocates them "
+                   "(model::rank_footprint, as --dry-run prints); times per optimizer step; exch ms = one "
                    "dispatch or combine call; exch s = 4 calls x layers x micro-steps, less what the experts hide (overlapped)\n");
   engine::log_info(comm::format_plan(plan, size_t(top)));
   if (plan.best >= 0) {
@@ -208,7 +214,7 @@ int cmd_plan(int argc, char** argv) {
                                   b.comm_s, b.step_s));
   } else {
     engine::log_info(engine::strf(
-        "pick: none - no layout fits in %.0f GiB per GPU under the 18 B/parameter model (monta does not shard optimizer "
+        "pick: none - no layout fits in %.0f GiB per GPU as the trainer allocates (monta does not shard optimizer "
         "state); the table still ranks them by predicted step time (by communication without a TFLOP/s figure)",
         cl.gpu_mem_gib));
   }

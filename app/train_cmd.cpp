@@ -27,6 +27,7 @@
 #include "engine/memory.h"
 #include "engine/parse.h"
 #include "model/checkpoint.h"
+#include "model/footprint.h"
 #include "model/run_dir.h"
 #include "model/trainer.h"
 
@@ -47,7 +48,7 @@ engine::Device pick_device(const std::string& want) {
   return gpu ? engine::Device::cuda : engine::Device::cpu;
 }
 
-void print_sizes(const model::Config& c, int world) {
+void print_sizes(const model::Config& c, int world, engine::Device device) {
   auto sz = model::model_size(c.model);
   const bool big = sz.total >= 1000000000;
   const double u = big ? 1e9 : 1e6;
@@ -56,22 +57,13 @@ void print_sizes(const model::Config& c, int world) {
                 double(sz.total) / u, un, double(sz.expert) / u, un, double(sz.embedding) / u, un,
                 double(sz.active_per_token) / u, un));
   const int tp = c.parallel.tp, ep = c.parallel.ep;
-  // Per-rank parameter count of this layout: non-expert params split over TP, experts over EP (and TP).
-  double expert_local = double(sz.expert) / ep / (c.parallel.expert_tp ? tp : 1);
-  double dense_local = double(sz.total - sz.expert) / tp;
-  double params = expert_local + dense_local;
-  // fp32 master + fp32 grad + 2 fp32 moments (+ bf16 compute copy on the GPU): 18 bytes per parameter.
-  double state_gib = params * 18.0 / double(1 << 30);
-  model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, tp, ep, std::max(1, world / tp), c.parallel.expert_tp);
-  double el = 2.0;  // bf16 activations
-  double per_layer = el * (double(s.N) * double(s.H) * 5 + double(s.N) * double(s.A_l + 2 * s.G_l) * double(s.D) * 2 +
-                           double(s.E) * double(s.C) * double(s.H) * 2 + 3.0 * double(s.E_l * s.EC * s.F_l) +
-                           2.0 * double(s.E_l * s.EC * s.H));
-  double act_gib = per_layer * double(c.model.layers) / double(1 << 30);
-  log_info(strf("per rank (tp %d, ep %d%s): %.3f %s parameters, %.3f GiB weights+grads+AdamW, ~%.3f GiB saved "
-                "activations (micro-batch %ld, capacity %ld)",
-                tp, ep, c.parallel.expert_tp ? ", experts TP-split" : "", params / u, un, state_gib, act_gib,
-                c.train.micro_batch, s.C));
+  const model::RankFootprint f = model::rank_footprint(c, tp, ep, c.parallel.expert_tp, std::max(1, world / tp), device);
+  const double gib = double(1 << 30);
+  log_info(strf("per rank (tp %d, ep %d%s, %s): %.3f %s parameters; %.3f GiB weights+grads+AdamW%s, %.3f GiB "
+                "activations (micro-batch %ld): %.3f GiB in all",
+                tp, ep, c.parallel.expert_tp ? ", experts TP-split" : "", engine::device_name(device),
+                double(f.params) / u, un, f.state() / gib, f.compute_copy > 0 ? " (+ bf16 copy)" : "",
+                f.activations / gib, c.train.micro_batch, f.total() / gib));
 }
 
 // Slurm sends SIGUSR1 (with --signal) before the time limit and SIGTERM at it: finish the step, save, and
@@ -147,7 +139,7 @@ int cmd_train(int argc, char** argv) {
   if (pc.dry_run) {  // sizes for the smallest world the layout allows (tp · ep), whatever this launch's size
     model::validate(c, 0);
     log_info("monta train --dry-run: resolved config\n" + config_table(c));
-    print_sizes(c, c.parallel.tp * c.parallel.ep);
+    print_sizes(c, c.parallel.tp * c.parallel.ep, c.train.device == "cpu" ? engine::Device::cpu : engine::Device::cuda);
     comm::runtime_finalize();
     return 0;
   }
@@ -159,7 +151,7 @@ int cmd_train(int argc, char** argv) {
   const int world = ps.ctx.world ? ps.ctx.world->size() : 1;
   const int rank = ps.ctx.world ? ps.ctx.world->rank() : 0;
   log_info("monta train: resolved config\n" + config_table(c));
-  print_sizes(c, world);
+  print_sizes(c, world, device);
   {
     const engine::StartupPhase phase("MoE exchange set-up (" + c.comm.exchange + ")");
     attach_exchange(ps, c, device, device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32);

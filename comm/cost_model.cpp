@@ -43,7 +43,7 @@ double all_reduce_time(const LinkModel& l, double M, int n, bool spans_nodes) {
 }
 
 int64_t capacity_of(int64_t tokens, int64_t top_k, int64_t experts, double capacity_factor, int64_t min_capacity) {
-  // Same as model::expert_capacity: max(min_capacity, ceil(capacity_factor · tokens · top_k / experts)).
+  // The one capacity rule (model::expert_capacity calls this): max(min_capacity, ceil(cf · tokens · top_k / experts)).
   const int64_t c = int64_t(std::ceil(capacity_factor * double(tokens) * double(top_k) / double(experts)));
   return std::max(min_capacity, c);
 }

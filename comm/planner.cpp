@@ -18,44 +18,13 @@ std::vector<int> divisors(int n) {
   return d;
 }
 
-int64_t kv_heads_local(const PlanModel& m, int tp) { return std::max<int64_t>(1, m.kv_heads / tp); }
-
-// Parameters outside the experts held by one GPU (the dense, DP-replicated ones).
-double dense_params(const PlanModel& m, int tp) {
-  const double H = double(m.hidden), D = double(m.hidden) / double(m.heads), L = double(m.layers);
-  const double attn = H * double(m.heads / tp) * D * 2 + 2 * H * double(kv_heads_local(m, tp)) * D;  // q, o; k, v
-  const double norms_router = 2 * H + double(m.experts) * H;
-  return L * (attn + norms_router) + H + 2.0 * double(m.vocab) * H / tp;  // final norm, embedding + LM head
-}
-
-double expert_params(const PlanModel& m, int tp, int ep, bool expert_tp) {
-  return double(m.layers) * double(m.experts / ep) * 3.0 * double(m.hidden) * double(m.ffn) / (expert_tp ? tp : 1);
-}
-
 }  // namespace
-
-double params_per_gpu(const PlanModel& m, int tp, int ep, bool expert_tp) {
-  return dense_params(m, tp) + expert_params(m, tp, ep, expert_tp);
-}
-
-double activation_bytes(const PlanModel& m, int tp, int ep, bool expert_tp) {
-  const double N = double(m.micro_batch * m.seq_len), H = double(m.hidden), D = double(m.hidden) / double(m.heads);
-  const double A_l = double(m.heads / tp), G_l = double(kv_heads_local(m, tp));
-  const double C = double(capacity_of(m.micro_batch * m.seq_len, m.top_k, m.experts, m.capacity_factor, m.min_capacity));
-  const double F_l = double(m.ffn) / (expert_tp ? tp : 1), E = double(m.experts), El = E / ep;
-  const double elems = N * H * 6                  // residual in/mid, two norm outputs, attention and MoE outputs
-                       + N * (A_l + 2 * G_l) * D  // q, k, v
-                       + N * A_l * D              // attention context
-                       + 4 * E * C * H            // dispatch x, y and combine z, out
-                       + El * ep * C * 3 * F_l;   // expert gate, up, SwiGLU output
-  const double per_layer = elems * m.act_bytes + 4.0 * N * A_l;  // + f32 log-sum-exp per head
-  return double(m.layers) * per_layer + 4.0 * N * double(m.vocab) / tp;  // + f32 logits of the vocab slice
-}
 
 Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
   MONTA_USER_CHECK(c.nodes > 0 && c.gpus_per_node > 0, "cluster: nodes and gpus_per_node must be positive");
   MONTA_USER_CHECK(m.hidden > 0 && m.heads > 0 && m.layers > 0 && m.seq_len > 0 && m.experts > 0,
                    "plan: the model shape needs hidden, heads, layers, seq_len and experts");
+  MONTA_CHECK(bool(m.footprint), "plan: PlanModel::footprint is not set");
   const int world = c.world();
   const LinkModel links = c.links();
   const double mem_limit = c.gpu_mem_gib * double(1ull << 30);
@@ -76,8 +45,9 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         base.dp = dp;
         base.expert_dp = dp / ep;
         base.expert_tp = etp;
-        base.params_per_gpu = params_per_gpu(m, tp, ep, etp);
-        const double mem = base.params_per_gpu * kBytesPerParam + activation_bytes(m, tp, ep, etp);
+        const PlanModel::Footprint fp = m.footprint(tp, ep, etp, dp);
+        base.params_per_gpu = fp.dense_params + fp.expert_params;
+        const double mem = fp.bytes;
         base.mem_gib = mem / double(1ull << 30);
         base.fits = mem <= mem_limit;
         if (!base.fits) base.why_not = "memory";
@@ -89,8 +59,8 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         base.capacity = capacity_of(m.micro_batch * m.seq_len, m.top_k, m.experts, m.capacity_factor, m.min_capacity);
         // Gradient all-reduce of fp32 gradients: dense over dp, experts over expert-dp (rings; strides tp, tp·ep).
         const bool dp_spans = (dp - 1) * tp >= c.gpus_per_node, edp_spans = (dp / ep - 1) * tp * ep >= c.gpus_per_node;
-        base.grad_sync_s = all_reduce_time(links, 4.0 * dense_params(m, tp), dp, dp_spans) +
-                           all_reduce_time(links, 4.0 * expert_params(m, tp, ep, etp), dp / ep, edp_spans);
+        base.grad_sync_s = all_reduce_time(links, 4.0 * fp.dense_params, dp, dp_spans) +
+                           all_reduce_time(links, 4.0 * fp.expert_params, dp / ep, edp_spans);
         // TP: per layer, forward and backward, an all-reduce of the attention output and (expert-TP) a sum of the
         // MoE output: an all-reduce, or (sliced strategies, below) a reduce-scatter into the exchange's slices.
         const bool tp_spans = tp > c.gpus_per_node;

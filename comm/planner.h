@@ -19,6 +19,13 @@ struct PlanModel {
   int64_t micro_batch = 1, global_batch = 1;  // sequences per rank per micro-step / per optimizer step (whole job)
   int act_bytes = 2;                          // activation element size (bf16 on GPUs)
   double flops_per_token = 0;                 // training FLOPs per token (fwd+bwd), for the step-time estimate
+  // What one GPU of a layout holds: its dense and expert parameters and its bytes in all (weights, gradients, AdamW,
+  // compute copy, activations). The model's own arithmetic (model::rank_footprint, from the allocators' tables),
+  // which comm may not include: `monta plan` fills it; tests give their own.
+  struct Footprint {
+    double dense_params = 0, expert_params = 0, bytes = 0;
+  };
+  std::function<Footprint(int tp, int ep, bool expert_tp, int dp)> footprint;
 };
 
 struct PlanOptions {
@@ -56,12 +63,6 @@ struct Plan {
                               // by a fixed tie-break
   int best = -1;              // index into rows of the cheapest feasible layout; -1 when none fits
 };
-
-// Parameters held by one GPU and its memory: 18 bytes per parameter (fp32 master, grad, Adam m and v + bf16 copy)
-// plus the activation estimate of docs/cost_model.md.
-double params_per_gpu(const PlanModel& m, int tp, int ep, bool expert_tp);
-double activation_bytes(const PlanModel& m, int tp, int ep, bool expert_tp);
-inline constexpr double kBytesPerParam = 18.0;
 
 Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o = {});
 // The ranked table, fixed-width, one line per row (top `limit` rows; 0 = all).

@@ -84,19 +84,25 @@ Arena::Arena(std::string name, Device device, const std::vector<TensorSpec>& spe
     : name_(std::move(name)), device_(device) {
   std::vector<size_t> offsets;
   for (const auto& s : specs) {
-    int64_t n = 1;
-    for (int64_t v : s.shape) {
-      MONTA_CHECK(v >= 0, "arena " + name_ + ": negative dimension in " + s.name);
-      n *= v;
-    }
+    for (int64_t v : s.shape) MONTA_CHECK(v >= 0, "arena " + name_ + ": negative dimension in " + s.name);
     offsets.push_back(bytes_);
-    bytes_ += (size_t(n) * dtype_size(s.dtype) + 255) / 256 * 256;
+    bytes_ += bytes_for({s});
   }
   base_ = device_alloc(device, bytes_);
   for (size_t i = 0; i < specs.size(); ++i) {
     names_.push_back(specs[i].name);
     tensors_.push_back(make_view(static_cast<char*>(base_) + offsets[i], specs[i].shape, specs[i].dtype, device));
   }
+}
+
+size_t Arena::bytes_for(const std::vector<TensorSpec>& specs) {
+  size_t bytes = 0;
+  for (const auto& s : specs) {
+    int64_t n = 1;
+    for (int64_t v : s.shape) n *= v;
+    bytes += (size_t(n) * dtype_size(s.dtype) + 255) / 256 * 256;
+  }
+  return bytes;
 }
 
 Arena::~Arena() { device_free(device_, base_); }

@@ -40,6 +40,8 @@ class Arena {
   Arena(Arena&& o) noexcept;
   Arena& operator=(Arena&& o) noexcept;
 
+  // Bytes an arena of these specs takes (each tensor padded to 256 bytes): what the constructor allocates.
+  static size_t bytes_for(const std::vector<TensorSpec>& specs);
   Tensor get(const std::string& name) const;
   Tensor at(size_t i) const { return tensors_[i]; }
   size_t count() const { return tensors_.size(); }

@@ -5,6 +5,7 @@
 #include <string>
 #include <type_traits>
 
+#include "comm/cost_model.h"
 #include "engine/check.h"
 #include "engine/log.h"
 #include "model/config_keys.h"
@@ -14,8 +15,7 @@ namespace monta::model {
 using engine::strf;
 
 int64_t expert_capacity(const ModelConfig& m, int64_t tokens) {
-  auto c = int64_t(std::ceil(m.capacity_factor * double(tokens) * double(m.top_k) / double(m.experts)));
-  return std::max(c, m.min_capacity);
+  return comm::capacity_of(tokens, m.top_k, m.experts, m.capacity_factor, m.min_capacity);
 }
 
 namespace {
@@ -127,14 +127,19 @@ ModelSize model_size(const ModelConfig& m) {
   return s;
 }
 
-double train_flops_per_token(const ModelConfig& m) {
-  double D = double(m.head_dim());
-  double H = double(m.hidden);
-  double attn_proj = 2.0 * H * (2.0 * double(m.heads) * D + 2.0 * double(m.kv_heads) * D);
-  double attn_core = 2.0 * double(m.seq_len) * double(m.heads) * D;  // QKᵀ and PV, halved by the mask
-  double moe = 2.0 * double(m.top_k) * 3.0 * H * double(m.ffn) + 2.0 * H * double(m.experts);
-  double head = 2.0 * H * double(m.vocab);
-  return 3.0 * (double(m.layers) * (attn_proj + attn_core + moe) + head);
+double layer_train_flops_per_token(const ModelConfig& m, FlopCount count) {
+  const double D = double(m.head_dim()), H = double(m.hidden);
+  const double attn_proj = 2.0 * H * (2.0 * double(m.heads) * D + 2.0 * double(m.kv_heads) * D);
+  const double attn_core = 2.0 * double(m.seq_len) * double(m.heads) * D;  // QKᵀ and PV, halved by the mask
+  const double moe = 2.0 * double(m.top_k) * 3.0 * H * double(m.ffn) + 2.0 * H * double(m.experts);
+  if (count == FlopCount::forward) return attn_proj + moe + attn_core;
+  const double attn_factor = count == FlopCount::model ? 3.0 : 3.5;
+  return 3.0 * (attn_proj + moe) + attn_factor * attn_core;
+}
+
+double train_flops_per_token(const ModelConfig& m, FlopCount count) {
+  const double head = 2.0 * double(m.hidden) * double(m.vocab);
+  return double(m.layers) * layer_train_flops_per_token(m, count) + (count == FlopCount::forward ? 1.0 : 3.0) * head;
 }
 
 }  // namespace monta::model

@@ -84,7 +84,12 @@ struct ModelSize {
   int64_t active_per_token = 0;                   // parameters touched per token (top-k experts)
 };
 ModelSize model_size(const ModelConfig& m);
-// Model FLOPs of one training step per token (forward+backward = 3× forward; attention counted causal).
-double train_flops_per_token(const ModelConfig& m);
+// FLOPs per token of forward + backward, attention counted causal (half the scores). FlopCount::model, MFU's
+// convention (PaLM, Megatron): every part 3x its forward. FlopCount::executed: causal attention's backward at 2.5x
+// its forward, as the fused kernel runs it (it recomputes the scores), for the rates `bench layer` reports.
+// FlopCount::forward: the forward alone.
+enum class FlopCount { model, executed, forward };
+double layer_train_flops_per_token(const ModelConfig& m, FlopCount count);  // one decoder layer
+double train_flops_per_token(const ModelConfig& m, FlopCount count = FlopCount::model);  // layers + LM head
 
 }  // namespace monta::model

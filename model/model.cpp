@@ -22,8 +22,8 @@ namespace monta::model {
 
 using namespace monta::engine;
 
-namespace {
-struct SpecList {
+// The activation tensors in allocation order, each with the field it binds to (null when only sizing).
+struct Model::SpecList {
   std::vector<TensorSpec> specs;
   std::vector<Tensor*> targets;
   void add(Tensor* t, const std::string& name, std::vector<int64_t> shape, DType dt) {
@@ -31,77 +31,91 @@ struct SpecList {
     targets.push_back(t);
   }
 };
-}  // namespace
+
+void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged, Model* self,
+                                SpecList& L) {
+  const DType stat = stat_dtype(act);
+  Layer scratch;
+  auto bind = [&](Tensor& field) { return self ? &field : nullptr; };
+  const int64_t N = s.N, H = s.H, D = s.D;
+  for (int64_t l = 0; l < cfg.layers; ++l) {
+    Layer& a = self ? self->layers_[size_t(l)] : scratch;
+    std::string n = "l" + std::to_string(l) + ".";
+    L.add(bind(a.x), n + "x", {N, H}, act);
+    L.add(bind(a.xn1), n + "xn1", {N, H}, act);
+    L.add(bind(a.rstd1), n + "rstd1", {N}, stat);
+    L.add(bind(a.q), n + "q", {N, s.A_l * D}, act);
+    L.add(bind(a.k), n + "k", {N, s.G_l * D}, act);
+    L.add(bind(a.v), n + "v", {N, s.G_l * D}, act);
+    L.add(bind(a.ao), n + "ao", {N, s.A_l * D}, act);
+    L.add(bind(a.lse), n + "lse", {s.B, s.A_l, s.S}, stat);
+    L.add(bind(a.h), n + "h", {N, H}, act);
+    L.add(bind(a.xn2), n + "xn2", {N, H}, act);
+    L.add(bind(a.rstd2), n + "rstd2", {N}, stat);
+    L.add(bind(a.rlogits), n + "rlogits", {N, s.E}, act);
+    L.add(bind(a.probs), n + "probs", {N, s.E}, act);
+    L.add(bind(a.expert_idx), n + "expert_idx", {N, s.K}, DType::i32);
+    L.add(bind(a.weight), n + "weight", {N, s.K}, act);
+    L.add(bind(a.zlse), n + "zlse", {N}, stat);
+    L.add(bind(a.dbuf), n + "dbuf", {s.E, s.C, H}, act);
+    if (exchanged) L.add(bind(a.y), n + "y", {s.E_l, s.EC, H}, act);
+    L.add(bind(a.gate), n + "gate", {s.E_l, s.EC, s.F_l}, act);
+    L.add(bind(a.up), n + "up", {s.E_l, s.EC, s.F_l}, act);
+    L.add(bind(a.act), n + "act", {s.E_l, s.EC, s.F_l}, act);
+    L.add(bind(a.eo), n + "eo", {s.E_l, s.EC, H}, act);
+    if (exchanged) L.add(bind(a.cbuf), n + "cbuf", {s.E, s.C, H}, act);
+  }
+  // The micro-batch's scalars side by side (every layer's aux and z losses and expert counts, then the CE sum), so one
+  // copy of that byte range brings them all to the host (read_scalars).
+  L.add(self ? &self->router_stats_ : nullptr, "router_stats", {cfg.layers, 2}, stat);  // (L, 2): aux, z
+  L.add(self ? &self->counts_ : nullptr, "counts", {cfg.layers, s.E}, DType::i32);        // (L, E): choices per expert before dropping
+  L.add(self ? &self->ce_sum_ : nullptr, "ce_sum", {1}, stat);
+  L.add(self ? &self->slots_ : nullptr, "slots", {cfg.layers, N, s.K}, DType::i32);
+  L.add(self ? &self->tokens_ : nullptr, "tokens", {N}, DType::i32);
+  L.add(self ? &self->targets_ : nullptr, "targets", {N}, DType::i32);
+  L.add(self ? &self->x_final_ : nullptr, "x_final", {N, H}, act);
+  L.add(self ? &self->xf_ : nullptr, "xf", {N, H}, act);
+  L.add(self ? &self->rstdf_ : nullptr, "rstdf", {N}, stat);
+  L.add(self ? &self->logits_ : nullptr, "logits", {N, s.V_l}, act);
+  L.add(self ? &self->rowmax_ : nullptr, "rowmax", {N}, stat);
+  L.add(self ? &self->sumexp_ : nullptr, "sumexp", {N}, stat);
+  L.add(self ? &self->tlogit_ : nullptr, "tlogit", {N}, stat);
+  L.add(self ? &self->lse_ : nullptr, "lse", {N}, stat);
+  L.add(self ? &self->losses_ : nullptr, "losses", {N}, stat);
+  // Backward scratch, reused by every layer.
+  L.add(self ? &self->dx_ : nullptr, "dx", {N, H}, act);
+  L.add(self ? &self->dxn_ : nullptr, "dxn", {N, H}, act);
+  L.add(self ? &self->dq_ : nullptr, "dq", {N, s.A_l * D}, act);
+  L.add(self ? &self->dk_ : nullptr, "dk", {N, s.G_l * D}, act);
+  L.add(self ? &self->dv_ : nullptr, "dv", {N, s.G_l * D}, act);
+  L.add(self ? &self->dao_ : nullptr, "dao", {N, s.A_l * D}, act);
+  L.add(self ? &self->dcbuf_ : nullptr, "dcbuf", {s.E, s.C, H}, act);
+  if (exchanged) L.add(self ? &self->deo_ : nullptr, "deo", {s.E_l, s.EC, H}, act);
+  L.add(self ? &self->dact_ : nullptr, "dact", {s.E_l, s.EC, s.F_l}, act);
+  L.add(self ? &self->dgate_ : nullptr, "dgate", {s.E_l, s.EC, s.F_l}, act);
+  L.add(self ? &self->dup_ : nullptr, "dup", {s.E_l, s.EC, s.F_l}, act);
+  L.add(self ? &self->dy_ : nullptr, "dy", {s.E_l, s.EC, H}, act);
+  if (exchanged) L.add(self ? &self->ddbuf_ : nullptr, "ddbuf", {s.E, s.C, H}, act);
+  L.add(self ? &self->dweight_ : nullptr, "dweight", {N, s.K}, act);
+  L.add(self ? &self->dprobs_ : nullptr, "dprobs", {N, s.E}, act);
+  L.add(self ? &self->drlogits_ : nullptr, "drlogits", {N, s.E}, act);
+  L.add(self ? &self->dlogits_ : nullptr, "dlogits", {N, s.V_l}, act);
+}
+
+std::vector<TensorSpec> Model::activation_specs(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged) {
+  SpecList L;
+  declare_activations(cfg, s, act, exchanged, nullptr, L);
+  return L.specs;
+}
 
 Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par, ParamStore& params, DType act)
     : cfg_(cfg), s_(s), par_(par), params_(params), act_(act), stat_(stat_dtype(act)) {
   const Device dev = params.device();
   layers_.resize(size_t(cfg.layers));
-  SpecList L;
-  const int64_t N = s.N, H = s.H, D = s.D;
+  const int64_t N = s.N;
   const bool exchanged = par.exchange != nullptr;
-  for (int64_t l = 0; l < cfg.layers; ++l) {
-    auto& a = layers_[size_t(l)];
-    std::string n = "l" + std::to_string(l) + ".";
-    L.add(&a.x, n + "x", {N, H}, act);
-    L.add(&a.xn1, n + "xn1", {N, H}, act);
-    L.add(&a.rstd1, n + "rstd1", {N}, stat_);
-    L.add(&a.q, n + "q", {N, s.A_l * D}, act);
-    L.add(&a.k, n + "k", {N, s.G_l * D}, act);
-    L.add(&a.v, n + "v", {N, s.G_l * D}, act);
-    L.add(&a.ao, n + "ao", {N, s.A_l * D}, act);
-    L.add(&a.lse, n + "lse", {s.B, s.A_l, s.S}, stat_);
-    L.add(&a.h, n + "h", {N, H}, act);
-    L.add(&a.xn2, n + "xn2", {N, H}, act);
-    L.add(&a.rstd2, n + "rstd2", {N}, stat_);
-    L.add(&a.rlogits, n + "rlogits", {N, s.E}, act);
-    L.add(&a.probs, n + "probs", {N, s.E}, act);
-    L.add(&a.expert_idx, n + "expert_idx", {N, s.K}, DType::i32);
-    L.add(&a.weight, n + "weight", {N, s.K}, act);
-    L.add(&a.zlse, n + "zlse", {N}, stat_);
-    L.add(&a.dbuf, n + "dbuf", {s.E, s.C, H}, act);
-    if (exchanged) L.add(&a.y, n + "y", {s.E_l, s.EC, H}, act);
-    L.add(&a.gate, n + "gate", {s.E_l, s.EC, s.F_l}, act);
-    L.add(&a.up, n + "up", {s.E_l, s.EC, s.F_l}, act);
-    L.add(&a.act, n + "act", {s.E_l, s.EC, s.F_l}, act);
-    L.add(&a.eo, n + "eo", {s.E_l, s.EC, H}, act);
-    if (exchanged) L.add(&a.cbuf, n + "cbuf", {s.E, s.C, H}, act);
-  }
-  // The micro-batch's scalars side by side (every layer's aux and z losses and expert counts, then the CE sum), so one
-  // copy of that byte range brings them all to the host (read_scalars).
-  L.add(&router_stats_, "router_stats", {cfg.layers, 2}, stat_);  // (L, 2): aux, z
-  L.add(&counts_, "counts", {cfg.layers, s.E}, DType::i32);        // (L, E): choices per expert before dropping
-  L.add(&ce_sum_, "ce_sum", {1}, stat_);
-  L.add(&slots_, "slots", {cfg.layers, N, s.K}, DType::i32);
-  L.add(&tokens_, "tokens", {N}, DType::i32);
-  L.add(&targets_, "targets", {N}, DType::i32);
-  L.add(&x_final_, "x_final", {N, H}, act);
-  L.add(&xf_, "xf", {N, H}, act);
-  L.add(&rstdf_, "rstdf", {N}, stat_);
-  L.add(&logits_, "logits", {N, s.V_l}, act);
-  L.add(&rowmax_, "rowmax", {N}, stat_);
-  L.add(&sumexp_, "sumexp", {N}, stat_);
-  L.add(&tlogit_, "tlogit", {N}, stat_);
-  L.add(&lse_, "lse", {N}, stat_);
-  L.add(&losses_, "losses", {N}, stat_);
-  // Backward scratch, reused by every layer.
-  L.add(&dx_, "dx", {N, H}, act);
-  L.add(&dxn_, "dxn", {N, H}, act);
-  L.add(&dq_, "dq", {N, s.A_l * D}, act);
-  L.add(&dk_, "dk", {N, s.G_l * D}, act);
-  L.add(&dv_, "dv", {N, s.G_l * D}, act);
-  L.add(&dao_, "dao", {N, s.A_l * D}, act);
-  L.add(&dcbuf_, "dcbuf", {s.E, s.C, H}, act);
-  if (exchanged) L.add(&deo_, "deo", {s.E_l, s.EC, H}, act);
-  L.add(&dact_, "dact", {s.E_l, s.EC, s.F_l}, act);
-  L.add(&dgate_, "dgate", {s.E_l, s.EC, s.F_l}, act);
-  L.add(&dup_, "dup", {s.E_l, s.EC, s.F_l}, act);
-  L.add(&dy_, "dy", {s.E_l, s.EC, H}, act);
-  if (exchanged) L.add(&ddbuf_, "ddbuf", {s.E, s.C, H}, act);
-  L.add(&dweight_, "dweight", {N, s.K}, act);
-  L.add(&dprobs_, "dprobs", {N, s.E}, act);
-  L.add(&drlogits_, "drlogits", {N, s.E}, act);
-  L.add(&dlogits_, "dlogits", {N, s.V_l}, act);
+  SpecList L;
+  declare_activations(cfg, s, act, exchanged, this, L);
   acts_ = Arena("activations", dev, L.specs);
   for (size_t i = 0; i < L.targets.size(); ++i) *L.targets[i] = acts_.at(i);
   for (int64_t l = 0; l < cfg.layers; ++l) {

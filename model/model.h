@@ -37,6 +37,10 @@ class Model {
   // params.zero_grads() the first micro-batch's writes overwrite instead (ParamStore's lazy zeroing).
   MicroResult forward_backward(const int32_t* tokens, const int32_t* targets, double ce_scale, double aux_scale);
   MicroResult forward(const int32_t* tokens, const int32_t* targets);
+  // The activation arena's tensors in allocation order (name, shape, dtype): what the constructor allocates, for
+  // sizing memory without allocating (--dry-run, the planner). exchanged: an exchange is attached (ep > 1).
+  static std::vector<engine::TensorSpec> activation_specs(const ModelConfig& cfg, const Shapes& s, DType act,
+                                                          bool exchanged);
   const Shapes& shapes() const { return s_; }
   const engine::Arena& activations() const { return acts_; }
   Tensor logits() const { return logits_; }  // (N, V_l) of the last forward
@@ -50,11 +54,15 @@ class Model {
   void bench_layer(int l, bool backward = true, bool later_micro_batch = false);
 
  private:
+  struct SpecList;
   struct Layer {
     Tensor x, xn1, rstd1, q, k, v, ao, lse, h, xn2, rstd2;
     Tensor rlogits, probs, expert_idx, slot, weight, counts, zlse, aux, z;
     Tensor dbuf, y, gate, up, act, eo, cbuf;
   };
+  // Declares every activation tensor in allocation order, binding each to its field of self (null: sizing only).
+  static void declare_activations(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged, Model* self,
+                                  SpecList& L);
   MicroResult run_forward(const int32_t* tokens, const int32_t* targets);
   void layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r);
   void layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r);

@@ -136,6 +136,13 @@ PlanModel small_model() {
   m.vocab = 32000; m.hidden = 8192; m.layers = 4; m.heads = 64; m.kv_heads = 8; m.ffn = 28672;
   m.experts = 2; m.top_k = 1; m.seq_len = 4096; m.capacity_factor = 1.0; m.min_capacity = 4;
   m.micro_batch = 1; m.global_batch = 16; m.flops_per_token = 1e9;
+  // A stand-in for model::rank_footprint (comm's tests may not use model/): 18 bytes per parameter, no activations.
+  m.footprint = [m](int tp, int ep, bool expert_tp, int) {
+    const double H = double(m.hidden), L = double(m.layers);
+    const double dense = L * 4.0 * H * H / tp + 2.0 * double(m.vocab) * H / tp;
+    const double experts = L * double(m.experts / ep) * 3.0 * H * double(m.ffn) / (expert_tp ? tp : 1);
+    return PlanModel::Footprint{dense, experts, 18.0 * (dense + experts)};
+  };
   return m;
 }
 
@@ -166,12 +173,19 @@ TEST(Planner, FeasibilityPickAndDeterminism) {
   EXPECT_EQ(make_plan(tiny, small_model()).best, -1);
 }
 
-TEST(Planner, MemoryModelByHand) {
-  PlanModel m;
-  m.vocab = 16; m.hidden = 8; m.layers = 1; m.heads = 2; m.kv_heads = 2; m.ffn = 4; m.experts = 2; m.seq_len = 4;
-  // q, o: 8·8·2; k, v: 2·8·8; norms 16 + router 16; final norm 8; embed + head 2·16·8; experts 2·3·8·4.
-  EXPECT_DOUBLE_EQ(params_per_gpu(m, 1, 1, true), 128 + 128 + 32 + 8 + 256 + 192);
-  EXPECT_DOUBLE_EQ(params_per_gpu(m, 2, 2, true), 64 + 64 + 32 + 8 + 128 + 48);
+// The planner takes memory from the footprint it is given (the model's own arithmetic in `monta plan`): a layout fits
+// exactly when that footprint fits, and the parameter column is its dense + expert count.
+TEST(Planner, MemoryComesFromTheFootprint) {
+  PlanModel m = small_model();
+  m.footprint = [](int tp, int, bool, int) { return PlanModel::Footprint{1e9 / tp, 1e9 / tp, 60e9 / tp}; };
+  const Plan p = make_plan(a800(), m);  // 80 GiB GPUs: tp 1 (60 GB) fits, every tp fits
+  for (const PlanRow& r : p.rows) {
+    EXPECT_DOUBLE_EQ(r.params_per_gpu, 2e9 / r.tp);
+    EXPECT_DOUBLE_EQ(r.mem_gib, 60e9 / r.tp / double(1ull << 30));
+    EXPECT_TRUE(r.fits);
+  }
+  m.footprint = [](int tp, int, bool, int) { return PlanModel::Footprint{1e9, 1e9, tp >= 4 ? 1e9 : 1e12}; };
+  for (const PlanRow& r : make_plan(a800(), m).rows) EXPECT_EQ(r.fits, r.tp >= 4) << "tp " << r.tp;
 }
 
 TEST(Calibration, FitRecoversAlphaBeta) {

@@ -18,6 +18,7 @@
 #include "comm/topology.h"
 #include "engine/log.h"
 #include "engine/rng.h"
+#include "model/footprint.h"
 #include "model/trainer.h"
 
 using namespace monta;
@@ -140,6 +141,16 @@ TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
     }
     model::Trainer mine(c, par, engine::Device::cpu);
     model::Trainer ref(c, model::ParallelContext{}, engine::Device::cpu);
+    {  // --dry-run and the planner size memory with rank_footprint: it must be what this rank allocated
+      const model::RankFootprint f = model::rank_footprint(c, k.tp, k.ep, k.expert_tp, par.dp, engine::Device::cpu);
+      EXPECT_EQ(f.activations, double(mine.model().activations().bytes()));
+      size_t state = 0;
+      for (const auto* a : mine.params().arenas()) state += a->bytes();
+      EXPECT_EQ(f.state(), double(state));
+      int64_t held = 0;
+      for (const auto& p : mine.params().all()) held += p.master.numel();
+      EXPECT_EQ(f.params, held);
+    }
     const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
     for (int step = 0; step < 5; ++step) {
       make_batch(c, 100 + uint64_t(step), in, tg);

@@ -1,0 +1,37 @@
+// Memory of one rank from the allocators' own tables (model/footprint.h).
+#include "model/footprint.h"
+
+#include "engine/memory.h"
+#include "model/model.h"
+#include "model/params.h"
+#include "model/shapes.h"
+
+namespace monta::model {
+
+RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, int dp, engine::Device device) {
+  ParallelContext par;
+  par.tp = tp;
+  par.ep = ep;
+  par.dp = dp;
+  par.expert_dp = dp / ep;
+  par.expert_tp = expert_tp;
+  const engine::DType act = device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32;
+  std::vector<engine::TensorSpec> master, compute;
+  RankFootprint f;
+  for (const Param& p : param_table(c.model, par)) {
+    int64_t n = 1;
+    for (int64_t v : p.local) n *= v;
+    f.params += n;
+    if (p.kind == ParamKind::expert) f.expert_params += n;
+    master.push_back({p.name, p.local, engine::DType::f32});
+    compute.push_back({p.name, p.local, act});
+  }
+  f.weights = f.grads = double(engine::Arena::bytes_for(master));
+  f.adam = 2 * f.weights;
+  f.compute_copy = act == engine::DType::f32 ? 0.0 : double(engine::Arena::bytes_for(compute));
+  const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp);
+  f.activations = double(engine::Arena::bytes_for(Model::activation_specs(c.model, s, act, ep > 1)));
+  return f;
+}
+
+}  // namespace monta::model
