@@ -20,6 +20,13 @@ log() { echo "slurm_local: $*"; }
 munge_ok() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
 ctld_ok() { [ -f "$CONF" ] && scontrol ping 2>/dev/null | grep -q "is UP"; }
 pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# daemon NAME CMD...: start a daemon with stdio on $DIR/log/NAME.out and no other descriptor of ours: one it
+# inherited (a caller's pipe) would stay open for its life, and CTest, say, would wait for that test's output.
+daemon() {
+  local name=$1; shift
+  "$@" </dev/null >"$DIR/log/$name.out" 2>&1 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- ||
+    die "$name did not start: $(tail -n 1 "$DIR/log/$name.out") (see $DIR/log/)"
+}
 node_state() { sinfo -h -n "$NODE" -o %t 2>/dev/null | head -n 1; }
 
 write_conf() {
@@ -80,7 +87,7 @@ start_munge() {
     chmod 0400 /etc/munge/munge.key
   fi
   install -d -o munge -g munge -m 0755 /run/munge
-  runuser -u munge -- /usr/sbin/munged || die "munged did not start (see /var/log/munge/munged.log)"
+  daemon munged runuser -u munge -- /usr/sbin/munged
   touch "$DIR/run/munged.ours"
   for _ in $(seq 1 50); do munge_ok && return 0; sleep 0.1; done
   die "munged started but munge -n | unmunge fails (see /var/log/munge/munged.log)"
@@ -90,20 +97,20 @@ start() {
   [ "$(id -u)" = 0 ] || die "must run as root (slurmd launches tasks as any user)"
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v srun >/dev/null ||
     die "Slurm is not installed (scripts/setup.sh installs slurmctld slurmd slurm-client munge)"
-  mkdir -p "$DIR"/run
+  mkdir -p "$DIR"/run "$DIR"/log
   start_munge
   if ! ctld_ok; then
     # A fresh controller: no state from an earlier session (jobs of processes long gone).
     pid_alive "$DIR/run/slurmd.pid" && kill "$(cat "$DIR/run/slurmd.pid")" && sleep 1
     rm -rf "$DIR/state" "$DIR/spool"
     write_conf
-    slurmctld -f "$CONF" -i || die "slurmctld did not start (see $DIR/log/slurmctld.log)"
+    daemon slurmctld slurmctld -f "$CONF" -i
     for _ in $(seq 1 100); do ctld_ok && break; sleep 0.1; done
     ctld_ok || die "slurmctld does not answer scontrol ping (see $DIR/log/slurmctld.log)"
     log "started slurmctld"
   fi
   if ! pid_alive "$DIR/run/slurmd.pid"; then
-    slurmd -f "$CONF" || die "slurmd did not start (see $DIR/log/slurmd.log)"
+    daemon slurmd slurmd -f "$CONF"
     log "started slurmd"
   fi
   local state=""

@@ -38,6 +38,8 @@ grep -E "^(srun|slurmstepd|monta: error)" "$w/log" | sed 's/^/  /'
 [ $rc -ne 124 ] || fail "the step was still running after 120 s"
 [ $took -le 30 ] || fail "the step took $took s to end"
 grep -Eq "$phrase" "$w/log" || { cat "$w/log"; fail "no message naming the rank ('$phrase')"; }
-[ -z "$(job_id "$job")" ] || fail "job $job still in squeue"
-! pgrep -f -- "--train.run_dir $w/run" > /dev/null || fail "a task of the step is still running"
+job_gone() { [ -z "$(squeue -h -n "$job" -t PD,R -o %i)" ]; }
+tasks_gone() { ! pgrep -f -- "--train.run_dir $w/run" > /dev/null; }
+wait_for 10 job_gone || fail "job $job still running or pending"
+wait_for 10 tasks_gone || fail "a task of the step is still running"
 echo "PASS: $case_: the step ended $took s after the failure (srun exit $rc), naming the rank"
