@@ -19,7 +19,11 @@ log() { echo "slurm_local: $*"; }
 
 munge_ok() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
 ctld_ok() { [ -f "$CONF" ] && scontrol ping 2>/dev/null | grep -q "is UP"; }
-pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+# A process of the pid file that is alive: not gone, not a zombie (a container's init may never reap one).
+pid_alive() {
+  local st
+  [ -f "$1" ] && st=$(ps -o stat= -p "$(cat "$1")" 2>/dev/null) && [ -n "$st" ] && [ "${st:0:1}" != Z ]
+}
 # daemon NAME CMD...: start a daemon with stdio on $DIR/log/NAME.out and no other descriptor of ours: one it
 # inherited (a caller's pipe) would stay open for its life, and CTest, say, would wait for that test's output.
 daemon() {
@@ -100,8 +104,11 @@ start() {
   mkdir -p "$DIR"/run "$DIR"/log
   start_munge
   if ! ctld_ok; then
-    # A fresh controller: no state from an earlier session (jobs of processes long gone).
-    pid_alive "$DIR/run/slurmd.pid" && kill "$(cat "$DIR/run/slurmd.pid")" && sleep 1
+    # A fresh controller and slurmd: no state from an earlier session (jobs of processes long gone).
+    local f
+    for f in slurmd slurmctld; do
+      if pid_alive "$DIR/run/$f.pid"; then kill "$(cat "$DIR/run/$f.pid")"; sleep 1; fi
+    done
     rm -rf "$DIR/state" "$DIR/spool"
     write_conf
     daemon slurmctld slurmctld -f "$CONF" -i

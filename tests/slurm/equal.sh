@@ -7,6 +7,7 @@ w=$WORK/equal; rm -rf "$w"; mkdir -p "$w"
 common=(--parallel.tp 2 --parallel.ep 2 --train.steps 4 --checkpoint.interval 4 --train.log_interval 1)
 srun_train 4 monta_equal "$w/srun" "${common[@]}" > "$w/srun.log" || { cat "$w/srun.log"; fail "srun run"; }
 grep -q "^parallel layout: 4 ranks = tp 2 x dp 2" "$w/srun.log" || { cat "$w/srun.log"; fail "srun did not start one 4-rank job"; }
+echo "+ $MPIEXEC --allow-run-as-root --oversubscribe -np 4 $MONTA train ... (the same options)"
 train_np 4 "$w/mpirun" "${common[@]}" > "$w/mpirun.log" || { cat "$w/mpirun.log"; fail "mpirun run"; }
 echo "step loss aux_loss z_loss grad_norm lr dropped skipped (srun | mpirun):"
 paste -d'|' <(metrics_exact "$w/srun/metrics.jsonl") <(metrics_exact "$w/mpirun/metrics.jsonl")
