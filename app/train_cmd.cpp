@@ -157,6 +157,16 @@ int cmd_train(int argc, char** argv) {
     attach_exchange(ps, c, device, device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32);
   }
   log_info(ps.layout_table);
+  // MONTA_TEST_PLACEMENT=1 (tests/slurm): every rank prints its rank and the local rank that picks its GPU, with
+  // the launcher variables it came from, so a test can hold them against what srun and mpirun set.
+  if (const char* v = std::getenv("MONTA_TEST_PLACEMENT"); v && std::string(v) == "1") {
+    auto env = [](const char* name) { const char* e = std::getenv(name); return std::string(e && *e ? e : "-"); };
+    engine::log_all(strf("placement: rank %d of %d, local rank %d on %s (OMPI_COMM_WORLD_LOCAL_RANK %s, "
+                         "SLURM_PROCID %s, SLURM_LOCALID %s)",
+                         rank, world, ps.local_rank, comm::runtime_host().c_str(),
+                         env("OMPI_COMM_WORLD_LOCAL_RANK").c_str(), env("SLURM_PROCID").c_str(),
+                         env("SLURM_LOCALID").c_str()));
+  }
 
   // Resume: "auto" takes the newest complete checkpoint of this run directory (none at all: start fresh; what is
   // refused: model/checkpoint.h). Checked before anything is written, so a refusal leaves the run directory as it was.

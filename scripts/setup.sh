@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Installs the Debian packages monta builds against (idempotent; apt-get update first) and reports what
-# is missing that apt cannot provide (the CUDA toolkit: without it monta builds its CPU backend only).
+# Installs the Debian packages monta builds against and its tests use (idempotent; apt-get update first) and
+# reports what is missing that apt cannot provide (the CUDA toolkit: without it monta builds its CPU backend only).
 set -euo pipefail
+# slurmctld slurmd slurm-client munge: the one-host Slurm of the Slurm tests (scripts/slurm_local.sh).
 PKGS=(build-essential cmake ninja-build libopenmpi-dev openmpi-bin libhdf5-dev libboost-program-options-dev
-      libgtest-dev python3 python3-matplotlib)
+      libgtest-dev python3 python3-matplotlib slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
