@@ -9,7 +9,7 @@
 
 #include "app/commands.h"
 #include "app/options.h"
-#include "app/parallel_setup.h"
+#include "model/parallel_setup.h"
 #include "app/validation.h"
 #include "comm/runtime.h"
 #include "engine/check.h"
@@ -111,8 +111,8 @@ int cmd_eval(int argc, char** argv) {
   const bool gpu = c.train.device != "cpu" && engine::cuda_available();
   MONTA_USER_CHECK(gpu || c.train.device != "cuda", "train.device = cuda but no CUDA device is visible; use cpu or auto");
   const engine::Device device = gpu ? engine::Device::cuda : engine::Device::cpu;
-  ParallelSetup ps = setup_parallel(c, device);
-  attach_exchange(ps, c, device, gpu ? engine::DType::bf16 : engine::DType::f32);
+  model::ParallelSetup ps = model::setup_parallel(c, device);
+  model::attach_exchange(ps, c, device, gpu ? engine::DType::bf16 : engine::DType::f32);
   const int world = ps.ctx.world ? ps.ctx.world->size() : 1, rank = ps.ctx.world ? ps.ctx.world->rank() : 0;
   if (rank == 0) data::write_builtin_corpus(data_spec(c));  // a run from before held-out data lacks the file
   if (ps.ctx.world) ps.ctx.world->barrier();

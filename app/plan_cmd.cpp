@@ -15,7 +15,7 @@
 #include "engine/check.h"
 #include "engine/log.h"
 #include "model/config.h"
-#include "model/footprint.h"
+#include "model/plan.h"
 
 namespace po = boost::program_options;
 
@@ -126,10 +126,20 @@ void print_claims(const comm::Plan& p, const comm::Cluster& c) {
 
 }  // namespace
 
-int cmd_plan(int argc, char** argv) {
+// `monta plan`'s own options; every other word goes to `monta train`'s parser (a model key or an override).
+struct PlanArgs {
   std::string config, cluster_spec, links;
   int top = 40, max_chunks = 8;
-  bool only_fitting = false;
+  bool only_fitting = false, help = false;
+  model::Config cfg;
+};
+
+// With --help, or without a cluster, prints the help and returns help = true with the exit code to use.
+PlanArgs parse_plan_args(int argc, char** argv, int* exit_code) {
+  PlanArgs a;
+  std::string &config = a.config, &cluster_spec = a.cluster_spec, &links = a.links;
+  int &top = a.top, &max_chunks = a.max_chunks;
+  bool& only_fitting = a.only_fitting;
   po::options_description desc(
       "monta plan options (any `monta train` key such as --model.layers or --train.micro_batch overrides the config)");
   desc.add_options()("help,h", "print this help")("config", po::value(&config), "model INI (e.g. configs/2x70b.ini)")(
@@ -150,7 +160,9 @@ int cmd_plan(int argc, char** argv) {
   }
   if (vm.count("help") || cluster_spec.empty()) {
     std::cout << desc << "\n";
-    return vm.count("help") ? 0 : 2;
+    *exit_code = vm.count("help") ? 0 : 2;
+    a.help = true;
+    return a;
   }
   MONTA_USER_CHECK(max_chunks >= 1 && max_chunks <= 64 && top >= 0, "--max-chunks must be in [1, 64] and --top not negative");
   // The model config through `monta train`'s parser, so INI keys and overrides mean the same thing.
@@ -159,36 +171,32 @@ int cmd_plan(int argc, char** argv) {
   args.insert(args.end(), rest.begin(), rest.end());
   std::vector<char*> av;
   for (auto& a : args) av.push_back(a.data());
-  const model::Config cfg = parse_train_options(int(av.size()), av.data()).config;
+  a.cfg = parse_train_options(int(av.size()), av.data()).config;
   {  // the model and training keys as `train` checks them; the layout is the planner's to choose
-    model::Config any_layout = cfg;
+    model::Config any_layout = a.cfg;
     any_layout.parallel.tp = any_layout.parallel.ep = 1;
     model::validate(any_layout, 0);
   }
+  return a;
+}
 
-  comm::Cluster cl = load_cluster(cluster_spec);
-  if (!links.empty()) {
-    const comm::LinkModel l = comm::read_link_model(links, cl.links());
+int cmd_plan(int argc, char** argv) {
+  int exit_code = 0;
+  const PlanArgs args = parse_plan_args(argc, argv, &exit_code);
+  if (args.help) return exit_code;
+  const model::Config& cfg = args.cfg;
+  const std::string& config = args.config;
+  const int top = args.top;
+  comm::Cluster cl = load_cluster(args.cluster_spec);
+  if (!args.links.empty()) {
+    const comm::LinkModel l = comm::read_link_model(args.links, cl.links());
     cl.intra_gbps = 1e-9 / l.intra.beta;
     cl.intra_latency_us = l.intra.alpha * 1e6;
     cl.inter_gbps = 1e-9 / l.inter.beta;
     cl.inter_latency_us = l.inter.alpha * 1e6;
   }
   const auto& m = cfg.model;
-  comm::PlanModel pm{m.vocab, m.hidden, m.layers, m.heads, m.kv_heads, m.ffn, m.experts, m.top_k, m.seq_len,
-                     m.capacity_factor, m.min_capacity, cfg.train.micro_batch, cfg.train.global_batch, 2,
-                     model::train_flops_per_token(m)};
-  comm::PlanOptions opt;
-  opt.max_chunks = max_chunks;
-  opt.only_fitting = only_fitting;
-  opt.layout_allowed = [&cfg](int tp, int ep, bool expert_tp) {
-    return model::layout_problem(cfg, tp, ep, expert_tp, 0).empty();
-  };
-  pm.footprint = [&cfg](int tp, int ep, bool expert_tp, int dp) {
-    const model::RankFootprint f = model::rank_footprint(cfg, tp, ep, expert_tp, dp, engine::Device::cuda);
-    return comm::PlanModel::Footprint{double(f.params - f.expert_params), double(f.expert_params), f.total()};
-  };
-  const comm::Plan plan = comm::make_plan(cl, pm, opt);
+  const comm::Plan plan = model::plan_layouts(cfg, cl, args.max_chunks, args.only_fitting);
 
   engine::log_info(engine::strf(
       "monta plan: cluster %s = %d nodes x %d GPUs, NVLink %.1f GB/s + %.1f us, network %.2f GB/s/GPU + %.1f us, "
@@ -203,21 +211,7 @@ int cmd_plan(int argc, char** argv) {
                    "(model::rank_footprint, as --dry-run prints); times per optimizer step; exch ms = one "
                    "dispatch or combine call; exch s = 4 calls x layers x micro-steps, less what the experts hide (overlapped)\n");
   engine::log_info(comm::format_plan(plan, size_t(top)));
-  if (plan.best >= 0) {
-    const auto& b = plan.rows[size_t(plan.best)];
-    engine::log_info(engine::strf("pick: tp %d ep %d dp %d expert_tp %s, exchange %s%s: %.3f s communication, %.3f s "
-                                  "predicted step",
-                                  b.tp, b.ep, b.dp, b.expert_tp ? "yes" : "no", comm::exchange_kind_name(b.strategy),
-                                  b.strategy == comm::ExchangeKind::pipelined || b.strategy == comm::ExchangeKind::overlapped
-                                      ? engine::strf(" (%d chunks)", b.chunks).c_str()
-                                      : "",
-                                  b.comm_s, b.step_s));
-  } else {
-    engine::log_info(engine::strf(
-        "pick: none - no layout fits in %.0f GiB per GPU as the trainer allocates (monta does not shard optimizer "
-        "state); the table still ranks them by predicted step time (by communication without a TFLOP/s figure)",
-        cl.gpu_mem_gib));
-  }
+  engine::log_info(model::plan_pick_line(plan, cl));
   print_claims(plan, cl);
   return 0;
 }

@@ -16,7 +16,7 @@
 
 #include "app/commands.h"
 #include "app/options.h"
-#include "app/parallel_setup.h"
+#include "model/parallel_setup.h"
 #include "app/validation.h"
 #include "comm/runtime.h"
 #include "comm/watchdog.h"
@@ -123,6 +123,215 @@ void poison_final_norm(model::ParamStore& params, std::vector<float>& saved, boo
   params.refresh_compute();
 }
 
+// One training run, built in the order start-up goes: groups and exchange, the checkpoint to resume from, the run
+// directory and data, the trainer, the loaded state; then the loop. Each phase is one method.
+class TrainJob {
+ public:
+  TrainJob(const model::Config& c, engine::Device device) : c_(c), device_(device), run_dir_(c.train.run_dir) {}
+
+  void start() {
+    ps_ = [&] {
+      const engine::StartupPhase phase("communicators and process groups");
+      return model::setup_parallel(c_, device_);  // validates the config against the world size, selects the GPU
+    }();
+    world_ = ps_.ctx.world ? ps_.ctx.world->size() : 1;
+    rank_ = ps_.ctx.world ? ps_.ctx.world->rank() : 0;
+    log_info("monta train: resolved config\n" + config_table(c_));
+    print_sizes(c_, world_, device_);
+    {
+      const engine::StartupPhase phase("MoE exchange set-up (" + c_.comm.exchange + ")");
+      model::attach_exchange(ps_, c_, device_, device_ == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32);
+    }
+    log_info(ps_.layout_table);
+    print_placement();
+    find_resume();
+    open_run_dir_and_data();
+    trainer_ = std::make_unique<model::Trainer>(c_, ps_.ctx, device_);
+    for (const auto* a : trainer_->params().arenas())
+      log_info(strf("arena %-16s %10.2f MiB (%s)", a->name().c_str(), double(a->bytes()) / (1 << 20),
+                    engine::device_name(device_)));
+    log_info(strf("arena %-16s %10.2f MiB (%s)", "activations", double(trainer_->model().activations().bytes()) / (1 << 20),
+                  engine::device_name(device_)));
+    if (!std::isnan(sources_.entropy_floor))
+      log_info(strf("data entropy floor: %.4f nats/token (the best achievable loss)", sources_.entropy_floor));
+    if (!resume_.empty()) load_resume();
+  }
+
+  void loop() {
+    comm::Watchdog watchdog(rank_, world_, c_.train.step_timeout_s, (run_dir_ / ".progress").string());
+    watchdog_ = &watchdog;
+    if (rank_ == 0) metrics_.open((run_dir_ / "metrics.jsonl").string());
+    const int64_t first_step = trainer_->steps_done() + 1;
+    while (trainer_->steps_done() < c_.train.steps) {
+      // ---- one step: batch, forward/backward/update, validation when due, metrics line ----
+      watchdog.arm(strf("step %ld", trainer_->steps_done() + 1));
+      const model::StepMetrics m = step();
+      if (m.step == first_step)
+        log_info(strf("start-up: first step done %.1f s after launch (the step itself %.1f s)",
+                      engine::seconds_since_launch(), m.step_ms / 1000.0));
+      if (rank_ == 0) metrics_.write_line(metrics_json(m));
+      if (m.step % c_.train.log_interval == 0 || m.step == c_.train.steps || m.skipped || !std::isnan(m.val_loss))
+        log_info(step_line(m));
+      // ---- between steps: signals (agreed by all ranks, so they save together) and interval saves ----
+      const int64_t flags = agreed_signals();
+      watchdog.disarm();
+      if (flags || (c_.checkpoint.interval > 0 && trainer_->steps_done() % c_.checkpoint.interval == 0)) save();
+      if (flags & 2) {
+        log_info(strf("SIGTERM: saved at step %ld, exiting", trainer_->steps_done()));
+        break;
+      }
+    }
+    // With checkpointing on, the final state is always on disk, also when no step ran (resumed at train.steps):
+    // that is how a checkpoint is re-saved in another layout.
+    if (c_.checkpoint.interval > 0 && last_saved_ != trainer_->steps_done()) save();
+    watchdog_ = nullptr;
+    if (!std::isnan(sources_.entropy_floor))
+      log_info(strf("done: %ld steps; data entropy floor %.4f nats/token", trainer_->steps_done(),
+                    sources_.entropy_floor));
+  }
+
+ private:
+  // MONTA_TEST_PLACEMENT=1 (tests/slurm): every rank prints its rank and the local rank that picks its GPU, with
+  // the launcher variables it came from, so a test can hold them against what srun and mpirun set.
+  void print_placement() const {
+    const char* v = std::getenv("MONTA_TEST_PLACEMENT");
+    if (!v || std::string(v) != "1") return;
+    auto env = [](const char* name) { const char* e = std::getenv(name); return std::string(e && *e ? e : "-"); };
+    engine::log_all(strf("placement: rank %d of %d, local rank %d on %s (OMPI_COMM_WORLD_LOCAL_RANK %s, "
+                         "SLURM_PROCID %s, SLURM_LOCALID %s)",
+                         rank_, world_, ps_.local_rank, comm::runtime_host().c_str(),
+                         env("OMPI_COMM_WORLD_LOCAL_RANK").c_str(), env("SLURM_PROCID").c_str(),
+                         env("SLURM_LOCALID").c_str()));
+  }
+
+  // "auto" takes the newest complete checkpoint of this run directory (none at all: start fresh; what is refused:
+  // model/checkpoint.h). Checked before anything is written, so a refusal leaves the run directory as it was.
+  void find_resume() {
+    signature_ = model::model_signature(c_.model);
+    std::optional<engine::StartupPhase> phase;
+    if (!c_.checkpoint.resume.empty()) phase.emplace("checkpoint to resume from (found and checked: sizes, checksums)");
+    resume_ = model::ckpt_resolve_resume(run_dir_.string(), c_.checkpoint.resume, c_.checkpoint.overwrite, signature_,
+                                         &resume_meta_);
+    if (resume_.empty()) return;
+    MONTA_USER_CHECK(resume_meta_.loader_seed == c_.train.seed,
+                     strf("checkpoint %s was written with train.seed %lu but the config has %lu", resume_.c_str(),
+                          (unsigned long)resume_meta_.loader_seed, (unsigned long)c_.train.seed));
+    std::error_code ec1, ec2;
+    if (fs::weakly_canonical(fs::path(resume_).parent_path(), ec1) == fs::weakly_canonical(run_dir_ / "checkpoints", ec2))
+      last_saved_ = resume_meta_.step;  // already on disk here: do not write it again
+  }
+
+  // Locks the run directory, makes the built-in data, opens and checks the data; only then writes config.ini.
+  void open_run_dir_and_data() {
+    if (rank_ == 0) lock_.emplace(run_dir_.string());  // one launch per run directory, checked writable
+    if (rank_ == 0) {
+      const engine::StartupPhase phase("built-in corpus (generated once per run directory)");
+      data::write_builtin_corpus(data_spec(c_));
+    }
+    if (ps_.ctx.world) ps_.ctx.world->barrier();
+    sources_ = data::resolve_data_sources(data_spec(c_));
+    loader_ = std::make_unique<data::TokenLoader>(sources_.train_path, c_.model.seq_len, c_.train.global_batch,
+                                                  ps_.ctx.dp_rank, ps_.ctx.dp, c_.train.seed,
+                                                  data::TokenLoader::kDefaultResidentBytes, sources_.train);
+    validation_ = make_validation(sources_, c_, ps_.ctx);
+    log_info(sources_.valid_note);
+    MONTA_USER_CHECK(loader_->info().vocab_size <= c_.model.vocab,
+                     strf("data file %s has vocab_size %ld but model.vocab is %ld", sources_.train_path.c_str(),
+                          loader_->info().vocab_size, c_.model.vocab));
+    if (rank_ == 0) model::write_file_checked((run_dir_ / "config.ini").string(), config_ini(c_));  // all validated
+    if (rank_ == 0) write_run_info(run_dir_.string(), sources_, c_, world_);
+  }
+
+  void load_resume() {
+    const engine::StartupPhase phase("loading checkpoint " + resume_);
+    auto t0 = std::chrono::steady_clock::now();
+    auto meta = model::ckpt_load(resume_, trainer_->params(), signature_, /*check=*/false);
+    const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+    trainer_->set_steps_done(meta.step);
+    trainer_->set_consecutive_skips(meta.consecutive_skips);
+    loader_->set_state({meta.loader_seed, meta.loader_epoch, meta.loader_sample});
+    log_info(strf("resumed from %s at step %ld (saved by %d ranks: tp %d, ep %d) in %.1f ms", resume_.c_str(),
+                  meta.step, meta.world, meta.tp, meta.ep, load_ms));
+    if (meta.step >= c_.train.steps)
+      log_info(strf("nothing to train: the checkpoint is already at step %ld and train.steps is %ld (raise "
+                    "train.steps to continue)",
+                    meta.step, c_.train.steps));
+  }
+
+  model::StepMetrics step() {
+    const int64_t next = trainer_->steps_done() + 1;
+    if (rank_ == hooks_.stall_rank && next == 2) {
+      std::fprintf(stderr, "monta: test hook: rank %d stalls at step 2\n", rank_);
+      std::fflush(stderr);
+      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
+    }
+    const int64_t local = c_.train.global_batch / ps_.ctx.dp * c_.model.seq_len;
+    inputs_.resize(static_cast<size_t>(local));
+    targets_.resize(static_cast<size_t>(local));
+    loader_->next_batch(inputs_, targets_);
+    std::vector<float> saved_norm;
+    if (hooks_.nan_at(next)) poison_final_norm(trainer_->params(), saved_norm, true);
+    model::StepMetrics m = trainer_->step(inputs_, targets_);
+    if (hooks_.nan_at(next)) poison_final_norm(trainer_->params(), saved_norm, false);
+    validation_.after_step(*trainer_, c_.train.steps, m);  // val_loss and val_ppl when due
+    return m;
+  }
+
+  static std::string step_line(const model::StepMetrics& m) {
+    return strf("step %5ld | loss %.4f | aux %.4f | gnorm %7.4f | lr %.3e | %8.1f ms | %9.0f tok/s | MFU %5.1f%% | "
+                "drop %4ld | exch(host) %.2f ms %.2f GB/s%s%s",
+                m.step, m.loss, m.aux_loss, m.grad_norm, m.lr, m.step_ms, m.tokens_per_s, 100.0 * m.mfu, m.dropped,
+                m.exchange_host_ms, m.exchange_host_gbps, m.skipped ? " | SKIPPED" : "",
+                std::isnan(m.val_loss) ? "" : strf(" | val_loss %.4f ppl %.3f", m.val_loss, m.val_ppl).c_str());
+  }
+
+  int64_t agreed_signals() {
+    int64_t flags = g_signal_flags.exchange(0);
+    if (ps_.ctx.world && world_ > 1) {
+      engine::Tensor f(&flags, {1}, engine::DType::i64);
+      ps_.ctx.world->all_reduce(f, comm::ReduceOp::max);
+    }
+    return flags;
+  }
+
+  void save() {
+    watchdog_->arm(strf("checkpoint save at step %ld", trainer_->steps_done()));
+    model::CkptMeta meta;
+    meta.step = trainer_->steps_done();
+    meta.consecutive_skips = trainer_->consecutive_skips();
+    auto ls = loader_->state();
+    meta.loader_seed = ls.seed;
+    meta.loader_epoch = ls.epoch;
+    meta.loader_sample = ls.sample;
+    meta.signature = signature_;
+    auto t0 = std::chrono::steady_clock::now();
+    std::string dir =
+        model::ckpt_save(run_dir_.string(), trainer_->params(), ps_.ctx, meta, config_ini(c_), c_.checkpoint.keep);
+    watchdog_->disarm();
+    last_saved_ = meta.step;
+    log_info(strf("saved checkpoint %s in %.1f ms", dir.c_str(),
+                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+  }
+
+  const model::Config c_;
+  const engine::Device device_;
+  const fs::path run_dir_;
+  const TestHooks hooks_ = TestHooks::from_env();
+  model::ParallelSetup ps_;
+  int world_ = 1, rank_ = 0;
+  std::string signature_, resume_;
+  model::CkptMeta resume_meta_;
+  int64_t last_saved_ = -1;
+  std::optional<model::RunDirLock> lock_;
+  data::DataSources sources_;
+  std::unique_ptr<data::TokenLoader> loader_;
+  Validation validation_;
+  std::unique_ptr<model::Trainer> trainer_;
+  model::AppendFile metrics_;
+  comm::Watchdog* watchdog_ = nullptr;
+  std::vector<int32_t> inputs_, targets_;
+};
+
 }  // namespace
 
 int cmd_train(int argc, char** argv) {
@@ -135,7 +344,7 @@ int cmd_train(int argc, char** argv) {
     comm::runtime_finalize();
     return 0;
   }
-  model::Config& c = pc.config;
+  const model::Config& c = pc.config;
   if (pc.dry_run) {  // sizes for the smallest world the layout allows (tp · ep), whatever this launch's size
     model::validate(c, 0);
     log_info("monta train --dry-run: resolved config\n" + config_table(c));
@@ -143,163 +352,11 @@ int cmd_train(int argc, char** argv) {
     comm::runtime_finalize();
     return 0;
   }
-  const engine::Device device = pick_device(c.train.device);
-  ParallelSetup ps = [&] {
-    const engine::StartupPhase phase("communicators and process groups");
-    return setup_parallel(c, device);  // validates the config against the world size, selects the GPU
-  }();
-  const int world = ps.ctx.world ? ps.ctx.world->size() : 1;
-  const int rank = ps.ctx.world ? ps.ctx.world->rank() : 0;
-  log_info("monta train: resolved config\n" + config_table(c));
-  print_sizes(c, world, device);
   {
-    const engine::StartupPhase phase("MoE exchange set-up (" + c.comm.exchange + ")");
-    attach_exchange(ps, c, device, device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32);
+    TrainJob job(c, pick_device(c.train.device));
+    job.start();
+    job.loop();
   }
-  log_info(ps.layout_table);
-  // MONTA_TEST_PLACEMENT=1 (tests/slurm): every rank prints its rank and the local rank that picks its GPU, with
-  // the launcher variables it came from, so a test can hold them against what srun and mpirun set.
-  if (const char* v = std::getenv("MONTA_TEST_PLACEMENT"); v && std::string(v) == "1") {
-    auto env = [](const char* name) { const char* e = std::getenv(name); return std::string(e && *e ? e : "-"); };
-    engine::log_all(strf("placement: rank %d of %d, local rank %d on %s (OMPI_COMM_WORLD_LOCAL_RANK %s, "
-                         "SLURM_PROCID %s, SLURM_LOCALID %s)",
-                         rank, world, ps.local_rank, comm::runtime_host().c_str(),
-                         env("OMPI_COMM_WORLD_LOCAL_RANK").c_str(), env("SLURM_PROCID").c_str(),
-                         env("SLURM_LOCALID").c_str()));
-  }
-
-  // Resume: "auto" takes the newest complete checkpoint of this run directory (none at all: start fresh; what is
-  // refused: model/checkpoint.h). Checked before anything is written, so a refusal leaves the run directory as it was.
-  const fs::path run_dir = c.train.run_dir;
-  const std::string signature = model::model_signature(c.model);
-  model::CkptMeta resume_meta;
-  const std::string resume = [&] {
-    std::optional<engine::StartupPhase> phase;
-    if (!c.checkpoint.resume.empty()) phase.emplace("checkpoint to resume from (found and checked: sizes, checksums)");
-    return model::ckpt_resolve_resume(run_dir.string(), c.checkpoint.resume, c.checkpoint.overwrite, signature,
-                                      &resume_meta);
-  }();
-  if (!resume.empty()) {
-    MONTA_USER_CHECK(resume_meta.loader_seed == c.train.seed,
-                     strf("checkpoint %s was written with train.seed %lu but the config has %lu", resume.c_str(),
-                          (unsigned long)resume_meta.loader_seed, (unsigned long)c.train.seed));
-  }
-
-  // Run directory, resolved config, built-in data.
-  std::optional<model::RunDirLock> run_dir_lock;  // rank 0: one launch per run directory, checked writable
-  if (rank == 0) run_dir_lock.emplace(run_dir.string());
-  if (rank == 0) {
-    const engine::StartupPhase phase("built-in corpus (generated once per run directory)");
-    data::write_builtin_corpus(data_spec(c));
-  }
-  if (ps.ctx.world) ps.ctx.world->barrier();
-  const data::DataSources sources = data::resolve_data_sources(data_spec(c));
-  const std::string& data_path = sources.train_path;
-  const double floor = sources.entropy_floor;
-  data::TokenLoader loader(data_path, c.model.seq_len, c.train.global_batch, ps.ctx.dp_rank, ps.ctx.dp, c.train.seed,
-                           data::TokenLoader::kDefaultResidentBytes, sources.train);
-  const Validation validation = make_validation(sources, c, ps.ctx);
-  log_info(sources.valid_note);
-  MONTA_USER_CHECK(loader.info().vocab_size <= c.model.vocab,
-                   strf("data file %s has vocab_size %ld but model.vocab is %ld", data_path.c_str(),
-                        loader.info().vocab_size, c.model.vocab));
-  if (rank == 0) model::write_file_checked((run_dir / "config.ini").string(), config_ini(c));  // all validated now
-  if (rank == 0) write_run_info(run_dir.string(), sources, c, world);
-
-  model::Trainer trainer(c, ps.ctx, device);
-  for (const auto* a : trainer.params().arenas())
-    log_info(strf("arena %-16s %10.2f MiB (%s)", a->name().c_str(), double(a->bytes()) / (1 << 20), engine::device_name(device)));
-  log_info(strf("arena %-16s %10.2f MiB (%s)", "activations", double(trainer.model().activations().bytes()) / (1 << 20),
-                engine::device_name(device)));
-  if (!std::isnan(floor)) log_info(strf("data entropy floor: %.4f nats/token (the best achievable loss)", floor));
-
-  if (!resume.empty()) {
-    const engine::StartupPhase phase("loading checkpoint " + resume);
-    auto t0 = std::chrono::steady_clock::now();
-    auto meta = model::ckpt_load(resume, trainer.params(), signature, /*check=*/false);
-    const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    trainer.set_steps_done(meta.step);
-    trainer.set_consecutive_skips(meta.consecutive_skips);
-    loader.set_state({meta.loader_seed, meta.loader_epoch, meta.loader_sample});
-    log_info(strf("resumed from %s at step %ld (saved by %d ranks: tp %d, ep %d) in %.1f ms", resume.c_str(), meta.step,
-                  meta.world, meta.tp, meta.ep, load_ms));
-    if (meta.step >= c.train.steps)
-      log_info(strf("nothing to train: the checkpoint is already at step %ld and train.steps is %ld (raise train.steps to "
-                    "continue)",
-                    meta.step, c.train.steps));
-  }
-  comm::Watchdog watchdog(rank, world, c.train.step_timeout_s, (run_dir / ".progress").string());
-  int64_t last_saved = -1;
-  std::error_code ec1, ec2;
-  if (!resume.empty() &&
-      fs::weakly_canonical(fs::path(resume).parent_path(), ec1) == fs::weakly_canonical(run_dir / "checkpoints", ec2))
-    last_saved = resume_meta.step;  // already on disk here: do not write it again
-  auto save = [&] {
-    watchdog.arm(strf("checkpoint save at step %ld", trainer.steps_done()));
-    model::CkptMeta meta;
-    meta.step = trainer.steps_done();
-    meta.consecutive_skips = trainer.consecutive_skips();
-    auto ls = loader.state();
-    meta.loader_seed = ls.seed;
-    meta.loader_epoch = ls.epoch;
-    meta.loader_sample = ls.sample;
-    meta.signature = signature;
-    auto t0 = std::chrono::steady_clock::now();
-    std::string dir = model::ckpt_save(run_dir.string(), trainer.params(), ps.ctx, meta, config_ini(c), c.checkpoint.keep);
-    watchdog.disarm();
-    last_saved = meta.step;
-    log_info(strf("saved checkpoint %s in %.1f ms", dir.c_str(),
-                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
-  };
-  const TestHooks hooks = TestHooks::from_env();
-
-  model::AppendFile metrics;
-  if (rank == 0) metrics.open((run_dir / "metrics.jsonl").string());
-  const int64_t local = c.train.global_batch / ps.ctx.dp * c.model.seq_len;
-  std::vector<int32_t> inputs(static_cast<size_t>(local)), targets(static_cast<size_t>(local));
-  const int64_t first_step = trainer.steps_done() + 1;
-  while (trainer.steps_done() < c.train.steps) {
-    const int64_t next = trainer.steps_done() + 1;
-    watchdog.arm(strf("step %ld", next));
-    if (rank == hooks.stall_rank && next == 2) {
-      std::fprintf(stderr, "monta: test hook: rank %d stalls at step 2\n", rank);
-      std::fflush(stderr);
-      for (;;) std::this_thread::sleep_for(std::chrono::hours(1));
-    }
-    loader.next_batch(inputs, targets);
-    std::vector<float> saved_norm;
-    if (hooks.nan_at(next)) poison_final_norm(trainer.params(), saved_norm, true);
-    auto m = trainer.step(inputs, targets);
-    if (next == first_step)
-      log_info(strf("start-up: first step done %.1f s after launch (the step itself %.1f s)", engine::seconds_since_launch(),
-                    m.step_ms / 1000.0));
-    if (hooks.nan_at(next)) poison_final_norm(trainer.params(), saved_norm, false);
-    validation.after_step(trainer, c.train.steps, m);  // val_loss and val_ppl when due
-    if (rank == 0) metrics.write_line(metrics_json(m));
-    if (m.step % c.train.log_interval == 0 || m.step == c.train.steps || m.skipped || !std::isnan(m.val_loss))
-      log_info(strf("step %5ld | loss %.4f | aux %.4f | gnorm %7.4f | lr %.3e | %8.1f ms | %9.0f tok/s | MFU %5.1f%% | "
-                    "drop %4ld | exch(host) %.2f ms %.2f GB/s%s%s",
-                    m.step, m.loss, m.aux_loss, m.grad_norm, m.lr, m.step_ms, m.tokens_per_s, 100.0 * m.mfu, m.dropped,
-                    m.exchange_host_ms, m.exchange_host_gbps, m.skipped ? " | SKIPPED" : "",
-                    std::isnan(m.val_loss) ? "" : strf(" | val_loss %.4f ppl %.3f", m.val_loss, m.val_ppl).c_str()));
-    // All ranks agree on signals so they save (a collective) together.
-    int64_t flags = g_signal_flags.exchange(0);
-    if (ps.ctx.world && world > 1) {
-      engine::Tensor f(&flags, {1}, engine::DType::i64);
-      ps.ctx.world->all_reduce(f, comm::ReduceOp::max);
-    }
-    watchdog.disarm();
-    const bool interval = c.checkpoint.interval > 0 && trainer.steps_done() % c.checkpoint.interval == 0;
-    if (flags || interval) save();
-    if (flags & 2) {
-      log_info(strf("SIGTERM: saved at step %ld, exiting", trainer.steps_done()));
-      break;
-    }
-  }
-  // With checkpointing on, the final state is always on disk, also when no step ran (resumed at train.steps):
-  // that is how a checkpoint is re-saved in another layout.
-  if (c.checkpoint.interval > 0 && last_saved != trainer.steps_done()) save();
-  if (!std::isnan(floor)) log_info(strf("done: %ld steps; data entropy floor %.4f nats/token", trainer.steps_done(), floor));
   comm::runtime_finalize();
   return 0;
 }

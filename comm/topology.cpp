@@ -7,7 +7,10 @@
 #include <algorithm>
 #include <cstring>
 
+#include "comm/runtime.h"
 #include "engine/check.h"
+#include "engine/log.h"
+#include "engine/memory.h"
 
 namespace monta::comm {
 namespace {
@@ -102,6 +105,24 @@ double cross_node_fraction(const Topology& topo, std::span<const int> group_worl
     for (size_t b = 0; b < n; ++b)
       if (a != b && !topo.same_node(group_world_ranks[a], group_world_ranks[b])) ++cross;
   return double(cross) / double(n * (n - 1));
+}
+
+void select_gpu(const comm::Topology& topo, int local_rank) {
+  // Before any NCCL call: NCCL binds each communicator to the device current at its creation.
+  const int gpus = engine::cuda_device_count(), world = runtime_world_size();
+  MONTA_USER_CHECK(gpus > 0, "train.device = cuda but no CUDA device is visible; use --train.device cpu");
+  // GPU = local rank modulo the GPU count. Ranks may share a GPU when they sit on different emulated nodes
+  // (gpu_per_rank_valid): 2 nodes x 2 ranks run on 2 GPUs, a node per rank on one GPU.
+  MONTA_USER_CHECK(gpu_per_rank_valid(topo, local_rank + 1, gpus),
+                   "local rank " + std::to_string(local_rank) + " on " + runtime_host() +
+                       " has no GPU of its own (" + std::to_string(gpus) +
+                       " visible); NCCL needs one GPU per rank of a node: launch at most one rank per GPU, emulate "
+                       "nodes of at most " + std::to_string(gpus) + " ranks (--comm.emulate_nodes " +
+                       std::to_string((world + gpus - 1) / gpus) + " or more; GPUs then time-shared), or use "
+                       "--train.device cpu");
+  if (local_rank == gpus)
+    engine::log_warn("ranks share GPUs (each GPU holds ranks of different emulated nodes): timings are not per-GPU");
+  engine::cuda_set_device(local_rank % gpus);
 }
 
 }  // namespace monta::comm

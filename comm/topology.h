@@ -31,6 +31,9 @@ Topology emulated_topology(int world_rank, int world_size, int nodes, const std:
 // are emulated (each its own NCCL host) and none has more ranks than `gpus`, since a node's ranks are consecutive
 // and so land on distinct GPUs. ranks_on_host: the real host's rank count.
 bool gpu_per_rank_valid(const Topology& topo, int ranks_on_host, int gpus);
+// Selects this rank's GPU, local_rank modulo the GPU count, before any NCCL call. Ranks outnumbering the GPUs of a
+// host are a user error unless gpu_per_rank_valid allows the sharing (emulated nodes).
+void select_gpu(const Topology& topo, int local_rank);
 
 // Share of ordered pairs (a, b), a != b, of the group whose ranks sit on different nodes; 0 for groups of < 2.
 double cross_node_fraction(const Topology& topo, std::span<const int> group_world_ranks);

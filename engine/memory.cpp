@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 #include "engine/check.h"
 #include "engine/log.h"
@@ -61,6 +62,30 @@ void fill_zero(Tensor t, Stream s) {
     std::memset(t.data, 0, t.bytes());
   else
     cudab::memset_zero(t.data, t.bytes(), s);
+}
+
+void fill_pseudo_random(Tensor t, uint64_t seed, double scale) {
+  const int64_t n = t.numel();
+  std::vector<double> h(static_cast<size_t>(n));
+  uint64_t x = 0x9e3779b97f4a7c15ull ^ (seed + 1) * 0x2545F4914F6CDD1Dull;
+  for (auto& v : h) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    v = scale * (double(x >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+  }
+  const Tensor flat = make_view(t.data, {n}, t.dtype, t.device);
+  if (t.dtype == DType::f64) {
+    copy(flat, Tensor(h.data(), {n}, DType::f64));
+  } else if (t.dtype == DType::f32) {
+    std::vector<float> f(h.begin(), h.end());
+    copy(flat, Tensor(f.data(), {n}, DType::f32));
+  } else {
+    MONTA_CHECK(t.dtype == DType::bf16, "fill_pseudo_random: f32, bf16 or f64 only, got " + t.str());
+    std::vector<bf16_t> b(h.size());
+    for (size_t i = 0; i < h.size(); ++i) b[i] = float_to_bf16(float(h[i]));
+    copy(flat, Tensor(b.data(), {n}, DType::bf16));
+  }
 }
 
 void sync_device(Device d, Stream s) {

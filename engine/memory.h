@@ -17,6 +17,9 @@ void device_free(Device d, void* p);
 // dst and src must have the same numel and dtype; any pair of devices.
 void copy(Tensor dst, const Tensor& src, Stream s = nullptr);
 void fill_zero(Tensor t, Stream s = nullptr);
+// Deterministic pseudo-random values in [-scale, scale) (xorshift64 from `seed`, made on the host), written into t
+// (f32, bf16 or f64; any device): the one fill for benchmark inputs and weights, which need repeatability only.
+void fill_pseudo_random(Tensor t, uint64_t seed, double scale);
 // The one named device->host sync point: waits for all work on the device (or stream) to finish.
 void sync_device(Device d, Stream s = nullptr);
 // Host waits on the device so far in this process: copies into host memory from a device and sync_device calls on

@@ -139,17 +139,15 @@ void ParamStore::init(uint64_t seed) {
 }
 
 void ParamStore::init_for_benchmark() {
-  uint64_t x = 0x9e3779b97f4a7c15ull;
+  uint64_t seed = 0;
   for (auto& p : params_) {
-    std::vector<float> host(static_cast<size_t>(p.master.numel()));
-    const float scale = p.init_std == 0 ? 0.f : float(p.init_std * 1.7320508);  // uniform with the same std
-    for (auto& v : host) {
-      x ^= x << 13;
-      x ^= x >> 7;
-      x ^= x << 17;
-      v = p.init_std == 0 ? 1.f : scale * (float(x >> 40) / 8388608.f - 1.f);
+    if (p.init_std == 0) {  // norm weights: ones, as init() makes them
+      engine::InitNormalArgs ones;
+      for (size_t d = 0; d < p.full.size(); ++d) ones.full[d] = p.local[d];
+      engine::init_normal(p.master, ones);
+    } else {
+      engine::fill_pseudo_random(p.master, seed++, p.init_std * 1.7320508);  // uniform with the same std
     }
-    engine::copy(p.master, engine::make_view(host.data(), p.local, DType::f32, Device::cpu));
     engine::fill_zero(p.m);
     engine::fill_zero(p.v);
     engine::fill_zero(p.grad);

@@ -1,5 +1,5 @@
 // Parallel setup: the config is validated against the world size before any group or buffer exists.
-#include "app/parallel_setup.h"
+#include "model/parallel_setup.h"
 
 #include "comm/calibrate.h"
 #include "comm/exchange_choice.h"
@@ -13,7 +13,7 @@
 #include "comm/cuda/nccl_communicator.h"
 #endif
 
-namespace monta::app {
+namespace monta::model {
 
 #ifdef MONTA_WITH_CUDA
 void NcclGroupsDeleter::operator()(comm::NcclGroups* g) const { delete g; }
@@ -22,24 +22,6 @@ void NcclGroupsDeleter::operator()(comm::NcclGroups* g) const {
   MONTA_CHECK(g == nullptr, "NCCL groups in a build without CUDA");
 }
 #endif
-
-void select_gpu(const comm::Topology& topo, int local_rank) {
-  // Before any NCCL call: NCCL binds each communicator to the device current at its creation.
-  const int gpus = engine::cuda_device_count(), world = comm::runtime_world_size();
-  MONTA_USER_CHECK(gpus > 0, "train.device = cuda but no CUDA device is visible; use --train.device cpu");
-  // GPU = local rank modulo the GPU count. Ranks may share a GPU when they sit on different emulated nodes
-  // (comm::gpu_per_rank_valid): 2 nodes x 2 ranks run on 2 GPUs, a node per rank on one GPU.
-  MONTA_USER_CHECK(comm::gpu_per_rank_valid(topo, local_rank + 1, gpus),
-                   "local rank " + std::to_string(local_rank) + " on " + comm::runtime_host() +
-                       " has no GPU of its own (" + std::to_string(gpus) +
-                       " visible); NCCL needs one GPU per rank of a node: launch at most one rank per GPU, emulate "
-                       "nodes of at most " + std::to_string(gpus) + " ranks (--comm.emulate_nodes " +
-                       std::to_string((world + gpus - 1) / gpus) + " or more; GPUs then time-shared), or use "
-                       "--train.device cpu");
-  if (local_rank == gpus)
-    engine::log_warn("ranks share GPUs (each GPU holds ranks of different emulated nodes): timings are not per-GPU");
-  engine::cuda_set_device(local_rank % gpus);
-}
 
 ParallelSetup setup_parallel(const model::Config& c, engine::Device device) {
   ParallelSetup ps;
@@ -51,7 +33,7 @@ ParallelSetup setup_parallel(const model::Config& c, engine::Device device) {
                                           int(m.heads), int(m.kv_heads), m.vocab, m.ffn);
   comm::Topology topo = comm::discover_topology(c.comm.emulate_nodes);
   ps.local_rank = comm::runtime_local_rank();
-  if (device == engine::Device::cuda) select_gpu(topo, ps.local_rank);
+  if (device == engine::Device::cuda) comm::select_gpu(topo, ps.local_rank);
   ps.groups = std::make_unique<comm::ProcessGroups>(layout, topo);
   ps.layout_table = ps.groups->layout_table();
   auto& g = *ps.groups;
@@ -106,4 +88,4 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
   return pick.kind;
 }
 
-}  // namespace monta::app
+}  // namespace monta::model

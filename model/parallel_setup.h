@@ -15,7 +15,7 @@ namespace monta::comm {
 class NcclGroups;  // comm/cuda/nccl_communicator.h, CUDA builds only
 }
 
-namespace monta::app {
+namespace monta::model {
 
 // Deletes an NcclGroups where its type is complete (parallel_setup.cpp), so this header needs no CUDA.
 struct NcclGroupsDeleter {
@@ -34,9 +34,6 @@ struct ParallelSetup {
   engine::Device device = engine::Device::cpu;
 };
 
-// Selects this rank's GPU, local_rank modulo the GPU count, before any NCCL call. Ranks outnumbering the GPUs of a
-// host are a user error unless every rank is its own emulated node (NCCL then accepts a shared GPU).
-void select_gpu(const comm::Topology& topo, int local_rank);
 // Validates c against the world size (user errors before anything is allocated), then builds the groups. For
 // device cuda it first selects GPU local_rank % device count, then builds NCCL communicators for world, tp, dp,
 // ep and expert-dp and points ctx at them (host buffers given to them still travel over MPI). The default (cpu,
@@ -50,4 +47,4 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
                                    engine::Device device, int* chunks);
 void attach_exchange(ParallelSetup& ps, const model::Config& c, engine::Device device, engine::DType act);
 
-}  // namespace monta::app
+}  // namespace monta::model

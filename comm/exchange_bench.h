@@ -1,0 +1,46 @@
+// The exchange sweep behind `monta bench exchange`, nccl-tests style: for each buffer size, the raw all-to-all over
+// EP and all-gather over TP of the same groups, then every strategy (pipelined at each chunk count), timed as the
+// slowest rank's median (comm/timing.h), as time / algbw / busbw with nccl-tests' formulas, beside the cost model's
+// prediction. Correctness (every strategy's dispatch equals duplicate's, and combine inverts it) is checked outside
+// the timed region. Collective over MPI_COMM_WORLD.
+#pragma once
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "comm/cost_model.h"
+#include "engine/tensor.h"
+
+namespace monta::comm {
+
+struct ExchangeBenchOptions {
+  int tp = 1, ep = 1, emulate_nodes = 0, iters = 10, warmup = 2, experts_per_rank = 1;
+  int64_t min_bytes = 1 << 16, max_bytes = 1 << 24, hidden = 256;
+  double factor = 2;
+  std::vector<int> chunks = {2, 4};
+  std::optional<LinkModel> links;  // predict with these links; unset: calibrate with a short probe
+  engine::Device device = engine::Device::cpu;  // cpu: MPI on f32 host buffers; cuda: NCCL on bf16 device buffers
+};
+
+struct ExchangeBenchRow {
+  std::string op;
+  int chunks = 0, group = 1;
+  double bytes = 0, us = 0, algbw = 0, busbw = 0, pred_us = 0;
+  bool ok = true;
+};
+
+struct ExchangeBenchResult {
+  ExchangeBenchOptions options;
+  std::vector<ExchangeBenchRow> rows;
+  LinkModel links;
+  GroupPlacement placement;
+  int world = 1, nodes = 1;
+  bool emulated = false;
+  bool all_ok() const;
+  std::string table() const;  // header lines and one line per row
+  std::string json() const;
+};
+
+ExchangeBenchResult run_exchange_bench(const ExchangeBenchOptions& o);
+
+}  // namespace monta::comm

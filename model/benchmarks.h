@@ -1,0 +1,26 @@
+// The op and layer benchmarks behind `monta bench ops|layer`: every op at 2x70B widths against the GEMM and copy
+// ceilings measured in the same run, and one decoder layer forward + backward (over the ranks of an mpirun job with
+// tp/ep, one row per exchange strategy). Results as a table and JSON; never asserted in tests.
+#pragma once
+#include <cstdint>
+#include <string>
+
+#include "engine/tensor.h"
+
+namespace monta::model {
+
+// What `monta bench layer` runs: one decoder layer at 2x70B widths by default; --tp/--ep spread it over the ranks
+// of an mpirun job, one row per exchange strategy.
+struct BenchLayerOptions {
+  int tp = 1, ep = 1, chunks = 4, emulate_nodes = 0;
+  bool expert_tp = true, breakdown = false;
+  std::string strategies = "duplicate,drop_gather,pipelined,overlapped";
+  int64_t hidden = 8192, ffn = 28672, heads = 64, kv_heads = 8, experts = 2, top_k = 1, vocab = 32000;
+};
+
+
+// Each returns the process exit code (non-zero when a check failed).
+int bench_ops(engine::Device dev, int iters, const std::string& json, int64_t S);
+int bench_layer(engine::Device dev, int iters, const std::string& json, int64_t S, const BenchLayerOptions& o);
+
+}  // namespace monta::model

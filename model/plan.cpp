@@ -1,0 +1,39 @@
+// The planner over a model config (model/plan.h).
+#include "model/plan.h"
+
+#include "engine/log.h"
+#include "model/footprint.h"
+
+namespace monta::model {
+
+comm::Plan plan_layouts(const Config& c, const comm::Cluster& cluster, int max_chunks, bool only_fitting) {
+  const auto& m = c.model;
+  comm::PlanModel pm{m.vocab, m.hidden, m.layers, m.heads, m.kv_heads, m.ffn, m.experts, m.top_k, m.seq_len,
+                     m.capacity_factor, m.min_capacity, c.train.micro_batch, c.train.global_batch, 2,
+                     train_flops_per_token(m), {}};
+  pm.footprint = [&c](int tp, int ep, bool expert_tp, int dp) {
+    const RankFootprint f = rank_footprint(c, tp, ep, expert_tp, dp, engine::Device::cuda);
+    return comm::PlanModel::Footprint{double(f.params - f.expert_params), double(f.expert_params), f.total()};
+  };
+  comm::PlanOptions opt;
+  opt.max_chunks = max_chunks;
+  opt.only_fitting = only_fitting;
+  opt.layout_allowed = [&c](int tp, int ep, bool expert_tp) { return layout_problem(c, tp, ep, expert_tp, 0).empty(); };
+  return comm::make_plan(cluster, pm, opt);
+}
+
+std::string plan_pick_line(const comm::Plan& p, const comm::Cluster& cluster) {
+  using engine::strf;
+  if (p.best < 0)
+    return strf("pick: none - no layout fits in %.0f GiB per GPU as the trainer allocates (monta does not shard "
+                "optimizer state); the table still ranks them by predicted step time (by communication without a "
+                "TFLOP/s figure)",
+                cluster.gpu_mem_gib);
+  const auto& b = p.rows[size_t(p.best)];
+  const bool chunked = b.strategy == comm::ExchangeKind::pipelined || b.strategy == comm::ExchangeKind::overlapped;
+  return strf("pick: tp %d ep %d dp %d expert_tp %s, exchange %s%s: %.3f s communication, %.3f s predicted step", b.tp,
+              b.ep, b.dp, b.expert_tp ? "yes" : "no", comm::exchange_kind_name(b.strategy),
+              chunked ? strf(" (%d chunks)", b.chunks).c_str() : "", b.comm_s, b.step_s);
+}
+
+}  // namespace monta::model
