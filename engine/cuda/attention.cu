@@ -8,7 +8,8 @@
 //    every query tile from the diagonal on, so the A/G heads sharing a KV head add in a fixed order.
 //    D_i = dO_i · O_i is recomputed where it is needed (no scratch buffer).
 // bf16 with head dim 64 or 128 goes to cuDNN's fused flash attention instead (attention_cudnn.cu) unless
-// MONTA_ATTENTION=flash; these kernels remain the f32 path and the fallback.
+// engine::settings().attention says handwritten (MONTA_ATTENTION=flash); these kernels remain the f32 path and the
+// fallback.
 // Head dims 32, 64, 96, 128 (templates; a thread owns D / (4·threads-per-row) float4 chunks, so every
 // register array is indexed by compile-time constants).
 #include "engine/cuda/attention_cudnn.h"

@@ -15,6 +15,7 @@
 
 #include "engine/cuda/common.cuh"
 #include "engine/ops/linear.h"
+#include "engine/settings.h"
 
 namespace monta::engine::cuda {
 namespace {
@@ -66,21 +67,13 @@ void make_layout(cublasLtMatrixLayout_t* l, DType t, int64_t rows, int64_t cols,
   }
 }
 
-// Optional autotuning (MONTA_GEMM_TUNE=1): the heuristic's first kTuneCandidates algorithms are timed once per
-// key on the real operands, writing into a scratch output (a beta = 1 accumulation is never disturbed), and the
-// fastest is cached. Off by default: on the H200 (2026-11-29, `monta bench ops`, same run, tuned vs not) it made
+// Optional autotuning (engine::settings().gemm_tune; MONTA_GEMM_TUNE=1 sets it): the heuristic's first
+// kTuneCandidates algorithms are timed once per key on the real operands, writing into a scratch output (a beta = 1
+// accumulation is never disturbed), and the fastest is cached. Off by default: on the H200 (2026-11-29, `monta bench ops`, same run, tuned vs not) it made
 // the expert backward GEMM 1.7% faster but the gate forward 14% slower, and the whole 2x70B layer moved by less
 // than the run-to-run spread (74.3 vs 74.9 ms). Tuning allocates and syncs once per shape, on its first use.
 constexpr int kTuneCandidates = 8;
 constexpr double kTuneMinFlops = 1e11;
-
-bool tuning_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MONTA_GEMM_TUNE");
-    return e && std::string(e) == "1";
-  }();
-  return on;
-}
 
 cublasLtMatmulAlgo_t tune(cublasLtHandle_t h, const LtDescs& d, int found, const cublasLtMatmulHeuristicResult_t* res,
                           const void* A, const void* B, size_t c_bytes, float beta, cudaStream_t st) {
@@ -194,7 +187,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, DTyp
                       " -> " + dtype_name(dtc) + ")");
       algo = res[0].algo;
       const double flops = 2.0 * double(m) * double(n) * double(k) * double(batch);
-      if (found > 1 && flops >= kTuneMinFlops && tuning_enabled())
+      if (found > 1 && flops >= kTuneMinFlops && settings().gemm_tune)
         algo = tune(h, d, found, res, A, B, size_t(sc * batch > ldc * n ? sc * batch : ldc * n) * dtype_size(dtc),
                     beta, stream_of(s));
       g_algos.emplace(key, algo);
