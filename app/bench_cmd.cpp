@@ -225,7 +225,7 @@ int bench_ops(Device dev, int iters, const std::string& json, int64_t S) {
                          [&] { expert_linear_backward(Tensor(), dwg, gate, buf, wg); }));
   rows.push_back(measure(dev, iters, "expert gemm bwd dw first (gate)", strf("E%ld %ldx%ldx%ld", E, F, H, C),
                          2.0 * E * C * F * H, el * E * (C * H + C * F) + 4.0 * E * F * H,
-                         [&] { expert_linear_backward(Tensor(), dwg, gate, buf, wg, false, false); }));  // beta 0
+                         [&] { expert_linear_backward(Tensor(), dwg, gate, buf, wg, Write::overwrite, Write::overwrite); }));  // beta 0
   rows.push_back(measure(dev, iters, "expert gemm fwd (down)", strf("E%ld %ldx%ldx%ld", E, C, H, F), 2.0 * E * C * F * H,
                          el * E * (C * H + F * H + C * F), [&] { expert_linear_forward(eo, actv, wd); }));
   Tensor dwd = B.make({E, H, F}, DType::f32);

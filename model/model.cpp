@@ -127,9 +127,9 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
 
 Tensor Model::p(const std::string& name) const { return params_.get(name).compute; }
 void Model::linear_backward_w(Tensor dx, const std::string& name, const Tensor& dout, const Tensor& x,
-                              bool accumulate_dx) {
+                              Write dx_write) {
   const GradWrite g = params_.grad_write(name);
-  linear_backward(dx, g.grad, dout, x, p(name), accumulate_dx, g.accumulate);
+  linear_backward(dx, g.grad, dout, x, p(name), dx_write, g.write);
 }
 
 void Model::tp_all_reduce(Tensor t, bool max) {
@@ -280,10 +280,11 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         const Tensor dy = expert_chunk(dy_, k);
         const GradWrite g_down = params_.grad_write(P + "w_down"), g_gate = params_.grad_write(P + "w_gate");
         const GradWrite g_up = params_.grad_write(P + "w_up");
-        expert_linear_backward(dact, g_down.grad, deo, act, w_down, false, g_down.accumulate);
+        expert_linear_backward(dact, g_down.grad, deo, act, w_down, Write::overwrite, g_down.write);
         swiglu_backward(dgate, dup, dact, gate, up);
-        expert_linear_backward(dy, g_gate.grad, dgate, y, w_gate, false, g_gate.accumulate);
-        expert_linear_backward(dy, g_up.grad, dup, y, w_up, true, g_up.accumulate);  // dy += the up branch's gradient
+        expert_linear_backward(dy, g_gate.grad, dgate, y, w_gate, Write::overwrite, g_gate.write);
+        // dy += the up branch's gradient
+        expert_linear_backward(dy, g_up.grad, dup, y, w_up, Write::accumulate, g_up.write);
         if (par_.expert_tp) reduce_expert_partials(dy, k);
       },
       r);
@@ -294,9 +295,10 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   load_balance_loss_backward(dprobs_, a.counts, s_.K, float(aux_scale * cfg_.aux_loss_coef));
   softmax_backward(drlogits_, dprobs_, a.probs);
   router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef));
-  linear_backward_w(dxn_, P + "router", drlogits_, a.xn2, true);
+  linear_backward_w(dxn_, P + "router", drlogits_, a.xn2, Write::accumulate);
   // dx: now d(loss)/dh.
-  rmsnorm_backward(dx, params_.grad_accumulate(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2, true);
+  rmsnorm_backward(dx, params_.grad_accumulate(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2,
+                   Write::accumulate);
   // Attention branch.
   linear_backward_w(dao_, P + "wo", dx, a.ao);
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
@@ -307,11 +309,12 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   rope_backward(dq4, dq4, theta);
   rope_backward(dk4, dk4, theta);
   linear_backward_w(dxn_, P + "wq", dq_, a.xn1);
-  linear_backward_w(dxn_, P + "wk", dk_, a.xn1, true);
-  linear_backward_w(dxn_, P + "wv", dv_, a.xn1, true);
+  linear_backward_w(dxn_, P + "wk", dk_, a.xn1, Write::accumulate);
+  linear_backward_w(dxn_, P + "wv", dv_, a.xn1, Write::accumulate);
   tp_all_reduce(dxn_);
   // dx: now d(loss)/d(input).
-  rmsnorm_backward(dx, params_.grad_accumulate(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1, true);
+  rmsnorm_backward(dx, params_.grad_accumulate(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1,
+                   Write::accumulate);
 }
 
 double training_objective(const ModelConfig& m, double ce_sum, double aux_sum, double z_sum, double ce_scale,

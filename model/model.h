@@ -69,7 +69,7 @@ class Model {
   Tensor p(const std::string& name) const;      // compute copy of a parameter
   // linear_backward of parameter `name`: dx, and its weight gradient as ParamStore::grad_write says.
   void linear_backward_w(Tensor dx, const std::string& name, const Tensor& dout, const Tensor& x,
-                         bool accumulate_dx = false);
+                         engine::Write dx_write = engine::Write::overwrite);
   // CE sum, every layer's aux and z losses, and the dropped choices (from the expert counts and the capacity): one
   // device->host copy per micro-batch.
   void read_scalars(MicroResult& r) const;

@@ -163,9 +163,9 @@ void ParamStore::zero_grads() {
 
 GradWrite ParamStore::grad_write(const std::string& name) {
   Param& p = get(name);
-  const bool accumulate = !p.grad_stale;
+  const engine::Write write = p.grad_stale ? engine::Write::overwrite : engine::Write::accumulate;
   p.grad_stale = false;
-  return {p.grad, accumulate};
+  return {p.grad, write};
 }
 
 Tensor ParamStore::grad_accumulate(const std::string& name) {

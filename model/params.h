@@ -37,11 +37,11 @@ struct Param {
   bool grad_stale = false;    // logically zero since zero_grads(), memory not yet written: the next write overwrites
 };
 
-// A parameter gradient as one write of the backward sees it: accumulate is false on the step's first write, which
-// then overwrites (the gradient is logically zero), and true after it.
+// A parameter gradient as one write of the backward sees it: overwrite on the step's first write (the gradient is
+// logically zero), accumulate after it.
 struct GradWrite {
   Tensor grad;
-  bool accumulate = true;
+  engine::Write write = engine::Write::accumulate;
 };
 
 // Parameter table for a config and a layout (no memory).
