@@ -63,8 +63,8 @@ class ParamStore {
   // overwrites it (GEMMs with beta 0) and later writes add, so a step neither fills the gradients with zeros nor
   // reads those zeros back; ops that can only add get theirs zero-filled on first use.
   void zero_grads();
-  GradWrite grad_write(const std::string& name);  // for ops that can overwrite (weight GEMMs); marks it written
-  Tensor grad_accumulate(const std::string& name);  // for ops that only add (norm weights, embedding)
+  GradWrite grad_write(Param& p);  // for ops that can overwrite (weight GEMMs); marks it written
+  Tensor grad_accumulate(Param& p);  // for ops that only add (norm weights, embedding)
   // Zero-fills what no write reached since zero_grads() (a no-op after a full backward); call before reading
   // gradients as a whole (reduction, norm, optimizer).
   void settle_grad(Param& p);
