@@ -25,6 +25,9 @@ struct bf16_t {
 float bf16_to_float(bf16_t v);
 bf16_t float_to_bf16(float f);
 
+// How an op writes a gradient output (STYLE.md rule 3): overwrite (=) or accumulate (+=). Call sites say which.
+enum class Write : uint8_t { overwrite, accumulate };
+
 // Opaque stream handle (cudaStream_t on the CUDA backend, ignored on the CPU).
 using Stream = void*;
 

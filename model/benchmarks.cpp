@@ -19,6 +19,7 @@
 #include "engine/log.h"
 #include "engine/memory.h"
 #include "engine/op_timing.h"
+#include "engine/settings.h"
 #include "engine/ops/adamw.h"
 #include "engine/ops/attention.h"
 #include "engine/ops/cross_entropy.h"
@@ -208,15 +209,13 @@ int bench_ops(Device dev, int iters, const std::string& json, int64_t S) {
   rows.push_back(measure(dev, iters, "attention fwd", attn_shape, attn_fwd, attn_fwd_bytes, attn_fwd_run));
   rows.push_back(measure(dev, iters, "attention bwd", attn_shape, 2.5 * attn_fwd, attn_bwd_bytes, attn_bwd_run));
   if (dev == Device::cuda) {  // the hand-written kernels (the f32 path and fallback) on the same inputs, for the record
-    const char* was = std::getenv("MONTA_ATTENTION");
-    const std::string saved = was ? was : "";
-    setenv("MONTA_ATTENTION", "flash", 1);
+    const engine::AttentionPath was = engine::settings().attention;
+    engine::settings().attention = engine::AttentionPath::handwritten;
     const int few = std::min(iters, 3);
     rows.push_back(measure(dev, few, "attention fwd (hand-written)", attn_shape, attn_fwd, attn_fwd_bytes, attn_fwd_run));
     rows.push_back(
         measure(dev, few, "attention bwd (hand-written)", attn_shape, 2.5 * attn_fwd, attn_bwd_bytes, attn_bwd_run));
-    if (was) setenv("MONTA_ATTENTION", saved.c_str(), 1);
-    else unsetenv("MONTA_ATTENTION");
+    engine::settings().attention = was;
   }
   // MoE pieces, top-1 of 2 experts.
   Tensor wr = B.make({E, H}, act, 0.01), rl = B.make({N, E}, act), probs = B.make({N, E}, act);
@@ -250,7 +249,7 @@ int bench_ops(Device dev, int iters, const std::string& json, int64_t S) {
                          [&] { expert_linear_backward(Tensor(), dwg, gate, buf, wg); }));
   rows.push_back(measure(dev, iters, "expert gemm bwd dw first (gate)", strf("E%ld %ldx%ldx%ld", E, F, H, C),
                          2.0 * E * C * F * H, el * E * (C * H + C * F) + 4.0 * E * F * H,
-                         [&] { expert_linear_backward(Tensor(), dwg, gate, buf, wg, false, false); }));  // beta 0
+                         [&] { expert_linear_backward(Tensor(), dwg, gate, buf, wg, Write::overwrite, Write::overwrite); }));  // beta 0
   rows.push_back(measure(dev, iters, "expert gemm fwd (down)", strf("E%ld %ldx%ldx%ld", E, C, H, F), 2.0 * E * C * F * H,
                          el * E * (C * H + F * H + C * F), [&] { expert_linear_forward(eo, actv, wd); }));
   Tensor dwd = B.make({E, H, F}, DType::f32);

@@ -109,7 +109,8 @@ std::vector<TensorSpec> Model::activation_specs(const ModelConfig& cfg, const Sh
 }
 
 Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par, ParamStore& params, DType act)
-    : cfg_(cfg), s_(s), par_(par), params_(params), act_(act), stat_(stat_dtype(act)) {
+    : cfg_(cfg), s_(s), par_(par), params_(params), lp_(bind_layer_params(params, cfg.layers)),
+      op_(bind_outer_params(params)), act_(act), stat_(stat_dtype(act)) {
   const Device dev = params.device();
   layers_.resize(size_t(cfg.layers));
   const int64_t N = s.N;
@@ -139,11 +140,23 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
   }
 }
 
-Tensor Model::p(const std::string& name) const { return params_.get(name).compute; }
-void Model::linear_backward_w(Tensor dx, const std::string& name, const Tensor& dout, const Tensor& x,
-                              bool accumulate_dx) {
-  const GradWrite g = params_.grad_write(name);
-  linear_backward(dx, g.grad, dout, x, p(name), accumulate_dx, g.accumulate);
+std::vector<Model::LayerParams> Model::bind_layer_params(ParamStore& params, int layers) {
+  std::vector<LayerParams> out;
+  for (int l = 0; l < layers; ++l) {
+    const std::string P = "layers." + std::to_string(l) + ".";
+    auto get = [&](const char* name) { return &params.get(P + name); };
+    out.push_back({get("attn_norm"), get("wq"), get("wk"), get("wv"), get("wo"), get("ffn_norm"), get("router"),
+                   get("w_gate"), get("w_up"), get("w_down")});
+  }
+  return out;
+}
+Model::OuterParams Model::bind_outer_params(ParamStore& params) {
+  return {&params.get("embed"), &params.get("final_norm"), &params.get("lm_head")};
+}
+
+void Model::linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Tensor& x, Write dx_write) {
+  const GradWrite g = params_.grad_write(w);
+  linear_backward(dx, g.grad, dout, x, w.compute, dx_write, g.write);
 }
 
 void Model::tp_all_reduce(Tensor t, bool max) {
@@ -171,14 +184,14 @@ Tensor Model::expert_chunk(const Tensor& t, int k) const { return par_.exchange 
 void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
   const engine::TraceRange trace("layer " + std::to_string(l) + " forward");
   auto& a = layers_[size_t(l)];
-  const std::string P = "layers." + std::to_string(l) + ".";
+  const LayerParams& w = lp_[size_t(l)];
   const float eps = float(cfg_.norm_eps), theta = float(cfg_.rope_theta);
   if (a.x.data != x_in.data) copy(a.x, x_in);
   // Attention: column-parallel Q/K/V by heads, row-parallel output projection + all-reduce over TP.
-  rmsnorm_forward(a.xn1, a.rstd1, a.x, p(P + "attn_norm"), eps);
-  linear_forward(a.q, a.xn1, p(P + "wq"));
-  linear_forward(a.k, a.xn1, p(P + "wk"));
-  linear_forward(a.v, a.xn1, p(P + "wv"));
+  rmsnorm_forward(a.xn1, a.rstd1, a.x, w.attn_norm->compute, eps);
+  linear_forward(a.q, a.xn1, w.wq->compute);
+  linear_forward(a.k, a.xn1, w.wk->compute);
+  linear_forward(a.v, a.xn1, w.wv->compute);
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor v4 = a.v.view({s_.B, s_.S, s_.G_l, s_.D});
   rope_forward(q4, q4, theta);
@@ -186,20 +199,20 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   attention_forward(a.ao.view({s_.B, s_.S, s_.A_l, s_.D}), a.lse, q4, k4, v4);
   // h = x + ao · woᵀ with the residual added by the GEMM; under TP only rank 0 adds it, and the all-reduce sums.
   if (par_.tp_rank == 0)
-    linear_forward_residual(a.h, a.ao, p(P + "wo"), a.x);
+    linear_forward_residual(a.h, a.ao, w.wo->compute, a.x);
   else
-    linear_forward(a.h, a.ao, p(P + "wo"));
+    linear_forward(a.h, a.ao, w.wo->compute);
   tp_all_reduce(a.h);
   // MoE: router (replicated) → capacity assignment → (E, C, H) buffer → exchange → experts → back → combine.
-  rmsnorm_forward(a.xn2, a.rstd2, a.h, p(P + "ffn_norm"), eps);
-  linear_forward(a.rlogits, a.xn2, p(P + "router"));
+  rmsnorm_forward(a.xn2, a.rstd2, a.h, w.ffn_norm->compute, eps);
+  linear_forward(a.rlogits, a.xn2, w.router->compute);
   softmax_forward(a.probs, a.rlogits);
   router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.C);
   topk_weights_forward(a.weight, a.probs, a.expert_idx);
   load_balance_loss_forward(a.aux, a.probs, a.counts, s_.K);
   router_z_loss_forward(a.z, a.zlse, a.rlogits);
   moe_dispatch_forward(a.dbuf, a.xn2, a.expert_idx, a.slot);
-  const Tensor w_gate = p(P + "w_gate"), w_up = p(P + "w_up"), w_down = p(P + "w_down");
+  const Tensor w_gate = w.w_gate->compute, w_up = w.w_up->compute, w_down = w.w_down->compute;
   exchange_experts(
       a.cbuf, a.eo, a.y, a.dbuf,
       [&](int k) {
@@ -254,14 +267,14 @@ MicroResult Model::run_forward(const int32_t* tokens, const int32_t* targets) {
   copy(targets_, Tensor(const_cast<int32_t*>(targets), {s_.N}, DType::i32));
   const int64_t vocab_begin = int64_t(par_.tp_rank) * s_.V_l;
   Tensor x = layers_.empty() ? x_final_ : layers_[0].x;
-  embedding_forward(x, tokens_, p("embed"), vocab_begin);
+  embedding_forward(x, tokens_, op_.embed->compute, vocab_begin);
   tp_all_reduce(x);
   for (int l = 0; l < int(layers_.size()); ++l) {
     Tensor out = l + 1 < int(layers_.size()) ? layers_[size_t(l) + 1].x : x_final_;
     layer_forward(l, layers_[size_t(l)].x, out, r);
   }
-  rmsnorm_forward(xf_, rstdf_, x_final_, p("final_norm"), float(cfg_.norm_eps));
-  linear_forward(logits_, xf_, p("lm_head"));
+  rmsnorm_forward(xf_, rstdf_, x_final_, op_.final_norm->compute, float(cfg_.norm_eps));
+  linear_forward(logits_, xf_, op_.lm_head->compute);
   // Vocab-parallel cross-entropy: max and Σexp are reduced over TP; the logits are never gathered.
   logits_rowmax(rowmax_, logits_);
   tp_all_reduce(rowmax_, true);
@@ -279,12 +292,12 @@ MicroResult Model::forward(const int32_t* tokens, const int32_t* targets) { retu
 void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   const engine::TraceRange trace("layer " + std::to_string(l) + " backward");
   auto& a = layers_[size_t(l)];
-  const std::string P = "layers." + std::to_string(l) + ".";
+  const LayerParams& w = lp_[size_t(l)];
   const float theta = float(cfg_.rope_theta);
   // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual.
   moe_combine_backward(dcbuf_, dweight_, dx, a.cbuf, a.weight, a.expert_idx, a.slot);
   // The backward of combine is dispatch and that of dispatch is combine: dcbuf -> deo -> experts -> dy -> ddbuf.
-  const Tensor w_gate = p(P + "w_gate"), w_up = p(P + "w_up"), w_down = p(P + "w_down");
+  const Tensor w_gate = w.w_gate->compute, w_up = w.w_up->compute, w_down = w.w_down->compute;
   exchange_experts(
       ddbuf_, dy_, deo_, dcbuf_,
       [&](int k) {
@@ -292,12 +305,13 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         const Tensor gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k), y = expert_chunk(a.y, k);
         const Tensor dgate = expert_chunk(dgate_, k), dup = expert_chunk(dup_, k);
         const Tensor dy = expert_chunk(dy_, k);
-        const GradWrite g_down = params_.grad_write(P + "w_down"), g_gate = params_.grad_write(P + "w_gate");
-        const GradWrite g_up = params_.grad_write(P + "w_up");
-        expert_linear_backward(dact, g_down.grad, deo, act, w_down, false, g_down.accumulate);
+        const GradWrite g_down = params_.grad_write(*w.w_down), g_gate = params_.grad_write(*w.w_gate);
+        const GradWrite g_up = params_.grad_write(*w.w_up);
+        expert_linear_backward(dact, g_down.grad, deo, act, w_down, Write::overwrite, g_down.write);
         swiglu_backward(dgate, dup, dact, gate, up);
-        expert_linear_backward(dy, g_gate.grad, dgate, y, w_gate, false, g_gate.accumulate);
-        expert_linear_backward(dy, g_up.grad, dup, y, w_up, true, g_up.accumulate);  // dy += the up branch's gradient
+        expert_linear_backward(dy, g_gate.grad, dgate, y, w_gate, Write::overwrite, g_gate.write);
+        // dy += the up branch's gradient
+        expert_linear_backward(dy, g_up.grad, dup, y, w_up, Write::accumulate, g_up.write);
         if (par_.expert_tp) reduce_expert_partials(dy, k);
       },
       r);
@@ -308,11 +322,12 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   load_balance_loss_backward(dprobs_, a.counts, s_.K, float(aux_scale * cfg_.aux_loss_coef));
   softmax_backward(drlogits_, dprobs_, a.probs);
   router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef));
-  linear_backward_w(dxn_, P + "router", drlogits_, a.xn2, true);
+  linear_backward_w(dxn_, *w.router, drlogits_, a.xn2, Write::accumulate);
   // dx: now d(loss)/dh.
-  rmsnorm_backward(dx, params_.grad_accumulate(P + "ffn_norm"), dxn_, a.h, p(P + "ffn_norm"), a.rstd2, true);
+  rmsnorm_backward(dx, params_.grad_accumulate(*w.ffn_norm), dxn_, a.h, w.ffn_norm->compute, a.rstd2,
+                   Write::accumulate);
   // Attention branch.
-  linear_backward_w(dao_, P + "wo", dx, a.ao);
+  linear_backward_w(dao_, *w.wo, dx, a.ao);
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor v4 = a.v.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor dq4 = dq_.view({s_.B, s_.S, s_.A_l, s_.D}), dk4 = dk_.view({s_.B, s_.S, s_.G_l, s_.D});
@@ -320,12 +335,13 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
                      a.ao.view({s_.B, s_.S, s_.A_l, s_.D}), a.lse);
   rope_backward(dq4, dq4, theta);
   rope_backward(dk4, dk4, theta);
-  linear_backward_w(dxn_, P + "wq", dq_, a.xn1);
-  linear_backward_w(dxn_, P + "wk", dk_, a.xn1, true);
-  linear_backward_w(dxn_, P + "wv", dv_, a.xn1, true);
+  linear_backward_w(dxn_, *w.wq, dq_, a.xn1);
+  linear_backward_w(dxn_, *w.wk, dk_, a.xn1, Write::accumulate);
+  linear_backward_w(dxn_, *w.wv, dv_, a.xn1, Write::accumulate);
   tp_all_reduce(dxn_);
   // dx: now d(loss)/d(input).
-  rmsnorm_backward(dx, params_.grad_accumulate(P + "attn_norm"), dxn_, a.x, p(P + "attn_norm"), a.rstd1, true);
+  rmsnorm_backward(dx, params_.grad_accumulate(*w.attn_norm), dxn_, a.x, w.attn_norm->compute, a.rstd1,
+                   Write::accumulate);
 }
 
 double training_objective(const ModelConfig& m, double ce_sum, double aux_sum, double z_sum, double ce_scale,
@@ -337,15 +353,15 @@ MicroResult Model::forward_backward(const int32_t* tokens, const int32_t* target
   MicroResult r = run_forward(tokens, targets);
   const int64_t vocab_begin = int64_t(par_.tp_rank) * s_.V_l;
   cross_entropy_backward(dlogits_, logits_, targets_, lse_, vocab_begin, float(ce_scale));
-  linear_backward_w(dxn_, "lm_head", dlogits_, xf_);
+  linear_backward_w(dxn_, *op_.lm_head, dlogits_, xf_);
   tp_all_reduce(dxn_);
-  rmsnorm_backward(dx_, params_.grad_accumulate("final_norm"), dxn_, x_final_, p("final_norm"), rstdf_);
+  rmsnorm_backward(dx_, params_.grad_accumulate(*op_.final_norm), dxn_, x_final_, op_.final_norm->compute, rstdf_);
   if (on_grads_ready) on_grads_ready(int(layers_.size()));
   for (int l = int(layers_.size()) - 1; l >= 0; --l) {
     layer_backward(l, dx_, aux_scale, r);
     if (on_grads_ready) on_grads_ready(l);
   }
-  embedding_backward(params_.grad_accumulate("embed"), dx_, tokens_, vocab_begin);
+  embedding_backward(params_.grad_accumulate(*op_.embed), dx_, tokens_, vocab_begin);
   if (on_grads_ready) on_grads_ready(-1);
   return r;
 }

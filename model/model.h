@@ -55,6 +55,16 @@ class Model {
 
  private:
   struct SpecList;
+  // A layer's parameters, looked up by name once at construction (ParamStore's storage does not move).
+  struct LayerParams {
+    Param *attn_norm, *wq, *wk, *wv, *wo, *ffn_norm, *router, *w_gate, *w_up, *w_down;
+  };
+  // The parameters outside the layers.
+  struct OuterParams {
+    Param *embed, *final_norm, *lm_head;
+  };
+  static std::vector<LayerParams> bind_layer_params(ParamStore& params, int layers);
+  static OuterParams bind_outer_params(ParamStore& params);
   struct Layer {
     Tensor x, xn1, rstd1, q, k, v, ao, lse, h, xn2, rstd2;
     Tensor rlogits, probs, expert_idx, slot, weight, counts, zlse, aux, z;
@@ -74,10 +84,9 @@ class Model {
   Tensor expert_chunk(const Tensor& t, int k) const;  // chunk k of an expert-side (E_l, e*C, W) tensor
   // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
   void reduce_expert_partials(Tensor t, int k);
-  Tensor p(const std::string& name) const;      // compute copy of a parameter
-  // linear_backward of parameter `name`: dx, and its weight gradient as ParamStore::grad_write says.
-  void linear_backward_w(Tensor dx, const std::string& name, const Tensor& dout, const Tensor& x,
-                         bool accumulate_dx = false);
+  // linear_backward of parameter w: dx, and its weight gradient as ParamStore::grad_write says.
+  void linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Tensor& x,
+                         engine::Write dx_write = engine::Write::overwrite);
   // CE sum, every layer's aux and z losses, and the dropped choices (from the expert counts and the capacity): one
   // device->host copy per micro-batch.
   void read_scalars(MicroResult& r) const;
@@ -86,6 +95,8 @@ class Model {
   Shapes s_;
   ParallelContext par_;
   ParamStore& params_;
+  std::vector<LayerParams> lp_;  // per layer
+  OuterParams op_;
   DType act_, stat_;
   engine::Arena acts_;
   std::vector<Layer> layers_;

@@ -159,15 +159,13 @@ void ParamStore::zero_grads() {
   for (auto& p : params_) p.grad_stale = true;
 }
 
-GradWrite ParamStore::grad_write(const std::string& name) {
-  Param& p = get(name);
-  const bool accumulate = !p.grad_stale;
+GradWrite ParamStore::grad_write(Param& p) {
+  const engine::Write write = p.grad_stale ? engine::Write::overwrite : engine::Write::accumulate;
   p.grad_stale = false;
-  return {p.grad, accumulate};
+  return {p.grad, write};
 }
 
-Tensor ParamStore::grad_accumulate(const std::string& name) {
-  Param& p = get(name);
+Tensor ParamStore::grad_accumulate(Param& p) {
   settle_grad(p);
   return p.grad;
 }

@@ -37,11 +37,11 @@ struct Param {
   bool grad_stale = false;    // logically zero since zero_grads(), memory not yet written: the next write overwrites
 };
 
-// A parameter gradient as one write of the backward sees it: accumulate is false on the step's first write, which
-// then overwrites (the gradient is logically zero), and true after it.
+// A parameter gradient as one write of the backward sees it: overwrite on the step's first write (the gradient is
+// logically zero), accumulate after it.
 struct GradWrite {
   Tensor grad;
-  bool accumulate = true;
+  engine::Write write = engine::Write::accumulate;
 };
 
 // Parameter table for a config and a layout (no memory).
@@ -63,8 +63,8 @@ class ParamStore {
   // overwrites it (GEMMs with beta 0) and later writes add, so a step neither fills the gradients with zeros nor
   // reads those zeros back; ops that can only add get theirs zero-filled on first use.
   void zero_grads();
-  GradWrite grad_write(const std::string& name);  // for ops that can overwrite (weight GEMMs); marks it written
-  Tensor grad_accumulate(const std::string& name);  // for ops that only add (norm weights, embedding)
+  GradWrite grad_write(Param& p);  // for ops that can overwrite (weight GEMMs); marks it written
+  Tensor grad_accumulate(Param& p);  // for ops that only add (norm weights, embedding)
   // Zero-fills what no write reached since zero_grads() (a no-op after a full backward); call before reading
   // gradients as a whole (reduction, norm, optimizer).
   void settle_grad(Param& p);

@@ -12,7 +12,6 @@
 namespace monta::engine::cpu {
 namespace {
 
-
 template <class T> void step(Tensor param, Tensor m, Tensor v, Tensor lowp, const Tensor& grad, const AdamWArgs& a) {
   const int64_t n = param.numel();
   const T b1 = T(a.beta1), b2 = T(a.beta2), eps = T(a.eps), gs = T(a.grad_scale);
@@ -39,12 +38,11 @@ void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tenso
   const char* op = "adamw_step";
   MONTA_CHECK(param.dtype == DType::f32 || param.dtype == DType::f64,
               std::string(op) + ": param must be f32 or f64, got " + param.str());
-  const int64_t n = param.numel();
-  need(op, "param", param, param.dtype, n);
-  need(op, "m", m, param.dtype, n);
-  need(op, "v", v, param.dtype, n);
-  need(op, "grad", grad, param.dtype, n);
-  if (!param_lowp.empty()) need(op, "param_lowp", param_lowp, DType::bf16, n);
+  need(op, "param", param, param.dtype);
+  need(op, "m", m, param.dtype);
+  need(op, "v", v, param.dtype);
+  need(op, "grad", grad, param.dtype);
+  if (!param_lowp.empty()) need(op, "param_lowp", param_lowp, DType::bf16);
   MONTA_CHECK(a.step >= 1, std::string(op) + ": step is 1-based, got " + std::to_string(a.step));
   if (param.dtype == DType::f32)
     step<float>(param, m, v, param_lowp, grad, a);

@@ -19,25 +19,18 @@ struct Dims {
   int64_t B, S, A, G, D;
 };
 
-
+// Dtypes and devices; the shapes are the contract's (engine/ops/dispatch.cpp).
 Dims check_qkv(const char* op, const Tensor& q, const Tensor& k, const Tensor& v) {
   MONTA_CHECK(q.dtype == DType::f32 || q.dtype == DType::f64, std::string(op) + ": q must be f32 or f64, got " + q.str());
   need(op, "q", q, q.dtype);
   need(op, "k", k, q.dtype);
   need(op, "v", v, q.dtype);
-  MONTA_CHECK(q.ndim == 4 && k.ndim == 4 && same_shape(k, v) && k.dim(0) == q.dim(0) && k.dim(1) == q.dim(1) &&
-                  k.dim(3) == q.dim(3) && k.dim(2) > 0 && q.dim(2) % k.dim(2) == 0,
-              std::string(op) + ": want q (B, S, A, D), k and v (B, S, G, D) with G dividing A, got " + q.str() +
-                  ", " + k.str() + ", " + v.str());
   return {q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
 }
 
-void check_saved(const char* op, const Dims& d, const Tensor& q, const Tensor& out, const Tensor& lse) {
+void check_saved(const char* op, const Tensor& q, const Tensor& out, const Tensor& lse) {
   need(op, "out", out, q.dtype);
   need(op, "lse", lse, stat_dtype(q.dtype));
-  MONTA_CHECK(same_shape(out, q), std::string(op) + ": out " + out.str() + " must match q " + q.str());
-  MONTA_CHECK(lse.numel() == d.B * d.A * d.S,
-              std::string(op) + ": lse " + lse.str() + " must be (B, A, S) for q " + q.str());
 }
 
 template <class T> T dot(const T* a, const T* b, int64_t n) {
@@ -120,7 +113,7 @@ template <class T> void bwd(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout,
 void attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k, const Tensor& v, Stream) {
   const char* op = "attention_forward";
   Dims d = check_qkv(op, q, k, v);
-  check_saved(op, d, q, out, lse);
+  check_saved(op, q, out, lse);
   if (q.dtype == DType::f32)
     fwd<float>(out, lse, q, k, v, d);
   else
@@ -131,14 +124,11 @@ void attention_backward(Tensor dq, Tensor dk, Tensor dv, const Tensor& dout, con
                         const Tensor& v, const Tensor& out, const Tensor& lse, Stream) {
   const char* op = "attention_backward";
   Dims d = check_qkv(op, q, k, v);
-  check_saved(op, d, q, out, lse);
+  check_saved(op, q, out, lse);
   need(op, "dout", dout, q.dtype);
   need(op, "dq", dq, q.dtype);
   need(op, "dk", dk, q.dtype);
   need(op, "dv", dv, q.dtype);
-  MONTA_CHECK(same_shape(dout, q) && same_shape(dq, q) && same_shape(dk, k) && same_shape(dv, v),
-              std::string(op) + ": gradients must match their inputs: dout " + dout.str() + ", dq " + dq.str() +
-                  ", dk " + dk.str() + ", dv " + dv.str());
   if (q.dtype == DType::f32)
     bwd<float>(dq, dk, dv, dout, q, k, v, out, lse, d);
   else

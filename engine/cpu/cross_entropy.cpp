@@ -15,9 +15,9 @@ namespace {
 
 
 void need_logits(const char* op, const Tensor& logits) {
-  MONTA_CHECK((logits.dtype == DType::f32 || logits.dtype == DType::f64) && logits.ndim == 2,
-              std::string(op) + ": logits must be (N, V_local) f32 or f64, got " + logits.str());
-  need(op, "logits", logits, logits.dtype, logits.numel());
+  MONTA_CHECK(logits.dtype == DType::f32 || logits.dtype == DType::f64,
+              std::string(op) + ": logits must be f32 or f64, got " + logits.str());
+  need(op, "logits", logits, logits.dtype);
 }
 
 template <class T> void rowmax_impl(Tensor rowmax, const Tensor& logits) {
@@ -76,8 +76,7 @@ template <class T> void backward_impl(Tensor dlogits, const Tensor& logits, cons
 void logits_rowmax(Tensor rowmax, const Tensor& logits, Stream) {
   const char* op = "logits_rowmax";
   need_logits(op, logits);
-  need(op, "rowmax", rowmax, stat_dtype(logits.dtype), logits.dim(0));
-  MONTA_CHECK(logits.dim(1) > 0, std::string(op) + ": logits " + logits.str() + " has no columns");
+  need(op, "rowmax", rowmax, stat_dtype(logits.dtype));
   if (logits.dtype == DType::f32)
     rowmax_impl<float>(rowmax, logits);
   else
@@ -88,12 +87,11 @@ void cross_entropy_partial(Tensor sumexp, Tensor target_logit, const Tensor& log
                            const Tensor& targets, int64_t vocab_begin, Stream) {
   const char* op = "cross_entropy_partial";
   need_logits(op, logits);
-  const int64_t N = logits.dim(0);
   const DType st = stat_dtype(logits.dtype);
-  need(op, "sumexp", sumexp, st, N);
-  need(op, "target_logit", target_logit, st, N);
-  need(op, "rowmax", rowmax, st, N);
-  need(op, "targets", targets, DType::i32, N);
+  need(op, "sumexp", sumexp, st);
+  need(op, "target_logit", target_logit, st);
+  need(op, "rowmax", rowmax, st);
+  need(op, "targets", targets, DType::i32);
   if (logits.dtype == DType::f32)
     partial_impl<float>(sumexp, target_logit, logits, rowmax, targets, vocab_begin);
   else
@@ -105,13 +103,12 @@ void cross_entropy_finish(Tensor losses, Tensor lse, const Tensor& sumexp, const
   const char* op = "cross_entropy_finish";
   MONTA_CHECK(losses.dtype == DType::f32 || losses.dtype == DType::f64,
               std::string(op) + ": losses must be f32 or f64, got " + losses.str());
-  const int64_t N = losses.numel();
-  need(op, "losses", losses, losses.dtype, N);
-  need(op, "lse", lse, losses.dtype, N);
-  need(op, "sumexp", sumexp, losses.dtype, N);
-  need(op, "rowmax", rowmax, losses.dtype, N);
-  need(op, "target_logit", target_logit, losses.dtype, N);
-  need(op, "targets", targets, DType::i32, N);
+  need(op, "losses", losses, losses.dtype);
+  need(op, "lse", lse, losses.dtype);
+  need(op, "sumexp", sumexp, losses.dtype);
+  need(op, "rowmax", rowmax, losses.dtype);
+  need(op, "target_logit", target_logit, losses.dtype);
+  need(op, "targets", targets, DType::i32);
   if (losses.dtype == DType::f32)
     finish_impl<float>(losses, lse, sumexp, rowmax, target_logit, targets);
   else
@@ -122,10 +119,9 @@ void cross_entropy_backward(Tensor dlogits, const Tensor& logits, const Tensor& 
                             int64_t vocab_begin, float scale, Stream) {
   const char* op = "cross_entropy_backward";
   need_logits(op, logits);
-  need(op, "dlogits", dlogits, logits.dtype, logits.numel());
-  MONTA_CHECK(same_shape(dlogits, logits), std::string(op) + ": dlogits " + dlogits.str() + " must match " + logits.str());
-  need(op, "targets", targets, DType::i32, logits.dim(0));
-  need(op, "lse", lse, stat_dtype(logits.dtype), logits.dim(0));
+  need(op, "dlogits", dlogits, logits.dtype);
+  need(op, "targets", targets, DType::i32);
+  need(op, "lse", lse, stat_dtype(logits.dtype));
   if (logits.dtype == DType::f32)
     backward_impl<float>(dlogits, logits, targets, lse, vocab_begin, scale);
   else

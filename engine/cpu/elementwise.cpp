@@ -18,10 +18,6 @@ void need(const char* op, const char* name, const Tensor& t) {
   MONTA_CHECK(is_float(t.dtype), std::string(op) + ": " + name + " must be f32, f64 or bf16, got " + t.str());
 }
 
-void need_numel(const char* op, const Tensor& a, const Tensor& b) {
-  MONTA_CHECK(a.numel() == b.numel(), std::string(op) + ": " + a.str() + " and " + b.str() + " differ in size");
-}
-
 double load(const Tensor& t, int64_t i) {
   switch (t.dtype) {
     case DType::f32: return double(t.as<float>()[i]);
@@ -55,8 +51,6 @@ void add(Tensor out, const Tensor& a, const Tensor& b, Stream) {
   need(op, "out", out);
   need(op, "a", a);
   need(op, "b", b);
-  need_numel(op, out, a);
-  need_numel(op, out, b);
   MONTA_CHECK(out.dtype == a.dtype && out.dtype == b.dtype && out.dtype != DType::bf16,
               std::string(op) + ": out, a, b must share dtype f32 or f64, got " + out.str() + ", " + a.str() + ", " +
                   b.str());
@@ -70,7 +64,6 @@ void accumulate(Tensor dst, const Tensor& src, Stream) {
   const char* op = "accumulate";
   need(op, "dst", dst);
   need(op, "src", src);
-  need_numel(op, dst, src);
   const int64_t n = dst.numel();
   if (dst.dtype == DType::f32 && src.dtype == DType::f32) return acc_typed(dst.as<float>(), src.as<float>(), n);
   if (dst.dtype == DType::f64 && src.dtype == DType::f64) return acc_typed(dst.as<double>(), src.as<double>(), n);
@@ -92,7 +85,6 @@ void cast(Tensor out, const Tensor& in, Stream) {
   const char* op = "cast";
   need(op, "out", out);
   need(op, "in", in);
-  need_numel(op, out, in);
   const int64_t n = out.numel();
   if (out.dtype == in.dtype) {
     if (out.data != in.data)
@@ -114,9 +106,9 @@ void sum_squares(Tensor out, const Tensor& x, Stream) {
   const char* op = "sum_squares";
   need(op, "x", x);
   need(op, "out", out);
-  MONTA_CHECK(out.dtype == stat_dtype(x.dtype) && out.numel() == 1,
-              std::string(op) + ": out must be one element of " + dtype_name(stat_dtype(x.dtype)) + " for x " +
-                  x.str() + ", got " + out.str());
+  MONTA_CHECK(out.dtype == stat_dtype(x.dtype),
+              std::string(op) + ": out must be " + dtype_name(stat_dtype(x.dtype)) + " for x " + x.str() + ", got " +
+                  out.str());
   double s = 0;
   const int64_t n = x.numel();
   if (x.dtype == DType::f32) {
@@ -135,9 +127,9 @@ void sum(Tensor out, const Tensor& x, double alpha, Stream) {
   const char* op = "sum";
   need(op, "x", x);
   need(op, "out", out);
-  MONTA_CHECK(out.dtype == stat_dtype(x.dtype) && out.numel() == 1,
-              std::string(op) + ": out must be one element of " + dtype_name(stat_dtype(x.dtype)) + " for x " +
-                  x.str() + ", got " + out.str());
+  MONTA_CHECK(out.dtype == stat_dtype(x.dtype),
+              std::string(op) + ": out must be " + dtype_name(stat_dtype(x.dtype)) + " for x " + x.str() + ", got " +
+                  out.str());
   double s = 0;
   for (int64_t i = 0, n = x.numel(); i < n; ++i) s += load(x, i);
   store(out, 0, alpha * s);

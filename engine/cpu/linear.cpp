@@ -116,10 +116,6 @@ void gemm(T* c, int64_t ldc, Mat<T> a, Mat<T> b, int64_t M, int64_t N, int64_t K
   }
 }
 
-std::string shapes(const Tensor& a, const Tensor& b, const Tensor& c) {
-  return " (" + a.str() + ", " + b.str() + ", " + c.str() + ")";
-}
-
 void need_float(const char* op, const char* name, const Tensor& t, DType dt) {
   MONTA_CHECK(t.device == Device::cpu && t.data != nullptr,
               std::string(op) + ": " + name + " must be a non-empty CPU tensor, got " + t.str());
@@ -143,45 +139,33 @@ template <class T> void linear_bwd(Tensor dx, Tensor dw, const Tensor& dout, con
 
 }  // namespace
 
-void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulate, Stream) {
+void linear_forward(Tensor out, const Tensor& x, const Tensor& w, Write write, Stream) {
   const char* op = "linear_forward";
   need_float(op, "x", x, x.dtype);
   need_float(op, "w", w, x.dtype);
   need_float(op, "out", out, x.dtype);
-  MONTA_CHECK(x.ndim == 2 && w.ndim == 2 && out.ndim == 2 && w.dim(1) == x.dim(1) && out.dim(0) == x.dim(0) &&
-                  out.dim(1) == w.dim(0),
-              std::string(op) + ": want out (M, O), x (M, I), w (O, I), got" + shapes(out, x, w));
   if (x.dtype == DType::f32)
-    linear_fwd<float>(out, x, w, accumulate);
+    linear_fwd<float>(out, x, w, write == Write::accumulate);
   else
-    linear_fwd<double>(out, x, w, accumulate);
+    linear_fwd<double>(out, x, w, write == Write::accumulate);
 }
 
 void linear_forward_residual(Tensor out, const Tensor& x, const Tensor& w, const Tensor& residual, Stream s) {
   need_float("linear_forward_residual", "residual", residual, out.dtype);
-  MONTA_CHECK(same_shape(residual, out), "linear_forward_residual: residual " + residual.str() + " must match out " +
-                                             out.str());
   if (residual.data != out.data) std::memcpy(out.data, residual.data, out.bytes());
-  cpu::linear_forward(out, x, w, true, s);
+  cpu::linear_forward(out, x, w, Write::accumulate, s);
 }
 
-void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                     bool accumulate_dw, Stream) {
+void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, Write dx_write,
+                     Write dw_write, Stream) {
+  const bool accumulate_dx = dx_write == Write::accumulate, accumulate_dw = dw_write == Write::accumulate;
   const char* op = "linear_backward";
   need_float(op, "dout", dout, dout.dtype);
   need_float(op, "w", w, dout.dtype);
-  MONTA_CHECK(dout.ndim == 2 && w.ndim == 2 && dout.dim(1) == w.dim(0),
-              std::string(op) + ": want dout (M, O), w (O, I), got (" + dout.str() + ", " + w.str() + ")");
-  if (!dx.empty()) {
-    need_float(op, "dx", dx, dout.dtype);
-    MONTA_CHECK(dx.ndim == 2 && dx.dim(0) == dout.dim(0) && dx.dim(1) == w.dim(1),
-                std::string(op) + ": want dx (M, I), got" + shapes(dx, dout, w));
-  }
+  if (!dx.empty()) need_float(op, "dx", dx, dout.dtype);
   if (!dw.empty()) {
     need_float(op, "dw", dw, dout.dtype);
     need_float(op, "x", x, dout.dtype);
-    MONTA_CHECK(same_shape(dw, w) && x.ndim == 2 && x.dim(0) == dout.dim(0) && x.dim(1) == w.dim(1),
-                std::string(op) + ": want dw (O, I), x (M, I), got" + shapes(dw, x, w));
   }
   if (dout.dtype == DType::f32)
     linear_bwd<float>(dx, dw, dout, x, w, accumulate_dx, accumulate_dw);
@@ -192,29 +176,22 @@ void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, 
 void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream s) {
   const char* op = "expert_linear_forward";
   need_float(op, "x", x, x.dtype);
-  MONTA_CHECK(x.ndim == 3 && w.ndim == 3 && out.ndim == 3 && w.dim(0) == x.dim(0) && out.dim(0) == x.dim(0) &&
-                  w.dim(2) == x.dim(2) && out.dim(1) == x.dim(1) && out.dim(2) == w.dim(1),
-              std::string(op) + ": want out (E, C, O), x (E, C, I), w (E, O, I), got" + shapes(out, x, w));
   const int64_t E = x.dim(0), C = x.dim(1), I = x.dim(2), O = w.dim(1);
   for (int64_t e = 0; e < E; ++e)
-    cpu::linear_forward(out.rows(e, 1).view({C, O}), x.rows(e, 1).view({C, I}), w.rows(e, 1).view({O, I}), false, s);
+    cpu::linear_forward(out.rows(e, 1).view({C, O}), x.rows(e, 1).view({C, I}), w.rows(e, 1).view({O, I}),
+                        Write::overwrite, s);
 }
 
-void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                            bool accumulate_dw, Stream s) {
+void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, Write dx_write,
+                            Write dw_write, Stream s) {
   const char* op = "expert_linear_backward";
   need_float(op, "dout", dout, dout.dtype);
-  MONTA_CHECK(dout.ndim == 3 && w.ndim == 3 && x.ndim == 3 && w.dim(0) == dout.dim(0) && x.dim(0) == dout.dim(0) &&
-                  x.dim(1) == dout.dim(1) && w.dim(1) == dout.dim(2) && w.dim(2) == x.dim(2),
-              std::string(op) + ": want dout (E, C, O), x (E, C, I), w (E, O, I), got" + shapes(dout, x, w));
-  MONTA_CHECK(dx.empty() || same_shape(dx, x), std::string(op) + ": dx " + dx.str() + " must match x " + x.str());
-  MONTA_CHECK(dw.empty() || same_shape(dw, w), std::string(op) + ": dw " + dw.str() + " must match w " + w.str());
   const int64_t E = x.dim(0), C = x.dim(1), I = x.dim(2), O = w.dim(1);
   for (int64_t e = 0; e < E; ++e) {
     Tensor dxe = dx.empty() ? Tensor() : dx.rows(e, 1).view({C, I});
     Tensor dwe = dw.empty() ? Tensor() : dw.rows(e, 1).view({O, I});
     cpu::linear_backward(dxe, dwe, dout.rows(e, 1).view({C, O}), x.rows(e, 1).view({C, I}), w.rows(e, 1).view({O, I}),
-                         accumulate_dx, accumulate_dw, s);
+                         dx_write, dw_write, s);
   }
 }
 

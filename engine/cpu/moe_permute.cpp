@@ -17,7 +17,8 @@ struct Route {
 };
 
 
-// tok (N, H) and buf (E, C, H) share a float dtype; expert_idx and slot (N, K) i32 and in range.
+// tok (N, H) and buf (E, C, H) share a float dtype; expert_idx and slot (N, K) i32 and in range (the shapes are the
+// contract's, engine/ops/dispatch.cpp).
 Route check_route(const char* op, const Tensor& tok, const Tensor& buf, const Tensor& expert_idx, const Tensor& slot) {
   MONTA_CHECK(tok.dtype == DType::f32 || tok.dtype == DType::f64,
               std::string(op) + ": activations must be f32 or f64, got " + tok.str());
@@ -25,10 +26,6 @@ Route check_route(const char* op, const Tensor& tok, const Tensor& buf, const Te
   need(op, "buffer", buf, tok.dtype);
   need(op, "expert_idx", expert_idx, DType::i32);
   need(op, "slot", slot, DType::i32);
-  MONTA_CHECK(tok.ndim == 2 && buf.ndim == 3 && buf.dim(2) == tok.dim(1) && expert_idx.ndim == 2 &&
-                  expert_idx.dim(0) == tok.dim(0) && same_shape(slot, expert_idx),
-              std::string(op) + ": want tokens (N, H), buffer (E, C, H), expert_idx and slot (N, K), got " +
-                  tok.str() + ", " + buf.str() + ", " + expert_idx.str() + ", " + slot.str());
   Route r{tok.dim(0), expert_idx.dim(1), buf.dim(0), buf.dim(1), tok.dim(1)};
   const int32_t *idx = expert_idx.as<int32_t>(), *sl = slot.as<int32_t>();
   for (int64_t i = 0; i < r.N * r.K; ++i)
@@ -107,12 +104,6 @@ template <class T> void combine_bwd(Tensor debuf, Tensor dweight, const Tensor& 
     }
 }
 
-void need_weight(const char* op, const char* name, const Tensor& w, const Tensor& tok, const Tensor& expert_idx) {
-  need(op, name, w, tok.dtype);
-  MONTA_CHECK(same_shape(w, expert_idx),
-              std::string(op) + ": " + name + " " + w.str() + " must be (N, K) like " + expert_idx.str());
-}
-
 }  // namespace
 
 void moe_dispatch_forward(Tensor buf, const Tensor& x, const Tensor& expert_idx, const Tensor& slot, Stream) {
@@ -135,11 +126,8 @@ void moe_combine_forward(Tensor y, const Tensor& ebuf, const Tensor& weight, con
                          const Tensor& slot, const Tensor& residual, Stream) {
   const char* op = "moe_combine_forward";
   Route r = check_route(op, y, ebuf, expert_idx, slot);
-  need_weight(op, "weight", weight, y, expert_idx);
-  if (!residual.empty()) {
-    need(op, "residual", residual, y.dtype);
-    MONTA_CHECK(same_shape(residual, y), std::string(op) + ": residual " + residual.str() + " must match y " + y.str());
-  }
+  need(op, "weight", weight, y.dtype);
+  if (!residual.empty()) need(op, "residual", residual, y.dtype);
   if (y.dtype == DType::f32)
     combine_fwd<float>(y, ebuf, weight, expert_idx, slot, residual, r);
   else
@@ -151,9 +139,8 @@ void moe_combine_backward(Tensor debuf, Tensor dweight, const Tensor& dy, const 
   const char* op = "moe_combine_backward";
   Route r = check_route(op, dy, ebuf, expert_idx, slot);
   need(op, "debuf", debuf, dy.dtype);
-  MONTA_CHECK(same_shape(debuf, ebuf), std::string(op) + ": debuf " + debuf.str() + " must match ebuf " + ebuf.str());
-  need_weight(op, "weight", weight, dy, expert_idx);
-  need_weight(op, "dweight", dweight, dy, expert_idx);
+  need(op, "weight", weight, dy.dtype);
+  need(op, "dweight", dweight, dy.dtype);
   if (dy.dtype == DType::f32)
     combine_bwd<float>(debuf, dweight, dy, ebuf, weight, expert_idx, slot, r);
   else

@@ -11,10 +11,8 @@
 namespace monta::engine::cpu {
 namespace {
 
-
 void check_x(const char* op, const Tensor& x) {
   MONTA_CHECK(x.dtype == DType::f32 || x.dtype == DType::f64, std::string(op) + ": x must be f32 or f64, got " + x.str());
-  MONTA_CHECK(x.ndim >= 1 && x.dim(-1) > 0, std::string(op) + ": x must have a non-empty last dimension, got " + x.str());
 }
 
 template <class T> void fwd(Tensor out, Tensor rstd, const Tensor& x, const Tensor& weight, double eps) {
@@ -58,11 +56,10 @@ template <class T> void bwd(Tensor dx, Tensor dweight, const Tensor& dout, const
 void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& x, const Tensor& weight, float eps, Stream) {
   const char* op = "rmsnorm_forward";
   check_x(op, x);
-  const int64_t H = x.dim(-1);
-  need(op, "x", x, x.dtype, x.numel());
-  need(op, "out", out, x.dtype, x.numel());
-  need(op, "weight", weight, x.dtype, H);
-  need(op, "rstd", rstd, stat_dtype(x.dtype), x.numel() / H);
+  need(op, "x", x, x.dtype);
+  need(op, "out", out, x.dtype);
+  need(op, "weight", weight, x.dtype);
+  need(op, "rstd", rstd, stat_dtype(x.dtype));
   if (x.dtype == DType::f32)
     fwd<float>(out, rstd, x, weight, eps);
   else
@@ -70,20 +67,19 @@ void rmsnorm_forward(Tensor out, Tensor rstd, const Tensor& x, const Tensor& wei
 }
 
 void rmsnorm_backward(Tensor dx, Tensor dweight, const Tensor& dout, const Tensor& x, const Tensor& weight,
-                      const Tensor& rstd, bool accumulate_dx, Stream) {
+                      const Tensor& rstd, Write dx_write, Stream) {
   const char* op = "rmsnorm_backward";
   check_x(op, x);
-  const int64_t H = x.dim(-1);
-  need(op, "x", x, x.dtype, x.numel());
-  need(op, "dx", dx, x.dtype, x.numel());
-  need(op, "dout", dout, x.dtype, x.numel());
-  need(op, "weight", weight, x.dtype, H);
-  need(op, "dweight", dweight, x.dtype, H);
-  need(op, "rstd", rstd, stat_dtype(x.dtype), x.numel() / H);
+  need(op, "x", x, x.dtype);
+  need(op, "dx", dx, x.dtype);
+  need(op, "dout", dout, x.dtype);
+  need(op, "weight", weight, x.dtype);
+  need(op, "dweight", dweight, x.dtype);
+  need(op, "rstd", rstd, stat_dtype(x.dtype));
   if (x.dtype == DType::f32)
-    bwd<float>(dx, dweight, dout, x, weight, rstd, accumulate_dx);
+    bwd<float>(dx, dweight, dout, x, weight, rstd, dx_write == Write::accumulate);
   else
-    bwd<double>(dx, dweight, dout, x, weight, rstd, accumulate_dx);
+    bwd<double>(dx, dweight, dout, x, weight, rstd, dx_write == Write::accumulate);
 }
 
 }  // namespace monta::engine::cpu

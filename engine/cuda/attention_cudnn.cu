@@ -39,6 +39,7 @@
 #include "engine/cuda/attention_cudnn.h"
 #include "engine/cuda/common.cuh"
 #include "engine/log.h"
+#include "engine/settings.h"
 
 namespace monta::engine::cuda {
 namespace {
@@ -493,9 +494,7 @@ bool cudnn_attention_supported(const Tensor& q, const Tensor& k) {
 }
 
 bool cudnn_attention_wanted(const Tensor& q, const Tensor& k) {
-  const char* env = std::getenv("MONTA_ATTENTION");
-  if (env && std::strcmp(env, "flash") == 0) return false;
-  return cudnn_attention_supported(q, k);
+  return settings().attention == AttentionPath::automatic && cudnn_attention_supported(q, k);
 }
 
 bool cudnn_attention_forward(Tensor out, Tensor lse, const Tensor& q, const Tensor& k, const Tensor& v, Stream s) {

@@ -7,8 +7,8 @@ namespace monta::engine::cuda {
 
 // Shape/dtype class cuDNN's fused SDPA handles here: bf16 q/k/v, head dim 64 or 128, G divides A.
 bool cudnn_attention_supported(const Tensor& q, const Tensor& k);
-// True when attention_forward/backward should try cuDNN: supported and MONTA_ATTENTION is not "flash"
-// (the variable is read on every call, so tests can switch paths at run time).
+// True when attention_forward/backward should try cuDNN: supported and engine::settings().attention is automatic
+// (read on every call, so tests and bench ops can switch paths at run time).
 bool cudnn_attention_wanted(const Tensor& q, const Tensor& k);
 // Run through cuDNN. Return false, having launched nothing, when the case is unsupported or cuDNN could not
 // build (or run) an execution plan for it; the caller then falls back to the hand-written kernels.

@@ -28,7 +28,7 @@ inline unsigned grid_1d(int64_t n, int threads, int64_t max_blocks = 2147483647L
   return unsigned(b);
 }
 
-// ---- argument checks (host) ----
+// ---- argument checks (host): dtype and device; shapes are the op's contract (engine/ops/dispatch.cpp) ----
 inline void need_cuda(const Tensor& t, const char* op, const char* name) {
   MONTA_CHECK(t.device == Device::cuda && t.data != nullptr,
               std::string(op) + ": " + name + " must be a non-empty CUDA tensor, got " + t.str());
@@ -41,10 +41,6 @@ inline void need_float(const Tensor& t, const char* op, const char* name) {
 inline void need_dtype(const Tensor& t, DType d, const char* op, const char* name) {
   need_cuda(t, op, name);
   MONTA_CHECK(t.dtype == d, std::string(op) + ": " + name + " must be " + dtype_name(d) + ", got " + t.str());
-}
-inline void need_numel(const Tensor& t, int64_t n, const char* op, const char* name) {
-  MONTA_CHECK(t.numel() == n, std::string(op) + ": " + name + " " + t.str() + " must have " + std::to_string(n) +
-                                  " elements");
 }
 
 // ---- element access ----

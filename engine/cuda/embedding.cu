@@ -32,7 +32,6 @@ void embedding_forward(Tensor out, const Tensor& tokens, const Tensor& table, in
   need_float(table, op, "table");
   need_dtype(tokens, DType::i32, op, "tokens");
   int64_t V = table.dim(0), H = table.row_elems(), N = tokens.numel();
-  need_numel(out, N * H, op, "out");
   if (N == 0) return;
   embedding_forward_kernel<<<grid_1d(N * H, 256), 256, 0, stream_of(s)>>>(
       out.data, is_bf16(out), tokens.as<int32_t>(), table.data, is_bf16(table), vocab_begin, V, N, H);
@@ -45,7 +44,6 @@ void embedding_backward(Tensor dtable, const Tensor& dout, const Tensor& tokens,
   need_float(dout, op, "dout");
   need_dtype(tokens, DType::i32, op, "tokens");
   int64_t V = dtable.dim(0), H = dtable.row_elems(), N = tokens.numel();
-  need_numel(dout, N * H, op, "dout");
   if (N == 0) return;
   embedding_backward_kernel<<<grid_1d(H, 64), 64, 0, stream_of(s)>>>(dtable.as<float>(), dout.data, is_bf16(dout),
                                                                      tokens.as<int32_t>(), vocab_begin, V, N, H);

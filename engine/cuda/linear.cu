@@ -15,6 +15,7 @@
 
 #include "engine/cuda/common.cuh"
 #include "engine/ops/linear.h"
+#include "engine/settings.h"
 
 namespace monta::engine::cuda {
 namespace {
@@ -66,21 +67,13 @@ void make_layout(cublasLtMatrixLayout_t* l, DType t, int64_t rows, int64_t cols,
   }
 }
 
-// Optional autotuning (MONTA_GEMM_TUNE=1): the heuristic's first kTuneCandidates algorithms are timed once per
-// key on the real operands, writing into a scratch output (a beta = 1 accumulation is never disturbed), and the
-// fastest is cached. Off by default: on the H200 (2026-11-29, `monta bench ops`, same run, tuned vs not) it made
+// Optional autotuning (engine::settings().gemm_tune; MONTA_GEMM_TUNE=1 sets it): the heuristic's first
+// kTuneCandidates algorithms are timed once per key on the real operands, writing into a scratch output (a beta = 1
+// accumulation is never disturbed), and the fastest is cached. Off by default: on the H200 (2026-11-29, `monta bench ops`, same run, tuned vs not) it made
 // the expert backward GEMM 1.7% faster but the gate forward 14% slower, and the whole 2x70B layer moved by less
 // than the run-to-run spread (74.3 vs 74.9 ms). Tuning allocates and syncs once per shape, on its first use.
 constexpr int kTuneCandidates = 8;
 constexpr double kTuneMinFlops = 1e11;
-
-bool tuning_enabled() {
-  static const bool on = [] {
-    const char* e = std::getenv("MONTA_GEMM_TUNE");
-    return e && std::string(e) == "1";
-  }();
-  return on;
-}
 
 cublasLtMatmulAlgo_t tune(cublasLtHandle_t h, const LtDescs& d, int found, const cublasLtMatmulHeuristicResult_t* res,
                           const void* A, const void* B, size_t c_bytes, float beta, cudaStream_t st) {
@@ -194,7 +187,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, DTyp
                       " -> " + dtype_name(dtc) + ")");
       algo = res[0].algo;
       const double flops = 2.0 * double(m) * double(n) * double(k) * double(batch);
-      if (found > 1 && flops >= kTuneMinFlops && tuning_enabled())
+      if (found > 1 && flops >= kTuneMinFlops && settings().gemm_tune)
         algo = tune(h, d, found, res, A, B, size_t(sc * batch > ldc * n ? sc * batch : ldc * n) * dtype_size(dtc),
                     beta, stream_of(s));
       g_algos.emplace(key, algo);
@@ -328,25 +321,23 @@ bool small_o_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Ten
   return true;
 }
 
-void check_linear(const char* op, const Tensor& out, const Tensor& x, const Tensor& w, int64_t* M, int64_t* I,
-                  int64_t* O) {
+// x (M, I) and w (O, I) of one float dtype (the shapes are the contract's, engine/ops/dispatch.cpp).
+void check_linear(const char* op, const Tensor& x, const Tensor& w, int64_t* M, int64_t* I, int64_t* O) {
   need_float(x, op, "x");
   need_float(w, op, "w");
   MONTA_CHECK(x.dtype == w.dtype, std::string(op) + ": x and w must share a dtype, got " + x.str() + " " + w.str());
-  MONTA_CHECK(w.ndim == 2, std::string(op) + ": w must be (O, I), got " + w.str());
   *O = w.dim(0);
   *I = w.dim(1);
-  MONTA_CHECK(x.ndim >= 1 && x.dim(-1) == *I, std::string(op) + ": x " + x.str() + " does not match w " + w.str());
-  *M = x.numel() / *I;
-  if (!out.empty()) need_numel(out, *M * *O, op, "out/dout");
+  *M = x.dim(0);
 }
 
 }  // namespace
 
-void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulate, Stream s) {
+void linear_forward(Tensor out, const Tensor& x, const Tensor& w, Write write, Stream s) {
+  const bool accumulate = write == Write::accumulate;
   int64_t M, I, O;
   need_float(out, "linear_forward", "out");
-  check_linear("linear_forward", out, x, w, &M, &I, &O);
+  check_linear("linear_forward", x, w, &M, &I, &O);
   gemm(true, false, O, M, I, w.data, w.dtype, I, 0, x.data, x.dtype, I, 0, out.data, out.dtype, O, 0, 1,
        accumulate ? 1.f : 0.f, s);
 }
@@ -354,27 +345,23 @@ void linear_forward(Tensor out, const Tensor& x, const Tensor& w, bool accumulat
 void linear_forward_residual(Tensor out, const Tensor& x, const Tensor& w, const Tensor& residual, Stream s) {
   int64_t M, I, O;
   need_float(out, "linear_forward_residual", "out");
-  check_linear("linear_forward_residual", out, x, w, &M, &I, &O);
-  MONTA_CHECK(residual.device == Device::cuda && residual.dtype == out.dtype && same_shape(residual, out),
-              "linear_forward_residual: residual " + residual.str() + " must match out " + out.str());
+  check_linear("linear_forward_residual", x, w, &M, &I, &O);
+  MONTA_CHECK(residual.device == Device::cuda && residual.dtype == out.dtype,
+              "linear_forward_residual: residual " + residual.str() + " must be a CUDA tensor of out's dtype " +
+                  out.str());
   gemm(true, false, O, M, I, w.data, w.dtype, I, 0, x.data, x.dtype, I, 0, out.data, out.dtype, O, 0, 1, 1.f, s,
        residual.data);
 }
 
-void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                     bool accumulate_dw, Stream s) {
+void linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, Write dx_write,
+                     Write dw_write, Stream s) {
+  const bool accumulate_dx = dx_write == Write::accumulate, accumulate_dw = dw_write == Write::accumulate;
   int64_t M, I, O;
   need_float(dout, "linear_backward", "dout");
-  check_linear("linear_backward", dout, x, w, &M, &I, &O);
+  check_linear("linear_backward", x, w, &M, &I, &O);
   MONTA_CHECK(dout.dtype == x.dtype, "linear_backward: dout and x must share a dtype");
-  if (!dx.empty()) {
-    need_float(dx, "linear_backward", "dx");
-    need_numel(dx, M * I, "linear_backward", "dx");
-  }
-  if (!dw.empty()) {
-    need_float(dw, "linear_backward", "dw");
-    need_numel(dw, O * I, "linear_backward", "dw");
-  }
+  if (!dx.empty()) need_float(dx, "linear_backward", "dx");
+  if (!dw.empty()) need_float(dw, "linear_backward", "dw");
   if (small_o_linear_backward(dx, dw, dout, x, w, M, I, O, accumulate_dx, accumulate_dw, s)) return;
   if (!dx.empty())
     gemm(false, false, I, M, O, w.data, w.dtype, I, 0, dout.data, dout.dtype, O, 0, dx.data, dx.dtype, I, 0, 1,
@@ -389,33 +376,26 @@ void expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Stream 
   need_float(out, op, "out");
   need_float(x, op, "x");
   need_float(w, op, "w");
-  MONTA_CHECK(x.ndim == 3 && w.ndim == 3 && x.dim(0) == w.dim(0) && x.dim(2) == w.dim(2),
-              std::string(op) + ": x (E, C, I) and w (E, O, I) disagree: " + x.str() + " " + w.str());
   int64_t E = x.dim(0), C = x.dim(1), I = x.dim(2), O = w.dim(1);
-  need_numel(out, E * C * O, op, "out");
   gemm(true, false, O, C, I, w.data, w.dtype, I, O * I, x.data, x.dtype, I, C * I, out.data, out.dtype, O, C * O, E,
        0.f, s);
 }
 
-void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, bool accumulate_dx,
-                            bool accumulate_dw, Stream s) {
+void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w, Write dx_write,
+                            Write dw_write, Stream s) {
+  const bool accumulate_dx = dx_write == Write::accumulate, accumulate_dw = dw_write == Write::accumulate;
   const char* op = "expert_linear_backward";
   need_float(dout, op, "dout");
   need_float(x, op, "x");
   need_float(w, op, "w");
-  MONTA_CHECK(x.ndim == 3 && w.ndim == 3 && x.dim(0) == w.dim(0) && x.dim(2) == w.dim(2),
-              std::string(op) + ": x (E, C, I) and w (E, O, I) disagree: " + x.str() + " " + w.str());
   int64_t E = x.dim(0), C = x.dim(1), I = x.dim(2), O = w.dim(1);
-  need_numel(dout, E * C * O, op, "dout");
   if (!dx.empty()) {
     need_float(dx, op, "dx");
-    need_numel(dx, E * C * I, op, "dx");
     gemm(false, false, I, C, O, w.data, w.dtype, I, O * I, dout.data, dout.dtype, O, C * O, dx.data, dx.dtype, I,
          C * I, E, accumulate_dx ? 1.f : 0.f, s);
   }
   if (!dw.empty()) {
     need_float(dw, op, "dw");
-    need_numel(dw, E * O * I, op, "dw");
     gemm(false, true, I, O, C, x.data, x.dtype, I, C * I, dout.data, dout.dtype, O, C * O, dw.data, dw.dtype, I,
          O * I, E, accumulate_dw ? 1.f : 0.f, s);
   }

@@ -4,7 +4,7 @@
 #pragma once
 #include <span>
 
-#include "engine/tensor.h"
+#include "engine/ops/declare.h"
 
 namespace monta::engine {
 struct AdamWArgs {
@@ -12,23 +12,28 @@ struct AdamWArgs {
   int64_t step = 1;         // 1-based, for bias correction
   double grad_scale = 1.0;  // applied to grad before the update
 };
-// param, m, v, grad: same shape, f32 (or f64 on the CPU); param_lowp: empty, or the same shape in bf16.
-void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tensor& grad, const AdamWArgs& a,
-                Stream s = nullptr);
 // One tensor of a fused step: the adamw_step operands and its own weight decay (a.weight_decay is ignored).
 struct AdamWEntry {
   Tensor param, m, v, param_lowp, grad;
   double weight_decay = 0;
 };
-// The fused optimizer step: every entry updated exactly as adamw_step would (same bits), in a few kernel launches
-// on the GPU (tensors packed many to a launch) instead of one per tensor. All entries on one device.
-void adamw_step_many(std::span<const AdamWEntry> entries, const AdamWArgs& a, Stream s = nullptr);
-namespace cpu {
-void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tensor& grad, const AdamWArgs& a, Stream s);
-void adamw_step_many(std::span<const AdamWEntry> entries, const AdamWArgs& a, Stream s);
+// The device of a fused step: its first entry's (all entries on one device); an empty step runs nowhere (CPU no-op).
+inline const Tensor& adamw_first_param(std::span<const AdamWEntry> entries) {
+  static const Tensor none;
+  return entries.empty() ? none : entries[0].param;
 }
-namespace cuda {
-void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tensor& grad, const AdamWArgs& a, Stream s);
-void adamw_step_many(std::span<const AdamWEntry> entries, const AdamWArgs& a, Stream s);
-}
+}  // namespace monta::engine
+
+// adamw_step: param, m, v, grad: same shape, f32 (or f64 on the CPU); param_lowp: empty, or the same shape in bf16.
+// adamw_step_many: the fused optimizer step: every entry updated exactly as adamw_step would (same bits), in a few
+// kernel launches on the GPU (tensors packed many to a launch) instead of one per tensor.
+#define MONTA_OPS_ADAMW(X)                                                                                          \
+  X(adamw_step, param,                                                                                              \
+    (Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tensor& grad, const AdamWArgs& a),                  \
+    (param, m, v, param_lowp, grad, a))                                                                             \
+  X(adamw_step_many, adamw_first_param(entries), (std::span<const AdamWEntry> entries, const AdamWArgs& a),         \
+    (entries, a))
+
+namespace monta::engine {
+MONTA_DECLARE_OPS(MONTA_OPS_ADAMW)
 }  // namespace monta::engine

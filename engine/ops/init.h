@@ -6,22 +6,19 @@
 #include <array>
 #include <cstdint>
 
-#include "engine/tensor.h"
+#include "engine/ops/declare.h"
 
 namespace monta::engine {
-
 struct InitNormalArgs {
   uint64_t seed = 0, stream = 0;
   double std = 0;
   std::array<int64_t, 4> full{}, offset{};  // logical shape and this slice's offset, out.ndim entries used
 };
+}  // namespace monta::engine
 
-void init_normal(Tensor out, const InitNormalArgs& a, Stream s = nullptr);  // f32 or f64 (CPU) out
-namespace cpu {
-void init_normal(Tensor out, const InitNormalArgs& a, Stream s);
-}  // namespace cpu
-namespace cuda {
-void init_normal(Tensor out, const InitNormalArgs& a, Stream s);
-}  // namespace cuda
+// init_normal: f32 or f64 (CPU) out.
+#define MONTA_OPS_INIT(X) X(init_normal, out, (Tensor out, const InitNormalArgs& a), (out, a))
 
+namespace monta::engine {
+MONTA_DECLARE_OPS(MONTA_OPS_INIT)
 }  // namespace monta::engine

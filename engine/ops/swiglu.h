@@ -1,19 +1,13 @@
 // SwiGLU gate: out = silu(gate) * up, elementwise (the expert FFN's nonlinearity).
 #pragma once
-#include "engine/tensor.h"
+#include "engine/ops/declare.h"
+
+// swiglu_forward: out, gate, up: same shape. swiglu_backward: dgate, dup overwritten.
+#define MONTA_OPS_SWIGLU(X)                                                                                   \
+  X(swiglu_forward, out, (Tensor out, const Tensor& gate, const Tensor& up), (out, gate, up))                 \
+  X(swiglu_backward, dout, (Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up), \
+    (dgate, dup, dout, gate, up))
 
 namespace monta::engine {
-// out, gate, up: same shape.
-void swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up, Stream s = nullptr);
-// dgate, dup overwritten.
-void swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up,
-                     Stream s = nullptr);
-namespace cpu {
-void swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up, Stream s);
-void swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up, Stream s);
-}  // namespace cpu
-namespace cuda {
-void swiglu_forward(Tensor out, const Tensor& gate, const Tensor& up, Stream s);
-void swiglu_backward(Tensor dgate, Tensor dup, const Tensor& dout, const Tensor& gate, const Tensor& up, Stream s);
-}  // namespace cuda
+MONTA_DECLARE_OPS(MONTA_OPS_SWIGLU)
 }  // namespace monta::engine

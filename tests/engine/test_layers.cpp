@@ -14,6 +14,7 @@ namespace monta::enginetest {
 namespace {
 
 namespace eng = monta::engine;
+using eng::Write;
 
 Buf tokens_buf(const std::vector<int>& v) {
   Buf b({int64_t(v.size())}, DType::i32);
@@ -76,10 +77,10 @@ TEST(RmsNormGrad, FiniteDifferenceXAndWeight) {
   eng::rmsnorm_backward(dx, dw, c, x, w, rstd);
   expect_grad("rmsnorm dx", x, dx.values(), loss);
   expect_grad("rmsnorm dweight", w, minus(dw.values(), dw0), loss);
-  // accumulate_dx adds the same gradient to what dx holds (a residual stream's gradient).
+  // Write::accumulate adds the same gradient to what dx holds (a residual stream's gradient).
   Buf dx2 = random_buf({N, H}, DType::f64, 11);
   const auto dx20 = dx2.values();
-  eng::rmsnorm_backward(dx2, dw, c, x, w, rstd, true);
+  eng::rmsnorm_backward(dx2, dw, c, x, w, rstd, Write::accumulate);
   const auto added = minus(dx2.values(), dx20);
   const auto once = dx.values();
   for (size_t i = 0; i < once.size(); ++i) EXPECT_NEAR(added[i], once[i], 1e-12) << i;

@@ -11,6 +11,7 @@ namespace monta::enginetest {
 namespace {
 
 namespace eng = monta::engine;
+using eng::Write;
 
 // ref (M, O) = base + x (M, I) · w (O, I)ᵀ in double.
 std::vector<double> naive_linear(const Buf& x, const Buf& w, const std::vector<double>& base) {
@@ -47,7 +48,7 @@ TEST_P(LinearVsNaive, ForwardAndBothGradients) {
   Buf x = random_buf({c.M, c.I}, c.dtype, 1), w = random_buf({c.O, c.I}, c.dtype, 2);
   Buf out = random_buf({c.M, c.O}, c.dtype, 3);
   const std::vector<double> base = c.accumulate ? out.values() : std::vector<double>(size_t(c.M * c.O), 0.0);
-  eng::linear_forward(out, x, w, c.accumulate);
+  eng::linear_forward(out, x, w, c.accumulate ? Write::accumulate : Write::overwrite);
   const double scale = double(c.I);  // sums of I products of values in [-1, 1]
   EXPECT_LE(max_abs_diff(out.values(), naive_linear(x, w, base)), tol * scale);
 
@@ -63,7 +64,7 @@ TEST_P(LinearVsNaive, ForwardAndBothGradients) {
   Buf dx = random_buf({c.M, c.I}, c.dtype, 5), dw = random_buf({c.O, c.I}, c.dtype, 6);
   const std::vector<double> dx0 = c.accumulate ? dx.values() : std::vector<double>(size_t(c.M * c.I), 0.0);
   const std::vector<double> dw0 = dw.values();
-  eng::linear_backward(dx, dw, dout, x, w, c.accumulate);
+  eng::linear_backward(dx, dw, dout, x, w, c.accumulate ? Write::accumulate : Write::overwrite);
   EXPECT_LE(max_abs_diff(dx.values(), naive_linear(dout, wt, dx0)), tol * double(c.O));
   EXPECT_LE(max_abs_diff(dw.values(), naive_linear(doutT, xT, dw0)), tol * double(c.M));
 }
@@ -88,7 +89,7 @@ TEST(LinearGrad, FiniteDifferenceXAndW) {
   Buf dx = filled({M, I}, DType::f64, 1e3);  // overwritten
   Buf dw = random_buf({O, I}, DType::f64, 14);  // accumulates onto this
   const auto dw0 = dw.values();
-  eng::linear_backward(dx, dw, c, x, w, false);
+  eng::linear_backward(dx, dw, c, x, w, Write::overwrite);
   expect_grad("linear dx", x, dx.values(), loss);
   expect_grad("linear dw", w, minus(dw.values(), dw0), loss);
 }
@@ -96,10 +97,10 @@ TEST(LinearGrad, FiniteDifferenceXAndW) {
 TEST(LinearGrad, SkipsEmptyGradients) {
   Buf x = random_buf({3, 4}, DType::f64, 1), w = random_buf({2, 4}, DType::f64, 2), dout = random_buf({3, 2}, DType::f64, 3);
   Buf dx({3, 4}, DType::f64), dw({2, 4}, DType::f64);
-  eng::linear_backward(dx, Tensor(), dout, x, w, false);
-  eng::linear_backward(Tensor(), dw, dout, x, w, false);
+  eng::linear_backward(dx, Tensor(), dout, x, w, Write::overwrite);
+  eng::linear_backward(Tensor(), dw, dout, x, w, Write::overwrite);
   Buf dx2({3, 4}, DType::f64), dw2({2, 4}, DType::f64);
-  eng::linear_backward(dx2, dw2, dout, x, w, false);
+  eng::linear_backward(dx2, dw2, dout, x, w, Write::overwrite);
   EXPECT_EQ(dx.values(), dx2.values());
   EXPECT_EQ(dw.values(), dw2.values());
 }
@@ -131,9 +132,9 @@ TEST(ExpertLinearGrad, FiniteDifferenceXAndW) {
   eng::expert_linear_backward(dx, dw, c, x, w);
   expect_grad("expert_linear dx", x, dx.values(), loss);
   expect_grad("expert_linear dw", w, minus(dw.values(), dw0), loss);
-  // accumulate_dx: dx += the same gradient (here on top of -7 everywhere); dw skipped.
+  // dx_write accumulate: dx += the same gradient (here on top of -7 everywhere); dw skipped.
   Buf dxa = filled({E, C, I}, DType::f64, -7.0);
-  eng::expert_linear_backward(dxa, Tensor(), c, x, w, true);
+  eng::expert_linear_backward(dxa, Tensor(), c, x, w, Write::accumulate);
   const auto want = dx.values(), got = dxa.values();
   for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(got[i], want[i] - 7.0, 1e-12) << i;
 }
@@ -150,20 +151,20 @@ TEST(Linear, ForwardAddsResidual) {
   EXPECT_LE(max_abs_diff(res.values(), want), 1e-12);
 }
 
-// accumulate_dw false (the step's first write of a lazily zeroed gradient): dw is overwritten, whatever it held,
+// dw_write overwrite (the step's first write of a lazily zeroed gradient): dw is overwritten, whatever it held,
 // with exactly what accumulating onto zeros gives.
 TEST(LinearGrad, FirstWriteOverwritesWeightGradient) {
   const int64_t E = 2, C = 6, I = 5, O = 4;
   Buf x = random_buf({E, C, I}, DType::f64, 41), w = random_buf({E, O, I}, DType::f64, 42);
   Buf dout = random_buf({E, C, O}, DType::f64, 43);
   Buf zero = filled({E, O, I}, DType::f64, 0.0), stale = filled({E, O, I}, DType::f64, std::nan(""));
-  eng::expert_linear_backward(Tensor(), zero, dout, x, w, false, true);
-  eng::expert_linear_backward(Tensor(), stale, dout, x, w, false, false);
+  eng::expert_linear_backward(Tensor(), zero, dout, x, w, Write::overwrite, Write::accumulate);
+  eng::expert_linear_backward(Tensor(), stale, dout, x, w, Write::overwrite, Write::overwrite);
   EXPECT_EQ(stale.values(), zero.values());
   Tensor x2 = x.t.view({E * C, I}), w2 = w.t.rows(0, 1).view({O, I}), dout2 = dout.t.view({E * C, O});
   Buf zero2 = filled({O, I}, DType::f64, 0.0), stale2 = filled({O, I}, DType::f64, 1e30);
-  eng::linear_backward(Tensor(), zero2, dout2, x2, w2, false, true);
-  eng::linear_backward(Tensor(), stale2, dout2, x2, w2, false, false);
+  eng::linear_backward(Tensor(), zero2, dout2, x2, w2, Write::overwrite, Write::accumulate);
+  eng::linear_backward(Tensor(), stale2, dout2, x2, w2, Write::overwrite, Write::overwrite);
   EXPECT_EQ(stale2.values(), zero2.values());
 }
 
@@ -177,7 +178,8 @@ TEST_F(LinearErrors, ShapeAndDtypeMismatch) {
   Buf xi({4, 5}, DType::i32), wi({3, 5}, DType::i32), oi({4, 3}, DType::i32);
   EXPECT_THROW(eng::linear_forward(oi, xi, wi), engine::Error);
   Buf dout({4, 3}, DType::f32), dxbad({4, 4}, DType::f32);
-  MONTA_EXPECT_ERROR(eng::linear_backward(dxbad, Tensor(), dout, x, wd.t.view({3, 5}), false), "linear_backward");
+  MONTA_EXPECT_ERROR(eng::linear_backward(dxbad, Tensor(), dout, x, wd.t.view({3, 5}), Write::overwrite),
+                     "linear_backward");
   Buf ex({2, 3, 4}, DType::f32), ew({3, 5, 4}, DType::f32), eo({2, 3, 5}, DType::f32);
   MONTA_EXPECT_ERROR(eng::expert_linear_forward(eo, ex, ew), "expert_linear_forward");
 }

@@ -1,29 +1,21 @@
 // GPU tests: causal GQA attention forward and backward, CUDA vs CPU, over shapes that exercise partial
 // tiles, several query heads per KV head, MHA, and every supported head dim class; plus run-to-run
 // bit-identity of the backward (it must not depend on scheduling). These cover the hand-written kernels:
-// MONTA_ATTENTION=flash keeps bf16 off the cuDNN path here (test_attention_cudnn.cpp tests that one).
+// AttentionPath::handwritten keeps bf16 off the cuDNN path here (test_attention_cudnn.cpp tests that one).
 #include <cstdlib>
 
 #include "engine/ops/attention.h"
+#include "engine/settings.h"
 #include "gpu_test_util.h"
 
 namespace monta::gputest {
 namespace {
 
-// Sets MONTA_ATTENTION for a scope, restoring the previous value.
+// Sets engine::settings().attention for a scope, restoring the previous value.
 struct ScopedAttentionPath {
-  std::string old;
-  bool had = false;
-  explicit ScopedAttentionPath(const char* value) {
-    if (const char* e = std::getenv("MONTA_ATTENTION")) had = true, old = e;
-    setenv("MONTA_ATTENTION", value, 1);
-  }
-  ~ScopedAttentionPath() {
-    if (had)
-      setenv("MONTA_ATTENTION", old.c_str(), 1);
-    else
-      unsetenv("MONTA_ATTENTION");
-  }
+  engine::AttentionPath old = engine::settings().attention;
+  explicit ScopedAttentionPath(engine::AttentionPath path) { engine::settings().attention = path; }
+  ~ScopedAttentionPath() { engine::settings().attention = old; }
 };
 
 struct AttnCase {
@@ -36,7 +28,7 @@ class GpuAttention : public testing::TestWithParam<AttnCase> {};
 
 TEST_P(GpuAttention, ForwardBackwardMatchCpu) {
   MONTA_REQUIRE_GPU();
-  ScopedAttentionPath flash("flash");
+  ScopedAttentionPath flash(engine::AttentionPath::handwritten);
   const AttnCase c = GetParam();
   const DType dt = c.dt;
   Pair q({c.B, c.S, c.A, c.D}, dt), k({c.B, c.S, c.G, c.D}, dt), v({c.B, c.S, c.G, c.D}, dt);

@@ -9,27 +9,17 @@
 
 #include "engine/cuda/attention_cudnn.h"
 #include "engine/ops/attention.h"
+#include "engine/settings.h"
 #include "gpu_test_util.h"
 
 namespace monta::gputest {
 namespace {
 
+// Sets engine::settings().attention for a scope, restoring the previous value.
 struct ScopedPath {
-  std::string old;
-  bool had = false;
-  explicit ScopedPath(const char* value) {
-    if (const char* e = std::getenv("MONTA_ATTENTION")) had = true, old = e;
-    if (value)
-      setenv("MONTA_ATTENTION", value, 1);
-    else
-      unsetenv("MONTA_ATTENTION");
-  }
-  ~ScopedPath() {
-    if (had)
-      setenv("MONTA_ATTENTION", old.c_str(), 1);
-    else
-      unsetenv("MONTA_ATTENTION");
-  }
+  engine::AttentionPath old = engine::settings().attention;
+  explicit ScopedPath(engine::AttentionPath path) { engine::settings().attention = path; }
+  ~ScopedPath() { engine::settings().attention = old; }
 };
 
 struct CudnnCase {
@@ -66,7 +56,7 @@ TEST_P(GpuAttentionCudnn, MatchesCpuAndHandWritten) {
 
   // Against the hand-written kernels on the same GPU inputs.
   {
-    ScopedPath flash("flash");
+    ScopedPath flash(engine::AttentionPath::handwritten);
     Pair out2 = output({c.B, c.S, c.A, c.D}, dt), lse2 = output({c.B, c.A, c.S}, DType::f32);
     engine::attention_forward(out2.g(), lse2.g(), q.g(), k.g(), v.g());
     double eo = gpu_rel(out.g(), out2.g()), el = gpu_rel(lse.g(), lse2.g());
@@ -98,7 +88,7 @@ TEST_P(GpuAttentionCudnn, MatchesCpuAndHandWritten) {
               int(download(dq.g()) == q1), int(download(dk.g()) == k1), int(download(dv.g()) == v1));
 }
 
-// engine::attention_* picks cuDNN for bf16 unless MONTA_ATTENTION=flash.
+// engine::attention_* picks cuDNN for bf16 unless settings().attention is handwritten.
 TEST(GpuAttentionCudnnRouting, DefaultIsCudnnForBf16) {
   MONTA_REQUIRE_GPU();
   const int64_t B = 1, S = 96, A = 4, G = 2, D = 64;
@@ -107,7 +97,7 @@ TEST(GpuAttentionCudnnRouting, DefaultIsCudnnForBf16) {
   Pair o2 = output({B, S, A, D}, DType::bf16), l2 = output({B, A, S}, DType::f32);
   if (!engine::cuda::cudnn_attention_forward(o1.g(), l1.g(), q.g(), k.g(), v.g(), nullptr))
     GTEST_SKIP() << "cuDNN attention path reports this case unsupported";
-  ScopedPath dflt(nullptr);
+  ScopedPath dflt(engine::AttentionPath::automatic);
   engine::attention_forward(o2.g(), l2.g(), q.g(), k.g(), v.g());
   EXPECT_EQ(download(o2.g()), download(o1.g()));
   EXPECT_EQ(download(l2.g()), download(l1.g()));
@@ -171,7 +161,7 @@ TEST(GpuAttentionCudnnBench, S8192_A64_G8_D128) {
                 (fwd_flop + bwd_flop) / (f + b) * 1e-9);
   };
   {
-    ScopedPath p(nullptr);
+    ScopedPath p(engine::AttentionPath::automatic);
     ASSERT_TRUE(engine::cuda::cudnn_attention_forward(o1.t, l1.t, q.t, k.t, v.t, nullptr));
     double f = time_ms([&] { engine::attention_forward(o1.t, l1.t, q.t, k.t, v.t); }, 20);
     double b = time_ms([&] { engine::attention_backward(dq1.t, dk1.t, dv1.t, dout.t, q.t, k.t, v.t, o1.t, l1.t); },
@@ -179,7 +169,7 @@ TEST(GpuAttentionCudnnBench, S8192_A64_G8_D128) {
     report("cudnn", f, b);
   }
   {
-    ScopedPath p("flash");
+    ScopedPath p(engine::AttentionPath::handwritten);
     double f = time_ms([&] { engine::attention_forward(o2.t, l2.t, q.t, k.t, v.t); }, 3);
     double b = time_ms([&] { engine::attention_backward(dq2.t, dk2.t, dv2.t, dout.t, q.t, k.t, v.t, o1.t, l1.t); },
                        2);

@@ -11,6 +11,8 @@
 namespace monta::gputest {
 namespace {
 
+using engine::Write;
+
 class GpuLayers : public testing::TestWithParam<DType> {};
 
 TEST_P(GpuLayers, LinearForwardBackward) {
@@ -19,11 +21,11 @@ TEST_P(GpuLayers, LinearForwardBackward) {
   const int64_t M = 300, I = 256, O = 192;
   Pair x({M, I}, dt), w({O, I}, dt), dout({M, O}, dt);
   Pair out = output({M, O}, dt);
-  engine::linear_forward(out.c(), x.c(), w.c(), false);
-  engine::linear_forward(out.g(), x.g(), w.g(), false);
+  engine::linear_forward(out.c(), x.c(), w.c(), Write::overwrite);
+  engine::linear_forward(out.g(), x.g(), w.g(), Write::overwrite);
   expect_close(out, tol_for(dt), "out");
-  engine::linear_forward(out.c(), x.c(), w.c(), true);  // accumulate
-  engine::linear_forward(out.g(), x.g(), w.g(), true);
+  engine::linear_forward(out.c(), x.c(), w.c(), Write::accumulate);  // accumulate
+  engine::linear_forward(out.g(), x.g(), w.g(), Write::accumulate);
   expect_close(out, tol_for(dt), "out (accumulate)");
   Pair res({M, O}, dt);
   engine::linear_forward_residual(out.c(), x.c(), w.c(), res.c());  // out = res + x·wᵀ (the GEMM's C operand)
@@ -32,16 +34,17 @@ TEST_P(GpuLayers, LinearForwardBackward) {
 
   Pair dx = output({M, I}, dt);
   Pair dw({O, I}, DType::f32);  // f32 parameter gradient, accumulates onto its random contents
-  engine::linear_backward(dx.c(), dw.c(), dout.c(), x.c(), w.c(), false);
-  engine::linear_backward(dx.g(), dw.g(), dout.g(), x.g(), w.g(), false);
+  engine::linear_backward(dx.c(), dw.c(), dout.c(), x.c(), w.c(), Write::overwrite);
+  engine::linear_backward(dx.g(), dw.g(), dout.g(), x.g(), w.g(), Write::overwrite);
   expect_close(dx, tol_for(dt), "dx");
   expect_close(dw, tol_for(dt), "dw");
-  engine::linear_backward(dx.c(), Tensor(), dout.c(), x.c(), w.c(), true);  // dx accumulates, dw skipped
-  engine::linear_backward(dx.g(), Tensor(), dout.g(), x.g(), w.g(), true);
+  engine::linear_backward(dx.c(), Tensor(), dout.c(), x.c(), w.c(), Write::accumulate);  // dx accumulates, dw skipped
+  engine::linear_backward(dx.g(), Tensor(), dout.g(), x.g(), w.g(), Write::accumulate);
   expect_close(dx, tol_for(dt), "dx (accumulate)");
   expect_close(dw, tol_for(dt), "dw (untouched)");
-  engine::linear_backward(Tensor(), dw.c(), dout.c(), x.c(), w.c(), false, false);  // first write: dw overwritten
-  engine::linear_backward(Tensor(), dw.g(), dout.g(), x.g(), w.g(), false, false);
+  // First write: dw overwritten.
+  engine::linear_backward(Tensor(), dw.c(), dout.c(), x.c(), w.c(), Write::overwrite, Write::overwrite);
+  engine::linear_backward(Tensor(), dw.g(), dout.g(), x.g(), w.g(), Write::overwrite, Write::overwrite);
   expect_close(dw, tol_for(dt), "dw (overwritten)");
 }
 
@@ -52,10 +55,10 @@ TEST_P(GpuLayers, LinearBackwardWithFewOutputs) {
   const int64_t M = 300, I = 256;
   for (int64_t O : {1, 2, 3, 8}) {
     Pair x({M, I}, dt), w({O, I}, dt), dout({M, O}, dt), dx({M, I}, dt), dw({O, I}, DType::f32);
-    for (bool acc : {false, true}) {
+    for (Write acc : {Write::overwrite, Write::accumulate}) {
       engine::linear_backward(dx.c(), dw.c(), dout.c(), x.c(), w.c(), acc, acc);
       engine::linear_backward(dx.g(), dw.g(), dout.g(), x.g(), w.g(), acc, acc);
-      const std::string what = "O " + std::to_string(O) + (acc ? " accumulate" : " overwrite");
+      const std::string what = "O " + std::to_string(O) + (acc == Write::accumulate ? " accumulate" : " overwrite");
       expect_close(dx, tol_for(dt), "dx, " + what);
       expect_close(dw, tol_for(dt), "dw, " + what);
     }
@@ -77,13 +80,14 @@ TEST_P(GpuLayers, ExpertLinearForwardBackward) {
   engine::expert_linear_backward(dx.g(), dw.g(), dout.g(), x.g(), w.g());
   expect_close(dx, tol_for(dt), "dx");
   expect_close(dw, tol_for(dt), "dw");
-  engine::expert_linear_backward(dx.c(), Tensor(), dout.c(), x.c(), w.c(), true);  // dx accumulates, dw skipped
-  engine::expert_linear_backward(dx.g(), Tensor(), dout.g(), x.g(), w.g(), true);
+  // dx accumulates, dw skipped.
+  engine::expert_linear_backward(dx.c(), Tensor(), dout.c(), x.c(), w.c(), Write::accumulate);
+  engine::expert_linear_backward(dx.g(), Tensor(), dout.g(), x.g(), w.g(), Write::accumulate);
   expect_close(dx, tol_for(dt), "dx (accumulate)");
   expect_close(dw, tol_for(dt), "dw (untouched)");
-  // The step's first write (accumulate_dw false, beta 0): dw overwritten; accumulating would keep its old contents.
-  engine::expert_linear_backward(Tensor(), dw.c(), dout.c(), x.c(), w.c(), false, false);
-  engine::expert_linear_backward(Tensor(), dw.g(), dout.g(), x.g(), w.g(), false, false);
+  // The step's first write (dw_write overwrite, beta 0): dw overwritten; accumulating would keep its old contents.
+  engine::expert_linear_backward(Tensor(), dw.c(), dout.c(), x.c(), w.c(), Write::overwrite, Write::overwrite);
+  engine::expert_linear_backward(Tensor(), dw.g(), dout.g(), x.g(), w.g(), Write::overwrite, Write::overwrite);
   expect_close(dw, tol_for(dt), "dw (overwritten)");
 }
 
@@ -105,9 +109,9 @@ TEST_P(GpuLayers, RmsNormForwardBackward) {
     engine::rmsnorm_backward(dx.g(), dw.g(), dout.g(), x.g(), w.g(), rstd.g());
     expect_close(dx, tol_for(dt), "dx");
     expect_close(dw, tol_for(dt), "dweight");
-    Pair dxa({N, H}, dt);  // accumulate_dx: dx += the gradient
-    engine::rmsnorm_backward(dxa.c(), dw.c(), dout.c(), x.c(), w.c(), rstd.c(), true);
-    engine::rmsnorm_backward(dxa.g(), dw.g(), dout.g(), x.g(), w.g(), rstd.g(), true);
+    Pair dxa({N, H}, dt);  // Write::accumulate: dx += the gradient
+    engine::rmsnorm_backward(dxa.c(), dw.c(), dout.c(), x.c(), w.c(), rstd.c(), Write::accumulate);
+    engine::rmsnorm_backward(dxa.g(), dw.g(), dout.g(), x.g(), w.g(), rstd.g(), Write::accumulate);
     expect_close(dxa, tol_for(dt), "dx accumulated");
   }
 }
