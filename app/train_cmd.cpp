@@ -72,6 +72,8 @@ void print_sizes(const model::Config& c, int world) {
                 "activations (micro-batch %ld, capacity %ld)",
                 tp, ep, c.parallel.expert_tp ? ", experts TP-split" : "", params / u, un, state_gib, act_gib,
                 c.train.micro_batch, s.C));
+  log_info(strf("checkpoint snapshot: %.3f GiB host memory per rank (checkpoint.async%s)", params * 12.0 / double(1 << 30),
+                c.checkpoint.async ? "" : " is false: none on the CPU; a save from the GPU still stages through it"));
 }
 
 // Slurm sends SIGUSR1 (with --signal) before the time limit and SIGTERM at it: finish the step, save, and
@@ -232,6 +234,8 @@ int cmd_train(int argc, char** argv) {
   if (!resume.empty() &&
       fs::weakly_canonical(fs::path(resume).parent_path(), ec1) == fs::weakly_canonical(run_dir / "checkpoints", ec2))
     last_saved = resume_meta.step;  // already on disk here: do not write it again
+  model::CkptSaver saver(c.checkpoint.async);
+  if (c.checkpoint.async && c.checkpoint.interval > 0) saver.reserve(trainer.params());
   auto save = [&] {
     watchdog.arm(strf("checkpoint save at step %ld", trainer.steps_done()));
     model::CkptMeta meta;
@@ -242,12 +246,14 @@ int cmd_train(int argc, char** argv) {
     meta.loader_epoch = ls.epoch;
     meta.loader_sample = ls.sample;
     meta.signature = signature;
-    auto t0 = std::chrono::steady_clock::now();
-    std::string dir = model::ckpt_save(run_dir.string(), trainer.params(), ps.ctx, meta, config_ini(c), c.checkpoint.keep);
+    saver.save(run_dir.string(), trainer.params(), ps.ctx, meta, config_ini(c), c.checkpoint.keep);  // logs itself
     watchdog.disarm();
     last_saved = meta.step;
-    log_info(strf("saved checkpoint %s in %.1f ms", dir.c_str(),
-                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+  };
+  auto finish_save = [&](const char* waiter) {  // collective: the save in flight is complete on disk after it
+    watchdog.arm("checkpoint write");
+    saver.finalize(waiter);
+    watchdog.disarm();
   };
   const TestHooks hooks = TestHooks::from_env();
 
@@ -290,6 +296,7 @@ int cmd_train(int argc, char** argv) {
     const bool interval = c.checkpoint.interval > 0 && trainer.steps_done() % c.checkpoint.interval == 0;
     if (flags || interval) save();
     if (flags & 2) {
+      finish_save("SIGTERM");
       log_info(strf("SIGTERM: saved at step %ld, exiting", trainer.steps_done()));
       break;
     }
@@ -297,6 +304,7 @@ int cmd_train(int argc, char** argv) {
   // With checkpointing on, the final state is always on disk, also when no step ran (resumed at train.steps):
   // that is how a checkpoint is re-saved in another layout.
   if (c.checkpoint.interval > 0 && last_saved != trainer.steps_done()) save();
+  finish_save("the end of training");
   if (!std::isnan(floor)) log_info(strf("done: %ld steps; data entropy floor %.4f nats/token", trainer.steps_done(), floor));
   comm::runtime_finalize();
   return 0;
