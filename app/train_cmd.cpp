@@ -99,7 +99,7 @@ std::string metrics_json(const model::StepMetrics& m) {
 // Fault-injection hooks for tests/resume (environment variables, off unless set; see docs/checkpoints.md).
 //   MONTA_TEST_STALL_RANK=r   rank r sleeps forever at the start of step 2 (the watchdog test)
 //   MONTA_TEST_NAN_STEPS=a,b  steps a, b, ... see a NaN weight (final_norm), restored after the skipped step
-//   MONTA_TEST_SLOW_SAVE_MS   (model/checkpoint.cpp) sleep between the shards and the manifest
+//   MONTA_TEST_SLOW_SAVE_MS   (model/checkpoint.cpp) the writer sleeps before the shard's data (no manifest yet)
 struct TestHooks {
   int stall_rank = -1;
   std::vector<int64_t> nan_steps;

@@ -898,17 +898,21 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
   }
   // Each tensor is read into its place: straight into the parameter on the CPU, through one reused host buffer
   // (the largest tensor) from the GPU; stored fp32 is read as fp32 (no conversion).
+  // The staging buffer for the GPU: page-locked (host-to-device copies at full speed), pageable if that fails.
+  size_t largest = 0;
+  for (const auto& p : params.all())
+    if (p.master.device != engine::Device::cpu) largest = std::max(largest, p.master.bytes());
+  std::unique_ptr<void, void (*)(void*)> pinned(largest ? engine::cudab::host_alloc_pinned(largest) : nullptr,
+                                                [](void* q) { engine::cudab::host_free_pinned(q); });
   std::vector<char> staging;
+  if (largest && !pinned) staging = host_buffer<char>(int64_t(largest), "the checkpoint staging buffer");
+  void* const stage = pinned ? pinned.get() : staging.data();
   for (auto& p : params.all()) {
     const int64_t n = p.master.numel();
     for (int gi = 0; gi < 3; ++gi) {
       const char* g = kGroups[gi];
       Tensor dst = gi == 0 ? p.master : (gi == 1 ? p.m : p.v);
-      void* host = dst.data;
-      if (dst.device != engine::Device::cpu) {
-        if (staging.size() < dst.bytes()) staging = host_buffer<char>(int64_t(dst.bytes()), "checkpoint tensor " + p.name);
-        host = staging.data();
-      }
+      void* host = dst.device == engine::Device::cpu ? dst.data : stage;
       const std::string name = std::string(g) + "/" + p.name;
       int64_t got = 0;
       for (hid_t f : files)
