@@ -21,6 +21,7 @@ using namespace monta::engine;
 
 int cmd_bench(int argc, char** argv) {
   if (argc > 1 && std::string(argv[1]) == "exchange") return cmd_bench_exchange(argc - 1, argv + 1);
+  if (argc > 1 && std::string(argv[1]) == "checkpoint") return cmd_bench_checkpoint(argc - 1, argv + 1);
   std::string what, json, device = "auto";
   int iters = 10;
   int64_t seq = 8192;

@@ -64,6 +64,8 @@ void print_sizes(const model::Config& c, int world, engine::Device device) {
                 tp, ep, c.parallel.expert_tp ? ", experts TP-split" : "", engine::device_name(device),
                 double(f.params) / u, un, f.state() / gib, f.compute_copy > 0 ? " (+ bf16 copy)" : "",
                 f.activations / gib, c.train.micro_batch, f.total() / gib));
+  log_info(strf("checkpoint snapshot: %.3f GiB host memory per rank (checkpoint.async%s)", (f.weights + f.adam) / gib,
+                c.checkpoint.async ? "" : " is false: none on the CPU; a save from the GPU still stages through it"));
 }
 
 // Slurm sends SIGUSR1 (with --signal) before the time limit and SIGTERM at it: finish the step, save, and
@@ -89,7 +91,7 @@ std::string metrics_json(const model::StepMetrics& m) {
 // Fault-injection hooks for tests/resume (environment variables, off unless set; see docs/checkpoints.md).
 //   MONTA_TEST_STALL_RANK=r   rank r sleeps forever at the start of step 2 (the watchdog test)
 //   MONTA_TEST_NAN_STEPS=a,b  steps a, b, ... see a NaN weight (final_norm), restored after the skipped step
-//   MONTA_TEST_SLOW_SAVE_MS   (model/checkpoint.cpp) sleep between the shards and the manifest
+//   MONTA_TEST_SLOW_SAVE_MS   (model/checkpoint.cpp) the writer sleeps before the shard's data (no manifest yet)
 struct TestHooks {
   int stall_rank = -1;
   std::vector<int64_t> nan_steps;
@@ -155,6 +157,8 @@ class TrainJob {
     if (!std::isnan(sources_.entropy_floor))
       log_info(strf("data entropy floor: %.4f nats/token (the best achievable loss)", sources_.entropy_floor));
     if (!resume_.empty()) load_resume();
+    saver_ = std::make_unique<model::CkptSaver>(c_.checkpoint.async);
+    if (c_.checkpoint.async && c_.checkpoint.interval > 0) saver_->reserve(trainer_->params());
   }
 
   void loop() {
@@ -177,6 +181,7 @@ class TrainJob {
       watchdog.disarm();
       if (flags || (c_.checkpoint.interval > 0 && trainer_->steps_done() % c_.checkpoint.interval == 0)) save();
       if (flags & 2) {
+        finish_save("SIGTERM");
         log_info(strf("SIGTERM: saved at step %ld, exiting", trainer_->steps_done()));
         break;
       }
@@ -184,6 +189,7 @@ class TrainJob {
     // With checkpointing on, the final state is always on disk, also when no step ran (resumed at train.steps):
     // that is how a checkpoint is re-saved in another layout.
     if (c_.checkpoint.interval > 0 && last_saved_ != trainer_->steps_done()) save();
+    finish_save("the end of training");
     watchdog_ = nullptr;
     if (!std::isnan(sources_.entropy_floor))
       log_info(strf("done: %ld steps; data entropy floor %.4f nats/token", trainer_->steps_done(),
@@ -304,13 +310,16 @@ class TrainJob {
     meta.loader_epoch = ls.epoch;
     meta.loader_sample = ls.sample;
     meta.signature = signature_;
-    auto t0 = std::chrono::steady_clock::now();
-    std::string dir =
-        model::ckpt_save(run_dir_.string(), trainer_->params(), ps_.ctx, meta, config_ini(c_), c_.checkpoint.keep);
+    saver_->save(run_dir_.string(), trainer_->params(), ps_.ctx, meta, config_ini(c_), c_.checkpoint.keep);  // logs
     watchdog_->disarm();
     last_saved_ = meta.step;
-    log_info(strf("saved checkpoint %s in %.1f ms", dir.c_str(),
-                  std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+  }
+
+  // Collective: the save in flight is complete on disk (renamed into place) after it.
+  void finish_save(const char* waiter) {
+    watchdog_->arm("checkpoint write");
+    saver_->finalize(waiter);
+    watchdog_->disarm();
   }
 
   const model::Config c_;
@@ -327,6 +336,7 @@ class TrainJob {
   std::unique_ptr<data::TokenLoader> loader_;
   Validation validation_;
   std::unique_ptr<model::Trainer> trainer_;
+  std::unique_ptr<model::CkptSaver> saver_;  // after trainer_: destroyed first, waiting for its writer
   model::AppendFile metrics_;
   comm::Watchdog* watchdog_ = nullptr;
   std::vector<int32_t> inputs_, targets_;

@@ -11,6 +11,10 @@ int device_count();  // 0 when built without CUDA or no GPU is visible
 void set_device(int index);
 void* alloc(size_t bytes);
 void free(void* p);
+// Page-locked host memory (fast device->host copies, e.g. the checkpoint snapshot); plain malloc without CUDA.
+// nullptr when it cannot be had.
+void* host_alloc_pinned(size_t bytes);
+void host_free_pinned(void* p);
 void copy(void* dst, bool dst_dev, const void* src, bool src_dev, size_t bytes, Stream s);
 void memset_zero(void* p, size_t bytes, Stream s);
 void synchronize(Stream s);

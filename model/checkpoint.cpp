@@ -6,6 +6,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -17,8 +19,10 @@
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <type_traits>
 
 #include "engine/check.h"
+#include "engine/cuda_backend.h"
 #include "engine/log.h"
 #include "engine/memory.h"
 #include "engine/output_file.h"
@@ -63,32 +67,71 @@ uint64_t text_checksum(const std::string& text) {
   return h;
 }
 
+// The shard checksum: FNV-1a-style over 64-bit words in four independent lanes (a byte-wise FNV ran at
+// ~0.35 GB/s and dominated saving an 11 GB checkpoint); 32-byte groups in file order, the final n % 32 bytes byte by
+// byte into lane 0. Fed in pieces of any size, so the writer checksums each block from memory as it writes it.
+class Checksum {
+ public:
+  void feed(const void* data, size_t n) {
+    auto p = static_cast<const unsigned char*>(data);
+    total_ += int64_t(n);
+    if (npend_) {
+      const size_t take = std::min(sizeof pend_ - npend_, n);
+      std::memcpy(pend_ + npend_, p, take);
+      npend_ += take, p += take, n -= take;
+      if (npend_ < sizeof pend_) return;
+      group(pend_);
+      npend_ = 0;
+    }
+    for (; n >= 32; p += 32, n -= 32) group(p);
+    std::memcpy(pend_, p, n);
+    npend_ = n;
+  }
+  uint64_t finish() const {
+    uint64_t l0 = lane_[0];
+    for (size_t i = 0; i < npend_; ++i) l0 = (l0 ^ pend_[i]) * kPrime;
+    uint64_t h = l0;
+    for (int j = 1; j < 4; ++j) h = (h ^ lane_[j]) * kPrime;
+    return h;
+  }
+  int64_t bytes() const { return total_; }
+
+ private:
+  static constexpr uint64_t kPrime = 1099511628211ull;
+  void group(const unsigned char* q) {
+    for (size_t j = 0; j < 4; ++j) {
+      uint64_t x;
+      std::memcpy(&x, q + j * 8, 8);
+      lane_[j] = (lane_[j] ^ x) * kPrime;
+    }
+  }
+  uint64_t lane_[4] = {1469598103934665603ull, 0x9e3779b97f4a7c15ull, 0xc2b2ae3d27d4eb4full, 0x165667b19e3779f9ull};
+  unsigned char pend_[32];
+  size_t npend_ = 0;
+  int64_t total_ = 0;
+};
+
 // nullopt when the file cannot be opened (the callers turn that into their own verdict or error).
 std::optional<uint64_t> file_checksum(const std::string& path, int64_t* bytes) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in.good()) return std::nullopt;
-  // FNV-1a-style over 64-bit words in four independent lanes (a byte-wise FNV ran at ~0.35 GB/s and dominated
-  // saving an 11 GB checkpoint); the tail of the file goes byte by byte into lane 0.
-  constexpr uint64_t kPrime = 1099511628211ull;
-  uint64_t lane[4] = {1469598103934665603ull, 0x9e3779b97f4a7c15ull, 0xc2b2ae3d27d4eb4full, 0x165667b19e3779f9ull};
-  std::vector<char> buf(1 << 22);
-  int64_t total = 0;
-  while (in) {
-    in.read(buf.data(), std::streamsize(buf.size()));
-    const size_t n = size_t(in.gcount()), words = n / 32 * 4;
-    for (size_t w = 0; w < words; w += 4)
-      for (size_t j = 0; j < 4; ++j) {
-        uint64_t x;
-        std::memcpy(&x, buf.data() + (w + j) * 8, 8);
-        lane[j] = (lane[j] ^ x) * kPrime;
-      }
-    for (size_t i = words * 8; i < n; ++i) lane[0] = (lane[0] ^ uint8_t(buf[i])) * kPrime;
-    total += int64_t(n);
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return std::nullopt;
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  Checksum sum;
+  std::vector<char> buf(size_t(16) << 20);
+  bool ok = true;
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      ok = n == 0;
+      break;
+    }
+    sum.feed(buf.data(), size_t(n));
   }
-  if (bytes) *bytes = total;
-  uint64_t h = lane[0];
-  for (int j = 1; j < 4; ++j) h = (h ^ lane[j]) * kPrime;
-  return h;
+  ::close(fd);
+  if (!ok) return std::nullopt;
+  if (bytes) *bytes = sum.bytes();
+  return sum.finish();
 }
 
 void fsync_path(const std::string& path, bool dir) {
@@ -114,18 +157,6 @@ hid_t dcpl_no_times() {
   return dcpl;
 }
 
-// Test hook (tests/resume/kill_during_save.sh): MONTA_TEST_SLOW_SAVE_MS=n makes every rank sleep n ms after its
-// shard is on disk and before the manifest exists, the window in which a crash must leave the previous
-// checkpoint the newest usable one.
-void test_hook_slow_save(int rank, int64_t step) {
-  const char* v = std::getenv("MONTA_TEST_SLOW_SAVE_MS");
-  if (!v || !*v) return;
-  std::fprintf(stderr, "monta: test hook: rank %d pid %d sleeping %s ms in the save of step %ld\n", rank, int(::getpid()),
-               v, step);
-  std::fflush(stderr);
-  std::this_thread::sleep_for(std::chrono::milliseconds(engine::parse_int64(v, "MONTA_TEST_SLOW_SAVE_MS")));
-}
-
 void write_text_atomic(const fs::path& path, const std::string& text) {
   fs::path tmp = path.string() + ".tmp";
   {
@@ -138,42 +169,171 @@ void write_text_atomic(const fs::path& path, const std::string& text) {
   rename_or_fail(tmp, path);
 }
 
-// Writes one slice with its full shape and offset; returns "" or the reason it failed (the caller closes the
-// file before failing, else HDF5's exit-time cleanup retries the flush of a half-written file).
-std::string write_slice(hid_t file, const std::string& path, const char* group, const Param& p, const Tensor& t) {
-  std::vector<float> host = host_buffer<float>(t.dtype == engine::DType::f64 ? 0 : t.numel(), "checkpoint tensor " + p.name);
-  std::vector<double> hostd;
-  hid_t type = H5T_NATIVE_FLOAT;
-  const void* data = host.data();
-  if (t.dtype == engine::DType::f64) {
-    hostd = host_buffer<double>(t.numel(), "checkpoint tensor " + p.name);
-    engine::copy(engine::make_view(hostd.data(), p.local, engine::DType::f64, engine::Device::cpu), t);
-    type = H5T_NATIVE_DOUBLE;
-    data = hostd.data();
-  } else {
-    engine::copy(engine::make_view(host.data(), p.local, engine::DType::f32, engine::Device::cpu), t);
-  }
-  const std::string name = std::string(group) + "/" + p.name;
-  const std::string failed = "cannot write dataset " + name + " to checkpoint file " + path + " (disk full?)";
-  std::vector<hsize_t> dims(p.local.begin(), p.local.end());
-  hid_t space = H5Screate_simple(int(dims.size()), dims.data(), nullptr);
+// One dataset of a shard: where its bytes go in the file and where they come from (the snapshot, or the
+// parameter itself for a synchronous save on the CPU).
+struct ShardBlock {
+  std::string name;  // "master/layers.0.wq"
+  int64_t offset = 0, bytes = 0;
+  const void* src = nullptr;
+};
+
+// A shard whose HDF5 structure is on disk (every dataset allocated, contiguous, not yet written) and whose data the
+// writer puts in place with plain large writes: no HDF5 call leaves the main thread (the library is not thread-safe).
+struct ShardPlan {
+  std::string tmp, path;  // rank_R.h5.tmp, renamed to rank_R.h5 once written and synced
+  int64_t file_bytes = 0;
+  std::vector<ShardBlock> blocks;  // sorted by offset
+  int rank = 0;
+  int64_t step = 0;
+};
+
+struct ShardResult {
+  uint64_t sum = 0;
+  int64_t bytes = 0;
+  std::string err;  // "" or one sentence (a user error, raised by the main thread)
+  double ms = 0;
+};
+
+// Creates `tmp` with every owned slice as an allocated contiguous dataset (attributes full_shape and offset; no fill
+// values, no times, aligned at 4 KiB so the data can be written in page-aligned blocks) and records where each
+// dataset's bytes live. src(p, g) gives the bytes of group g of parameter p. Returns "" or the reason it failed (the
+// file is removed then).
+template <class Src>
+std::string shard_create(ShardPlan& plan, const ParamStore& params, Src src) {
+  const std::string failed = "cannot create checkpoint file " + plan.tmp + " (directory not writable or disk full?)";
+  hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+  H5Pset_alignment(fapl, 1 << 16, 1 << 12);
+  hid_t f = H5Fcreate(plan.tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl);
+  H5Pclose(fapl);
+  if (f < 0) return failed;
+  for (const char* g : kGroups) H5Gclose(H5Gcreate2(f, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
   hid_t dcpl = dcpl_no_times();
-  hid_t ds = H5Dcreate2(file, name.c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
-  H5Pclose(dcpl);
-  H5Sclose(space);
-  if (ds < 0) return failed;
-  bool ok = H5Dwrite(ds, type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data) >= 0;
-  hsize_t nd = p.full.size();
-  hid_t aspace = H5Screate_simple(1, &nd, nullptr);
-  for (auto [an, vals] : {std::pair{"full_shape", &p.full}, std::pair{"offset", &p.offset}}) {
-    if (!ok) break;
-    hid_t a = H5Acreate2(ds, an, H5T_NATIVE_INT64, aspace, H5P_DEFAULT, H5P_DEFAULT);
-    ok = a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, vals->data()) >= 0;
-    if (a >= 0) H5Aclose(a);
+  H5Pset_layout(dcpl, H5D_CONTIGUOUS);
+  H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
+  H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
+  bool ok = true;
+  for (const auto& p : params.all()) {
+    if (!p.owner) continue;
+    for (int gi = 0; gi < 3 && ok; ++gi) {
+      const Tensor& t = gi == 0 ? p.master : (gi == 1 ? p.m : p.v);
+      const hid_t type = t.dtype == engine::DType::f64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT;
+      const std::string name = std::string(kGroups[gi]) + "/" + p.name;
+      std::vector<hsize_t> dims(p.local.begin(), p.local.end());
+      hid_t space = H5Screate_simple(int(dims.size()), dims.data(), nullptr);
+      hid_t ds = H5Dcreate2(f, name.c_str(), type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+      H5Sclose(space);
+      ok = ds >= 0;
+      hsize_t nd = p.full.size();
+      hid_t aspace = H5Screate_simple(1, &nd, nullptr);
+      for (auto [an, vals] : {std::pair{"full_shape", &p.full}, std::pair{"offset", &p.offset}}) {
+        if (!ok) break;
+        hid_t a = H5Acreate2(ds, an, H5T_NATIVE_INT64, aspace, H5P_DEFAULT, H5P_DEFAULT);
+        ok = a >= 0 && H5Awrite(a, H5T_NATIVE_INT64, vals->data()) >= 0;
+        if (a >= 0) H5Aclose(a);
+      }
+      H5Sclose(aspace);
+      if (ok && t.numel() > 0) {
+        const haddr_t at = H5Dget_offset(ds);
+        ok = at != HADDR_UNDEF;
+        plan.blocks.push_back({name, int64_t(at), int64_t(t.bytes()), src(p, gi)});
+      }
+      if (ds >= 0) H5Dclose(ds);
+    }
   }
-  H5Sclose(aspace);
-  H5Dclose(ds);
-  return ok ? "" : failed;
+  H5Pclose(dcpl);
+  if (H5Fclose(f) < 0) ok = false;
+  std::error_code ec;
+  plan.file_bytes = ok ? int64_t(fs::file_size(plan.tmp, ec)) : 0;
+  if (!ok || ec) {
+    std::remove(plan.tmp.c_str());
+    return failed;
+  }
+  std::sort(plan.blocks.begin(), plan.blocks.end(), [](const ShardBlock& x, const ShardBlock& y) { return x.offset < y.offset; });
+  return "";
+}
+
+// Test hook (tests/resume/kill_during_save.sh, async_overlap.sh): MONTA_TEST_SLOW_SAVE_MS=n makes every rank's
+// writer sleep n ms before it writes its shard's data (the snapshot is taken, the manifest does not exist): the
+// window in which a crash must leave the previous checkpoint the newest usable one. With checkpoint.async training
+// goes on meanwhile, so what is written must be the snapshot, not the parameters as they are by then.
+void test_hook_slow_save(int rank, int64_t step) {
+  const char* v = std::getenv("MONTA_TEST_SLOW_SAVE_MS");
+  if (!v || !*v) return;
+  std::fprintf(stderr, "monta: test hook: rank %d pid %d sleeping %s ms in the save of step %ld\n", rank, int(::getpid()),
+               v, step);
+  std::fflush(stderr);
+  std::this_thread::sleep_for(std::chrono::milliseconds(engine::parse_int64(v, "MONTA_TEST_SLOW_SAVE_MS")));
+}
+
+// Writes the data of a created shard in blocks of up to 64 MiB with pwrite, checksumming each block from memory as it
+// goes (the metadata between blocks is read back, a few KiB) and starting its write-back at once (sync_file_range),
+// so the final fsync has little left to do; then fsync and rename into place. Plain POSIX: safe on a background
+// thread. Never fails the process: the result carries the reason.
+ShardResult shard_write(const ShardPlan& plan) {
+  ShardResult r;
+  test_hook_slow_save(plan.rank, plan.step);
+  const auto t0 = std::chrono::steady_clock::now();
+  const int fd = ::open(plan.tmp.c_str(), O_RDWR);
+  if (fd < 0) {
+    r.err = "cannot open checkpoint file " + plan.tmp + " for writing: " + std::strerror(errno);
+    return r;
+  }
+  Checksum sum;
+  std::vector<char> gap;
+  auto read_into_sum = [&](int64_t from, int64_t to) {
+    while (from < to) {
+      gap.resize(size_t(std::min<int64_t>(to - from, 1 << 22)));
+      const ssize_t n = ::pread(fd, gap.data(), gap.size(), from);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) return false;
+      sum.feed(gap.data(), size_t(n));
+      from += n;
+    }
+    return true;
+  };
+  constexpr int64_t kBlock = int64_t(64) << 20;
+  int64_t pos = 0;
+  for (const ShardBlock& b : plan.blocks) {
+    if (b.offset < pos || b.offset + b.bytes > plan.file_bytes || !read_into_sum(pos, b.offset)) {
+      r.err = "cannot write checkpoint file " + plan.tmp + " (unexpected HDF5 layout or unreadable)";
+      break;
+    }
+    const char* src = static_cast<const char*>(b.src);
+    for (int64_t done = 0; done < b.bytes && r.err.empty();) {
+      const int64_t piece = std::min(kBlock, b.bytes - done);
+      for (int64_t w = 0; w < piece;) {
+        const ssize_t n = ::pwrite(fd, src + done + w, size_t(piece - w), b.offset + done + w);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+          r.err = "cannot write dataset " + b.name + " to checkpoint file " + plan.tmp + " (disk full?): " +
+                  std::strerror(n < 0 ? errno : ENOSPC);
+          break;
+        }
+        w += n;
+      }
+      if (!r.err.empty()) break;
+      sum.feed(src + done, size_t(piece));
+      ::sync_file_range(fd, b.offset + done, piece, SYNC_FILE_RANGE_WRITE);
+      done += piece;
+    }
+    if (!r.err.empty()) break;
+    pos = b.offset + b.bytes;
+  }
+  if (r.err.empty() && !read_into_sum(pos, plan.file_bytes))
+    r.err = "cannot read back checkpoint file " + plan.tmp;
+  if (r.err.empty() && ::fsync(fd) != 0)
+    r.err = "cannot write checkpoint file " + plan.tmp + " (disk full?): " + std::strerror(errno);
+  ::close(fd);
+  if (r.err.empty() && std::rename(plan.tmp.c_str(), plan.path.c_str()) != 0)
+    r.err = "cannot rename " + plan.tmp + " to " + plan.path + ": " + std::strerror(errno);
+  if (!r.err.empty()) {
+    std::remove(plan.tmp.c_str());  // frees the space; the previous checkpoint stays the newest complete one
+    return r;
+  }
+  r.sum = sum.finish();
+  r.bytes = sum.bytes();
+  r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  return r;
 }
 
 constexpr const char* kManifestChecksumKey = "manifest_checksum";
@@ -273,9 +433,14 @@ std::vector<int64_t> read_attr(hid_t ds, const char* name, size_t nd) {
 }
 
 // Copies the intersection of a stored slice with the wanted box [want_off, want_off + want_shape) into dst
-// (row-major over want_shape). Returns the number of elements copied.
+// (row-major over want_shape), as T (float: no conversion of the stored fp32). A stored slice that is exactly the
+// wanted box (same layout) is read whole into dst; otherwise (resharding) a file hyperslab into a memory hyperslab of
+// dst.
+// Returns the number of elements copied.
+template <class T>
 int64_t read_intersection(hid_t file, const std::string& name, const std::vector<int64_t>& want_off,
-                          const std::vector<int64_t>& want_shape, double* dst) {
+                          const std::vector<int64_t>& want_shape, T* dst) {
+  const hid_t mem_type = std::is_same_v<T, float> ? H5T_NATIVE_FLOAT : H5T_NATIVE_DOUBLE;
   hid_t ds = H5Dopen2(file, name.c_str(), H5P_DEFAULT);
   if (ds < 0) return 0;
   hid_t space = H5Dget_space(ds);
@@ -302,32 +467,24 @@ int64_t read_intersection(hid_t file, const std::string& name, const std::vector
   for (int d = 0; d < nd; ++d)
     whole = whole && off[size_t(d)] == want_off[size_t(d)] && int64_t(dims[size_t(d)]) == want_shape[size_t(d)];
   if (whole) {
-    MONTA_USER_CHECK(H5Dread(ds, H5T_NATIVE_DOUBLE, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) >= 0,
+    MONTA_USER_CHECK(H5Dread(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) >= 0,
                      "cannot read " + name + " from a checkpoint file (truncated?)");
     H5Sclose(space);
     H5Dclose(ds);
     return n;
   }
-  std::vector<double> buf = host_buffer<double>(n, "checkpoint slice " + name);
+  // The stored box, selected in the file, lands at its place in dst through a memory hyperslab: HDF5 copies whole
+  // rows, no staging buffer, no per-element scatter.
+  std::vector<hsize_t> mem_dims(want_shape.begin(), want_shape.end()), mem_start(static_cast<size_t>(nd));
+  for (int d = 0; d < nd; ++d) mem_start[size_t(d)] = hsize_t(int64_t(start[size_t(d)]) + off[size_t(d)] - want_off[size_t(d)]);
   HDF5_CHECK(H5Sselect_hyperslab(space, H5S_SELECT_SET, start.data(), nullptr, count.data(), nullptr));
-  hid_t mem = H5Screate_simple(nd, count.data(), nullptr);
-  MONTA_USER_CHECK(H5Dread(ds, H5T_NATIVE_DOUBLE, mem, space, H5P_DEFAULT, buf.data()) >= 0,
+  hid_t mem = H5Screate_simple(nd, mem_dims.data(), nullptr);
+  HDF5_CHECK(H5Sselect_hyperslab(mem, H5S_SELECT_SET, mem_start.data(), nullptr, count.data(), nullptr));
+  MONTA_USER_CHECK(H5Dread(ds, mem_type, mem, space, H5P_DEFAULT, dst) >= 0,
                    "cannot read " + name + " from a checkpoint file (truncated?)");
   H5Sclose(mem);
   H5Sclose(space);
   H5Dclose(ds);
-  // Scatter the block into dst.
-  std::vector<int64_t> idx(static_cast<size_t>(nd), 0);
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t flat = 0;
-    for (int d = 0; d < nd; ++d)
-      flat = flat * want_shape[size_t(d)] + (int64_t(start[size_t(d)]) + off[size_t(d)] - want_off[size_t(d)] + idx[size_t(d)]);
-    dst[flat] = buf[size_t(i)];
-    for (int d = nd - 1; d >= 0; --d) {
-      if (++idx[size_t(d)] < int64_t(count[size_t(d)])) break;
-      idx[size_t(d)] = 0;
-    }
-  }
   return n;
 }
 
@@ -395,46 +552,42 @@ std::string model_signature(const ModelConfig& m) {
               m.heads, m.kv_heads, m.ffn, m.experts);
 }
 
-std::string ckpt_save(const std::string& run_dir, const ParamStore& params, const ParallelContext& par,
-                      const CkptMeta& meta, const std::string& config_ini, int64_t keep) {
-  static Hdf5Quiet quiet;
-  const int rank = par.world ? par.world->rank() : 0, world = par.world ? par.world->size() : 1;
-  const fs::path root = fs::path(run_dir) / "checkpoints";
+namespace {
+
+// One save between its snapshot and its finalization.
+struct PendingSave {
+  std::string run_dir, config_ini;
+  CkptMeta meta;
+  int64_t keep = 0;
+  int rank = 0, world = 1, tp = 1, ep = 1;
+  bool expert_tp = true;
+  comm::Communicator* comm = nullptr;
+  ShardPlan plan;
+  double pause_ms = 0;  // the snapshot: what training waited for
+  std::chrono::steady_clock::time_point start;
+  ShardResult result;
+  std::thread writer;
+  std::atomic<bool> written{false};
+};
+
+// Collective: every rank's checksum and size to rank 0, which writes config.ini, the manifest and COMPLETE, renames
+// step_N.tmp into place and rotates; then a barrier. The only part of a save that communicates.
+std::string save_collective(PendingSave& ps) {
+  const ShardResult& res = ps.result;
+  const int rank = ps.rank, world = ps.world;
+  const CkptMeta& meta = ps.meta;
+  const int64_t keep = ps.keep;
+  const std::string& config_ini = ps.config_ini;
+  const fs::path root = fs::path(ps.run_dir) / "checkpoints";
   const fs::path final_dir = root / strf("step_%08ld", meta.step);
   const fs::path tmp_dir = root / strf("step_%08ld.tmp", meta.step);
-  if (rank == 0) {
-    std::error_code ec;
-    fs::remove_all(tmp_dir, ec);
-    fs::create_directories(tmp_dir, ec);
-    MONTA_USER_CHECK(!ec, "cannot create checkpoint directory " + tmp_dir.string() + ": " + ec.message());
-  }
-  if (par.world) par.world->barrier();
-  // Every rank: its owned slices -> rank_XXXXX.h5.tmp -> fsync -> rename.
-  const fs::path mine = tmp_dir / rank_file(rank);
-  const std::string tmp = mine.string() + ".tmp";
-  hid_t f = H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
-  MONTA_USER_CHECK(f >= 0, "cannot create checkpoint file " + tmp + " (directory not writable?)");
-  for (const char* g : kGroups) H5Gclose(H5Gcreate2(f, g, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
-  std::string err;
-  for (const auto& p : params.all()) {
-    if (!p.owner) continue;
-    for (const char* g : kGroups)
-      if (err.empty()) err = write_slice(f, tmp, g, p, std::string(g) == "master" ? p.master : (std::string(g) == "adam_m" ? p.m : p.v));
-  }
-  if (H5Fclose(f) < 0 && err.empty()) err = "cannot close checkpoint file " + tmp + " (disk full?)";
-  if (!err.empty()) {
-    std::remove(tmp.c_str());  // frees the space; the previous checkpoint stays the newest complete one
-    engine::fail_user(err);
-  }
-  fsync_path(tmp, false);
-  rename_or_fail(tmp, mine);
-  test_hook_slow_save(rank, meta.step);
-  int64_t bytes = 0;
-  const auto checked = file_checksum(mine.string(), &bytes);
-  MONTA_USER_CHECK(checked.has_value(), "cannot read back checkpoint file " + mine.string());
-  const uint64_t sum = *checked;
+  struct {
+    int tp, ep;
+    bool expert_tp;
+    comm::Communicator* world;
+  } par{ps.tp, ps.ep, ps.expert_tp, ps.comm};
   std::vector<int64_t> all(size_t(2 * world));
-  int64_t pair[2] = {int64_t(sum), bytes};
+  int64_t pair[2] = {int64_t(res.sum), res.bytes};
   if (par.world && world > 1)
     par.world->all_gather(Tensor(all.data(), {2 * int64_t(world)}, engine::DType::i64),
                           Tensor(pair, {2}, engine::DType::i64));
@@ -474,8 +627,160 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
     }
     for (size_t i = size_t(keep); i < done.size(); ++i) fs::remove_all(done[i].second, ec);
   }
-  if (par.world) par.world->barrier();
+  if (ps.comm) ps.comm->barrier();
   return final_dir.string();
+}
+
+}  // namespace
+
+struct CkptSaver::State {
+  std::unique_ptr<PendingSave> pending;
+  void* snapshot = nullptr;  // the host copy of this rank's owned state, reused by every save
+  size_t snapshot_bytes = 0;
+  bool pinned = false;
+};
+
+CkptSaver::CkptSaver(bool async) : async_(async), s_(std::make_unique<State>()) {}
+
+CkptSaver::~CkptSaver() {
+  // No collective here (this runs while unwinding too): a save not finalized stays step_N.tmp, never loaded.
+  if (s_->pending && s_->pending->writer.joinable()) s_->pending->writer.join();
+  if (s_->snapshot) (s_->pinned ? engine::cudab::host_free_pinned(s_->snapshot) : std::free(s_->snapshot));
+}
+
+bool CkptSaver::in_flight() const { return s_->pending != nullptr; }
+
+void CkptSaver::reserve(const ParamStore& params) {
+  const size_t need = size_t(ckpt_snapshot_bytes(params));
+  if (need <= s_->snapshot_bytes) return;
+  const auto t0 = std::chrono::steady_clock::now();
+  if (s_->snapshot) (s_->pinned ? engine::cudab::host_free_pinned(s_->snapshot) : std::free(s_->snapshot));
+  s_->pinned = params.device() == engine::Device::cuda;
+  s_->snapshot = s_->pinned ? engine::cudab::host_alloc_pinned(need) : std::aligned_alloc(4096, std::max<size_t>(need, 4096));
+  s_->snapshot_bytes = s_->snapshot ? need : 0;
+  MONTA_USER_CHECK(s_->snapshot, strf("the checkpoint snapshot (%.3f GiB of %s host memory) does not fit on this host; "
+                                      "use --checkpoint.async false on the CPU, or more ranks",
+                                      double(need) / double(1 << 30), s_->pinned ? "pinned" : "plain"));
+  // Touched now (pinned memory already is): first-touch page faults would otherwise double the first save's pause.
+  if (!s_->pinned) std::memset(s_->snapshot, 0, need);
+  engine::log_info(strf("arena %-16s %10.2f MiB (host%s, allocated in %.1f ms)", "ckpt snapshot", double(need) / (1 << 20),
+                        s_->pinned ? ", pinned" : "",
+                        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+}
+
+int64_t ckpt_snapshot_bytes(const ParamStore& params) {
+  int64_t n = 0;
+  for (const auto& p : params.all())
+    if (p.owner)
+      for (const Tensor* t : {&p.master, &p.m, &p.v}) n += (int64_t(t->bytes()) + 4095) / 4096 * 4096;
+  return n;
+}
+
+void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const ParallelContext& par,
+                     const CkptMeta& meta, const std::string& config_ini, int64_t keep) {
+  static Hdf5Quiet quiet;
+  if (s_->pending) finalize(strf("the save of step %ld", meta.step));
+  auto ps = std::make_unique<PendingSave>();
+  ps->start = std::chrono::steady_clock::now();
+  ps->run_dir = run_dir, ps->config_ini = config_ini, ps->meta = meta, ps->keep = keep;
+  ps->rank = par.world ? par.world->rank() : 0, ps->world = par.world ? par.world->size() : 1;
+  ps->tp = par.tp, ps->ep = par.ep, ps->expert_tp = par.expert_tp, ps->comm = par.world;
+  const fs::path root = fs::path(run_dir) / "checkpoints";
+  const fs::path tmp_dir = root / strf("step_%08ld.tmp", meta.step);
+  if (ps->rank == 0) {
+    std::error_code ec;
+    fs::remove_all(tmp_dir, ec);
+    fs::create_directories(tmp_dir, ec);
+    MONTA_USER_CHECK(!ec, "cannot create checkpoint directory " + tmp_dir.string() + ": " + ec.message());
+  }
+  if (par.world) par.world->barrier();
+  // The snapshot: this rank's owned state copied to host memory (pinned when it comes from the GPU), so training
+  // may change the parameters while the writer reads. A synchronous save on the CPU writes from the parameters.
+  const bool direct = !async_ && params.device() == engine::Device::cpu;
+  std::map<const void*, const void*> where;  // parameter tensor data -> its bytes in the snapshot
+  if (!direct) {
+    reserve(params);
+    char* at = static_cast<char*>(s_->snapshot);
+    for (const auto& p : params.all()) {
+      if (!p.owner) continue;
+      for (const Tensor* t : {&p.master, &p.m, &p.v}) {
+        if (t->numel() == 0) continue;
+        Tensor host = *t;
+        host.data = at;
+        host.device = engine::Device::cpu;
+        engine::copy(host, *t);
+        where[t->data] = at;
+        at += (t->bytes() + 4095) / 4096 * 4096;
+      }
+    }
+  }
+  const double copy_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ps->start).count();
+  ps->plan.path = (tmp_dir / rank_file(ps->rank)).string();
+  ps->plan.tmp = ps->plan.path + ".tmp";
+  ps->plan.rank = ps->rank;
+  ps->plan.step = meta.step;
+  const std::string err = shard_create(ps->plan, params, [&](const Param& p, int g) -> const void* {
+    const Tensor& t = g == 0 ? p.master : (g == 1 ? p.m : p.v);
+    return direct ? t.data : where.at(t.data);
+  });
+  if (!err.empty()) engine::fail_user(err);
+  ps->pause_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ps->start).count();
+  s_->pending = std::move(ps);
+  PendingSave* q = s_->pending.get();
+  if (!async_) {
+    q->result = shard_write(q->plan);
+    q->written = true;
+    finalize("");
+    return;
+  }
+  engine::log_info(strf("checkpoint step %ld: snapshot of %.3f GiB in %.1f ms (the training pause: copy %.1f ms, shard "
+                        "layout %.1f ms); writing it in the background",
+                        meta.step, double(s_->snapshot_bytes) / double(1 << 30), q->pause_ms, copy_ms,
+                        q->pause_ms - copy_ms));
+  q->writer = std::thread([q] {
+    q->result = shard_write(q->plan);
+    if (q->rank == 0 && q->result.err.empty())
+      engine::log_info(strf("checkpoint step %ld: rank 0 wrote its shard in the background (%.3f GB in %.1f ms, %.2f GB/s)",
+                            q->plan.step, double(q->result.bytes) / 1e9, q->result.ms,
+                            double(q->result.bytes) / 1e6 / std::max(q->result.ms, 1e-3)));
+    q->written = true;
+  });
+}
+
+std::string CkptSaver::finalize(const std::string& waiter) {
+  if (!s_->pending) return "";
+  PendingSave& q = *s_->pending;
+  if (q.writer.joinable()) {
+    if (!q.written) {
+      const auto t0 = std::chrono::steady_clock::now();
+      engine::log_info(strf("checkpoint step %ld is still being written; %s waits for it", q.meta.step,
+                            waiter.empty() ? "the end of training" : waiter.c_str()));
+      q.writer.join();
+      engine::log_info(strf("checkpoint step %ld: waited %.1f ms for its background write", q.meta.step,
+                            std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
+    } else {
+      q.writer.join();
+    }
+  }
+  std::unique_ptr<PendingSave> done = std::move(s_->pending);
+  if (!done->result.err.empty()) engine::fail_user(done->result.err);
+  const std::string dir = save_collective(*done);
+  const double total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - done->start).count();
+  if (async_)
+    engine::log_info(strf("saved checkpoint %s: training paused %.1f ms for the snapshot; written in %.1f ms (%.2f GB/s "
+                          "on rank 0), complete %.1f ms after the save began",
+                          dir.c_str(), done->pause_ms, done->result.ms,
+                          double(done->result.bytes) / 1e6 / std::max(done->result.ms, 1e-3), total_ms));
+  else
+    engine::log_info(strf("saved checkpoint %s in %.1f ms", dir.c_str(), total_ms));
+  return dir;
+}
+
+std::string ckpt_save(const std::string& run_dir, const ParamStore& params, const ParallelContext& par,
+                      const CkptMeta& meta, const std::string& config_ini, int64_t keep) {
+  CkptSaver saver(false);
+  saver.save(run_dir, params, par, meta, config_ini, keep);
+  return (fs::path(run_dir) / "checkpoints" / strf("step_%08ld", meta.step)).string();
 }
 
 std::string ckpt_find_latest(const std::string& run_dir) {
@@ -584,25 +889,39 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
   std::vector<hid_t> files;
   for (int r = 0; r < meta.world; ++r) {
     std::string path = (fs::path(dir) / rank_file(r)).string();
-    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
+    H5Pset_sieve_buf_size(fapl, size_t(32) << 20);  // resharding reads strided rows: fetch them in large pieces
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl);
+    H5Pclose(fapl);
     MONTA_USER_CHECK(f >= 0, "cannot open checkpoint file " + path + " (not HDF5 or truncated)");
     files.push_back(f);
   }
+  // Each tensor is read into its place: straight into the parameter on the CPU, through one reused host buffer
+  // (the largest tensor) from the GPU; stored fp32 is read as fp32 (no conversion).
+  // The staging buffer for the GPU: page-locked (host-to-device copies at full speed), pageable if that fails.
+  size_t largest = 0;
+  for (const auto& p : params.all())
+    if (p.master.device != engine::Device::cpu) largest = std::max(largest, p.master.bytes());
+  std::unique_ptr<void, void (*)(void*)> pinned(largest ? engine::cudab::host_alloc_pinned(largest) : nullptr,
+                                                [](void* q) { engine::cudab::host_free_pinned(q); });
+  std::vector<char> staging;
+  if (largest && !pinned) staging = host_buffer<char>(int64_t(largest), "the checkpoint staging buffer");
+  void* const stage = pinned ? pinned.get() : staging.data();
   for (auto& p : params.all()) {
     const int64_t n = p.master.numel();
-    for (const char* g : kGroups) {
-      std::vector<double> host = host_buffer<double>(n, "checkpoint tensor " + p.name);
+    for (int gi = 0; gi < 3; ++gi) {
+      const char* g = kGroups[gi];
+      Tensor dst = gi == 0 ? p.master : (gi == 1 ? p.m : p.v);
+      void* host = dst.device == engine::Device::cpu ? dst.data : stage;
+      const std::string name = std::string(g) + "/" + p.name;
       int64_t got = 0;
-      for (hid_t f : files) got += read_intersection(f, std::string(g) + "/" + p.name, p.offset, p.local, host.data());
+      for (hid_t f : files)
+        got += dst.dtype == engine::DType::f64
+                   ? read_intersection(f, name, p.offset, p.local, static_cast<double*>(host))
+                   : read_intersection(f, name, p.offset, p.local, static_cast<float*>(host));
       MONTA_USER_CHECK(got == n, strf("checkpoint %s covers %ld of the %ld elements of %s/%s on this rank", dir.c_str(),
                                       got, n, g, p.name.c_str()));
-      Tensor dst = std::string(g) == "master" ? p.master : (std::string(g) == "adam_m" ? p.m : p.v);
-      if (dst.dtype == engine::DType::f64) {
-        engine::copy(dst, engine::make_view(host.data(), p.local, engine::DType::f64, engine::Device::cpu));
-      } else {
-        std::vector<float> fl(host.begin(), host.end());  // values were written from f32: exact round trip
-        engine::copy(dst, engine::make_view(fl.data(), p.local, engine::DType::f32, engine::Device::cpu));
-      }
+      if (host != dst.data) engine::copy(dst, engine::make_view(host, p.local, dst.dtype, engine::Device::cpu));
     }
   }
   for (hid_t f : files) H5Fclose(f);

@@ -3,8 +3,11 @@
 // manifest with a checksum per file and a completion marker are written last, and the directory is renamed
 // into place only when complete, so a crash at any moment leaves the previous checkpoint whole. Loading reads,
 // for each local slice, the hyperslabs of whichever files hold it, so a checkpoint loads into any layout.
+// With checkpoint.async a save only snapshots the state to host memory; a background thread writes the shard and
+// the next collective call (the next save, the end of training, a signal) completes it.
 #pragma once
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,8 +32,41 @@ std::string model_signature(const ModelConfig& m);
 
 // Collective over par.world. Writes <run_dir>/checkpoints/step_<N> (N = meta.step) and keeps the newest `keep`.
 // Returns the checkpoint directory. An unwritable run directory or a full disk is a user error naming the path.
+// (A synchronous CkptSaver: save, then finalize.)
 std::string ckpt_save(const std::string& run_dir, const ParamStore& params, const ParallelContext& par,
                       const CkptMeta& meta, const std::string& config_ini, int64_t keep);
+
+// Saves with at most one save in flight. save() is collective over par.world: it first finalizes the save in
+// flight (waiting for its writer; the log says so and for how long), then has rank 0 create step_N.tmp, copies this
+// rank's owned state (master weights, both moments) into a host snapshot and lays out the shard's HDF5 structure;
+// that is the training pause. Async: a background thread then writes the shard's data (plain large writes, each
+// block checksummed from memory as it is written, fsync, rename) while training goes on; it never communicates.
+// Sync: the same write on the calling thread, then finalize. finalize() is collective: it waits for this rank's
+// writer, then gathers the checksums; rank 0 writes the manifest and COMPLETE and renames step_N.tmp into place; a
+// barrier. Until then a crash leaves the previous checkpoint the newest complete one. par's communicator must outlive
+// the save in flight; a writer's error (disk full) is raised as a user error by finalize.
+class CkptSaver {
+ public:
+  explicit CkptSaver(bool async);
+  ~CkptSaver();  // waits for the writer, no collective: an unfinalized save stays step_N.tmp (never loaded)
+  CkptSaver(const CkptSaver&) = delete;
+  CkptSaver& operator=(const CkptSaver&) = delete;
+  void save(const std::string& run_dir, const ParamStore& params, const ParallelContext& par, const CkptMeta& meta,
+            const std::string& config_ini, int64_t keep);
+  // The directory of the save it completed, "" when none was in flight. `waiter` names what waits, for the log.
+  std::string finalize(const std::string& waiter = "");
+  bool in_flight() const;
+  // Allocates the snapshot for `params` now (pinned host memory takes seconds to allocate at 70B scale; done at
+  // start-up it is not part of the first save's pause). Logged as an arena.
+  void reserve(const ParamStore& params);
+
+ private:
+  struct State;
+  bool async_;
+  std::unique_ptr<State> s_;
+};
+// Host memory of the snapshot a save of `params` takes (owned slices, three tensors each, 4 KiB aligned).
+int64_t ckpt_snapshot_bytes(const ParamStore& params);
 // Newest complete and intact checkpoint under <run_dir>/checkpoints ("" if none); incomplete or corrupt ones
 // are skipped with a warning. Never fails.
 std::string ckpt_find_latest(const std::string& run_dir);

@@ -49,6 +49,7 @@ struct CheckpointConfig {
   int64_t interval = 0, keep = 2;
   std::string resume;  // "", "auto" or a checkpoint directory
   bool overwrite = false;  // a fresh start may replace the checkpoints already in the run directory
+  bool async = true;       // snapshot to host memory, write in a background thread (docs/checkpoints.md)
 };
 
 struct CommConfig {

@@ -126,6 +126,8 @@ void visit_config_keys(ConfigT& c, F&& f) {
     any());
   f("checkpoint.overwrite", c.checkpoint.overwrite,
     "let a fresh run (or an older explicit resume) write over the run directory's checkpoints", any());
+  f("checkpoint.async", c.checkpoint.async,
+    "snapshot the state to host memory and write it from a background thread while training continues", any());
   f("comm.exchange", c.comm.exchange, "MoE token exchange strategy (auto: the cost model picks, then verifies)",
     choices("duplicate|drop_gather|pipelined|overlapped|auto"));
   f("comm.chunks", c.comm.chunks, "capacity chunks of the pipelined and overlapped exchanges", closed(1, 64));

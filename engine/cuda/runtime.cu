@@ -55,6 +55,19 @@ void free(void* p) {
   if (p) CUDA_CHECK(cudaFree(p));
 }
 
+void* host_alloc_pinned(size_t bytes) {
+  void* p = nullptr;
+  if (cudaHostAlloc(&p, bytes, cudaHostAllocDefault) != cudaSuccess) {
+    (void)cudaGetLastError();  // too much to pin: the caller reports it as a user error
+    return nullptr;
+  }
+  return p;
+}
+
+void host_free_pinned(void* p) {
+  if (p) CUDA_CHECK(cudaFreeHost(p));
+}
+
 void copy(void* dst, bool dst_dev, const void* src, bool src_dev, size_t bytes, Stream s) {
   if (bytes == 0 || dst == src) return;
   cudaMemcpyKind kind = dst_dev ? (src_dev ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)

@@ -1,8 +1,10 @@
 // Checkpoints: save → continue equals uninterrupted training bit for bit; corrupt, incomplete, missing and
-// foreign checkpoints give their errors; `resume auto` skips broken ones; export writes full tensors.
+// foreign checkpoints give their errors; `resume auto` skips broken ones; export writes full tensors; an
+// asynchronous save writes the snapshot taken at save(), whatever training does before it is finalized.
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -78,8 +80,11 @@ double run_steps(model::Trainer& t, data::TokenLoader& l, int n, std::vector<dou
 
 }  // namespace
 
-TEST(Checkpoint, ResumeIsBitExact) {
-  CkptRun r("exact");
+// Save → continue = uninterrupted, with checkpoint.async false and true.
+class CheckpointModes : public ::testing::TestWithParam<bool> {};
+
+TEST_P(CheckpointModes, ResumeIsBitExact) {
+  CkptRun r(GetParam() ? "exact_async" : "exact_sync");
   model::ParallelContext par;
   std::vector<double> straight, resumed;
   model::Trainer a(r.c, par, engine::Device::cpu);
@@ -89,7 +94,11 @@ TEST(Checkpoint, ResumeIsBitExact) {
   model::Trainer b(r.c, par, engine::Device::cpu);
   data::TokenLoader lb(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
   run_steps(b, lb, 3, &resumed);
-  std::string dir = model::ckpt_save(r.dir.string(), b.params(), par, r.meta(b, lb), "[model]\n", 2);
+  model::CkptSaver saver(GetParam());
+  saver.save(r.dir.string(), b.params(), par, r.meta(b, lb), "[model]\n", 2);
+  EXPECT_EQ(saver.in_flight(), GetParam());  // a synchronous save is complete when save() returns
+  saver.finalize();
+  const std::string dir = (r.dir / "checkpoints" / "step_00000003").string();
   ASSERT_TRUE(fs::exists(fs::path(dir) / "COMPLETE"));
 
   model::Trainer c(r.c, par, engine::Device::cpu);  // fresh process state
@@ -102,6 +111,44 @@ TEST(Checkpoint, ResumeIsBitExact) {
   ASSERT_EQ(straight.size(), resumed.size());
   for (size_t i = 0; i < straight.size(); ++i) EXPECT_EQ(straight[i], resumed[i]) << "step " << i + 1;
   EXPECT_EQ(weights(a), weights(c));
+}
+
+INSTANTIATE_TEST_SUITE_P(Checkpoint, CheckpointModes, ::testing::Values(false, true),
+                         [](const auto& info) { return info.param ? "async" : "sync"; });
+
+// An asynchronous save returns after the snapshot; the writer (held back 300 ms by the test hook) writes that
+// snapshot while training changes the parameters; the directory gets its final name only at finalize, and the next
+// save waits for the one in flight.
+TEST(Checkpoint, AsyncSaveWritesTheSnapshot) {
+  CkptRun r("async_snapshot");
+  model::ParallelContext par;
+  model::Trainer t(r.c, par, engine::Device::cpu);
+  data::TokenLoader l(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
+  run_steps(t, l, 2, nullptr);
+  const std::vector<float> at_save = weights(t);
+  ::setenv("MONTA_TEST_SLOW_SAVE_MS", "300", 1);
+  model::CkptSaver saver(true);
+  saver.save(r.dir.string(), t.params(), par, r.meta(t, l), "", 2);
+  EXPECT_TRUE(saver.in_flight());
+  run_steps(t, l, 2, nullptr);  // changes every weight while the writer waits
+  ASSERT_NE(weights(t), at_save);
+  EXPECT_FALSE(fs::exists(r.dir / "checkpoints" / "step_00000002"));
+  EXPECT_TRUE(fs::exists(r.dir / "checkpoints" / "step_00000002.tmp"));
+  const std::vector<float> at_second = weights(t);
+  saver.save(r.dir.string(), t.params(), par, r.meta(t, l), "", 2);  // finalizes step 2 first
+  EXPECT_TRUE(fs::exists(r.dir / "checkpoints" / "step_00000002" / "COMPLETE"));
+  const std::string second = saver.finalize();
+  ::unsetenv("MONTA_TEST_SLOW_SAVE_MS");
+  EXPECT_FALSE(saver.in_flight());
+  EXPECT_EQ(saver.finalize(), "");  // nothing in flight
+  EXPECT_EQ(model::ckpt_find_latest(r.dir.string()), second);
+  const std::string sig = model::model_signature(r.c.model);
+  for (auto [dir, want] : {std::pair{(r.dir / "checkpoints" / "step_00000002").string(), &at_save},
+                           std::pair{second, &at_second}}) {
+    model::Trainer fresh(r.c, par, engine::Device::cpu);
+    model::ckpt_load(dir, fresh.params(), sig);
+    EXPECT_EQ(weights(fresh), *want) << dir;
+  }
 }
 
 TEST(Checkpoint, BrokenCheckpointsAreSkippedOrRejected) {

@@ -60,7 +60,7 @@ case $case_ in
     # (Under mpirun so the limit binds the rank only: a singleton's PMIx server needs larger files.)
     before=$(snapshot "$(ckpt "$run" 4)")
     expect_error "checkpoint file $run/checkpoints/step_00000005.tmp/rank_00000.h5.tmp" \
-      "$MPIEXEC" --allow-run-as-root -np 1 bash -c 'trap "" XFSZ; ulimit -f 2500; exec "$@"' _ "$MONTA" train --config "$CFG" --train.device cpu \
+      "$MPIEXEC" --allow-run-as-root -np 1 bash -c 'trap "" XFSZ; ulimit -f 2500; exec "$@"' _ "$MONTA" train --config "$CFG" --train.device cpu ${ASYNC[@]+"${ASYNC[@]}"} \
       --train.run_dir "$run" --train.steps 5 --checkpoint.interval 1 --checkpoint.resume auto
     [ "$before" = "$(snapshot "$(ckpt "$run" 4)")" ] || fail "step 4 checkpoint changed"
     out=$(train "$run" --train.steps 5 --checkpoint.resume auto) || { echo "$out"; fail "resume after disk full"; }

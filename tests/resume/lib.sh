@@ -7,12 +7,20 @@ mkdir -p "$WORK"
 
 fail() { echo "FAIL: $*"; exit 1; }
 
+# CKPT_ASYNC (true|false; set by CMake for the tests that save, which run in both modes): passed to every run as
+# --checkpoint.async. Unset: the config's default.
+ASYNC=()
+[ -n "${CKPT_ASYNC:-}" ] && ASYNC=(--checkpoint.async "$CKPT_ASYNC")
+
 # train RUN_DIR ARGS...: one rank; train_np NP RUN_DIR ARGS...: NP ranks through mpirun. Output goes to stdout.
-train() { local dir=$1; shift; "$MONTA" train --config "$CFG" --train.device cpu --train.run_dir "$dir" "$@" 2>&1; }
+train() {
+  local dir=$1; shift
+  "$MONTA" train --config "$CFG" --train.device cpu --train.run_dir "$dir" ${ASYNC[@]+"${ASYNC[@]}"} "$@" 2>&1
+}
 train_np() {
   local np=$1 dir=$2; shift 2
   "$MPIEXEC" --allow-run-as-root --oversubscribe -np "$np" "$MONTA" train --config "$CFG" --train.device cpu \
-    --train.run_dir "$dir" "$@" 2>&1
+    --train.run_dir "$dir" ${ASYNC[@]+"${ASYNC[@]}"} "$@" 2>&1
 }
 
 # expect_error PHRASE CMD...: CMD must exit non-zero with exactly one "monta: error:" line containing PHRASE.

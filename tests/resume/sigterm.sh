@@ -2,7 +2,7 @@
 # sigterm.sh: SIGTERM to a running single-rank job finishes the step, saves it, exits 0; resume continues there.
 source "$(dirname "$0")/lib.sh"
 w=$WORK/sigterm; rm -rf "$w"; mkdir -p "$w"
-"$MONTA" train --config "$CFG" --train.device cpu --train.run_dir "$w/run" --train.steps 1000 --train.log_interval 100 \
+"$MONTA" train --config "$CFG" --train.device cpu --train.run_dir "$w/run" ${ASYNC[@]+"${ASYNC[@]}"} --train.steps 1000 --train.log_interval 100 \
   > "$w/term.log" 2>&1 &
 pid=$!
 for _ in $(seq 1 300); do
