@@ -180,8 +180,9 @@ class TrainJob {
       const int64_t flags = agreed_signals();
       watchdog.disarm();
       if (flags || (c_.checkpoint.interval > 0 && trainer_->steps_done() % c_.checkpoint.interval == 0)) save();
+      // A signal means the job may end soon (Slurm's warning, or SIGTERM): its checkpoint is completed at once.
+      if (flags) finish_save(flags & 2 ? "SIGTERM" : "SIGUSR1");
       if (flags & 2) {
-        finish_save("SIGTERM");
         log_info(strf("SIGTERM: saved at step %ld, exiting", trainer_->steps_done()));
         break;
       }
