@@ -25,25 +25,12 @@ int run(int argc, char** argv) {
                               "<train.run_dir>/bench_checkpoint")(
       "json", po::value(&json), "write the results as JSON here");
   po::variables_map vm;
-  std::vector<std::string> rest;
-  try {
-    auto parsed = po::command_line_parser(argc, argv).options(desc).allow_unregistered().run();
-    po::store(parsed, vm);
-    po::notify(vm);
-    rest = po::collect_unrecognized(parsed.options, po::include_positional);
-  } catch (const po::error& e) {
-    engine::fail_user(std::string("bad option: ") + e.what() + " (see `monta bench checkpoint --help`)");
-  }
+  const std::vector<std::string> rest = parse_command_line_with_overrides(argc, argv, desc, "bench checkpoint", vm);
   if (vm.count("help")) {
     std::cout << desc << "\n";
     return 0;
   }
-  std::vector<std::string> args = {"bench checkpoint"};
-  if (!config.empty()) args.insert(args.end(), {"--config", config});
-  args.insert(args.end(), rest.begin(), rest.end());
-  std::vector<char*> av;
-  for (auto& a : args) av.push_back(a.data());
-  const model::Config c = parse_train_options(int(av.size()), av.data()).config;
+  const model::Config c = config_with_overrides("bench checkpoint", config, rest);
   if (!json.empty()) engine::check_output_path(json, "--json");
   model::bench_checkpoint(c, config, config_ini(c), dir, json);
   return 0;

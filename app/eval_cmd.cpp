@@ -45,16 +45,9 @@ EvalArgs parse_eval_args(int argc, char** argv) {
                                                          "held-out data")(
       "eval_steps", po::value<int64_t>(&a.eval_steps), "global batches to evaluate (default: the run's train.eval_steps)")(
       "json", po::value<std::string>(&a.json), "also write the result to this JSON file");
-  try {
-    auto parsed = po::command_line_parser(argc, argv).options(desc).allow_unregistered().run();
-    po::variables_map vm;
-    po::store(parsed, vm);
-    po::notify(vm);
-    a.overrides = po::collect_unrecognized(parsed.options, po::include_positional);
-    a.help = vm.count("help") > 0;
-  } catch (const po::error& e) {
-    engine::fail_user(std::string("bad option: ") + e.what() + " (see `monta eval --help`)");
-  }
+  po::variables_map vm;
+  a.overrides = parse_command_line_with_overrides(argc, argv, desc, "eval", vm);
+  a.help = vm.count("help") > 0;
   if (a.help) std::cout << desc << "\n";
   MONTA_USER_CHECK(a.help || !a.checkpoint.empty(), "monta eval needs --checkpoint DIR (see `monta eval --help`)");
   return a;
@@ -72,11 +65,7 @@ model::Config eval_config(const EvalArgs& a) {
   const fs::path ini = fs::path(a.checkpoint) / "config.ini";
   MONTA_USER_CHECK(fs::exists(ini), "checkpoint '" + a.checkpoint + "' has no config.ini; give a checkpoint directory "
                                     "(run_dir/checkpoints/step_N) that `monta train` wrote.");
-  std::vector<std::string> args = {"eval", "--config", ini.string()};
-  args.insert(args.end(), a.overrides.begin(), a.overrides.end());
-  std::vector<char*> argv;
-  for (auto& s : args) argv.push_back(s.data());
-  model::Config c = parse_train_options(int(argv.size()), argv.data()).config;
+  model::Config c = config_with_overrides("eval", ini.string(), a.overrides);
   c.train.run_dir = fs::absolute(a.checkpoint).parent_path().parent_path().string();
   c.checkpoint.resume.clear();
   if (!overridden(a, "parallel.tp")) c.parallel.tp = 1;

@@ -96,6 +96,28 @@ po::variables_map parse_command_line(int argc, char** argv, const po::options_de
   return vm;
 }
 
+std::vector<std::string> parse_command_line_with_overrides(int argc, char** argv, const po::options_description& desc,
+                                                           const std::string& command, po::variables_map& vm) {
+  try {
+    auto parsed = po::command_line_parser(argc, argv).options(desc).allow_unregistered().run();
+    po::store(parsed, vm);
+    po::notify(vm);
+    return po::collect_unrecognized(parsed.options, po::include_positional);
+  } catch (const po::error& e) {
+    engine::fail_user(std::string("bad option: ") + e.what() + " (see `monta " + command + " --help`)");
+  }
+}
+
+model::Config config_with_overrides(const std::string& command, const std::string& ini,
+                                    const std::vector<std::string>& overrides) {
+  std::vector<std::string> args = {command};
+  if (!ini.empty()) args.insert(args.end(), {"--config", ini});
+  args.insert(args.end(), overrides.begin(), overrides.end());
+  std::vector<char*> av;
+  for (auto& a : args) av.push_back(a.data());
+  return parse_train_options(int(av.size()), av.data()).config;
+}
+
 std::vector<std::pair<std::string, std::string>> config_rows(const model::Config& c) {
   std::vector<std::pair<std::string, std::string>> rows;
   model::visit_config_keys(c, [&](const char* key, const auto& field, const char*, const model::KeyRange&) {

@@ -24,6 +24,17 @@ boost::program_options::variables_map parse_command_line(
     int argc, char** argv, const boost::program_options::options_description& desc, const std::string& command,
     const boost::program_options::positional_options_description* positional = nullptr);
 
+// The command line of a subcommand that also takes `monta train` keys: its own options (desc) are stored in vm, and
+// every other word is returned, for config_with_overrides. A bad option of its own is a user error.
+std::vector<std::string> parse_command_line_with_overrides(int argc, char** argv,
+                                                           const boost::program_options::options_description& desc,
+                                                           const std::string& command,
+                                                           boost::program_options::variables_map& vm);
+// A config through `monta train`'s parser: the INI file (if any), then the overrides, so keys mean the same thing in
+// every subcommand.
+model::Config config_with_overrides(const std::string& command, const std::string& ini,
+                                    const std::vector<std::string>& overrides);
+
 // Parses `monta train` arguments (argv[0] is the subcommand). Bad keys or values: user error.
 ParsedConfig parse_train_options(int argc, char** argv);
 // The resolved config as (key, value) rows, in section order: printed as a table and saved as INI.

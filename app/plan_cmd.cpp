@@ -149,15 +149,7 @@ PlanArgs parse_plan_args(int argc, char** argv, int* exit_code) {
       "max-chunks", po::value(&max_chunks)->default_value(8), "pipelined chunk counts 1..N")(
       "fitting", po::bool_switch(&only_fitting), "list only layouts that fit in memory");
   po::variables_map vm;
-  std::vector<std::string> rest;
-  try {
-    auto parsed = po::command_line_parser(argc, argv).options(desc).allow_unregistered().run();
-    po::store(parsed, vm);
-    po::notify(vm);
-    rest = po::collect_unrecognized(parsed.options, po::include_positional);
-  } catch (const po::error& e) {
-    engine::fail_user(std::string("bad option: ") + e.what() + " (see `monta plan --help`)");
-  }
+  const std::vector<std::string> rest = parse_command_line_with_overrides(argc, argv, desc, "plan", vm);
   if (vm.count("help") || cluster_spec.empty()) {
     std::cout << desc << "\n";
     *exit_code = vm.count("help") ? 0 : 2;
@@ -165,13 +157,7 @@ PlanArgs parse_plan_args(int argc, char** argv, int* exit_code) {
     return a;
   }
   MONTA_USER_CHECK(max_chunks >= 1 && max_chunks <= 64 && top >= 0, "--max-chunks must be in [1, 64] and --top not negative");
-  // The model config through `monta train`'s parser, so INI keys and overrides mean the same thing.
-  std::vector<std::string> args = {"plan"};
-  if (!config.empty()) args.insert(args.end(), {"--config", config});
-  args.insert(args.end(), rest.begin(), rest.end());
-  std::vector<char*> av;
-  for (auto& a : args) av.push_back(a.data());
-  a.cfg = parse_train_options(int(av.size()), av.data()).config;
+  a.cfg = config_with_overrides("plan", config, rest);
   {  // the model and training keys as `train` checks them; the layout is the planner's to choose
     model::Config any_layout = a.cfg;
     any_layout.parallel.tp = any_layout.parallel.ep = 1;
