@@ -97,9 +97,8 @@ int cmd_eval(int argc, char** argv) {
     return 0;
   }
   const model::Config c = eval_config(a);
-  const bool gpu = c.train.device != "cpu" && engine::cuda_available();
-  MONTA_USER_CHECK(gpu || c.train.device != "cuda", "train.device = cuda but no CUDA device is visible; use cpu or auto");
-  const engine::Device device = gpu ? engine::Device::cuda : engine::Device::cpu;
+  const engine::Device device = model::pick_device(c.train.device);
+  const bool gpu = device == engine::Device::cuda;
   model::ParallelSetup ps = model::setup_parallel(c, device);
   model::attach_exchange(ps, c, device, gpu ? engine::DType::bf16 : engine::DType::f32);
   const int world = ps.ctx.world ? ps.ctx.world->size() : 1, rank = ps.ctx.world ? ps.ctx.world->rank() : 0;

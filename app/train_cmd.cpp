@@ -40,14 +40,6 @@ using engine::strf;
 
 namespace {
 
-engine::Device pick_device(const std::string& want) {
-  if (want == "cpu") return engine::Device::cpu;
-  bool gpu = engine::cuda_available();
-  MONTA_USER_CHECK(gpu || want != "cuda", "train.device = cuda but no CUDA device is visible (or this build has no CUDA "
-                                          "backend); use --train.device cpu or auto");
-  return gpu ? engine::Device::cuda : engine::Device::cpu;
-}
-
 void print_sizes(const model::Config& c, int world, engine::Device device) {
   auto sz = model::model_size(c.model);
   const bool big = sz.total >= 1000000000;
@@ -364,7 +356,7 @@ int cmd_train(int argc, char** argv) {
     return 0;
   }
   {
-    TrainJob job(c, pick_device(c.train.device));
+    TrainJob job(c, model::pick_device(c.train.device));
     job.start();
     job.loop();
   }

@@ -151,10 +151,8 @@ void report(const std::vector<Row>& rows, const Config& c, const std::string& co
 void bench_checkpoint(const Config& c, const std::string& config_name, const std::string& config_ini, std::string dir,
                       const std::string& json) {
   if (dir.empty()) dir = (fs::path(c.train.run_dir) / "bench_checkpoint").string();
-  const bool gpu = c.train.device != "cpu" && engine::cuda_available();
-  MONTA_USER_CHECK(gpu || c.train.device != "cuda", "train.device = cuda but no CUDA device is visible (or this build "
-                                                    "has no CUDA backend); use --train.device cpu or auto");
-  const engine::Device device = gpu ? engine::Device::cuda : engine::Device::cpu;
+  const engine::Device device = pick_device(c.train.device);
+  const bool gpu = device == engine::Device::cuda;
   ParallelSetup ps = setup_parallel(c, device);
   const int world = ps.ctx.world ? ps.ctx.world->size() : 1, rank = ps.ctx.world ? ps.ctx.world->rank() : 0;
   auto barrier = [&] {

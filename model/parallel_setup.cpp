@@ -23,6 +23,14 @@ void NcclGroupsDeleter::operator()(comm::NcclGroups* g) const {
 }
 #endif
 
+engine::Device pick_device(const std::string& train_device) {
+  if (train_device == "cpu") return engine::Device::cpu;
+  const bool gpu = engine::cuda_available();
+  MONTA_USER_CHECK(gpu || train_device != "cuda", "train.device = cuda but no CUDA device is visible (or this build has no "
+                                                  "CUDA backend); use --train.device cpu or auto");
+  return gpu ? engine::Device::cuda : engine::Device::cpu;
+}
+
 ParallelSetup setup_parallel(const model::Config& c, engine::Device device) {
   ParallelSetup ps;
   ps.device = device;

@@ -34,6 +34,8 @@ struct ParallelSetup {
   engine::Device device = engine::Device::cpu;
 };
 
+// train.device resolved: cpu, or cuda when a GPU is visible (auto), or a user error for cuda without one.
+engine::Device pick_device(const std::string& train_device);
 // Validates c against the world size (user errors before anything is allocated), then builds the groups. For
 // device cuda it first selects GPU local_rank % device count, then builds NCCL communicators for world, tp, dp,
 // ep and expert-dp and points ctx at them (host buffers given to them still travel over MPI). The default (cpu,
