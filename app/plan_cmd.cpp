@@ -198,6 +198,7 @@ int cmd_plan(int argc, char** argv) {
                    "dispatch or combine call; exch s = 4 calls x layers x micro-steps, less what the experts hide (overlapped)\n");
   engine::log_info(comm::format_plan(plan, size_t(top)));
   engine::log_info(model::plan_pick_line(plan, cl));
+  engine::log_info(model::plan_memory_options(cfg, cl, args.max_chunks));
   print_claims(plan, cl);
   return 0;
 }

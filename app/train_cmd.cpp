@@ -130,6 +130,7 @@ class TrainJob {
     }();
     world_ = ps_.ctx.world ? ps_.ctx.world->size() : 1;
     rank_ = ps_.ctx.world ? ps_.ctx.world->rank() : 0;
+    gpu_bytes_at_start_ = engine::cuda_memory_in_use();  // the context and communicators, before any arena
     log_info("monta train: resolved config\n" + config_table(c_));
     print_sizes(c_, world_, device_);
     {
@@ -162,9 +163,11 @@ class TrainJob {
       // ---- one step: batch, forward/backward/update, validation when due, metrics line ----
       watchdog.arm(strf("step %ld", trainer_->steps_done() + 1));
       const model::StepMetrics m = step();
-      if (m.step == first_step)
+      if (m.step == first_step) {
         log_info(strf("start-up: first step done %.1f s after launch (the step itself %.1f s)",
                       engine::seconds_since_launch(), m.step_ms / 1000.0));
+        if (device_ == engine::Device::cuda) log_memory_after_first_step();
+      }
       if (rank_ == 0) metrics_.write_line(metrics_json(m));
       if (m.step % c_.train.log_interval == 0 || m.step == c_.train.steps || m.skipped || !std::isnan(m.val_loss))
         log_info(step_line(m));
@@ -308,6 +311,18 @@ class TrainJob {
     last_saved_ = meta.step;
   }
 
+  // GPU memory the run added since start-up began (arenas, workspaces, exchange buffers) against model/footprint's
+  // prediction: the measured side of the memory model (docs/memory.md).
+  void log_memory_after_first_step() const {
+    const model::RankFootprint f = model::rank_footprint(c_, c_.parallel.tp, c_.parallel.ep, c_.parallel.expert_tp,
+                                                         std::max(1, world_ / c_.parallel.tp), device_);
+    const double gib = double(1 << 30), grown = double(engine::cuda_memory_in_use() - gpu_bytes_at_start_);
+    log_info(strf("memory: %.3f GiB of GPU memory added by the run after step 1, predicted %.3f GiB (%+.1f%%); "
+                  "%.3f GiB in use on the GPU in all",
+                  grown / gib, f.total() / gib, 100.0 * (grown / f.total() - 1.0),
+                  double(engine::cuda_memory_in_use()) / gib));
+  }
+
   // Collective: the save in flight is complete on disk (renamed into place) after it.
   void finish_save(const char* waiter) {
     watchdog_->arm("checkpoint write");
@@ -321,6 +336,7 @@ class TrainJob {
   const TestHooks hooks_ = TestHooks::from_env();
   model::ParallelSetup ps_;
   int world_ = 1, rank_ = 0;
+  size_t gpu_bytes_at_start_ = 0;
   std::string signature_, resume_;
   model::CkptMeta resume_meta_;
   int64_t last_saved_ = -1;

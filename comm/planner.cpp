@@ -65,14 +65,16 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         // MoE output: an all-reduce, or (sliced strategies, below) a reduce-scatter into the exchange's slices.
         const bool tp_spans = tp > c.gpus_per_node;
         const double tp_bytes = double(m.micro_batch * m.seq_len * m.hidden * m.act_bytes);
-        const double tp_calls = 2.0 * double(m.layers) * double(base.micro_steps);
+        const bool recompute = m.recompute_flops_per_token > 0;  // full recompute: each layer's forward runs twice
+        const double tp_calls = (recompute ? 3.0 : 2.0) * double(m.layers) * double(base.micro_steps);
         const double tp_ar = all_reduce_time(links, tp_bytes, tp, tp_spans);
         auto tp_seconds = [&](bool sliced) {
           return tp_calls * (tp_ar + (etp ? (sliced ? reduce_scatter_time(links, tp_bytes, tp, tp_spans) : tp_ar) : 0.0));
         };
         // Whole experts on every TP rank (expert-TP off) compute the same tokens tp times over.
         const double expert_flops = 3.0 * 2.0 * double(m.top_k) * 3.0 * double(m.hidden) * double(m.ffn) * double(m.layers);
-        const double flops = m.flops_per_token + (etp ? 0.0 : double(tp - 1) * expert_flops);
+        const double flops = m.flops_per_token + m.recompute_flops_per_token +
+                             (etp ? 0.0 : double(tp - 1) * (recompute ? 4.0 / 3.0 : 1.0) * expert_flops);
         base.compute_s = c.gpu_tflops > 0 ? flops * double(m.global_batch * m.seq_len) / world / (c.gpu_tflops * 1e12) : 0;
         ExchangeVolume v{m.micro_batch, m.seq_len, m.hidden, m.top_k, m.experts, m.min_capacity, m.capacity_factor,
                          m.act_bytes};
@@ -93,11 +95,13 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
             if (ep > 1) r.exchange = predict_exchange(k, n, v, g, links);
             // Exposed exchange time of one layer: forward and backward MoE blocks less their expert compute (the
             // backward's is about twice the forward's). Only overlapped hides any of it behind the experts.
-            double per_layer = r.exchange.total * kExchangesPerLayer;
+            // Full recompute runs the forward block (dispatch and combine) once more.
+            double per_layer = r.exchange.total * (kExchangesPerLayer + (recompute ? 2 : 0));
             if (ep > 1 && k == ExchangeKind::overlapped) {
               per_layer = 0;
-              for (double x : {expert_fwd_s, 2 * expert_fwd_s})
-                per_layer += predict_moe_block(k, n, m.experts, r.capacity, m.hidden, m.act_bytes, g, links, x) - x;
+              for (double x : {expert_fwd_s, 2 * expert_fwd_s, recompute ? expert_fwd_s : -1.0})
+                if (x >= 0)
+                  per_layer += predict_moe_block(k, n, m.experts, r.capacity, m.hidden, m.act_bytes, g, links, x) - x;
             }
             r.exchange_s = per_layer * double(m.layers) * double(r.micro_steps);
             r.comm_s = r.exchange_s + r.grad_sync_s + r.tp_s;

@@ -19,6 +19,9 @@ struct PlanModel {
   int64_t micro_batch = 1, global_batch = 1;  // sequences per rank per micro-step / per optimizer step (whole job)
   int act_bytes = 2;                          // activation element size (bf16 on GPUs)
   double flops_per_token = 0;                 // training FLOPs per token (fwd+bwd), for the step-time estimate
+  // Full activation recompute re-runs every layer's forward inside its backward: these FLOPs per token once more,
+  // with the forward's token exchange and TP all-reduces (0: no recompute, or selective's elementwise re-computation).
+  double recompute_flops_per_token = 0;
   // What one GPU of a layout holds: its dense and expert parameters and its bytes in all (weights, gradients, AdamW,
   // compute copy, activations). The model's own arithmetic (model::rank_footprint, from the allocators' tables),
   // which comm may not include: `monta plan` fills it; tests give their own.

@@ -21,6 +21,7 @@ std::atomic<int64_t> g_host_syncs{0};
 bool cuda_available() { return cudab::device_count() > 0; }
 int cuda_device_count() { return cudab::device_count(); }
 void cuda_set_device(int index) { cudab::set_device(index); }
+size_t cuda_memory_in_use() { return cudab::device_memory_in_use(); }
 
 void* device_alloc(Device d, size_t bytes) {
   if (bytes == 0) bytes = 256;

@@ -11,6 +11,8 @@ namespace monta::engine {
 bool cuda_available();   // a CUDA device is visible and the CUDA backend is built
 int cuda_device_count();
 void cuda_set_device(int index);
+// Bytes of the current GPU in use (total - free, every allocator and the context included); 0 without CUDA.
+size_t cuda_memory_in_use();
 
 void* device_alloc(Device d, size_t bytes);
 void device_free(Device d, void* p);

@@ -14,6 +14,13 @@ namespace monta::model {
 
 using engine::strf;
 
+Recompute recompute_mode(const TrainConfig& t) {
+  if (t.recompute == "selective") return Recompute::selective;
+  if (t.recompute == "full") return Recompute::full;
+  MONTA_CHECK(t.recompute == "none", "train.recompute: unknown mode " + t.recompute);  // the key table refuses it first
+  return Recompute::none;
+}
+
 int64_t expert_capacity(const ModelConfig& m, int64_t tokens) {
   return comm::capacity_of(tokens, m.top_k, m.experts, m.capacity_factor, m.min_capacity);
 }

@@ -29,7 +29,15 @@ struct TrainConfig {
   // Validation on the held-out data (data.valid_*): every eval_interval steps (0: only at the end) and after the
   // last step, eval_steps global batches, forward only; eval_steps 0 turns validation off.
   int64_t eval_interval = 100, eval_steps = 8;
+  std::string recompute = "none";  // none | selective | full: activations re-computed in backward (Recompute)
 };
+
+// What the backward re-computes instead of keeping from the forward (docs/memory.md). none: every layer keeps all
+// its activations. selective: the norm outputs, the SwiGLU output and (with an exchange) the dispatch buffer are one
+// shared buffer, re-computed from kept inputs in backward (elementwise work only). full: a layer keeps only its
+// input; its forward, the token exchange included, runs again inside its backward.
+enum class Recompute { none, selective, full };
+Recompute recompute_mode(const TrainConfig& t);
 
 struct ParallelConfig {
   int tp = 1, ep = 1;

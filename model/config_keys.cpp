@@ -2,9 +2,11 @@
 #include "model/config_keys.h"
 
 #include <cmath>
+#include <limits>
 #include <sstream>
 
 #include "engine/log.h"
+#include "engine/parse.h"
 
 namespace monta::model {
 
@@ -64,6 +66,36 @@ std::string config_keys_markdown() {
     s += "| `" + k + "` | " + def.str() + " | " + valid + " | " + help + " |\n";
   });
   return s;
+}
+
+std::string set_config_key(Config& c, const std::string& key, const std::string& value) {
+  std::string problem = "unknown config key " + key;
+  visit_config_keys(c, [&](const char* k, auto& field, const char*, const KeyRange&) {
+    if (key != k) return;
+    using T = std::decay_t<decltype(field)>;
+    problem.clear();
+    if constexpr (std::is_same_v<T, bool>) {
+      if (value == "true" || value == "false")
+        field = value == "true";
+      else
+        problem = key + ": expected true or false, got " + value;
+    } else if constexpr (std::is_same_v<T, std::string>) {
+      field = value;
+    } else if constexpr (std::is_floating_point_v<T>) {
+      const auto v = engine::try_parse_double(value);
+      if (v) field = T(*v); else problem = key + ": expected a number, got " + value;
+    } else if constexpr (std::is_same_v<T, uint64_t>) {
+      const auto v = engine::try_parse_uint64(value);
+      if (v) field = *v; else problem = key + ": expected an unsigned integer, got " + value;
+    } else {
+      const auto v = engine::try_parse_int64(value);
+      if (v && *v >= int64_t(std::numeric_limits<T>::min()) && *v <= int64_t(std::numeric_limits<T>::max()))
+        field = T(*v);
+      else
+        problem = key + ": expected an integer, got " + value;
+    }
+  });
+  return problem;
 }
 
 }  // namespace monta::model

@@ -104,6 +104,10 @@ void visit_config_keys(ConfigT& c, F&& f) {
     "evaluate on the held-out data every N steps and after the last; 0: only after the last", at_least(0));
   f("train.eval_steps", t.eval_steps, "global batches of held-out data per evaluation; 0 turns validation off",
     at_least(0));
+  f("train.recompute", t.recompute,
+    "activations re-computed in backward instead of kept: none, selective (norms, SwiGLU, dispatch buffer) or full "
+    "(each layer keeps only its input and re-runs its forward, token exchange included)",
+    choices("none|selective|full"));
   auto& p = c.parallel;
   f("parallel.tp", p.tp, "tensor-parallel size (consecutive ranks; heads, kv_heads, vocab, ffn divide by it)",
     closed(1, 1 << 16));
@@ -139,6 +143,11 @@ void visit_config_keys(ConfigT& c, F&& f) {
   f("comm.auto_verify", c.comm.auto_verify, "auto: time the predicted best of each strategy and keep the fastest",
     any());
 }
+
+// Sets one key from its text as the INI parser would (value parsed by the field's type; the range is checked later by
+// validate/config_problem): "" on success, else the reason (unknown key, unparsable value). For tools that apply
+// option sets to a config (the planner's memory options).
+std::string set_config_key(Config& c, const std::string& key, const std::string& value);
 
 // The key table as Markdown (docs/config.md is this text; a test keeps the file equal to it).
 std::string config_keys_markdown();

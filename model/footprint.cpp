@@ -30,7 +30,7 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   f.adam = 2 * f.weights;
   f.compute_copy = act == engine::DType::f32 ? 0.0 : double(engine::Arena::bytes_for(compute));
   const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp);
-  f.activations = double(engine::Arena::bytes_for(Model::activation_specs(c.model, s, act, ep > 1)));
+  f.activations = double(engine::Arena::bytes_for(Model::activation_specs(c.model, s, act, ep > 1, recompute_mode(c.train))));
   return f;
 }
 

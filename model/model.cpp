@@ -32,38 +32,68 @@ struct Model::SpecList {
   }
 };
 
-void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged, Model* self,
-                                SpecList& L) {
+std::vector<Model::Shared> Model::shared_fields(Recompute mode, bool exchanged) {
+  using L = Layer;
+  switch (mode) {
+    case Recompute::none: return {};
+    case Recompute::selective: {
+      // Elementwise re-computation only: both norm outputs share one buffer (backward re-computes each right before
+      // its use), the SwiGLU output is re-computed per expert chunk, and the dispatch buffer is read by nothing in
+      // backward once the exchange has sent it (without an exchange it is the experts' input, so it stays).
+      std::vector<Shared> s{{&L::xn1, &L::xn1}, {&L::xn2, &L::xn1}, {&L::act, &L::act}};
+      if (exchanged) s.push_back({&L::dbuf, &L::dbuf});
+      return s;
+    }
+    case Recompute::full: {
+      std::vector<Shared> s;
+      for (Tensor L::*f : {&L::xn1, &L::rstd1, &L::q, &L::k, &L::v, &L::ao, &L::lse, &L::h, &L::xn2, &L::rstd2,
+                           &L::rlogits, &L::probs, &L::expert_idx, &L::weight, &L::zlse, &L::dbuf, &L::y, &L::gate,
+                           &L::up, &L::act, &L::eo, &L::cbuf})
+        s.push_back({f, f});
+      return s;
+    }
+  }
+  return {};
+}
+
+void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged, Recompute mode,
+                                Model* self, SpecList& L) {
   const DType stat = stat_dtype(act);
-  Layer scratch;
-  auto bind = [&](Tensor& field) { return self ? &field : nullptr; };
+  const std::vector<Shared> shared = shared_fields(mode, exchanged);
   const int64_t N = s.N, H = s.H, D = s.D;
+  // A layer tensor: its own buffer per layer, or (recomputed) the shared work buffer, declared once with layer 0.
+  auto add = [&](int64_t l, Tensor Layer::*f, const char* name, std::vector<int64_t> shape, DType dt) {
+    for (const Shared& sh : shared) {
+      if (sh.field != f) continue;
+      if (l == 0 && sh.work == f) L.add(self ? &(self->work_.*f) : nullptr, std::string("work.") + name, shape, dt);
+      return;
+    }
+    L.add(self ? &(self->layers_[size_t(l)].*f) : nullptr, "l" + std::to_string(l) + "." + name, std::move(shape), dt);
+  };
   for (int64_t l = 0; l < cfg.layers; ++l) {
-    Layer& a = self ? self->layers_[size_t(l)] : scratch;
-    std::string n = "l" + std::to_string(l) + ".";
-    L.add(bind(a.x), n + "x", {N, H}, act);
-    L.add(bind(a.xn1), n + "xn1", {N, H}, act);
-    L.add(bind(a.rstd1), n + "rstd1", {N}, stat);
-    L.add(bind(a.q), n + "q", {N, s.A_l * D}, act);
-    L.add(bind(a.k), n + "k", {N, s.G_l * D}, act);
-    L.add(bind(a.v), n + "v", {N, s.G_l * D}, act);
-    L.add(bind(a.ao), n + "ao", {N, s.A_l * D}, act);
-    L.add(bind(a.lse), n + "lse", {s.B, s.A_l, s.S}, stat);
-    L.add(bind(a.h), n + "h", {N, H}, act);
-    L.add(bind(a.xn2), n + "xn2", {N, H}, act);
-    L.add(bind(a.rstd2), n + "rstd2", {N}, stat);
-    L.add(bind(a.rlogits), n + "rlogits", {N, s.E}, act);
-    L.add(bind(a.probs), n + "probs", {N, s.E}, act);
-    L.add(bind(a.expert_idx), n + "expert_idx", {N, s.K}, DType::i32);
-    L.add(bind(a.weight), n + "weight", {N, s.K}, act);
-    L.add(bind(a.zlse), n + "zlse", {N}, stat);
-    L.add(bind(a.dbuf), n + "dbuf", {s.E, s.C, H}, act);
-    if (exchanged) L.add(bind(a.y), n + "y", {s.E_l, s.EC, H}, act);
-    L.add(bind(a.gate), n + "gate", {s.E_l, s.EC, s.F_l}, act);
-    L.add(bind(a.up), n + "up", {s.E_l, s.EC, s.F_l}, act);
-    L.add(bind(a.act), n + "act", {s.E_l, s.EC, s.F_l}, act);
-    L.add(bind(a.eo), n + "eo", {s.E_l, s.EC, H}, act);
-    if (exchanged) L.add(bind(a.cbuf), n + "cbuf", {s.E, s.C, H}, act);
+    add(l, &Layer::x, "x", {N, H}, act);
+    add(l, &Layer::xn1, "xn1", {N, H}, act);
+    add(l, &Layer::rstd1, "rstd1", {N}, stat);
+    add(l, &Layer::q, "q", {N, s.A_l * D}, act);
+    add(l, &Layer::k, "k", {N, s.G_l * D}, act);
+    add(l, &Layer::v, "v", {N, s.G_l * D}, act);
+    add(l, &Layer::ao, "ao", {N, s.A_l * D}, act);
+    add(l, &Layer::lse, "lse", {s.B, s.A_l, s.S}, stat);
+    add(l, &Layer::h, "h", {N, H}, act);
+    add(l, &Layer::xn2, "xn2", {N, H}, act);
+    add(l, &Layer::rstd2, "rstd2", {N}, stat);
+    add(l, &Layer::rlogits, "rlogits", {N, s.E}, act);
+    add(l, &Layer::probs, "probs", {N, s.E}, act);
+    add(l, &Layer::expert_idx, "expert_idx", {N, s.K}, DType::i32);
+    add(l, &Layer::weight, "weight", {N, s.K}, act);
+    add(l, &Layer::zlse, "zlse", {N}, stat);
+    add(l, &Layer::dbuf, "dbuf", {s.E, s.C, H}, act);
+    if (exchanged) add(l, &Layer::y, "y", {s.E_l, s.EC, H}, act);
+    add(l, &Layer::gate, "gate", {s.E_l, s.EC, s.F_l}, act);
+    add(l, &Layer::up, "up", {s.E_l, s.EC, s.F_l}, act);
+    add(l, &Layer::act, "act", {s.E_l, s.EC, s.F_l}, act);
+    add(l, &Layer::eo, "eo", {s.E_l, s.EC, H}, act);
+    if (exchanged) add(l, &Layer::cbuf, "cbuf", {s.E, s.C, H}, act);
   }
   // The micro-batch's scalars side by side (every layer's aux and z losses and expert counts, then the CE sum), so one
   // copy of that byte range brings them all to the host (read_scalars).
@@ -102,25 +132,29 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
   L.add(self ? &self->dlogits_ : nullptr, "dlogits", {N, s.V_l}, act);
 }
 
-std::vector<TensorSpec> Model::activation_specs(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged) {
+std::vector<TensorSpec> Model::activation_specs(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged,
+                                                Recompute recompute) {
   SpecList L;
-  declare_activations(cfg, s, act, exchanged, nullptr, L);
+  declare_activations(cfg, s, act, exchanged, recompute, nullptr, L);
   return L.specs;
 }
 
-Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par, ParamStore& params, DType act)
+Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par, ParamStore& params, DType act,
+             Recompute recompute)
     : cfg_(cfg), s_(s), par_(par), params_(params), lp_(bind_layer_params(params, cfg.layers)),
-      op_(bind_outer_params(params)), act_(act), stat_(stat_dtype(act)) {
+      op_(bind_outer_params(params)), act_(act), stat_(stat_dtype(act)), recompute_(recompute) {
   const Device dev = params.device();
   layers_.resize(size_t(cfg.layers));
   const int64_t N = s.N;
   const bool exchanged = par.exchange != nullptr;
   SpecList L;
-  declare_activations(cfg, s, act, exchanged, this, L);
+  declare_activations(cfg, s, act, exchanged, recompute, this, L);
   acts_ = Arena("activations", dev, L.specs);
   for (size_t i = 0; i < L.targets.size(); ++i) *L.targets[i] = acts_.at(i);
+  const std::vector<Shared> shared = shared_fields(recompute, exchanged);
   for (int64_t l = 0; l < cfg.layers; ++l) {
     auto& a = layers_[size_t(l)];
+    for (const Shared& sh : shared) a.*sh.field = work_.*sh.work;
     char* row = static_cast<char*>(router_stats_.rows(l, 1).data);
     a.aux = Tensor(row, {1}, stat_, dev);
     a.z = Tensor(row + dtype_size(stat_), {1}, stat_, dev);
@@ -253,7 +287,7 @@ void Model::read_scalars(MicroResult& r) const {
 
 void Model::bench_layer(int l, bool backward, bool later_micro_batch) {
   MicroResult r;
-  Tensor out = l + 1 < int(layers_.size()) ? layers_[size_t(l) + 1].x : x_final_;
+  Tensor out = layer_output(l);
   layer_forward(l, layers_[size_t(l)].x, out, r);
   if (!backward) return;
   copy(dx_, out);  // any well-scaled gradient will do for timing
@@ -269,10 +303,7 @@ MicroResult Model::run_forward(const int32_t* tokens, const int32_t* targets) {
   Tensor x = layers_.empty() ? x_final_ : layers_[0].x;
   embedding_forward(x, tokens_, op_.embed->compute, vocab_begin);
   tp_all_reduce(x);
-  for (int l = 0; l < int(layers_.size()); ++l) {
-    Tensor out = l + 1 < int(layers_.size()) ? layers_[size_t(l) + 1].x : x_final_;
-    layer_forward(l, layers_[size_t(l)].x, out, r);
-  }
+  for (int l = 0; l < int(layers_.size()); ++l) layer_forward(l, layers_[size_t(l)].x, layer_output(l), r);
   rmsnorm_forward(xf_, rstdf_, x_final_, op_.final_norm->compute, float(cfg_.norm_eps));
   linear_forward(logits_, xf_, op_.lm_head->compute);
   // Vocab-parallel cross-entropy: max and Σexp are reduced over TP; the logits are never gathered.
@@ -289,11 +320,20 @@ MicroResult Model::run_forward(const int32_t* tokens, const int32_t* targets) {
 
 MicroResult Model::forward(const int32_t* tokens, const int32_t* targets) { return run_forward(tokens, targets); }
 
+Tensor Model::layer_output(int l) const { return l + 1 < int(layers_.size()) ? layers_[size_t(l) + 1].x : x_final_; }
+
 void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
+  // Full recompute: the forward again from the kept input into the shared buffers, exchange included. Its output
+  // lands where it did the first time (the next layer's input, no longer needed) with the same bits.
+  if (recompute_ == Recompute::full) {
+    const engine::TraceRange trace("layer " + std::to_string(l) + " recompute");
+    layer_forward(l, layers_[size_t(l)].x, layer_output(l), r);
+  }
   const engine::TraceRange trace("layer " + std::to_string(l) + " backward");
   auto& a = layers_[size_t(l)];
   const LayerParams& w = lp_[size_t(l)];
-  const float theta = float(cfg_.rope_theta);
+  const float theta = float(cfg_.rope_theta), eps = float(cfg_.norm_eps);
+  const bool selective = recompute_ == Recompute::selective;
   // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual.
   moe_combine_backward(dcbuf_, dweight_, dx, a.cbuf, a.weight, a.expert_idx, a.slot);
   // The backward of combine is dispatch and that of dispatch is combine: dcbuf -> deo -> experts -> dy -> ddbuf.
@@ -307,6 +347,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         const Tensor dy = expert_chunk(dy_, k);
         const GradWrite g_down = params_.grad_write(*w.w_down), g_gate = params_.grad_write(*w.w_gate);
         const GradWrite g_up = params_.grad_write(*w.w_up);
+        if (selective) swiglu_forward(act, gate, up);  // the shared SwiGLU output, re-computed for this chunk
         expert_linear_backward(dact, g_down.grad, deo, act, w_down, Write::overwrite, g_down.write);
         swiglu_backward(dgate, dup, dact, gate, up);
         expert_linear_backward(dy, g_gate.grad, dgate, y, w_gate, Write::overwrite, g_gate.write);
@@ -322,6 +363,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   load_balance_loss_backward(dprobs_, a.counts, s_.K, float(aux_scale * cfg_.aux_loss_coef));
   softmax_backward(drlogits_, dprobs_, a.probs);
   router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef));
+  if (selective) rmsnorm_forward(a.xn2, a.rstd2, a.h, w.ffn_norm->compute, eps);  // the shared norm output
   linear_backward_w(dxn_, *w.router, drlogits_, a.xn2, Write::accumulate);
   // dx: now d(loss)/dh.
   rmsnorm_backward(dx, params_.grad_accumulate(*w.ffn_norm), dxn_, a.h, w.ffn_norm->compute, a.rstd2,
@@ -335,6 +377,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
                      a.ao.view({s_.B, s_.S, s_.A_l, s_.D}), a.lse);
   rope_backward(dq4, dq4, theta);
   rope_backward(dk4, dk4, theta);
+  if (selective) rmsnorm_forward(a.xn1, a.rstd1, a.x, w.attn_norm->compute, eps);  // the shared norm output
   linear_backward_w(dxn_, *w.wq, dq_, a.xn1);
   linear_backward_w(dxn_, *w.wk, dk_, a.xn1, Write::accumulate);
   linear_backward_w(dxn_, *w.wv, dv_, a.xn1, Write::accumulate);

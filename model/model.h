@@ -31,7 +31,8 @@ double training_objective(const ModelConfig& m, double ce_sum, double aux_sum, d
 
 class Model {
  public:
-  Model(const ModelConfig& cfg, const Shapes& shapes, const ParallelContext& par, ParamStore& params, DType act_dtype);
+  Model(const ModelConfig& cfg, const Shapes& shapes, const ParallelContext& par, ParamStore& params, DType act_dtype,
+        Recompute recompute = Recompute::none);
   // One micro-batch (N = B·S tokens, host int32). Parameter gradients accumulate into params.grad with
   // d(total)/d(param), total = ce_scale · Σ CE + aux_scale · Σ_layers (aux_coef · aux + z_coef · z); after
   // params.zero_grads() the first micro-batch's writes overwrite instead (ParamStore's lazy zeroing).
@@ -40,7 +41,7 @@ class Model {
   // The activation arena's tensors in allocation order (name, shape, dtype): what the constructor allocates, for
   // sizing memory without allocating (--dry-run, the planner). exchanged: an exchange is attached (ep > 1).
   static std::vector<engine::TensorSpec> activation_specs(const ModelConfig& cfg, const Shapes& s, DType act,
-                                                          bool exchanged);
+                                                          bool exchanged, Recompute recompute = Recompute::none);
   const Shapes& shapes() const { return s_; }
   const engine::Arena& activations() const { return acts_; }
   Tensor logits() const { return logits_; }  // (N, V_l) of the last forward
@@ -70,12 +71,19 @@ class Model {
     Tensor rlogits, probs, expert_idx, slot, weight, counts, zlse, aux, z;
     Tensor dbuf, y, gate, up, act, eo, cbuf;
   };
+  // A layer tensor the recompute mode does not keep per layer: every layer's `field` is the shared work_.`work`.
+  struct Shared {
+    Tensor Layer::*field;
+    Tensor Layer::*work;
+  };
+  static std::vector<Shared> shared_fields(Recompute mode, bool exchanged);
   // Declares every activation tensor in allocation order, binding each to its field of self (null: sizing only).
-  static void declare_activations(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged, Model* self,
-                                  SpecList& L);
+  static void declare_activations(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged, Recompute mode,
+                                  Model* self, SpecList& L);
   MicroResult run_forward(const int32_t* tokens, const int32_t* targets);
   void layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r);
   void layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r);
+  Tensor layer_output(int l) const;  // where layer l's forward writes: the next layer's input, or x_final_
   void tp_all_reduce(Tensor t, bool max = false);
   // The MoE exchange around the experts: dispatch x -> y, experts(k) per expert chunk (y -> z), combine z -> out.
   // Without an exchange y aliases x and out aliases z, and experts(0) runs on the whole buffers.
@@ -99,7 +107,9 @@ class Model {
   OuterParams op_;
   DType act_, stat_;
   engine::Arena acts_;
+  Recompute recompute_;
   std::vector<Layer> layers_;
+  Layer work_;  // the shared buffers of the tensors recompute does not keep per layer (shared_fields)
   Tensor router_stats_, counts_, slots_;  // (L, 2) aux and z; (L, E) choices per expert; (L, N, K) slots
   Tensor tokens_, targets_, x_final_, xf_, rstdf_, logits_, rowmax_, sumexp_, tlogit_, lse_, losses_, ce_sum_;
   Tensor dx_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, ddbuf_;

@@ -2,6 +2,7 @@
 #include "model/plan.h"
 
 #include "engine/log.h"
+#include "model/config_keys.h"
 #include "model/footprint.h"
 
 namespace monta::model {
@@ -10,7 +11,9 @@ comm::Plan plan_layouts(const Config& c, const comm::Cluster& cluster, int max_c
   const auto& m = c.model;
   comm::PlanModel pm{m.vocab, m.hidden, m.layers, m.heads, m.kv_heads, m.ffn, m.experts, m.top_k, m.seq_len,
                      m.capacity_factor, m.min_capacity, c.train.micro_batch, c.train.global_batch, 2,
-                     train_flops_per_token(m), {}};
+                     train_flops_per_token(m), 0.0, {}};
+  if (recompute_mode(c.train) == Recompute::full)
+    pm.recompute_flops_per_token = double(m.layers) * layer_train_flops_per_token(m, FlopCount::forward);
   pm.footprint = [&c](int tp, int ep, bool expert_tp, int dp) {
     const RankFootprint f = rank_footprint(c, tp, ep, expert_tp, dp, engine::Device::cuda);
     return comm::PlanModel::Footprint{double(f.params - f.expert_params), double(f.expert_params), f.total()};
@@ -20,6 +23,41 @@ comm::Plan plan_layouts(const Config& c, const comm::Cluster& cluster, int max_c
   opt.only_fitting = only_fitting;
   opt.layout_allowed = [&c](int tp, int ep, bool expert_tp) { return layout_problem(c, tp, ep, expert_tp, 0).empty(); };
   return comm::make_plan(cluster, pm, opt);
+}
+
+std::vector<MemoryOption> memory_options() {
+  std::vector<MemoryOption> out;
+  for (const char* r : {"none", "selective", "full"}) out.push_back({std::string("recompute ") + r, {{"train.recompute", r}}});
+  return out;
+}
+
+std::string plan_memory_options(const Config& c, const comm::Cluster& cluster, int max_chunks) {
+  using engine::strf;
+  std::string s = strf("memory options (on top of the config), in %.0f GiB per GPU:\n", cluster.gpu_mem_gib);
+  for (const MemoryOption& o : memory_options()) {
+    Config with = c;
+    std::string problem;
+    for (const auto& [key, value] : o.keys) problem += set_config_key(with, key, value);
+    if (problem.empty()) problem = config_problem(with, 0);
+    if (!problem.empty()) {
+      s += strf("  %-40s not applicable: %s\n", o.name.c_str(), problem.c_str());
+      continue;
+    }
+    const comm::Plan p = plan_layouts(with, cluster, max_chunks, false);
+    if (p.best >= 0) {
+      const comm::PlanRow& b = p.rows[size_t(p.best)];
+      s += strf("  %-40s fits: tp %d ep %d dp %d, %.1f GiB per GPU, %s, %.3f s predicted step\n", o.name.c_str(), b.tp,
+                b.ep, b.dp, b.mem_gib, comm::exchange_kind_name(b.strategy), b.step_s);
+      continue;
+    }
+    const comm::PlanRow* least = nullptr;
+    for (const comm::PlanRow& r : p.rows)
+      if (!least || r.mem_gib < least->mem_gib) least = &r;
+    s += least ? strf("  %-40s no layout fits: the least is %.1f GiB per GPU (tp %d ep %d dp %d)\n", o.name.c_str(),
+                      least->mem_gib, least->tp, least->ep, least->dp)
+               : strf("  %-40s no layout is allowed\n", o.name.c_str());
+  }
+  return s;
 }
 
 std::string plan_pick_line(const comm::Plan& p, const comm::Cluster& cluster) {

@@ -34,7 +34,7 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   Shapes s = Shapes::make(cfg.model, cfg.train.micro_batch, par.tp, par.ep, par.dp, par.expert_tp);
   {
     const StartupPhase phase("allocating activations");
-    model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_);
+    model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_, recompute_mode(cfg.train));
   }
   build_buckets();
   scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});

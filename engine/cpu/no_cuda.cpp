@@ -6,6 +6,7 @@
 
 namespace monta::engine::cudab {
 int device_count() { return 0; }
+size_t device_memory_in_use() { return 0; }
 void set_device(int) { fail_user("this build of monta has no CUDA backend; use --train.device cpu"); }
 void* alloc(size_t) { fail_user("this build of monta has no CUDA backend; use --train.device cpu"); }
 void free(void*) {}

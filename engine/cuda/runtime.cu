@@ -51,6 +51,12 @@ void* alloc(size_t bytes) {
   return p;
 }
 
+size_t device_memory_in_use() {
+  size_t free_b = 0, total_b = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_b, &total_b));
+  return total_b - free_b;
+}
+
 void free(void* p) {
   if (p) CUDA_CHECK(cudaFree(p));
 }

@@ -188,6 +188,34 @@ TEST(Planner, MemoryComesFromTheFootprint) {
   for (const PlanRow& r : make_plan(a800(), m).rows) EXPECT_EQ(r.fits, r.tp >= 4) << "tp " << r.tp;
 }
 
+// Full recompute prices its extra forward: the compute grows by exactly its FLOPs, every non-overlapped exchange by
+// the forward's two calls on top of four (x 6/4), the TP all-reduces by one call on top of two (x 3/2).
+TEST(Planner, FullRecomputeAddsOneForwardOfComputeExchangeAndTp) {
+  const PlanModel m = small_model();
+  PlanModel r = m;
+  r.recompute_flops_per_token = 0.25e9;
+  const Plan a = make_plan(a800(), m), b = make_plan(a800(), r);
+  ASSERT_EQ(a.rows.size(), b.rows.size());
+  auto find = [](const Plan& p, const PlanRow& like) {
+    for (const PlanRow& x : p.rows)
+      if (x.tp == like.tp && x.ep == like.ep && x.expert_tp == like.expert_tp && x.strategy == like.strategy &&
+          x.chunks == like.chunks)
+        return x;
+    ADD_FAILURE() << "row missing";
+    return PlanRow{};
+  };
+  int checked = 0;
+  for (const PlanRow& x : a.rows) {
+    if (!x.expert_tp || x.ep == 1 || x.strategy == ExchangeKind::overlapped) continue;
+    const PlanRow y = find(b, x);
+    EXPECT_NEAR(y.compute_s, x.compute_s * 1.25, 1e-12 * x.compute_s);
+    EXPECT_NEAR(y.exchange_s, x.exchange_s * 1.5, 1e-9 * x.exchange_s);
+    EXPECT_NEAR(y.tp_s, x.tp_s * 1.5, 1e-9 * x.tp_s + 1e-15);
+    ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
 TEST(Calibration, FitRecoversAlphaBeta) {
   const double a = 7e-6, b = 1.0 / 3e9;
   std::vector<CalibSample> s;

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,6 +74,30 @@ std::vector<Case> cases(int world) {
   return out;
 }
 
+// The process groups, parallel context and exchange of a case; sets the layout into c and validates it.
+struct Rig {
+  std::unique_ptr<comm::ProcessGroups> groups;
+  model::ParallelContext par;
+  std::unique_ptr<comm::Exchange> exchange;
+  Rig(model::Config& c, const Case& k, int world) {
+    c.parallel.tp = k.tp;
+    c.parallel.ep = k.ep;
+    c.parallel.expert_tp = k.expert_tp;
+    model::validate(c, world);
+    comm::Layout layout = comm::make_layout(world, k.tp, k.ep, k.expert_tp, int(c.model.experts), int(c.model.heads),
+                                            int(c.model.kv_heads), c.model.vocab, c.model.ffn);
+    groups = std::make_unique<comm::ProcessGroups>(layout, comm::discover_topology(world >= 4 ? 2 : 0));
+    par = model::context_from_groups(*groups, k.expert_tp);
+    if (k.ep > 1) {
+      model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, k.tp, k.ep, par.dp, k.expert_tp);
+      // overlapped in 3 expert chunks: uneven for most capacities, and the experts then run per chunk.
+      exchange = comm::make_exchange(comm::parse_exchange_kind(k.exchange), *par.tp_comm, *par.ep_comm,
+                                     comm::ExchangeShape{s.E, s.C, s.H, 3}, engine::DType::f32, engine::Device::cpu);
+      par.exchange = exchange.get();
+    }
+  }
+};
+
 // Global batch of tokens and targets, the same on every rank.
 void make_batch(const model::Config& c, uint64_t seed, std::vector<int32_t>& in, std::vector<int32_t>& tg) {
   engine::Philox rng{seed, 7, 0};
@@ -123,22 +148,8 @@ TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
   for (const Case& k : cases(world)) {
     SCOPED_TRACE(k.name());
     model::Config c = base;
-    c.parallel.tp = k.tp;
-    c.parallel.ep = k.ep;
-    c.parallel.expert_tp = k.expert_tp;
-    model::validate(c, world);
-    comm::Layout layout = comm::make_layout(world, k.tp, k.ep, k.expert_tp, int(c.model.experts), int(c.model.heads),
-                                            int(c.model.kv_heads), c.model.vocab, c.model.ffn);
-    comm::ProcessGroups groups(layout, comm::discover_topology(world >= 4 ? 2 : 0));
-    model::ParallelContext par = model::context_from_groups(groups, k.expert_tp);
-    std::unique_ptr<comm::Exchange> exchange;
-    if (k.ep > 1) {
-      model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, k.tp, k.ep, par.dp, k.expert_tp);
-      // overlapped in 3 expert chunks: uneven for most capacities, and the experts then run per chunk.
-      exchange = comm::make_exchange(comm::parse_exchange_kind(k.exchange), *par.tp_comm, *par.ep_comm,
-                                     comm::ExchangeShape{s.E, s.C, s.H, 3}, engine::DType::f32, engine::Device::cpu);
-      par.exchange = exchange.get();
-    }
+    Rig rig(c, k, world);
+    const model::ParallelContext& par = rig.par;
     model::Trainer mine(c, par, engine::Device::cpu);
     model::Trainer ref(c, model::ParallelContext{}, engine::Device::cpu);
     {  // --dry-run and the planner size memory with rank_footprint: it must be what this rank allocated
@@ -193,4 +204,45 @@ TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
     std::printf("world %d: largest |loss - loss_1rank| %.3g; largest gradient deviation %.3g x 1e-3 of the tensor's max; "
                 "largest |val_loss - val_loss_1rank| %.3g\n",
                 world, red[0], red[1], red[2]);
+}
+
+// Recompute changes memory and time only: in every layout and exchange, train.recompute = selective and full give the
+// losses, every gradient and five steps of recompute = none bit for bit (same layout, deterministic CPU ops and MPI
+// reductions), and the arena each allocates is what rank_footprint predicts.
+TEST(ParallelEquivalence, RecomputeModesEqualNoRecomputeBitForBit) {
+  const int world = comm::runtime_world_size(), rank = comm::runtime_world_rank();
+  std::vector<int32_t> in, tg;
+  for (const Case& k : cases(world)) {
+    SCOPED_TRACE(k.name());
+    model::Config c = small_config();
+    c.model.layers = 3;
+    Rig rig(c, k, world);
+    const model::ParallelContext& par = rig.par;
+    const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
+    std::vector<std::unique_ptr<model::Trainer>> t;
+    for (const char* mode : {"none", "selective", "full"}) {
+      c.train.recompute = mode;
+      t.push_back(std::make_unique<model::Trainer>(c, par, engine::Device::cpu));
+      const model::RankFootprint f = model::rank_footprint(c, k.tp, k.ep, k.expert_tp, par.dp, engine::Device::cpu);
+      EXPECT_EQ(f.activations, double(t.back()->model().activations().bytes())) << mode;
+    }
+    for (int step = 0; step < 5; ++step) {
+      make_batch(c, 300 + uint64_t(step), in, tg);
+      std::span<const int32_t> my_in(in.data() + par.dp_rank * per_rank, size_t(per_rank));
+      std::span<const int32_t> my_tg(tg.data() + par.dp_rank * per_rank, size_t(per_rank));
+      std::vector<model::StepMetrics> m;
+      for (auto& tr : t) m.push_back(step == 0 ? tr->compute_gradients(my_in, my_tg) : tr->step(my_in, my_tg));
+      for (size_t i = 1; i < t.size(); ++i) {
+        EXPECT_EQ(m[i].loss, m[0].loss) << "mode " << i << " step " << step;
+        EXPECT_EQ(m[i].loss_total, m[0].loss_total) << "mode " << i << " step " << step;
+        EXPECT_EQ(m[i].grad_norm, m[0].grad_norm) << "mode " << i << " step " << step;
+        if (step > 0) continue;
+        for (auto& p : t[i]->params().all()) {
+          const auto& q = t[0]->params().get(p.name);
+          EXPECT_EQ(std::memcmp(p.grad.data, q.grad.data, p.grad.bytes()), 0) << "mode " << i << " gradient " << p.name;
+        }
+      }
+    }
+    if (rank == 0) std::printf("  %-36s recompute checked\n", k.name().c_str());
+  }
 }
