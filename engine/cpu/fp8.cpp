@@ -1,6 +1,7 @@
-// CPU FP8 E4M3 quantisation (1x128 tiles along rows or columns, 128x128 blocks). Every code and scale comes from
-// engine/fp8_math.h, the arithmetic the CUDA kernels share, so both backends quantise to the same bits. f64 inputs
-// are rounded to f32 first (the CPU model's gradient checks run in f64; FP8 needs no more).
+// CPU FP8 E4M3 quantisation (1x128 tiles along rows or columns, 128x128 blocks) and the FP8 GEMM's reference: both
+// operands dequantised exactly, then the float GEMM of engine/cpu/linear.cpp in out's type. Every code and scale comes
+// from engine/fp8_math.h, the arithmetic the CUDA kernels share, so both backends quantise to the same bits. f64
+// inputs are rounded to f32 first (the CPU model's gradient checks run in f64; FP8 needs no more).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -10,6 +11,7 @@
 #include "engine/check.h"
 #include "engine/fp8_math.h"
 #include "engine/ops/fp8.h"
+#include "engine/ops/linear.h"
 
 namespace monta::engine::cpu {
 namespace {
@@ -139,6 +141,54 @@ void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, cons
           }
       }
   }
+}
+
+namespace {
+
+// deq (B, R, K) in T: codes · their tile's (1x128 along K, scale (B, T(K), R)) or block's (scale (B, T(R), Ld(K))) scale.
+template <class T> std::vector<T> dequantize(const Tensor& q, const Tensor& scale, bool blocks) {
+  const D3 d = d3(q);
+  const int64_t TK = fp8::tiles(d.c), ld = fp8::block_scale_ld(d.c), TR = fp8::tiles(d.r);
+  const auto* qc = q.as<uint8_t>();
+  const float* sc = scale.as<float>();
+  std::vector<T> out(size_t(d.b * d.r * d.c));
+  for (int64_t b = 0; b < d.b; ++b)
+    for (int64_t r = 0; r < d.r; ++r)
+      for (int64_t c = 0; c < d.c; ++c) {
+        const float s = blocks ? sc[(b * TR + r / kTile) * ld + c / kTile] : sc[(b * TK + c / kTile) * d.r + r];
+        const int64_t i = (b * d.r + r) * d.c + c;
+        out[size_t(i)] = T(fp8::e4m3_to_float(qc[i])) * T(s);  // exact in f32: 4 significant bits times 2^k
+      }
+  return out;
+}
+
+template <class T>
+void gemm_typed(Tensor out, const Tensor& a, const Tensor& a_scale, const Tensor& b, const Tensor& b_scale,
+                Fp8Scaling b_scaling, Write write) {
+  const D3 da = d3(a), db = d3(b);
+  const DType dt = out.dtype;
+  std::vector<T> ad = dequantize<T>(a, a_scale, false), bd = dequantize<T>(b, b_scale, b_scaling == Fp8Scaling::blocks);
+  T* o = out.as<T>();
+  for (int64_t e = 0; e < da.b; ++e)
+    cpu::linear_forward(Tensor(o + e * da.r * db.r, {da.r, db.r}, dt), Tensor(ad.data() + e * da.r * da.c, {da.r, da.c}, dt),
+                        Tensor(bd.data() + e * db.r * db.c, {db.r, db.c}, dt), write);
+}
+
+}  // namespace
+
+void fp8_gemm(Tensor out, const Tensor& a, const Tensor& a_scale, const Tensor& b, const Tensor& b_scale,
+              Fp8Scaling b_scaling, Write write, Stream) {
+  const char* op = "fp8_gemm";
+  need_cpu(op, "a", a, DType::e4m3);
+  need_cpu(op, "b", b, DType::e4m3);
+  need_cpu(op, "a_scale", a_scale, DType::f32);
+  need_cpu(op, "b_scale", b_scale, DType::f32);
+  MONTA_CHECK(out.device == Device::cpu && out.data != nullptr && (out.dtype == DType::f32 || out.dtype == DType::f64),
+              std::string(op) + ": out must be a non-empty f32 or f64 CPU tensor, got " + out.str());
+  if (out.dtype == DType::f32)
+    gemm_typed<float>(out, a, a_scale, b, b_scale, b_scaling, write);
+  else
+    gemm_typed<double>(out, a, a_scale, b, b_scale, b_scaling, write);
 }
 
 }  // namespace monta::engine::cpu

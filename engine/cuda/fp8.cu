@@ -2,7 +2,14 @@
 // (a shared-memory transpose per 128x32 panel), and 128x128 weight blocks with an optional transposed copy. Codes and
 // scales come from engine/fp8_math.h, the CPU's arithmetic, so both backends give the same bits. A non-finite element
 // enters the tile maximum as +inf, which marks the tile (NaN scale and codes, fp8::tile_scale).
+// fp8_gemm runs on cuBLASLt's block-scaled FP8 GEMM (CUDA >= 12.9, Hopper): VEC128_32F scales for 1x128 tiles,
+// BLK128x128_32F for weight blocks, E4M3 operands in the "TN" layout FP8 needs on Hopper (both K-contiguous), fp32
+// accumulation; one call per batch entry (expert), see docs/fp8.md for why not a strided batch.
 #include <cfloat>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "engine/cuda/common.cuh"
 #include "engine/fp8_math.h"
@@ -179,6 +186,122 @@ void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, cons
                                                          qt.empty() ? nullptr : scale_t.as<float>(), w.data, is_bf16(w),
                                                          d.r, d.c);
   MONTA_LAUNCH_CHECK();
+}
+
+namespace {
+
+struct Fp8GemmKey {
+  int device;
+  int64_t m, n, k;
+  int out_dtype, blocks;
+  bool beta;
+  auto tie() const { return std::tie(device, m, n, k, out_dtype, blocks, beta); }
+  bool operator<(const Fp8GemmKey& o) const { return tie() < o.tie(); }
+};
+std::mutex g_fp8_mu;
+std::map<Fp8GemmKey, cublasLtMatmulAlgo_t> g_fp8_algos;
+
+struct Fp8Descs {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  ~Fp8Descs() {
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
+void set_attr(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const void* v, size_t n) {
+  CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, v, n));
+}
+
+// Row-major out (M, N) = a (M, K) · b (N, K)ᵀ is column-major out'(N×M) = op_T(b'(K×N)) · a'(K×M): cuBLASLt's A is our
+// b and its B our a, both K-contiguous (TN). out_dtype: bf16 or f32; beta 1 accumulates into out.
+void fp8_gemm_one(void* out, DType out_dtype, const uint8_t* a, const float* a_scale, const uint8_t* b,
+                  const float* b_scale, bool blocks, int64_t M, int64_t N, int64_t K, float beta, Stream s) {
+  cublasLtHandle_t h = lt_handle();
+  Fp8Descs d;
+  CUBLAS_CHECK(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t opa = CUBLAS_OP_T, opb = CUBLAS_OP_N;
+  set_attr(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa));
+  set_attr(d.op, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb));
+  const cublasLtMatmulMatrixScale_t mode_a =
+      blocks ? CUBLASLT_MATMUL_MATRIX_SCALE_BLK128x128_32F : CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+  const cublasLtMatmulMatrixScale_t mode_b = CUBLASLT_MATMUL_MATRIX_SCALE_VEC128_32F;
+  set_attr(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &mode_a, sizeof(mode_a));
+  set_attr(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &mode_b, sizeof(mode_b));
+  set_attr(d.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &b_scale, sizeof(b_scale));
+  set_attr(d.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &a_scale, sizeof(a_scale));
+  const cudaDataType_t ct = out_dtype == DType::bf16 ? CUDA_R_16BF : CUDA_R_32F;
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.a, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(N), K));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.b, CUDA_R_8F_E4M3, uint64_t(K), uint64_t(M), K));
+  CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&d.c, ct, uint64_t(N), uint64_t(M), N));
+  int device = 0;
+  CUDA_CHECK(cudaGetDevice(&device));
+  const Fp8GemmKey key{device, M, N, K, int(out_dtype), int(blocks), beta != 0.f};
+  cublasLtMatmulAlgo_t algo;
+  {
+    std::lock_guard<std::mutex> lock(g_fp8_mu);
+    auto it = g_fp8_algos.find(key);
+    if (it != g_fp8_algos.end()) {
+      algo = it->second;
+    } else {
+      cublasLtMatmulPreference_t pref = nullptr;
+      CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+      uint64_t ws = kLtWorkspaceBytes;
+      CUBLAS_CHECK(
+          cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof(ws)));
+      cublasLtMatmulHeuristicResult_t res;
+      std::memset(&res, 0, sizeof(res));
+      int found = 0;
+      const cublasStatus_t st = cublasLtMatmulAlgoGetHeuristic(h, d.op, d.a, d.b, d.c, d.c, pref, 1, &res, &found);
+      cublasLtMatmulPreferenceDestroy(pref);
+      MONTA_CHECK(st == CUBLAS_STATUS_SUCCESS && found > 0,
+                  std::string("cuBLASLt has no block-scaled FP8 algorithm for M=") + std::to_string(M) +
+                      " N=" + std::to_string(N) + " K=" + std::to_string(K) + " (" + dtype_name(out_dtype) + " out, " +
+                      (blocks ? "1x128 x 128x128" : "1x128 x 1x128") + " scales): this needs cuBLAS >= 12.9 on sm_90");
+      algo = res.algo;
+      g_fp8_algos.emplace(key, algo);
+    }
+  }
+  const float alpha = 1.f;
+  CUBLAS_CHECK(cublasLtMatmul(h, d.op, &alpha, b, d.a, a, d.b, &beta, out, d.c, out, d.c, &algo, lt_workspace(s),
+                              kLtWorkspaceBytes, stream_of(s)));
+}
+
+}  // namespace
+
+void fp8_gemm(Tensor out, const Tensor& a, const Tensor& a_scale, const Tensor& b, const Tensor& b_scale,
+              Fp8Scaling b_scaling, Write write, Stream s) {
+  const char* op = "fp8_gemm";
+  need_float(out, op, "out");
+  need_dtype(a, DType::e4m3, op, "a");
+  need_dtype(b, DType::e4m3, op, "b");
+  need_dtype(a_scale, DType::f32, op, "a_scale");
+  need_dtype(b_scale, DType::f32, op, "b_scale");
+  const D3 da = d3(a), db = d3(b);
+  const int64_t M = da.r, N = db.r, K = da.c;
+  // FP8 GEMMs want 16-byte aligned rows and operands; with one call per batch entry that means 16 | M, N, K.
+  MONTA_CHECK(M % 16 == 0 && N % 16 == 0 && K % 16 == 0,
+              std::string(op) + ": on CUDA M, N and K must be multiples of 16, got M=" + std::to_string(M) +
+                  " N=" + std::to_string(N) + " K=" + std::to_string(K) + " (" + a.str() + ", " + b.str() + ")");
+  if (M == 0 || N == 0) return;
+  const bool blocks = b_scaling == Fp8Scaling::blocks;
+  const int64_t a_scales = fp8::tiles(K) * M;
+  const int64_t b_scales = blocks ? fp8::tiles(N) * fp8::block_scale_ld(K) : fp8::tiles(K) * N;
+  const size_t osz = dtype_size(out.dtype);
+  for (int64_t e = 0; e < da.b; ++e) {
+    if (K == 0) {  // an empty sum: 0, or out unchanged
+      if (write == Write::overwrite)
+        CUDA_CHECK(cudaMemsetAsync(static_cast<char*>(out.data) + size_t(e * M * N) * osz, 0, size_t(M * N) * osz,
+                                   stream_of(s)));
+      continue;
+    }
+    fp8_gemm_one(static_cast<char*>(out.data) + size_t(e * M * N) * osz, out.dtype, a.as<uint8_t>() + e * M * K,
+                 a_scale.as<float>() + e * a_scales, b.as<uint8_t>() + e * N * K, b_scale.as<float>() + e * b_scales,
+                 blocks, M, N, K, write == Write::accumulate ? 1.f : 0.f, s);
+  }
 }
 
 }  // namespace monta::engine::cuda

@@ -364,6 +364,18 @@ void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, cons
   expect_dims(op, "qt", qt, {d.b, d.c, d.r});
   expect_dims(op, "scale_t", scale_t, {d.b, fp8::tiles(d.c), fp8::block_scale_ld(d.r)});
 }
+void fp8_gemm(Tensor out, const Tensor& a, const Tensor& a_scale, const Tensor& b, const Tensor& b_scale,
+              Fp8Scaling b_scaling, Write) {
+  const char* op = "fp8_gemm";
+  const Dims3 da = dims3(op, "a", a), db = dims3(op, "b", b);
+  expect(da.b == db.b && da.c == db.c, op, "want a (B, M, K) and b (B, N, K), got " + a.str() + ", " + b.str());
+  expect_dims(op, "out", out, {da.b, da.r, db.r});
+  expect_dims(op, "a_scale", a_scale, {da.b, fp8::tiles(da.c), da.r});
+  if (b_scaling == Fp8Scaling::tiles)
+    expect_dims(op, "b_scale", b_scale, {db.b, fp8::tiles(db.c), db.r});
+  else
+    expect_dims(op, "b_scale", b_scale, {db.b, fp8::tiles(db.r), fp8::block_scale_ld(db.c)});
+}
 
 }  // namespace contract
 

@@ -27,7 +27,11 @@ enum class Fp8Scaling : uint8_t { tiles, blocks };
   X(fp8_quantize_rows, x, (Tensor q, Tensor scale, const Tensor& x), (q, scale, x))                                  \
   X(fp8_quantize_cols, x, (Tensor qt, Tensor scale, const Tensor& x), (qt, scale, x))                                \
   X(fp8_quantize_blocks, w, (Tensor q, Tensor scale, Tensor qt, Tensor scale_t, const Tensor& w),                    \
-    (q, scale, qt, scale_t, w))
+    (q, scale, qt, scale_t, w))                                                                                       \
+  X(fp8_gemm, out,                                                                                                   \
+    (Tensor out, const Tensor& a, const Tensor& a_scale, const Tensor& b, const Tensor& b_scale, Fp8Scaling b_scaling, \
+     Write write MONTA_OR(Write::overwrite)),                                                                        \
+    (out, a, a_scale, b, b_scale, b_scaling, write))
 
 namespace monta::engine {
 MONTA_DECLARE_OPS(MONTA_OPS_FP8)

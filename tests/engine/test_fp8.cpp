@@ -240,6 +240,102 @@ TEST(Fp8Quantize, ZeroTileGivesZeroCodes) {
   EXPECT_GT(s.t.as<float>()[0], 0.f);
 }
 
+// ---- the FP8 GEMM's CPU reference ----
+
+// deq(q) in double from codes and a tile (scale (B, T(K), R)) or block (scale (B, T(R), Ld(K))) scale, by hand.
+std::vector<double> deq(const Buf& q, const Buf& s, bool blocks) {
+  const int64_t B = q.t.dim(0), R = q.t.dim(1), K = q.t.dim(2), TK = (K + 127) / 128, TR = (R + 127) / 128;
+  const int64_t ld = (TK + 3) / 4 * 4;
+  std::vector<double> v(size_t(q.numel()));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t k = 0; k < K; ++k) {
+        const double sc = blocks ? s.t.as<float>()[(b * TR + r / 128) * ld + k / 128]
+                                 : s.t.as<float>()[(b * TK + k / 128) * R + r];
+        v[size_t((b * R + r) * K + k)] = double(e4m3_to_float(q.t.as<uint8_t>()[(b * R + r) * K + k])) * sc;
+      }
+  return v;
+}
+
+// out (B, M, N) = a (B, M, K) · b (B, N, K)ᵀ in double, and Σ|a||b| per element (the scale of rounding errors).
+void gemm_ref(const std::vector<double>& a, const std::vector<double>& b, int64_t B, int64_t M, int64_t N, int64_t K,
+              std::vector<double>& out, std::vector<double>& mag) {
+  out.assign(size_t(B * M * N), 0.0);
+  mag.assign(size_t(B * M * N), 0.0);
+  for (int64_t e = 0; e < B; ++e)
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k) {
+          const double x = a[size_t((e * M + m) * K + k)], y = b[size_t((e * N + n) * K + k)];
+          out[size_t((e * M + m) * N + n)] += x * y;
+          mag[size_t((e * M + m) * N + n)] += std::fabs(x * y);
+        }
+}
+
+struct GemmCase {
+  const char* name;
+  bool blocks;
+  DType out;
+};
+
+class Fp8Gemm : public testing::TestWithParam<GemmCase> {};
+
+// The op equals the double-precision product of the dequantised operands within f32 (or f64) accumulation error,
+// overwriting and accumulating.
+TEST_P(Fp8Gemm, EqualsDoubleProductOfDequantisedOperands) {
+  const GemmCase c = GetParam();
+  const int64_t B = 2, M = 40, N = 150, K = 300;
+  Buf a = spread_values({B, M, K}, 21), b = spread_values({B, N, K}, 22);
+  Buf aq({B, M, K}, DType::e4m3), as({B, 3, M}, DType::f32), bq({B, N, K}, DType::e4m3);
+  Buf bs = c.blocks ? Buf({B, 2, 4}, DType::f32) : Buf({B, 3, N}, DType::f32);
+  engine::fp8_quantize_rows(aq, as, a);
+  if (c.blocks)
+    engine::fp8_quantize_blocks(bq, bs, Tensor(), Tensor(), b);
+  else
+    engine::fp8_quantize_rows(bq, bs, b);
+  std::vector<double> ref, mag;
+  gemm_ref(deq(aq, as, false), deq(bq, bs, c.blocks), B, M, N, K, ref, mag);
+  const double eps = c.out == DType::f32 ? 1e-5 : 1e-13;
+  const auto fp8s = c.blocks ? engine::Fp8Scaling::blocks : engine::Fp8Scaling::tiles;
+  Buf out = random_buf({B, M, N}, c.out, 23);
+  const std::vector<double> before = out.values();
+  engine::fp8_gemm(out, aq, as, bq, bs, fp8s, engine::Write::accumulate);
+  const std::vector<double> after = out.values();
+  for (size_t i = 0; i < ref.size(); ++i)
+    ASSERT_LE(std::fabs(after[i] - before[i] - ref[i]), eps * (mag[i] + 1.0)) << "accumulate, element " << i;
+  engine::fp8_gemm(out, aq, as, bq, bs, fp8s);
+  for (size_t i = 0; i < ref.size(); ++i)
+    ASSERT_LE(std::fabs(out.get(int64_t(i)) - ref[i]), eps * mag[i]) << "overwrite, element " << i;
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, Fp8Gemm,
+                         testing::Values(GemmCase{"blocks_f32", true, DType::f32},
+                                         GemmCase{"tiles_f32", false, DType::f32},
+                                         GemmCase{"blocks_f64", true, DType::f64}),
+                         [](const testing::TestParamInfo<GemmCase>& i) { return std::string(i.param.name); });
+
+// Against the unquantised product: E4M3 keeps 4 significant bits, so each operand is off by at most 2^-4 relative
+// (about 2^-4/sqrt(3) RMS); on random operands the product's relative (Frobenius) error stays under 0.08.
+TEST(Fp8GemmBound, WithinTheQuantisationBoundOfTheFloatProduct) {
+  const int64_t M = 64, N = 96, K = 256;
+  Buf a = random_buf({1, M, K}, DType::f32, 31), b = random_buf({1, N, K}, DType::f32, 32);
+  Buf aq({1, M, K}, DType::e4m3), as({1, 2, M}, DType::f32), bq({1, N, K}, DType::e4m3), bs({1, 1, 4}, DType::f32);
+  engine::fp8_quantize_rows(aq, as, a);
+  engine::fp8_quantize_blocks(bq, bs, Tensor(), Tensor(), b);
+  Buf out({1, M, N}, DType::f32);
+  engine::fp8_gemm(out, aq, as, bq, bs, engine::Fp8Scaling::blocks);
+  std::vector<double> ref, mag;
+  gemm_ref(a.values(), b.values(), 1, M, N, K, ref, mag);
+  double num = 0, den = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    num += (out.get(int64_t(i)) - ref[i]) * (out.get(int64_t(i)) - ref[i]);
+    den += ref[i] * ref[i];
+  }
+  const double rel = std::sqrt(num / den);
+  EXPECT_LT(rel, 0.08);
+  EXPECT_GT(rel, 1e-4);  // it did quantise
+}
+
 using Fp8Errors = ThrowingHandler;
 
 TEST_F(Fp8Errors, ShapesAndDtypesAreChecked) {
@@ -251,6 +347,9 @@ TEST_F(Fp8Errors, ShapesAndDtypesAreChecked) {
   Buf ws({1, 4}, DType::f32);
   MONTA_EXPECT_ERROR(engine::fp8_quantize_blocks(q, ws, qt, Tensor(), x), "scale_t");
   MONTA_EXPECT_ERROR(engine::fp8_quantize_blocks(q, s, Tensor(), Tensor(), x), "scale");
+  Buf out({4, 4}, DType::f32), tile_s({3, 4}, DType::f32);
+  MONTA_EXPECT_ERROR(engine::fp8_gemm(out, q, s, q, tile_s, engine::Fp8Scaling::blocks), "b_scale");
+  MONTA_EXPECT_ERROR(engine::fp8_gemm(out, q, s, qt, tile_s, engine::Fp8Scaling::tiles), "want a (B, M, K)");
 }
 
 }  // namespace

@@ -112,6 +112,39 @@ TEST_P(GpuFp8, QuantizeRowsColsBlocksMatchCpu) {
   expect_same_bytes(wst.gpu, wst.cpu, "blocks: transposed scales");
 }
 
+// The GEMM on cuBLASLt against the CPU's exact dequantise-then-multiply, from the same codes and scales (quantised on
+// each device: equal, as above): bf16 out within 1e-2 relative (Frobenius; its own rounding), f32 out within 1e-4
+// (fp32 accumulation in another order), overwriting and accumulating, with 128x128-block and 1x128-tile b scales.
+TEST_P(GpuFp8, GemmMatchesCpuReference) {
+  MONTA_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const int64_t B = 2, M = 48, N = 160, K = 336;  // 16 | M, N, K; ragged 128-tiles along N and K
+  Pair a = spread({B, M, K}, DType::f32, 7, false), b = spread({B, N, K}, DType::f32, 8, false);
+  for (const bool blocks : {true, false}) {
+    const std::string what = blocks ? "1x128 x 128x128" : "1x128 x 1x128";
+    Out aq({B, M, K}, DType::e4m3), as({B, tiles(K), M}, DType::f32), bq({B, N, K}, DType::e4m3);
+    Out bs = blocks ? Out({B, tiles(N), block_scale_ld(K)}, DType::f32) : Out({B, tiles(K), N}, DType::f32);
+    engine::fp8_quantize_rows(aq.cpu, as.cpu, a.c());
+    engine::fp8_quantize_rows(aq.gpu, as.gpu, a.g());
+    if (blocks) {
+      engine::fp8_quantize_blocks(bq.cpu, bs.cpu, Tensor(), Tensor(), b.c());
+      engine::fp8_quantize_blocks(bq.gpu, bs.gpu, Tensor(), Tensor(), b.g());
+    } else {
+      engine::fp8_quantize_rows(bq.cpu, bs.cpu, b.c());
+      engine::fp8_quantize_rows(bq.gpu, bs.gpu, b.g());
+    }
+    const auto sc = blocks ? engine::Fp8Scaling::blocks : engine::Fp8Scaling::tiles;
+    const double tol = dt == DType::bf16 ? 1e-2 : 1e-4;
+    Pair out = output({B, M, N}, dt);
+    engine::fp8_gemm(out.c(), aq.cpu, as.cpu, bq.cpu, bs.cpu, sc);
+    engine::fp8_gemm(out.g(), aq.gpu, as.gpu, bq.gpu, bs.gpu, sc);
+    expect_close(out, tol, what + ": out");
+    engine::fp8_gemm(out.c(), aq.cpu, as.cpu, bq.cpu, bs.cpu, sc, engine::Write::accumulate);
+    engine::fp8_gemm(out.g(), aq.gpu, as.gpu, bq.gpu, bs.gpu, sc, engine::Write::accumulate);
+    expect_close(out, tol, what + ": out (accumulate)");
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, GpuFp8, testing::Values(DType::f32, DType::bf16), dtype_param_name);
 
 }  // namespace
