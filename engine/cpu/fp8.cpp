@@ -108,8 +108,10 @@ void fp8_quantize_cols(Tensor qt, Tensor scale, const Tensor& x, Stream) {
 void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, const Tensor& w, Stream) {
   const char* op = "fp8_quantize_blocks";
   need_source(op, "w", w);
-  need_cpu(op, "q", q, DType::e4m3);
-  need_cpu(op, "scale", scale, DType::f32);
+  if (!q.empty()) {
+    need_cpu(op, "q", q, DType::e4m3);
+    need_cpu(op, "scale", scale, DType::f32);
+  }
   if (!qt.empty()) {
     need_cpu(op, "qt", qt, DType::e4m3);
     need_cpu(op, "scale_t", scale_t, DType::f32);
@@ -117,12 +119,12 @@ void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, cons
   const D3 d = d3(w);  // (B, O, I)
   const int64_t TO = fp8::tiles(d.r), TI = fp8::tiles(d.c);
   const int64_t ld = fp8::block_scale_ld(d.c), ld_t = fp8::block_scale_ld(d.r);
-  auto* qc = q.as<uint8_t>();
+  auto* qc = q.empty() ? nullptr : q.as<uint8_t>();
   auto* qtc = qt.empty() ? nullptr : qt.as<uint8_t>();
-  float* sc = scale.as<float>();
+  float* sc = q.empty() ? nullptr : scale.as<float>();
   float* sct = qt.empty() ? nullptr : scale_t.as<float>();
   for (int64_t b = 0; b < d.b; ++b) {
-    std::fill(sc + b * TO * ld, sc + (b + 1) * TO * ld, 0.f);  // the padding columns stay 0
+    if (sc) std::fill(sc + b * TO * ld, sc + (b + 1) * TO * ld, 0.f);  // the padding columns stay 0
     if (sct) std::fill(sct + b * TI * ld_t, sct + (b + 1) * TI * ld_t, 0.f);
     for (int64_t bo = 0; bo < TO; ++bo)
       for (int64_t bi = 0; bi < TI; ++bi) {
@@ -130,13 +132,13 @@ void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, cons
         TileStat st;
         for (int64_t o = o0; o < o1; ++o)
           for (int64_t i = i0; i < i1; ++i) st.add(load(w, (b * d.r + o) * d.c + i));
-        sc[(b * TO + bo) * ld + bi] = st.scale();
+        if (sc) sc[(b * TO + bo) * ld + bi] = st.scale();
         if (sct) sct[(b * TI + bi) * ld_t + bo] = st.scale();
         const float inv = st.inv();
         for (int64_t o = o0; o < o1; ++o)
           for (int64_t i = i0; i < i1; ++i) {
             const uint8_t code = fp8::quantize(load(w, (b * d.r + o) * d.c + i), inv, st.finite);
-            qc[(b * d.r + o) * d.c + i] = code;
+            if (qc) qc[(b * d.r + o) * d.c + i] = code;
             if (qtc) qtc[(b * d.c + i) * d.r + o] = code;
           }
       }

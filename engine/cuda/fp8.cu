@@ -112,9 +112,11 @@ static __global__ void quantize_blocks_kernel(uint8_t* __restrict__ q, float* __
   const float s = fp8::tile_scale(amax, finite);
   const float inv = finite ? fp8::pow2(-fp8::scale_exponent(amax)) : 1.f;
   if (threadIdx.x == 0) {
-    scale[(b * TO + bo) * lds + bi] = s;
-    if (bi == TI - 1)
-      for (int64_t p = TI; p < lds; ++p) scale[(b * TO + bo) * lds + p] = 0.f;
+    if (scale) {
+      scale[(b * TO + bo) * lds + bi] = s;
+      if (bi == TI - 1)
+        for (int64_t p = TI; p < lds; ++p) scale[(b * TO + bo) * lds + p] = 0.f;
+    }
     if (scale_t) {
       scale_t[(b * TI + bi) * lds_t + bo] = s;
       if (bo == TO - 1)
@@ -125,7 +127,7 @@ static __global__ void quantize_blocks_kernel(uint8_t* __restrict__ q, float* __
     const int64_t o = o0 + oo, i = i0 + tx;
     if (o < O && i < I) {
       const uint8_t code = fp8::quantize(ld(w, (b * O + o) * I + i, wb), inv, finite);
-      q[(b * O + o) * I + i] = code;
+      if (q) q[(b * O + o) * I + i] = code;
       codes[oo][tx] = code;
     }
   }
@@ -171,8 +173,10 @@ void fp8_quantize_cols(Tensor qt, Tensor scale, const Tensor& x, Stream s) {
 void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, const Tensor& w, Stream s) {
   const char* op = "fp8_quantize_blocks";
   need_source(w, op, "w");
-  need_dtype(q, DType::e4m3, op, "q");
-  need_dtype(scale, DType::f32, op, "scale");
+  if (!q.empty()) {
+    need_dtype(q, DType::e4m3, op, "q");
+    need_dtype(scale, DType::f32, op, "scale");
+  }
   if (!qt.empty()) {
     need_dtype(qt, DType::e4m3, op, "qt");
     need_dtype(scale_t, DType::f32, op, "scale_t");
@@ -181,7 +185,8 @@ void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, cons
   if (d.b * d.r * d.c == 0) return;
   MONTA_CHECK(d.b <= 65535 && fp8::tiles(d.r) <= 65535, std::string(op) + ": too many blocks for one grid, " + w.str());
   const dim3 grid(unsigned(fp8::tiles(d.c)), unsigned(fp8::tiles(d.r)), unsigned(d.b));
-  quantize_blocks_kernel<<<grid, 256, 0, stream_of(s)>>>(q.as<uint8_t>(), scale.as<float>(),
+  quantize_blocks_kernel<<<grid, 256, 0, stream_of(s)>>>(q.empty() ? nullptr : q.as<uint8_t>(),
+                                                         q.empty() ? nullptr : scale.as<float>(),
                                                          qt.empty() ? nullptr : qt.as<uint8_t>(),
                                                          qt.empty() ? nullptr : scale_t.as<float>(), w.data, is_bf16(w),
                                                          d.r, d.c);

@@ -357,9 +357,13 @@ void fp8_quantize_cols(Tensor qt, Tensor scale, const Tensor& x) {
 void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, const Tensor& w) {
   const char* op = "fp8_quantize_blocks";
   const Dims3 d = dims3(op, "w", w);
-  expect_dims(op, "q", q, d);
-  expect_dims(op, "scale", scale, {d.b, fp8::tiles(d.r), fp8::block_scale_ld(d.c)});
+  expect(q.empty() == scale.empty(), op, "q and scale come together, got " + q.str() + ", " + scale.str());
   expect(qt.empty() == scale_t.empty(), op, "qt and scale_t come together, got " + qt.str() + ", " + scale_t.str());
+  expect(!q.empty() || !qt.empty(), op, "wants q or qt (or both)");
+  if (!q.empty()) {
+    expect_dims(op, "q", q, d);
+    expect_dims(op, "scale", scale, {d.b, fp8::tiles(d.r), fp8::block_scale_ld(d.c)});
+  }
   if (qt.empty()) return;
   expect_dims(op, "qt", qt, {d.b, d.c, d.r});
   expect_dims(op, "scale_t", scale_t, {d.b, fp8::tiles(d.c), fp8::block_scale_ld(d.r)});

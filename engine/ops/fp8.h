@@ -19,7 +19,8 @@ enum class Fp8Scaling : uint8_t { tiles, blocks };
 //   weight gradient, whose contraction runs over the rows (tokens) of x and dout.
 // fp8_quantize_blocks: w (B, O, I) -> q (B, O, I), scale (B, T(O), Ld(I)) one per 128x128 block, row-major; and, when
 //   qt is given, qt (B, I, O) = qᵀ (the same codes) with scale_t (B, T(I), Ld(O)): the weight's operand for dgrad.
-//   Padding columns of a scale row are written as 0.
+//   q and scale may be empty when qt is given (dgrad needs only the transpose). Padding columns of a scale row are
+//   written as 0.
 // fp8_gemm: out (B, M, N) = deq(a) (B, M, K) · deq(b) (B, N, K)ᵀ, overwritten or accumulated (write), fp32 accumulate;
 //   a is row-tiled (a_scale (B, T(K), M)); b is row-tiled (b_scale (B, T(K), N)) or blocked (b_scale (B, T(N), Ld(K)))
 //   as b_scaling says. out: bf16 or f32 on CUDA, f32 or f64 on the CPU (which dequantises and multiplies in out's type).
