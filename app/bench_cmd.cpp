@@ -1,4 +1,4 @@
-// `monta bench ops|layer|exchange|...`: parses the options and calls the benchmark libraries (model/benchmarks.h for
+// `monta bench ops|layer|fp8|exchange|...`: parses the options and calls the benchmark libraries (model/benchmarks.h for
 // ops and layer, comm/exchange_bench.h through bench_exchange.cpp). Benchmarks, not tests: they print a table and
 // write JSON; correctness lives in the tests.
 #include <boost/program_options.hpp>
@@ -12,6 +12,7 @@
 #include "engine/files.h"
 #include "engine/memory.h"
 #include "model/benchmarks.h"
+#include "model/fp8_bench.h"
 
 namespace po = boost::program_options;
 
@@ -28,7 +29,7 @@ int cmd_bench(int argc, char** argv) {
   model::BenchLayerOptions lo;
   po::options_description desc("monta bench ops|layer options (layer: under mpirun with --tp/--ep for the parallel "
                                "layer, one row per exchange strategy)");
-  desc.add_options()("help,h", "print this help")("what", po::value<std::string>(&what), "ops | layer")(
+  desc.add_options()("help,h", "print this help")("what", po::value<std::string>(&what), "ops | layer | fp8")(
       "json", po::value<std::string>(&json), "write the results as JSON here")(
       "iters", po::value<int>(&iters)->default_value(10), "timed iterations (median reported)")(
       "seq", po::value<int64_t>(&seq)->default_value(8192), "sequence length (tokens of the micro-batch)")(
@@ -62,7 +63,11 @@ int cmd_bench(int argc, char** argv) {
     if (dev == Device::cuda) cuda_set_device(0);
     return model::bench_ops(dev, iters, json, seq);
   }
-  MONTA_USER_CHECK(what == "layer", "unknown benchmark '" + what + "' (choose ops, layer or exchange)");
+  if (what == "fp8") {  // the FP8 expert GEMMs beside bf16 and both GEMM ceilings (model/fp8_bench.h)
+    if (dev == Device::cuda) cuda_set_device(0);
+    return model::bench_fp8(dev, iters, json, seq);
+  }
+  MONTA_USER_CHECK(what == "layer", "unknown benchmark '" + what + "' (choose ops, layer, fp8 or exchange)");
   MONTA_USER_CHECK(dev == Device::cuda || lo.hidden * lo.ffn <= (int64_t(1) << 22),
                    "monta bench layer at these widths needs a GPU (one 2x70B layer holds 2.1 B parameters, ~38 GiB of "
                    "weights, gradients and AdamW state); on the CPU pass small --hidden and --ffn");
