@@ -47,7 +47,8 @@ int cmd_bench(int argc, char** argv) {
       "experts", po::value(&lo.experts)->default_value(lo.experts), "layer: experts")(
       "top-k", po::value(&lo.top_k)->default_value(lo.top_k), "layer: experts per token")(
       "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)")(
-      "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share");
+      "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share")(
+      "fp8", po::value(&lo.fp8)->default_value(lo.fp8), "layer: none | experts: the expert GEMMs in FP8 (model.fp8)");
   po::positional_options_description pos;
   pos.add("what", 1);
   const po::variables_map vm = parse_command_line(argc, argv, desc, "bench", &pos);
@@ -71,6 +72,7 @@ int cmd_bench(int argc, char** argv) {
   MONTA_USER_CHECK(dev == Device::cuda || lo.hidden * lo.ffn <= (int64_t(1) << 22),
                    "monta bench layer at these widths needs a GPU (one 2x70B layer holds 2.1 B parameters, ~38 GiB of "
                    "weights, gradients and AdamW state); on the CPU pass small --hidden and --ffn");
+  MONTA_USER_CHECK(lo.fp8 == "none" || lo.fp8 == "experts", "--fp8 must be none or experts, got '" + lo.fp8 + "'");
   comm::runtime_init(&argc, &argv);
   const int rc = model::bench_layer(dev, iters, json, seq, lo);
   comm::runtime_finalize();

@@ -214,6 +214,11 @@ TEST(Fp8Quantize, WeightBlocksAndTheirTranspose) {
     for (int64_t o = 0; o < O; ++o)
       for (int64_t i = 0; i < I; ++i)
         ASSERT_EQ(q.t.as<uint8_t>()[(b * O + o) * I + i], qt.t.as<uint8_t>()[(b * I + i) * O + o]);
+  // The transpose alone (dgrad's use): the same codes and scales.
+  Buf qt2({B, I, O}, DType::e4m3), st2({B, 3, 4}, DType::f32);
+  engine::fp8_quantize_blocks(Tensor(), Tensor(), qt2, st2, w);
+  EXPECT_EQ(std::memcmp(qt2.t.data, qt.t.data, qt.t.bytes()), 0);
+  EXPECT_EQ(std::memcmp(st2.t.data, st.t.data, st.t.bytes()), 0);
 }
 
 TEST(Fp8Quantize, NonFiniteTileIsMarkedAndOthersAreNot) {
