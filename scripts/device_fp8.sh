@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # FP8 on one GPU (docs/fp8.md), binaries built with CUDA in build-cuda/bin: the FP8 tests (codec = cuda_fp8.h,
-# quantise ops CUDA = CPU bit for bit, the cuBLASLt block-scaled GEMM against the CPU reference), `monta bench fp8`
+# quantise ops CUDA = CPU bit for bit, the cuBLASLt block-scaled GEMM against the CPU reference, the tiny model with
+# FP8 experts on the GPU against the CPU emulation), `monta bench fp8`
 # (expert GEMMs at 2x70B shapes beside bf16 and both GEMM ceilings), the 2x70B layer with fp8 none and experts, and a
 # tiny training run on the GPU with fp8 none and experts from the same init. Logs and JSON go to $OUT; exit non-zero
 # when anything failed. ITERS sets the benchmarks' timed iterations; SKIP_LAYER=1 skips the layer benchmark.
@@ -19,6 +20,7 @@ run() {  # run NAME CMD...: tee to $OUT/NAME.log, remember a failure
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "$name FAILED"; status=1; }
 }
 run test_gpu_fp8 "$BIN/test_gpu" --gtest_filter='*Fp8*' --gtest_brief=1
+run test_gpu_model_fp8 "$BIN/test_gpu_model" --gtest_filter='GpuFp8*' --gtest_brief=1
 run test_engine_fp8 "$BIN/test_engine" --gtest_filter='*Fp8*' --gtest_brief=1
 run test_model_fp8 "$BIN/test_model" --gtest_filter='Fp8*' --gtest_brief=1
 run bench_fp8 "$BIN/monta" bench fp8 --iters "$ITERS" --json "$OUT/bench_fp8.json"
