@@ -1,4 +1,4 @@
-// `monta bench ops|layer|exchange|...`: parses the options and calls the benchmark libraries (model/benchmarks.h for
+// `monta bench ops|layer|fp8|exchange|...`: parses the options and calls the benchmark libraries (model/benchmarks.h for
 // ops and layer, comm/exchange_bench.h through bench_exchange.cpp). Benchmarks, not tests: they print a table and
 // write JSON; correctness lives in the tests.
 #include <boost/program_options.hpp>
@@ -12,6 +12,7 @@
 #include "engine/files.h"
 #include "engine/memory.h"
 #include "model/benchmarks.h"
+#include "model/fp8_bench.h"
 
 namespace po = boost::program_options;
 
@@ -28,7 +29,7 @@ int cmd_bench(int argc, char** argv) {
   model::BenchLayerOptions lo;
   po::options_description desc("monta bench ops|layer options (layer: under mpirun with --tp/--ep for the parallel "
                                "layer, one row per exchange strategy)");
-  desc.add_options()("help,h", "print this help")("what", po::value<std::string>(&what), "ops | layer")(
+  desc.add_options()("help,h", "print this help")("what", po::value<std::string>(&what), "ops | layer | fp8")(
       "json", po::value<std::string>(&json), "write the results as JSON here")(
       "iters", po::value<int>(&iters)->default_value(10), "timed iterations (median reported)")(
       "seq", po::value<int64_t>(&seq)->default_value(8192), "sequence length (tokens of the micro-batch)")(
@@ -46,7 +47,8 @@ int cmd_bench(int argc, char** argv) {
       "experts", po::value(&lo.experts)->default_value(lo.experts), "layer: experts")(
       "top-k", po::value(&lo.top_k)->default_value(lo.top_k), "layer: experts per token")(
       "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)")(
-      "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share");
+      "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share")(
+      "fp8", po::value(&lo.fp8)->default_value(lo.fp8), "layer: none | experts: the expert GEMMs in FP8 (model.fp8)");
   po::positional_options_description pos;
   pos.add("what", 1);
   const po::variables_map vm = parse_command_line(argc, argv, desc, "bench", &pos);
@@ -62,10 +64,15 @@ int cmd_bench(int argc, char** argv) {
     if (dev == Device::cuda) cuda_set_device(0);
     return model::bench_ops(dev, iters, json, seq);
   }
-  MONTA_USER_CHECK(what == "layer", "unknown benchmark '" + what + "' (choose ops, layer or exchange)");
+  if (what == "fp8") {  // the FP8 expert GEMMs beside bf16 and both GEMM ceilings (model/fp8_bench.h)
+    if (dev == Device::cuda) cuda_set_device(0);
+    return model::bench_fp8(dev, iters, json, seq);
+  }
+  MONTA_USER_CHECK(what == "layer", "unknown benchmark '" + what + "' (choose ops, layer, fp8 or exchange)");
   MONTA_USER_CHECK(dev == Device::cuda || lo.hidden * lo.ffn <= (int64_t(1) << 22),
                    "monta bench layer at these widths needs a GPU (one 2x70B layer holds 2.1 B parameters, ~38 GiB of "
                    "weights, gradients and AdamW state); on the CPU pass small --hidden and --ffn");
+  MONTA_USER_CHECK(lo.fp8 == "none" || lo.fp8 == "experts", "--fp8 must be none or experts, got '" + lo.fp8 + "'");
   comm::runtime_init(&argc, &argv);
   const int rc = model::bench_layer(dev, iters, json, seq, lo);
   comm::runtime_finalize();

@@ -17,6 +17,7 @@ size_t dtype_size(DType t) {
     case DType::u16: return 2;
     case DType::u32: return 4;
     case DType::u8: return 1;
+    case DType::e4m3: return 1;
   }
   return 0;
 }
@@ -31,6 +32,7 @@ const char* dtype_name(DType t) {
     case DType::u16: return "u16";
     case DType::u32: return "u32";
     case DType::u8: return "u8";
+    case DType::e4m3: return "e4m3";
   }
   return "?";
 }

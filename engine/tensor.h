@@ -9,7 +9,8 @@
 
 namespace monta::engine {
 
-enum class DType : uint8_t { f32, f64, bf16, i32, i64, u16, u32, u8 };
+// e4m3: FP8 E4M3 codes (OCP "E4M3FN": no infinities, one NaN code per sign), one byte each; engine/fp8_math.h.
+enum class DType : uint8_t { f32, f64, bf16, i32, i64, u16, u32, u8, e4m3 };
 enum class Device : uint8_t { cpu, cuda };
 
 size_t dtype_size(DType t);

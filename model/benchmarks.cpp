@@ -308,6 +308,7 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
   m.top_k = o.top_k;
   m.seq_len = S;
   m.capacity_factor = 1.0;
+  m.fp8 = o.fp8;
   const int world = comm::runtime_world_size(), me = comm::runtime_world_rank();
   MONTA_USER_CHECK(o.tp > 0 && o.ep > 0 && world % o.tp == 0,
                    strf("bench layer: --tp %d must divide the %d ranks, --ep must be positive", o.tp, world));

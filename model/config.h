@@ -14,7 +14,9 @@ struct ModelConfig {
   int64_t min_capacity = 4;
   double rope_theta = 10000.0, norm_eps = 1e-5, init_std = 0.02;
   double aux_loss_coef = 0.01, z_loss_coef = 0.001;
+  std::string fp8 = "none";  // none | experts (the expert GEMMs in FP8 E4M3, docs/fp8.md); all is refused for now
   int64_t head_dim() const { return hidden / heads; }
+  bool fp8_experts() const { return fp8 == "experts"; }
 };
 
 struct TrainConfig {

@@ -72,6 +72,10 @@ void visit_config_keys(ConfigT& c, F&& f) {
     at_least(0));
   f("model.z_loss_coef", m.z_loss_coef, "weight of each layer's router z-loss in the objective (summed over layers)",
     at_least(0));
+  f("model.fp8", m.fp8,
+    "FP8 E4M3 GEMMs with 1x128/128x128 scaling (docs/fp8.md): none, or experts (expert forward, dgrad and wgrad); "
+    "all is not built yet",
+    choices("none|experts|all"));
   auto& t = c.train;
   f("train.steps", t.steps, "optimizer steps to train to (a resumed run continues up to this step)", at_least(0));
   f("train.micro_batch", t.micro_batch, "sequences per rank per forward/backward", closed(1, 1 << 20));

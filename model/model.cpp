@@ -2,6 +2,7 @@
 // activation gradients overwrite, the residual-stream gradient dx_ accumulates across the two branches.
 #include "model/model.h"
 
+#include <algorithm>
 #include <chrono>
 
 #include "comm/exchange.h"
@@ -17,6 +18,7 @@
 #include "engine/ops/rope.h"
 #include "engine/ops/router.h"
 #include "engine/ops/swiglu.h"
+#include "model/fp8_experts.h"
 
 namespace monta::model {
 
@@ -130,6 +132,10 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
   L.add(self ? &self->dprobs_ : nullptr, "dprobs", {N, s.E}, act);
   L.add(self ? &self->drlogits_ : nullptr, "drlogits", {N, s.E}, act);
   L.add(self ? &self->dlogits_ : nullptr, "dlogits", {N, s.V_l}, act);
+  if (cfg.fp8_experts())  // the larger of the two expert GEMM shapes (gate/up: H -> F_l; down: F_l -> H)
+    L.add(self ? &self->fp8_scratch_ : nullptr, "fp8_scratch",
+          {std::max(fp8_expert_scratch_bytes(s.E_l, s.EC, H, s.F_l), fp8_expert_scratch_bytes(s.E_l, s.EC, s.F_l, H))},
+          DType::u8);
 }
 
 std::vector<TensorSpec> Model::activation_specs(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged,
@@ -193,6 +199,20 @@ void Model::linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Ten
   linear_backward(dx, g.grad, dout, x, w.compute, dx_write, g.write);
 }
 
+void Model::expert_forward(Tensor out, const Tensor& x, const Tensor& w) {
+  if (cfg_.fp8_experts())
+    fp8_expert_linear_forward(out, x, w, fp8_scratch_);
+  else
+    expert_linear_forward(out, x, w);
+}
+void Model::expert_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
+                            Write dx_write, Write dw_write) {
+  if (cfg_.fp8_experts())
+    fp8_expert_linear_backward(dx, dw, dout, x, w, dx_write, dw_write, fp8_scratch_);
+  else
+    expert_linear_backward(dx, dw, dout, x, w, dx_write, dw_write);
+}
+
 void Model::tp_all_reduce(Tensor t, bool max) {
   if (par_.tp > 1) par_.tp_comm->all_reduce(t, max ? comm::ReduceOp::max : comm::ReduceOp::sum);
 }
@@ -252,10 +272,10 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
       [&](int k) {
         const Tensor y = expert_chunk(a.y, k), gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k);
         const Tensor act = expert_chunk(a.act, k), eo = expert_chunk(a.eo, k);
-        expert_linear_forward(gate, y, w_gate);
-        expert_linear_forward(up, y, w_up);
+        expert_forward(gate, y, w_gate);
+        expert_forward(up, y, w_up);
         swiglu_forward(act, gate, up);
-        expert_linear_forward(eo, act, w_down);
+        expert_forward(eo, act, w_down);
         if (par_.expert_tp) reduce_expert_partials(eo, k);
       },
       r);
@@ -348,11 +368,11 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         const GradWrite g_down = params_.grad_write(*w.w_down), g_gate = params_.grad_write(*w.w_gate);
         const GradWrite g_up = params_.grad_write(*w.w_up);
         if (selective) swiglu_forward(act, gate, up);  // the shared SwiGLU output, re-computed for this chunk
-        expert_linear_backward(dact, g_down.grad, deo, act, w_down, Write::overwrite, g_down.write);
+        expert_backward(dact, g_down.grad, deo, act, w_down, Write::overwrite, g_down.write);
         swiglu_backward(dgate, dup, dact, gate, up);
-        expert_linear_backward(dy, g_gate.grad, dgate, y, w_gate, Write::overwrite, g_gate.write);
+        expert_backward(dy, g_gate.grad, dgate, y, w_gate, Write::overwrite, g_gate.write);
         // dy += the up branch's gradient
-        expert_linear_backward(dy, g_up.grad, dup, y, w_up, Write::accumulate, g_up.write);
+        expert_backward(dy, g_up.grad, dup, y, w_up, Write::accumulate, g_up.write);
         if (par_.expert_tp) reduce_expert_partials(dy, k);
       },
       r);

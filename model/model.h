@@ -92,6 +92,10 @@ class Model {
   Tensor expert_chunk(const Tensor& t, int k) const;  // chunk k of an expert-side (E_l, e*C, W) tensor
   // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
   void reduce_expert_partials(Tensor t, int k);
+  // The expert GEMMs (engine/ops/linear.h's expert_linear_*), in FP8 when model.fp8 = experts (model/fp8_experts.h).
+  void expert_forward(Tensor out, const Tensor& x, const Tensor& w);
+  void expert_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
+                       engine::Write dx_write, engine::Write dw_write);
   // linear_backward of parameter w: dx, and its weight gradient as ParamStore::grad_write says.
   void linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Tensor& x,
                          engine::Write dx_write = engine::Write::overwrite);
@@ -114,6 +118,7 @@ class Model {
   Tensor tokens_, targets_, x_final_, xf_, rstdf_, logits_, rowmax_, sumexp_, tlogit_, lse_, losses_, ce_sum_;
   Tensor dx_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, ddbuf_;
   Tensor dweight_, dprobs_, drlogits_, dlogits_;
+  Tensor fp8_scratch_;  // (bytes) the quantised operands of the expert GEMMs when model.fp8 = experts
 };
 
 }  // namespace monta::model

@@ -5,12 +5,14 @@
 #include <string>
 
 #include "engine/check.h"
+#include "engine/fp8_math.h"
 #include "engine/op_timing.h"
 #include "engine/ops/adamw.h"
 #include "engine/ops/attention.h"
 #include "engine/ops/cross_entropy.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/embedding.h"
+#include "engine/ops/fp8.h"
 #include "engine/ops/init.h"
 #include "engine/ops/linear.h"
 #include "engine/ops/moe_permute.h"
@@ -326,6 +328,59 @@ void expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tens
   expect(dw.empty() || same_shape(dw, w), op, "dw " + dw.str() + " must match w " + w.str());
 }
 
+// FP8 (engine/ops/fp8.h): tensors of 2 or 3 dimensions, read as (B, rows, cols) with B = 1 for 2.
+struct Dims3 {
+  int64_t b, r, c;
+};
+Dims3 dims3(const char* op, const char* name, const Tensor& t) {
+  expect(t.ndim == 2 || t.ndim == 3, op, std::string(name) + " must be (rows, cols) or (B, rows, cols), got " + t.str());
+  return t.ndim == 2 ? Dims3{1, t.dim(0), t.dim(1)} : Dims3{t.dim(0), t.dim(1), t.dim(2)};
+}
+void expect_dims(const char* op, const char* name, const Tensor& t, Dims3 want) {
+  const Dims3 d = dims3(op, name, t);
+  expect(d.b == want.b && d.r == want.r && d.c == want.c, op,
+         std::string(name) + " " + t.str() + " must be (" + std::to_string(want.b) + ", " + std::to_string(want.r) +
+             ", " + std::to_string(want.c) + ")");
+}
+void fp8_quantize_rows(Tensor q, Tensor scale, const Tensor& x) {
+  const char* op = "fp8_quantize_rows";
+  const Dims3 d = dims3(op, "x", x);
+  expect_dims(op, "q", q, d);
+  expect_dims(op, "scale", scale, {d.b, fp8::tiles(d.c), d.r});
+}
+void fp8_quantize_cols(Tensor qt, Tensor scale, const Tensor& x) {
+  const char* op = "fp8_quantize_cols";
+  const Dims3 d = dims3(op, "x", x);
+  expect_dims(op, "qt", qt, {d.b, d.c, d.r});
+  expect_dims(op, "scale", scale, {d.b, fp8::tiles(d.r), d.c});
+}
+void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, const Tensor& w) {
+  const char* op = "fp8_quantize_blocks";
+  const Dims3 d = dims3(op, "w", w);
+  expect(q.empty() == scale.empty(), op, "q and scale come together, got " + q.str() + ", " + scale.str());
+  expect(qt.empty() == scale_t.empty(), op, "qt and scale_t come together, got " + qt.str() + ", " + scale_t.str());
+  expect(!q.empty() || !qt.empty(), op, "wants q or qt (or both)");
+  if (!q.empty()) {
+    expect_dims(op, "q", q, d);
+    expect_dims(op, "scale", scale, {d.b, fp8::tiles(d.r), fp8::block_scale_ld(d.c)});
+  }
+  if (qt.empty()) return;
+  expect_dims(op, "qt", qt, {d.b, d.c, d.r});
+  expect_dims(op, "scale_t", scale_t, {d.b, fp8::tiles(d.c), fp8::block_scale_ld(d.r)});
+}
+void fp8_gemm(Tensor out, const Tensor& a, const Tensor& a_scale, const Tensor& b, const Tensor& b_scale,
+              Fp8Scaling b_scaling, Write) {
+  const char* op = "fp8_gemm";
+  const Dims3 da = dims3(op, "a", a), db = dims3(op, "b", b);
+  expect(da.b == db.b && da.c == db.c, op, "want a (B, M, K) and b (B, N, K), got " + a.str() + ", " + b.str());
+  expect_dims(op, "out", out, {da.b, da.r, db.r});
+  expect_dims(op, "a_scale", a_scale, {da.b, fp8::tiles(da.c), da.r});
+  if (b_scaling == Fp8Scaling::tiles)
+    expect_dims(op, "b_scale", b_scale, {db.b, fp8::tiles(db.c), db.r});
+  else
+    expect_dims(op, "b_scale", b_scale, {db.b, fp8::tiles(db.r), fp8::block_scale_ld(db.c)});
+}
+
 }  // namespace contract
 
 // Every entry point names its stream `s`; the OpScope times the call when op timing is on (engine/op_timing.h).
@@ -366,5 +421,6 @@ MONTA_OPS_MOE_PERMUTE(MONTA_OP_DEFINE)
 MONTA_OPS_CROSS_ENTROPY(MONTA_OP_DEFINE)
 MONTA_OPS_ELEMENTWISE(MONTA_OP_DEFINE)
 MONTA_OPS_ADAMW(MONTA_OP_DEFINE)
+MONTA_OPS_FP8(MONTA_OP_DEFINE)
 
 }  // namespace monta::engine

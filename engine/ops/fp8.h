@@ -1,0 +1,39 @@
+// FP8 E4M3 with fine-grained scaling (DeepSeek-V3's recipe, docs/fp8.md): quantise activations and gradients in 1x128
+// tiles along the GEMM's contraction dimension and weights in 128x128 blocks, each with an fp32 power-of-two scale of
+// its own; and the GEMM over such operands, fp32 accumulation. Scale tensors are laid out as cuBLASLt reads them.
+#pragma once
+#include "engine/ops/declare.h"
+
+namespace monta::engine {
+// How fp8_gemm's b operand is scaled: 1x128 tiles along K (an activation or gradient), or 128x128 blocks (a weight).
+enum class Fp8Scaling : uint8_t { tiles, blocks };
+}  // namespace monta::engine
+
+// Shapes: a leading batch dimension B (experts) is optional everywhere (absent = 1); T(n) = ceil(n / 128);
+// Ld(n) = T(n) rounded up to a multiple of 4 (fp8::block_scale_ld). q tensors are e4m3, scales f32, x and w f32, f64
+// (CPU) or bf16.
+// fp8_quantize_rows: x (B, R, K) -> q (B, R, K), scale (B, T(K), R): one scale per 1x128 tile of a row, tile index
+//   outermost (cuBLASLt's VEC128 layout). For an operand whose contraction dimension is its last (x in forward,
+//   dout in dgrad).
+// fp8_quantize_cols: x (B, R, K) -> qt (B, K, R) = the transpose, tiled 1x128 along R; scale (B, T(R), K). For the
+//   weight gradient, whose contraction runs over the rows (tokens) of x and dout.
+// fp8_quantize_blocks: w (B, O, I) -> q (B, O, I), scale (B, T(O), Ld(I)) one per 128x128 block, row-major; and, when
+//   qt is given, qt (B, I, O) = qᵀ (the same codes) with scale_t (B, T(I), Ld(O)): the weight's operand for dgrad.
+//   q and scale may be empty when qt is given (dgrad needs only the transpose). Padding columns of a scale row are
+//   written as 0.
+// fp8_gemm: out (B, M, N) = deq(a) (B, M, K) · deq(b) (B, N, K)ᵀ, overwritten or accumulated (write), fp32 accumulate;
+//   a is row-tiled (a_scale (B, T(K), M)); b is row-tiled (b_scale (B, T(K), N)) or blocked (b_scale (B, T(N), Ld(K)))
+//   as b_scaling says. out: bf16 or f32 on CUDA, f32 or f64 on the CPU (which dequantises and multiplies in out's type).
+#define MONTA_OPS_FP8(X)                                                                                              \
+  X(fp8_quantize_rows, x, (Tensor q, Tensor scale, const Tensor& x), (q, scale, x))                                  \
+  X(fp8_quantize_cols, x, (Tensor qt, Tensor scale, const Tensor& x), (qt, scale, x))                                \
+  X(fp8_quantize_blocks, w, (Tensor q, Tensor scale, Tensor qt, Tensor scale_t, const Tensor& w),                    \
+    (q, scale, qt, scale_t, w))                                                                                       \
+  X(fp8_gemm, out,                                                                                                   \
+    (Tensor out, const Tensor& a, const Tensor& a_scale, const Tensor& b, const Tensor& b_scale, Fp8Scaling b_scaling, \
+     Write write MONTA_OR(Write::overwrite)),                                                                        \
+    (out, a, a_scale, b, b_scale, b_scaling, write))
+
+namespace monta::engine {
+MONTA_DECLARE_OPS(MONTA_OPS_FP8)
+}  // namespace monta::engine

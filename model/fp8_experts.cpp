@@ -1,0 +1,98 @@
+// FP8 expert GEMMs: quantise the operands into scratch, then fp8_gemm (engine/ops/fp8.h). The operands are quantised
+// from the bf16 (f32 on the CPU) tensors at each use, the weights included, so master weights, gradient accumulation
+// and the optimizer stay as they are; fusing the quantisation into the producing ops and caching the weights' codes
+// per step are the next steps (docs/fp8.md).
+#include "model/fp8_experts.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+
+#include "engine/check.h"
+#include "engine/fp8_math.h"
+#include "engine/ops/fp8.h"
+
+namespace monta::model {
+
+using engine::DType;
+using engine::Tensor;
+namespace fp8 = engine::fp8;
+
+namespace {
+
+constexpr int64_t kAlign = 256;
+
+// Hands out consecutive aligned pieces of the scratch bytes; sizing with a null base counts them.
+struct Carver {
+  char* base = nullptr;
+  int64_t cap = 0, used = 0;
+  engine::Device dev = engine::Device::cpu;
+  Tensor take(std::initializer_list<int64_t> shape, DType dt) {
+    int64_t n = 1;
+    for (int64_t v : shape) n *= v;
+    const int64_t off = (used + kAlign - 1) / kAlign * kAlign;
+    used = off + n * int64_t(engine::dtype_size(dt));
+    if (!base) return Tensor();
+    MONTA_CHECK(used <= cap, "fp8 experts: scratch of " + std::to_string(cap) + " bytes is too small");
+    return Tensor(base + off, shape, dt, dev);
+  }
+};
+Carver carver(const Tensor& scratch) {
+  const auto p = reinterpret_cast<uintptr_t>(scratch.data);
+  const int64_t skip = int64_t((kAlign - p % kAlign) % kAlign);  // every piece starts kAlign-aligned
+  return Carver{static_cast<char*>(scratch.data) + skip, int64_t(scratch.bytes()) - skip, 0, scratch.device};
+}
+
+}  // namespace
+
+// The three phases' operands, as the functions below take them; each phase starts over at the scratch's beginning.
+int64_t fp8_expert_scratch_bytes(int64_t E, int64_t C, int64_t I, int64_t O) {
+  Carver f, g, w;
+  f.take({E, C, I}, DType::e4m3);  // forward: x tiles along I, w blocks
+  f.take({E, fp8::tiles(I), C}, DType::f32);
+  f.take({E, O, I}, DType::e4m3);
+  f.take({E, fp8::tiles(O), fp8::block_scale_ld(I)}, DType::f32);
+  g.take({E, C, O}, DType::e4m3);  // dgrad: dout tiles along O, wᵀ blocks
+  g.take({E, fp8::tiles(O), C}, DType::f32);
+  g.take({E, I, O}, DType::e4m3);
+  g.take({E, fp8::tiles(I), fp8::block_scale_ld(O)}, DType::f32);
+  w.take({E, O, C}, DType::e4m3);  // wgrad: doutᵀ and xᵀ, tiles along C
+  w.take({E, fp8::tiles(C), O}, DType::f32);
+  w.take({E, I, C}, DType::e4m3);
+  w.take({E, fp8::tiles(C), I}, DType::f32);
+  return std::max({f.used, g.used, w.used}) + kAlign;  // + kAlign: the scratch's own start may be unaligned
+}
+
+void fp8_expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Tensor scratch) {
+  const int64_t E = x.dim(0), C = x.dim(1), I = x.dim(2), O = w.dim(1);
+  Carver c = carver(scratch);
+  Tensor xq = c.take({E, C, I}, DType::e4m3), xs = c.take({E, fp8::tiles(I), C}, DType::f32);
+  Tensor wq = c.take({E, O, I}, DType::e4m3), ws = c.take({E, fp8::tiles(O), fp8::block_scale_ld(I)}, DType::f32);
+  engine::fp8_quantize_rows(xq, xs, x);
+  engine::fp8_quantize_blocks(wq, ws, Tensor(), Tensor(), w);
+  engine::fp8_gemm(out, xq, xs, wq, ws, engine::Fp8Scaling::blocks);
+}
+
+void fp8_expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
+                                engine::Write dx_write, engine::Write dw_write, Tensor scratch) {
+  const int64_t E = x.dim(0), C = x.dim(1), I = x.dim(2), O = w.dim(1);
+  if (!dx.empty()) {
+    Carver c = carver(scratch);
+    Tensor dq = c.take({E, C, O}, DType::e4m3), ds = c.take({E, fp8::tiles(O), C}, DType::f32);
+    Tensor wtq = c.take({E, I, O}, DType::e4m3);
+    Tensor wts = c.take({E, fp8::tiles(I), fp8::block_scale_ld(O)}, DType::f32);
+    engine::fp8_quantize_rows(dq, ds, dout);
+    engine::fp8_quantize_blocks(Tensor(), Tensor(), wtq, wts, w);
+    engine::fp8_gemm(dx, dq, ds, wtq, wts, engine::Fp8Scaling::blocks, dx_write);
+  }
+  if (!dw.empty()) {
+    Carver c = carver(scratch);
+    Tensor dt = c.take({E, O, C}, DType::e4m3), dts = c.take({E, fp8::tiles(C), O}, DType::f32);
+    Tensor xt = c.take({E, I, C}, DType::e4m3), xts = c.take({E, fp8::tiles(C), I}, DType::f32);
+    engine::fp8_quantize_cols(dt, dts, dout);
+    engine::fp8_quantize_cols(xt, xts, x);
+    engine::fp8_gemm(dw, dt, dts, xt, xts, engine::Fp8Scaling::tiles, dw_write);
+  }
+}
+
+}  // namespace monta::model

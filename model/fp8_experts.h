@@ -1,0 +1,26 @@
+// The FP8 recipe of the expert GEMMs (model.fp8 = experts, docs/fp8.md): which operand of the forward, dgrad and wgrad
+// GEMMs is quantised how (1x128 tiles along the contraction for activations and gradients, 128x128 blocks for weights),
+// and the scratch the quantised operands live in, one byte buffer carved from the activation arena.
+#pragma once
+#include <cstdint>
+
+#include "engine/tensor.h"
+
+namespace monta::model {
+
+// Bytes of scratch one expert linear out (E, C, O) = x (E, C, I) · w (E, O, I)ᵀ needs, forward or backward.
+int64_t fp8_expert_scratch_bytes(int64_t E, int64_t C, int64_t I, int64_t O);
+
+// out (E, C, O) = q(x) · q(w)ᵀ: x in 1x128 tiles along I, w in 128x128 blocks.
+void fp8_expert_linear_forward(engine::Tensor out, const engine::Tensor& x, const engine::Tensor& w,
+                               engine::Tensor scratch);
+
+// The straight-through backward of the forward above (quantisation counts as the identity):
+// dx (E, C, I) = q(dout) · q(w), dout in 1x128 tiles along O and w in the same 128x128 blocks (transposed), written
+// as dx_write says; dw (E, O, I) = q(doutᵀ) · q(xᵀ)ᵀ, both in 1x128 tiles along C (the tokens), written as dw_write
+// says. Either dx or dw may be empty.
+void fp8_expert_linear_backward(engine::Tensor dx, engine::Tensor dw, const engine::Tensor& dout,
+                                const engine::Tensor& x, const engine::Tensor& w, engine::Write dx_write,
+                                engine::Write dw_write, engine::Tensor scratch);
+
+}  // namespace monta::model
