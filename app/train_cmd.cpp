@@ -57,13 +57,12 @@ void print_sizes(const model::Config& c, int world, engine::Device device) {
                 double(f.params) / u, un, f.state() / gib, f.compute_copy > 0 ? " (+ bf16 copy)" : "",
                 f.activations / gib, c.train.micro_batch, f.total() / gib));
   if (f.checkpoint_host > 0)
-    log_info(strf("checkpoint snapshot: %.3f GiB %shost memory per rank (%s)", f.checkpoint_host / gib,
-                  device == engine::Device::cuda ? "pinned " : "",
-                  c.checkpoint.async ? "checkpoint.async" : "a synchronous save from the GPU stages through it"));
+    log_info(strf("checkpoint snapshot: %.3f GiB %shost memory per rank (%s; held from start-up %s)",
+                  f.checkpoint_host / gib, device == engine::Device::cuda ? "pinned " : "",
+                  c.checkpoint.async ? "checkpoint.async" : "a synchronous save from the GPU stages through it",
+                  c.checkpoint.interval > 0 ? "as checkpoint.interval > 0" : "only once checkpoint.interval > 0"));
   else
-    log_info(strf("checkpoint snapshot: none (%s)", c.checkpoint.interval > 0 ? "a synchronous save on the CPU writes "
-                                                                                "from the parameters"
-                                                                              : "checkpoint.interval is 0"));
+    log_info("checkpoint snapshot: none (a synchronous save on the CPU writes from the parameters)");
 }
 
 // Slurm sends SIGUSR1 (with --signal) before the time limit and SIGTERM at it: finish the step, save, and

@@ -746,6 +746,8 @@ CkptSaver::~CkptSaver() {
 
 bool CkptSaver::in_flight() const { return s_->pending != nullptr; }
 
+int64_t CkptSaver::snapshot_bytes() const { return int64_t(s_->snapshot_bytes); }
+
 void CkptSaver::reserve(const ParamStore& params) {
   const size_t need = size_t(checkpoint_host_bytes(params.all(), params.all().empty() ? engine::DType::f32
                                                                                         : params.all()[0].master.dtype));

@@ -47,11 +47,11 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
 
 // Saves with at most one save in flight. save() is collective over par.world: it first finalizes the save in
 // flight (waiting for its writer; the log says so and for how long), then has rank 0 create step_N.tmp, copies this
-// rank's owned state (master weights, both moments) into a host snapshot and lays out the shard's HDF5 structure;
-// that is the training pause. Async: a background thread then writes the shard's data (plain large writes, each
-// block checksummed from memory as it is written, fsync, rename) while training goes on; it never communicates.
-// Sync: the same write on the calling thread, then finalize. finalize() is collective: it waits for this rank's
-// writer, then gathers the checksums; rank 0 writes the manifest and COMPLETE and renames step_N.tmp into place; a
+// rank's owned state (master weights, both moments) into a host snapshot and lays out the shard's HDF5 files (io.writers
+// of them); that is the training pause. Async: background threads then write the files' data (large writes, O_DIRECT
+// for the aligned bulk, each file checksummed from memory on a thread beside its writer, fsync, rename) while training
+// goes on; they never communicate. Sync: the same writes, waited for, then finalize. finalize() is collective: it waits
+// for this rank's writers, then gathers the checksums; rank 0 writes the manifest and COMPLETE and renames step_N.tmp into place; a
 // barrier. Until then a crash leaves the previous checkpoint the newest complete one. par's communicator must outlive
 // the save in flight; a writer's error (disk full) is raised as a user error by finalize.
 class CkptSaver {
@@ -68,6 +68,8 @@ class CkptSaver {
   // Allocates the snapshot for `params` now (pinned host memory takes seconds to allocate at 70B scale; done at
   // start-up it is not part of the first save's pause). Logged as an arena.
   void reserve(const ParamStore& params);
+  // Bytes of the snapshot allocated so far (model::checkpoint_host_bytes of the params it was reserved for; 0 before).
+  int64_t snapshot_bytes() const;
 
  private:
   struct State;

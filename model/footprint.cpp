@@ -43,9 +43,9 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   f.compute_copy = act == engine::DType::f32 ? 0.0 : double(engine::Arena::bytes_for(compute));
   const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp);
   f.activations = double(engine::Arena::bytes_for(Model::activation_specs(c.model, s, act, ep > 1)));
-  // Rank 0 owns every slice it holds (the most any rank snapshots). The snapshot exists when saves happen and are
-  // asynchronous, or come from the GPU (a synchronous save stages through it).
-  const bool snapshot = c.checkpoint.interval > 0 && (c.checkpoint.async || device == engine::Device::cuda);
+  // Rank 0 owns every slice it holds (the most any rank snapshots). Saves use the snapshot when asynchronous, or from
+  // the GPU (a synchronous save stages through it).
+  const bool snapshot = c.checkpoint.async || device == engine::Device::cuda;
   f.checkpoint_host = snapshot ? double(checkpoint_host_bytes(table, engine::DType::f32)) : 0.0;
   return f;
 }

@@ -18,8 +18,9 @@ struct RankFootprint {
   // Bytes of each arena: fp32 master weights, gradients, both AdamW moments, the compute copy (bf16 on a GPU; none on
   // the CPU), and the activations of one micro-batch (every layer's saved tensors and the backward scratch).
   double weights = 0, grads = 0, adam = 0, compute_copy = 0, activations = 0;
-  // Host memory (not in total(), which is the device's): the asynchronous checkpoint's snapshot, pinned when the
-  // parameters are on a GPU; 0 when the run allocates none (checkpoint.interval 0, or a synchronous save on the CPU).
+  // Host memory (not in total(), which is the device's): the checkpoint snapshot a save takes, pinned when the
+  // parameters are on a GPU; 0 when saves need none (a synchronous save on the CPU writes from the parameters). Held
+  // from start-up when checkpoint.interval > 0.
   double checkpoint_host = 0;
   double state() const { return weights + grads + adam + compute_copy; }
   double total() const { return state() + activations; }
