@@ -241,6 +241,21 @@ TEST(Checkpoint, SeveralFilesPerRank) {
   one.save(b.string(), fresh.params(), par, r.meta(t, l), "", 2);
   const fs::path dir_b = b / "checkpoints" / "step_00000002";
   EXPECT_FALSE(fs::exists(dir_b / "rank_00000.1.h5"));
+  {  // A manifest from before checkpoint.writers (no writers line, no manifest checksum) still means one file a rank.
+    std::ifstream in(dir_b / "manifest.txt");
+    std::string line, kept;
+    int dropped = 0;
+    while (std::getline(in, line)) {
+      const bool old = line.rfind("writers = ", 0) == 0 || line.rfind("manifest_checksum = ", 0) == 0;
+      dropped += old;
+      if (!old) kept += line + "\n";
+    }
+    ASSERT_EQ(dropped, 2);
+    std::ofstream(dir_b / "manifest.txt", std::ios::trunc) << kept;
+    model::Trainer legacy(r.c, par, engine::Device::cpu);
+    ASSERT_FALSE(model::ckpt_load_verified(dir_b.string(), legacy.params(), sig, nullptr));
+    EXPECT_EQ(weights(legacy), saved);
+  }
   model::ckpt_export(dir_a.string(), (r.dir / "a.h5").string());
   model::ckpt_export(dir_b.string(), (r.dir / "b.h5").string());
   std::ifstream ea(r.dir / "a.h5", std::ios::binary), eb(r.dir / "b.h5", std::ios::binary);
