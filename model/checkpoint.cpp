@@ -40,6 +40,9 @@ namespace {
 
 const char* kGroups[3] = {"master", "adam_m", "adam_v"};
 
+// The tensor of parameter p that group g (kGroups) stores.
+const Tensor& group_tensor(const Param& p, int g) { return g == 0 ? p.master : (g == 1 ? p.m : p.v); }
+
 // A shard whose close failed (disk full) stays in HDF5's table of open files, and HDF5 1.10's exit-time cleanup
 // then crashes retrying its flush, turning the one-line error into a segfault. Checkpoint code closes every
 // handle it opens, so nothing needs that cleanup; it must be declined before the library initialises.
@@ -229,7 +232,7 @@ std::string shard_create(ShardPlan& plan, const ParamStore& params, const std::v
     if (!p.owner) continue;
     for (int gi = 0; gi < 3 && ok; ++gi) {
       if (file_of[3 * pi + size_t(gi)] != file) continue;
-      const Tensor& t = gi == 0 ? p.master : (gi == 1 ? p.m : p.v);
+      const Tensor& t = group_tensor(p, gi);
       const hid_t type = t.dtype == engine::DType::f64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT;
       const std::string name = std::string(kGroups[gi]) + "/" + p.name;
       std::vector<hsize_t> dims(p.local.begin(), p.local.end());
@@ -275,7 +278,7 @@ std::vector<int> assign_files(const ParamStore& params, int writers) {
   for (size_t pi = 0; pi < params.all().size(); ++pi) {
     const Param& p = params.all()[pi];
     if (!p.owner) continue;
-    for (int gi = 0; gi < 3; ++gi) order.push_back({int64_t(p.master.bytes()), 3 * pi + size_t(gi)});
+    for (int gi = 0; gi < 3; ++gi) order.push_back({int64_t(group_tensor(p, gi).bytes()), 3 * pi + size_t(gi)});
   }
   std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<int64_t> load(size_t(writers), 0);
@@ -816,7 +819,7 @@ void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const
     plan.rank = ps->rank;
     plan.step = meta.step;
     const std::string err = shard_create(plan, params, file_of, w, [&](const Param& p, int g) -> const void* {
-      const Tensor& t = g == 0 ? p.master : (g == 1 ? p.m : p.v);
+      const Tensor& t = group_tensor(p, g);
       return direct ? t.data : where.at(t.data);
     });
     if (!err.empty()) engine::fail_user(err);
@@ -1028,6 +1031,7 @@ std::vector<StoredBlock> stored_blocks(hid_t f, const ParamStore& params) {
       b.group = gi;
       auto it = index.find(name);
       if (it != index.end() && b.offset >= 0) {
+        const Tensor& t = group_tensor(params.all()[it->second], gi);
         const Param& p = params.all()[it->second];
         hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
         const int nd = H5Sget_simple_extent_ndims(space);
@@ -1037,7 +1041,7 @@ std::vector<StoredBlock> stored_blocks(hid_t f, const ParamStore& params) {
                                                                         [](hsize_t d, int64_t l) { return int64_t(d) == l; });
         b.param = it->second;
         b.whole = same_shape && read_attr(ds, "offset", size_t(nd)) == p.offset && H5Tget_class(type) == H5T_FLOAT &&
-                  H5Tget_size(type) == engine::dtype_size(p.master.dtype) && b.bytes == int64_t(p.master.bytes());
+                  H5Tget_size(type) == engine::dtype_size(t.dtype) && b.bytes == int64_t(t.bytes());
         H5Tclose(type);
         H5Sclose(space);
       }
@@ -1084,7 +1088,7 @@ std::string stream_file(const std::string& path, const std::string& want, const 
     skip(pos, b.offset);
     if (b.whole) {
       Param& p = params.all()[b.param];
-      Tensor dst = b.group == 0 ? p.master : (b.group == 1 ? p.m : p.v);
+      Tensor dst = group_tensor(p, b.group);
       const bool on_host = dst.device == engine::Device::cpu;
       read_to(static_cast<char*>(on_host ? dst.data : stage), b.offset, b.bytes);
       if (ok && !on_host) engine::copy(dst, engine::make_view(stage, p.local, dst.dtype, engine::Device::cpu));
@@ -1160,7 +1164,7 @@ std::string load_slices(const std::string& dir, const CkptMeta& meta, ParamStore
     for (int gi = 0; gi < 3; ++gi) {
       if (filled[3 * pi + size_t(gi)]) continue;
       const char* g = kGroups[gi];
-      Tensor dst = gi == 0 ? p.master : (gi == 1 ? p.m : p.v);
+      Tensor dst = group_tensor(p, gi);
       void* host = dst.device == engine::Device::cpu ? dst.data : stage;
       const std::string name = std::string(g) + "/" + p.name;
       int64_t got = 0;
