@@ -108,7 +108,8 @@ int cmd_eval(int argc, char** argv) {
   const Validation v = make_validation(src, c, ps.ctx);
   MONTA_USER_CHECK(v.heldout != nullptr, src.valid_note + "; give --data.path FILE to evaluate on a token file");
   model::Trainer trainer(c, ps.ctx, device);
-  const model::CkptMeta meta = model::ckpt_load(a.checkpoint, trainer.params(), model::model_signature(c.model));
+  const model::CkptMeta meta = model::ckpt_load(a.checkpoint, trainer.params(), model::model_signature(c.model),
+                                                model::CkptVerify::while_loading, ps.ctx.world);
   const model::EvalResult r = v.run(trainer);
   log_info(strf("eval %s (step %ld) on %s: val_loss %.6f ppl %.4f over %ld batches, %ld tokens (world %d: tp %d, ep %d)",
                 a.checkpoint.c_str(), long(meta.step), src.valid_path.c_str(), r.loss, r.ppl, long(r.batches),

@@ -194,7 +194,8 @@ int cmd_plan(int argc, char** argv) {
       config.empty() ? "(defaults)" : config.c_str(), long(m.hidden), long(m.layers), long(m.experts), long(m.top_k),
       long(m.seq_len), m.capacity_factor, long(cfg.train.micro_batch), long(cfg.train.global_batch)));
   engine::log_info("memory: weights, gradients, AdamW, bf16 copy and activations as the trainer allocates them "
-                   "(model::rank_footprint, as --dry-run prints); times per optimizer step; exch ms = one "
+                   "(model::rank_footprint, as --dry-run prints); ckpt GiB = pinned host memory of the checkpoint "
+                   "snapshot per GPU (checkpoint.async); times per optimizer step; exch ms = one "
                    "dispatch or combine call; exch s = 4 calls x layers x micro-steps, less what the experts hide (overlapped)\n");
   engine::log_info(comm::format_plan(plan, size_t(top)));
   engine::log_info(model::plan_pick_line(plan, cl));

@@ -56,8 +56,13 @@ void print_sizes(const model::Config& c, int world, engine::Device device) {
                 tp, ep, c.parallel.expert_tp ? ", experts TP-split" : "", engine::device_name(device),
                 double(f.params) / u, un, f.state() / gib, f.compute_copy > 0 ? " (+ bf16 copy)" : "",
                 f.activations / gib, c.train.micro_batch, f.total() / gib));
-  log_info(strf("checkpoint snapshot: %.3f GiB host memory per rank (checkpoint.async%s)", (f.weights + f.adam) / gib,
-                c.checkpoint.async ? "" : " is false: none on the CPU; a save from the GPU still stages through it"));
+  if (f.checkpoint_host > 0)
+    log_info(strf("checkpoint snapshot: %.3f GiB %shost memory per rank (%s; held from start-up %s)",
+                  f.checkpoint_host / gib, device == engine::Device::cuda ? "pinned " : "",
+                  c.checkpoint.async ? "checkpoint.async" : "a synchronous save from the GPU stages through it",
+                  c.checkpoint.interval > 0 ? "as checkpoint.interval > 0" : "only once checkpoint.interval > 0"));
+  else
+    log_info("checkpoint snapshot: none (a synchronous save on the CPU writes from the parameters)");
 }
 
 // Slurm sends SIGUSR1 (with --signal) before the time limit and SIGTERM at it: finish the step, save, and
@@ -117,8 +122,10 @@ void poison_final_norm(model::ParamStore& params, std::vector<float>& saved, boo
   params.refresh_compute();
 }
 
-// One training run, built in the order start-up goes: groups and exchange, the checkpoint to resume from, the run
-// directory and data, the trainer, the loaded state; then the loop. Each phase is one method.
+// One training run, built in the order start-up goes: groups and exchange, the trainer, the checkpoint to resume from
+// (found, then loaded with its checksums checked as it is read), the run directory and data, the loader's position;
+// then the loop. Each phase is one method. Nothing is written to the run directory before the checkpoint is loaded,
+// so a refused resume (a corrupt file found while loading included) changes nothing.
 class TrainJob {
  public:
   TrainJob(const model::Config& c, engine::Device device) : c_(c), device_(device), run_dir_(c.train.run_dir) {}
@@ -139,18 +146,20 @@ class TrainJob {
     }
     log_info(ps_.layout_table);
     print_placement();
-    find_resume();
-    open_run_dir_and_data();
     trainer_ = std::make_unique<model::Trainer>(c_, ps_.ctx, device_);
     for (const auto* a : trainer_->params().arenas())
       log_info(strf("arena %-16s %10.2f MiB (%s)", a->name().c_str(), double(a->bytes()) / (1 << 20),
                     engine::device_name(device_)));
     log_info(strf("arena %-16s %10.2f MiB (%s)", "activations", double(trainer_->model().activations().bytes()) / (1 << 20),
                   engine::device_name(device_)));
+    find_resume();
+    if (!resume_.empty()) load_resume();
+    open_run_dir_and_data();
     if (!std::isnan(sources_.entropy_floor))
       log_info(strf("data entropy floor: %.4f nats/token (the best achievable loss)", sources_.entropy_floor));
-    if (!resume_.empty()) load_resume();
-    saver_ = std::make_unique<model::CkptSaver>(c_.checkpoint.async);
+    if (!resume_.empty()) loader_->set_state({resume_meta_.loader_seed, resume_meta_.loader_epoch, resume_meta_.loader_sample});
+    saver_ = std::make_unique<model::CkptSaver>(c_.checkpoint.async,
+                                                model::CkptWriteOptions{c_.checkpoint.writers, c_.checkpoint.direct});
     if (c_.checkpoint.async && c_.checkpoint.interval > 0) saver_->reserve(trainer_->params());
   }
 
@@ -207,13 +216,14 @@ class TrainJob {
   }
 
   // "auto" takes the newest complete checkpoint of this run directory (none at all: start fresh; what is refused:
-  // model/checkpoint.h). Checked before anything is written, so a refusal leaves the run directory as it was.
-  void find_resume() {
+  // model/checkpoint.h). Checked before anything is written (manifest, sizes, model; the checksums as it is loaded),
+  // so a refusal leaves the run directory as it was. `below`: auto skips that step and newer (a load refused them).
+  void find_resume(int64_t below = INT64_MAX) {
     signature_ = model::model_signature(c_.model);
     std::optional<engine::StartupPhase> phase;
-    if (!c_.checkpoint.resume.empty()) phase.emplace("checkpoint to resume from (found and checked: sizes, checksums)");
+    if (!c_.checkpoint.resume.empty()) phase.emplace("checkpoint to resume from (found and checked: manifest, sizes)");
     resume_ = model::ckpt_resolve_resume(run_dir_.string(), c_.checkpoint.resume, c_.checkpoint.overwrite, signature_,
-                                         &resume_meta_);
+                                         &resume_meta_, /*checksums=*/false, below);
     if (resume_.empty()) return;
     MONTA_USER_CHECK(resume_meta_.loader_seed == c_.train.seed,
                      strf("checkpoint %s was written with train.seed %lu but the config has %lu", resume_.c_str(),
@@ -244,20 +254,36 @@ class TrainJob {
     if (rank_ == 0) write_run_info(run_dir_.string(), sources_, c_, world_);
   }
 
+  // Loads resume_, each byte read once with its checksum checked (model::ckpt_load_verified). A corrupt file is the
+  // same one-line error as before the load for an explicit directory; "auto" warns and falls back to the next older
+  // usable checkpoint, as it does for one broken in any other way.
   void load_resume() {
-    const engine::StartupPhase phase("loading checkpoint " + resume_);
-    auto t0 = std::chrono::steady_clock::now();
-    auto meta = model::ckpt_load(resume_, trainer_->params(), signature_, /*check=*/false);
-    const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    trainer_->set_steps_done(meta.step);
-    trainer_->set_consecutive_skips(meta.consecutive_skips);
-    loader_->set_state({meta.loader_seed, meta.loader_epoch, meta.loader_sample});
-    log_info(strf("resumed from %s at step %ld (saved by %d ranks: tp %d, ep %d) in %.1f ms", resume_.c_str(),
-                  meta.step, meta.world, meta.tp, meta.ep, load_ms));
-    if (meta.step >= c_.train.steps)
+    const engine::StartupPhase phase("loading checkpoint " + resume_ + " (checksums checked as it is read)");
+    for (;;) {
+      auto t0 = std::chrono::steady_clock::now();
+      auto problem = model::ckpt_load_verified(resume_, trainer_->params(), signature_, ps_.ctx.world, &resume_meta_);
+      const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      if (!problem) {
+        log_info(strf("resumed from %s at step %ld (saved by %d ranks: tp %d, ep %d) in %.1f ms", resume_.c_str(),
+                      resume_meta_.step, resume_meta_.world, resume_meta_.tp, resume_meta_.ep, load_ms));
+        break;
+      }
+      if (c_.checkpoint.resume != "auto") engine::fail_user(*problem);
+      engine::log_warn("skipping checkpoint " + resume_ + ": " + *problem);
+      last_saved_ = -1;
+      find_resume(resume_meta_.step);
+      if (resume_.empty()) {  // checkpoint.overwrite with none usable: a fresh start, weights initialised again
+        trainer_.reset();
+        trainer_ = std::make_unique<model::Trainer>(c_, ps_.ctx, device_);
+        return;
+      }
+    }
+    trainer_->set_steps_done(resume_meta_.step);
+    trainer_->set_consecutive_skips(resume_meta_.consecutive_skips);
+    if (resume_meta_.step >= c_.train.steps)
       log_info(strf("nothing to train: the checkpoint is already at step %ld and train.steps is %ld (raise "
                     "train.steps to continue)",
-                    meta.step, c_.train.steps));
+                    resume_meta_.step, c_.train.steps));
   }
 
   model::StepMetrics step() {

@@ -49,6 +49,7 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         base.params_per_gpu = fp.dense_params + fp.expert_params;
         const double mem = fp.bytes;
         base.mem_gib = mem / double(1ull << 30);
+        base.ckpt_host_gib = fp.checkpoint_host / double(1ull << 30);
         base.fits = mem <= mem_limit;
         if (!base.fits) base.why_not = "memory";
         if (m.global_batch % (int64_t(dp) * m.micro_batch)) {
@@ -125,15 +126,16 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
 }
 
 std::string format_plan(const Plan& p, size_t limit) {
-  std::string s = engine::strf("%4s %3s %3s %3s %4s %4s %-11s %3s %9s %8s %-6s %7s %9s %9s %10s %9s %9s %9s %9s %9s\n", "#", "tp",
-                               "ep", "dp", "edp", "etp", "strategy", "n", "params/G", "mem GiB", "fits", "C",
+  std::string s = engine::strf("%4s %3s %3s %3s %4s %4s %-11s %3s %9s %8s %9s %-6s %7s %9s %9s %10s %9s %9s %9s %9s %9s\n", "#", "tp",
+                               "ep", "dp", "edp", "etp", "strategy", "n", "params/G", "mem GiB", "ckpt GiB", "fits", "C",
                                "a2a ms", "ag ms", "exch ms", "exch s", "grad s", "tp s", "comm s", "step s");
   const size_t n = limit ? std::min(limit, p.rows.size()) : p.rows.size();
   for (size_t i = 0; i < n; ++i) {
     const PlanRow& r = p.rows[i];
-    s += engine::strf("%4zu %3d %3d %3d %4d %4s %-11s %3d %8.2fB %8.1f %-6s %7ld %9.3f %9.3f %10.3f %9.3f %9.3f %9.3f %9.3f %9.3f\n",
+    s += engine::strf("%4zu %3d %3d %3d %4d %4s %-11s %3d %8.2fB %8.1f %9.1f %-6s %7ld %9.3f %9.3f %10.3f %9.3f %9.3f %9.3f %9.3f %9.3f\n",
                       i + 1, r.tp, r.ep, r.dp, r.expert_dp, r.expert_tp ? "yes" : "no",
                       r.ep == 1 ? "-" : exchange_kind_name(r.strategy), r.chunks, r.params_per_gpu / 1e9, r.mem_gib,
+                      r.ckpt_host_gib,
                       r.fits ? "yes" : ("no:" + r.why_not).c_str(), long(r.capacity), r.exchange.a2a * 1e3,
                       r.exchange.ag * 1e3, r.exchange.total * 1e3, r.exchange_s, r.grad_sync_s, r.tp_s, r.comm_s, r.step_s);
   }

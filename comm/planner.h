@@ -23,10 +23,12 @@ struct PlanModel {
   // with the forward's token exchange and TP all-reduces (0: no recompute, or selective's elementwise re-computation).
   double recompute_flops_per_token = 0;
   // What one GPU of a layout holds: its dense and expert parameters and its bytes in all (weights, gradients, AdamW,
-  // compute copy, activations). The model's own arithmetic (model::rank_footprint, from the allocators' tables),
-  // which comm may not include: `monta plan` fills it; tests give their own.
+  // compute copy, activations); and the host memory its checkpoint snapshot takes (pinned). The model's own arithmetic
+  // (model::rank_footprint, from the allocators' tables), which comm may not include: `monta plan` fills it; tests
+  // give their own.
   struct Footprint {
     double dense_params = 0, expert_params = 0, bytes = 0;
+    double checkpoint_host = 0;
   };
   std::function<Footprint(int tp, int ep, bool expert_tp, int dp)> footprint;
 };
@@ -47,6 +49,7 @@ struct PlanRow {
   ExchangeKind strategy = ExchangeKind::duplicate;
   int chunks = 1;
   double params_per_gpu = 0, mem_gib = 0;
+  double ckpt_host_gib = 0;  // host memory of the checkpoint snapshot per GPU (pinned); not part of mem_gib's limit
   bool fits = false;
   std::string why_not;  // empty when feasible
   int64_t capacity = 0;

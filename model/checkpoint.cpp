@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <hdf5.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -27,6 +28,7 @@
 #include "engine/memory.h"
 #include "engine/output_file.h"
 #include "engine/parse.h"
+#include "model/footprint.h"
 
 namespace fs = std::filesystem;
 
@@ -38,6 +40,9 @@ namespace {
 
 const char* kGroups[3] = {"master", "adam_m", "adam_v"};
 
+// The tensor of parameter p that group g (kGroups) stores.
+const Tensor& group_tensor(const Param& p, int g) { return g == 0 ? p.master : (g == 1 ? p.m : p.v); }
+
 // A shard whose close failed (disk full) stays in HDF5's table of open files, and HDF5 1.10's exit-time cleanup
 // then crashes retrying its flush, turning the one-line error into a segfault. Checkpoint code closes every
 // handle it opens, so nothing needs that cleanup; it must be declined before the library initialises.
@@ -47,7 +52,17 @@ struct Hdf5Quiet {
   Hdf5Quiet() { H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr); }
 };
 
-std::string rank_file(int r) { return strf("rank_%05d.h5", r); }
+// File w of rank r's shard: rank_00003.h5 for the first (the only one with checkpoint.writers 1, as before), then
+// rank_00003.1.h5, rank_00003.2.h5, ...
+std::string rank_file(int r, int w = 0) { return w == 0 ? strf("rank_%05d.h5", r) : strf("rank_%05d.%d.h5", r, w); }
+
+// Every file of a checkpoint saved by `world` ranks with `writers` files each, rank by rank.
+std::vector<std::string> shard_files(int world, int writers) {
+  std::vector<std::string> out;
+  for (int r = 0; r < world; ++r)
+    for (int w = 0; w < writers; ++w) out.push_back(rank_file(r, w));
+  return out;
+}
 
 // A host staging buffer for one tensor; a tensor too large for this host's memory is a user error naming it,
 // not an uncaught std::bad_alloc.
@@ -194,12 +209,12 @@ struct ShardResult {
   double ms = 0;
 };
 
-// Creates `tmp` with every owned slice as an allocated contiguous dataset (attributes full_shape and offset; no fill
-// values, no times, aligned at 4 KiB so the data can be written in page-aligned blocks) and records where each
-// dataset's bytes live. src(p, g) gives the bytes of group g of parameter p. Returns "" or the reason it failed (the
-// file is removed then).
+// Creates `tmp` with the owned slices assigned to it (file_of[3 * parameter index + group] == file) as allocated
+// contiguous datasets (attributes full_shape and offset; no fill values, no times, aligned at 4 KiB so the data can
+// be written in page-aligned blocks) and records where each dataset's bytes live. Every file has the three groups.
+// src(p, g) gives the bytes of group g of parameter p. Returns "" or the reason it failed (the file is removed then).
 template <class Src>
-std::string shard_create(ShardPlan& plan, const ParamStore& params, Src src) {
+std::string shard_create(ShardPlan& plan, const ParamStore& params, const std::vector<int>& file_of, int file, Src src) {
   const std::string failed = "cannot create checkpoint file " + plan.tmp + " (directory not writable or disk full?)";
   hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
   H5Pset_alignment(fapl, 1 << 16, 1 << 12);
@@ -212,10 +227,12 @@ std::string shard_create(ShardPlan& plan, const ParamStore& params, Src src) {
   H5Pset_alloc_time(dcpl, H5D_ALLOC_TIME_EARLY);
   H5Pset_fill_time(dcpl, H5D_FILL_TIME_NEVER);
   bool ok = true;
-  for (const auto& p : params.all()) {
+  for (size_t pi = 0; pi < params.all().size(); ++pi) {
+    const Param& p = params.all()[pi];
     if (!p.owner) continue;
     for (int gi = 0; gi < 3 && ok; ++gi) {
-      const Tensor& t = gi == 0 ? p.master : (gi == 1 ? p.m : p.v);
+      if (file_of[3 * pi + size_t(gi)] != file) continue;
+      const Tensor& t = group_tensor(p, gi);
       const hid_t type = t.dtype == engine::DType::f64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT;
       const std::string name = std::string(kGroups[gi]) + "/" + p.name;
       std::vector<hsize_t> dims(p.local.begin(), p.local.end());
@@ -252,10 +269,32 @@ std::string shard_create(ShardPlan& plan, const ParamStore& params, Src src) {
   return "";
 }
 
-// Test hook (tests/resume/kill_during_save.sh, async_overlap.sh): MONTA_TEST_SLOW_SAVE_MS=n makes every rank's
-// writer sleep n ms before it writes its shard's data (the snapshot is taken, the manifest does not exist): the
-// window in which a crash must leave the previous checkpoint the newest usable one. With checkpoint.async training
-// goes on meanwhile, so what is written must be the snapshot, not the parameters as they are by then.
+// Which file of a rank's shard each owned dataset goes to (index 3 * parameter index + group; -1 for datasets the
+// rank does not own): largest first, each to the file with the fewest bytes so far, so `writers` threads finish
+// together. Deterministic (equal state gives equal files); empty tensors go to file 0.
+std::vector<int> assign_files(const ParamStore& params, int writers) {
+  std::vector<int> file_of(3 * params.all().size(), -1);
+  std::vector<std::pair<int64_t, size_t>> order;  // (bytes, dataset), largest first, ties in parameter order
+  for (size_t pi = 0; pi < params.all().size(); ++pi) {
+    const Param& p = params.all()[pi];
+    if (!p.owner) continue;
+    for (int gi = 0; gi < 3; ++gi) order.push_back({int64_t(group_tensor(p, gi).bytes()), 3 * pi + size_t(gi)});
+  }
+  std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::vector<int64_t> load(size_t(writers), 0);
+  for (const auto& [bytes, ds] : order) {
+    const size_t w = bytes == 0 ? 0 : size_t(std::min_element(load.begin(), load.end()) - load.begin());
+    file_of[ds] = int(w);
+    load[w] += bytes;
+  }
+  return file_of;
+}
+
+// Test hook (tests/resume/kill_during_save.sh, async_overlap.sh): MONTA_TEST_SLOW_SAVE_MS=n makes the writer of every
+// rank's first file sleep n ms before it writes (the snapshot is taken, the manifest does not exist; with several
+// writers the rank's other files are written meanwhile): the window in which a crash must leave the previous checkpoint
+// the newest usable one. With checkpoint.async training goes on meanwhile, so what is written must be the snapshot,
+// not the parameters as they are by then.
 void test_hook_slow_save(int rank, int64_t step) {
   const char* v = std::getenv("MONTA_TEST_SLOW_SAVE_MS");
   if (!v || !*v) return;
@@ -265,20 +304,11 @@ void test_hook_slow_save(int rank, int64_t step) {
   std::this_thread::sleep_for(std::chrono::milliseconds(engine::parse_int64(v, "MONTA_TEST_SLOW_SAVE_MS")));
 }
 
-// Writes the data of a created shard in blocks of up to 64 MiB with pwrite, checksumming each block from memory as it
-// goes (the metadata between blocks is read back, a few KiB) and starting its write-back at once (sync_file_range),
-// so the final fsync has little left to do; then fsync and rename into place. Plain POSIX: safe on a background
-// thread. Never fails the process: the result carries the reason.
-ShardResult shard_write(const ShardPlan& plan) {
-  ShardResult r;
-  test_hook_slow_save(plan.rank, plan.step);
-  const auto t0 = std::chrono::steady_clock::now();
-  const int fd = ::open(plan.tmp.c_str(), O_RDWR);
-  if (fd < 0) {
-    r.err = "cannot open checkpoint file " + plan.tmp + " for writing: " + std::strerror(errno);
-    return r;
-  }
-  Checksum sum;
+// The checksum of a created shard in file order: the HDF5 metadata between datasets read from the file (a few KiB,
+// written when the shard was laid out and never touched by the writer), each dataset's bytes from memory. It reads
+// nothing the writes produce, so it runs on its own thread beside them and the disk never waits for the hash.
+// Returns "" or the reason.
+std::string shard_checksum(const ShardPlan& plan, int fd, Checksum& sum) {
   std::vector<char> gap;
   auto read_into_sum = [&](int64_t from, int64_t to) {
     while (from < to) {
@@ -291,19 +321,51 @@ ShardResult shard_write(const ShardPlan& plan) {
     }
     return true;
   };
-  constexpr int64_t kBlock = int64_t(64) << 20;
   int64_t pos = 0;
   for (const ShardBlock& b : plan.blocks) {
-    if (b.offset < pos || b.offset + b.bytes > plan.file_bytes || !read_into_sum(pos, b.offset)) {
-      r.err = "cannot write checkpoint file " + plan.tmp + " (unexpected HDF5 layout or unreadable)";
+    if (b.offset < pos || b.offset + b.bytes > plan.file_bytes || !read_into_sum(pos, b.offset))
+      return "cannot write checkpoint file " + plan.tmp + " (unexpected HDF5 layout or unreadable)";
+    sum.feed(b.src, size_t(b.bytes));
+    pos = b.offset + b.bytes;
+  }
+  return read_into_sum(pos, plan.file_bytes) ? "" : "cannot read back checkpoint file " + plan.tmp;
+}
+
+// Writes the data of a created shard file in pieces of up to 64 MiB: the page-aligned bulk of each dataset with
+// O_DIRECT when `direct` (straight from the snapshot to the disk: no copy into the page cache, no dirty-page
+// throttling, the same path as the raw rate `bench checkpoint` compares with), the rest (sub-page tails, unaligned
+// sources, filesystems without O_DIRECT) through the page cache with write-back started at once (sync_file_range);
+// the checksum is computed beside it (shard_checksum); then fsync and rename into place. Plain POSIX: safe on a
+// background thread. Never fails the process: the result carries the reason.
+ShardResult shard_write(const ShardPlan& plan, bool direct) {
+  ShardResult r;
+  const auto t0 = std::chrono::steady_clock::now();
+  const int fd = ::open(plan.tmp.c_str(), O_RDWR);
+  if (fd < 0) {
+    r.err = "cannot open checkpoint file " + plan.tmp + " for writing: " + std::strerror(errno);
+    return r;
+  }
+  int dfd = direct ? ::open(plan.tmp.c_str(), O_WRONLY | O_DIRECT) : -1;  // -1 where the filesystem refuses it
+  Checksum sum;
+  std::string sum_err;
+  std::thread hasher([&] { sum_err = shard_checksum(plan, fd, sum); });
+  constexpr int64_t kPiece = int64_t(64) << 20, kPage = 4096;
+  for (const ShardBlock& b : plan.blocks) {
+    if (b.offset < 0 || b.offset + b.bytes > plan.file_bytes) {
+      r.err = "cannot write checkpoint file " + plan.tmp + " (unexpected HDF5 layout)";
       break;
     }
     const char* src = static_cast<const char*>(b.src);
+    const bool aligned = b.offset % kPage == 0 && reinterpret_cast<uintptr_t>(src) % kPage == 0;
+    const int64_t bulk = aligned ? b.bytes / kPage * kPage : 0;  // what O_DIRECT may take
     for (int64_t done = 0; done < b.bytes && r.err.empty();) {
-      const int64_t piece = std::min(kBlock, b.bytes - done);
-      for (int64_t w = 0; w < piece;) {
-        const ssize_t n = ::pwrite(fd, src + done + w, size_t(piece - w), b.offset + done + w);
+      const bool use_direct = dfd >= 0 && done < bulk;
+      const int64_t piece = std::min(kPiece, (use_direct ? bulk : b.bytes) - done);
+      int64_t w = 0;
+      while (w < piece) {
+        const ssize_t n = ::pwrite(use_direct ? dfd : fd, src + done + w, size_t(piece - w), b.offset + done + w);
         if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EINVAL && use_direct) break;  // O_DIRECT refused after all: the page cache from here on
         if (n <= 0) {
           r.err = "cannot write dataset " + b.name + " to checkpoint file " + plan.tmp + " (disk full?): " +
                   std::strerror(n < 0 ? errno : ENOSPC);
@@ -311,18 +373,21 @@ ShardResult shard_write(const ShardPlan& plan) {
         }
         w += n;
       }
-      if (!r.err.empty()) break;
-      sum.feed(src + done, size_t(piece));
-      ::sync_file_range(fd, b.offset + done, piece, SYNC_FILE_RANGE_WRITE);
+      if (w < piece && r.err.empty()) {  // the EINVAL above: retry this piece buffered
+        ::close(dfd);
+        dfd = -1;
+        continue;
+      }
+      if (!use_direct) ::sync_file_range(fd, b.offset + done, piece, SYNC_FILE_RANGE_WRITE);
       done += piece;
     }
     if (!r.err.empty()) break;
-    pos = b.offset + b.bytes;
   }
-  if (r.err.empty() && !read_into_sum(pos, plan.file_bytes))
-    r.err = "cannot read back checkpoint file " + plan.tmp;
+  hasher.join();
+  if (r.err.empty()) r.err = sum_err;
   if (r.err.empty() && ::fsync(fd) != 0)
     r.err = "cannot write checkpoint file " + plan.tmp + " (disk full?): " + std::strerror(errno);
+  if (dfd >= 0) ::close(dfd);
   ::close(fd);
   if (r.err.empty() && std::rename(plan.tmp.c_str(), plan.path.c_str()) != 0)
     r.err = "cannot rename " + plan.tmp + " to " + plan.path + ": " + std::strerror(errno);
@@ -334,6 +399,20 @@ ShardResult shard_write(const ShardPlan& plan) {
   r.bytes = sum.bytes();
   r.ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
   return r;
+}
+
+// A rank's files, each on its own thread (the first on the calling one). results[i] is plans[i]'s; the returned
+// milliseconds are the wall time of the whole.
+double write_shards(const std::vector<ShardPlan>& plans, bool direct, std::vector<ShardResult>& results) {
+  const auto t0 = std::chrono::steady_clock::now();
+  results.assign(plans.size(), ShardResult{});
+  std::vector<std::thread> others;
+  for (size_t i = 1; i < plans.size(); ++i)
+    others.emplace_back([&, i] { results[i] = shard_write(plans[i], direct); });
+  test_hook_slow_save(plans[0].rank, plans[0].step);
+  results[0] = shard_write(plans[0], direct);
+  for (auto& t : others) t.join();
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
 
 constexpr const char* kManifestChecksumKey = "manifest_checksum";
@@ -393,7 +472,7 @@ std::string read_manifest(const fs::path& dir, Manifest& out) {
                                              it->second.c_str(), (long)lo, (long)hi);
     return v ? *v : 0;
   };
-  constexpr int64_t kMax = INT64_MAX, kMaxRanks = 1 << 24;
+  constexpr int64_t kMax = INT64_MAX, kMaxRanks = 1 << 24, kMaxWriters = 256;
   CkptMeta& m = out.meta;
   m.step = field("step", 0, kMax);
   m.consecutive_skips = field("consecutive_skips", 0, kMax);
@@ -403,6 +482,7 @@ std::string read_manifest(const fs::path& dir, Manifest& out) {
   m.tp = int(field("tp", 1, kMaxRanks));
   m.ep = int(field("ep", 1, kMaxRanks));
   m.expert_tp = field("expert_tp", 0, 1) == 1;
+  m.writers = kv.count("writers") ? int(field("writers", 1, kMaxWriters)) : 1;  // absent: before checkpoint.writers
   if (!why.empty()) return why;
   auto seed = kv.find("loader_seed");
   if (seed == kv.end()) return "manifest.txt lacks 'loader_seed' (corrupt?)";
@@ -412,8 +492,8 @@ std::string read_manifest(const fs::path& dir, Manifest& out) {
   auto sig = kv.find("signature");
   if (sig == kv.end() || sig->second.empty()) return "manifest.txt lacks 'signature' (corrupt?)";
   m.signature = sig->second;
-  for (int r = 0; r < m.world; ++r)
-    if (!out.files.count(rank_file(r))) return "manifest.txt lacks " + rank_file(r);
+  for (const std::string& f : shard_files(m.world, m.writers))
+    if (!out.files.count(f)) return "manifest.txt lacks " + f;
   return "";
 }
 
@@ -516,26 +596,28 @@ std::vector<std::pair<int64_t, fs::path>> list_steps(const fs::path& root, bool 
   return out;
 }
 
-// Checks COMPLETE, the manifest and every file's size and checksum; returns "" if intact, else the reason.
-std::string verify(const fs::path& dir, Manifest* keep = nullptr) {
+// Checks COMPLETE, the manifest and every file's size and (with `checksums`) checksum; returns "" if intact, else the
+// reason. Without checksums it reads only the manifest: the check before a load that verifies while it reads.
+std::string verify(const fs::path& dir, Manifest* keep = nullptr, bool checksums = true) {
   Manifest man;
   std::string why = read_manifest(dir, man);
   if (!why.empty()) return why;
-  for (int r = 0; r < man.meta.world; ++r) {
-    const std::string& entry = man.files[rank_file(r)];
+  for (const std::string& f : shard_files(man.meta.world, man.meta.writers)) {
+    const std::string& entry = man.files[f];
     const size_t sp = entry.find(' ');
     auto want_bytes = sp == std::string::npos ? std::nullopt : engine::try_parse_int64(entry.substr(sp + 1));
-    if (!want_bytes) return "manifest.txt has a malformed entry for " + rank_file(r) + " (corrupt?)";
-    fs::path path = dir / rank_file(r);
+    if (!want_bytes) return "manifest.txt has a malformed entry for " + f + " (corrupt?)";
+    fs::path path = dir / f;
     std::error_code ec;
-    if (!fs::is_regular_file(path, ec)) return rank_file(r) + " is missing";
+    if (!fs::is_regular_file(path, ec)) return f + " is missing";
     const auto size = int64_t(fs::file_size(path, ec));
     if (!ec && size != *want_bytes)
-      return strf("%s is truncated or altered (%ld bytes, the manifest says %ld)", rank_file(r).c_str(), size, *want_bytes);
+      return strf("%s is truncated or altered (%ld bytes, the manifest says %ld)", f.c_str(), size, *want_bytes);
+    if (!checksums) continue;
     int64_t bytes = 0;
     auto sum = file_checksum(path.string(), &bytes);
-    if (!sum) return rank_file(r) + " cannot be read";
-    if (strf("%016lx %ld", (unsigned long)*sum, bytes) != entry) return rank_file(r) + " fails its checksum (corrupt)";
+    if (!sum) return f + " cannot be read";
+    if (strf("%016lx %ld", (unsigned long)*sum, bytes) != entry) return f + " fails its checksum (corrupt)";
   }
   if (keep) *keep = man;
   return "";
@@ -562,19 +644,32 @@ struct PendingSave {
   int rank = 0, world = 1, tp = 1, ep = 1;
   bool expert_tp = true;
   comm::Communicator* comm = nullptr;
-  ShardPlan plan;
+  bool direct = true;
+  std::vector<ShardPlan> plans;  // this rank's files (checkpoint.writers)
   double pause_ms = 0;  // the snapshot: what training waited for
   std::chrono::steady_clock::time_point start;
-  ShardResult result;
+  std::vector<ShardResult> results;
+  double write_ms = 0;  // wall time of writing every file of this rank
   std::thread writer;
   std::atomic<bool> written{false};
 };
 
+// The first writer's error of a save ("" when every file was written), and the bytes of this rank's files.
+std::string shard_error(const PendingSave& ps) {
+  for (const ShardResult& r : ps.results)
+    if (!r.err.empty()) return r.err;
+  return "";
+}
+int64_t shard_bytes(const PendingSave& ps) {
+  int64_t n = 0;
+  for (const ShardResult& r : ps.results) n += r.bytes;
+  return n;
+}
+
 // Collective: every rank's checksum and size to rank 0, which writes config.ini, the manifest and COMPLETE, renames
 // step_N.tmp into place and rotates; then a barrier. The only part of a save that communicates.
 std::string save_collective(PendingSave& ps) {
-  const ShardResult& res = ps.result;
-  const int rank = ps.rank, world = ps.world;
+  const int rank = ps.rank, world = ps.world, writers = int(ps.results.size());
   const CkptMeta& meta = ps.meta;
   const int64_t keep = ps.keep;
   const std::string& config_ini = ps.config_ini;
@@ -586,22 +681,24 @@ std::string save_collective(PendingSave& ps) {
     bool expert_tp;
     comm::Communicator* world;
   } par{ps.tp, ps.ep, ps.expert_tp, ps.comm};
-  std::vector<int64_t> all(size_t(2 * world));
-  int64_t pair[2] = {int64_t(res.sum), res.bytes};
+  // (checksum, bytes) of every file, rank by rank (every rank has the same number of files).
+  std::vector<int64_t> all(size_t(2 * world * writers)), mine;
+  for (const ShardResult& res : ps.results) mine.insert(mine.end(), {int64_t(res.sum), res.bytes});
   if (par.world && world > 1)
-    par.world->all_gather(Tensor(all.data(), {2 * int64_t(world)}, engine::DType::i64),
-                          Tensor(pair, {2}, engine::DType::i64));
+    par.world->all_gather(Tensor(all.data(), {int64_t(all.size())}, engine::DType::i64),
+                          Tensor(mine.data(), {int64_t(mine.size())}, engine::DType::i64));
   else
-    std::copy_n(pair, 2, all.begin());
+    all = mine;
   if (rank == 0) {
     std::ostringstream m;
     m << "step = " << meta.step << "\nconsecutive_skips = " << meta.consecutive_skips << "\nloader_seed = " << meta.loader_seed
       << "\nloader_epoch = " << meta.loader_epoch << "\nloader_sample = " << meta.loader_sample << "\nworld = " << world
       << "\ntp = " << par.tp << "\nep = " << par.ep << "\nexpert_tp = " << (par.expert_tp ? 1 : 0)
-      << "\nsignature = " << meta.signature << "\n";
-    for (int r = 0; r < world; ++r)
-      m << "file." << rank_file(r) << " = "
-        << strf("%016lx %ld", (unsigned long)uint64_t(all[size_t(2 * r)]), all[size_t(2 * r + 1)]) << "\n";
+      << "\nwriters = " << writers << "\nsignature = " << meta.signature << "\n";
+    const std::vector<std::string> names = shard_files(world, writers);
+    for (size_t i = 0; i < names.size(); ++i)
+      m << "file." << names[i] << " = "
+        << strf("%016lx %ld", (unsigned long)uint64_t(all[2 * i]), all[2 * i + 1]) << "\n";
     const uint64_t manifest_sum = text_checksum(m.str());  // over every line above its own
     m << kManifestChecksumKey << " = " << strf("%016lx", (unsigned long)manifest_sum) << "\n";
     write_text_atomic(tmp_dir / "config.ini", config_ini);
@@ -640,7 +737,9 @@ struct CkptSaver::State {
   bool pinned = false;
 };
 
-CkptSaver::CkptSaver(bool async) : async_(async), s_(std::make_unique<State>()) {}
+CkptSaver::CkptSaver(bool async, CkptWriteOptions io) : async_(async), io_(io), s_(std::make_unique<State>()) {
+  MONTA_CHECK(io_.writers >= 1, "CkptSaver: writers must be at least 1");
+}
 
 CkptSaver::~CkptSaver() {
   // No collective here (this runs while unwinding too): a save not finalized stays step_N.tmp, never loaded.
@@ -650,8 +749,11 @@ CkptSaver::~CkptSaver() {
 
 bool CkptSaver::in_flight() const { return s_->pending != nullptr; }
 
+int64_t CkptSaver::snapshot_bytes() const { return int64_t(s_->snapshot_bytes); }
+
 void CkptSaver::reserve(const ParamStore& params) {
-  const size_t need = size_t(ckpt_snapshot_bytes(params));
+  const size_t need = size_t(checkpoint_host_bytes(params.all(), params.all().empty() ? engine::DType::f32
+                                                                                        : params.all()[0].master.dtype));
   if (need <= s_->snapshot_bytes) return;
   const auto t0 = std::chrono::steady_clock::now();
   if (s_->snapshot) (s_->pinned ? engine::cudab::host_free_pinned(s_->snapshot) : std::free(s_->snapshot));
@@ -666,14 +768,6 @@ void CkptSaver::reserve(const ParamStore& params) {
   engine::log_info(strf("arena %-16s %10.2f MiB (host%s, allocated in %.1f ms)", "ckpt snapshot", double(need) / (1 << 20),
                         s_->pinned ? ", pinned" : "",
                         std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count()));
-}
-
-int64_t ckpt_snapshot_bytes(const ParamStore& params) {
-  int64_t n = 0;
-  for (const auto& p : params.all())
-    if (p.owner)
-      for (const Tensor* t : {&p.master, &p.m, &p.v}) n += (int64_t(t->bytes()) + 4095) / 4096 * 4096;
-  return n;
 }
 
 void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const ParallelContext& par,
@@ -715,20 +809,26 @@ void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const
     }
   }
   const double copy_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ps->start).count();
-  ps->plan.path = (tmp_dir / rank_file(ps->rank)).string();
-  ps->plan.tmp = ps->plan.path + ".tmp";
-  ps->plan.rank = ps->rank;
-  ps->plan.step = meta.step;
-  const std::string err = shard_create(ps->plan, params, [&](const Param& p, int g) -> const void* {
-    const Tensor& t = g == 0 ? p.master : (g == 1 ? p.m : p.v);
-    return direct ? t.data : where.at(t.data);
-  });
-  if (!err.empty()) engine::fail_user(err);
+  const std::vector<int> file_of = assign_files(params, io_.writers);
+  ps->direct = io_.direct;
+  ps->plans.resize(size_t(io_.writers));
+  for (int w = 0; w < io_.writers; ++w) {
+    ShardPlan& plan = ps->plans[size_t(w)];
+    plan.path = (tmp_dir / rank_file(ps->rank, w)).string();
+    plan.tmp = plan.path + ".tmp";
+    plan.rank = ps->rank;
+    plan.step = meta.step;
+    const std::string err = shard_create(plan, params, file_of, w, [&](const Param& p, int g) -> const void* {
+      const Tensor& t = group_tensor(p, g);
+      return direct ? t.data : where.at(t.data);
+    });
+    if (!err.empty()) engine::fail_user(err);
+  }
   ps->pause_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ps->start).count();
   s_->pending = std::move(ps);
   PendingSave* q = s_->pending.get();
   if (!async_) {
-    q->result = shard_write(q->plan);
+    q->write_ms = write_shards(q->plans, q->direct, q->results);
     q->written = true;
     finalize("");
     return;
@@ -738,11 +838,12 @@ void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const
                         meta.step, double(s_->snapshot_bytes) / double(1 << 30), q->pause_ms, copy_ms,
                         q->pause_ms - copy_ms));
   q->writer = std::thread([q] {
-    q->result = shard_write(q->plan);
-    if (q->rank == 0 && q->result.err.empty())
-      engine::log_info(strf("checkpoint step %ld: rank 0 wrote its shard in the background (%.3f GB in %.1f ms, %.2f GB/s)",
-                            q->plan.step, double(q->result.bytes) / 1e9, q->result.ms,
-                            double(q->result.bytes) / 1e6 / std::max(q->result.ms, 1e-3)));
+    q->write_ms = write_shards(q->plans, q->direct, q->results);
+    if (q->rank == 0 && shard_error(*q).empty())
+      engine::log_info(strf("checkpoint step %ld: rank 0 wrote its shard in the background (%.3f GB in %zu files in "
+                            "%.1f ms, %.2f GB/s)",
+                            q->meta.step, double(shard_bytes(*q)) / 1e9, q->plans.size(), q->write_ms,
+                            double(shard_bytes(*q)) / 1e6 / std::max(q->write_ms, 1e-3)));
     q->written = true;
   });
 }
@@ -763,14 +864,14 @@ std::string CkptSaver::finalize(const std::string& waiter) {
     }
   }
   std::unique_ptr<PendingSave> done = std::move(s_->pending);
-  if (!done->result.err.empty()) engine::fail_user(done->result.err);
+  if (!shard_error(*done).empty()) engine::fail_user(shard_error(*done));
   const std::string dir = save_collective(*done);
   const double total_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - done->start).count();
   if (async_)
     engine::log_info(strf("saved checkpoint %s: training paused %.1f ms for the snapshot; written in %.1f ms (%.2f GB/s "
                           "on rank 0), complete %.1f ms after the save began",
-                          dir.c_str(), done->pause_ms, done->result.ms,
-                          double(done->result.bytes) / 1e6 / std::max(done->result.ms, 1e-3), total_ms));
+                          dir.c_str(), done->pause_ms, done->write_ms,
+                          double(shard_bytes(*done)) / 1e6 / std::max(done->write_ms, 1e-3), total_ms));
   else
     engine::log_info(strf("saved checkpoint %s in %.1f ms", dir.c_str(), total_ms));
   return dir;
@@ -783,10 +884,14 @@ std::string ckpt_save(const std::string& run_dir, const ParamStore& params, cons
   return (fs::path(run_dir) / "checkpoints" / strf("step_%08ld", meta.step)).string();
 }
 
-std::string ckpt_find_latest(const std::string& run_dir) {
+namespace {
+
+// ckpt_find_latest among the checkpoints below step `below`, with or without the files' checksums.
+std::string find_latest(const std::string& run_dir, bool checksums, int64_t below) {
   for (auto& [step, path] : list_steps(fs::path(run_dir) / "checkpoints", true)) {
+    if (step >= below) continue;
     Manifest man;
-    std::string why = verify(path, &man);
+    std::string why = verify(path, &man, checksums);
     if (why.empty()) {
       if (man.unchecked) warn_unchecked(path.string());
       return path.string();
@@ -796,8 +901,27 @@ std::string ckpt_find_latest(const std::string& run_dir) {
   return "";
 }
 
+// ckpt_problem, the files' checksums optional.
+std::optional<std::string> problem_of(const std::string& dir, const std::string& signature, bool checksums) {
+  std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return "checkpoint directory " + dir + " does not exist";
+  if (!fs::exists(fs::path(dir) / "COMPLETE", ec)) return "checkpoint " + dir + " is incomplete (no COMPLETE marker)";
+  Manifest man;
+  std::string why = verify(dir, &man, checksums);
+  if (!why.empty()) return "checkpoint " + dir + " cannot be loaded: " + why;
+  if (!signature.empty() && man.meta.signature != signature)
+    return "checkpoint " + (fs::path(dir) / "manifest.txt").string() + " is of another model (" + man.meta.signature +
+           ") than the config (" + signature + ")";
+  if (man.unchecked) warn_unchecked(dir);
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::string ckpt_find_latest(const std::string& run_dir) { return find_latest(run_dir, true, INT64_MAX); }
+
 std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& resume, bool overwrite,
-                                const std::string& signature, CkptMeta* meta) {
+                                const std::string& signature, CkptMeta* meta, bool checksums, int64_t below) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   std::error_code ec;
   const bool present = fs::exists(root, ec);
@@ -808,7 +932,8 @@ std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& r
   CkptMeta m;
   std::string chosen;
   if (!resume.empty() && resume != "auto") {
-    m = ckpt_check(resume, signature);
+    if (auto problem = problem_of(resume, signature, checksums)) engine::fail_user(*problem);
+    m = ckpt_read_meta(resume);
     // An older checkpoint of this very run directory: the first save would remove the newer ones (Rotation).
     std::error_code e1, e2;
     if (!overwrite && fs::weakly_canonical(fs::path(resume), e1).parent_path() == fs::weakly_canonical(root, e2)) {
@@ -826,7 +951,7 @@ std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& r
                      "run directory " + run_dir + " holds checkpoints (newest " + newest +
                          "); continue them with --checkpoint.resume auto, or start a new run with another train.run_dir "
                          "(--checkpoint.overwrite true replaces them)");
-    if (resume == "auto") chosen = ckpt_find_latest(run_dir);
+    if (resume == "auto") chosen = find_latest(run_dir, checksums, below);
     MONTA_USER_CHECK(!chosen.empty() || overwrite,
                      strf("--checkpoint.resume auto: none of the %zu checkpoints under %s is usable (see the warnings "
                           "above; newest %s); repair or move them, or pass --checkpoint.overwrite true to start afresh "
@@ -837,7 +962,7 @@ std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& r
                             "removed at the first save",
                             steps.size(), root.string().c_str(), newest.c_str()));
     if (!chosen.empty()) {
-      m = ckpt_read_meta(chosen);  // its files were just verified by ckpt_find_latest
+      m = ckpt_read_meta(chosen);  // its files were just verified by find_latest
       MONTA_USER_CHECK(signature.empty() || m.signature == signature,
                        "checkpoint " + (fs::path(chosen) / "manifest.txt").string() + " is of another model (" +
                            m.signature + ") than the config (" + signature + ")");
@@ -848,17 +973,7 @@ std::string ckpt_resolve_resume(const std::string& run_dir, const std::string& r
 }
 
 std::optional<std::string> ckpt_problem(const std::string& dir, const std::string& signature) {
-  std::error_code ec;
-  if (!fs::is_directory(dir, ec)) return "checkpoint directory " + dir + " does not exist";
-  if (!fs::exists(fs::path(dir) / "COMPLETE", ec)) return "checkpoint " + dir + " is incomplete (no COMPLETE marker)";
-  Manifest man;
-  std::string why = verify(dir, &man);
-  if (!why.empty()) return "checkpoint " + dir + " cannot be loaded: " + why;
-  if (!signature.empty() && man.meta.signature != signature)
-    return "checkpoint " + (fs::path(dir) / "manifest.txt").string() + " is of another model (" + man.meta.signature +
-           ") than the config (" + signature + ")";
-  if (man.unchecked) warn_unchecked(dir);
-  return std::nullopt;
+  return problem_of(dir, signature, true);
 }
 
 void ckpt_check_intact(const std::string& dir) {
@@ -883,12 +998,125 @@ CkptMeta ckpt_check(const std::string& dir, const std::string& signature) {
   return ckpt_read_meta(dir);
 }
 
-CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string& signature, bool check) {
+namespace {
+
+// A dataset of a shard file as the verifying load streams it: where its bytes lie, and whether it is exactly a slice
+// this rank holds (param, group), read straight into place; otherwise it is read for the checksum only.
+struct StoredBlock {
+  int64_t offset = 0, bytes = 0;
+  size_t param = 0;
+  int group = 0;
+  bool whole = false;
+};
+
+// The datasets of an open shard file in file order (contiguous: one extent each; empty ones have none).
+std::vector<StoredBlock> stored_blocks(hid_t f, const ParamStore& params) {
+  std::map<std::string, size_t> index;
+  for (size_t i = 0; i < params.all().size(); ++i) index[params.all()[i].name] = i;
+  std::vector<StoredBlock> out;
+  for (int gi = 0; gi < 3; ++gi) {
+    hid_t g = H5Gopen2(f, kGroups[gi], H5P_DEFAULT);
+    if (g < 0) continue;
+    hsize_t count = 0;
+    H5Gget_num_objs(g, &count);
+    for (hsize_t i = 0; i < count; ++i) {
+      char name[512];
+      H5Gget_objname_by_idx(g, i, name, sizeof name);
+      hid_t ds = H5Dopen2(g, name, H5P_DEFAULT);
+      if (ds < 0) continue;
+      StoredBlock b;
+      const haddr_t at = H5Dget_offset(ds);
+      b.bytes = int64_t(H5Dget_storage_size(ds));
+      b.offset = at == HADDR_UNDEF ? -1 : int64_t(at);
+      b.group = gi;
+      auto it = index.find(name);
+      if (it != index.end() && b.offset >= 0) {
+        const Tensor& t = group_tensor(params.all()[it->second], gi);
+        const Param& p = params.all()[it->second];
+        hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
+        const int nd = H5Sget_simple_extent_ndims(space);
+        std::vector<hsize_t> dims(size_t(std::max(nd, 0)));
+        H5Sget_simple_extent_dims(space, dims.data(), nullptr);
+        const bool same_shape = nd == int(p.local.size()) && std::equal(dims.begin(), dims.end(), p.local.begin(),
+                                                                        [](hsize_t d, int64_t l) { return int64_t(d) == l; });
+        b.param = it->second;
+        b.whole = same_shape && read_attr(ds, "offset", size_t(nd)) == p.offset && H5Tget_class(type) == H5T_FLOAT &&
+                  H5Tget_size(type) == engine::dtype_size(t.dtype) && b.bytes == int64_t(t.bytes());
+        H5Tclose(type);
+        H5Sclose(space);
+      }
+      H5Dclose(ds);
+      if (b.offset >= 0 && b.bytes > 0) out.push_back(b);
+    }
+    H5Gclose(g);
+  }
+  std::sort(out.begin(), out.end(), [](const StoredBlock& x, const StoredBlock& y) { return x.offset < y.offset; });
+  return out;
+}
+
+// Reads one shard file from start to end with its checksum: the whole slices this rank holds go straight into place
+// (the parameter on the CPU; `stage`, then the device, on a GPU) and are marked in `filled`; everything else (HDF5
+// metadata, other ranks' slices) is read for the checksum only. Returns "" or the reason (checksum, read error).
+std::string stream_file(const std::string& path, const std::string& want, const std::vector<StoredBlock>& blocks,
+                        ParamStore& params, void* stage, std::vector<char>& filled) {
+  const std::string name = fs::path(path).filename().string();
+  const int fd = ::open(path.c_str(), O_RDONLY);
+  if (fd < 0) return name + " cannot be read";
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+  Checksum sum;
+  std::vector<char> scratch;
+  bool ok = true;
+  auto read_to = [&](char* dst, int64_t from, int64_t n) {  // n bytes at `from` into dst, in pieces of 64 MiB
+    for (int64_t done = 0; done < n && ok;) {
+      const ssize_t got = ::pread(fd, dst + done, size_t(std::min<int64_t>(n - done, int64_t(64) << 20)), from + done);
+      if (got < 0 && errno == EINTR) continue;
+      ok = got > 0;
+      if (ok) sum.feed(dst + done, size_t(got)), done += got;
+    }
+  };
+  auto skip = [&](int64_t from, int64_t to) {  // read for the checksum only
+    scratch.resize(size_t(16) << 20);
+    for (int64_t at = from; at < to && ok; at += int64_t(scratch.size()))
+      read_to(scratch.data(), at, std::min<int64_t>(to - at, int64_t(scratch.size())));
+  };
+  int64_t pos = 0;
+  for (const StoredBlock& b : blocks) {
+    if (b.offset < pos) {
+      ok = false;
+      break;
+    }
+    skip(pos, b.offset);
+    if (b.whole) {
+      Param& p = params.all()[b.param];
+      Tensor dst = group_tensor(p, b.group);
+      const bool on_host = dst.device == engine::Device::cpu;
+      read_to(static_cast<char*>(on_host ? dst.data : stage), b.offset, b.bytes);
+      if (ok && !on_host) engine::copy(dst, engine::make_view(stage, p.local, dst.dtype, engine::Device::cpu));
+      filled[3 * b.param + size_t(b.group)] = ok;
+    } else {
+      skip(b.offset, b.offset + b.bytes);
+    }
+    pos = b.offset + b.bytes;
+  }
+  struct stat st {};
+  if (ok && ::fstat(fd, &st) == 0) skip(pos, int64_t(st.st_size));
+  ::close(fd);
+  if (!ok) return name + " cannot be read";
+  if (strf("%016lx %ld", (unsigned long)sum.finish(), sum.bytes()) != want) return name + " fails its checksum (corrupt)";
+  return "";
+}
+
+// The load. With `man` (verify while loading) every file is streamed whole by one rank, the one that saved it modulo
+// `world`'s size, checksummed as it is read (stream_file); whatever a rank still lacks (other ranks' files, resharded
+// slices) it reads by HDF5 hyperslabs; the ranks then agree on the verdict (collective over `world`). Returns "" or
+// the problem.
+std::string load_slices(const std::string& dir, const CkptMeta& meta, ParamStore& params, const Manifest* man,
+                        comm::Communicator* world) {
   static Hdf5Quiet quiet;
-  CkptMeta meta = check ? ckpt_check(dir, signature) : ckpt_read_meta(dir);
+  const std::vector<std::string> names = shard_files(meta.world, meta.writers);
   std::vector<hid_t> files;
-  for (int r = 0; r < meta.world; ++r) {
-    std::string path = (fs::path(dir) / rank_file(r)).string();
+  for (const std::string& name : names) {
+    std::string path = (fs::path(dir) / name).string();
     hid_t fapl = H5Pcreate(H5P_FILE_ACCESS);
     H5Pset_sieve_buf_size(fapl, size_t(32) << 20);  // resharding reads strided rows: fetch them in large pieces
     hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl);
@@ -907,11 +1135,36 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
   std::vector<char> staging;
   if (largest && !pinned) staging = host_buffer<char>(int64_t(largest), "the checkpoint staging buffer");
   void* const stage = pinned ? pinned.get() : staging.data();
-  for (auto& p : params.all()) {
+  std::vector<char> filled(3 * params.all().size(), 0);
+  int64_t bad = 0;  // 1 + the index of the first file that failed, 0 when none
+  if (man) {
+    const int rank = world ? world->rank() : 0, size = world ? world->size() : 1;
+    for (size_t i = 0; i < names.size() && bad == 0; ++i) {
+      if (int(i) / meta.writers % size != rank) continue;
+      const std::string why = stream_file((fs::path(dir) / names[i]).string(), man->files.at(names[i]),
+                                          stored_blocks(files[i], params), params, stage, filled);
+      if (!why.empty()) bad = int64_t(i) + 1;
+    }
+    if (world && size > 1) {  // every rank learns the first bad file: max over ranks of (files - index)
+      int64_t v = bad ? int64_t(names.size()) + 1 - bad : 0;
+      world->all_reduce(Tensor(&v, {1}, engine::DType::i64), comm::ReduceOp::max);
+      bad = v ? int64_t(names.size()) + 1 - v : 0;
+    }
+  }
+  std::string problem;
+  if (bad) {
+    const std::string& name = names[size_t(bad - 1)];
+    struct stat st {};
+    problem = "checkpoint " + dir + " cannot be loaded: " + name +
+              (::stat((fs::path(dir) / name).c_str(), &st) == 0 ? " fails its checksum (corrupt)" : " cannot be read");
+  }
+  for (size_t pi = 0; pi < params.all().size() && problem.empty(); ++pi) {
+    Param& p = params.all()[pi];
     const int64_t n = p.master.numel();
     for (int gi = 0; gi < 3; ++gi) {
+      if (filled[3 * pi + size_t(gi)]) continue;
       const char* g = kGroups[gi];
-      Tensor dst = gi == 0 ? p.master : (gi == 1 ? p.m : p.v);
+      Tensor dst = group_tensor(p, gi);
       void* host = dst.device == engine::Device::cpu ? dst.data : stage;
       const std::string name = std::string(g) + "/" + p.name;
       int64_t got = 0;
@@ -925,8 +1178,35 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
     }
   }
   for (hid_t f : files) H5Fclose(f);
-  params.refresh_compute();
+  if (problem.empty()) params.refresh_compute();
+  return problem;
+}
+
+}  // namespace
+
+CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string& signature, CkptVerify verify,
+                   comm::Communicator* world) {
+  if (verify == CkptVerify::while_loading) {
+    CkptMeta meta;
+    if (auto problem = ckpt_load_verified(dir, params, signature, world, &meta)) engine::fail_user(*problem);
+    return meta;
+  }
+  const CkptMeta meta = verify == CkptVerify::before ? ckpt_check(dir, signature) : ckpt_read_meta(dir);
+  const std::string problem = load_slices(dir, meta, params, nullptr, world);
+  MONTA_USER_CHECK(problem.empty(), problem);
   return meta;
+}
+
+std::optional<std::string> ckpt_load_verified(const std::string& dir, ParamStore& params, const std::string& signature,
+                                              comm::Communicator* world, CkptMeta* meta) {
+  if (auto problem = problem_of(dir, signature, false)) return problem;
+  Manifest man;
+  std::string why = read_manifest(dir, man);
+  if (!why.empty()) return "checkpoint " + dir + " cannot be loaded: " + why;
+  if (meta) *meta = man.meta;
+  const std::string problem = load_slices(dir, man.meta, params, &man, world);
+  if (!problem.empty()) return problem;
+  return std::nullopt;
 }
 
 std::string ckpt_dir_containing(const std::string& path) {
@@ -956,14 +1236,13 @@ void export_full_tensors(const std::string& dir, const std::string& out_path, bo
     if (problem) engine::fail_user(*problem);
   }
   CkptMeta meta = ckpt_read_meta(dir);
-  for (int r = 0; r < meta.world; ++r) inputs.push_back((fs::path(dir) / rank_file(r)).string());
+  for (const std::string& name : shard_files(meta.world, meta.writers)) inputs.push_back((fs::path(dir) / name).string());
   const std::string inside = ckpt_dir_containing(out_path);
   MONTA_USER_CHECK(inside.empty(), "--out " + out_path + " lies inside the checkpoint directory " + inside +
                                        "; write the export outside it");
   engine::check_output_file(out_path, inputs, force, "--out");
   std::vector<hid_t> files;
-  for (int r = 0; r < meta.world; ++r) {
-    std::string path = (fs::path(dir) / rank_file(r)).string();
+  for (const std::string& path : inputs) {
     hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
     MONTA_USER_CHECK(f >= 0, "cannot open checkpoint file " + path);
     files.push_back(f);

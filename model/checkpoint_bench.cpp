@@ -199,7 +199,7 @@ void bench_checkpoint(const Config& c, const std::string& config_name, const std
   barrier();
 
   // The save: the pause is what save() takes (snapshot + shard layout); the write ends at finalize.
-  CkptSaver saver(c.checkpoint.async);
+  CkptSaver saver(c.checkpoint.async, CkptWriteOptions{c.checkpoint.writers, c.checkpoint.direct});
   if (c.checkpoint.async || gpu) saver.reserve(store);  // allocated before the timing, as `train` does
   CkptMeta meta;
   meta.step = 1;
@@ -219,7 +219,8 @@ void bench_checkpoint(const Config& c, const std::string& config_name, const std
       if (it->path().extension() == ".h5") file_bytes += int64_t(fs::file_size(it->path(), ec));
   }
   rows.push_back({c.checkpoint.async ? "save (async)" : "save (sync)", double(file_bytes), save_s,
-                  strf("training pause %.1f ms", pause * 1e3)});
+                  strf("training pause %.1f ms; %d file(s) per rank%s", pause * 1e3, c.checkpoint.writers,
+                       c.checkpoint.direct ? ", O_DIRECT" : ", page cache")});
 
   // Loads from the disk: the checksum pass (every file, what resume checks first), then the reads into place.
   drop_cached_dir(ckpt);
@@ -227,13 +228,15 @@ void bench_checkpoint(const Config& c, const std::string& config_name, const std
   t0 = now_s();
   ckpt_check(ckpt, sig);
   barrier();
-  rows.push_back({"verify (checksums)", double(file_bytes), now_s() - t0, "every rank reads every file"});
+  rows.push_back({"verify (checksums)", double(file_bytes), now_s() - t0,
+                  "a separate pass (ckpt_check); resume no longer makes it"});
   drop_cached_dir(ckpt);
   barrier();
   t0 = now_s();
-  ckpt_load(ckpt, store, sig, /*check=*/false);
+  ckpt_load(ckpt, store, sig, CkptVerify::while_loading, ps.ctx.world);
   barrier();
-  rows.push_back({"load (same layout)", double(file_bytes), now_s() - t0, "whole slices read into place"});
+  rows.push_back({"load (same layout)", double(file_bytes), now_s() - t0,
+                  "as resume: whole slices read into place, checksums checked as read"});
   MONTA_CHECK(state_hash(store) == before, "bench checkpoint: the loaded state differs from the saved state");
 
   // Resharded: rank 0 loads what rank 0 of another TP size holds (tp 2 from tp 1, tp 1 from more), by hyperslabs.
@@ -250,7 +253,7 @@ void bench_checkpoint(const Config& c, const std::string& config_name, const std
     for (const auto& p : target.all()) held += 3 * int64_t(p.master.bytes());
     drop_cached_dir(ckpt);
     t0 = now_s();
-    ckpt_load(ckpt, target, sig, /*check=*/false);
+    ckpt_load(ckpt, target, sig, CkptVerify::none);
     rows.push_back({strf("load resharded (rank 0 of tp %d)", other.tp), double(held), now_s() - t0,
                     "hyperslabs of the stored slices"});
   }

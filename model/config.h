@@ -60,6 +60,8 @@ struct CheckpointConfig {
   std::string resume;  // "", "auto" or a checkpoint directory
   bool overwrite = false;  // a fresh start may replace the checkpoints already in the run directory
   bool async = true;       // snapshot to host memory, write in a background thread (docs/checkpoints.md)
+  int writers = 4;         // files per rank, each written by its own thread
+  bool direct = true;      // O_DIRECT writes of the page-aligned bulk (false: through the page cache)
 };
 
 struct CommConfig {

@@ -136,6 +136,11 @@ void visit_config_keys(ConfigT& c, F&& f) {
     "let a fresh run (or an older explicit resume) write over the run directory's checkpoints", any());
   f("checkpoint.async", c.checkpoint.async,
     "snapshot the state to host memory and write it from a background thread while training continues", any());
+  f("checkpoint.writers", c.checkpoint.writers,
+    "files per rank in a checkpoint, each written by its own thread (any count loads into any layout)", closed(1, 256));
+  f("checkpoint.direct", c.checkpoint.direct,
+    "write checkpoint data with O_DIRECT (bypassing the page cache) where the filesystem allows; false: buffered",
+    any());
   f("comm.exchange", c.comm.exchange, "MoE token exchange strategy (auto: the cost model picks, then verifies)",
     choices("duplicate|drop_gather|pipelined|overlapped|auto"));
   f("comm.chunks", c.comm.chunks, "capacity chunks of the pipelined and overlapped exchanges", closed(1, 64));

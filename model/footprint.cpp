@@ -8,6 +8,17 @@
 
 namespace monta::model {
 
+int64_t checkpoint_host_bytes(const std::vector<Param>& params, engine::DType master) {
+  int64_t n = 0;
+  for (const Param& p : params) {
+    if (!p.owner) continue;
+    int64_t bytes = int64_t(engine::dtype_size(master));
+    for (int64_t v : p.local) bytes *= v;
+    n += 3 * ((bytes + 4095) / 4096 * 4096);
+  }
+  return n;
+}
+
 RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, int dp, engine::Device device) {
   ParallelContext par;
   par.tp = tp;
@@ -18,7 +29,8 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   const engine::DType act = device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32;
   std::vector<engine::TensorSpec> master, compute;
   RankFootprint f;
-  for (const Param& p : param_table(c.model, par)) {
+  const std::vector<Param> table = param_table(c.model, par);
+  for (const Param& p : table) {
     int64_t n = 1;
     for (int64_t v : p.local) n *= v;
     f.params += n;
@@ -31,6 +43,10 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   f.compute_copy = act == engine::DType::f32 ? 0.0 : double(engine::Arena::bytes_for(compute));
   const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp);
   f.activations = double(engine::Arena::bytes_for(Model::activation_specs(c.model, s, act, ep > 1, recompute_mode(c.train))));
+  // Rank 0 owns every slice it holds (the most any rank snapshots). Saves use the snapshot when asynchronous, or from
+  // the GPU (a synchronous save stages through it).
+  const bool snapshot = c.checkpoint.async || device == engine::Device::cuda;
+  f.checkpoint_host = snapshot ? double(checkpoint_host_bytes(table, engine::DType::f32)) : 0.0;
   return f;
 }
 

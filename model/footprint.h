@@ -4,8 +4,11 @@
 #pragma once
 #include <cstdint>
 
+#include <vector>
+
 #include "engine/tensor.h"
 #include "model/config.h"
+#include "model/params.h"
 
 namespace monta::model {
 
@@ -15,9 +18,18 @@ struct RankFootprint {
   // Bytes of each arena: fp32 master weights, gradients, both AdamW moments, the compute copy (bf16 on a GPU; none on
   // the CPU), and the activations of one micro-batch (every layer's saved tensors and the backward scratch).
   double weights = 0, grads = 0, adam = 0, compute_copy = 0, activations = 0;
+  // Host memory (not in total(), which is the device's): the checkpoint snapshot a save takes, pinned when the
+  // parameters are on a GPU; 0 when saves need none (a synchronous save on the CPU writes from the parameters). Held
+  // from start-up when checkpoint.interval > 0.
+  double checkpoint_host = 0;
   double state() const { return weights + grads + adam + compute_copy; }
   double total() const { return state() + activations; }
 };
+
+// Bytes of the host snapshot a checkpoint save takes of `params`: every owned slice's master weights and both AdamW
+// moments in `master` precision, each padded to 4 KiB (the writer's O_DIRECT alignment). CkptSaver allocates exactly
+// this; rank_footprint reports it.
+int64_t checkpoint_host_bytes(const std::vector<Param>& params, engine::DType master);
 
 // Rank 0 of the layout (tp, ep, expert_tp) with data-parallel size dp, training on `device` (cuda: bf16 activations
 // and compute copy; cpu: f32).

@@ -16,7 +16,8 @@ comm::Plan plan_layouts(const Config& c, const comm::Cluster& cluster, int max_c
     pm.recompute_flops_per_token = double(m.layers) * layer_train_flops_per_token(m, FlopCount::forward);
   pm.footprint = [&c](int tp, int ep, bool expert_tp, int dp) {
     const RankFootprint f = rank_footprint(c, tp, ep, expert_tp, dp, engine::Device::cuda);
-    return comm::PlanModel::Footprint{double(f.params - f.expert_params), double(f.expert_params), f.total()};
+    return comm::PlanModel::Footprint{double(f.params - f.expert_params), double(f.expert_params), f.total(),
+                                      f.checkpoint_host};
   };
   comm::PlanOptions opt;
   opt.max_chunks = max_chunks;

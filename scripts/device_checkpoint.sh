@@ -5,6 +5,8 @@
 # against a normal step, and the step times while the write goes on in the background. About 5 minutes at
 # ~1.6 GB/s; every command is bounded so the whole stays under 8. Binaries from $BIN; logs and JSON in $OUT;
 # scratch (up to ~40 GB) in $WORKDIR, removed as it goes.
+# SWEEP=1: instead, the bench alone for checkpoint.writers 1, 4 and 8 with O_DIRECT and 4 through the page cache
+# (which writer count fills this disk; ~7 minutes), summarised in $OUT/sweep.txt.
 set -uo pipefail
 BIN=${BIN:-build/bin}
 OUT=${OUT:-/tmp/monta-out}
@@ -16,7 +18,30 @@ model=(--config configs/layer2x70b.ini --model.layers 1 --model.vocab 512 --trai
 { nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; df -h "$WORKDIR" | tail -n 1; free -g | sed -n 2p; } \
   | tee "$OUT/machine.txt"
 
-# 1. bench checkpoint (async save), the disk's ceiling beside it. ~100 s.
+if [ "${SWEEP:-0}" = 1 ]; then
+  for wd in 1:true 4:true 8:true 4:false; do
+    w=${wd%:*} d=${wd#*:}
+    timeout 140 "$M" bench checkpoint "${model[@]}" --checkpoint.async true --checkpoint.writers "$w" \
+      --checkpoint.direct "$d" --dir "$WORKDIR/bench" --json "$OUT/bench_w${w}_direct_$d.json" 2>&1 \
+      | tee "$OUT/bench_w${w}_direct_$d.log"
+    rm -rf "$WORKDIR/bench"
+  done
+  python3 - "$OUT" <<'PY' | tee "$OUT/sweep.txt"
+import glob, json, sys
+for f in sorted(glob.glob(f"{sys.argv[1]}/bench_w*_direct_*.json")):
+    b = json.load(open(f))
+    rows = {r["op"]: r for r in b["rows"]}
+    save = next(r for op, r in rows.items() if op.startswith("save"))
+    load = rows.get("load (same layout)", {})
+    print(f"{f.split('/')[-1]:<32} raw write {rows['raw write']['gbps']:.3f} GB/s, save {save['gbps']:.3f} GB/s = "
+          f"{100*save['of_raw']:.0f}% of raw ({save['note']}); load {load.get('gbps', 0):.3f} GB/s = "
+          f"{100*load.get('of_raw', 0):.0f}% of raw read")
+PY
+  rm -rf "$WORKDIR"
+  exit 0
+fi
+
+# 1. bench checkpoint (async save, checkpoint.writers at its default), the disk's ceiling beside it. ~100 s.
 timeout 200 "$M" bench checkpoint "${model[@]}" --checkpoint.async true --dir "$WORKDIR/bench" \
   --json "$OUT/bench_checkpoint.json" 2>&1 | tee "$OUT/bench_checkpoint.log"
 rm -rf "$WORKDIR/bench"

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <hdf5.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -199,6 +200,83 @@ TEST(Checkpoint, BrokenCheckpointsAreSkippedOrRejected) {
   }
   // Unwritable run directory.
   EXPECT_THROW(model::ckpt_save("/proc/monta_no_such_dir", t.params(), par, r.meta(t, l), "", 2), engine::Error);
+}
+
+// checkpoint.writers: a rank's datasets are spread over several files written by parallel threads, each listed in the
+// manifest; such a checkpoint loads exactly (with its checksums checked as it is read, or before), a re-save with
+// another writer count holds the same tensors (equal exports), and a missing or corrupt file of the set is refused.
+TEST(Checkpoint, SeveralFilesPerRank) {
+  engine::install_throwing_handler();
+  CkptRun r("writers");
+  model::ParallelContext par;
+  model::Trainer t(r.c, par, engine::Device::cpu);
+  data::TokenLoader l(r.data, r.c.model.seq_len, r.c.train.global_batch, 0, 1, 9);
+  run_steps(t, l, 2, nullptr);
+  const std::vector<float> saved = weights(t);
+  const std::string sig = model::model_signature(r.c.model);
+  const fs::path a = r.dir / "a", b = r.dir / "b";
+  {
+    model::CkptSaver saver(true, model::CkptWriteOptions{3, true});
+    saver.save(a.string(), t.params(), par, r.meta(t, l), "", 2);
+    saver.finalize();
+  }
+  const fs::path dir_a = a / "checkpoints" / "step_00000002";
+  std::vector<int64_t> sizes;
+  for (const char* f : {"rank_00000.h5", "rank_00000.1.h5", "rank_00000.2.h5"}) {
+    ASSERT_TRUE(fs::exists(dir_a / f)) << f;
+    sizes.push_back(int64_t(fs::file_size(dir_a / f)));
+  }
+  // Balanced by bytes: the largest file is less than twice the smallest.
+  EXPECT_LT(*std::max_element(sizes.begin(), sizes.end()), 2 * *std::min_element(sizes.begin(), sizes.end()));
+  EXPECT_EQ(model::ckpt_read_meta(dir_a.string()).writers, 3);
+
+  model::Trainer fresh(r.c, par, engine::Device::cpu);
+  ASSERT_FALSE(model::ckpt_load_verified(dir_a.string(), fresh.params(), sig, nullptr));
+  EXPECT_EQ(weights(fresh), saved);
+  model::Trainer before(r.c, par, engine::Device::cpu);
+  model::ckpt_load(dir_a.string(), before.params(), sig, model::CkptVerify::before);
+  EXPECT_EQ(weights(before), saved);
+
+  model::CkptSaver one(false, model::CkptWriteOptions{1, false});  // re-saved as one file, through the page cache
+  one.save(b.string(), fresh.params(), par, r.meta(t, l), "", 2);
+  const fs::path dir_b = b / "checkpoints" / "step_00000002";
+  EXPECT_FALSE(fs::exists(dir_b / "rank_00000.1.h5"));
+  {  // A manifest from before checkpoint.writers (no writers line, no manifest checksum) still means one file a rank.
+    std::ifstream in(dir_b / "manifest.txt");
+    std::string line, kept;
+    int dropped = 0;
+    while (std::getline(in, line)) {
+      const bool old = line.rfind("writers = ", 0) == 0 || line.rfind("manifest_checksum = ", 0) == 0;
+      dropped += old;
+      if (!old) kept += line + "\n";
+    }
+    ASSERT_EQ(dropped, 2);
+    std::ofstream(dir_b / "manifest.txt", std::ios::trunc) << kept;
+    model::Trainer legacy(r.c, par, engine::Device::cpu);
+    ASSERT_FALSE(model::ckpt_load_verified(dir_b.string(), legacy.params(), sig, nullptr));
+    EXPECT_EQ(weights(legacy), saved);
+  }
+  model::ckpt_export(dir_a.string(), (r.dir / "a.h5").string());
+  model::ckpt_export(dir_b.string(), (r.dir / "b.h5").string());
+  std::ifstream ea(r.dir / "a.h5", std::ios::binary), eb(r.dir / "b.h5", std::ios::binary);
+  const std::string xa((std::istreambuf_iterator<char>(ea)), {}), xb((std::istreambuf_iterator<char>(eb)), {});
+  EXPECT_FALSE(xa.empty());
+  EXPECT_EQ(xa, xb);
+
+  // One byte of the third file changed: the verified load names that file (the parameters are partial after it).
+  {
+    const fs::path f = dir_a / "rank_00000.2.h5";
+    std::fstream io(f, std::ios::in | std::ios::out | std::ios::binary);
+    io.seekp(std::streamoff(fs::file_size(f) / 2));
+    io.write("\xde\xad\xbe\xef", 4);
+  }
+  auto verdict = model::ckpt_load_verified(dir_a.string(), fresh.params(), sig, nullptr);
+  ASSERT_TRUE(verdict);
+  EXPECT_NE(verdict->find("rank_00000.2.h5 fails its checksum"), std::string::npos) << *verdict;
+  EXPECT_NE(model::ckpt_problem(dir_a.string(), sig).value_or("").find("rank_00000.2.h5 fails its checksum"),
+            std::string::npos);
+  fs::remove(dir_a / "rank_00000.2.h5");
+  EXPECT_NE(model::ckpt_problem(dir_a.string(), sig).value_or("").find("rank_00000.2.h5 is missing"), std::string::npos);
 }
 
 TEST(Checkpoint, ExportWritesFullTensors) {

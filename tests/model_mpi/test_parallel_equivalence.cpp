@@ -19,6 +19,7 @@
 #include "comm/topology.h"
 #include "engine/log.h"
 #include "engine/rng.h"
+#include "model/checkpoint.h"
 #include "model/footprint.h"
 #include "model/trainer.h"
 
@@ -161,6 +162,14 @@ TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
       int64_t held = 0;
       for (const auto& p : mine.params().all()) held += p.master.numel();
       EXPECT_EQ(f.params, held);
+      // The checkpoint snapshot (checkpoint.async): rank 0 owns all it holds, the most any rank snapshots.
+      model::CkptSaver saver(true);
+      saver.reserve(mine.params());
+      ASSERT_GT(f.checkpoint_host, 0.0);
+      if (rank == 0)
+        EXPECT_EQ(f.checkpoint_host, double(saver.snapshot_bytes()));
+      else
+        EXPECT_LE(double(saver.snapshot_bytes()), f.checkpoint_host);
     }
     const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
     for (int step = 0; step < 5; ++step) {

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # faults.sh CASE: one bad checkpoint or run directory -> the promised one-line error, a non-zero exit and an
 # untouched run directory; `resume auto` skips a broken newest checkpoint and resumes from the previous one.
-# CASE base writes the shared single-rank run (checkpoints at steps 2 and 4) the other cases copy.
+# CASE base writes the shared single-rank run (checkpoints at steps 2 and 4, two files each: checkpoint.writers 2,
+# so rank_00000.h5 is ~3.4 MB and holds the byte corrupt_shard flips) the other cases copy.
 source "$(dirname "$0")/lib.sh"
 case_=$1
 base=$WORK/faults_base
 if [ "$case_" = base ]; then
   rm -rf "$base"
-  train "$base" --train.steps 4 --checkpoint.interval 2 --train.log_interval 100 > "$WORK/faults_base.log" ||
+  train "$base" --train.steps 4 --checkpoint.interval 2 --checkpoint.writers 2 --train.log_interval 100 \
+    > "$WORK/faults_base.log" ||
     { cat "$WORK/faults_base.log"; fail "base run"; }
   echo "PASS: base run"; exit 0
 fi
@@ -31,6 +33,7 @@ broken_newest() {
 
 case $case_ in
   missing_shard) rm "$shard"; broken_newest "rank_00000.h5 is missing" ;;
+  missing_part) rm "$bad/rank_00000.1.h5"; broken_newest "rank_00000.1.h5 is missing" ;;  # the second file of the rank
   truncated_shard) truncate -s 100000 "$shard"; broken_newest "rank_00000.h5 is truncated or altered (100000 bytes" ;;
   corrupt_shard)
     printf '\xde\xad\xbe\xef' | dd of="$shard" bs=1 seek=1500000 conv=notrunc status=none
@@ -61,7 +64,7 @@ case $case_ in
     before=$(snapshot "$(ckpt "$run" 4)")
     expect_error "checkpoint file $run/checkpoints/step_00000005.tmp/rank_00000.h5.tmp" \
       "$MPIEXEC" --allow-run-as-root -np 1 bash -c 'trap "" XFSZ; ulimit -f 2500; exec "$@"' _ "$MONTA" train --config "$CFG" --train.device cpu ${ASYNC[@]+"${ASYNC[@]}"} \
-      --train.run_dir "$run" --train.steps 5 --checkpoint.interval 1 --checkpoint.resume auto
+      --train.run_dir "$run" --train.steps 5 --checkpoint.interval 1 --checkpoint.resume auto --checkpoint.writers 1
     [ "$before" = "$(snapshot "$(ckpt "$run" 4)")" ] || fail "step 4 checkpoint changed"
     out=$(train "$run" --train.steps 5 --checkpoint.resume auto) || { echo "$out"; fail "resume after disk full"; }
     grep -q "resumed from $(ckpt "$run" 4) at step 4" <<<"$out" || fail "did not resume from step 4" ;;
