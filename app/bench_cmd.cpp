@@ -25,6 +25,7 @@ int cmd_bench(int argc, char** argv) {
   std::string what, json, device = "auto";
   int iters = 10;
   int64_t seq = 8192;
+  bool small = false;
   model::BenchLayerOptions lo;
   po::options_description desc("monta bench ops|layer options (layer: under mpirun with --tp/--ep for the parallel "
                                "layer, one row per exchange strategy)");
@@ -46,7 +47,8 @@ int cmd_bench(int argc, char** argv) {
       "experts", po::value(&lo.experts)->default_value(lo.experts), "layer: experts")(
       "top-k", po::value(&lo.top_k)->default_value(lo.top_k), "layer: experts per token")(
       "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)")(
-      "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share");
+      "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share")(
+      "small", po::bool_switch(&small), "ops: the op table at test widths instead of 2x70B (a quick run on the CPU)");
   po::positional_options_description pos;
   pos.add("what", 1);
   const po::variables_map vm = parse_command_line(argc, argv, desc, "bench", &pos);
@@ -60,7 +62,7 @@ int cmd_bench(int argc, char** argv) {
   MONTA_USER_CHECK(device != "cuda" || dev == Device::cuda, "--device cuda but no CUDA device is visible");
   if (what == "ops") {
     if (dev == Device::cuda) cuda_set_device(0);
-    return model::bench_ops(dev, iters, json, seq);
+    return model::bench_ops(dev, iters, json, seq, small);
   }
   MONTA_USER_CHECK(what == "layer", "unknown benchmark '" + what + "' (choose ops, layer or exchange)");
   MONTA_USER_CHECK(dev == Device::cuda || lo.hidden * lo.ffn <= (int64_t(1) << 22),
