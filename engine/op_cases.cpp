@@ -182,7 +182,7 @@ OpCase moe_combine(const OpDims& d, double el) {
 OpCase cross_entropy(const OpDims& d, double el) {
   const int64_t N = d.N(), V = d.V;
   const float scale = 1.0f / float(N);
-  OpArg losses{"losses", {N}, kOut, 1.0, true, double(scale)};
+  OpArg losses{"losses", {N}, kOut, 1.0, OpDtype::stat, double(scale)};
   return {"cross_entropy", strf("N%ld V%ld", N, V),
           {{"logits", {N, V}, kIn, 4.0}, {"targets", {N}, kIndex}, {"rowmax", {N}, kSaved}, {"sumexp", {N}, kSaved},
            {"target_logit", {N}, kSaved}, {"lse", {N}, kSaved}, losses},
@@ -200,6 +200,47 @@ OpCase cross_entropy(const OpDims& d, double el) {
           0, 0, 2.0 * N * V * el, 2.0 * N * V * el};
 }
 
+// The router's auxiliary losses: each a scalar whose backward takes its coefficient (dloss) as a constant and adds
+// to the router's gradient. Load balancing is linear in probs for the counts of a fixed assignment.
+OpCase load_balance_loss(const OpDims& d, double el) {
+  const int64_t N = d.N(), E = d.E, K = d.K;
+  const float dloss = 0.01f;
+  return {"load_balance_loss", strf("N%ld E%ld K%ld", N, E, K),
+          {{"probs", {N, E}, kIn}, {"counts", {E}, kIndex}, {"loss", {1}, kOut, 1.0, OpDtype::stat, double(dloss)}},
+          [N, E](const Arena& t) { write_indices(t.get("counts"), [N, E](int64_t e) { return int32_t((N + e) / E); }); },
+          [K](const Arena& t) { load_balance_loss_forward(t.get("loss"), t.get("probs"), t.get("counts"), K); },
+          [K, dloss](const Arena& t) { load_balance_loss_backward(t.get("dprobs"), t.get("counts"), K, dloss); },
+          0, 0, el * N * E, el * N * E};
+}
+
+// z-loss: mean over tokens of logsumexp(logits)²; the backward reads the softmax the router computed beside it.
+OpCase router_z_loss(const OpDims& d, double el) {
+  const int64_t N = d.N(), E = d.E;
+  const float dloss = 0.001f;
+  return {"router_z_loss", strf("N%ld E%ld", N, E),
+          {{"logits", {N, E}, kIn, 3.0}, {"probs", {N, E}, kSaved, 1.0, OpDtype::act}, {"lse", {N}, kSaved},
+           {"loss", {1}, kOut, 1.0, OpDtype::stat, double(dloss)}},
+          {},
+          [](const Arena& t) {
+            softmax_forward(t.get("probs"), t.get("logits"));
+            router_z_loss_forward(t.get("loss"), t.get("lse"), t.get("logits"));
+          },
+          [dloss](const Arena& t) { router_z_loss_backward(t.get("dlogits"), t.get("lse"), t.get("probs"), dloss); },
+          0, 0, 2.0 * el * N * E, 2.0 * el * N * E};
+}
+
+// The output projection (wo) with the residual stream as the GEMM's C operand: forward only (its backward is
+// linear_backward, and the residual's gradient is the output's).
+OpCase linear_residual(const OpDims& d, double el) {
+  const int64_t N = d.N(), H = d.H, I = d.A * d.D;
+  return {"linear_residual", strf("%ldx%ldx%ld", N, H, I),
+          {{"x", {N, I}, kIn}, {"w", {H, I}, kParam, 0.01}, {"residual", {N, H}, kIn}, {"out", {N, H}, kOut}},
+          {},
+          [](const Arena& t) { linear_forward_residual(t.get("out"), t.get("x"), t.get("w"), t.get("residual")); },
+          {},
+          2.0 * N * H * I, 0, el * (N * I + H * I + 2 * N * H), 0};
+}
+
 }  // namespace
 
 std::vector<OpCase> op_cases(const OpDims& d, double el) {
@@ -208,6 +249,7 @@ std::vector<OpCase> op_cases(const OpDims& d, double el) {
       rmsnorm(d, el),      linear(d, el),       expert_linear(d, el), swiglu(d, el),
       rope(d, el),         attention(d, el),    embedding(d, el),     softmax(d, el),
       topk_weights(d, el), moe_dispatch(d, el), moe_combine(d, el),   cross_entropy(d, el),
+      load_balance_loss(d, el), router_z_loss(d, el), linear_residual(d, el),
   };
 }
 
@@ -220,7 +262,8 @@ bool has_grad(const OpArg& a) {
 Arena op_case_arena(const OpCase& c, Device dev, const OpPrecision& p) {
   std::vector<TensorSpec> specs;
   for (const OpArg& a : c.args) {
-    DType t = a.kind == OpArgKind::index ? DType::i32 : a.kind == OpArgKind::saved || a.f32 ? p.saved : p.act;
+    const bool stat = a.dtype == OpDtype::stat || (a.dtype == OpDtype::by_kind && a.kind == OpArgKind::saved);
+    const DType t = a.kind == OpArgKind::index ? DType::i32 : stat ? p.saved : p.act;
     specs.push_back({a.name, a.shape, t});
   }
   for (const OpArg& a : c.args)

@@ -23,6 +23,10 @@ OpDims op_dims_gradcheck();            // small: every element is perturbed twic
 OpDims op_dims_parity();               // GPU tile sizes and a partial tile
 OpDims op_dims_2x70b(int64_t S);       // the paper's layer, one sequence of S tokens, top-1 of 2 experts
 
+// A tensor's dtype class: by its kind (saved statistics in the statistics' dtype, indices i32, the rest in the
+// activations'), or stated: act (a saved softmax that feeds a backward as an activation), stat (a loss).
+enum class OpDtype { by_kind, act, stat };
+
 // What a tensor of a case is. input and param are differentiated: the backward writes d<name> (an input's gradient
 // overwritten, a param's accumulated). An output's d<name> is what the backward reads (the cotangent c of
 // L = Σ c⊙out). saved: a statistic the forward keeps for the backward (f32 on devices). index: i32, filled by the
@@ -34,7 +38,7 @@ struct OpArg {
   std::vector<int64_t> shape;
   OpArgKind kind = OpArgKind::input;
   double scale = 1.0;  // inputs and params are uniform in [-scale, scale)
-  bool f32 = false;    // kept in f32 on devices whatever the activations are (losses); f64 in gradient checks
+  OpDtype dtype = OpDtype::by_kind;
   // An output whose backward takes its cotangent as a constant (cross-entropy's scale): L adds cotangent·Σ out and
   // there is no d<name>. NaN: the backward reads d<name>.
   double cotangent = NAN;

@@ -4,9 +4,23 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <map>
 #include <set>
 
 #include "engine/op_cases.h"
+#include "engine/op_timing.h"
+#include "engine/ops/adamw.h"
+#include "engine/ops/attention.h"
+#include "engine/ops/cross_entropy.h"
+#include "engine/ops/elementwise.h"
+#include "engine/ops/embedding.h"
+#include "engine/ops/init.h"
+#include "engine/ops/linear.h"
+#include "engine/ops/moe_permute.h"
+#include "engine/ops/rmsnorm.h"
+#include "engine/ops/rope.h"
+#include "engine/ops/router.h"
+#include "engine/ops/swiglu.h"
 #include "tests/engine/test_util.h"
 
 namespace monta::enginetest {
@@ -102,7 +116,47 @@ TEST(OpCaseTable, NamesUniqueAndEveryCaseRuns) {
     EXPECT_TRUE(bool(c.forward)) << c.name;
     EXPECT_GT(c.bytes_fwd, 0) << c.name;
   }
-  EXPECT_GE(cases.size(), 12u);
+  EXPECT_GE(cases.size(), 15u);
+}
+
+// Every op declared in engine/ops (the X-macro lists) is run by some case of the table, or is listed here with the
+// tests that hold it instead. A new op without either fails this test by name.
+TEST(OpCaseTable, EveryDeclaredOpHasACaseOrAReason) {
+#define MONTA_OP_NAME(name, on, params, args) #name,
+  const std::vector<std::string> declared = {
+      MONTA_OPS_ADAMW(MONTA_OP_NAME) MONTA_OPS_ATTENTION(MONTA_OP_NAME) MONTA_OPS_CROSS_ENTROPY(MONTA_OP_NAME)
+          MONTA_OPS_ELEMENTWISE(MONTA_OP_NAME) MONTA_OPS_EMBEDDING(MONTA_OP_NAME) MONTA_OPS_INIT(MONTA_OP_NAME)
+              MONTA_OPS_LINEAR(MONTA_OP_NAME) MONTA_OPS_MOE_PERMUTE(MONTA_OP_NAME) MONTA_OPS_RMSNORM(MONTA_OP_NAME)
+                  MONTA_OPS_ROPE(MONTA_OP_NAME) MONTA_OPS_ROUTER(MONTA_OP_NAME) MONTA_OPS_SWIGLU(MONTA_OP_NAME)};
+#undef MONTA_OP_NAME
+  const std::map<std::string, std::string> elsewhere = {
+      {"adamw_step", "the optimizer: test_loss_optim.cpp, gpu/test_runtime_elementwise.cpp; bench ops' adamw row"},
+      {"adamw_step_many", "the optimizer: test_loss_optim.cpp, gpu/test_runtime_elementwise.cpp"},
+      {"init_normal", "bit-exact initialisation: test_init.cpp, gpu/test_init.cpp"},
+      {"add", "elementwise helpers: test_basics.cpp, gpu/test_runtime_elementwise.cpp"},
+      {"accumulate", "elementwise helpers"},
+      {"scale", "elementwise helpers"},
+      {"cast", "elementwise helpers"},
+      {"sum_squares", "elementwise helpers (the gradient norm): test_loss_optim.cpp"},
+      {"sum", "elementwise helpers"},
+      {"router_topk_assign", "integer assignment with ties: test_router_moe.cpp, gpu/test_router_moe.cpp; bench ops"},
+  };
+  std::set<std::string> ran;
+  engine::set_op_timing(true);
+  for (const OpCase& c : engine::op_cases(engine::op_dims_gradcheck(), 8.0)) {
+    const engine::Arena t = engine::op_case_arena(c, Device::cpu, engine::op_precision_double());
+    engine::op_case_fill(c, t, 1);
+    c.forward(t);
+    if (c.backward) c.backward(t);
+  }
+  engine::set_op_timing(false);
+  for (const engine::OpTime& op : engine::take_op_times()) ran.insert(op.name.substr(0, op.name.find(' ')));
+  for (const std::string& op : declared) {
+    const bool listed = elsewhere.count(op) > 0;
+    EXPECT_TRUE(ran.count(op) || listed) << op << " has no case in engine/op_cases.cpp and no reason listed here";
+    EXPECT_FALSE(ran.count(op) && listed) << op << " has a case now: drop it from the list";
+  }
+  EXPECT_GE(declared.size(), 40u);
 }
 
 }  // namespace
