@@ -2,8 +2,12 @@
 # `monta bench layer` with two binaries in one device session, interleaved (old, new, old, new, ...), so a refactor
 # can be shown to be within noise on the same card at the same temperature (issue 14). Each run writes its JSON;
 # the summary gives per binary the median and range of the layer's fwd+bwd and "grads added" times.
-#   OLD_BIN=build-old/bin NEW_BIN=build-cuda/bin ROUNDS=3 ITERS=10 scripts/device_layer_ab.sh
-# OLD_BIN and NEW_BIN are folders holding a CUDA build's `monta`; OUT (default /tmp/monta-out) gets logs and JSON.
+#   OLD_BIN=build-old/bin NEW_BIN=build/bin ROUNDS=3 ITERS=10 scripts/device_layer_ab.sh
+# OLD_BIN and NEW_BIN are folders holding a CUDA build's `monta` (about 8 MB each, so both travel to the device
+# machine as carried build folders); OUT (default /tmp/monta-out) gets logs and JSON. The old one, built beside
+# the checkout (build-* is ignored by git):
+#   git worktree add /tmp/monta-old <old commit>
+#   cmake -S /tmp/monta-old -B build-old -G Ninja -DMONTA_CUDA=ON && cmake --build build-old --target monta
 set -uo pipefail
 OLD_BIN=${OLD_BIN:?set OLD_BIN to the folder of the old monta}
 NEW_BIN=${NEW_BIN:?set NEW_BIN to the folder of the new monta}
