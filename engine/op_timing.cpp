@@ -4,6 +4,7 @@
 
 #include <mutex>
 
+#include "engine/memory.h"
 #include "engine/timing.h"
 
 namespace monta::engine {
@@ -11,6 +12,7 @@ namespace {
 
 struct Record {
   std::string name;
+  Device device;
   DeviceInterval interval;
 };
 
@@ -34,7 +36,7 @@ void OpScope::begin(const char* name, const Tensor& first, Stream s) {
     key += std::to_string(first.dim(i));
   }
   std::lock_guard<std::mutex> lock(g_mu);
-  Record r{std::move(key), {}};
+  Record r{std::move(key), first.device, {}};
   r.interval.begin(first.device, s);
   index_ = int(g_records.size());
   g_records.push_back(std::move(r));
@@ -47,6 +49,10 @@ void OpScope::end() {
 
 std::vector<OpTime> take_op_times() {
   std::lock_guard<std::mutex> lock(g_mu);
+  // The step's one sync (the named one, engine/memory.h), so that reading the intervals waits for nothing.
+  bool on_cuda = false;
+  for (const Record& r : g_records) on_cuda = on_cuda || r.device == Device::cuda;
+  if (on_cuda) sync_device(Device::cuda);
   std::vector<OpTime> out;
   for (const Record& r : g_records) {
     if (!r.interval.ended()) continue;  // an op that threw

@@ -22,8 +22,9 @@ class HostTimer {
   std::chrono::steady_clock::time_point t0_;
 };
 
-// begin() and end() enqueue events on the stream and return at once; ms() waits for the end event. CUDA events
-// come from a pool that recycle_device_intervals() hands back (after every interval taken from it has been read).
+// begin() and end() enqueue events on the stream and return at once; ms() is read after the step's sync
+// (engine::sync_device), so it waits for nothing. CUDA events come from a pool that recycle_device_intervals()
+// hands back (after every interval taken from it has been read).
 class DeviceInterval {
  public:
   void begin(Device d, Stream s);

@@ -125,6 +125,7 @@ double time_ms(F&& f, int reps) {
     t.begin(Device::cuda, nullptr);
     f();
     t.end();
+    engine::sync_device(Device::cuda);
     ms.push_back(t.ms());
   }
   engine::recycle_device_intervals();
