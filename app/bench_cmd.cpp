@@ -26,6 +26,7 @@ int cmd_bench(int argc, char** argv) {
   std::string what, json, device = "auto";
   int iters = 10;
   int64_t seq = 8192;
+  bool small = false;
   model::BenchLayerOptions lo;
   po::options_description desc("monta bench ops|layer options (layer: under mpirun with --tp/--ep for the parallel "
                                "layer, one row per exchange strategy)");
@@ -48,7 +49,8 @@ int cmd_bench(int argc, char** argv) {
       "top-k", po::value(&lo.top_k)->default_value(lo.top_k), "layer: experts per token")(
       "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)")(
       "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share")(
-      "fp8", po::value(&lo.fp8)->default_value(lo.fp8), "layer: none | experts: the expert GEMMs in FP8 (model.fp8)");
+      "fp8", po::value(&lo.fp8)->default_value(lo.fp8), "layer: none | experts: the expert GEMMs in FP8 (model.fp8)")(
+      "small", po::bool_switch(&small), "ops: the op table at test widths instead of 2x70B (a quick run on the CPU)");
   po::positional_options_description pos;
   pos.add("what", 1);
   const po::variables_map vm = parse_command_line(argc, argv, desc, "bench", &pos);
@@ -62,7 +64,7 @@ int cmd_bench(int argc, char** argv) {
   MONTA_USER_CHECK(device != "cuda" || dev == Device::cuda, "--device cuda but no CUDA device is visible");
   if (what == "ops") {
     if (dev == Device::cuda) cuda_set_device(0);
-    return model::bench_ops(dev, iters, json, seq);
+    return model::bench_ops(dev, iters, json, seq, small);
   }
   if (what == "fp8") {  // the FP8 expert GEMMs beside bf16 and both GEMM ceilings (model/fp8_bench.h)
     if (dev == Device::cuda) cuda_set_device(0);

@@ -13,6 +13,7 @@
 #include "app/validation.h"
 #include "comm/runtime.h"
 #include "engine/check.h"
+#include "engine/json.h"
 #include "engine/log.h"
 #include "engine/memory.h"
 #include "model/checkpoint.h"
@@ -81,10 +82,11 @@ model::Config eval_config(const EvalArgs& a) {
 
 std::string eval_json(const EvalArgs& a, const model::CkptMeta& meta, const model::EvalResult& r,
                       const data::DataSources& src, int world, const model::Config& c) {
-  return strf("{\"checkpoint\": %s, \"step\": %ld, \"val_loss\": %.17g, \"val_ppl\": %.17g, \"eval_steps\": %ld, "
-              "\"tokens\": %ld, \"valid_path\": %s, \"world\": %d, \"tp\": %d, \"ep\": %d, \"exchange\": \"%s\"}\n",
-              json_string(a.checkpoint).c_str(), long(meta.step), r.loss, r.ppl, long(r.batches), long(r.tokens),
-              json_string(src.valid_path).c_str(), world, c.parallel.tp, c.parallel.ep, c.comm.exchange.c_str());
+  engine::JsonRecord j;
+  j.add("checkpoint", a.checkpoint).add("step", int64_t(meta.step)).add("val_loss", r.loss).add("val_ppl", r.ppl);
+  j.add("eval_steps", int64_t(r.batches)).add("tokens", int64_t(r.tokens)).add("valid_path", src.valid_path);
+  j.add("world", world).add("tp", c.parallel.tp).add("ep", c.parallel.ep).add("exchange", c.comm.exchange);
+  return j.line() + "\n";
 }
 
 }  // namespace

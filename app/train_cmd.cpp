@@ -23,9 +23,11 @@
 #include "data/loader.h"
 #include "data/sources.h"
 #include "engine/check.h"
+#include "engine/json.h"
 #include "engine/log.h"
 #include "engine/memory.h"
 #include "engine/parse.h"
+#include "engine/timing.h"
 #include "model/checkpoint.h"
 #include "model/footprint.h"
 #include "model/run_dir.h"
@@ -70,19 +72,17 @@ void print_sizes(const model::Config& c, int world, engine::Device device) {
 std::atomic<int> g_signal_flags{0};
 void on_signal(int sig) { g_signal_flags.fetch_or(sig == SIGTERM ? 2 : 1); }
 
-// Losses and norms with all 17 digits (a resumed run's lines compare equal as text to an uninterrupted run's);
-// a non-finite value (a skipped step) is null, as JSON has no NaN.
-std::string exact(double v) { return std::isfinite(v) ? strf("%.17g", v) : std::string("null"); }
-
+// Losses and norms with all 17 digits (a resumed run's lines compare equal as text to an uninterrupted run's; the
+// emitter's default); a non-finite value (a skipped step) is null, as JSON has no NaN.
 std::string metrics_json(const model::StepMetrics& m) {
-  return strf("{\"step\": %ld, \"loss\": %s, \"loss_total\": %s, \"aux_loss\": %s, \"z_loss\": %s, \"grad_norm\": %s, \"lr\": %.6e, "
-              "\"step_ms\": %.3f, \"tokens_per_s\": %.1f, \"tflops_per_gpu\": %.3f, \"mfu\": %.5f, \"dropped\": %ld, "
-              "\"skipped\": %s, \"exchange_host_ms\": %.3f, \"exchange_host_gbps\": %.3f, \"host_syncs\": %ld",
-              m.step, exact(m.loss).c_str(), exact(m.loss_total).c_str(), exact(m.aux_loss).c_str(), exact(m.z_loss).c_str(),
-              exact(m.grad_norm).c_str(), m.lr, m.step_ms, m.tokens_per_s, m.tflops_per_gpu, m.mfu, m.dropped,
-              m.skipped ? "true" : "false", m.exchange_host_ms, m.exchange_host_gbps, m.host_syncs) +
-         (std::isnan(m.val_loss) ? "" : strf(", \"val_loss\": %s, \"val_ppl\": %s", exact(m.val_loss).c_str(),
-                                            exact(m.val_ppl).c_str())) + "}";
+  engine::JsonRecord j;
+  j.add("step", int64_t(m.step)).add("loss", m.loss).add("loss_total", m.loss_total).add("aux_loss", m.aux_loss);
+  j.add("z_loss", m.z_loss).add("grad_norm", m.grad_norm).add("lr", m.lr, "%.6e").add("step_ms", m.step_ms, "%.3f");
+  j.add("tokens_per_s", m.tokens_per_s, "%.1f").add("tflops_per_gpu", m.tflops_per_gpu, "%.3f").add("mfu", m.mfu, "%.5f");
+  j.add("dropped", int64_t(m.dropped)).add("skipped", m.skipped).add("exchange_host_ms", m.exchange_host_ms, "%.3f");
+  j.add("exchange_host_gbps", m.exchange_host_gbps, "%.3f").add("host_syncs", int64_t(m.host_syncs));
+  if (!std::isnan(m.val_loss)) j.add("val_loss", m.val_loss).add("val_ppl", m.val_ppl);
+  return j.line();
 }
 
 // Fault-injection hooks for tests/resume (environment variables, off unless set; see docs/checkpoints.md).
@@ -113,7 +113,7 @@ void poison_final_norm(model::ParamStore& params, std::vector<float>& saved, boo
   auto host = [&](std::vector<float>& v) { return engine::make_view(v.data(), p.local, engine::DType::f32, engine::Device::cpu); };
   if (on) {
     saved.resize(size_t(p.master.numel()));
-    engine::copy(host(saved), p.master);
+    engine::read_to_host(host(saved), p.master, "test hook: final_norm");
     std::vector<float> bad(saved.size(), NAN);
     engine::copy(p.master, host(bad));
   } else {
@@ -260,9 +260,9 @@ class TrainJob {
   void load_resume() {
     const engine::StartupPhase phase("loading checkpoint " + resume_ + " (checksums checked as it is read)");
     for (;;) {
-      auto t0 = std::chrono::steady_clock::now();
+      const engine::HostTimer timer;
       auto problem = model::ckpt_load_verified(resume_, trainer_->params(), signature_, ps_.ctx.world, &resume_meta_);
-      const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+      const double load_ms = timer.ms();
       if (!problem) {
         log_info(strf("resumed from %s at step %ld (saved by %d ranks: tp %d, ep %d) in %.1f ms", resume_.c_str(),
                       resume_meta_.step, resume_meta_.world, resume_meta_.tp, resume_meta_.ep, load_ms));

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "engine/json.h"
 #include "engine/log.h"
 #include "model/run_dir.h"
 #include "model/trainer.h"
@@ -54,22 +55,14 @@ Validation make_validation(const data::DataSources& src, const model::Config& c,
   return v;
 }
 
-std::string json_string(const std::string& s) {
-  std::string q = "\"";
-  for (char ch : s) q += (ch == '"' || ch == '\\') ? std::string("\\") + ch : std::string(1, ch);
-  return q + "\"";
-}
-
 void write_run_info(const std::string& run_dir, const data::DataSources& src, const model::Config& c, int world) {
-  model::write_file_checked((std::filesystem::path(run_dir) / "run_info.json").string(),
-      strf("{\"tokens_per_step\": %ld, \"train_flops_per_token\": %.6g, \"peak_tflops\": %g, \"world\": %d, "
-              "\"entropy_floor\": %s, \"train_path\": %s, \"valid_path\": %s, \"eval_interval\": %ld, "
-              "\"eval_steps\": %ld}\n",
-              long(c.train.global_batch * c.model.seq_len), model::train_flops_per_token(c.model), c.train.peak_tflops,
-              world,
-              std::isnan(src.entropy_floor) ? "null" : strf("%.17g", src.entropy_floor).c_str(),
-              json_string(src.train_path).c_str(), json_string(src.valid_path).c_str(), long(c.train.eval_interval),
-              long(c.train.eval_steps)));
+  engine::JsonRecord j;
+  j.add("tokens_per_step", int64_t(c.train.global_batch * c.model.seq_len));
+  j.add("train_flops_per_token", model::train_flops_per_token(c.model), "%.6g").add("peak_tflops", c.train.peak_tflops, "%g");
+  j.add("world", world).add("entropy_floor", src.entropy_floor).add("train_path", src.train_path);
+  j.add("valid_path", src.valid_path).add("eval_interval", int64_t(c.train.eval_interval));
+  j.add("eval_steps", int64_t(c.train.eval_steps));
+  model::write_file_checked((std::filesystem::path(run_dir) / "run_info.json").string(), j.line() + "\n");
 }
 
 }  // namespace monta::app

@@ -26,9 +26,6 @@ struct Validation {
 };
 Validation make_validation(const data::DataSources& src, const model::Config& c, const model::ParallelContext& par);
 
-// s as a JSON string literal (quotes and backslashes escaped).
-std::string json_string(const std::string& s);
-
 // <run_dir>/run_info.json: tokens per step, model FLOPs per token, the peak and world size MFU is measured against,
 // the entropy floor (null when unknown) and the data sources.
 void write_run_info(const std::string& run_dir, const data::DataSources& src, const model::Config& c, int world);

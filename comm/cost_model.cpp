@@ -51,6 +51,37 @@ int64_t capacity_of(int64_t tokens, int64_t top_k, int64_t experts, double capac
 int64_t ExchangeVolume::capacity() const { return capacity_of(tokens(), K, E, capacity_factor, min_capacity); }
 double ExchangeVolume::dispatch_bytes() const { return double(E) * double(capacity()) * double(H) * elem_bytes; }
 
+GroupPlacement rank_placement(const Topology& topo, int rank, const std::vector<int>& tp_members,
+                              const std::vector<int>& ep_members) {
+  GroupPlacement g;
+  g.t = int(tp_members.size());
+  g.e = int(ep_members.size());
+  for (int q : ep_members) g.ep_peers_inter += topo.same_node(q, rank) ? 0 : 1;
+  g.ep_peers_intra = g.e - 1 - g.ep_peers_inter;
+  for (int q : tp_members) g.tp_spans_nodes = g.tp_spans_nodes || !topo.same_node(q, rank);
+  g.ep_cross_fraction = g.e > 1 ? double(g.ep_peers_inter) / double(g.e - 1) : 0.0;
+  return g;
+}
+
+GroupPlacement slower_placement(const GroupPlacement& a, const GroupPlacement& b) {
+  GroupPlacement g = b.ep_peers_inter > a.ep_peers_inter ? b : a;
+  g.tp_spans_nodes = a.tp_spans_nodes || b.tp_spans_nodes;
+  return g;
+}
+
+GroupPlacement group_placement(const ProcessGroups& groups, Communicator* world) {
+  const Topology& topo = groups.topology();
+  GroupPlacement g = rank_placement(topo, topo.world_rank, groups.members(GroupKind::tp), groups.members(GroupKind::ep));
+  if (!world) return g;
+  std::vector<int32_t> worst = {g.ep_peers_inter, g.tp_spans_nodes ? 1 : 0};
+  world->all_reduce(engine::Tensor(worst.data(), {2}, engine::DType::i32), ReduceOp::max);
+  g.ep_peers_inter = worst[0];
+  g.ep_peers_intra = g.e - 1 - worst[0];
+  g.tp_spans_nodes = worst[1] != 0;
+  g.ep_cross_fraction = g.e > 1 ? double(g.ep_peers_inter) / double(g.e - 1) : 0.0;
+  return g;
+}
+
 GroupPlacement place_groups(const Cluster& c, int tp, int ep) {
   const int world = c.world();
   MONTA_CHECK(tp > 0 && ep > 0 && world % (tp * ep) == 0,
@@ -63,21 +94,9 @@ GroupPlacement place_groups(const Cluster& c, int tp, int ep) {
   l.dp = world / tp;
   l.expert_dp = l.dp / ep;
   const Topology topo = emulated_topology(0, world, c.nodes, "plan");
-  GroupPlacement g;
-  g.t = tp;
-  g.e = ep;
-  g.ep_peers_intra = ep - 1;
-  for (int r = 0; r < world; ++r) {
-    const std::vector<int> epg = group_ranks(l, GroupKind::ep, r), tpg = group_ranks(l, GroupKind::tp, r);
-    int inter = 0;
-    for (int q : epg) inter += topo.same_node(q, r) ? 0 : 1;
-    if (inter > g.ep_peers_inter) {
-      g.ep_peers_inter = inter;
-      g.ep_peers_intra = ep - 1 - inter;
-    }
-    g.tp_spans_nodes = g.tp_spans_nodes || !topo.same_node(tpg.front(), tpg.back());
-  }
-  g.ep_cross_fraction = ep > 1 ? double(g.ep_peers_inter) / double(ep - 1) : 0.0;
+  GroupPlacement g = rank_placement(topo, 0, group_ranks(l, GroupKind::tp, 0), group_ranks(l, GroupKind::ep, 0));
+  for (int r = 1; r < world; ++r)
+    g = slower_placement(g, rank_placement(topo, r, group_ranks(l, GroupKind::tp, r), group_ranks(l, GroupKind::ep, r)));
   return g;
 }
 

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "comm/exchange.h"
+#include "comm/groups.h"
 
 namespace monta::comm {
 
@@ -73,7 +74,14 @@ struct GroupPlacement {
   bool tp_spans_nodes = false;
   double ep_cross_fraction = 0;  // share of the EP all-to-all's off-rank bytes that crosses nodes
 };
-// TP innermost, consecutive ranks per node; the rank whose EP group has the most inter-node peers.
+// The one placement rule: where `rank`'s TP and EP peers (its groups' world ranks) sit on the topology's nodes.
+GroupPlacement rank_placement(const Topology& topo, int rank, const std::vector<int>& tp_members,
+                              const std::vector<int>& ep_members);
+// The slower of two placements: the EP group with more inter-node peers; TP spans nodes if either does.
+GroupPlacement slower_placement(const GroupPlacement& a, const GroupPlacement& b);
+// This job's placement: this rank's (world null) or, collective over world, the slowest rank's.
+GroupPlacement group_placement(const ProcessGroups& groups, Communicator* world = nullptr);
+// A planned cluster's: TP innermost, consecutive ranks per node; the slowest rank's placement.
 GroupPlacement place_groups(const Cluster& c, int tp, int ep);
 
 // Predicted time of one exchange call (dispatch or combine; they move the same bytes) and its legs.

@@ -2,11 +2,10 @@
 // `duplicate` strategy (full all-to-all on every TP rank); the capacity-sliced ones are in pipelined_exchange.cpp.
 #include "comm/exchange.h"
 
-#include <chrono>
-
 #include "comm/exchange_util.h"
 #include "engine/check.h"
 #include "engine/memory.h"
+#include "engine/timing.h"
 #include "engine/trace.h"
 
 namespace monta::comm {
@@ -17,15 +16,6 @@ using engine::Device;
 
 using detail::flat;
 using detail::n2s;
-
-class Timer {
- public:
-  Timer() : t0_(std::chrono::steady_clock::now()) {}
-  double seconds() const { return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count(); }
-
- private:
-  std::chrono::steady_clock::time_point t0_;
-};
 
 // Every TP rank moves the whole buffer over EP. The all-to-all blocks of x are already contiguous (block p =
 // experts of peer p); only y's (expert, peer) order needs a reorder, and none when E_l == 1.
@@ -49,7 +39,7 @@ class DuplicateExchange final : public Exchange {
 
   void dispatch(Tensor y, const Tensor& x) override {
     const engine::TraceRange trace("exchange dispatch");
-    Timer tm;
+    const engine::HostTimer tm;
     detail::check_exchange_io(y, x, n(), dtype_, device_, "dispatch");
     const Tensor xf = flat(x, 0, n()), yf = flat(y, 0, n());
     if (El_ == 1) {
@@ -66,7 +56,7 @@ class DuplicateExchange final : public Exchange {
 
   void combine(Tensor out, const Tensor& z) override {
     const engine::TraceRange trace("exchange combine");
-    Timer tm;
+    const engine::HostTimer tm;
     detail::check_exchange_io(out, z, n(), dtype_, device_, "combine");
     const Tensor zf = flat(z, 0, n()), of = flat(out, 0, n());
     if (El_ == 1) {
@@ -83,7 +73,7 @@ class DuplicateExchange final : public Exchange {
 
  private:
   int64_t n() const { return E_ * C_ * H_; }  // elements of x (E, C, H) and of y (E_l, e*C, H)
-  void finish(const Timer& tm) {
+  void finish(const engine::HostTimer& tm) {
     stats_.ep_bytes = int64_t(e_ - 1) * El_ * C_ * H_ * es_;
     stats_.tp_bytes = 0;
     stats_.seconds = tm.seconds();

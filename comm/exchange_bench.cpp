@@ -3,6 +3,7 @@
 #include "comm/exchange_bench.h"
 
 #include <algorithm>
+#include <functional>
 #include <memory>
 
 #include "comm/calibrate.h"
@@ -29,7 +30,8 @@ using engine::strf;
 namespace {
 std::vector<char> to_host(const Tensor& t) {
   std::vector<char> h(t.bytes());
-  engine::copy(engine::make_view(h.data(), {t.numel()}, t.dtype, Device::cpu), t.view({t.numel()}));
+  engine::read_to_host(engine::make_view(h.data(), {t.numel()}, t.dtype, Device::cpu), t.view({t.numel()}),
+                       "bench exchange check");
   return h;
 }
 }  // namespace
@@ -70,20 +72,7 @@ ExchangeBenchResult run_exchange_bench(const ExchangeBenchOptions& o) {
 #endif
 
   // Where this job's groups sit (the slowest rank's EP group decides), and the links to predict with.
-  GroupPlacement g;
-  g.t = tp;
-  g.e = ep;
-  const std::vector<int>& epm = pg.members(GroupKind::ep);
-  const std::vector<int>& tpm = pg.members(GroupKind::tp);
-  int inter = 0;
-  for (int q : epm) inter += topo.same_node(q, topo.world_rank) ? 0 : 1;
-  std::vector<int32_t> worst = {inter, topo.same_node(tpm.front(), tpm.back()) ? 0 : 1};
-  W->all_reduce(Tensor(worst.data(), {2}, DType::i32), ReduceOp::max);
-  g.ep_peers_inter = worst[0];
-  g.ep_peers_intra = ep - 1 - worst[0];
-  g.tp_spans_nodes = worst[1] != 0;
-  g.ep_cross_fraction = ep > 1 ? double(g.ep_peers_inter) / (ep - 1) : 0;
-
+  const GroupPlacement g = group_placement(pg, W);
   LinkModel lm;
   if (o.links) {
     lm = *o.links;
@@ -96,9 +85,15 @@ ExchangeBenchResult run_exchange_bench(const ExchangeBenchOptions& o) {
     lm = cal.links;
     engine::log_info("calibration (max over ranks of the median):\n" + format_calibration(cal));
   }
-  ExchangeBenchResult res;
-  res.options = o;
-  std::vector<ExchangeBenchRow>& rows = res.rows;
+  engine::BenchSweep sweep(warmup, iters, [&](int w, int n, const std::function<void()>& fn) {
+    return slowest_median_seconds(*W, dev, w, n, fn);
+  });
+  // A row's predicted time, and its chunk count (0: not chunked) for the table and the JSON.
+  auto with_prediction = [](engine::BenchCase c, int chunks, double pred_s) {
+    c.extra.add("chunks", chunks).add("pred_us", pred_s * 1e6, "%.3f");
+    c.values = {double(chunks), pred_s * 1e6};
+    return c;
+  };
   const RankCoords co = pg.coords();
   for (double target = double(o.min_bytes); target <= double(o.max_bytes) * 1.0001; target *= o.factor) {
     const int64_t C = std::max<int64_t>(1, int64_t(target) / (E * hidden * es));
@@ -110,57 +105,52 @@ ExchangeBenchResult run_exchange_bench(const ExchangeBenchOptions& o) {
     const Tensor x3 = x.view({E, C, hidden}), y3 = y.view({E / ep, ep * C, hidden}), b3 = back.view({E, C, hidden});
     // Raw collectives of the same groups and sizes.
     if (ep > 1) {
-      ExchangeBenchRow r{"all_to_all(ep)", 0, ep, X};
-      r.us = 1e6 * slowest_median_seconds(*W, dev, warmup, iters, [&] { EP->all_to_all(y, x); });
-      r.pred_us = 1e6 * all_to_all_time(lm, X, g.ep_peers_intra, g.ep_peers_inter);
-      rows.push_back(r);
+      engine::BenchCase c = engine::bench_case("all_to_all(ep)", "", 0, X, [&] { EP->all_to_all(y, x); });
+      c.group = ep;
+      sweep.run(with_prediction(c, 0, all_to_all_time(lm, X, g.ep_peers_intra, g.ep_peers_inter)));
     }
     if (tp > 1) {
       const int64_t m = n / tp;
-      ExchangeBenchRow r{"all_gather(tp)", 0, tp, double(m * tp) * es};
-      Tensor in = engine::make_view(x.data, {m}, dt, dev), out = engine::make_view(y.data, {m * tp}, dt, dev);
-      r.us = 1e6 * slowest_median_seconds(*W, dev, warmup, iters, [&] { TP->all_gather(out, in); });
-      r.pred_us = 1e6 * all_gather_time(lm, r.bytes, tp, g.tp_spans_nodes);
-      rows.push_back(r);
+      const Tensor in = engine::make_view(x.data, {m}, dt, dev), out = engine::make_view(y.data, {m * tp}, dt, dev);
+      engine::BenchCase c = engine::bench_case("all_gather(tp)", "", 0, double(m * tp) * es,
+                                               [&, in, out] { TP->all_gather(out, in); });
+      c.group = tp;
+      sweep.run(with_prediction(c, 0, all_gather_time(lm, c.bytes, tp, g.tp_spans_nodes)));
     }
-    std::vector<std::pair<ExchangeKind, int>> runs = {{ExchangeKind::duplicate, 1},
-                                                            {ExchangeKind::drop_gather, 1}};
-    for (int c : o.chunks) runs.push_back({ExchangeKind::pipelined, c});
+    std::vector<std::pair<ExchangeKind, int>> runs = {{ExchangeKind::duplicate, 1}, {ExchangeKind::drop_gather, 1}};
+    for (int k : o.chunks) runs.push_back({ExchangeKind::pipelined, k});
     std::vector<char> ref, xh = to_host(x);
-    for (auto [kind, c] : runs) {
+    for (auto [kind, k] : runs) {
       ExchangeShape shape{E, C, hidden};
-      shape.chunks = c;
+      shape.chunks = k;
       auto ex = make_exchange(kind, *TP, *EP, shape, dt, dev);
-      // Correctness, untimed: dispatch equals duplicate's; combine(dispatch(x)) == x.
-      engine::fill_zero(y);
-      ex->dispatch(y3, x3);
-      ex->combine(b3, y3);
-      engine::sync_device(dev);
-      const std::vector<char> yh = to_host(y);
-      if (ref.empty()) ref = yh;
-      std::vector<int32_t> bad = {yh != ref || to_host(back) != xh ? 1 : 0};
-      W->all_reduce(Tensor(bad.data(), {1}, DType::i32), ReduceOp::max);
-      ExchangeBenchRow r{exchange_kind_name(kind), kind == ExchangeKind::pipelined ? c : 0, ep, X};
-      r.ok = bad[0] == 0;
-      r.us = 1e6 * slowest_median_seconds(*W, dev, warmup, iters, [&] { ex->dispatch(y3, x3); });
-      r.pred_us = 1e6 * predict_exchange_shape(kind, c, E, C, hidden, es, g, lm).total;
-      rows.push_back(r);
+      engine::BenchCase c = engine::bench_case(exchange_kind_name(kind), "", 0, X, [&] { ex->dispatch(y3, x3); });
+      c.group = ep;
+      c.check = [&] {  // dispatch equals duplicate's; combine(dispatch(x)) == x; on every rank
+        engine::fill_zero(y);
+        ex->dispatch(y3, x3);
+        ex->combine(b3, y3);
+        engine::sync_device(dev);
+        const std::vector<char> yh = to_host(y);
+        if (ref.empty()) ref = yh;
+        std::vector<int32_t> bad = {yh != ref || to_host(back) != xh ? 1 : 0};
+        W->all_reduce(Tensor(bad.data(), {1}, DType::i32), ReduceOp::max);
+        return bad[0] == 0;
+      };
+      sweep.run(with_prediction(c, kind == ExchangeKind::pipelined ? k : 0,
+                                predict_exchange_shape(kind, k, E, C, hidden, es, g, lm).total));
     }
   }
-  for (ExchangeBenchRow& r : rows) {
-    r.algbw = r.bytes / (r.us * 1e-6) / 1e9;
-    r.busbw = r.algbw * double(r.group - 1) / double(r.group);  // nccl-tests: alltoall and allgather, (n-1)/n
-  }
+  ExchangeBenchResult res;
+  res.options = o;
+  res.sweep = engine::BenchSweep(warmup, iters, nullptr);  // the rows, without the timer over this call's groups
+  for (const engine::BenchRow& r : sweep.rows()) res.sweep.add(r);
   res.links = lm;
   res.placement = g;
   res.world = world;
   res.nodes = topo.num_nodes;
   res.emulated = topo.emulated;
   return res;
-}
-
-bool ExchangeBenchResult::all_ok() const {
-  return std::all_of(rows.begin(), rows.end(), [](const ExchangeBenchRow& r) { return r.ok; });
 }
 
 std::string ExchangeBenchResult::table() const {
@@ -172,33 +162,31 @@ std::string ExchangeBenchResult::table() const {
                        long(o.hidden), engine::dtype_name(dt), o.iters, placement.ep_peers_intra, placement.ep_peers_inter);
   s += "(overlapped moves its bytes as pipelined does; what it gains needs the experts between the chunks: see `monta "
        "bench layer --tp --ep`)\n";
-  s += strf("%12s  %-16s %6s %12s %10s %10s %12s %11s %7s %5s\n", "size (B)", "op", "chunks", "time (us)", "algbw",
-            "busbw", "pred (us)", "pred err %", "", "ok");
-  for (const ExchangeBenchRow& r : rows)
-    s += strf("%12.0f  %-16s %6s %12.1f %10.3f %10.3f %12.1f %11.1f %7s %5s\n", r.bytes, r.op.c_str(),
-              r.chunks ? std::to_string(r.chunks).c_str() : "-", r.us, r.algbw, r.busbw, r.pred_us,
-              100.0 * (r.us - r.pred_us) / r.pred_us, "", r.ok ? "ok" : "WRONG");
-  return s;
+  using R = engine::BenchRow;
+  return s + sweep.table({
+                 engine::bench_number_column("size (B)", 12, "%.0f", [](const R& r) { return r.bytes; }),
+                 engine::bench_text_column(" op", -16, &R::name),
+                 {"chunks", 6, [](const R& r) { return r.values[0] > 0 ? strf("%.0f", r.values[0]) : std::string("-"); }},
+                 engine::bench_number_column("time (us)", 12, "%.1f", [](const R& r) { return r.us(); }),
+                 engine::bench_number_column("algbw", 10, "%.3f", [](const R& r) { return r.algbw; }),
+                 engine::bench_number_column("busbw", 10, "%.3f", [](const R& r) { return r.busbw; }),
+                 engine::bench_number_column("pred (us)", 12, "%.1f", [](const R& r) { return r.values[1]; }),
+                 engine::bench_number_column("pred err %", 11, "%.1f",
+                                             [](const R& r) { return 100.0 * (r.us() - r.values[1]) / r.values[1]; }),
+                 {"ok", 13, [](const R& r) { return std::string(r.ok ? "ok" : "WRONG"); }},
+             });
 }
 
 std::string ExchangeBenchResult::json() const {
   const ExchangeBenchOptions& o = options;
   const DType dt = o.device == Device::cpu ? DType::f32 : DType::bf16;
   const LinkModel& lm = links;
-  std::string s = strf("{\"tp\": %d, \"ep\": %d, \"world\": %d, \"nodes\": %d, \"dtype\": \"%s\", \"iters\": %d, "
-                       "\"intra_gbps\": %.4f, \"intra_latency_us\": %.3f, \"intra_next_latency_us\": %.3f, "
-                       "\"inter_gbps\": %.4f, \"inter_latency_us\": %.3f, \"inter_next_latency_us\": %.3f, \"rows\": [\n",
-                       o.tp, o.ep, world, nodes, engine::dtype_name(dt), o.iters, 1e-9 / lm.intra.beta,
-                       lm.intra.alpha * 1e6, lm.intra.next_alpha() * 1e6, 1e-9 / lm.inter.beta, lm.inter.alpha * 1e6,
-                       lm.inter.next_alpha() * 1e6);
-  for (size_t i = 0; i < rows.size(); ++i) {
-    const ExchangeBenchRow& r = rows[i];
-    s += strf("  {\"op\": \"%s\", \"chunks\": %d, \"bytes\": %.0f, \"time_us\": %.3f, \"algbw\": %.4f, "
-              "\"busbw\": %.4f, \"pred_us\": %.3f, \"ok\": %s}%s\n",
-              r.op.c_str(), r.chunks, r.bytes, r.us, r.algbw, r.busbw, r.pred_us, r.ok ? "true" : "false",
-              i + 1 < rows.size() ? "," : "");
-  }
-  return s + "]}\n";
+  engine::JsonRecord h;
+  h.add("tp", o.tp).add("ep", o.ep).add("world", world).add("nodes", nodes).add("dtype", engine::dtype_name(dt));
+  h.add("iters", o.iters).add("intra_gbps", 1e-9 / lm.intra.beta, "%.4f").add("intra_latency_us", lm.intra.alpha * 1e6, "%.3f");
+  h.add("intra_next_latency_us", lm.intra.next_alpha() * 1e6, "%.3f").add("inter_gbps", 1e-9 / lm.inter.beta, "%.4f");
+  h.add("inter_latency_us", lm.inter.alpha * 1e6, "%.3f").add("inter_next_latency_us", lm.inter.next_alpha() * 1e6, "%.3f");
+  return sweep.json(h);
 }
 
 }  // namespace monta::comm

@@ -1,14 +1,15 @@
-// The exchange sweep behind `monta bench exchange`, nccl-tests style: for each buffer size, the raw all-to-all over
-// EP and all-gather over TP of the same groups, then every strategy (pipelined at each chunk count), timed as the
-// slowest rank's median (comm/timing.h), as time / algbw / busbw with nccl-tests' formulas, beside the cost model's
-// prediction. Correctness (every strategy's dispatch equals duplicate's, and combine inverts it) is checked outside
-// the timed region. Collective over MPI_COMM_WORLD.
+// The exchange sweep behind `monta bench exchange`, cases of the benchmark engine (engine/bench.h): for each buffer
+// size, the raw all-to-all over EP and all-gather over TP of the same groups, then every strategy (pipelined at each
+// chunk count), timed as the slowest rank's median (comm/timing.h), as time / algbw / busbw with nccl-tests'
+// formulas, beside the cost model's prediction. Correctness (every strategy's dispatch equals duplicate's, and
+// combine inverts it) is each case's check, outside the timed region. Collective over MPI_COMM_WORLD.
 #pragma once
 #include <optional>
 #include <string>
 #include <vector>
 
 #include "comm/cost_model.h"
+#include "engine/bench.h"
 #include "engine/tensor.h"
 
 namespace monta::comm {
@@ -22,21 +23,14 @@ struct ExchangeBenchOptions {
   engine::Device device = engine::Device::cpu;  // cpu: MPI on f32 host buffers; cuda: NCCL on bf16 device buffers
 };
 
-struct ExchangeBenchRow {
-  std::string op;
-  int chunks = 0, group = 1;
-  double bytes = 0, us = 0, algbw = 0, busbw = 0, pred_us = 0;
-  bool ok = true;
-};
-
 struct ExchangeBenchResult {
   ExchangeBenchOptions options;
-  std::vector<ExchangeBenchRow> rows;
+  engine::BenchSweep sweep{0, 1, nullptr};  // rows: extra "chunks", "pred_us"; values {chunks, predicted us}
   LinkModel links;
   GroupPlacement placement;
   int world = 1, nodes = 1;
   bool emulated = false;
-  bool all_ok() const;
+  bool all_ok() const { return sweep.all_ok(); }
   std::string table() const;  // header lines and one line per row
   std::string json() const;
 };

@@ -78,18 +78,10 @@ size_t fastest(const std::vector<Candidate>& v, double Candidate::*by) {
 
 ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world, Communicator& tp, Communicator& ep,
                                const ExchangeChoiceInput& in) {
-  const auto& topo = groups.topology();
-  const int me = topo.world_rank;
   MONTA_CHECK(in.experts > 0 && in.capacity > 0 && in.hidden > 0 && in.ffn_local > 0 && in.experts % ep.size() == 0,
               "choose_exchange: bad layer shape");
   // Where this rank's TP and EP peers sit.
-  GroupPlacement place;
-  place.t = tp.size();
-  place.e = ep.size();
-  for (int r : groups.members(GroupKind::ep))
-    if (r != me) (topo.same_node(r, me) ? place.ep_peers_intra : place.ep_peers_inter)++;
-  for (int r : groups.members(GroupKind::tp)) place.tp_spans_nodes |= !topo.same_node(r, me);
-  place.ep_cross_fraction = place.e > 1 ? double(place.ep_peers_inter) / double(place.e - 1) : 0.0;
+  const GroupPlacement place = group_placement(groups);
   // Link model: given, or a short probe over the very groups the exchange uses.
   LinkModel links{link_from(300, 10), link_from(10, 20)};
   std::string calibration;

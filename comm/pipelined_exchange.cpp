@@ -5,7 +5,6 @@
 // one-chunk pipeline. Pure data movement, so bit-identical to `duplicate`; dispatch and combine are each other's
 // backward, so both directions of both passes are pipelined.
 #include <algorithm>
-#include <chrono>
 #include <functional>
 #include <vector>
 
@@ -14,6 +13,7 @@
 #include "comm/exchange_util.h"
 #include "engine/check.h"
 #include "engine/memory.h"
+#include "engine/timing.h"
 #include "engine/trace.h"
 
 namespace monta::comm {
@@ -83,7 +83,7 @@ class PipelinedExchange final : public Exchange {
   // ((j * e*C) + p*C + c) * H. Same layout rules as drop_gather, per chunk.
   void dispatch(Tensor y, const Tensor& x) override {
     const engine::TraceRange trace("exchange dispatch");
-    const auto t0 = std::chrono::steady_clock::now();
+    const engine::HostTimer t0;
     check_io(y, x, "dispatch");
     Leg leg{x, y, token_side(), expert_side()};
     run(leg);
@@ -92,7 +92,7 @@ class PipelinedExchange final : public Exchange {
 
   void combine(Tensor out, const Tensor& z) override {
     const engine::TraceRange trace("exchange combine");
-    const auto t0 = std::chrono::steady_clock::now();
+    const engine::HostTimer t0;
     check_io(out, z, "combine");
     Leg leg{z, out, expert_side(), token_side()};
     run(leg);
@@ -147,7 +147,7 @@ class PipelinedExchange final : public Exchange {
                                          const std::function<void(int)>& experts) override {
     if (!overlapped()) return Exchange::dispatch_experts_combine(out, z, y, x, experts);
     const engine::TraceRange trace("exchange overlapped: dispatch, experts, combine");
-    const auto t0 = std::chrono::steady_clock::now();
+    const engine::HostTimer t0;
     check_io(y, x, "dispatch");
     check_io(out, z, "combine");
     const int n = int(chunks_.size());
@@ -155,12 +155,12 @@ class PipelinedExchange final : public Exchange {
     double in_experts = 0;
     auto compute = [&](int k) {
       unpack(d, k);
-      const auto e0 = std::chrono::steady_clock::now();
+      const engine::HostTimer e0;
       {
         const engine::TraceRange trace("experts chunk " + std::to_string(k));
         experts(k);
       }
-      in_experts += std::chrono::duration<double>(std::chrono::steady_clock::now() - e0).count();
+      in_experts += e0.seconds();
       pack_and_send(c, k);
     };
     for (int k = 0; k < n; ++k) pack_and_send(d, k);
@@ -263,7 +263,7 @@ class PipelinedExchange final : public Exchange {
   }
 
   // directions: 1 for dispatch() or combine(), 2 for the overlapped whole; minus_s: time spent outside the exchange.
-  void finish(std::chrono::steady_clock::time_point t0, int directions, double minus_s) {
+  void finish(const engine::HostTimer& t0, int directions, double minus_s) {
     int64_t ep = 0, tp = 0;
     for (const Chunk& c : chunks_) {
       ep += int64_t(e_ - 1) * El_ * c.slices[size_t(tp_.rank())].size * H_ * es_;
@@ -271,7 +271,7 @@ class PipelinedExchange final : public Exchange {
     }
     stats_.ep_bytes = directions * ep;
     stats_.tp_bytes = directions * tp;
-    stats_.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() - minus_s;
+    stats_.seconds = t0.seconds() - minus_s;
   }
 
   Communicator& tp_;

@@ -1,15 +1,16 @@
 // Rank-aware logging: rank 0 speaks for the job; warnings come from whichever rank sees them.
 #include "engine/log.h"
 
-#include <chrono>
 #include <cstdarg>
 #include <cstdio>
 #include <vector>
 
+#include "engine/timing.h"
+
 namespace monta::engine {
 namespace {
 int g_rank = 0, g_world = 1;
-const auto g_launch = std::chrono::steady_clock::now();
+const HostTimer g_launch;  // started with the process's static initialisation
 }
 
 void set_log_rank(int rank, int world) {
@@ -51,7 +52,7 @@ void log_warn(const std::string& line) {
 }
 
 double seconds_since_launch() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - g_launch).count();
+  return g_launch.seconds();
 }
 
 StartupPhase::StartupPhase(std::string what) : what_(std::move(what)), start_s_(seconds_since_launch()) {

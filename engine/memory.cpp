@@ -11,6 +11,7 @@
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/cuda_backend.h"
+#include "engine/trace.h"
 
 namespace monta::engine {
 
@@ -52,8 +53,21 @@ void copy(Tensor dst, const Tensor& src, Stream s) {
     if (dst.data != src.data) std::memmove(dst.data, src.data, src.bytes());
     return;
   }
-  if (dst.device == Device::cpu) g_host_syncs.fetch_add(1, std::memory_order_relaxed);
-  cudab::copy(dst.data, dst.device == Device::cuda, src.data, src.device == Device::cuda, src.bytes(), s);
+  if (dst.device == Device::cpu) return read_to_host(dst, src, "engine::copy", s);
+  cudab::copy(dst.data, true, src.data, src.device == Device::cuda, src.bytes(), s);
+}
+
+void read_to_host(Tensor dst, const Tensor& src, const char* what, Stream s) {
+  MONTA_CHECK(dst.device == Device::cpu && dst.numel() == src.numel() && dst.dtype == src.dtype,
+              std::string("read_to_host (") + what + ") " + src.str() + " -> " + dst.str() +
+                  ": the destination must be host memory of the same size and dtype");
+  if (src.device == Device::cpu) {
+    if (dst.data != src.data) std::memmove(dst.data, src.data, src.bytes());
+    return;
+  }
+  const TraceRange trace(std::string("read_to_host ") + what);
+  g_host_syncs.fetch_add(1, std::memory_order_relaxed);
+  cudab::copy(dst.data, false, src.data, true, src.bytes(), s);  // waits for the stream: the bytes are there
 }
 
 int64_t host_sync_count() { return g_host_syncs.load(std::memory_order_relaxed); }

@@ -1,5 +1,5 @@
 // Device memory and arenas: all memory of a run is carved from a few arenas sized up front from spec
-// tables (STYLE.md rule 5); copies, fills and the one named device->host sync live here too.
+// tables (STYLE.md rule 5); copies, fills, the one named device->host read and the one device sync live here too.
 #pragma once
 #include <string>
 #include <vector>
@@ -16,8 +16,12 @@ size_t cuda_memory_in_use();
 
 void* device_alloc(Device d, size_t bytes);
 void device_free(Device d, void* p);
-// dst and src must have the same numel and dtype; any pair of devices.
+// dst and src must have the same numel and dtype; any pair of devices. Into host memory from a device it is a
+// device->host read and goes through read_to_host (named "engine::copy"); new code calls read_to_host itself.
 void copy(Tensor dst, const Tensor& src, Stream s = nullptr);
+// The one named device->host read: copies src (any device) into the host tensor dst and waits until the bytes are
+// there. A profiler shows it as the NVTX range "read_to_host <what>"; host_sync_count() counts it.
+void read_to_host(Tensor dst, const Tensor& src, const char* what, Stream s = nullptr);
 void fill_zero(Tensor t, Stream s = nullptr);
 // Deterministic pseudo-random values in [-scale, scale) (xorshift64 from `seed`, made on the host), written into t
 // (f32, bf16 or f64; any device): the one fill for benchmark inputs and weights, which need repeatability only.

@@ -1,11 +1,11 @@
-// Per-op timing (engine/op_timing.h): the records of the timed op calls, and their sums per op and shape for
-// `monta bench layer --breakdown`.
+// Per-op timing (engine/op_timing.h): the records of the timed op calls (device intervals, engine/timing.h), and
+// their sums per op and shape for `monta bench layer --breakdown`.
 #include "engine/op_timing.h"
 
-#include <chrono>
 #include <mutex>
 
-#include "engine/cuda_backend.h"
+#include "engine/memory.h"
+#include "engine/timing.h"
 
 namespace monta::engine {
 namespace {
@@ -13,11 +13,7 @@ namespace {
 struct Record {
   std::string name;
   Device device;
-  Stream stream;
-  std::chrono::steady_clock::time_point t0, t1;  // CPU ops
-  void* e0 = nullptr;                             // CUDA ops: events from the backend's pool
-  void* e1 = nullptr;
-  bool closed = false;
+  DeviceInterval interval;
 };
 
 std::mutex g_mu;
@@ -40,36 +36,27 @@ void OpScope::begin(const char* name, const Tensor& first, Stream s) {
     key += std::to_string(first.dim(i));
   }
   std::lock_guard<std::mutex> lock(g_mu);
-  Record r{std::move(key), first.device, s, {}, {}};
-  if (r.device == Device::cuda)
-    r.e0 = cudab::timing_event(s);
-  else
-    r.t0 = std::chrono::steady_clock::now();
+  Record r{std::move(key), first.device, {}};
+  r.interval.begin(first.device, s);
   index_ = int(g_records.size());
-  g_records.push_back(r);
+  g_records.push_back(std::move(r));
 }
 
 void OpScope::end() {
   std::lock_guard<std::mutex> lock(g_mu);
-  Record& r = g_records[size_t(index_)];
-  if (r.device == Device::cuda)
-    r.e1 = cudab::timing_event(r.stream);
-  else
-    r.t1 = std::chrono::steady_clock::now();
-  r.closed = true;
+  g_records[size_t(index_)].interval.end();
 }
 
 std::vector<OpTime> take_op_times() {
   std::lock_guard<std::mutex> lock(g_mu);
+  // The step's one sync (the named one, engine/memory.h), so that reading the intervals waits for nothing.
+  bool on_cuda = false;
+  for (const Record& r : g_records) on_cuda = on_cuda || r.device == Device::cuda;
+  if (on_cuda) sync_device(Device::cuda);
   std::vector<OpTime> out;
   for (const Record& r : g_records) {
-    if (!r.closed) continue;  // an op that threw
-    double ms = 0;
-    if (r.device == Device::cuda) {
-      ms = cudab::elapsed_ms(r.e0, r.e1);
-    } else {
-      ms = std::chrono::duration<double, std::milli>(r.t1 - r.t0).count();
-    }
+    if (!r.interval.ended()) continue;  // an op that threw
+    const double ms = r.interval.ms();
     auto it = out.begin();
     while (it != out.end() && it->name != r.name) ++it;
     if (it == out.end()) {
@@ -80,7 +67,7 @@ std::vector<OpTime> take_op_times() {
     it->ms += ms;
   }
   g_records.clear();
-  cudab::recycle_timing_events();
+  recycle_device_intervals();
   return out;
 }
 

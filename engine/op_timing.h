@@ -1,5 +1,5 @@
 // Per-op timing, for `monta bench layer --breakdown`: while it is on, every op entry point (ops/dispatch.cpp)
-// times itself — a device event before and after it on its stream for CUDA ops, the host clock for CPU ops —
+// times itself as a device interval (engine/timing.h: events on its stream for CUDA ops, the host clock for CPU ops),
 // and take_op_times() sums the time per op name and shape of its first tensor argument ("linear_forward
 // 8192x1024"), so the projections of different widths stay apart. Off by default: then an op pays one branch.
 #pragma once

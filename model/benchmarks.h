@@ -21,7 +21,8 @@ struct BenchLayerOptions {
 
 
 // Each returns the process exit code (non-zero when a check failed).
-int bench_ops(engine::Device dev, int iters, const std::string& json, int64_t S);
+// small: the op table at the GPU parity test's widths (engine::op_dims_parity; S ignored), a quick run on the CPU.
+int bench_ops(engine::Device dev, int iters, const std::string& json, int64_t S, bool small = false);
 int bench_layer(engine::Device dev, int iters, const std::string& json, int64_t S, const BenchLayerOptions& o);
 
 }  // namespace monta::model

@@ -5,6 +5,7 @@
 #include "comm/calibrate.h"
 #include "comm/cost_model.h"
 #include "comm/planner.h"
+#include "comm/topology.h"
 #include "engine/check.h"
 
 namespace monta::comm {
@@ -40,6 +41,26 @@ TEST(CostModel, PlacementOfGroups) {
   EXPECT_EQ(k.ep_peers_inter, 4);
   EXPECT_EQ(k.ep_peers_intra, 3);
   EXPECT_TRUE(place_groups(a800(), 16, 1).tp_spans_nodes);
+}
+
+// The one placement rule that `bench exchange`, `auto` and the planner share: one rank's view, and the slower of two.
+TEST(CostModel, RankPlacementAndTheSlowerOfTwo) {
+  const Topology t = emulated_topology(0, 8, 2, "h");  // nodes {0..3} and {4..7}
+  const GroupPlacement a = rank_placement(t, 5, {4, 5}, {1, 3, 5, 7});
+  EXPECT_EQ(a.t, 2);
+  EXPECT_EQ(a.e, 4);
+  EXPECT_EQ(a.ep_peers_inter, 2);  // 1 and 3
+  EXPECT_EQ(a.ep_peers_intra, 1);  // 7
+  EXPECT_FALSE(a.tp_spans_nodes);
+  EXPECT_DOUBLE_EQ(a.ep_cross_fraction, 2.0 / 3.0);
+  const GroupPlacement b = rank_placement(t, 4, {3, 4}, {4, 5, 6, 7});
+  EXPECT_EQ(b.ep_peers_inter, 0);
+  EXPECT_TRUE(b.tp_spans_nodes);
+  const GroupPlacement w = slower_placement(b, a);
+  EXPECT_EQ(w.ep_peers_inter, 2);
+  EXPECT_EQ(w.ep_peers_intra, 1);
+  EXPECT_TRUE(w.tp_spans_nodes);  // from b
+  EXPECT_EQ(slower_placement(a, b).ep_peers_inter, 2);
 }
 
 TEST(CostModel, CollectiveTimesByHand) {

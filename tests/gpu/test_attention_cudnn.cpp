@@ -10,6 +10,7 @@
 #include "engine/cuda/attention_cudnn.h"
 #include "engine/ops/attention.h"
 #include "engine/settings.h"
+#include "engine/timing.h"
 #include "gpu_test_util.h"
 
 namespace monta::gputest {
@@ -118,21 +119,16 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GpuAttentionCudnn,
 template <class F>
 double time_ms(F&& f, int reps) {
   f();  // warm-up (plan build, module load)
-  cudaEvent_t a, b;
-  cudaEventCreate(&a);
-  cudaEventCreate(&b);
-  std::vector<float> ms;
+  std::vector<double> ms;
   for (int i = 0; i < reps; ++i) {
-    cudaEventRecord(a);
+    engine::DeviceInterval t;  // events on the default stream (engine/timing.h)
+    t.begin(Device::cuda, nullptr);
     f();
-    cudaEventRecord(b);
-    cudaEventSynchronize(b);
-    float t = 0;
-    cudaEventElapsedTime(&t, a, b);
-    ms.push_back(t);
+    t.end();
+    engine::sync_device(Device::cuda);
+    ms.push_back(t.ms());
   }
-  cudaEventDestroy(a);
-  cudaEventDestroy(b);
+  engine::recycle_device_intervals();
   std::sort(ms.begin(), ms.end());
   return ms[ms.size() / 2];
 }

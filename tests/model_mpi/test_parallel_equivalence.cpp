@@ -1,7 +1,8 @@
 // N ranks in any layout = 1 rank: for every (tp, ep, expert_tp, exchange) the world size allows, the loss,
 // every parameter gradient (this rank's slice against the same slice of a single-process run on the whole
 // global batch, computed on every rank), the losses of five AdamW steps and the forward-only validation loss
-// (equal on every rank) match within float32 tolerance.
+// (equal on every rank) match within float32 tolerance. Each layout is its own test, named after it
+// (Layouts/ParallelEquivalence.LayoutEqualsOneProcess/tp2_ep2_dp2_etp_pipelined).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -27,6 +28,8 @@ using namespace monta;
 
 namespace {
 
+// One layout of the sweep. A new dimension (a recompute mode, say) is one more field here, one more word in name(),
+// one more loop in cases() and its use in apply().
 struct Case {
   int tp, ep;
   bool expert_tp;
@@ -34,6 +37,11 @@ struct Case {
   std::string name() const {
     return engine::strf("tp%d_ep%d_dp%d_%s_%s", tp, ep, comm::runtime_world_size() / tp,
                         expert_tp ? "etp" : "ewhole", exchange.c_str());
+  }
+  void apply(model::Config& c) const {
+    c.parallel.tp = tp;
+    c.parallel.ep = ep;
+    c.parallel.expert_tp = expert_tp;
   }
 };
 
@@ -81,9 +89,7 @@ struct Rig {
   model::ParallelContext par;
   std::unique_ptr<comm::Exchange> exchange;
   Rig(model::Config& c, const Case& k, int world) {
-    c.parallel.tp = k.tp;
-    c.parallel.ep = k.ep;
-    c.parallel.expert_tp = k.expert_tp;
+    k.apply(c);
     model::validate(c, world);
     comm::Layout layout = comm::make_layout(world, k.tp, k.ep, k.expert_tp, int(c.model.experts), int(c.model.heads),
                                             int(c.model.kv_heads), c.model.vocab, c.model.ffn);
@@ -139,16 +145,35 @@ double compare_grads(model::ParamStore& local, model::ParamStore& ref, std::stri
   return dev;  // in units of 1e-3 of each tensor's largest gradient
 }
 
+// The largest deviations over every layout of the run, printed (over all ranks) after the last one.
+struct Worst {
+  double loss = 0, grad = 0, val = 0;
+};
+Worst g_worst;
+
+class ParallelEquivalence : public testing::TestWithParam<Case> {
+ public:
+  static void TearDownTestSuite() {
+    double all[3] = {g_worst.loss, g_worst.grad, g_worst.val}, red[3];
+    MPI_Allreduce(all, red, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (comm::runtime_world_rank() == 0)
+      std::printf("world %d: largest |loss - loss_1rank| %.3g; largest gradient deviation %.3g x 1e-3 of the tensor's "
+                  "max; largest |val_loss - val_loss_1rank| %.3g\n",
+                  comm::runtime_world_size(), red[0], red[1], red[2]);
+  }
+};
+
 }  // namespace
 
-TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
-  const int world = comm::runtime_world_size(), rank = comm::runtime_world_rank();
-  const model::Config base = small_config();
+TEST_P(ParallelEquivalence, LayoutEqualsOneProcess) {
+  const int world = comm::runtime_world_size();
+  const Case& k = GetParam();
   std::vector<int32_t> in, tg;
-  double worst_loss = 0, worst_grad = 0, worst_val = 0;
-  for (const Case& k : cases(world)) {
-    SCOPED_TRACE(k.name());
-    model::Config c = base;
+  double& worst_loss = g_worst.loss;
+  double& worst_grad = g_worst.grad;
+  double& worst_val = g_worst.val;
+  {
+    model::Config c = small_config();
     Rig rig(c, k, world);
     const model::ParallelContext& par = rig.par;
     model::Trainer mine(c, par, engine::Device::cpu);
@@ -166,7 +191,7 @@ TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
       model::CkptSaver saver(true);
       saver.reserve(mine.params());
       ASSERT_GT(f.checkpoint_host, 0.0);
-      if (rank == 0)
+      if (comm::runtime_world_rank() == 0)
         EXPECT_EQ(f.checkpoint_host, double(saver.snapshot_bytes()));
       else
         EXPECT_LE(double(saver.snapshot_bytes()), f.checkpoint_host);
@@ -205,53 +230,52 @@ TEST(ParallelEquivalence, EveryLayoutEqualsOneProcess) {
     MPI_Allreduce(MPI_IN_PLACE, &hi, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     EXPECT_EQ(lo, hi) << "validation loss differs between ranks";
     worst_val = std::max(worst_val, std::abs(val - val_ref));
-    if (rank == 0) std::printf("  %-36s checked\n", k.name().c_str());
   }
-  double all[3] = {worst_loss, worst_grad, worst_val}, red[3];
-  MPI_Allreduce(all, red, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-  if (rank == 0)
-    std::printf("world %d: largest |loss - loss_1rank| %.3g; largest gradient deviation %.3g x 1e-3 of the tensor's max; "
-                "largest |val_loss - val_loss_1rank| %.3g\n",
-                world, red[0], red[1], red[2]);
 }
+
+// Registered after MPI is up (gtest evaluates the generator in InitGoogleTest), so the world size is known.
+INSTANTIATE_TEST_SUITE_P(Layouts, ParallelEquivalence, testing::ValuesIn(cases(comm::runtime_world_size())),
+                         [](const testing::TestParamInfo<Case>& info) { return info.param.name(); });
 
 // Recompute changes memory and time only: in every layout and exchange, train.recompute = selective and full give the
 // losses, every gradient and five steps of recompute = none bit for bit (same layout, deterministic CPU ops and MPI
 // reductions), and the arena each allocates is what rank_footprint predicts.
-TEST(ParallelEquivalence, RecomputeModesEqualNoRecomputeBitForBit) {
-  const int world = comm::runtime_world_size(), rank = comm::runtime_world_rank();
+class RecomputeEquivalence : public testing::TestWithParam<Case> {};
+
+TEST_P(RecomputeEquivalence, ModesEqualNoRecomputeBitForBit) {
+  const int world = comm::runtime_world_size();
+  const Case& k = GetParam();
   std::vector<int32_t> in, tg;
-  for (const Case& k : cases(world)) {
-    SCOPED_TRACE(k.name());
-    model::Config c = small_config();
-    c.model.layers = 3;
-    Rig rig(c, k, world);
-    const model::ParallelContext& par = rig.par;
-    const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
-    std::vector<std::unique_ptr<model::Trainer>> t;
-    for (const char* mode : {"none", "selective", "full"}) {
-      c.train.recompute = mode;
-      t.push_back(std::make_unique<model::Trainer>(c, par, engine::Device::cpu));
-      const model::RankFootprint f = model::rank_footprint(c, k.tp, k.ep, k.expert_tp, par.dp, engine::Device::cpu);
-      EXPECT_EQ(f.activations, double(t.back()->model().activations().bytes())) << mode;
-    }
-    for (int step = 0; step < 5; ++step) {
-      make_batch(c, 300 + uint64_t(step), in, tg);
-      std::span<const int32_t> my_in(in.data() + par.dp_rank * per_rank, size_t(per_rank));
-      std::span<const int32_t> my_tg(tg.data() + par.dp_rank * per_rank, size_t(per_rank));
-      std::vector<model::StepMetrics> m;
-      for (auto& tr : t) m.push_back(step == 0 ? tr->compute_gradients(my_in, my_tg) : tr->step(my_in, my_tg));
-      for (size_t i = 1; i < t.size(); ++i) {
-        EXPECT_EQ(m[i].loss, m[0].loss) << "mode " << i << " step " << step;
-        EXPECT_EQ(m[i].loss_total, m[0].loss_total) << "mode " << i << " step " << step;
-        EXPECT_EQ(m[i].grad_norm, m[0].grad_norm) << "mode " << i << " step " << step;
-        if (step > 0) continue;
-        for (auto& p : t[i]->params().all()) {
-          const auto& q = t[0]->params().get(p.name);
-          EXPECT_EQ(std::memcmp(p.grad.data, q.grad.data, p.grad.bytes()), 0) << "mode " << i << " gradient " << p.name;
-        }
+  model::Config c = small_config();
+  c.model.layers = 3;
+  Rig rig(c, k, world);
+  const model::ParallelContext& par = rig.par;
+  const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
+  std::vector<std::unique_ptr<model::Trainer>> t;
+  for (const char* mode : {"none", "selective", "full"}) {
+    c.train.recompute = mode;
+    t.push_back(std::make_unique<model::Trainer>(c, par, engine::Device::cpu));
+    const model::RankFootprint f = model::rank_footprint(c, k.tp, k.ep, k.expert_tp, par.dp, engine::Device::cpu);
+    EXPECT_EQ(f.activations, double(t.back()->model().activations().bytes())) << mode;
+  }
+  for (int step = 0; step < 5; ++step) {
+    make_batch(c, 300 + uint64_t(step), in, tg);
+    std::span<const int32_t> my_in(in.data() + par.dp_rank * per_rank, size_t(per_rank));
+    std::span<const int32_t> my_tg(tg.data() + par.dp_rank * per_rank, size_t(per_rank));
+    std::vector<model::StepMetrics> m;
+    for (auto& tr : t) m.push_back(step == 0 ? tr->compute_gradients(my_in, my_tg) : tr->step(my_in, my_tg));
+    for (size_t i = 1; i < t.size(); ++i) {
+      EXPECT_EQ(m[i].loss, m[0].loss) << "mode " << i << " step " << step;
+      EXPECT_EQ(m[i].loss_total, m[0].loss_total) << "mode " << i << " step " << step;
+      EXPECT_EQ(m[i].grad_norm, m[0].grad_norm) << "mode " << i << " step " << step;
+      if (step > 0) continue;
+      for (auto& p : t[i]->params().all()) {
+        const auto& q = t[0]->params().get(p.name);
+        EXPECT_EQ(std::memcmp(p.grad.data, q.grad.data, p.grad.bytes()), 0) << "mode " << i << " gradient " << p.name;
       }
     }
-    if (rank == 0) std::printf("  %-36s recompute checked\n", k.name().c_str());
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Layouts, RecomputeEquivalence, testing::ValuesIn(cases(comm::runtime_world_size())),
+                         [](const testing::TestParamInfo<Case>& info) { return info.param.name(); });
