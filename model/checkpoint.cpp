@@ -215,8 +215,9 @@ std::string shard_create(ShardPlan& plan, const ParamStore& params, Src src) {
   for (const auto& p : params.all()) {
     if (!p.owner) continue;
     for (int gi = 0; gi < 3 && ok; ++gi) {
-      const Tensor& t = gi == 0 ? p.master : (gi == 1 ? p.m : p.v);
-      const hid_t type = t.dtype == engine::DType::f64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT;
+      const Tensor& t = params.state(p, gi);
+      const int64_t t_bytes = t.numel() * int64_t(engine::dtype_size(params.master_dtype()));  // as the file holds it
+      const hid_t type = params.master_dtype() == engine::DType::f64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT;
       const std::string name = std::string(kGroups[gi]) + "/" + p.name;
       std::vector<hsize_t> dims(p.local.begin(), p.local.end());
       hid_t space = H5Screate_simple(int(dims.size()), dims.data(), nullptr);
@@ -235,7 +236,7 @@ std::string shard_create(ShardPlan& plan, const ParamStore& params, Src src) {
       if (ok && t.numel() > 0) {
         const haddr_t at = H5Dget_offset(ds);
         ok = at != HADDR_UNDEF;
-        plan.blocks.push_back({name, int64_t(at), int64_t(t.bytes()), src(p, gi)});
+        plan.blocks.push_back({name, int64_t(at), t_bytes, src(p, gi)});
       }
       if (ds >= 0) H5Dclose(ds);
     }
@@ -672,7 +673,8 @@ int64_t ckpt_snapshot_bytes(const ParamStore& params) {
   int64_t n = 0;
   for (const auto& p : params.all())
     if (p.owner)
-      for (const Tensor* t : {&p.master, &p.m, &p.v}) n += (int64_t(t->bytes()) + 4095) / 4096 * 4096;
+      for (int g = 0; g < ParamStore::kStateGroups; ++g)
+        n += (params.state(p, g).numel() * int64_t(engine::dtype_size(params.master_dtype())) + 4095) / 4096 * 4096;
   return n;
 }
 
@@ -694,23 +696,27 @@ void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const
     MONTA_USER_CHECK(!ec, "cannot create checkpoint directory " + tmp_dir.string() + ": " + ec.message());
   }
   if (par.world) par.world->barrier();
-  // The snapshot: this rank's owned state copied to host memory (pinned when it comes from the GPU), so training
-  // may change the parameters while the writer reads. A synchronous save on the CPU writes from the parameters.
-  const bool direct = !async_ && params.device() == engine::Device::cpu;
+  // The snapshot: this rank's owned state copied to host memory (pinned when it comes from the GPU), in the form
+  // files hold (ParamStore::state_read: fp32 moments whatever train.optimizer_state), so training may change the
+  // parameters while the writer reads. A synchronous save writes from the parameters where they are that form on
+  // the host.
+  bool direct = !async_;
+  for (const auto& p : params.all())
+    for (int g = 0; g < ParamStore::kStateGroups && direct; ++g)
+      direct = !p.owner || (params.state_direct(p, g) && params.state(p, g).device == engine::Device::cpu);
   std::map<const void*, const void*> where;  // parameter tensor data -> its bytes in the snapshot
   if (!direct) {
     reserve(params);
     char* at = static_cast<char*>(s_->snapshot);
     for (const auto& p : params.all()) {
       if (!p.owner) continue;
-      for (const Tensor* t : {&p.master, &p.m, &p.v}) {
-        if (t->numel() == 0) continue;
-        Tensor host = *t;
-        host.data = at;
-        host.device = engine::Device::cpu;
-        engine::copy(host, *t);
-        where[t->data] = at;
-        at += (t->bytes() + 4095) / 4096 * 4096;
+      for (int g = 0; g < ParamStore::kStateGroups; ++g) {
+        const Tensor t = params.state(p, g);
+        if (t.numel() == 0) continue;
+        const Tensor host = engine::make_view(at, p.local, params.master_dtype(), engine::Device::cpu);
+        params.state_read(p, g, host);
+        where[t.data] = at;
+        at += (host.bytes() + 4095) / 4096 * 4096;
       }
     }
   }
@@ -720,7 +726,7 @@ void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const
   ps->plan.rank = ps->rank;
   ps->plan.step = meta.step;
   const std::string err = shard_create(ps->plan, params, [&](const Param& p, int g) -> const void* {
-    const Tensor& t = g == 0 ? p.master : (g == 1 ? p.m : p.v);
+    const Tensor t = params.state(p, g);
     return direct ? t.data : where.at(t.data);
   });
   if (!err.empty()) engine::fail_user(err);
@@ -901,7 +907,9 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
   // The staging buffer for the GPU: page-locked (host-to-device copies at full speed), pageable if that fails.
   size_t largest = 0;
   for (const auto& p : params.all())
-    if (p.master.device != engine::Device::cpu) largest = std::max(largest, p.master.bytes());
+    for (int gi = 0; gi < ParamStore::kStateGroups; ++gi)
+      if (!params.state_direct(p, gi) || params.state(p, gi).device != engine::Device::cpu)
+        largest = std::max(largest, size_t(p.master.numel()) * engine::dtype_size(params.master_dtype()));
   std::unique_ptr<void, void (*)(void*)> pinned(largest ? engine::cudab::host_alloc_pinned(largest) : nullptr,
                                                 [](void* q) { engine::cudab::host_free_pinned(q); });
   std::vector<char> staging;
@@ -909,19 +917,20 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
   void* const stage = pinned ? pinned.get() : staging.data();
   for (auto& p : params.all()) {
     const int64_t n = p.master.numel();
-    for (int gi = 0; gi < 3; ++gi) {
+    for (int gi = 0; gi < ParamStore::kStateGroups; ++gi) {
       const char* g = kGroups[gi];
-      Tensor dst = gi == 0 ? p.master : (gi == 1 ? p.m : p.v);
-      void* host = dst.device == engine::Device::cpu ? dst.data : stage;
+      const Tensor dst = params.state(p, gi);
+      const bool in_place = params.state_direct(p, gi) && dst.device == engine::Device::cpu;
+      void* host = in_place ? dst.data : stage;
       const std::string name = std::string(g) + "/" + p.name;
       int64_t got = 0;
       for (hid_t f : files)
-        got += dst.dtype == engine::DType::f64
+        got += params.master_dtype() == engine::DType::f64
                    ? read_intersection(f, name, p.offset, p.local, static_cast<double*>(host))
                    : read_intersection(f, name, p.offset, p.local, static_cast<float*>(host));
       MONTA_USER_CHECK(got == n, strf("checkpoint %s covers %ld of the %ld elements of %s/%s on this rank", dir.c_str(),
                                       got, n, g, p.name.c_str()));
-      if (host != dst.data) engine::copy(dst, engine::make_view(host, p.local, dst.dtype, engine::Device::cpu));
+      if (!in_place) params.state_write(p, gi, engine::make_view(host, p.local, params.master_dtype(), engine::Device::cpu));
     }
   }
   for (hid_t f : files) H5Fclose(f);

@@ -29,6 +29,8 @@ struct TrainConfig {
   // Validation on the held-out data (data.valid_*): every eval_interval steps (0: only at the end) and after the
   // last step, eval_steps global batches, forward only; eval_steps 0 turns validation off.
   int64_t eval_interval = 100, eval_steps = 8;
+  // Optimizer memory (docs/design.md, "The optimizer"): AdamW moments in fp32 or bf16.
+  std::string optimizer_state = "fp32";
 };
 
 struct ParallelConfig {

@@ -104,6 +104,9 @@ void visit_config_keys(ConfigT& c, F&& f) {
     "evaluate on the held-out data every N steps and after the last; 0: only after the last", at_least(0));
   f("train.eval_steps", t.eval_steps, "global batches of held-out data per evaluation; 0 turns validation off",
     at_least(0));
+  f("train.optimizer_state", t.optimizer_state,
+    "AdamW moments m, v in fp32, or bf16 (rounded to nearest even; master weights and gradients stay fp32); "
+    "checkpoints hold fp32 either way", choices("fp32|bf16"));
   auto& p = c.parallel;
   f("parallel.tp", p.tp, "tensor-parallel size (consecutive ranks; heads, kv_heads, vocab, ffn divide by it)",
     closed(1, 1 << 16));

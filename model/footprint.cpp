@@ -16,7 +16,8 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   par.expert_dp = dp / ep;
   par.expert_tp = expert_tp;
   const engine::DType act = device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32;
-  std::vector<engine::TensorSpec> master, compute;
+  const OptimizerLayout opt = optimizer_layout(c.train);
+  std::vector<engine::TensorSpec> master, compute, moment;
   RankFootprint f;
   for (const Param& p : param_table(c.model, par)) {
     int64_t n = 1;
@@ -25,9 +26,10 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
     if (p.kind == ParamKind::expert) f.expert_params += n;
     master.push_back({p.name, p.local, engine::DType::f32});
     compute.push_back({p.name, p.local, act});
+    moment.push_back({p.name, p.local, opt.moments});
   }
   f.weights = f.grads = double(engine::Arena::bytes_for(master));
-  f.adam = 2 * f.weights;
+  f.adam = 2 * double(engine::Arena::bytes_for(moment));
   f.compute_copy = act == engine::DType::f32 ? 0.0 : double(engine::Arena::bytes_for(compute));
   const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp);
   f.activations = double(engine::Arena::bytes_for(Model::activation_specs(c.model, s, act, ep > 1)));

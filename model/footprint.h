@@ -12,7 +12,7 @@ namespace monta::model {
 struct RankFootprint {
   int64_t params = 0;         // parameters this rank holds (its slices of every tensor)
   int64_t expert_params = 0;  // of which expert weights (reduced over expert-DP, the rest over DP)
-  // Bytes of each arena: fp32 master weights, gradients, both AdamW moments, the compute copy (bf16 on a GPU; none on
+  // Bytes of each arena: fp32 master weights, gradients, both AdamW moments (fp32 or bf16), the compute copy (bf16 on a GPU; none on
   // the CPU), and the activations of one micro-batch (every layer's saved tensors and the backward scratch).
   double weights = 0, grads = 0, adam = 0, compute_copy = 0, activations = 0;
   double state() const { return weights + grads + adam + compute_copy; }

@@ -2,6 +2,7 @@
 #include "model/params.h"
 
 #include <cmath>
+#include <vector>
 
 #include "engine/check.h"
 #include "engine/ops/elementwise.h"
@@ -88,19 +89,27 @@ std::vector<Param> param_table(const ModelConfig& m, const ParallelContext& par)
   return t;
 }
 
+OptimizerLayout optimizer_layout(const TrainConfig& t) {
+  OptimizerLayout o;
+  o.moments = t.optimizer_state == "bf16" ? DType::bf16 : DType::f32;
+  return o;
+}
+
 ParamStore::ParamStore(const ModelConfig& m, const ParallelContext& par, Device device, DType master_dtype,
-                       DType compute_dtype)
-    : params_(param_table(m, par)), device_(device) {
-  std::vector<engine::TensorSpec> master, compute;
+                       DType compute_dtype, const OptimizerLayout& opt)
+    : params_(param_table(m, par)), device_(device), master_dtype_(master_dtype) {
+  const DType moments = master_dtype == DType::f32 ? opt.moments : master_dtype;
+  std::vector<engine::TensorSpec> master, compute, moment;
   for (const auto& p : params_) {
     master.push_back({p.name, p.local, master_dtype});
     compute.push_back({p.name, p.local, compute_dtype});
+    moment.push_back({p.name, p.local, moments});
   }
   master_ = engine::Arena("params", device, master);
   grad_ = engine::Arena("grads", device, master);
   engine::fill_zero(grad_.whole());  // once, padding included: bucketed all-reduces sum the padding between tensors
-  m_ = engine::Arena("adam_m", device, master);
-  v_ = engine::Arena("adam_v", device, master);
+  m_ = engine::Arena("adam_m", device, moment);
+  v_ = engine::Arena("adam_v", device, moment);
   bool separate_compute = compute_dtype != master_dtype;
   if (separate_compute) compute_ = engine::Arena("params_compute", device, compute);
   for (size_t i = 0; i < params_.size(); ++i) {
@@ -183,6 +192,35 @@ void ParamStore::settle_grads() {
 void ParamStore::refresh_compute() {
   for (auto& p : params_)
     if (p.compute.data != p.master.data) engine::cast(p.compute, p.master);
+}
+
+Tensor ParamStore::state(const Param& p, int group) const {
+  MONTA_CHECK(group >= 0 && group < kStateGroups, "optimizer state group " + std::to_string(group) + " out of range");
+  return group == 0 ? p.master : (group == 1 ? p.m : p.v);
+}
+
+bool ParamStore::state_direct(const Param& p, int group) const { return state(p, group).dtype == master_dtype_; }
+
+void ParamStore::state_read(const Param& p, int group, Tensor dst) const {
+  const Tensor t = state(p, group);
+  MONTA_CHECK(dst.numel() == t.numel() && dst.dtype == master_dtype_ && dst.device == Device::cpu,
+              p.name + ": state_read into " + dst.str() + ", expected " + std::to_string(t.numel()) + " elements");
+  if (t.dtype == dst.dtype) return engine::copy(dst, t);
+  // bf16 moments: copied to the host as they are, widened there (exact).
+  std::vector<engine::bf16_t> h(size_t(t.numel()));
+  engine::copy(engine::make_view(h.data(), p.local, t.dtype, Device::cpu), t);
+  engine::cast(dst, engine::make_view(h.data(), p.local, t.dtype, Device::cpu));
+}
+
+void ParamStore::state_write(Param& p, int group, const Tensor& src) {
+  const Tensor t = state(p, group);
+  MONTA_CHECK(src.numel() == t.numel() && src.dtype == master_dtype_ && src.device == Device::cpu,
+              p.name + ": state_write from " + src.str() + ", expected " + std::to_string(t.numel()) + " elements");
+  if (t.dtype == src.dtype) return engine::copy(t, src);
+  // bf16 moments: rounded to nearest even on the host, then copied.
+  std::vector<engine::bf16_t> h(size_t(t.numel()));
+  engine::cast(engine::make_view(h.data(), p.local, t.dtype, Device::cpu), src);
+  engine::copy(t, engine::make_view(h.data(), p.local, t.dtype, Device::cpu));
 }
 
 std::vector<const engine::Arena*> ParamStore::arenas() const {

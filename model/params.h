@@ -44,12 +44,19 @@ struct GradWrite {
   engine::Write write = engine::Write::accumulate;
 };
 
+// How the optimizer state is held (train.optimizer_state); model/footprint.cpp sizes memory by the same rule.
+struct OptimizerLayout {
+  DType moments = DType::f32;  // AdamW m and v: f32, or bf16 with f32 master weights (DeepSeek-V3's memory option)
+};
+OptimizerLayout optimizer_layout(const TrainConfig& t);
+
 // Parameter table for a config and a layout (no memory).
 std::vector<Param> param_table(const ModelConfig& m, const ParallelContext& par);
 
 class ParamStore {
  public:
-  ParamStore(const ModelConfig& m, const ParallelContext& par, Device device, DType master_dtype, DType compute_dtype);
+  ParamStore(const ModelConfig& m, const ParallelContext& par, Device device, DType master_dtype, DType compute_dtype,
+             const OptimizerLayout& opt = {});
   std::vector<Param>& all() { return params_; }
   const std::vector<Param>& all() const { return params_; }
   Param& get(const std::string& name);
@@ -72,10 +79,23 @@ class ParamStore {
   void refresh_compute();  // master -> compute copy (no-op on the CPU)
   std::vector<const engine::Arena*> arenas() const;
   Device device() const { return device_; }
+  DType master_dtype() const { return master_dtype_; }
+
+  // The optimizer state as checkpoints hold it, whatever its form in memory (bf16 moments): group 0 the master
+  // weights, 1 and 2 the AdamW moments, each this rank's slice (shape p.local) in the master dtype. Checkpoint files
+  // therefore never depend on train.optimizer_state: a run resumes with either setting.
+  static constexpr int kStateGroups = 3;
+  Tensor state(const Param& p, int group) const;  // the tensor in memory
+  // Whether state(p, group) is already that form, so a checkpoint may read or write it in place.
+  bool state_direct(const Param& p, int group) const;
+  void state_read(const Param& p, int group, Tensor dst) const;  // dst: host, p.local elements of the master dtype
+  void state_write(Param& p, int group, const Tensor& src);      // src: the same
+
 
  private:
   std::vector<Param> params_;
   Device device_;
+  DType master_dtype_;
   engine::Arena master_, grad_, m_, v_, compute_;
 };
 

@@ -24,7 +24,7 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   sched_.decay_steps = cfg.train.decay_steps > 0 ? cfg.train.decay_steps : cfg.train.steps;
   {
     const StartupPhase phase(strf("allocating parameters, gradients and AdamW state (%s)", engine::device_name(device)));
-    params_ = std::make_unique<ParamStore>(cfg.model, par, device, DType::f32, act_);
+    params_ = std::make_unique<ParamStore>(cfg.model, par, device, DType::f32, act_, optimizer_layout(cfg.train));
   }
   {
     const StartupPhase phase(strf("initialising weights (%s)", engine::device_name(device)));
