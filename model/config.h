@@ -31,6 +31,7 @@ struct TrainConfig {
   int64_t eval_interval = 100, eval_steps = 8;
   // Optimizer memory (docs/design.md, "The optimizer"): AdamW moments in fp32 or bf16.
   std::string optimizer_state = "fp32";
+  bool optimizer_offload = false;  // master weights and moments in host memory, AdamW on host threads
 };
 
 struct ParallelConfig {

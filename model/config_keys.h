@@ -107,6 +107,9 @@ void visit_config_keys(ConfigT& c, F&& f) {
   f("train.optimizer_state", t.optimizer_state,
     "AdamW moments m, v in fp32, or bf16 (rounded to nearest even; master weights and gradients stay fp32); "
     "checkpoints hold fp32 either way", choices("fp32|bf16"));
+  f("train.optimizer_offload", t.optimizer_offload,
+    "keep fp32 master weights and AdamW moments in (pinned) host memory and run AdamW on host threads; the GPU holds "
+    "the compute weights, gradients and activations", any());
   auto& p = c.parallel;
   f("parallel.tp", p.tp, "tensor-parallel size (consecutive ranks; heads, kv_heads, vocab, ffn divide by it)",
     closed(1, 1 << 16));

@@ -30,7 +30,10 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   }
   f.weights = f.grads = double(engine::Arena::bytes_for(master));
   f.adam = 2 * double(engine::Arena::bytes_for(moment));
-  f.compute_copy = act == engine::DType::f32 ? 0.0 : double(engine::Arena::bytes_for(compute));
+  const double compute_bytes = double(engine::Arena::bytes_for(compute));
+  f.compute_copy = act == engine::DType::f32 && !opt.offload ? 0.0 : compute_bytes;  // ParamStore's separate_compute
+  f.offload = opt.offload;
+  if (opt.offload) f.host_bytes = f.weights + f.adam + f.grads + (act == engine::DType::f32 ? 0.0 : compute_bytes);
   const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp);
   f.activations = double(engine::Arena::bytes_for(Model::activation_specs(c.model, s, act, ep > 1)));
   return f;

@@ -15,8 +15,12 @@ struct RankFootprint {
   // Bytes of each arena: fp32 master weights, gradients, both AdamW moments (fp32 or bf16), the compute copy (bf16 on a GPU; none on
   // the CPU), and the activations of one micro-batch (every layer's saved tensors and the backward scratch).
   double weights = 0, grads = 0, adam = 0, compute_copy = 0, activations = 0;
-  double state() const { return weights + grads + adam + compute_copy; }
-  double total() const { return state() + activations; }
+  // train.optimizer_offload: weights and adam live in host memory, with a host copy of the gradients and (GPU) of the
+  // bf16 weights to upload; host_bytes is all of that, and state() leaves it out.
+  bool offload = false;
+  double host_bytes = 0;
+  double state() const { return offload ? grads + compute_copy : weights + grads + adam + compute_copy; }  // on device
+  double total() const { return state() + activations; }  // device memory
 };
 
 // Rank 0 of the layout (tp, ep, expert_tp) with data-parallel size dp, training on `device` (cuda: bf16 activations

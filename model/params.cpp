@@ -1,6 +1,7 @@
 // Parameter table, sharding and RNG initialisation.
 #include "model/params.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -92,12 +93,13 @@ std::vector<Param> param_table(const ModelConfig& m, const ParallelContext& par)
 OptimizerLayout optimizer_layout(const TrainConfig& t) {
   OptimizerLayout o;
   o.moments = t.optimizer_state == "bf16" ? DType::bf16 : DType::f32;
+  o.offload = t.optimizer_offload;
   return o;
 }
 
 ParamStore::ParamStore(const ModelConfig& m, const ParallelContext& par, Device device, DType master_dtype,
                        DType compute_dtype, const OptimizerLayout& opt)
-    : params_(param_table(m, par)), device_(device), master_dtype_(master_dtype) {
+    : params_(param_table(m, par)), device_(device), master_dtype_(master_dtype), offload_(opt.offload) {
   const DType moments = master_dtype == DType::f32 ? opt.moments : master_dtype;
   std::vector<engine::TensorSpec> master, compute, moment;
   for (const auto& p : params_) {
@@ -105,19 +107,29 @@ ParamStore::ParamStore(const ModelConfig& m, const ParallelContext& par, Device 
     compute.push_back({p.name, p.local, compute_dtype});
     moment.push_back({p.name, p.local, moments});
   }
-  master_ = engine::Arena("params", device, master);
+  // Offloaded state lives on the host, page-locked beside a GPU; the CPU backend runs the same path with host
+  // "copies" (so CI tests its plumbing).
+  const Device state_device = opt.offload ? Device::cpu : device;
+  const bool pin = opt.offload && device == Device::cuda;
+  master_ = engine::Arena("params", state_device, master, pin);
   grad_ = engine::Arena("grads", device, master);
   engine::fill_zero(grad_.whole());  // once, padding included: bucketed all-reduces sum the padding between tensors
-  m_ = engine::Arena("adam_m", device, moment);
-  v_ = engine::Arena("adam_v", device, moment);
-  bool separate_compute = compute_dtype != master_dtype;
+  m_ = engine::Arena("adam_m", state_device, moment, pin);
+  v_ = engine::Arena("adam_v", state_device, moment, pin);
+  const bool separate_compute = compute_dtype != master_dtype || opt.offload;
   if (separate_compute) compute_ = engine::Arena("params_compute", device, compute);
+  if (opt.offload) {
+    host_grad_ = engine::Arena("grads_host", Device::cpu, master, pin);
+    if (compute_dtype != master_dtype) host_lowp_ = engine::Arena("params_upload", Device::cpu, compute, pin);
+  }
   for (size_t i = 0; i < params_.size(); ++i) {
     params_[i].master = master_.at(i);
     params_[i].grad = grad_.at(i);
     params_[i].m = m_.at(i);
     params_[i].v = v_.at(i);
     params_[i].compute = separate_compute ? compute_.at(i) : master_.at(i);
+    if (host_grad_.count()) params_[i].host_grad = host_grad_.at(i);
+    if (host_lowp_.count()) params_[i].host_lowp = host_lowp_.at(i);
   }
 }
 
@@ -190,8 +202,39 @@ void ParamStore::settle_grads() {
 }
 
 void ParamStore::refresh_compute() {
+  if (offload_) {
+    for (auto& p : params_)
+      if (!p.host_lowp.empty()) engine::cast(p.host_lowp, p.master);  // on the host, then uploaded
+    return upload_compute(0, params_.size());
+  }
   for (auto& p : params_)
     if (p.compute.data != p.master.data) engine::cast(p.compute, p.master);
+}
+
+std::vector<engine::AdamWEntry> ParamStore::adamw_entries(double weight_decay, size_t first, size_t last) const {
+  std::vector<engine::AdamWEntry> out;
+  for (size_t i = first; i < std::min(last, params_.size()); ++i) {
+    const Param& p = params_[i];
+    const double wd = p.weight_decay ? weight_decay : 0.0;
+    if (offload_)
+      out.push_back({p.master, p.m, p.v, p.host_lowp, p.host_grad, wd});
+    else
+      out.push_back({p.master, p.m, p.v, p.compute.data != p.master.data ? p.compute : Tensor(), p.grad, wd});
+  }
+  return out;
+}
+
+void ParamStore::grads_to_host() {
+  MONTA_CHECK(offload_, "grads_to_host without train.optimizer_offload");
+  engine::copy(host_grad_.whole(), grad_.whole());
+}
+
+void ParamStore::upload_compute(size_t first, size_t last) {
+  MONTA_CHECK(offload_, "upload_compute without train.optimizer_offload");
+  for (size_t i = first; i < std::min(last, params_.size()); ++i) {
+    const Param& p = params_[i];
+    engine::copy(p.compute, p.host_lowp.empty() ? p.master : p.host_lowp);
+  }
 }
 
 Tensor ParamStore::state(const Param& p, int group) const {
@@ -225,7 +268,8 @@ void ParamStore::state_write(Param& p, int group, const Tensor& src) {
 
 std::vector<const engine::Arena*> ParamStore::arenas() const {
   std::vector<const engine::Arena*> a{&master_, &grad_, &m_, &v_};
-  if (compute_.bytes()) a.push_back(&compute_);
+  for (const engine::Arena* x : {&compute_, &host_grad_, &host_lowp_})
+    if (x->bytes()) a.push_back(x);
   return a;
 }
 

@@ -2,11 +2,13 @@
 // this rank's slice; the arenas that hold master weights, gradients, AdamW moments and compute copies; and
 // initialisation from the counter-based RNG, so every layout holds the same logical values.
 #pragma once
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
 
 #include "engine/memory.h"
+#include "engine/ops/adamw.h"
 #include "model/config.h"
 #include "model/parallel.h"
 
@@ -33,7 +35,10 @@ struct Param {
   bool weight_decay = true;
   bool owner = true;  // this rank is the one that counts this slice (grad norm) and writes it (checkpoint)
   Tensor master, grad, m, v;  // master precision (f32, or f64 for gradient checks)
-  Tensor compute;             // what the forward reads: bf16 copy on the GPU, == master on the CPU
+  Tensor compute;             // what the forward reads: bf16 copy on the GPU, == master on the CPU (without offload)
+  // Offload only: the host copy of the reduced gradient that the host AdamW reads, and (GPU) the bf16 weights it
+  // writes there for the upload to `compute`.
+  Tensor host_grad, host_lowp;
   bool grad_stale = false;    // logically zero since zero_grads(), memory not yet written: the next write overwrites
 };
 
@@ -47,6 +52,9 @@ struct GradWrite {
 // How the optimizer state is held (train.optimizer_state); model/footprint.cpp sizes memory by the same rule.
 struct OptimizerLayout {
   DType moments = DType::f32;  // AdamW m and v: f32, or bf16 with f32 master weights (DeepSeek-V3's memory option)
+  // train.optimizer_offload: master weights and moments in host memory (pinned beside a GPU), updated there by the
+  // host AdamW from a host copy of the gradients; the device keeps the compute copy, gradients and activations.
+  bool offload = false;
 };
 OptimizerLayout optimizer_layout(const TrainConfig& t);
 
@@ -76,7 +84,15 @@ class ParamStore {
   // gradients as a whole (reduction, norm, optimizer).
   void settle_grad(Param& p);
   void settle_grads();
-  void refresh_compute();  // master -> compute copy (no-op on the CPU)
+  void refresh_compute();  // master -> compute copy (no-op on the CPU without offload)
+  // The operands of the fused AdamW step over params [first, last) (decay on the parameters that take it): on the
+  // parameters' own device, or with offload the host tensors.
+  std::vector<engine::AdamWEntry> adamw_entries(double weight_decay, size_t first = 0, size_t last = SIZE_MAX) const;
+  bool offload() const { return offload_; }
+  // Offload: every gradient to its host copy (one copy of the whole arena, padding included); and the updated
+  // weights of params [first, last) to their compute copies (the host AdamW's bf16 output, or master on the CPU).
+  void grads_to_host();
+  void upload_compute(size_t first, size_t last);
   std::vector<const engine::Arena*> arenas() const;
   Device device() const { return device_; }
   DType master_dtype() const { return master_dtype_; }
@@ -96,7 +112,9 @@ class ParamStore {
   std::vector<Param> params_;
   Device device_;
   DType master_dtype_;
+  bool offload_ = false;
   engine::Arena master_, grad_, m_, v_, compute_;
+  engine::Arena host_grad_, host_lowp_;  // offload only
 };
 
 }  // namespace monta::model

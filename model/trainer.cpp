@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <thread>
 
 #include "engine/check.h"
 #include "engine/log.h"
@@ -38,9 +39,40 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   }
   build_buckets();
   scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
-  for (auto& p : params_->all())
-    adamw_entries_.push_back({p.master, p.m, p.v, p.compute.data != p.master.data ? p.compute : Tensor(), p.grad,
-                              p.weight_decay ? cfg.train.weight_decay : 0.0});
+  if (!params_->offload()) {
+    adamw_entries_ = params_->adamw_entries(cfg.train.weight_decay);
+  } else {  // one chunk per gradient group (embedding, each layer, head): one's upload overlaps the next one's AdamW
+    const auto& all = params_->all();
+    offload_chunks_.push_back(0);
+    for (size_t i = 0; i < all.size(); ++i)
+      if (i + 1 == all.size() || grad_group(all[i].name) != grad_group(all[i + 1].name)) offload_chunks_.push_back(i + 1);
+  }
+}
+
+void Trainer::update_offloaded(const AdamWArgs& a) {
+  {
+    const TraceRange copy("gradients to host");
+    params_->grads_to_host();
+  }
+  // Chunk k's AdamW runs on host threads while this thread uploads chunk k-1's weights (CUDA calls stay on the
+  // thread that owns the device). Every element is updated as adamw_step would: chunking changes no bit.
+  std::thread worker;
+  for (size_t k = 0; k + 1 < offload_chunks_.size(); ++k) {
+    const auto entries = params_->adamw_entries(cfg_.train.weight_decay, offload_chunks_[k], offload_chunks_[k + 1]);
+    worker = std::thread([&a, entries] { adamw_step_many(entries, a); });
+    if (k > 0) params_->upload_compute(offload_chunks_[k - 1], offload_chunks_[k]);
+    worker.join();
+  }
+  const size_t last = offload_chunks_.size() - 1;
+  if (last > 0) params_->upload_compute(offload_chunks_[last - 1], offload_chunks_[last]);
+}
+
+int Trainer::grad_group(const std::string& name) const {
+  if (name.rfind("layers.", 0) == 0) {  // "layers.<i>.<tensor>": names this code made, so <i> parses
+    const std::string rest = name.substr(7);
+    return engine::parse_int(rest.substr(0, rest.find('.')), "layer index of parameter " + name);
+  }
+  return name == "embed" ? -1 : int(cfg_.model.layers);
 }
 
 void Trainer::build_buckets() {
@@ -48,18 +80,11 @@ void Trainer::build_buckets() {
   // same group and sit back to back in the gradient arena: one all-reduce covers the run (the 256-byte padding
   // between tensors is zeroed with the arena, so summing it is harmless). Experts whole on every TP rank
   // (expert_tp off) see the same tokens there and hold identical gradients, so only expert-DP replicas are summed.
-  auto group_of = [&](const std::string& name) {
-    if (name.rfind("layers.", 0) == 0) {  // "layers.<i>.<tensor>": names this code made, so <i> parses
-      const std::string rest = name.substr(7);
-      return engine::parse_int(rest.substr(0, rest.find('.')), "layer index of parameter " + name);
-    }
-    return name == "embed" ? -1 : int(cfg_.model.layers);
-  };
   for (auto& p : params_->all()) {
     comm::Communicator* c = p.kind == ParamKind::expert ? (par_.expert_dp > 1 ? par_.expert_dp_comm : nullptr)
                                                         : (par_.dp > 1 ? par_.dp_comm : nullptr);
     if (!c) continue;
-    const int g = group_of(p.name);
+    const int g = grad_group(p.name);
     char* begin = static_cast<char*>(p.grad.data);
     char* end = begin + p.grad.bytes();
     if (!buckets_.empty()) {
@@ -207,7 +232,10 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
     a.step = m.step;
     a.grad_scale = (t.grad_clip > 0 && m.grad_norm > t.grad_clip) ? t.grad_clip / (m.grad_norm + 1e-6) : 1.0;
     const TraceRange opt("optimizer");
-    adamw_step_many(adamw_entries_, a);  // one fused pass over every parameter (a few launches on the GPU)
+    if (params_->offload())
+      update_offloaded(a);
+    else
+      adamw_step_many(adamw_entries_, a);  // one fused pass over every parameter (a few launches on the GPU)
   }
   ++step_;
   sync_device(device_);

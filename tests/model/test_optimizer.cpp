@@ -1,9 +1,11 @@
 // The optimizer's memory options change memory, not training: bf16 AdamW moments keep the loss curve of fp32
-// moments within a stated tolerance; checkpoints hold fp32 moments either way and resume across the setting.
+// moments within a stated tolerance; host offload equals no offload bit for bit; checkpoints hold fp32 state
+// either way and resume across every setting.
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <vector>
 
@@ -15,6 +17,7 @@
 #include "model/trainer.h"
 
 using namespace monta;
+using engine::Tensor;
 
 namespace {
 
@@ -147,4 +150,107 @@ TEST(Optimizer, CheckpointsResumeAcrossMomentPrecision) {
     }
   }
   EXPECT_GT(changed, 0) << "the perturbed moments all fell on the bf16 grid: the rounding was not exercised";
+}
+
+namespace {
+
+// Every byte of the optimizer state and compute weights of two stores, compared.
+void expect_same_state(const model::ParamStore& a, const model::ParamStore& b, const std::string& what) {
+  for (const auto& p : a.all()) {
+    const auto& q = b.get(p.name);
+    for (int g = 0; g < model::ParamStore::kStateGroups; ++g) {
+      const Tensor x = a.state(p, g), y = b.state(q, g);
+      ASSERT_EQ(x.dtype, y.dtype);
+      ASSERT_EQ(std::memcmp(x.data, y.data, x.bytes()), 0) << what << ": " << p.name << " state group " << g;
+    }
+    ASSERT_EQ(std::memcmp(p.compute.data, q.compute.data, p.compute.bytes()), 0) << what << ": " << p.name << " compute";
+  }
+}
+
+}  // namespace
+
+// Offload on the CPU runs the offload path (host gradient copy, chunked host AdamW, upload of the weights to the
+// compute copy) with host "copies": it must equal offload off bit for bit (losses, gradient norms, every state and
+// compute byte), with fp32 and with bf16 moments.
+TEST(Optimizer, OffloadEqualsNoOffloadBitForBit) {
+  Corpus corpus("monta_test_offload");
+  for (const char* moments : {"fp32", "bf16"}) {
+    SCOPED_TRACE(moments);
+    model::Config c = tiny();
+    c.train.optimizer_state = moments;
+    model::Config co = c;
+    co.train.optimizer_offload = true;
+    data::TokenLoader loader(corpus.path, c.model.seq_len, c.train.global_batch, 0, 1, 5);
+    model::Trainer off(c, model::ParallelContext{}, engine::Device::cpu), on(co, model::ParallelContext{}, engine::Device::cpu);
+    ASSERT_TRUE(on.params().offload());
+    ASSERT_NE(on.params().get("embed").compute.data, on.params().get("embed").master.data);
+    std::vector<int32_t> in(size_t(c.train.global_batch * c.model.seq_len)), tg(in.size());
+    for (int s = 0; s < 8; ++s) {
+      loader.next_batch(in, tg);
+      const auto a = off.step(in, tg), b = on.step(in, tg);
+      ASSERT_EQ(a.loss, b.loss) << "step " << s + 1;
+      ASSERT_EQ(a.grad_norm, b.grad_norm) << "step " << s + 1;
+    }
+    expect_same_state(off.params(), on.params(), "after 8 steps");
+  }
+}
+
+// The footprint with offload: the state leaves the device figure for host_bytes, and the two are what the store
+// allocates on each side.
+TEST(Optimizer, OffloadFootprintIsWhatTheStoreAllocates) {
+  model::Config c = tiny();
+  const model::RankFootprint off = model::rank_footprint(c, 1, 1, true, 1, engine::Device::cpu);
+  c.train.optimizer_offload = true;
+  const model::RankFootprint on = model::rank_footprint(c, 1, 1, true, 1, engine::Device::cpu);
+  model::Trainer t(c, model::ParallelContext{}, engine::Device::cpu);
+  size_t host = 0, all = 0;
+  for (const auto* a : t.params().arenas()) {
+    all += a->bytes();
+    if (a->name() == "params" || a->name() == "adam_m" || a->name() == "adam_v" || a->name() == "grads_host" ||
+        a->name() == "params_upload")
+      host += a->bytes();
+  }
+  EXPECT_EQ(on.host_bytes, double(host));
+  EXPECT_EQ(on.state() + on.host_bytes, double(all));
+  EXPECT_EQ(off.host_bytes, 0.0);
+  EXPECT_LT(on.state(), off.state());
+  // On a GPU the device keeps only the gradients and the bf16 compute copy: 6 of the 16 bytes per parameter.
+  const model::RankFootprint gpu = model::rank_footprint(c, 1, 1, true, 1, engine::Device::cuda);
+  EXPECT_NEAR(gpu.state(), 6.0 * double(gpu.params), 0.05 * 6.0 * double(gpu.params));
+  // The host: master 4, moments 8, gradient copy 4, upload copy 2 bytes per parameter.
+  EXPECT_NEAR(gpu.host_bytes, 18.0 * double(gpu.params), 0.05 * 18.0 * double(gpu.params));
+}
+
+// Checkpoints do not record the offload: saved with it on, loaded with it off (and back), every state byte is
+// the same and the next steps agree bit for bit.
+TEST(Optimizer, CheckpointsResumeAcrossOffload) {
+  Corpus corpus("monta_test_offload_ckpt");
+  model::Config c = tiny();
+  model::Config co = c;
+  co.train.optimizer_offload = true;
+  data::TokenLoader loader(corpus.path, c.model.seq_len, c.train.global_batch, 0, 1, 5);
+  model::Trainer on(co, model::ParallelContext{}, engine::Device::cpu);
+  std::vector<int32_t> in(size_t(c.train.global_batch * c.model.seq_len)), tg(in.size());
+  for (int s = 0; s < 3; ++s) {
+    loader.next_batch(in, tg);
+    on.step(in, tg);
+  }
+  const std::string run = (corpus.dir / "run").string();
+  model::CkptMeta meta;
+  meta.step = 3;
+  meta.signature = model::model_signature(c.model);
+  const std::string dir = model::ckpt_save(run, on.params(), model::ParallelContext{}, meta, "", 3);
+  model::Trainer off(c, model::ParallelContext{}, engine::Device::cpu), back(co, model::ParallelContext{}, engine::Device::cpu);
+  model::ckpt_load(dir, off.params(), meta.signature);
+  model::ckpt_load(dir, back.params(), meta.signature);
+  expect_same_state(on.params(), off.params(), "offload -> no offload");
+  expect_same_state(on.params(), back.params(), "offload -> offload");
+  off.set_steps_done(3);
+  back.set_steps_done(3);
+  for (int s = 0; s < 2; ++s) {
+    loader.next_batch(in, tg);
+    const auto a = off.step(in, tg), b = back.step(in, tg), r = on.step(in, tg);
+    EXPECT_EQ(a.loss, r.loss);
+    EXPECT_EQ(b.loss, r.loss);
+  }
 }
