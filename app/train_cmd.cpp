@@ -62,7 +62,7 @@ void print_sizes(const model::Config& c, int world, engine::Device device) {
                 f.offload ? strf("; offloaded: %.3f GiB host memory per rank (master, moments, gradient and upload "
                                  "copies%s)", f.host_bytes / gib, device == engine::Device::cuda ? ", pinned" : "").c_str()
                           : ""));
-  log_info(strf("checkpoint snapshot: %.3f GiB host memory per rank (checkpoint.async%s)", 3 * f.weights / gib,  // fp32 state
+  log_info(strf("checkpoint snapshot: %.3f GiB host memory per rank (checkpoint.async%s)", f.snapshot / gib,
                 c.checkpoint.async ? "" : " is false: none on the CPU; a save from the GPU still stages through it"));
 }
 

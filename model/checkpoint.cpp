@@ -215,8 +215,7 @@ std::string shard_create(ShardPlan& plan, const ParamStore& params, Src src) {
   for (const auto& p : params.all()) {
     if (!p.owner) continue;
     for (int gi = 0; gi < 3 && ok; ++gi) {
-      const Tensor& t = params.state(p, gi);
-      const int64_t t_bytes = t.numel() * int64_t(engine::dtype_size(params.master_dtype()));  // as the file holds it
+      const int64_t t_bytes = p.numel() * int64_t(engine::dtype_size(params.master_dtype()));  // as the file holds it
       const hid_t type = params.master_dtype() == engine::DType::f64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT;
       const std::string name = std::string(kGroups[gi]) + "/" + p.name;
       std::vector<hsize_t> dims(p.local.begin(), p.local.end());
@@ -233,7 +232,7 @@ std::string shard_create(ShardPlan& plan, const ParamStore& params, Src src) {
         if (a >= 0) H5Aclose(a);
       }
       H5Sclose(aspace);
-      if (ok && t.numel() > 0) {
+      if (ok && t_bytes > 0) {
         const haddr_t at = H5Dget_offset(ds);
         ok = at != HADDR_UNDEF;
         plan.blocks.push_back({name, int64_t(at), t_bytes, src(p, gi)});
@@ -673,8 +672,7 @@ int64_t ckpt_snapshot_bytes(const ParamStore& params) {
   int64_t n = 0;
   for (const auto& p : params.all())
     if (p.owner)
-      for (int g = 0; g < ParamStore::kStateGroups; ++g)
-        n += (params.state(p, g).numel() * int64_t(engine::dtype_size(params.master_dtype())) + 4095) / 4096 * 4096;
+      n += ParamStore::kStateGroups * ((p.numel() * int64_t(engine::dtype_size(params.master_dtype())) + 4095) / 4096 * 4096);
   return n;
 }
 
@@ -703,19 +701,20 @@ void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const
   bool direct = !async_;
   for (const auto& p : params.all())
     for (int g = 0; g < ParamStore::kStateGroups && direct; ++g)
-      direct = !p.owner || (params.state_direct(p, g) && params.state(p, g).device == engine::Device::cpu);
-  std::map<const void*, const void*> where;  // parameter tensor data -> its bytes in the snapshot
+      direct = (!p.owner && !p.zero_comm) || (params.state_direct(p, g) && params.state(p, g).device == engine::Device::cpu);
+  std::map<std::pair<const Param*, int>, const void*> where;  // (parameter, state group) -> its bytes in the snapshot
   if (!direct) {
     reserve(params);
     char* at = static_cast<char*>(s_->snapshot);
     for (const auto& p : params.all()) {
-      if (!p.owner) continue;
+      // A sharded state (train.zero 1) is gathered by every rank of its group, in the same order everywhere.
+      if (!p.owner && !p.zero_comm) continue;
       for (int g = 0; g < ParamStore::kStateGroups; ++g) {
-        const Tensor t = params.state(p, g);
-        if (t.numel() == 0) continue;
+        if (p.numel() == 0) continue;
         const Tensor host = engine::make_view(at, p.local, params.master_dtype(), engine::Device::cpu);
-        params.state_read(p, g, host);
-        where[t.data] = at;
+        params.state_read(p, g, p.owner ? host : Tensor());
+        if (!p.owner) continue;
+        where[{&p, g}] = at;
         at += (host.bytes() + 4095) / 4096 * 4096;
       }
     }
@@ -726,8 +725,7 @@ void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const
   ps->plan.rank = ps->rank;
   ps->plan.step = meta.step;
   const std::string err = shard_create(ps->plan, params, [&](const Param& p, int g) -> const void* {
-    const Tensor t = params.state(p, g);
-    return direct ? t.data : where.at(t.data);
+    return direct ? params.state(p, g).data : where.at({&p, g});
   });
   if (!err.empty()) engine::fail_user(err);
   ps->pause_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - ps->start).count();
@@ -909,14 +907,14 @@ CkptMeta ckpt_load(const std::string& dir, ParamStore& params, const std::string
   for (const auto& p : params.all())
     for (int gi = 0; gi < ParamStore::kStateGroups; ++gi)
       if (!params.state_direct(p, gi) || params.state(p, gi).device != engine::Device::cpu)
-        largest = std::max(largest, size_t(p.master.numel()) * engine::dtype_size(params.master_dtype()));
+        largest = std::max(largest, size_t(p.numel()) * engine::dtype_size(params.master_dtype()));
   std::unique_ptr<void, void (*)(void*)> pinned(largest ? engine::cudab::host_alloc_pinned(largest) : nullptr,
                                                 [](void* q) { engine::cudab::host_free_pinned(q); });
   std::vector<char> staging;
   if (largest && !pinned) staging = host_buffer<char>(int64_t(largest), "the checkpoint staging buffer");
   void* const stage = pinned ? pinned.get() : staging.data();
   for (auto& p : params.all()) {
-    const int64_t n = p.master.numel();
+    const int64_t n = p.numel();
     for (int gi = 0; gi < ParamStore::kStateGroups; ++gi) {
       const char* g = kGroups[gi];
       const Tensor dst = params.state(p, gi);

@@ -32,6 +32,7 @@ struct TrainConfig {
   // Optimizer memory (docs/design.md, "The optimizer"): AdamW moments in fp32 or bf16.
   std::string optimizer_state = "fp32";
   bool optimizer_offload = false;  // master weights and moments in host memory, AdamW on host threads
+  int64_t zero = 0;                // 1: master weights and moments sharded over data parallelism (ZeRO-1)
 };
 
 struct ParallelConfig {

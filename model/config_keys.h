@@ -110,6 +110,9 @@ void visit_config_keys(ConfigT& c, F&& f) {
   f("train.optimizer_offload", t.optimizer_offload,
     "keep fp32 master weights and AdamW moments in (pinned) host memory and run AdamW on host threads; the GPU holds "
     "the compute weights, gradients and activations", any());
+  f("train.zero", t.zero,
+    "1: shard fp32 master weights and AdamW moments over data parallelism (experts over expert-DP; ZeRO-1): gradients "
+    "reduce-scattered, compute weights all-gathered; a group of one rank keeps its state whole", closed(0, 1));
   auto& p = c.parallel;
   f("parallel.tp", p.tp, "tensor-parallel size (consecutive ranks; heads, kv_heads, vocab, ffn divide by it)",
     closed(1, 1 << 16));

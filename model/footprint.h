@@ -13,12 +13,14 @@ struct RankFootprint {
   int64_t params = 0;         // parameters this rank holds (its slices of every tensor)
   int64_t expert_params = 0;  // of which expert weights (reduced over expert-DP, the rest over DP)
   // Bytes of each arena: fp32 master weights, gradients, both AdamW moments (fp32 or bf16), the compute copy (bf16 on a GPU; none on
-  // the CPU), and the activations of one micro-batch (every layer's saved tensors and the backward scratch).
+  // the CPU unless offload or zero need one), and the activations of one micro-batch (every layer's saved tensors and the backward scratch).
   double weights = 0, grads = 0, adam = 0, compute_copy = 0, activations = 0;
   // train.optimizer_offload: weights and adam live in host memory, with a host copy of the gradients and (GPU) of the
   // bf16 weights to upload; host_bytes is all of that, and state() leaves it out.
+  // train.zero 1: weights and adam are this rank's shards, grads include the reduce-scatter's shard buffer.
   bool offload = false;
   double host_bytes = 0;
+  double snapshot = 0;  // host memory of an asynchronous checkpoint's snapshot (fp32 state of every slice held)
   double state() const { return offload ? grads + compute_copy : weights + grads + adam + compute_copy; }  // on device
   double total() const { return state() + activations; }  // device memory
 };

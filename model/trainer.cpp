@@ -38,6 +38,8 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
     model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_);
   }
   build_buckets();
+  for (auto& p : params_->all())
+    if (p.zero_comm) zero_params_.push_back(&p);
   scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
   if (!params_->offload()) {
     adamw_entries_ = params_->adamw_entries(cfg.train.weight_decay);
@@ -60,11 +62,11 @@ void Trainer::update_offloaded(const AdamWArgs& a) {
   for (size_t k = 0; k + 1 < offload_chunks_.size(); ++k) {
     const auto entries = params_->adamw_entries(cfg_.train.weight_decay, offload_chunks_[k], offload_chunks_[k + 1]);
     worker = std::thread([&a, entries] { adamw_step_many(entries, a); });
-    if (k > 0) params_->upload_compute(offload_chunks_[k - 1], offload_chunks_[k]);
+    if (k > 0) params_->publish_compute(offload_chunks_[k - 1], offload_chunks_[k]);
     worker.join();
   }
   const size_t last = offload_chunks_.size() - 1;
-  if (last > 0) params_->upload_compute(offload_chunks_[last - 1], offload_chunks_[last]);
+  if (last > 0) params_->publish_compute(offload_chunks_[last - 1], offload_chunks_[last]);
 }
 
 int Trainer::grad_group(const std::string& name) const {
@@ -81,6 +83,7 @@ void Trainer::build_buckets() {
   // between tensors is zeroed with the arena, so summing it is harmless). Experts whole on every TP rank
   // (expert_tp off) see the same tokens there and hold identical gradients, so only expert-DP replicas are summed.
   for (auto& p : params_->all()) {
+    if (p.zero_comm) continue;  // train.zero 1: reduce-scattered on its own (start_reduction)
     comm::Communicator* c = p.kind == ParamKind::expert ? (par_.expert_dp > 1 ? par_.expert_dp_comm : nullptr)
                                                         : (par_.dp > 1 ? par_.dp_comm : nullptr);
     if (!c) continue;
@@ -106,6 +109,13 @@ void Trainer::start_reduction(int group) {
     for (Param* p : b.params) params_->settle_grad(*p);  // a gradient no write reached is zero, not stale memory
     pending_.push_back(b.comm->all_reduce_async(b.grads, comm::ReduceOp::sum));
   }
+  // train.zero 1: each sharded gradient reduce-scattered whole (its padded flat range, zero padding) into this rank's
+  // shard, one collective per tensor (no bucket spans tensors, so a shard never does and weight decay stays per tensor).
+  for (Param* p : zero_params_) {
+    if (grad_group(p->name) != group) continue;
+    params_->settle_grad(*p);
+    pending_.push_back(p->zero_comm->reduce_scatter_async(p->grad_shard, p->grad_flat, comm::ReduceOp::sum));
+  }
 }
 
 void Trainer::finish_reduction() {
@@ -117,8 +127,12 @@ double Trainer::global_grad_norm() {
   const TraceRange trace("gradient norm");
   Tensor acc = scalars_.get("sumsq");
   fill_zero(acc);
-  for (auto& p : params_->all())
-    if (p.owner) sum_squares(acc, p.grad);
+  for (auto& p : params_->all()) {
+    if (p.zero_comm && p.tp_first)
+      sum_squares(acc, p.grad_shard);  // the group's shards partition the gradient: each element counted once
+    else if (!p.zero_comm && p.owner)
+      sum_squares(acc, p.grad);
+  }
   if (par_.world && par_.world->size() > 1) par_.world->all_reduce(acc, comm::ReduceOp::sum);
   float host = 0;
   copy(Tensor(&host, {1}, DType::f32), acc);  // the step's one device->host sync
@@ -236,6 +250,7 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
       update_offloaded(a);
     else
       adamw_step_many(adamw_entries_, a);  // one fused pass over every parameter (a few launches on the GPU)
+    if (!params_->offload() && params_->zero()) params_->publish_compute(0, params_->all().size());  // all-gathers
   }
   ++step_;
   sync_device(device_);
