@@ -1,5 +1,6 @@
-// `monta bench ops|layer|fp8|exchange|...`: parses the options and calls the benchmark libraries (model/benchmarks.h for
-// ops and layer, comm/exchange_bench.h through bench_exchange.cpp). Benchmarks, not tests: they print a table and
+// `monta bench ops|layer|fp8|optimizer|exchange|...`: parses the options and calls the benchmark libraries
+// (model/benchmarks.h for ops, layer and the host optimizer, model/fp8_bench.h, comm/exchange_bench.h through
+// bench_exchange.cpp). Benchmarks, not tests: they print a table and
 // write JSON; correctness lives in the tests.
 #include <boost/program_options.hpp>
 #include <iostream>
@@ -28,9 +29,11 @@ int cmd_bench(int argc, char** argv) {
   int64_t seq = 8192;
   bool small = false;
   model::BenchLayerOptions lo;
-  po::options_description desc("monta bench ops|layer options (layer: under mpirun with --tp/--ep for the parallel "
+  int64_t opt_params = int64_t(1) << 26;
+  int opt_threads = 0;
+  po::options_description desc("monta bench ops|layer|optimizer options (layer: under mpirun with --tp/--ep for the parallel "
                                "layer, one row per exchange strategy)");
-  desc.add_options()("help,h", "print this help")("what", po::value<std::string>(&what), "ops | layer | fp8")(
+  desc.add_options()("help,h", "print this help")("what", po::value<std::string>(&what), "ops | layer | fp8 | optimizer")(
       "json", po::value<std::string>(&json), "write the results as JSON here")(
       "iters", po::value<int>(&iters)->default_value(10), "timed iterations (median reported)")(
       "seq", po::value<int64_t>(&seq)->default_value(8192), "sequence length (tokens of the micro-batch)")(
@@ -50,7 +53,9 @@ int cmd_bench(int argc, char** argv) {
       "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)")(
       "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share")(
       "fp8", po::value(&lo.fp8)->default_value(lo.fp8), "layer: none | experts: the expert GEMMs in FP8 (model.fp8)")(
-      "small", po::bool_switch(&small), "ops: the op table at test widths instead of 2x70B (a quick run on the CPU)");
+      "small", po::bool_switch(&small), "ops: the op table at test widths instead of 2x70B (a quick run on the CPU)")(
+      "params", po::value(&opt_params)->default_value(opt_params), "optimizer: parameters the host AdamW updates")(
+      "threads", po::value(&opt_threads)->default_value(0), "optimizer: most threads to sweep to (0: every hardware thread)");
   po::positional_options_description pos;
   pos.add("what", 1);
   const po::variables_map vm = parse_command_line(argc, argv, desc, "bench", &pos);
@@ -62,6 +67,10 @@ int cmd_bench(int argc, char** argv) {
   if (!json.empty()) engine::check_output_path(json, "--json");
   Device dev = device == "cpu" ? Device::cpu : (cuda_available() ? Device::cuda : Device::cpu);
   MONTA_USER_CHECK(device != "cuda" || dev == Device::cuda, "--device cuda but no CUDA device is visible");
+  if (what == "optimizer") {
+    MONTA_USER_CHECK(opt_params > 0 && opt_threads >= 0, "--params must be positive and --threads at least 0");
+    return model::bench_optimizer(iters, json, opt_params, opt_threads);
+  }
   if (what == "ops") {
     if (dev == Device::cuda) cuda_set_device(0);
     return model::bench_ops(dev, iters, json, seq, small);
@@ -70,7 +79,7 @@ int cmd_bench(int argc, char** argv) {
     if (dev == Device::cuda) cuda_set_device(0);
     return model::bench_fp8(dev, iters, json, seq);
   }
-  MONTA_USER_CHECK(what == "layer", "unknown benchmark '" + what + "' (choose ops, layer, fp8 or exchange)");
+  MONTA_USER_CHECK(what == "layer", "unknown benchmark '" + what + "' (choose ops, layer, fp8, optimizer, exchange or checkpoint)");
   MONTA_USER_CHECK(dev == Device::cuda || lo.hidden * lo.ffn <= (int64_t(1) << 22),
                    "monta bench layer at these widths needs a GPU (one 2x70B layer holds 2.1 B parameters, ~38 GiB of "
                    "weights, gradients and AdamW state); on the CPU pass small --hidden and --ffn");

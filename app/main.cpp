@@ -15,7 +15,7 @@ void usage() {
       "  prepare-data   convert text, raw uint16/uint32 tokens or .npy into an HDF5 token file\n"
       "  export         write one HDF5 file of full tensors from a sharded checkpoint\n"
       "  plan           rank layouts and exchange strategies for a cluster (cost model; no GPUs needed)\n"
-      "  bench          benchmarks: `monta bench ops`, `monta bench layer`, `monta bench exchange`, `monta bench checkpoint` (tables + JSON)\n"
+      "  bench          benchmarks: `monta bench ops`, `monta bench layer`, `monta bench optimizer`, `monta bench exchange`, `monta bench checkpoint` (tables + JSON)\n"
       "  help           this message\n");
 }
 }  // namespace

@@ -53,11 +53,17 @@ void print_sizes(const model::Config& c, int world, engine::Device device) {
   const int tp = c.parallel.tp, ep = c.parallel.ep;
   const model::RankFootprint f = model::rank_footprint(c, tp, ep, c.parallel.expert_tp, std::max(1, world / tp), device);
   const double gib = double(1 << 30);
-  log_info(strf("per rank (tp %d, ep %d%s, %s): %.3f %s parameters; %.3f GiB weights+grads+AdamW%s, %.3f GiB "
+  log_info(strf("per rank (tp %d, ep %d%s, %s): %.3f %s parameters; %.3f GiB %s%s, %.3f GiB "
                 "activations (micro-batch %ld): %.3f GiB in all",
                 tp, ep, c.parallel.expert_tp ? ", experts TP-split" : "", engine::device_name(device),
-                double(f.params) / u, un, f.state() / gib, f.compute_copy > 0 ? " (+ bf16 copy)" : "",
-                f.activations / gib, c.train.micro_batch, f.total() / gib));
+                double(f.params) / u, un, f.state() / gib, f.offload ? "grads" : "weights+grads+AdamW",
+                f.compute_copy > 0 ? " (+ compute copy)" : "", f.activations / gib, c.train.micro_batch,
+                f.total() / gib));
+  log_info(strf("optimizer state: fp32 master %.3f GiB, AdamW moments (%s) %.3f GiB%s", f.weights / gib,
+                c.train.optimizer_state.c_str(), f.adam / gib,
+                f.offload ? strf("; offloaded: %.3f GiB host memory per rank (master, moments, gradient and upload "
+                                 "copies%s)", f.host_bytes / gib, device == engine::Device::cuda ? ", pinned" : "").c_str()
+                          : ""));
   if (f.checkpoint_host > 0)
     log_info(strf("checkpoint snapshot: %.3f GiB %shost memory per rank (%s; held from start-up %s)",
                   f.checkpoint_host / gib, device == engine::Device::cuda ? "pinned " : "",
@@ -148,8 +154,8 @@ class TrainJob {
     print_placement();
     trainer_ = std::make_unique<model::Trainer>(c_, ps_.ctx, device_);
     for (const auto* a : trainer_->params().arenas())
-      log_info(strf("arena %-16s %10.2f MiB (%s)", a->name().c_str(), double(a->bytes()) / (1 << 20),
-                    engine::device_name(device_)));
+      log_info(strf("arena %-16s %10.2f MiB (%s%s)", a->name().c_str(), double(a->bytes()) / (1 << 20),
+                    engine::device_name(a->device()), a->pinned() ? ", pinned" : ""));
     log_info(strf("arena %-16s %10.2f MiB (%s)", "activations", double(trainer_->model().activations().bytes()) / (1 << 20),
                   engine::device_name(device_)));
     find_resume();

@@ -45,6 +45,8 @@ class Communicator {
   virtual std::unique_ptr<Request> all_reduce_async(Tensor buf, ReduceOp op) = 0;
   virtual std::unique_ptr<Request> all_gather_async(Tensor out, const Tensor& in) = 0;
   virtual std::unique_ptr<Request> all_to_all_async(Tensor out, const Tensor& in) = 0;
+  // reduce_scatter, started now (the distributed optimizer's gradient reduction); out must not overlap in.
+  virtual std::unique_ptr<Request> reduce_scatter_async(Tensor out, const Tensor& in, ReduceOp op) = 0;
   // all_gather_async that starts once `after` (a request of any communicator) has completed, without making the
   // caller wait for `after` where the backend can chain the two (NCCL: this group's stream waits for it, the
   // compute stream does not). The default waits for `after` here, then starts.

@@ -86,15 +86,22 @@ void MpiCommunicator::all_reduce(Tensor buf, ReduceOp op) { all_reduce_async(buf
 
 void MpiCommunicator::all_gather(Tensor out, const Tensor& in) { all_gather_async(out, in)->wait(); }
 
-void MpiCommunicator::reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) {
+void MpiCommunicator::reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) { reduce_scatter_async(out, in, op)->wait(); }
+
+std::unique_ptr<Request> MpiCommunicator::reduce_scatter_async(Tensor out, const Tensor& in, ReduceOp op) {
   const std::string who = name_ + " reduce_scatter";
   check_host(out, who);
   check_host(in, who);
   check_same_dtype(out, in, who);
   MONTA_CHECK(in.numel() == int64_t(size_) * out.numel(),
               who + ": in " + in.str() + " must hold " + std::to_string(size_) + " blocks of out " + out.str());
-  MPI_CHECK(MPI_Reduce_scatter_block(in.data, out.data, as_count(out.numel(), who), reduce_type(out, who), mpi_op(op),
-                                     comm_));
+  const char* ib = static_cast<const char*>(in.data);
+  const char* ob = static_cast<const char*>(out.data);
+  MONTA_CHECK(out.numel() == 0 || ob + out.bytes() <= ib || ib + in.bytes() <= ob, who + ": out must not overlap in");
+  MPI_Request r;
+  MPI_CHECK(MPI_Ireduce_scatter_block(in.data, out.data, as_count(out.numel(), who), reduce_type(out, who), mpi_op(op),
+                                      comm_, &r));
+  return std::make_unique<MpiRequest>(r);
 }
 
 // The blocking forms are the asynchronous ones waited at once: one place validates and issues each collective.

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
@@ -120,15 +121,21 @@ Tensor make_view(void* p, const std::vector<int64_t>& shape, DType t, Device d) 
   return v;
 }
 
-Arena::Arena(std::string name, Device device, const std::vector<TensorSpec>& specs)
-    : name_(std::move(name)), device_(device) {
+Arena::Arena(std::string name, Device device, const std::vector<TensorSpec>& specs, bool pinned)
+    : name_(std::move(name)), device_(device), pinned_(pinned && device == Device::cpu) {
   std::vector<size_t> offsets;
   for (const auto& s : specs) {
     for (int64_t v : s.shape) MONTA_CHECK(v >= 0, "arena " + name_ + ": negative dimension in " + s.name);
     offsets.push_back(bytes_);
     bytes_ += bytes_for({s});
   }
-  base_ = device_alloc(device, bytes_);
+  if (pinned_) {
+    base_ = cudab::host_alloc_pinned(std::max<size_t>(bytes_, 256));
+    MONTA_USER_CHECK(base_, strf("cannot page-lock %.2f GiB of host memory for %s; use more ranks or a host with more "
+                                 "memory (ulimit -l)", double(bytes_) / (1u << 30), name_.c_str()));
+  } else {
+    base_ = device_alloc(device, bytes_);
+  }
   for (size_t i = 0; i < specs.size(); ++i) {
     names_.push_back(specs[i].name);
     tensors_.push_back(make_view(static_cast<char*>(base_) + offsets[i], specs[i].shape, specs[i].dtype, device));
@@ -145,14 +152,23 @@ size_t Arena::bytes_for(const std::vector<TensorSpec>& specs) {
   return bytes;
 }
 
-Arena::~Arena() { device_free(device_, base_); }
+void Arena::release() {
+  if (pinned_)
+    cudab::host_free_pinned(base_);
+  else
+    device_free(device_, base_);
+  base_ = nullptr;
+}
+
+Arena::~Arena() { release(); }
 
 Arena::Arena(Arena&& o) noexcept { *this = std::move(o); }
 Arena& Arena::operator=(Arena&& o) noexcept {
   if (this != &o) {
-    device_free(device_, base_);
+    release();
     name_ = std::move(o.name_);
     device_ = o.device_;
+    pinned_ = o.pinned_;
     base_ = o.base_;
     bytes_ = o.bytes_;
     names_ = std::move(o.names_);

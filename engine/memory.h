@@ -38,11 +38,13 @@ struct TensorSpec {
   DType dtype = DType::f32;
 };
 
-// One allocation, many named tensors (256-byte aligned). Not copyable; frees on destruction.
+// One allocation, many named tensors (256-byte aligned). Not copyable; frees on destruction. `pinned` (host arenas):
+// page-locked memory, for copies to and from a GPU at full speed and without staging (plain memory without CUDA);
+// a host that cannot pin that much is a user error.
 class Arena {
  public:
   Arena() = default;
-  Arena(std::string name, Device device, const std::vector<TensorSpec>& specs);
+  Arena(std::string name, Device device, const std::vector<TensorSpec>& specs, bool pinned = false);
   ~Arena();
   Arena(const Arena&) = delete;
   Arena& operator=(const Arena&) = delete;
@@ -59,14 +61,17 @@ class Arena {
   Tensor whole() const;  // the whole allocation as bytes (u8), padding included
   const std::string& name() const { return name_; }
   Device device() const { return device_; }
+  bool pinned() const { return pinned_; }
 
  private:
   std::string name_;
   Device device_ = Device::cpu;
+  bool pinned_ = false;
   void* base_ = nullptr;
   size_t bytes_ = 0;
   std::vector<std::string> names_;
   std::vector<Tensor> tensors_;
+  void release();
 };
 
 // Tensor from shape vector.

@@ -17,6 +17,9 @@ struct Settings {
   // Time the heuristic's first candidates once per GEMM shape and keep the fastest (engine/cuda/linear.cu says why
   // it is off by default). Read when a shape is first seen: set it before the first GEMM of a shape.
   bool gemm_tune = false;
+  // Threads of the host ops that split their elements over cores (the host AdamW of train.optimizer_offload);
+  // 0: one per hardware thread. Results do not depend on it; `bench optimizer` sets it to measure per core.
+  int host_threads = 0;
 };
 
 // The process's settings, to read or assign; initialised from the environment on first use.

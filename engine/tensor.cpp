@@ -39,21 +39,6 @@ const char* dtype_name(DType t) {
 
 const char* device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
 
-float bf16_to_float(bf16_t v) {
-  uint32_t u = uint32_t(v.bits) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-bf16_t float_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return bf16_t{uint16_t((u >> 16) | 0x40)};  // NaN
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return bf16_t{uint16_t(u >> 16)};
-}
-
 Tensor::Tensor(void* p, std::initializer_list<int64_t> dims, DType t, Device d) : data(p), dtype(t), device(d) {
   MONTA_CHECK(dims.size() <= 4, "tensors have at most 4 dimensions");
   for (int64_t v : dims) shape[size_t(ndim++)] = v;

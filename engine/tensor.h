@@ -4,6 +4,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <string>
 
@@ -19,12 +20,24 @@ const char* device_name(Device d);
 // Dtype of saved statistics (rstd, lse, ...) for activations of dtype t: f64 stays f64, all else f32.
 inline DType stat_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
 
-// bf16 on the host: storage and round-to-nearest-even conversion (CPU side of the CUDA path, tests).
+// bf16 on the host: storage and round-to-nearest-even conversion (CPU side of the CUDA path, tests). Inline and
+// branch-light so loops over them vectorise (the host AdamW's bf16 moments). A NaN stays a (quiet) NaN.
 struct bf16_t {
   uint16_t bits = 0;
 };
-float bf16_to_float(bf16_t v);
-bf16_t float_to_bf16(float f);
+inline float bf16_to_float(bf16_t v) {
+  const uint32_t u = uint32_t(v.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+inline bf16_t float_to_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if ((u & 0x7f800000u) == 0x7f800000u && (u & 0x7fffffu)) return bf16_t{uint16_t((u >> 16) | 0x40)};  // NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return bf16_t{uint16_t(u >> 16)};
+}
 
 // How an op writes a gradient output (STYLE.md rule 3): overwrite (=) or accumulate (+=). Call sites say which.
 enum class Write : uint8_t { overwrite, accumulate };

@@ -4,6 +4,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
+#include <thread>
 #include <functional>
 #include <iostream>
 #include <vector>
@@ -201,6 +205,43 @@ int bench_ops(Device dev, int iters, const std::string& json, int64_t S, bool sm
     if (r.name.rfind("ceiling", 0) != 0)
       log_info(strf("  %-28s %5.1f%% of GEMM ceiling, %5.1f%% of copy ceiling", r.name.c_str(),
                     r.flops > 0 ? 100.0 * r.tflops / gemm : 0.0, 100.0 * r.algbw / bw));
+  return 0;
+}
+
+int bench_optimizer(int iters, const std::string& json, int64_t params, int max_threads) {
+  const int hw = int(std::max(1u, std::thread::hardware_concurrency()));
+  const int top = max_threads > 0 ? max_threads : hw;
+  const int64_t P = params;
+  // Host memory as offload holds it (plain here: the host step does not care whether it is pinned).
+  Buffers B(Device::cpu);
+  Tensor pm = B.make({P}, DType::f32, 0.02), g = B.make({P}, DType::f32, 1e-3), lowp = B.make({P}, DType::bf16);
+  Tensor m32 = B.make({P}, DType::f32, 1e-4), v32 = B.make({P}, DType::f32, 1e-8);
+  Tensor m16 = B.make({P}, DType::bf16, 1e-4), v16 = B.make({P}, DType::bf16, 1e-8);
+  fill_zero(v32);  // second moments start non-negative
+  fill_zero(v16);
+  BenchSweep sweep(2, iters, local_bench_timer(Device::cpu));
+  AdamWArgs aw;
+  aw.weight_decay = 0.1;
+  const int saved = settings().host_threads;
+  for (const bool bf16 : {false, true}) {
+    const Tensor m = bf16 ? m16 : m32, v = bf16 ? v16 : v32;
+    // Bytes moved per parameter: read master, grad, m, v; write master, m, v, the bf16 copy.
+    const double bytes = double(P) * (4 + 4 + 2 * double(dtype_size(m.dtype)) + 4 + 2 * double(dtype_size(m.dtype)) + 2);
+    for (int t = 1;; t = std::min(2 * t, top)) {
+      settings().host_threads = t;
+      BenchCase c = bench_case(strf("adamw %s moments", bf16 ? "bf16" : "fp32"), strf("%ld params, %d threads", P, t), 0,
+                               bytes, [&] { adamw_step(pm, m, v, lowp, g, aw); });
+      c.extra.add("threads", t);
+      const BenchRow& r = sweep.run(std::move(c));
+      log_info(strf("  %-20s %3d threads: %8.1f M params/s, %7.1f M params/s per thread", r.name.c_str(), t,
+                    double(P) / r.seconds / 1e6, double(P) / r.seconds / 1e6 / t));
+      if (t == top) break;
+    }
+  }
+  settings().host_threads = saved;
+  report(sweep, json,
+         strf("monta bench optimizer (host AdamW, %ld parameters, median of %d, %d hardware threads)", P, iters, hw),
+         JsonRecord().add("device", "cpu").add("params", P).add("hardware_threads", hw));
   return 0;
 }
 

@@ -1,4 +1,4 @@
-// The op and layer benchmarks behind `monta bench ops|layer`: every op at 2x70B widths against the GEMM and copy
+// The op, layer and host-optimizer benchmarks behind `monta bench ops|layer|optimizer`: every op at 2x70B widths against the GEMM and copy
 // ceilings measured in the same run, and one decoder layer forward + backward (over the ranks of an mpirun job with
 // tp/ep, one row per exchange strategy). Results as a table and JSON; never asserted in tests.
 #pragma once
@@ -24,5 +24,9 @@ struct BenchLayerOptions {
 // small: the op table at the GPU parity test's widths (engine::op_dims_parity; S ignored), a quick run on the CPU.
 int bench_ops(engine::Device dev, int iters, const std::string& json, int64_t S, bool small = false);
 int bench_layer(engine::Device dev, int iters, const std::string& json, int64_t S, const BenchLayerOptions& o);
+// `monta bench optimizer`: the host AdamW of train.optimizer_offload over `params` parameters in host memory, for
+// fp32 and bf16 moments and 1, 2, 4, ... up to `max_threads` threads (0: every hardware thread): parameters/s, per
+// core and the memory traffic it implies (fp32 master, gradient; m, v; a bf16 copy for the upload).
+int bench_optimizer(int iters, const std::string& json, int64_t params, int max_threads);
 
 }  // namespace monta::model

@@ -41,7 +41,11 @@ namespace {
 const char* kGroups[3] = {"master", "adam_m", "adam_v"};
 
 // The tensor of parameter p that group g (kGroups) stores.
-const Tensor& group_tensor(const Param& p, int g) { return g == 0 ? p.master : (g == 1 ? p.m : p.v); }
+// Bytes of one state group of p as files hold it: the master dtype, whatever the form in memory (bf16 moments, a
+// ZeRO shard, host offload; ParamStore::state_read/state_write convert).
+int64_t file_bytes(const ParamStore& params, const Param& p) {
+  return p.numel() * int64_t(engine::dtype_size(params.master_dtype()));
+}
 
 // A shard whose close failed (disk full) stays in HDF5's table of open files, and HDF5 1.10's exit-time cleanup
 // then crashes retrying its flush, turning the one-line error into a segfault. Checkpoint code closes every
@@ -232,8 +236,8 @@ std::string shard_create(ShardPlan& plan, const ParamStore& params, const std::v
     if (!p.owner) continue;
     for (int gi = 0; gi < 3 && ok; ++gi) {
       if (file_of[3 * pi + size_t(gi)] != file) continue;
-      const Tensor& t = group_tensor(p, gi);
-      const hid_t type = t.dtype == engine::DType::f64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT;
+      const int64_t t_bytes = file_bytes(params, p);  // as the file holds it (fp32 moments whatever is in memory)
+      const hid_t type = params.master_dtype() == engine::DType::f64 ? H5T_NATIVE_DOUBLE : H5T_NATIVE_FLOAT;
       const std::string name = std::string(kGroups[gi]) + "/" + p.name;
       std::vector<hsize_t> dims(p.local.begin(), p.local.end());
       hid_t space = H5Screate_simple(int(dims.size()), dims.data(), nullptr);
@@ -249,10 +253,10 @@ std::string shard_create(ShardPlan& plan, const ParamStore& params, const std::v
         if (a >= 0) H5Aclose(a);
       }
       H5Sclose(aspace);
-      if (ok && t.numel() > 0) {
+      if (ok && t_bytes > 0) {
         const haddr_t at = H5Dget_offset(ds);
         ok = at != HADDR_UNDEF;
-        plan.blocks.push_back({name, int64_t(at), int64_t(t.bytes()), src(p, gi)});
+        plan.blocks.push_back({name, int64_t(at), t_bytes, src(p, gi)});
       }
       if (ds >= 0) H5Dclose(ds);
     }
@@ -278,7 +282,7 @@ std::vector<int> assign_files(const ParamStore& params, int writers) {
   for (size_t pi = 0; pi < params.all().size(); ++pi) {
     const Param& p = params.all()[pi];
     if (!p.owner) continue;
-    for (int gi = 0; gi < 3; ++gi) order.push_back({int64_t(group_tensor(p, gi).bytes()), 3 * pi + size_t(gi)});
+    for (int gi = 0; gi < 3; ++gi) order.push_back({file_bytes(params, p), 3 * pi + size_t(gi)});
   }
   std::stable_sort(order.begin(), order.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
   std::vector<int64_t> load(size_t(writers), 0);
@@ -752,8 +756,7 @@ bool CkptSaver::in_flight() const { return s_->pending != nullptr; }
 int64_t CkptSaver::snapshot_bytes() const { return int64_t(s_->snapshot_bytes); }
 
 void CkptSaver::reserve(const ParamStore& params) {
-  const size_t need = size_t(checkpoint_host_bytes(params.all(), params.all().empty() ? engine::DType::f32
-                                                                                        : params.all()[0].master.dtype));
+  const size_t need = size_t(checkpoint_host_bytes(params.all(), params.master_dtype()));
   if (need <= s_->snapshot_bytes) return;
   const auto t0 = std::chrono::steady_clock::now();
   if (s_->snapshot) (s_->pinned ? engine::cudab::host_free_pinned(s_->snapshot) : std::free(s_->snapshot));
@@ -788,23 +791,28 @@ void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const
     MONTA_USER_CHECK(!ec, "cannot create checkpoint directory " + tmp_dir.string() + ": " + ec.message());
   }
   if (par.world) par.world->barrier();
-  // The snapshot: this rank's owned state copied to host memory (pinned when it comes from the GPU), so training
-  // may change the parameters while the writer reads. A synchronous save on the CPU writes from the parameters.
-  const bool direct = !async_ && params.device() == engine::Device::cpu;
-  std::map<const void*, const void*> where;  // parameter tensor data -> its bytes in the snapshot
+  // The snapshot: this rank's owned state copied to host memory (pinned when it comes from the GPU), in the form
+  // files hold (ParamStore::state_read: fp32 moments whatever train.optimizer_state), so training may change the
+  // parameters while the writer reads. A synchronous save writes from the parameters where they are that form on
+  // the host.
+  bool direct = !async_;
+  for (const auto& p : params.all())
+    for (int g = 0; g < ParamStore::kStateGroups && direct; ++g)
+      direct = (!p.owner && !p.zero_comm) || (params.state_direct(p, g) && params.state(p, g).device == engine::Device::cpu);
+  std::map<std::pair<const Param*, int>, const void*> where;  // (parameter, state group) -> its bytes in the snapshot
   if (!direct) {
     reserve(params);
     char* at = static_cast<char*>(s_->snapshot);
     for (const auto& p : params.all()) {
-      if (!p.owner) continue;
-      for (const Tensor* t : {&p.master, &p.m, &p.v}) {
-        if (t->numel() == 0) continue;
-        Tensor host = *t;
-        host.data = at;
-        host.device = engine::Device::cpu;
-        engine::copy(host, *t);
-        where[t->data] = at;
-        at += (t->bytes() + 4095) / 4096 * 4096;
+      // A sharded state (train.zero 1) is gathered by every rank of its group, in the same order everywhere.
+      if (!p.owner && !p.zero_comm) continue;
+      for (int g = 0; g < ParamStore::kStateGroups; ++g) {
+        if (p.numel() == 0) continue;
+        const Tensor host = engine::make_view(at, p.local, params.master_dtype(), engine::Device::cpu);
+        params.state_read(p, g, p.owner ? host : Tensor());
+        if (!p.owner) continue;
+        where[{&p, g}] = at;
+        at += (host.bytes() + 4095) / 4096 * 4096;
       }
     }
   }
@@ -819,8 +827,7 @@ void CkptSaver::save(const std::string& run_dir, const ParamStore& params, const
     plan.rank = ps->rank;
     plan.step = meta.step;
     const std::string err = shard_create(plan, params, file_of, w, [&](const Param& p, int g) -> const void* {
-      const Tensor& t = group_tensor(p, g);
-      return direct ? t.data : where.at(t.data);
+      return direct ? params.state(p, g).data : where.at({&p, g});
     });
     if (!err.empty()) engine::fail_user(err);
   }
@@ -1031,7 +1038,6 @@ std::vector<StoredBlock> stored_blocks(hid_t f, const ParamStore& params) {
       b.group = gi;
       auto it = index.find(name);
       if (it != index.end() && b.offset >= 0) {
-        const Tensor& t = group_tensor(params.all()[it->second], gi);
         const Param& p = params.all()[it->second];
         hid_t space = H5Dget_space(ds), type = H5Dget_type(ds);
         const int nd = H5Sget_simple_extent_ndims(space);
@@ -1041,7 +1047,7 @@ std::vector<StoredBlock> stored_blocks(hid_t f, const ParamStore& params) {
                                                                         [](hsize_t d, int64_t l) { return int64_t(d) == l; });
         b.param = it->second;
         b.whole = same_shape && read_attr(ds, "offset", size_t(nd)) == p.offset && H5Tget_class(type) == H5T_FLOAT &&
-                  H5Tget_size(type) == engine::dtype_size(t.dtype) && b.bytes == int64_t(t.bytes());
+                  H5Tget_size(type) == engine::dtype_size(params.master_dtype()) && b.bytes == file_bytes(params, p);
         H5Tclose(type);
         H5Sclose(space);
       }
@@ -1088,10 +1094,11 @@ std::string stream_file(const std::string& path, const std::string& want, const 
     skip(pos, b.offset);
     if (b.whole) {
       Param& p = params.all()[b.param];
-      Tensor dst = group_tensor(p, b.group);
-      const bool on_host = dst.device == engine::Device::cpu;
-      read_to(static_cast<char*>(on_host ? dst.data : stage), b.offset, b.bytes);
-      if (ok && !on_host) engine::copy(dst, engine::make_view(stage, p.local, dst.dtype, engine::Device::cpu));
+      const Tensor dst = params.state(p, b.group);
+      const bool in_place = params.state_direct(p, b.group) && dst.device == engine::Device::cpu;
+      read_to(static_cast<char*>(in_place ? dst.data : stage), b.offset, b.bytes);
+      if (ok && !in_place)
+        params.state_write(p, b.group, engine::make_view(stage, p.local, params.master_dtype(), engine::Device::cpu));
       filled[3 * b.param + size_t(b.group)] = ok;
     } else {
       skip(b.offset, b.offset + b.bytes);
@@ -1129,7 +1136,9 @@ std::string load_slices(const std::string& dir, const CkptMeta& meta, ParamStore
   // The staging buffer for the GPU: page-locked (host-to-device copies at full speed), pageable if that fails.
   size_t largest = 0;
   for (const auto& p : params.all())
-    if (p.master.device != engine::Device::cpu) largest = std::max(largest, p.master.bytes());
+    for (int gi = 0; gi < ParamStore::kStateGroups; ++gi)
+      if (!params.state_direct(p, gi) || params.state(p, gi).device != engine::Device::cpu)
+        largest = std::max(largest, size_t(p.numel()) * engine::dtype_size(params.master_dtype()));
   std::unique_ptr<void, void (*)(void*)> pinned(largest ? engine::cudab::host_alloc_pinned(largest) : nullptr,
                                                 [](void* q) { engine::cudab::host_free_pinned(q); });
   std::vector<char> staging;
@@ -1160,21 +1169,22 @@ std::string load_slices(const std::string& dir, const CkptMeta& meta, ParamStore
   }
   for (size_t pi = 0; pi < params.all().size() && problem.empty(); ++pi) {
     Param& p = params.all()[pi];
-    const int64_t n = p.master.numel();
-    for (int gi = 0; gi < 3; ++gi) {
+    const int64_t n = p.numel();
+    for (int gi = 0; gi < ParamStore::kStateGroups; ++gi) {
       if (filled[3 * pi + size_t(gi)]) continue;
       const char* g = kGroups[gi];
-      Tensor dst = group_tensor(p, gi);
-      void* host = dst.device == engine::Device::cpu ? dst.data : stage;
+      const Tensor dst = params.state(p, gi);
+      const bool in_place = params.state_direct(p, gi) && dst.device == engine::Device::cpu;
+      void* host = in_place ? dst.data : stage;
       const std::string name = std::string(g) + "/" + p.name;
       int64_t got = 0;
       for (hid_t f : files)
-        got += dst.dtype == engine::DType::f64
+        got += params.master_dtype() == engine::DType::f64
                    ? read_intersection(f, name, p.offset, p.local, static_cast<double*>(host))
                    : read_intersection(f, name, p.offset, p.local, static_cast<float*>(host));
       MONTA_USER_CHECK(got == n, strf("checkpoint %s covers %ld of the %ld elements of %s/%s on this rank", dir.c_str(),
                                       got, n, g, p.name.c_str()));
-      if (host != dst.data) engine::copy(dst, engine::make_view(host, p.local, dst.dtype, engine::Device::cpu));
+      if (!in_place) params.state_write(p, gi, engine::make_view(host, p.local, params.master_dtype(), engine::Device::cpu));
     }
   }
   for (hid_t f : files) H5Fclose(f);

@@ -32,6 +32,10 @@ struct TrainConfig {
   // last step, eval_steps global batches, forward only; eval_steps 0 turns validation off.
   int64_t eval_interval = 100, eval_steps = 8;
   std::string recompute = "none";  // none | selective | full: activations re-computed in backward (Recompute)
+  // Optimizer memory (docs/design.md, "The optimizer"): AdamW moments in fp32 or bf16.
+  std::string optimizer_state = "fp32";
+  bool optimizer_offload = false;  // master weights and moments in host memory, AdamW on host threads
+  int64_t zero = 0;                // 1: master weights and moments sharded over data parallelism (ZeRO-1)
 };
 
 // What the backward re-computes instead of keeping from the forward (docs/memory.md). none: every layer keeps all

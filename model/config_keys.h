@@ -112,6 +112,15 @@ void visit_config_keys(ConfigT& c, F&& f) {
     "activations re-computed in backward instead of kept: none, selective (norms, SwiGLU, dispatch buffer) or full "
     "(each layer keeps only its input and re-runs its forward, token exchange included)",
     choices("none|selective|full"));
+  f("train.optimizer_state", t.optimizer_state,
+    "AdamW moments m, v in fp32, or bf16 (rounded to nearest even; master weights and gradients stay fp32); "
+    "checkpoints hold fp32 either way", choices("fp32|bf16"));
+  f("train.optimizer_offload", t.optimizer_offload,
+    "keep fp32 master weights and AdamW moments in (pinned) host memory and run AdamW on host threads; the GPU holds "
+    "the compute weights, gradients and activations", any());
+  f("train.zero", t.zero,
+    "1: shard fp32 master weights and AdamW moments over data parallelism (experts over expert-DP; ZeRO-1): gradients "
+    "reduce-scattered, compute weights all-gathered; a group of one rank keeps its state whole", closed(0, 1));
   auto& p = c.parallel;
   f("parallel.tp", p.tp, "tensor-parallel size (consecutive ranks; heads, kv_heads, vocab, ffn divide by it)",
     closed(1, 1 << 16));

@@ -27,20 +27,21 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   par.expert_dp = dp / ep;
   par.expert_tp = expert_tp;
   const engine::DType act = device == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32;
-  std::vector<engine::TensorSpec> master, compute;
+  const OptimizerLayout opt = optimizer_layout(c.train);
+  std::vector<Param> table = param_table(c.model, par);
   RankFootprint f;
-  const std::vector<Param> table = param_table(c.model, par);
   for (const Param& p : table) {
-    int64_t n = 1;
-    for (int64_t v : p.local) n *= v;
-    f.params += n;
-    if (p.kind == ParamKind::expert) f.expert_params += n;
-    master.push_back({p.name, p.local, engine::DType::f32});
-    compute.push_back({p.name, p.local, act});
+    f.params += p.numel();
+    if (p.kind == ParamKind::expert) f.expert_params += p.numel();
   }
-  f.weights = f.grads = double(engine::Arena::bytes_for(master));
-  f.adam = 2 * f.weights;
-  f.compute_copy = act == engine::DType::f32 ? 0.0 : double(engine::Arena::bytes_for(compute));
+  const StoreSpecs st = store_specs(table, par, device, engine::DType::f32, act, opt);  // what ParamStore allocates
+  auto bytes = [](const std::vector<engine::TensorSpec>& specs) { return double(engine::Arena::bytes_for(specs)); };
+  f.weights = bytes(st.master);
+  f.adam = 2 * bytes(st.moment);
+  f.grads = bytes(st.grad) + bytes(st.grad_shard);
+  f.compute_copy = bytes(st.compute);
+  f.offload = opt.offload;
+  if (opt.offload) f.host_bytes = f.weights + f.adam + bytes(st.host_grad) + bytes(st.host_lowp);
   const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp);
   f.activations = double(engine::Arena::bytes_for(Model::activation_specs(c.model, s, act, ep > 1, recompute_mode(c.train))));
   // Rank 0 owns every slice it holds (the most any rank snapshots). Saves use the snapshot when asynchronous, or from

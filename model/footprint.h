@@ -15,15 +15,20 @@ namespace monta::model {
 struct RankFootprint {
   int64_t params = 0;         // parameters this rank holds (its slices of every tensor)
   int64_t expert_params = 0;  // of which expert weights (reduced over expert-DP, the rest over DP)
-  // Bytes of each arena: fp32 master weights, gradients, both AdamW moments, the compute copy (bf16 on a GPU; none on
-  // the CPU), and the activations of one micro-batch (every layer's saved tensors and the backward scratch).
+  // Bytes of each arena: fp32 master weights, gradients, both AdamW moments (fp32 or bf16), the compute copy (bf16 on a GPU; none on
+  // the CPU unless offload or zero need one), and the activations of one micro-batch (every layer's saved tensors and the backward scratch).
   double weights = 0, grads = 0, adam = 0, compute_copy = 0, activations = 0;
   // Host memory (not in total(), which is the device's): the checkpoint snapshot a save takes, pinned when the
   // parameters are on a GPU; 0 when saves need none (a synchronous save on the CPU writes from the parameters). Held
   // from start-up when checkpoint.interval > 0.
   double checkpoint_host = 0;
-  double state() const { return weights + grads + adam + compute_copy; }
-  double total() const { return state() + activations; }
+  // train.optimizer_offload: weights and adam live in host memory, with a host copy of the gradients and (GPU) of the
+  // bf16 weights to upload; host_bytes is all of that, and state() leaves it out.
+  // train.zero 1: weights and adam are this rank's shards, grads include the reduce-scatter's shard buffer.
+  bool offload = false;
+  double host_bytes = 0;
+  double state() const { return offload ? grads + compute_copy : weights + grads + adam + compute_copy; }  // on device
+  double total() const { return state() + activations; }  // device memory
 };
 
 // Bytes of the host snapshot a checkpoint save takes of `params`: every owned slice's master weights and both AdamW

@@ -64,9 +64,9 @@ std::string plan_memory_options(const Config& c, const comm::Cluster& cluster, i
 std::string plan_pick_line(const comm::Plan& p, const comm::Cluster& cluster) {
   using engine::strf;
   if (p.best < 0)
-    return strf("pick: none - no layout fits in %.0f GiB per GPU as the trainer allocates (monta does not shard "
-                "optimizer state); the table still ranks them by predicted step time (by communication without a "
-                "TFLOP/s figure)",
+    return strf("pick: none - no layout fits in %.0f GiB per GPU as the trainer allocates with these optimizer "
+                "options (train.optimizer_state, train.optimizer_offload, train.zero); the table still ranks them by "
+                "predicted step time (by communication without a TFLOP/s figure)",
                 cluster.gpu_mem_gib);
   const auto& b = p.rows[size_t(p.best)];
   const bool chunked = b.strategy == comm::ExchangeKind::pipelined || b.strategy == comm::ExchangeKind::overlapped;

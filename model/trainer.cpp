@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <thread>
 
 #include "engine/check.h"
 #include "engine/log.h"
@@ -24,7 +25,7 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   sched_.decay_steps = cfg.train.decay_steps > 0 ? cfg.train.decay_steps : cfg.train.steps;
   {
     const StartupPhase phase(strf("allocating parameters, gradients and AdamW state (%s)", engine::device_name(device)));
-    params_ = std::make_unique<ParamStore>(cfg.model, par, device, DType::f32, act_);
+    params_ = std::make_unique<ParamStore>(cfg.model, par, device, DType::f32, act_, optimizer_layout(cfg.train));
   }
   {
     const StartupPhase phase(strf("initialising weights (%s)", engine::device_name(device)));
@@ -37,10 +38,43 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
     model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_, recompute_mode(cfg.train));
   }
   build_buckets();
-  scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
   for (auto& p : params_->all())
-    adamw_entries_.push_back({p.master, p.m, p.v, p.compute.data != p.master.data ? p.compute : Tensor(), p.grad,
-                              p.weight_decay ? cfg.train.weight_decay : 0.0});
+    if (p.zero_comm) zero_params_.push_back(&p);
+  scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
+  if (!params_->offload()) {
+    adamw_entries_ = params_->adamw_entries(cfg.train.weight_decay);
+  } else {  // one chunk per gradient group (embedding, each layer, head): one's upload overlaps the next one's AdamW
+    const auto& all = params_->all();
+    offload_chunks_.push_back(0);
+    for (size_t i = 0; i < all.size(); ++i)
+      if (i + 1 == all.size() || grad_group(all[i].name) != grad_group(all[i + 1].name)) offload_chunks_.push_back(i + 1);
+  }
+}
+
+void Trainer::update_offloaded(const AdamWArgs& a) {
+  {
+    const TraceRange copy("gradients to host");
+    params_->grads_to_host();
+  }
+  // Chunk k's AdamW runs on host threads while this thread uploads chunk k-1's weights (CUDA calls stay on the
+  // thread that owns the device). Every element is updated as adamw_step would: chunking changes no bit.
+  std::thread worker;
+  for (size_t k = 0; k + 1 < offload_chunks_.size(); ++k) {
+    const auto entries = params_->adamw_entries(cfg_.train.weight_decay, offload_chunks_[k], offload_chunks_[k + 1]);
+    worker = std::thread([&a, entries] { adamw_step_many(entries, a); });
+    if (k > 0) params_->publish_compute(offload_chunks_[k - 1], offload_chunks_[k]);
+    worker.join();
+  }
+  const size_t last = offload_chunks_.size() - 1;
+  if (last > 0) params_->publish_compute(offload_chunks_[last - 1], offload_chunks_[last]);
+}
+
+int Trainer::grad_group(const std::string& name) const {
+  if (name.rfind("layers.", 0) == 0) {  // "layers.<i>.<tensor>": names this code made, so <i> parses
+    const std::string rest = name.substr(7);
+    return engine::parse_int(rest.substr(0, rest.find('.')), "layer index of parameter " + name);
+  }
+  return name == "embed" ? -1 : int(cfg_.model.layers);
 }
 
 void Trainer::build_buckets() {
@@ -48,18 +82,12 @@ void Trainer::build_buckets() {
   // same group and sit back to back in the gradient arena: one all-reduce covers the run (the 256-byte padding
   // between tensors is zeroed with the arena, so summing it is harmless). Experts whole on every TP rank
   // (expert_tp off) see the same tokens there and hold identical gradients, so only expert-DP replicas are summed.
-  auto group_of = [&](const std::string& name) {
-    if (name.rfind("layers.", 0) == 0) {  // "layers.<i>.<tensor>": names this code made, so <i> parses
-      const std::string rest = name.substr(7);
-      return engine::parse_int(rest.substr(0, rest.find('.')), "layer index of parameter " + name);
-    }
-    return name == "embed" ? -1 : int(cfg_.model.layers);
-  };
   for (auto& p : params_->all()) {
+    if (p.zero_comm) continue;  // train.zero 1: reduce-scattered on its own (start_reduction)
     comm::Communicator* c = p.kind == ParamKind::expert ? (par_.expert_dp > 1 ? par_.expert_dp_comm : nullptr)
                                                         : (par_.dp > 1 ? par_.dp_comm : nullptr);
     if (!c) continue;
-    const int g = group_of(p.name);
+    const int g = grad_group(p.name);
     char* begin = static_cast<char*>(p.grad.data);
     char* end = begin + p.grad.bytes();
     if (!buckets_.empty()) {
@@ -81,6 +109,13 @@ void Trainer::start_reduction(int group) {
     for (Param* p : b.params) params_->settle_grad(*p);  // a gradient no write reached is zero, not stale memory
     pending_.push_back(b.comm->all_reduce_async(b.grads, comm::ReduceOp::sum));
   }
+  // train.zero 1: each sharded gradient reduce-scattered whole (its padded flat range, zero padding) into this rank's
+  // shard, one collective per tensor (no bucket spans tensors, so a shard never does and weight decay stays per tensor).
+  for (Param* p : zero_params_) {
+    if (grad_group(p->name) != group) continue;
+    params_->settle_grad(*p);
+    pending_.push_back(p->zero_comm->reduce_scatter_async(p->grad_shard, p->grad_flat, comm::ReduceOp::sum));
+  }
 }
 
 void Trainer::finish_reduction() {
@@ -92,8 +127,12 @@ double Trainer::global_grad_norm() {
   const TraceRange trace("gradient norm");
   Tensor acc = scalars_.get("sumsq");
   fill_zero(acc);
-  for (auto& p : params_->all())
-    if (p.owner) sum_squares(acc, p.grad);
+  for (auto& p : params_->all()) {
+    if (p.zero_comm && p.tp_first)
+      sum_squares(acc, p.grad_shard);  // the group's shards partition the gradient: each element counted once
+    else if (!p.zero_comm && p.owner)
+      sum_squares(acc, p.grad);
+  }
   if (par_.world && par_.world->size() > 1) par_.world->all_reduce(acc, comm::ReduceOp::sum);
   float host = 0;
   copy(Tensor(&host, {1}, DType::f32), acc);  // the step's one device->host sync
@@ -207,7 +246,11 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
     a.step = m.step;
     a.grad_scale = (t.grad_clip > 0 && m.grad_norm > t.grad_clip) ? t.grad_clip / (m.grad_norm + 1e-6) : 1.0;
     const TraceRange opt("optimizer");
-    adamw_step_many(adamw_entries_, a);  // one fused pass over every parameter (a few launches on the GPU)
+    if (params_->offload())
+      update_offloaded(a);
+    else
+      adamw_step_many(adamw_entries_, a);  // one fused pass over every parameter (a few launches on the GPU)
+    if (!params_->offload() && params_->zero()) params_->publish_compute(0, params_->all().size());  // all-gathers
   }
   ++step_;
   sync_device(device_);

@@ -5,6 +5,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 
 #include "engine/ops/adamw.h"
 #include "engine/schedule.h"
@@ -63,9 +64,11 @@ class Trainer {
   DType act_dtype() const { return act_; }
 
  private:
+  int grad_group(const std::string& name) const;  // layer index, layers (head and final norm), or -1 (embedding)
   void build_buckets();
   void start_reduction(int group);  // group: layer index, layers (head), -1 (embedding)
   void finish_reduction();
+  void update_offloaded(const engine::AdamWArgs& a);  // train.optimizer_offload: the step on host threads
   double global_grad_norm();
   void check_batch(std::span<const int32_t> inputs, std::span<const int32_t> targets) const;
   double ce_scale() const;                 // 1 / tokens of a global batch
@@ -88,6 +91,8 @@ class Trainer {
   };
   std::vector<GradBucket> buckets_;
   std::vector<engine::AdamWEntry> adamw_entries_;  // every parameter's optimizer operands, fixed at construction
+  std::vector<size_t> offload_chunks_;
+  std::vector<Param*> zero_params_;  // train.zero 1: the sharded parameters (reduce-scattered, all-gathered)  // offload: parameter index bounds of the chunks the host step pipelines
   std::vector<std::unique_ptr<comm::Request>> pending_;
 };
 

@@ -226,8 +226,10 @@ void NcclCommunicator::all_reduce(Tensor buf, ReduceOp op) { all_reduce_async(bu
 void NcclCommunicator::all_gather(Tensor out, const Tensor& in) { all_gather_async(out, in)->wait(); }
 void NcclCommunicator::all_to_all(Tensor out, const Tensor& in) { all_to_all_async(out, in)->wait(); }
 
-void NcclCommunicator::reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) {
-  if (host_ && out.device == Device::cpu && in.device == Device::cpu) return host_->reduce_scatter(out, in, op);
+void NcclCommunicator::reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) { reduce_scatter_async(out, in, op)->wait(); }
+
+std::unique_ptr<Request> NcclCommunicator::reduce_scatter_async(Tensor out, const Tensor& in, ReduceOp op) {
+  if (host_ && out.device == Device::cpu && in.device == Device::cpu) return host_->reduce_scatter_async(out, in, op);
   const std::string who = name_ + " reduce_scatter";
   check_device(out, who);
   check_device(in, who);
@@ -235,9 +237,9 @@ void NcclCommunicator::reduce_scatter(Tensor out, const Tensor& in, ReduceOp op)
   MONTA_CHECK(in.numel() == int64_t(size_) * out.numel(),
               who + ": in " + in.str() + " must hold " + std::to_string(size_) + " blocks of out " + out.str());
   const ncclDataType_t t = reduce_type(out, who);
-  issue([&](cudaStream_t s) {
+  return issue([&](cudaStream_t s) {
     NCCL_CHECK(ncclReduceScatter(in.data, out.data, size_t(out.numel()), t, nccl_op(op), comm_, s));
-  })->wait();
+  });
 }
 
 void NcclCommunicator::all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,

@@ -1,6 +1,6 @@
 // AdamW (decoupled weight decay, Loshchilov & Hutter) on fp32 master weights; the gradient is multiplied
 // by grad_scale first (global-norm clipping, gradient averaging) and an optional low-precision copy of the
-// updated weights is written for the next forward.
+// updated weights is written for the next forward. The moments are f32 or bf16.
 #pragma once
 #include <span>
 
@@ -25,6 +25,8 @@ inline const Tensor& adamw_first_param(std::span<const AdamWEntry> entries) {
 }  // namespace monta::engine
 
 // adamw_step: param, m, v, grad: same shape, f32 (or f64 on the CPU); param_lowp: empty, or the same shape in bf16.
+// With an f32 param, m and v may both be bf16 (train.optimizer_state = bf16): read widened, the step computed in f32,
+// stored rounded to nearest even; the CPU and CUDA backends give the same bits (finite values; a NaN stays a NaN).
 // adamw_step_many: the fused optimizer step: every entry updated exactly as adamw_step would (same bits), in a few
 // kernel launches on the GPU (tensors packed many to a launch) instead of one per tensor.
 #define MONTA_OPS_ADAMW(X)                                                                                          \

@@ -51,6 +51,7 @@ void adamw_step(Tensor param, Tensor m, Tensor v, Tensor param_lowp, const Tenso
   expect_numel(op, "m", m, n);
   expect_numel(op, "v", v, n);
   expect_numel(op, "grad", grad, n);
+  expect(m.dtype == v.dtype, op, "m and v must have one dtype, got " + m.str() + " and " + v.str());
   if (!param_lowp.empty()) expect_numel(op, "param_lowp", param_lowp, n);
 }
 void adamw_step_many(std::span<const AdamWEntry> entries, const AdamWArgs& a) {

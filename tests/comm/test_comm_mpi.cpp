@@ -130,6 +130,33 @@ TEST(Collectives, ReduceScatterSumMax) {
   }
 }
 
+// The asynchronous form as the distributed optimizer uses it: several started before any is waited, each the
+// blocking result.
+TEST(Collectives, ReduceScatterAsyncManyInFlight) {
+  for (auto& owned : test_comms()) {
+    Communicator& c = *owned;
+    const int g = c.rank(), s = c.size();
+    std::vector<std::vector<float>> in(3), out(3);
+    std::vector<std::unique_ptr<comm::Request>> reqs;
+    for (int k = 0; k < 3; ++k) {
+      const int64_t n = 5 + 64 * k;
+      in[size_t(k)].resize(size_t(n * s));
+      out[size_t(k)].assign(size_t(n), -1.f);
+      for (int64_t i = 0; i < n * s; ++i) in[size_t(k)][size_t(i)] = float((g + 1) * (k + 1)) + float(i);
+      reqs.push_back(c.reduce_scatter_async(tens(out[size_t(k)], DType::f32), tens(in[size_t(k)], DType::f32), ReduceOp::sum));
+    }
+    for (auto& r : reqs) r->wait();
+    for (int k = 0; k < 3; ++k) {
+      const int64_t n = 5 + 64 * k;
+      for (int64_t i = 0; i < n; ++i)
+        EXPECT_EQ(out[size_t(k)][size_t(i)], float((k + 1) * s * (s + 1) / 2) + float(s) * float(g * n + i)) << c.name();
+    }
+    std::vector<float> same(size_t(4 * s));
+    EXPECT_THROW(c.reduce_scatter_async(tens(same, DType::f32).rows(0, 4), tens(same, DType::f32), ReduceOp::sum),
+                 engine::Error);
+  }
+}
+
 template <class T> void check_all_to_all(Communicator& c, DType dt) {
   const int g = c.rank(), s = c.size();
   for (int64_t n : kCounts) {

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "engine/ops/adamw.h"
+#include "engine/settings.h"
 #include "engine/ops/cross_entropy.h"
 #include "engine/ops/elementwise.h"
 #include "tests/engine/test_util.h"
@@ -162,6 +163,72 @@ TEST(AdamW, FusedStepAppliesEachEntrysDecay) {
   EXPECT_EQ(p2.values(), q2.values());
   EXPECT_EQ(m1.values(), n1.values());
   EXPECT_EQ(v2.values(), w2.values());
+}
+
+// bf16 moments (train.optimizer_state = bf16): the step is the f32 step on the widened moments, each moment stored
+// rounded to nearest even, the weight updated with the unrounded moments (what the CUDA kernel computes, bit for bit).
+TEST(AdamW, Bf16MomentsAreTheF32StepRoundedToNearestEven) {
+  const int64_t n = 1000;
+  Buf p = random_buf({n}, DType::f32, 4), g = random_buf({n}, DType::f32, 7);
+  Buf m32 = random_buf({n}, DType::f32, 5, 0, 0.1), v32 = random_buf({n}, DType::f32, 6, 0, 0.01);
+  Buf m({n}, DType::bf16), v({n}, DType::bf16), q({n}, DType::f32);
+  eng::cast(m, m32);
+  eng::cast(v, v32);
+  eng::cast(m32, m);  // the f32 reference starts from the same (bf16-representable) moments
+  eng::cast(v32, v);
+  eng::copy(q, p);
+  eng::AdamWArgs a;
+  a.lr = 1e-2;
+  a.weight_decay = 0.1;
+  a.step = 3;
+  a.grad_scale = 0.5;
+  eng::adamw_step(q, m32, v32, Tensor(), g, a);
+  eng::adamw_step(p, m, v, Tensor(), g, a);
+  int64_t rounded = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float mf = m32.t.as<float>()[i], vf = v32.t.as<float>()[i];
+    ASSERT_EQ(m.t.as<eng::bf16_t>()[i].bits, eng::float_to_bf16(mf).bits) << i;
+    ASSERT_EQ(v.t.as<eng::bf16_t>()[i].bits, eng::float_to_bf16(vf).bits) << i;
+    ASSERT_EQ(p.t.as<float>()[i], q.t.as<float>()[i]) << i;
+    rounded += eng::bf16_to_float(m.t.as<eng::bf16_t>()[i]) != mf;
+  }
+  EXPECT_GT(rounded, n / 2);  // the moments were in fact rounded
+}
+
+// The host step splits its elements over threads (the optimizer offload's host AdamW): any thread count gives the
+// same bits, across entry boundaries and with bf16 moments and a low-precision copy.
+TEST(AdamW, HostThreadCountChangesNoBit) {
+  const std::vector<int64_t> sizes = {70001, 3, 200003, 65536};
+  std::vector<std::vector<Buf>> sets;
+  for (int copy = 0; copy < 2; ++copy) {
+    std::vector<Buf> s;
+    for (size_t t = 0; t < sizes.size(); ++t) {
+      const int64_t n = sizes[t];
+      s.push_back(random_buf({n}, DType::f32, 10 + t));
+      Buf m = random_buf({n}, DType::f32, 20 + t, 0, 0.1), v = random_buf({n}, DType::f32, 30 + t, 0, 0.01);
+      s.emplace_back(std::vector<int64_t>{n}, DType::bf16);
+      eng::cast(s.back(), m);
+      s.emplace_back(std::vector<int64_t>{n}, DType::bf16);
+      eng::cast(s.back(), v);
+      s.push_back(random_buf({n}, DType::f32, 40 + t));
+      s.emplace_back(std::vector<int64_t>{n}, DType::bf16);
+    }
+    sets.push_back(std::move(s));
+  }
+  eng::AdamWArgs a;
+  a.lr = 1e-2;
+  a.step = 5;
+  for (int copy = 0; copy < 2; ++copy) {
+    std::vector<eng::AdamWEntry> es;
+    auto& s = sets[size_t(copy)];
+    for (size_t t = 0; t < sizes.size(); ++t)
+      es.push_back({s[5 * t], s[5 * t + 1], s[5 * t + 2], s[5 * t + 4], s[5 * t + 3], t % 2 ? 0.1 : 0.0});
+    eng::settings().host_threads = copy == 0 ? 1 : 5;
+    eng::adamw_step_many(es, a);
+  }
+  eng::settings().host_threads = 0;
+  for (size_t i = 0; i < sets[0].size(); ++i)
+    ASSERT_EQ(std::memcmp(sets[0][i].t.data, sets[1][i].t.data, sets[0][i].t.bytes()), 0) << "tensor " << i;
 }
 
 TEST(AdamW, EmptyLowpIsSkippedAndZeroGradOnlyDecays) {

@@ -1,6 +1,8 @@
 // GPU tests: the CUDA runtime seam (copies, fills, streams), the elementwise/reduction glue and AdamW,
 // each against the CPU backend on fresh random inputs.
 #include <array>
+#include <cstring>
+#include <tuple>
 
 #include "engine/cuda_backend.h"
 #include "engine/op_timing.h"
@@ -148,6 +150,43 @@ TEST(GpuAdamW, StepMatchesCpuWithLowPrecisionCopy) {
   engine::adamw_step(p.c(), m.c(), v.c(), Tensor(), g.c(), a);
   engine::adamw_step(p.g(), m.g(), v.g(), Tensor(), g.g(), a);
   expect_close(p, 1e-5, "param (step 2)");
+}
+
+// bf16 moments (train.optimizer_state = bf16): the CUDA step equals the CPU step bit for bit, the per-tensor and
+// the fused kernel alike (both backends compute in f32 without FMA contraction and round the stored moments to
+// nearest even); two steps, the second from the rounded moments.
+TEST(GpuAdamW, Bf16MomentsEqualCpuBitForBit) {
+  MONTA_REQUIRE_GPU();
+  const int64_t n = 70001;
+  const std::vector<float> pv = random_values(n), gv = random_values(n), mv = random_values(n, -0.1f, 0.1f),
+                           vv = random_values(n, 0.f, 0.01f);
+  Buf pc = upload(pv, {n}, DType::f32, Device::cpu), pg = upload(pv, {n}, DType::f32, Device::cuda);
+  Buf pf = upload(pv, {n}, DType::f32, Device::cuda);
+  Buf gc = upload(gv, {n}, DType::f32, Device::cpu), gg = upload(gv, {n}, DType::f32, Device::cuda);
+  Buf mc = upload(mv, {n}, DType::bf16, Device::cpu), mg = upload(mv, {n}, DType::bf16, Device::cuda);
+  Buf mf = upload(mv, {n}, DType::bf16, Device::cuda);
+  Buf vc = upload(vv, {n}, DType::bf16, Device::cpu), vg = upload(vv, {n}, DType::bf16, Device::cuda);
+  Buf vf = upload(vv, {n}, DType::bf16, Device::cuda);
+  Buf lc({n}, DType::bf16, Device::cpu), lg({n}, DType::bf16, Device::cuda), lf({n}, DType::bf16, Device::cuda);
+  engine::AdamWArgs a;
+  a.lr = 3e-3;
+  a.weight_decay = 0.1;
+  a.grad_scale = 0.5;
+  for (int64_t step = 7; step <= 8; ++step) {
+    a.step = step;
+    engine::adamw_step(pc.t, mc.t, vc.t, lc.t, gc.t, a);
+    engine::adamw_step(pg.t, mg.t, vg.t, lg.t, gg.t, a);
+    const std::vector<engine::AdamWEntry> fused = {{pf.t, mf.t, vf.t, lf.t, gg.t, 0.1}};
+    engine::adamw_step_many(fused, a);
+  }
+  for (auto [name, c, g, f] : {std::tuple{"param", &pc, &pg, &pf}, std::tuple{"m", &mc, &mg, &mf},
+                               std::tuple{"v", &vc, &vg, &vf}, std::tuple{"param_lowp", &lc, &lg, &lf}}) {
+    Buf host(std::vector<int64_t>{n}, c->t.dtype, Device::cpu), host_f(std::vector<int64_t>{n}, c->t.dtype, Device::cpu);
+    engine::copy(host.t, g->t);
+    engine::copy(host_f.t, f->t);
+    EXPECT_EQ(std::memcmp(host.t.data, c->t.data, c->t.bytes()), 0) << name << ": CUDA adamw_step differs from the CPU";
+    EXPECT_EQ(std::memcmp(host_f.t.data, c->t.data, c->t.bytes()), 0) << name << ": CUDA adamw_step_many differs";
+  }
 }
 
 // The fused step over many tensors (more than one launch's worth, sizes around the block size, some with a bf16
