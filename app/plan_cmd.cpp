@@ -31,7 +31,10 @@ comm::Cluster load_cluster(const std::string& spec) {
       "cluster.inter_gbps", po::value(&c.inter_gbps)->required(), "")(
       "cluster.inter_latency_us", po::value(&c.inter_latency_us)->default_value(10.0), "")(
       "cluster.gpu_mem_gib", po::value(&c.gpu_mem_gib)->required(), "")(
-      "cluster.gpu_tflops", po::value(&c.gpu_tflops)->default_value(0.0), "");
+      "cluster.gpu_tflops", po::value(&c.gpu_tflops)->default_value(0.0), "")(
+      "cluster.host_mem_gib", po::value(&c.host_mem_gib)->default_value(0.0), "")(
+      "cluster.host_adamw_gparams_s", po::value(&c.host_adamw_gparams_s)->default_value(0.0), "")(
+      "cluster.pcie_gbps", po::value(&c.pcie_gbps)->default_value(0.0), "");
   // A file, or inline `nodes=2,gpus_per_node=8,...` (the same keys, comma separated, as one [cluster] section).
   std::string text;
   const bool inline_spec = !std::filesystem::exists(spec) && spec.find('=') != std::string::npos;
@@ -56,7 +59,7 @@ comm::Cluster load_cluster(const std::string& spec) {
   } catch (const po::error& e) {
     engine::fail_user("cluster '" + spec + "': " + e.what() +
                       " (keys: name, nodes, gpus_per_node, intra_gbps, intra_latency_us, inter_gbps, inter_latency_us, "
-                      "gpu_mem_gib, gpu_tflops)");
+                      "gpu_mem_gib, gpu_tflops, host_mem_gib, host_adamw_gparams_s, pcie_gbps)");
   }
   auto finite_pos = [](double v) { return std::isfinite(v) && v > 0; };
   auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0; };
@@ -65,9 +68,11 @@ comm::Cluster load_cluster(const std::string& spec) {
                    "cluster '" + spec + "': nodes, gpus_per_node, intra_gbps, inter_gbps and gpu_mem_gib must be positive");
   MONTA_USER_CHECK(double(c.nodes) * double(c.gpus_per_node) <= 1e6,
                    "cluster '" + spec + "': nodes x gpus_per_node must be at most 1000000");
-  MONTA_USER_CHECK(finite_nonneg(c.intra_latency_us) && finite_nonneg(c.inter_latency_us) && finite_nonneg(c.gpu_tflops),
-                   "cluster '" + spec + "': intra_latency_us, inter_latency_us and gpu_tflops must be >= 0 (gpu_tflops 0: "
-                   "rank by communication only)");
+  MONTA_USER_CHECK(finite_nonneg(c.intra_latency_us) && finite_nonneg(c.inter_latency_us) && finite_nonneg(c.gpu_tflops) &&
+                       finite_nonneg(c.host_mem_gib) && finite_nonneg(c.host_adamw_gparams_s) && finite_nonneg(c.pcie_gbps),
+                   "cluster '" + spec + "': intra_latency_us, inter_latency_us, gpu_tflops, host_mem_gib, "
+                   "host_adamw_gparams_s and pcie_gbps must be >= 0 (gpu_tflops 0: rank by communication only; host_* 0: "
+                   "not checked or priced)");
   return c;
 }
 

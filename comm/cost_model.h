@@ -40,6 +40,10 @@ struct Cluster {
   double inter_gbps = 0, inter_latency_us = 0;  // network, per GPU (node bandwidth / gpus_per_node), one direction
   double gpu_mem_gib = 0;
   double gpu_tflops = 0;  // achieved bf16 TFLOP/s per GPU, for the step-time estimate (0: not estimated)
+  // Host side, for optimizer offload and the checkpoint snapshot: memory per node (0: not checked), the host AdamW
+  // rate of a whole node in billions of parameters per second (monta bench optimizer; 0: offload not priced), and
+  // the host<->GPU copy rate per GPU in GB/s.
+  double host_mem_gib = 0, host_adamw_gparams_s = 0, pcie_gbps = 0;
   int world() const { return nodes * gpus_per_node; }
   LinkModel links() const { return {link_from(intra_gbps, intra_latency_us), link_from(inter_gbps, inter_latency_us)}; }
 };

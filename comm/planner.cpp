@@ -50,8 +50,17 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         const double mem = fp.bytes;
         base.mem_gib = mem / double(1ull << 30);
         base.ckpt_host_gib = fp.checkpoint_host / double(1ull << 30);
+        base.host_gib = (fp.checkpoint_host + fp.optimizer_host) / double(1ull << 30);
         base.fits = mem <= mem_limit;
         if (!base.fits) base.why_not = "memory";
+        if (base.fits && c.host_mem_gib > 0 && base.host_gib * c.gpus_per_node > c.host_mem_gib) {
+          base.fits = false;
+          base.why_not = "host";
+        }
+        // Offload: fp32 gradients to the host, AdamW there (the node's rate shared by its GPUs), bf16 weights back.
+        if (fp.offloaded_params > 0 && c.host_adamw_gparams_s > 0 && c.pcie_gbps > 0)
+          base.offload_s = fp.offloaded_params * c.gpus_per_node / (c.host_adamw_gparams_s * 1e9) +
+                           fp.offloaded_params * (4.0 + 2.0) / (c.pcie_gbps * 1e9);
         if (m.global_batch % (int64_t(dp) * m.micro_batch)) {
           base.fits = false;
           base.why_not = "batch";
@@ -106,7 +115,7 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
             }
             r.exchange_s = per_layer * double(m.layers) * double(r.micro_steps);
             r.comm_s = r.exchange_s + r.grad_sync_s + r.tp_s;
-            r.step_s = r.compute_s + r.comm_s;
+            r.step_s = r.compute_s + r.comm_s + r.offload_s;
             if (o.only_fitting && !r.fits) continue;
             plan.rows.push_back(r);
           }
@@ -127,7 +136,7 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
 
 std::string format_plan(const Plan& p, size_t limit) {
   std::string s = engine::strf("%4s %3s %3s %3s %4s %4s %-11s %3s %9s %8s %9s %-6s %7s %9s %9s %10s %9s %9s %9s %9s %9s\n", "#", "tp",
-                               "ep", "dp", "edp", "etp", "strategy", "n", "params/G", "mem GiB", "ckpt GiB", "fits", "C",
+                               "ep", "dp", "edp", "etp", "strategy", "n", "params/G", "mem GiB", "host GiB", "fits", "C",
                                "a2a ms", "ag ms", "exch ms", "exch s", "grad s", "tp s", "comm s", "step s");
   const size_t n = limit ? std::min(limit, p.rows.size()) : p.rows.size();
   for (size_t i = 0; i < n; ++i) {
@@ -135,7 +144,7 @@ std::string format_plan(const Plan& p, size_t limit) {
     s += engine::strf("%4zu %3d %3d %3d %4d %4s %-11s %3d %8.2fB %8.1f %9.1f %-6s %7ld %9.3f %9.3f %10.3f %9.3f %9.3f %9.3f %9.3f %9.3f\n",
                       i + 1, r.tp, r.ep, r.dp, r.expert_dp, r.expert_tp ? "yes" : "no",
                       r.ep == 1 ? "-" : exchange_kind_name(r.strategy), r.chunks, r.params_per_gpu / 1e9, r.mem_gib,
-                      r.ckpt_host_gib,
+                      r.host_gib,
                       r.fits ? "yes" : ("no:" + r.why_not).c_str(), long(r.capacity), r.exchange.a2a * 1e3,
                       r.exchange.ag * 1e3, r.exchange.total * 1e3, r.exchange_s, r.grad_sync_s, r.tp_s, r.comm_s, r.step_s);
   }

@@ -29,6 +29,9 @@ struct PlanModel {
   struct Footprint {
     double dense_params = 0, expert_params = 0, bytes = 0;
     double checkpoint_host = 0;
+    // Optimizer offload: host bytes of its state and staging, and the parameters whose AdamW step runs on the host
+    // (0: no offload).
+    double optimizer_host = 0, offloaded_params = 0;
   };
   std::function<Footprint(int tp, int ep, bool expert_tp, int dp)> footprint;
 };
@@ -50,6 +53,9 @@ struct PlanRow {
   int chunks = 1;
   double params_per_gpu = 0, mem_gib = 0;
   double ckpt_host_gib = 0;  // host memory of the checkpoint snapshot per GPU (pinned); not part of mem_gib's limit
+  double host_gib = 0;       // host memory per GPU in all: the snapshot and the offloaded optimizer (x GPUs per node
+                             // against Cluster::host_mem_gib when the cluster gives it)
+  double offload_s = 0;      // per step: gradients down, host AdamW, bf16 weights up (0 without offload or a rate)
   bool fits = false;
   std::string why_not;  // empty when feasible
   int64_t capacity = 0;
@@ -61,7 +67,7 @@ struct PlanRow {
   double tp_s = 0;                    // per step: Megatron TP all-reduces of (N, H) activations, 2 or 4 per layer
   double comm_s = 0;                  // exchange_s + grad_sync_s + tp_s
   double compute_s = 0;               // per step, from flops_per_token and the cluster's TFLOP/s (0 if unknown)
-  double step_s = 0;                  // compute_s + comm_s (nothing overlapped: an upper bound)
+  double step_s = 0;                  // compute_s + comm_s + offload_s (nothing overlapped: an upper bound)
 };
 
 struct Plan {

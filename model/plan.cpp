@@ -17,7 +17,7 @@ comm::Plan plan_layouts(const Config& c, const comm::Cluster& cluster, int max_c
   pm.footprint = [&c](int tp, int ep, bool expert_tp, int dp) {
     const RankFootprint f = rank_footprint(c, tp, ep, expert_tp, dp, engine::Device::cuda);
     return comm::PlanModel::Footprint{double(f.params - f.expert_params), double(f.expert_params), f.total(),
-                                      f.checkpoint_host};
+                                      f.checkpoint_host, f.host_bytes, f.offload ? double(f.params) : 0.0};
   };
   comm::PlanOptions opt;
   opt.max_chunks = max_chunks;
@@ -27,9 +27,24 @@ comm::Plan plan_layouts(const Config& c, const comm::Cluster& cluster, int max_c
 }
 
 std::vector<MemoryOption> memory_options() {
-  std::vector<MemoryOption> out;
-  for (const char* r : {"none", "selective", "full"}) out.push_back({std::string("recompute ") + r, {{"train.recompute", r}}});
-  return out;
+  using Keys = std::vector<std::pair<std::string, std::string>>;
+  auto opt = [](const char* recompute, Keys more) {
+    Keys k{{"train.recompute", recompute}};
+    std::string name = std::string("recompute ") + recompute;
+    for (const auto& [key, value] : more) {
+      k.push_back({key, value});
+      name += ", " + key.substr(key.find('.') + 1) + " " + value;
+    }
+    return MemoryOption{name, k};
+  };
+  return {opt("none", {}),
+          opt("selective", {}),
+          opt("full", {}),
+          opt("full", {{"train.optimizer_state", "bf16"}}),
+          opt("full", {{"train.zero", "1"}, {"train.optimizer_state", "bf16"}}),
+          opt("selective", {{"train.optimizer_offload", "true"}}),
+          opt("full", {{"train.optimizer_offload", "true"}}),
+          opt("full", {{"train.optimizer_offload", "true"}, {"train.optimizer_state", "bf16"}})};
 }
 
 std::string plan_memory_options(const Config& c, const comm::Cluster& cluster, int max_chunks) {
@@ -41,22 +56,23 @@ std::string plan_memory_options(const Config& c, const comm::Cluster& cluster, i
     for (const auto& [key, value] : o.keys) problem += set_config_key(with, key, value);
     if (problem.empty()) problem = config_problem(with, 0);
     if (!problem.empty()) {
-      s += strf("  %-40s not applicable: %s\n", o.name.c_str(), problem.c_str());
+      s += strf("  %-62s not applicable: %s\n", o.name.c_str(), problem.c_str());
       continue;
     }
     const comm::Plan p = plan_layouts(with, cluster, max_chunks, false);
     if (p.best >= 0) {
       const comm::PlanRow& b = p.rows[size_t(p.best)];
-      s += strf("  %-40s fits: tp %d ep %d dp %d, %.1f GiB per GPU, %s, %.3f s predicted step\n", o.name.c_str(), b.tp,
-                b.ep, b.dp, b.mem_gib, comm::exchange_kind_name(b.strategy), b.step_s);
+      s += strf("  %-62s fits: tp %d ep %d dp %d, %.1f GiB per GPU + %.1f GiB host, %s, %.2f s predicted step%s\n",
+                o.name.c_str(), b.tp, b.ep, b.dp, b.mem_gib, b.host_gib, comm::exchange_kind_name(b.strategy),
+                b.step_s, b.offload_s > 0 ? strf(" (offload %.2f s)", b.offload_s).c_str() : "");
       continue;
     }
     const comm::PlanRow* least = nullptr;
     for (const comm::PlanRow& r : p.rows)
       if (!least || r.mem_gib < least->mem_gib) least = &r;
-    s += least ? strf("  %-40s no layout fits: the least is %.1f GiB per GPU (tp %d ep %d dp %d)\n", o.name.c_str(),
-                      least->mem_gib, least->tp, least->ep, least->dp)
-               : strf("  %-40s no layout is allowed\n", o.name.c_str());
+    s += least ? strf("  %-62s no layout fits: the least is %.1f GiB per GPU + %.1f GiB host (tp %d ep %d dp %d)\n",
+                      o.name.c_str(), least->mem_gib, least->host_gib, least->tp, least->ep, least->dp)
+               : strf("  %-62s no layout is allowed\n", o.name.c_str());
   }
   return s;
 }

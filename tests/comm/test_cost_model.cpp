@@ -237,6 +237,39 @@ TEST(Planner, FullRecomputeAddsOneForwardOfComputeExchangeAndTp) {
   EXPECT_GT(checked, 0);
 }
 
+// Offload: a layout fits only when its host memory (snapshot + optimizer) times the GPUs of a node fits the node's host
+// memory, when the cluster gives it; the step time adds gradients down, host AdamW at the node's rate shared by its
+// GPUs, and bf16 weights up.
+TEST(Planner, OffloadChecksHostMemoryAndAddsItsTime) {
+  PlanModel m = small_model();
+  m.footprint = [](int tp, int, bool, int) {
+    PlanModel::Footprint f{1e9 / tp, 1e9 / tp, 10e9 / tp};
+    f.checkpoint_host = 8e9 / tp;
+    f.optimizer_host = 24e9 / tp;
+    f.offloaded_params = 2e9 / tp;
+    return f;
+  };
+  Cluster c = a800();
+  c.host_mem_gib = 100;  // a node's 8 GPUs need 8 x 32e9 / tp bytes = 238 / tp GiB: fits from tp 4
+  c.host_adamw_gparams_s = 4;
+  c.pcie_gbps = 20;
+  const Plan p = make_plan(c, m);
+  int offloaded = 0;
+  for (const PlanRow& r : p.rows) {
+    const double host_gib = 32e9 / r.tp / double(1ull << 30);
+    EXPECT_NEAR(r.host_gib, host_gib, 1e-9);
+    EXPECT_EQ(r.fits, host_gib * 8 <= 100 && r.why_not != "batch") << "tp " << r.tp;
+    if (host_gib * 8 > 100) EXPECT_EQ(r.why_not, "host");
+    const double params = 2e9 / r.tp;
+    EXPECT_NEAR(r.offload_s, params * 8 / 4e9 + params * 6 / 20e9, 1e-12);
+    EXPECT_NEAR(r.step_s, r.compute_s + r.comm_s + r.offload_s, 1e-12);
+    ++offloaded;
+  }
+  EXPECT_GT(offloaded, 0);
+  c.host_mem_gib = 0;  // not given: not checked
+  for (const PlanRow& r : make_plan(c, m).rows) EXPECT_NE(r.why_not, "host");
+}
+
 TEST(Calibration, FitRecoversAlphaBeta) {
   const double a = 7e-6, b = 1.0 / 3e9;
   std::vector<CalibSample> s;
