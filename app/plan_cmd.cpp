@@ -68,11 +68,12 @@ comm::Cluster load_cluster(const std::string& spec) {
                    "cluster '" + spec + "': nodes, gpus_per_node, intra_gbps, inter_gbps and gpu_mem_gib must be positive");
   MONTA_USER_CHECK(double(c.nodes) * double(c.gpus_per_node) <= 1e6,
                    "cluster '" + spec + "': nodes x gpus_per_node must be at most 1000000");
-  MONTA_USER_CHECK(finite_nonneg(c.intra_latency_us) && finite_nonneg(c.inter_latency_us) && finite_nonneg(c.gpu_tflops) &&
-                       finite_nonneg(c.host_mem_gib) && finite_nonneg(c.host_adamw_gparams_s) && finite_nonneg(c.pcie_gbps),
-                   "cluster '" + spec + "': intra_latency_us, inter_latency_us, gpu_tflops, host_mem_gib, "
-                   "host_adamw_gparams_s and pcie_gbps must be >= 0 (gpu_tflops 0: rank by communication only; host_* 0: "
-                   "not checked or priced)");
+  MONTA_USER_CHECK(finite_nonneg(c.intra_latency_us) && finite_nonneg(c.inter_latency_us) && finite_nonneg(c.gpu_tflops),
+                   "cluster '" + spec + "': intra_latency_us, inter_latency_us and gpu_tflops must be >= 0 (gpu_tflops 0: "
+                   "rank by communication only)");
+  MONTA_USER_CHECK(finite_nonneg(c.host_mem_gib) && finite_nonneg(c.host_adamw_gparams_s) && finite_nonneg(c.pcie_gbps),
+                   "cluster '" + spec + "': host_mem_gib, host_adamw_gparams_s and pcie_gbps must be >= 0 (0: host memory "
+                   "not checked, offload not priced)");
   return c;
 }
 

@@ -5,11 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define MONTA_HD __host__ __device__ inline
-#else
-#define MONTA_HD inline
-#endif
+#include "engine/host_device.h"
 
 namespace monta::engine::fp8 {
 

@@ -6,11 +6,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifdef __CUDACC__
-#define MONTA_HD __host__ __device__ inline
-#else
-#define MONTA_HD inline
-#endif
+#include "engine/host_device.h"
 
 namespace monta::engine::rngmath {
 

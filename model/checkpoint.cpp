@@ -1016,6 +1016,21 @@ struct StoredBlock {
   bool whole = false;
 };
 
+// Calls fn(name, dataset) for every dataset of an open HDF5 group, in the file's order; the dataset is closed after.
+template <class F>
+void for_each_dataset(hid_t g, F&& fn) {
+  hsize_t count = 0;
+  H5Gget_num_objs(g, &count);
+  for (hsize_t i = 0; i < count; ++i) {
+    char name[512];
+    H5Gget_objname_by_idx(g, i, name, sizeof name);
+    hid_t ds = H5Dopen2(g, name, H5P_DEFAULT);
+    if (ds < 0) continue;
+    fn(std::string(name), ds);
+    H5Dclose(ds);
+  }
+}
+
 // The datasets of an open shard file in file order (contiguous: one extent each; empty ones have none).
 std::vector<StoredBlock> stored_blocks(hid_t f, const ParamStore& params) {
   std::map<std::string, size_t> index;
@@ -1024,13 +1039,7 @@ std::vector<StoredBlock> stored_blocks(hid_t f, const ParamStore& params) {
   for (int gi = 0; gi < 3; ++gi) {
     hid_t g = H5Gopen2(f, kGroups[gi], H5P_DEFAULT);
     if (g < 0) continue;
-    hsize_t count = 0;
-    H5Gget_num_objs(g, &count);
-    for (hsize_t i = 0; i < count; ++i) {
-      char name[512];
-      H5Gget_objname_by_idx(g, i, name, sizeof name);
-      hid_t ds = H5Dopen2(g, name, H5P_DEFAULT);
-      if (ds < 0) continue;
+    for_each_dataset(g, [&](const std::string& name, hid_t ds) {
       StoredBlock b;
       const haddr_t at = H5Dget_offset(ds);
       b.bytes = int64_t(H5Dget_storage_size(ds));
@@ -1051,9 +1060,8 @@ std::vector<StoredBlock> stored_blocks(hid_t f, const ParamStore& params) {
         H5Tclose(type);
         H5Sclose(space);
       }
-      H5Dclose(ds);
       if (b.offset >= 0 && b.bytes > 0) out.push_back(b);
-    }
+    });
     H5Gclose(g);
   }
   std::sort(out.begin(), out.end(), [](const StoredBlock& x, const StoredBlock& y) { return x.offset < y.offset; });
@@ -1261,18 +1269,12 @@ void export_full_tensors(const std::string& dir, const std::string& out_path, bo
   std::map<std::string, std::vector<int64_t>> shapes;
   for (hid_t f : files) {
     hid_t g = H5Gopen2(f, "master", H5P_DEFAULT);
-    hsize_t count = 0;
-    H5Gget_num_objs(g, &count);
-    for (hsize_t i = 0; i < count; ++i) {
-      char name[512];
-      H5Gget_objname_by_idx(g, i, name, sizeof name);
-      hid_t ds = H5Dopen2(g, name, H5P_DEFAULT);
+    for_each_dataset(g, [&](const std::string& name, hid_t ds) {
       hid_t sp = H5Dget_space(ds);
       int nd = H5Sget_simple_extent_ndims(sp);
       shapes[name] = read_attr(ds, "full_shape", size_t(nd));
       H5Sclose(sp);
-      H5Dclose(ds);
-    }
+    });
     H5Gclose(g);
   }
   const std::string tmp = out_path + strf(".tmp.%d", int(::getpid()));

@@ -289,8 +289,9 @@ void Model::read_scalars(MicroResult& r) const {
   MONTA_CHECK(static_cast<const char*>(counts_.data) > begin && static_cast<const char*>(ce_sum_.data) > begin,
               "model: the scalars are not laid out side by side");
   std::vector<char> host(size_t(end - begin));
-  copy(Tensor(host.data(), {int64_t(host.size())}, DType::u8),
-       engine::make_view(const_cast<char*>(begin), {int64_t(host.size())}, DType::u8, router_stats_.device));
+  read_to_host(Tensor(host.data(), {int64_t(host.size())}, DType::u8),
+               engine::make_view(const_cast<char*>(begin), {int64_t(host.size())}, DType::u8, router_stats_.device),
+               "micro-batch scalars");
   auto stat_at = [&](const void* dev_ptr, int64_t i) {
     const char* p = host.data() + (static_cast<const char*>(dev_ptr) - begin);
     if (stat_ == DType::f64) return reinterpret_cast<const double*>(p)[i];

@@ -135,7 +135,7 @@ double Trainer::global_grad_norm() {
   }
   if (par_.world && par_.world->size() > 1) par_.world->all_reduce(acc, comm::ReduceOp::sum);
   float host = 0;
-  copy(Tensor(&host, {1}, DType::f32), acc);  // the step's one device->host sync
+  read_to_host(Tensor(&host, {1}, DType::f32), acc, "gradient norm");  // the step's one device->host sync
   return std::sqrt(double(host));
 }
 

@@ -15,28 +15,14 @@
 #include "model/checkpoint.h"
 #include "model/footprint.h"
 #include "model/trainer.h"
+#include "model_test_util.h"
 
 using namespace monta;
 using engine::Tensor;
 
 namespace {
 
-// The tiny model of test_training (hidden 32, seq 32, batch 8): a few ms a step on one core.
-model::Config tiny() {
-  model::Config c;
-  c.model.vocab = 64;
-  c.model.hidden = 32;
-  c.model.heads = 4;
-  c.model.kv_heads = 2;
-  c.model.ffn = 64;
-  c.model.seq_len = 32;
-  c.train.micro_batch = 4;
-  c.train.global_batch = 8;
-  c.train.lr = 1e-2;
-  c.train.min_lr = 1e-3;
-  c.train.warmup_steps = 10;
-  return c;
-}
+model::Config tiny() { return testing_model::tiny_test_config(); }
 
 struct Corpus {
   std::filesystem::path dir;

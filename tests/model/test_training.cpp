@@ -9,23 +9,13 @@
 #include "data/loader.h"
 #include "data/synthetic.h"
 #include "model/trainer.h"
+#include "model_test_util.h"
 
 using namespace monta;
 
 TEST(Training, TinyModelLearnsMarkovCorpusTowardItsFloor) {
-  model::Config c;  // the defaults are the tiny config's model
-  c.model.vocab = 64;
-  c.model.hidden = 32;
-  c.model.heads = 4;
-  c.model.kv_heads = 2;
-  c.model.ffn = 64;
-  c.model.seq_len = 32;
+  model::Config c = testing_model::tiny_test_config();
   c.train.steps = 120;
-  c.train.micro_batch = 4;
-  c.train.global_batch = 8;
-  c.train.lr = 1e-2;
-  c.train.min_lr = 1e-3;
-  c.train.warmup_steps = 10;
   const auto dir = std::filesystem::temp_directory_path() / "monta_test_training";
   std::filesystem::create_directories(dir);
   const std::string path = (dir / "markov.h5").string();

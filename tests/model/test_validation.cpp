@@ -13,26 +13,13 @@
 #include "data/sources.h"
 #include "data/synthetic.h"
 #include "model/trainer.h"
+#include "model_test_util.h"
 
 using namespace monta;
 
 namespace {
 
-model::Config small_config() {
-  model::Config c;
-  c.model.vocab = 64;
-  c.model.hidden = 32;
-  c.model.heads = 4;
-  c.model.kv_heads = 2;
-  c.model.ffn = 64;
-  c.model.seq_len = 32;
-  c.train.micro_batch = 4;
-  c.train.global_batch = 8;
-  c.train.lr = 1e-2;
-  c.train.min_lr = 1e-3;
-  c.train.warmup_steps = 10;
-  return c;
-}
+model::Config small_config() { return testing_model::tiny_test_config(); }
 
 struct TempDir {
   std::filesystem::path path;

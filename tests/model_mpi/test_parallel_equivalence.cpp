@@ -23,8 +23,10 @@
 #include "model/checkpoint.h"
 #include "model/footprint.h"
 #include "model/trainer.h"
+#include "layout_rig.h"
 
 using namespace monta;
+using namespace monta::testing_mpi;
 
 namespace {
 
@@ -38,33 +40,7 @@ struct Case {
     return engine::strf("tp%d_ep%d_dp%d_%s_%s", tp, ep, comm::runtime_world_size() / tp,
                         expert_tp ? "etp" : "ewhole", exchange.c_str());
   }
-  void apply(model::Config& c) const {
-    c.parallel.tp = tp;
-    c.parallel.ep = ep;
-    c.parallel.expert_tp = expert_tp;
-  }
 };
-
-model::Config small_config() {
-  model::Config c;
-  c.model.vocab = 32;
-  c.model.hidden = 32;
-  c.model.layers = 2;
-  c.model.heads = 8;
-  c.model.kv_heads = 4;
-  c.model.ffn = 32;
-  c.model.experts = 4;
-  c.model.top_k = 2;
-  c.model.seq_len = 8;
-  c.model.capacity_factor = 1.0;  // some tokens are dropped
-  c.model.min_capacity = 1;
-  c.model.init_std = 0.2;
-  c.train.micro_batch = 1;
-  c.train.global_batch = 8;
-  c.train.warmup_steps = 0;
-  c.train.lr = 1e-2;
-  return c;
-}
 
 std::vector<Case> cases(int world) {
   std::vector<Case> out;
@@ -81,40 +57,6 @@ std::vector<Case> cases(int world) {
       }
     }
   return out;
-}
-
-// The process groups, parallel context and exchange of a case; sets the layout into c and validates it.
-struct Rig {
-  std::unique_ptr<comm::ProcessGroups> groups;
-  model::ParallelContext par;
-  std::unique_ptr<comm::Exchange> exchange;
-  Rig(model::Config& c, const Case& k, int world) {
-    k.apply(c);
-    model::validate(c, world);
-    comm::Layout layout = comm::make_layout(world, k.tp, k.ep, k.expert_tp, int(c.model.experts), int(c.model.heads),
-                                            int(c.model.kv_heads), c.model.vocab, c.model.ffn);
-    groups = std::make_unique<comm::ProcessGroups>(layout, comm::discover_topology(world >= 4 ? 2 : 0));
-    par = model::context_from_groups(*groups, k.expert_tp);
-    if (k.ep > 1) {
-      model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, k.tp, k.ep, par.dp, k.expert_tp);
-      // overlapped in 3 expert chunks: uneven for most capacities, and the experts then run per chunk.
-      exchange = comm::make_exchange(comm::parse_exchange_kind(k.exchange), *par.tp_comm, *par.ep_comm,
-                                     comm::ExchangeShape{s.E, s.C, s.H, 3}, engine::DType::f32, engine::Device::cpu);
-      par.exchange = exchange.get();
-    }
-  }
-};
-
-// Global batch of tokens and targets, the same on every rank.
-void make_batch(const model::Config& c, uint64_t seed, std::vector<int32_t>& in, std::vector<int32_t>& tg) {
-  engine::Philox rng{seed, 7, 0};
-  const size_t n = size_t(c.train.global_batch * c.model.seq_len);
-  in.resize(n);
-  tg.resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    in[i] = int32_t(rng.below(uint64_t(c.model.vocab)));
-    tg[i] = int32_t(rng.below(uint64_t(c.model.vocab)));
-  }
 }
 
 // Max |a - b| / (|b| + scale) of this rank's slice of every parameter's gradient against the full reference.
@@ -174,7 +116,8 @@ TEST_P(ParallelEquivalence, LayoutEqualsOneProcess) {
   double& worst_val = g_worst.val;
   {
     model::Config c = small_config();
-    Rig rig(c, k, world);
+    // overlapped in 3 expert chunks: uneven for most capacities, and the experts then run per chunk.
+    Rig rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
     const model::ParallelContext& par = rig.par;
     model::Trainer mine(c, par, engine::Device::cpu);
     model::Trainer ref(c, model::ParallelContext{}, engine::Device::cpu);
@@ -248,7 +191,7 @@ TEST_P(RecomputeEquivalence, ModesEqualNoRecomputeBitForBit) {
   std::vector<int32_t> in, tg;
   model::Config c = small_config();
   c.model.layers = 3;
-  Rig rig(c, k, world);
+  Rig rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
   const model::ParallelContext& par = rig.par;
   const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
   std::vector<std::unique_ptr<model::Trainer>> t;

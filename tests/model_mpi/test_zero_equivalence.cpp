@@ -23,43 +23,18 @@
 #include "model/checkpoint.h"
 #include "model/footprint.h"
 #include "model/trainer.h"
+#include "layout_rig.h"
 
 using namespace monta;
+using namespace monta::testing_mpi;
 using engine::Tensor;
 
 namespace {
 
 model::Config zero_config() {
-  model::Config c;
-  c.model.vocab = 32;
-  c.model.hidden = 32;
-  c.model.layers = 2;
-  c.model.heads = 8;
-  c.model.kv_heads = 4;
-  c.model.ffn = 32;
-  c.model.experts = 4;
-  c.model.top_k = 2;
-  c.model.seq_len = 8;
-  c.model.capacity_factor = 1.0;
-  c.model.min_capacity = 1;
-  c.model.init_std = 0.2;
-  c.train.micro_batch = 1;
-  c.train.global_batch = 8;
-  c.train.warmup_steps = 0;
-  c.train.lr = 1e-2;
+  model::Config c = small_config();
   c.train.grad_clip = 0.5;  // clipping on: the global norm over shards decides the update
   return c;
-}
-
-void batch(const model::Config& c, uint64_t seed, std::vector<int32_t>& in, std::vector<int32_t>& tg) {
-  engine::Philox rng{seed, 7, 0};
-  const size_t n = size_t(c.train.global_batch * c.model.seq_len);
-  in.resize(n);
-  tg.resize(n);
-  for (size_t i = 0; i < n; ++i) {
-    in[i] = int32_t(rng.below(uint64_t(c.model.vocab)));
-    tg[i] = int32_t(rng.below(uint64_t(c.model.vocab)));
-  }
 }
 
 // Largest |a - b| / max|b| over a tensor pair of f32 (b the reference).
@@ -89,25 +64,12 @@ TEST(ZeroEquivalence, Zero1EqualsZero0InEveryDataParallelLayout) {
         for (const char* variant : {"plain", "bf16", "offload"}) {
           if (world % tp || (world / tp) % ep || world / tp < 2 || (!etp && tp == 1)) continue;
           model::Config c = zero_config();
-          c.parallel.tp = tp;
-          c.parallel.ep = ep;
-          c.parallel.expert_tp = etp;
           if (std::string(variant) == "bf16") c.train.optimizer_state = "bf16";
           if (std::string(variant) == "offload") c.train.optimizer_offload = true;
           const std::string name = engine::strf("tp%d_ep%d_dp%d_%s_%s", tp, ep, world / tp, etp ? "etp" : "ewhole", variant);
           SCOPED_TRACE(name);
-          model::validate(c, world);
-          comm::Layout layout = comm::make_layout(world, tp, ep, etp, int(c.model.experts), int(c.model.heads),
-                                                  int(c.model.kv_heads), c.model.vocab, c.model.ffn);
-          comm::ProcessGroups groups(layout, comm::discover_topology(0));
-          model::ParallelContext par = model::context_from_groups(groups, etp);
-          std::unique_ptr<comm::Exchange> exchange;
-          if (ep > 1) {
-            model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, tp, ep, par.dp, etp);
-            exchange = comm::make_exchange(comm::ExchangeKind::duplicate, *par.tp_comm, *par.ep_comm,
-                                           comm::ExchangeShape{s.E, s.C, s.H, 1}, engine::DType::f32, engine::Device::cpu);
-            par.exchange = exchange.get();
-          }
+          Rig rig(c, world, tp, ep, etp, "duplicate", 1, 0);
+          const model::ParallelContext& par = rig.par;
           model::Config cz = c;
           cz.train.zero = 1;
           model::Trainer ref(c, par, engine::Device::cpu), z(cz, par, engine::Device::cpu);
@@ -129,7 +91,7 @@ TEST(ZeroEquivalence, Zero1EqualsZero0InEveryDataParallelLayout) {
           const bool b16 = std::string(variant) == "bf16";
           const double step_bound = b16 ? 1e-4 : 1e-6, weight_bound = b16 ? 1e-3 : 1e-5;
           for (int step = 0; step < 5; ++step) {
-            batch(c, 300 + uint64_t(step), in, tg);
+            make_batch(c, 300 + uint64_t(step), in, tg);
             std::span<const int32_t> my_in(in.data() + par.dp_rank * per_rank, size_t(per_rank));
             std::span<const int32_t> my_tg(tg.data() + par.dp_rank * per_rank, size_t(per_rank));
             if (step == 0) {  // the reduced gradients: each shard against the same elements of the all-reduced gradient

@@ -1,0 +1,74 @@
+// Shared pieces of the multi-rank model tests (tests/model_mpi): the small config every layout divides, the global
+// batch every rank draws alike, and the process groups, parallel context and exchange of one layout.
+#pragma once
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/exchange.h"
+#include "comm/groups.h"
+#include "comm/topology.h"
+#include "engine/rng.h"
+#include "model/trainer.h"
+
+namespace monta::testing_mpi {
+
+inline model::Config small_config() {
+  model::Config c;
+  c.model.vocab = 32;
+  c.model.hidden = 32;
+  c.model.layers = 2;
+  c.model.heads = 8;
+  c.model.kv_heads = 4;
+  c.model.ffn = 32;
+  c.model.experts = 4;
+  c.model.top_k = 2;
+  c.model.seq_len = 8;
+  c.model.capacity_factor = 1.0;  // some tokens are dropped
+  c.model.min_capacity = 1;
+  c.model.init_std = 0.2;
+  c.train.micro_batch = 1;
+  c.train.global_batch = 8;
+  c.train.warmup_steps = 0;
+  c.train.lr = 1e-2;
+  return c;
+}
+
+// Global batch of tokens and targets, the same on every rank.
+inline void make_batch(const model::Config& c, uint64_t seed, std::vector<int32_t>& in, std::vector<int32_t>& tg) {
+  engine::Philox rng{seed, 7, 0};
+  const size_t n = size_t(c.train.global_batch * c.model.seq_len);
+  in.resize(n);
+  tg.resize(n);
+  for (size_t i = 0; i < n; ++i) {
+    in[i] = int32_t(rng.below(uint64_t(c.model.vocab)));
+    tg[i] = int32_t(rng.below(uint64_t(c.model.vocab)));
+  }
+}
+
+// The process groups, parallel context and exchange (kind, in `chunks` expert chunks) of one layout; sets the layout
+// into c and validates it. emulate_nodes as comm::discover_topology takes it.
+struct Rig {
+  std::unique_ptr<comm::ProcessGroups> groups;
+  model::ParallelContext par;
+  std::unique_ptr<comm::Exchange> exchange;
+  Rig(model::Config& c, int world, int tp, int ep, bool expert_tp, const std::string& kind, int chunks,
+      int emulate_nodes) {
+    c.parallel.tp = tp;
+    c.parallel.ep = ep;
+    c.parallel.expert_tp = expert_tp;
+    model::validate(c, world);
+    comm::Layout layout = comm::make_layout(world, tp, ep, expert_tp, int(c.model.experts), int(c.model.heads),
+                                            int(c.model.kv_heads), c.model.vocab, c.model.ffn);
+    groups = std::make_unique<comm::ProcessGroups>(layout, comm::discover_topology(emulate_nodes));
+    par = model::context_from_groups(*groups, expert_tp);
+    if (ep > 1) {
+      model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, tp, ep, par.dp, expert_tp);
+      exchange = comm::make_exchange(comm::parse_exchange_kind(kind), *par.tp_comm, *par.ep_comm,
+                                     comm::ExchangeShape{s.E, s.C, s.H, chunks}, engine::DType::f32, engine::Device::cpu);
+      par.exchange = exchange.get();
+    }
+  }
+};
+
+}  // namespace monta::testing_mpi
