@@ -143,7 +143,8 @@ class TrainJob {
     }();
     world_ = ps_.ctx.world ? ps_.ctx.world->size() : 1;
     rank_ = ps_.ctx.world ? ps_.ctx.world->rank() : 0;
-    gpu_bytes_at_start_ = engine::cuda_memory_in_use();  // the context and communicators, before any arena
+    // The context and communicators, before any arena (none without a GPU).
+    if (device_ == engine::Device::cuda) gpu_bytes_at_start_ = engine::cuda_memory_in_use();
     log_info("monta train: resolved config\n" + config_table(c_));
     print_sizes(c_, world_, device_);
     {

@@ -11,7 +11,7 @@ int device_count();  // 0 when built without CUDA or no GPU is visible
 void set_device(int index);
 void* alloc(size_t bytes);
 // Bytes of the current device in use by anyone (total - free, cudaMemGetInfo): memory tests compare its growth with
-// the predicted footprint. 0 without CUDA.
+// the predicted footprint. 0 without CUDA or without a usable device.
 size_t device_memory_in_use();
 void free(void* p);
 // Page-locked host memory (fast device->host copies, e.g. the checkpoint snapshot); plain malloc without CUDA.
