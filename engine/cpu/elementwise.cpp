@@ -102,13 +102,18 @@ void cast(Tensor out, const Tensor& in, Stream) {
   for (int64_t i = 0; i < n; ++i) store(out, i, load(in, i));
 }
 
-void sum_squares(Tensor out, const Tensor& x, Stream) {
-  const char* op = "sum_squares";
+// A reduction's operands: x and its one-element accumulator out in x's statistics dtype.
+static void need_stat_out(const char* op, const Tensor& out, const Tensor& x) {
   need(op, "x", x);
   need(op, "out", out);
   MONTA_CHECK(out.dtype == stat_dtype(x.dtype),
               std::string(op) + ": out must be " + dtype_name(stat_dtype(x.dtype)) + " for x " + x.str() + ", got " +
                   out.str());
+}
+
+void sum_squares(Tensor out, const Tensor& x, Stream) {
+  const char* op = "sum_squares";
+  need_stat_out(op, out, x);
   double s = 0;
   const int64_t n = x.numel();
   if (x.dtype == DType::f32) {
@@ -125,11 +130,7 @@ void sum_squares(Tensor out, const Tensor& x, Stream) {
 
 void sum(Tensor out, const Tensor& x, double alpha, Stream) {
   const char* op = "sum";
-  need(op, "x", x);
-  need(op, "out", out);
-  MONTA_CHECK(out.dtype == stat_dtype(x.dtype),
-              std::string(op) + ": out must be " + dtype_name(stat_dtype(x.dtype)) + " for x " + x.str() + ", got " +
-                  out.str());
+  need_stat_out(op, out, x);
   double s = 0;
   for (int64_t i = 0, n = x.numel(); i < n; ++i) s += load(x, i);
   store(out, 0, alpha * s);

@@ -11,12 +11,7 @@
 namespace monta::comm {
 namespace {
 
-class ThrowingEnv : public ::testing::Environment {
- public:
-  void SetUp() override { engine::install_throwing_handler(); }
-};
-[[maybe_unused]] auto* g_env = ::testing::AddGlobalTestEnvironment(new ThrowingEnv);
-
+// (test_comm.cpp installs the throwing error handler for the whole test_comm binary.)
 Cluster a800() { return {"a800", 2, 8, 200, 5, 12.5, 10, 80, 156}; }
 
 TEST(CostModel, CapacityAndVolumeByHand) {
