@@ -48,6 +48,8 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
     offload_chunks_.push_back(0);
     for (size_t i = 0; i < all.size(); ++i)
       if (i + 1 == all.size() || grad_group(all[i].name) != grad_group(all[i + 1].name)) offload_chunks_.push_back(i + 1);
+    for (size_t k = 0; k + 1 < offload_chunks_.size(); ++k)
+      offload_entries_.push_back(params_->adamw_entries(cfg.train.weight_decay, offload_chunks_[k], offload_chunks_[k + 1]));
   }
 }
 
@@ -60,8 +62,7 @@ void Trainer::update_offloaded(const AdamWArgs& a) {
   // thread that owns the device). Every element is updated as adamw_step would: chunking changes no bit.
   std::thread worker;
   for (size_t k = 0; k + 1 < offload_chunks_.size(); ++k) {
-    const auto entries = params_->adamw_entries(cfg_.train.weight_decay, offload_chunks_[k], offload_chunks_[k + 1]);
-    worker = std::thread([&a, entries] { adamw_step_many(entries, a); });
+    worker = std::thread([&a, &entries = offload_entries_[k]] { adamw_step_many(entries, a); });
     if (k > 0) params_->publish_compute(offload_chunks_[k - 1], offload_chunks_[k]);
     worker.join();
   }

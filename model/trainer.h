@@ -91,8 +91,9 @@ class Trainer {
   };
   std::vector<GradBucket> buckets_;
   std::vector<engine::AdamWEntry> adamw_entries_;  // every parameter's optimizer operands, fixed at construction
-  std::vector<size_t> offload_chunks_;
-  std::vector<Param*> zero_params_;  // train.zero 1: the sharded parameters (reduce-scattered, all-gathered)  // offload: parameter index bounds of the chunks the host step pipelines
+  std::vector<size_t> offload_chunks_;  // offload: parameter index bounds of the chunks the host step pipelines
+  std::vector<std::vector<engine::AdamWEntry>> offload_entries_;  // chunk k's operands, fixed at construction
+  std::vector<Param*> zero_params_;  // train.zero 1: the sharded parameters (reduce-scattered, all-gathered)
   std::vector<std::unique_ptr<comm::Request>> pending_;
 };
 

@@ -148,6 +148,18 @@ cublasLtHandle_t lt_handle();  // for the current device, created once
 constexpr size_t kLtWorkspaceBytes = size_t(32) << 20;
 constexpr int kReduceBlocks = 256;  // fixed grid of the two-pass reductions: same result on every device
 void* lt_workspace(Stream s);
+// The descriptors of one cuBLASLt matmul (operation and the three layouts), destroyed together.
+struct LtDescs {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  ~LtDescs() {
+    if (a) cublasLtMatrixLayoutDestroy(a);
+    if (b) cublasLtMatrixLayoutDestroy(b);
+    if (c) cublasLtMatrixLayoutDestroy(c);
+    if (op) cublasLtMatmulDescDestroy(op);
+  }
+};
+
 float* reduce_scratch(Stream s);  // kReduceBlocks floats
 constexpr int64_t kColumnScratchFloats = int64_t(1) << 20;  // partial column sums (rmsnorm weight gradient)
 float* column_scratch(Stream s);                            // kColumnScratchFloats floats

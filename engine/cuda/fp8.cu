@@ -206,16 +206,6 @@ struct Fp8GemmKey {
 std::mutex g_fp8_mu;
 std::map<Fp8GemmKey, cublasLtMatmulAlgo_t> g_fp8_algos;
 
-struct Fp8Descs {
-  cublasLtMatmulDesc_t op = nullptr;
-  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
-  ~Fp8Descs() {
-    if (a) cublasLtMatrixLayoutDestroy(a);
-    if (b) cublasLtMatrixLayoutDestroy(b);
-    if (c) cublasLtMatrixLayoutDestroy(c);
-    if (op) cublasLtMatmulDescDestroy(op);
-  }
-};
 
 void set_attr(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const void* v, size_t n) {
   CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(d, attr, v, n));
@@ -226,7 +216,7 @@ void set_attr(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr, const
 void fp8_gemm_one(void* out, DType out_dtype, const uint8_t* a, const float* a_scale, const uint8_t* b,
                   const float* b_scale, bool blocks, int64_t M, int64_t N, int64_t K, float beta, Stream s) {
   cublasLtHandle_t h = lt_handle();
-  Fp8Descs d;
+  LtDescs d;
   CUBLAS_CHECK(cublasLtMatmulDescCreate(&d.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t opa = CUBLAS_OP_T, opb = CUBLAS_OP_N;
   set_attr(d.op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa));
