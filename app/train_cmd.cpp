@@ -209,17 +209,23 @@ class TrainJob {
   }
 
  private:
-  // MONTA_TEST_PLACEMENT=1 (tests/slurm): every rank prints its rank and the local rank that picks its GPU, with
-  // the launcher variables it came from, so a test can hold them against what srun and mpirun set.
+  // MONTA_TEST_PLACEMENT=DIR (tests/slurm): every rank writes its rank and the local rank that picks its GPU, with
+  // the launcher variables it came from, to DIR/placement.<rank>, so a test can hold them against what srun and
+  // mpirun set. A file per rank: four ranks' lines forwarded through one launcher's stdout may interleave.
   void print_placement() const {
-    const char* v = std::getenv("MONTA_TEST_PLACEMENT");
-    if (!v || std::string(v) != "1") return;
+    const char* dir = std::getenv("MONTA_TEST_PLACEMENT");
+    if (!dir || !*dir) return;
     auto env = [](const char* name) { const char* e = std::getenv(name); return std::string(e && *e ? e : "-"); };
-    engine::log_all(strf("placement: rank %d of %d, local rank %d on %s (OMPI_COMM_WORLD_LOCAL_RANK %s, "
-                         "SLURM_PROCID %s, SLURM_LOCALID %s)",
-                         rank_, world_, ps_.local_rank, comm::runtime_host().c_str(),
-                         env("OMPI_COMM_WORLD_LOCAL_RANK").c_str(), env("SLURM_PROCID").c_str(),
-                         env("SLURM_LOCALID").c_str()));
+    const std::string line = strf("placement: rank %d of %d, local rank %d on %s (OMPI_COMM_WORLD_LOCAL_RANK %s, "
+                                  "SLURM_PROCID %s, SLURM_LOCALID %s)\n",
+                                  rank_, world_, ps_.local_rank, comm::runtime_host().c_str(),
+                                  env("OMPI_COMM_WORLD_LOCAL_RANK").c_str(), env("SLURM_PROCID").c_str(),
+                                  env("SLURM_LOCALID").c_str());
+    const std::string path = strf("%s/placement.%d", dir, rank_);
+    std::FILE* f = std::fopen(path.c_str(), "w");
+    MONTA_USER_CHECK(f, "MONTA_TEST_PLACEMENT: cannot write " + path);
+    std::fputs(line.c_str(), f);
+    MONTA_USER_CHECK(std::fclose(f) == 0, "MONTA_TEST_PLACEMENT: cannot write " + path);
   }
 
   // "auto" takes the newest complete checkpoint of this run directory (none at all: start fresh; what is refused:
