@@ -309,6 +309,7 @@ void Model::read_scalars(MicroResult& r) const {
 void Model::bench_layer(int l, bool backward, bool later_micro_batch) {
   MicroResult r;
   Tensor out = layer_output(l);
+  if (on_forward_group) on_forward_group(l);
   layer_forward(l, layers_[size_t(l)].x, out, r);
   if (!backward) return;
   copy(dx_, out);  // any well-scaled gradient will do for timing
@@ -322,9 +323,15 @@ MicroResult Model::run_forward(const int32_t* tokens, const int32_t* targets) {
   copy(targets_, Tensor(const_cast<int32_t*>(targets), {s_.N}, DType::i32));
   const int64_t vocab_begin = int64_t(par_.tp_rank) * s_.V_l;
   Tensor x = layers_.empty() ? x_final_ : layers_[0].x;
+  auto ready = [this](int g) { if (on_forward_group) on_forward_group(g); };
+  ready(-1);
   embedding_forward(x, tokens_, op_.embed->compute, vocab_begin);
   tp_all_reduce(x);
-  for (int l = 0; l < int(layers_.size()); ++l) layer_forward(l, layers_[size_t(l)].x, layer_output(l), r);
+  for (int l = 0; l < int(layers_.size()); ++l) {
+    ready(l);
+    layer_forward(l, layers_[size_t(l)].x, layer_output(l), r);
+  }
+  ready(int(layers_.size()));
   rmsnorm_forward(xf_, rstdf_, x_final_, op_.final_norm->compute, float(cfg_.norm_eps));
   linear_forward(logits_, xf_, op_.lm_head->compute);
   // Vocab-parallel cross-entropy: max and Σexp are reduced over TP; the logits are never gathered.

@@ -50,6 +50,9 @@ class Model {
   // l for layer l's parameters, layers() for the LM head and final norm, -1 for the embedding. The trainer
   // starts their data-parallel reduction there (on the last micro-batch), overlapping the rest of backward.
   std::function<void(int)> on_grads_ready;
+  // Called during forward before a group of parameters is first read, with the same group numbers: the trainer
+  // waits there for that group's compute copies (train.zero 1 all-gathers them while the forward runs).
+  std::function<void(int)> on_forward_group;
   // Forward (+ backward) of layer l alone on the activations of the last forward (benchmarks), as on a step's
   // first micro-batch (its weight gradients are written) or, with later_micro_batch, a later one (they are added).
   void bench_layer(int l, bool backward = true, bool later_micro_batch = false);

@@ -285,7 +285,19 @@ void ParamStore::grads_to_host() {
   for (auto& p : params_) engine::copy(p.host_grad, p.zero_comm ? p.grad_shard : p.grad);
 }
 
-void ParamStore::publish_compute(size_t first, size_t last) {
+ParamStore::~ParamStore() { await_compute(); }
+
+void ParamStore::await_compute(size_t first, size_t last) {
+  for (size_t i = first; i < std::min(last, gathering_.size()); ++i)
+    if (gathering_[i]) {
+      gathering_[i]->wait();
+      gathering_[i].reset();
+    }
+}
+
+void ParamStore::publish_compute(size_t first, size_t last, bool async) {
+  await_compute(first, last);  // a gather still in flight into the copies this overwrites
+  if (async) gathering_.resize(params_.size());
   for (size_t i = first; i < std::min(last, params_.size()); ++i) {
     const Param& p = params_[i];
     if (p.compute.data == p.master.data) continue;
@@ -294,7 +306,11 @@ void ParamStore::publish_compute(size_t first, size_t last) {
       engine::copy(mine, p.host_lowp.empty() ? p.master : p.host_lowp);  // the upload
     else if (mine.dtype == p.master.dtype)
       engine::copy(mine, p.master);  // the step wrote no low-precision copy (the CPU under zero 1)
-    if (p.zero_comm) p.zero_comm->all_gather(p.compute_flat, mine);  // in place: mine is block rank()
+    if (!p.zero_comm) continue;
+    if (async)
+      gathering_[i] = p.zero_comm->all_gather_async(p.compute_flat, mine);  // in place: mine is block rank()
+    else
+      p.zero_comm->all_gather(p.compute_flat, mine);
   }
 }
 

@@ -116,7 +116,15 @@ class ParamStore {
   void grads_to_host();
   // After the update of params [first, last): the new weights into their compute copies (the upload with offload, a
   // copy where the step wrote no low-precision copy) and, for sharded parameters, the all-gather of the compute copy.
-  void publish_compute(size_t first, size_t last);
+  // With async the all-gathers are only started: await_compute() of the same params must come before their compute
+  // copies are next read (the trainer waits per layer as the next forward reaches it, so the gathers overlap the
+  // forward of the layers before).
+  void publish_compute(size_t first, size_t last, bool async = false);
+  void await_compute(size_t first, size_t last);
+  void await_compute() { await_compute(0, params_.size()); }
+  ~ParamStore();
+  ParamStore(const ParamStore&) = delete;
+  ParamStore& operator=(const ParamStore&) = delete;
   int zero() const { return zero_; }
   std::vector<const engine::Arena*> arenas() const;
   Device device() const { return device_; }
@@ -144,6 +152,7 @@ class ParamStore {
   engine::Arena master_, grad_, m_, v_, compute_;
   engine::Arena host_grad_, host_lowp_;  // offload only
   engine::Arena grad_shard_;             // zero 1 only
+  std::vector<std::unique_ptr<comm::Request>> gathering_;  // per parameter: its compute copy's all-gather in flight
   void upload_compute(size_t first, size_t last);
 };
 

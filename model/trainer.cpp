@@ -40,6 +40,18 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   build_buckets();
   for (auto& p : params_->all())
     if (p.zero_comm) zero_params_.push_back(&p);
+  if (!zero_params_.empty()) {  // the step's all-gathers overlap the next forward: each group waits for its own
+    const auto& all = params_->all();
+    for (size_t i = 0; i < all.size(); ++i) {
+      const size_t g = size_t(grad_group(all[i].name) + 1);
+      if (forward_groups_.size() <= g) forward_groups_.resize(g + 1);
+      forward_groups_[g].push_back(i);
+    }
+    model_->on_forward_group = [this](int g) {
+      if (size_t(g + 1) < forward_groups_.size())
+        for (size_t i : forward_groups_[size_t(g + 1)]) params_->await_compute(i, i + 1);
+    };
+  }
   scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
   if (!params_->offload()) {
     adamw_entries_ = params_->adamw_entries(cfg.train.weight_decay);
@@ -63,11 +75,11 @@ void Trainer::update_offloaded(const AdamWArgs& a) {
   std::thread worker;
   for (size_t k = 0; k + 1 < offload_chunks_.size(); ++k) {
     worker = std::thread([&a, &entries = offload_entries_[k]] { adamw_step_many(entries, a); });
-    if (k > 0) params_->publish_compute(offload_chunks_[k - 1], offload_chunks_[k]);
+    if (k > 0) params_->publish_compute(offload_chunks_[k - 1], offload_chunks_[k], /*async=*/true);
     worker.join();
   }
   const size_t last = offload_chunks_.size() - 1;
-  if (last > 0) params_->publish_compute(offload_chunks_[last - 1], offload_chunks_[last]);
+  if (last > 0) params_->publish_compute(offload_chunks_[last - 1], offload_chunks_[last], /*async=*/true);
 }
 
 int Trainer::grad_group(const std::string& name) const {
@@ -251,7 +263,9 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
       update_offloaded(a);
     else
       adamw_step_many(adamw_entries_, a);  // one fused pass over every parameter (a few launches on the GPU)
-    if (!params_->offload() && params_->zero()) params_->publish_compute(0, params_->all().size());  // all-gathers
+    // Sharded compute copies are all-gathered asynchronously; the next forward waits for each group as it reaches it
+    // (on_forward_group), so the gathers of later layers overlap the forward of earlier ones.
+    if (!params_->offload() && params_->zero()) params_->publish_compute(0, params_->all().size(), /*async=*/true);
   }
   ++step_;
   sync_device(device_);

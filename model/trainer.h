@@ -55,7 +55,12 @@ class Trainer {
   double evaluate(std::span<const int32_t> inputs, std::span<const int32_t> targets);
   // `batches` global batches from next: their mean loss (every batch has the same token count).
   EvalResult evaluate(const BatchSource& next, int64_t batches);
-  ParamStore& params() { return *params_; }
+  // The parameters with every compute copy settled: a caller outside the step (checkpoints, tests, eval) waits here
+  // for the all-gathers a zero-1 step left in flight for the next forward.
+  ParamStore& params() {
+    params_->await_compute();
+    return *params_;
+  }
   Model& model() { return *model_; }
   int64_t steps_done() const { return step_; }
   void set_steps_done(int64_t s) { step_ = s; }
@@ -94,6 +99,7 @@ class Trainer {
   std::vector<size_t> offload_chunks_;  // offload: parameter index bounds of the chunks the host step pipelines
   std::vector<std::vector<engine::AdamWEntry>> offload_entries_;  // chunk k's operands, fixed at construction
   std::vector<Param*> zero_params_;  // train.zero 1: the sharded parameters (reduce-scattered, all-gathered)
+  std::vector<std::vector<size_t>> forward_groups_;  // zero 1: per gradient group + 1, the indices of its parameters
   std::vector<std::unique_ptr<comm::Request>> pending_;
 };
 
