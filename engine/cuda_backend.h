@@ -21,6 +21,10 @@ void host_free_pinned(void* p);
 void copy(void* dst, bool dst_dev, const void* src, bool src_dev, size_t bytes, Stream s);
 void memset_zero(void* p, size_t bytes, Stream s);
 void synchronize(Stream s);
+// copy() without the wait for a host destination: the bytes are there once stream s is synchronised.
+void copy_async(void* dst, bool dst_dev, const void* src, bool src_dev, size_t bytes, Stream s);
+// Work queued on `waiter` after this call starts after the work queued on `signaller` before it (an event).
+void stream_wait(Stream waiter, Stream signaller);
 Stream stream_create();
 void stream_destroy(Stream s);
 // Profiler ranges (NVTX; no-ops without CUDA or without a profiler attached).

@@ -71,6 +71,27 @@ void read_to_host(Tensor dst, const Tensor& src, const char* what, Stream s) {
   cudab::copy(dst.data, false, src.data, true, src.bytes(), s);  // waits for the stream: the bytes are there
 }
 
+void copy_to_host_async(Tensor dst, const Tensor& src, Stream s) {
+  MONTA_CHECK(dst.device == Device::cpu && dst.numel() == src.numel() && dst.dtype == src.dtype,
+              "copy_to_host_async " + src.str() + " -> " + dst.str() + ": the destination must be host memory of the "
+              "same size and dtype");
+  if (src.device == Device::cpu) {
+    if (dst.data != src.data) std::memmove(dst.data, src.data, src.bytes());
+    return;
+  }
+  cudab::copy_async(dst.data, false, src.data, true, src.bytes(), s);
+}
+
+void stream_wait(Device d, Stream waiter, Stream signaller) {
+  if (d == Device::cuda) cudab::stream_wait(waiter, signaller);
+}
+
+Stream stream_create(Device d) { return d == Device::cuda ? cudab::stream_create() : nullptr; }
+
+void stream_destroy(Device d, Stream s) {
+  if (d == Device::cuda) cudab::stream_destroy(s);
+}
+
 int64_t host_sync_count() { return g_host_syncs.load(std::memory_order_relaxed); }
 
 void fill_zero(Tensor t, Stream s) {

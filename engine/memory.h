@@ -23,6 +23,15 @@ void copy(Tensor dst, const Tensor& src, Stream s = nullptr);
 // there. A profiler shows it as the NVTX range "read_to_host <what>"; host_sync_count() counts it.
 void read_to_host(Tensor dst, const Tensor& src, const char* what, Stream s = nullptr);
 void fill_zero(Tensor t, Stream s = nullptr);
+// A device->host copy started on stream s without waiting for it: the bytes are in dst once the stream is
+// synchronised (sync_device(src.device, s)). It overlaps other streams' work only into page-locked host memory. On
+// the CPU (src on the host) a plain copy, done on return.
+void copy_to_host_async(Tensor dst, const Tensor& src, Stream s);
+// Work queued on stream `waiter` from now on starts after the work queued on `signaller` so far (a CUDA event;
+// nothing on the CPU). A side stream of the device: stream_create (nullptr on the CPU) and stream_destroy.
+void stream_wait(Device d, Stream waiter, Stream signaller);
+Stream stream_create(Device d);
+void stream_destroy(Device d, Stream s);
 // Deterministic pseudo-random values in [-scale, scale) (xorshift64 from `seed`, made on the host), written into t
 // (f32, bf16 or f64; any device): the one fill for benchmark inputs and weights, which need repeatability only.
 void fill_pseudo_random(Tensor t, uint64_t seed, double scale);

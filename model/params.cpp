@@ -279,10 +279,10 @@ std::vector<engine::AdamWEntry> ParamStore::adamw_entries(double weight_decay, s
   return out;
 }
 
-void ParamStore::grads_to_host() {
-  MONTA_CHECK(offload_, "grads_to_host without train.optimizer_offload");
-  if (!zero_) return engine::copy(host_grad_.whole(), grad_.whole());  // one transfer of the contiguous arena
-  for (auto& p : params_) engine::copy(p.host_grad, p.zero_comm ? p.grad_shard : p.grad);
+void ParamStore::grad_to_host_async(size_t i, engine::Stream s) {
+  MONTA_CHECK(offload_, "grad_to_host_async without train.optimizer_offload");
+  const Param& p = params_.at(i);
+  engine::copy_to_host_async(p.host_grad, p.zero_comm ? p.grad_shard : p.grad, s);
 }
 
 ParamStore::~ParamStore() { await_compute(); }

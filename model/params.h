@@ -111,9 +111,9 @@ class ParamStore {
   // parameters' own device, or with offload the host tensors.
   std::vector<engine::AdamWEntry> adamw_entries(double weight_decay, size_t first = 0, size_t last = SIZE_MAX) const;
   bool offload() const { return offload_; }
-  // Offload: every gradient to its host copy (one copy of the whole arena, padding included); and the updated
-  // weights of params [first, last) to their compute copies (the host AdamW's bf16 output, or master on the CPU).
-  void grads_to_host();
+  // Offload: parameter i's reduced gradient (its shard under zero 1) to its host copy, started on stream s (the
+  // bytes are there once s is synchronised).
+  void grad_to_host_async(size_t i, engine::Stream s);
   // After the update of params [first, last): the new weights into their compute copies (the upload with offload, a
   // copy where the step wrote no low-precision copy) and, for sharded parameters, the all-gather of the compute copy.
   // With async the all-gathers are only started: await_compute() of the same params must come before their compute

@@ -40,18 +40,17 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   build_buckets();
   for (auto& p : params_->all())
     if (p.zero_comm) zero_params_.push_back(&p);
-  if (!zero_params_.empty()) {  // the step's all-gathers overlap the next forward: each group waits for its own
-    const auto& all = params_->all();
-    for (size_t i = 0; i < all.size(); ++i) {
-      const size_t g = size_t(grad_group(all[i].name) + 1);
-      if (forward_groups_.size() <= g) forward_groups_.resize(g + 1);
-      forward_groups_[g].push_back(i);
-    }
-    model_->on_forward_group = [this](int g) {
-      if (size_t(g + 1) < forward_groups_.size())
-        for (size_t i : forward_groups_[size_t(g + 1)]) params_->await_compute(i, i + 1);
-    };
+  for (size_t i = 0; i < params_->all().size(); ++i) {
+    const size_t g = size_t(grad_group(params_->all()[i].name) + 1);
+    if (group_params_.size() <= g) group_params_.resize(g + 1);
+    group_params_[g].push_back(i);
   }
+  if (!zero_params_.empty())  // the step's all-gathers overlap the next forward: each group waits for its own
+    model_->on_forward_group = [this](int g) {
+      if (size_t(g + 1) < group_params_.size())
+        for (size_t i : group_params_[size_t(g + 1)]) params_->await_compute(i, i + 1);
+    };
+  if (params_->offload()) copy_stream_ = engine::stream_create(device);
   scalars_ = Arena("scalars", device, {{"sumsq", {1}, DType::f32}});
   if (!params_->offload()) {
     adamw_entries_ = params_->adamw_entries(cfg.train.weight_decay);
@@ -65,11 +64,15 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
   }
 }
 
-void Trainer::update_offloaded(const AdamWArgs& a) {
-  {
-    const TraceRange copy("gradients to host");
-    params_->grads_to_host();
+Trainer::~Trainer() {
+  if (copy_stream_) {
+    sync_device(device_, copy_stream_);
+    engine::stream_destroy(device_, copy_stream_);
   }
+}
+
+void Trainer::update_offloaded(const AdamWArgs& a) {
+  // The gradients are on the host already: copied group by group during the backward (finish_reduction waited).
   // Chunk k's AdamW runs on host threads while this thread uploads chunk k-1's weights (CUDA calls stay on the
   // thread that owns the device). Every element is updated as adamw_step would: chunking changes no bit.
   std::thread worker;
@@ -120,20 +123,44 @@ void Trainer::start_reduction(int group) {
   for (auto& b : buckets_) {
     if (b.group != group) continue;
     for (Param* p : b.params) params_->settle_grad(*p);  // a gradient no write reached is zero, not stale memory
-    pending_.push_back(b.comm->all_reduce_async(b.grads, comm::ReduceOp::sum));
+    pending_.push_back({group, b.comm->all_reduce_async(b.grads, comm::ReduceOp::sum)});
   }
   // train.zero 1: each sharded gradient reduce-scattered whole (its padded flat range, zero padding) into this rank's
   // shard, one collective per tensor (no bucket spans tensors, so a shard never does and weight decay stays per tensor).
   for (Param* p : zero_params_) {
     if (grad_group(p->name) != group) continue;
     params_->settle_grad(*p);
-    pending_.push_back(p->zero_comm->reduce_scatter_async(p->grad_shard, p->grad_flat, comm::ReduceOp::sum));
+    pending_.push_back({group, p->zero_comm->reduce_scatter_async(p->grad_shard, p->grad_flat, comm::ReduceOp::sum)});
   }
+  if (!params_->offload()) return;
+  // Offload: the groups before this one (later layers: backward runs last to first) have had this group's backward
+  // to finish their reductions; their gradients go to the host now, on the copy stream, under the backward that
+  // follows. This group's copy waits for the next call (or finish_reduction).
+  for (int h : uncopied_) group_to_host(h);
+  uncopied_.assign(1, group);
+}
+
+void Trainer::group_to_host(int group) {
+  for (auto& p : pending_)
+    if (p.group == group && p.request) {
+      p.request->wait();
+      p.request.reset();
+    }
+  const auto& ids = group_params_[size_t(group + 1)];
+  for (size_t i : ids) params_->settle_grad(params_->all()[i]);
+  engine::stream_wait(device_, copy_stream_, nullptr);  // after the reduction and the backward that wrote them
+  for (size_t i : ids) params_->grad_to_host_async(i, copy_stream_);
 }
 
 void Trainer::finish_reduction() {
-  for (auto& r : pending_) r->wait();
+  for (auto& p : pending_)
+    if (p.request) p.request->wait();
   pending_.clear();
+  if (!params_->offload()) return;
+  const TraceRange copy("gradients to host (wait)");
+  for (int h : uncopied_) group_to_host(h);
+  uncopied_.clear();
+  sync_device(device_, copy_stream_);  // the host AdamW reads them next
 }
 
 double Trainer::global_grad_norm() {

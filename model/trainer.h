@@ -44,6 +44,9 @@ using BatchSource = std::function<void(std::span<int32_t>, std::span<int32_t>)>;
 class Trainer {
  public:
   Trainer(const Config& cfg, const ParallelContext& par, Device device);
+  ~Trainer();
+  Trainer(const Trainer&) = delete;
+  Trainer& operator=(const Trainer&) = delete;
   // inputs/targets: this rank's (global_batch / dp) sequences of seq_len tokens, row-major.
   StepMetrics step(std::span<const int32_t> inputs, std::span<const int32_t> targets);
   // The first half of step(): zeroes, accumulates and reduces the gradients of one global batch, and fills
@@ -99,8 +102,17 @@ class Trainer {
   std::vector<size_t> offload_chunks_;  // offload: parameter index bounds of the chunks the host step pipelines
   std::vector<std::vector<engine::AdamWEntry>> offload_entries_;  // chunk k's operands, fixed at construction
   std::vector<Param*> zero_params_;  // train.zero 1: the sharded parameters (reduce-scattered, all-gathered)
-  std::vector<std::vector<size_t>> forward_groups_;  // zero 1: per gradient group + 1, the indices of its parameters
-  std::vector<std::unique_ptr<comm::Request>> pending_;
+  std::vector<std::vector<size_t>> group_params_;  // per gradient group + 1: the indices of its parameters
+  struct Pending {
+    int group;
+    std::unique_ptr<comm::Request> request;  // reset once waited
+  };
+  std::vector<Pending> pending_;
+  // Offload: the gradients go to the host group by group during the backward, on their own stream, each once its
+  // reduction is done; uncopied_ holds the groups whose reduction started but whose copy did not.
+  engine::Stream copy_stream_ = nullptr;
+  std::vector<int> uncopied_;
+  void group_to_host(int group);
 };
 
 }  // namespace monta::model

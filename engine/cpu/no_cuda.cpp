@@ -15,6 +15,8 @@ void host_free_pinned(void* p) { std::free(p); }
 void copy(void*, bool, const void*, bool, size_t, Stream) { fail_user("this build of monta has no CUDA backend"); }
 void memset_zero(void*, size_t, Stream) { fail_user("this build of monta has no CUDA backend"); }
 void synchronize(Stream) {}
+void copy_async(void*, bool, const void*, bool, size_t, Stream) { fail_user("this build of monta has no CUDA backend"); }
+void stream_wait(Stream, Stream) {}
 Stream stream_create() { return nullptr; }
 void stream_destroy(Stream) {}
 void range_push(const char*) {}

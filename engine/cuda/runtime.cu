@@ -87,6 +87,22 @@ void copy(void* dst, bool dst_dev, const void* src, bool src_dev, size_t bytes, 
   if (!dst_dev || !src_dev) CUDA_CHECK(cudaStreamSynchronize(st));
 }
 
+void copy_async(void* dst, bool dst_dev, const void* src, bool src_dev, size_t bytes, Stream s) {
+  if (bytes == 0 || dst == src) return;
+  cudaMemcpyKind kind = dst_dev ? (src_dev ? cudaMemcpyDeviceToDevice : cudaMemcpyHostToDevice)
+                                : (src_dev ? cudaMemcpyDeviceToHost : cudaMemcpyHostToHost);
+  CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, cuda::stream_of(s)));
+}
+
+void stream_wait(Stream waiter, Stream signaller) {
+  // One event per call, destroyed at once: cudaStreamWaitEvent captures the event's state when it is called.
+  cudaEvent_t e = nullptr;
+  CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  CUDA_CHECK(cudaEventRecord(e, cuda::stream_of(signaller)));
+  CUDA_CHECK(cudaStreamWaitEvent(cuda::stream_of(waiter), e, 0));
+  CUDA_CHECK(cudaEventDestroy(e));
+}
+
 void memset_zero(void* p, size_t bytes, Stream s) {
   if (bytes) CUDA_CHECK(cudaMemsetAsync(p, 0, bytes, cuda::stream_of(s)));
 }
