@@ -47,7 +47,9 @@ std::vector<MemoryOption> memory_options() {
           opt("full", {{"parallel.sequence_parallel", "true"}, {"train.optimizer_state", "bf16"}}),
           opt("selective", {{"train.optimizer_offload", "true"}}),
           opt("full", {{"train.optimizer_offload", "true"}}),
-          opt("full", {{"train.optimizer_offload", "true"}, {"train.optimizer_state", "bf16"}})};
+          opt("full", {{"train.optimizer_offload", "true"}, {"train.optimizer_state", "bf16"}}),
+          opt("selective", {{"train.optimizer_offload", "true"}, {"parallel.sequence_parallel", "true"}}),
+          opt("full", {{"train.optimizer_offload", "true"}, {"parallel.sequence_parallel", "true"}})};
 }
 
 std::string plan_memory_options(const Config& c, const comm::Cluster& cluster, int max_chunks) {

@@ -116,6 +116,7 @@ TEST_P(SequenceParallel, EqualsOffAndOneProcess) {
   const int world = comm::runtime_world_size();
   const Case& k = GetParam();
   model::Config c = small_config();
+  if (k.ep > 1) c.comm.exchange = k.exchange;  // validate() reads it: duplicate would be refused under SP
   Rig off_rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
   model::Config csp = c;
   csp.parallel.sequence_parallel = true;
