@@ -53,9 +53,10 @@ void print_sizes(const model::Config& c, int world, engine::Device device) {
   const int tp = c.parallel.tp, ep = c.parallel.ep;
   const model::RankFootprint f = model::rank_footprint(c, tp, ep, c.parallel.expert_tp, std::max(1, world / tp), device);
   const double gib = double(1 << 30);
-  log_info(strf("per rank (tp %d, ep %d%s, %s): %.3f %s parameters; %.3f GiB %s%s, %.3f GiB "
+  log_info(strf("per rank (tp %d, ep %d%s%s, %s): %.3f %s parameters; %.3f GiB %s%s, %.3f GiB "
                 "activations (micro-batch %ld): %.3f GiB in all",
-                tp, ep, c.parallel.expert_tp ? ", experts TP-split" : "", engine::device_name(device),
+                tp, ep, c.parallel.expert_tp ? ", experts TP-split" : "",
+                c.parallel.sequence_parallel ? ", sequence parallel" : "", engine::device_name(device),
                 double(f.params) / u, un, f.state() / gib, f.offload ? "grads" : "weights+grads+AdamW",
                 f.compute_copy > 0 ? " (+ compute copy)" : "", f.activations / gib, c.train.micro_batch,
                 f.total() / gib));

@@ -151,6 +151,17 @@ ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t
   return p;
 }
 
+double sp_dispatch_reduce_scatter_time(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
+                                       const GroupPlacement& g, const LinkModel& l) {
+  if (kind == ExchangeKind::duplicate || g.t < 2) return 0;
+  const bool chunked = kind == ExchangeKind::pipelined || kind == ExchangeKind::overlapped;
+  const int n = chunked ? int(std::clamp<int64_t>(chunks, 1, C)) : 1;
+  const int64_t ck = (C + n - 1) / n, cp = (ck + g.t - 1) / g.t;  // as predict_exchange_shape's chunks
+  const double Mg = double(E) * double(H) * elem_bytes * double(cp) * g.t;
+  const double first = reduce_scatter_time(l, Mg, g.t, g.tp_spans_nodes);
+  return first + (n - 1) * reduce_scatter_time(l.chained(), Mg, g.t, g.tp_spans_nodes);
+}
+
 double predict_moe_block(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
                          const GroupPlacement& g, const LinkModel& l, double expert_s) {
   const ExchangePrediction p = predict_exchange_shape(kind, chunks, E, C, H, elem_bytes, g, l);

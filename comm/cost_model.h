@@ -102,6 +102,13 @@ ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const Exchang
 // The same for an explicit (E, C, H) buffer of elem_bytes elements (what `monta bench exchange` runs).
 ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
                                           const GroupPlacement& g, const LinkModel& l);
+// Sequence parallelism (ExchangeShape::sequence_parallel): a dispatch first reduce-scatters this TP rank's part of the
+// buffer over TP into the capacity slices, one reduce-scatter per chunk of the all-gather's size (t blocks of cp
+// slots of E·H elements), before that chunk's all-to-all. Counted serial with the call (on the TP link it queues
+// behind the previous chunk's all-gather): the seconds one dispatch call takes longer. 0 for t = 1; duplicate has no
+// sequence-parallel form (refused), so 0 too.
+double sp_dispatch_reduce_scatter_time(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
+                                       const GroupPlacement& g, const LinkModel& l);
 // Dispatch + combine, forward + backward, of one MoE layer: 4 exchange calls.
 inline constexpr int kExchangesPerLayer = 4;
 

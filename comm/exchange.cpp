@@ -128,7 +128,11 @@ const char* exchange_kind_name(ExchangeKind k) {
 std::unique_ptr<Exchange> make_exchange(ExchangeKind kind, Communicator& tp, Communicator& ep, ExchangeShape shape,
                                         engine::DType dtype, engine::Device device) {
   switch (kind) {
-    case ExchangeKind::duplicate: return std::make_unique<DuplicateExchange>(ep, shape, dtype, device);
+    case ExchangeKind::duplicate:
+      MONTA_USER_CHECK(!shape.sequence_parallel,
+                       "comm.exchange duplicate has no meaning with parallel.sequence_parallel (no token is duplicated "
+                       "over TP); use drop_gather, pipelined, overlapped or auto");
+      return std::make_unique<DuplicateExchange>(ep, shape, dtype, device);
     case ExchangeKind::drop_gather:
     case ExchangeKind::pipelined:
     case ExchangeKind::overlapped: return make_pipelined_exchange(kind, tp, ep, shape, dtype, device);

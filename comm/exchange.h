@@ -19,6 +19,12 @@ const char* exchange_kind_name(ExchangeKind k);
 struct ExchangeShape {
   int64_t experts = 0, capacity = 0, hidden = 0;  // E, C, H of the dispatch buffer
   int64_t chunks = 4;  // pipelined and overlapped only: capacity chunks n (uneven when n does not divide C; at most C are used)
+  // Sequence parallelism (model parallel.sequence_parallel): each TP rank routes only its own tokens, so the x that
+  // dispatch() takes is this TP rank's part of the buffer (its tokens' slots, zeros elsewhere; the parts of the TP
+  // ranks sum to the whole (E, C, H) buffer). The capacity-sliced strategies then reduce-scatter it over TP into each
+  // rank's capacity slice before the all-to-all, so each token still crosses EP once; `duplicate` (every TP rank
+  // sends the whole buffer) has no meaning and is refused. combine() is unchanged: out is whole on every TP rank.
+  bool sequence_parallel = false;
 };
 
 // What the last dispatch/combine cost this rank: bytes it sent to other ranks (its own block excluded, padding

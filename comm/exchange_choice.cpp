@@ -55,6 +55,7 @@ void measure_forward_blocks(Communicator& world, Communicator& tp, Communicator&
   for (Candidate& k : cands) {
     ExchangeShape shape{E, C, s.H};
     shape.chunks = k.chunks;
+    shape.sequence_parallel = in.sequence_parallel;
     auto ex = make_exchange(k.kind, tp, ep, shape, act, in.device);
     auto block = [&] {
       ex->dispatch_experts_combine(out, z, y, x, [&](int c) {
@@ -118,11 +119,14 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
   // The predicted best chunk count of every strategy, in order of simplicity.
   std::vector<Candidate> cands;
   for (auto k : {ExchangeKind::duplicate, ExchangeKind::drop_gather, ExchangeKind::pipelined, ExchangeKind::overlapped}) {
+    if (in.sequence_parallel && k == ExchangeKind::duplicate) continue;
     const bool chunked = k == ExchangeKind::pipelined || k == ExchangeKind::overlapped;
     for (int n = chunked ? 2 : 1; n <= (chunked ? 8 : 1); ++n) {
       const auto p = predict_exchange_shape(k, n, E, C, H, es, place, links);
-      const double fwd = predict_moe_block(k, n, E, C, H, es, place, links, xf);
-      const double t = fwd + predict_moe_block(k, n, E, C, H, es, place, links, 2 * xf);
+      // Sequence parallel: one dispatch per block, each with its reduce-scatter over TP.
+      const double sp = in.sequence_parallel ? sp_dispatch_reduce_scatter_time(k, n, E, C, H, es, place, links) : 0;
+      const double fwd = predict_moe_block(k, n, E, C, H, es, place, links, xf) + sp;
+      const double t = fwd + predict_moe_block(k, n, E, C, H, es, place, links, 2 * xf) + sp;
       out.table += engine::strf("  %-12s %6d %12.1f %14.1f\n", exchange_kind_name(k), n, p.total * 1e6, t * 1e6);
       if (cands.empty() || cands.back().kind != k) cands.push_back({k, n, t, fwd, 0});
       else if (t < cands.back().predicted) cands.back() = {k, n, t, fwd, 0};

@@ -20,6 +20,9 @@ struct ExchangeChoiceInput {
   engine::Device device = engine::Device::cpu;
   std::optional<LinkModel> links;  // given (a cache file, a cluster description); empty: calibrate the groups
   bool verify = true;              // time each strategy's predicted best and keep the measured fastest
+  // Sequence parallelism: each dispatch also reduce-scatters over TP (sp_dispatch_reduce_scatter_time); duplicate
+  // has no meaning then and is not a candidate.
+  bool sequence_parallel = false;
 };
 
 struct ExchangeChoice {

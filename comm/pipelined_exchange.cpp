@@ -37,7 +37,7 @@ class PipelinedExchange final : public Exchange {
  public:
   PipelinedExchange(Communicator& tp, Communicator& ep, ExchangeShape shape, DType dtype, Device device, ExchangeKind kind)
       : tp_(tp), ep_(ep), E_(shape.experts), C_(shape.capacity), H_(shape.hidden), dtype_(dtype), device_(device),
-        kind_(kind) {
+        kind_(kind), sp_(shape.sequence_parallel && tp.size() > 1) {
     MONTA_CHECK(kind != ExchangeKind::duplicate, "PipelinedExchange: duplicate has its own class");
     if (kind == ExchangeKind::drop_gather) shape.chunks = 1;  // drop_gather is the one-chunk pipeline
     t_ = tp.size();
@@ -86,8 +86,9 @@ class PipelinedExchange final : public Exchange {
     const engine::HostTimer t0;
     check_io(y, x, "dispatch");
     Leg leg{x, y, token_side(), expert_side()};
+    leg.partial_src = sp_;
     run(leg);
-    finish(t0, 1, 0);
+    finish(t0, 1, 0, 1);
   }
 
   void combine(Tensor out, const Tensor& z) override {
@@ -96,7 +97,7 @@ class PipelinedExchange final : public Exchange {
     check_io(out, z, "combine");
     Leg leg{z, out, expert_side(), token_side()};
     run(leg);
-    finish(t0, 1, 0);
+    finish(t0, 1, 0, 0);
   }
 
   int expert_chunks() const override { return overlapped() ? int(chunks_.size()) : 1; }
@@ -152,6 +153,7 @@ class PipelinedExchange final : public Exchange {
     check_io(out, z, "combine");
     const int n = int(chunks_.size());
     Leg d{x, y, token_side(), chunk_major()}, c{z, out, chunk_major(), token_side()};
+    d.partial_src = sp_;
     double in_experts = 0;
     auto compute = [&](int k) {
       unpack(d, k);
@@ -174,7 +176,7 @@ class PipelinedExchange final : public Exchange {
       if (k > 0) unpack(c, k - 1);
     }
     unpack(c, n - 1);
-    finish(t0, 2, in_experts);
+    finish(t0, 2, in_experts, 1);
     return stats_;
   }
 
@@ -214,13 +216,24 @@ class PipelinedExchange final : public Exchange {
     Tensor src, dst;
     Position src_at, dst_at;
     std::vector<std::unique_ptr<Request>> a2a{}, ag{};
+    bool partial_src = false;  // src is this TP rank's part of the buffer (sequence parallelism): reduce-scatter it
   };
 
   void pack_and_send(Leg& leg, int k) {
     const engine::TraceRange trace("exchange pack + all-to-all chunk " + std::to_string(k));
     const Chunk& c = chunks_[size_t(k)];
     const int64_t cnt = int64_t(e_) * El_ * c.slices[size_t(tp_.rank())].size * H_;
-    move_slice(c, tp_.rank(), leg.src, leg.src_at, 0, send_, c.send_at, true);
+    if (leg.partial_src) {
+      // Sequence parallelism: every slice of this rank's part, rank-major into the chunk's gather region (idle until
+      // this chunk's all-to-all lands there), then reduce-scatter: this rank's slice, summed over TP, in the send
+      // region. Each slot is non-zero on one TP rank only, so the sum adds zeros: the bytes are the tokens' own.
+      const engine::TraceRange rs("exchange reduce-scatter of TP parts (sequence parallel)");
+      for (int r = 0; r < t_; ++r) move_slice(c, r, leg.src, leg.src_at, 0, gather_, c.gather_at + r * c.block, true);
+      tp_.reduce_scatter(flat(send_, c.send_at, c.block), flat(gather_, c.gather_at, int64_t(t_) * c.block),
+                         ReduceOp::sum);
+    } else {
+      move_slice(c, tp_.rank(), leg.src, leg.src_at, 0, send_, c.send_at, true);
+    }
     if (leg.a2a.empty()) leg.a2a.resize(chunks_.size());
     // Lands directly in this TP rank's block of the chunk's gather region (packed (e, E_l, cs, H)).
     leg.a2a[size_t(k)] = ep_.all_to_all_async(flat(gather_, c.gather_at + tp_.rank() * c.block, cnt),
@@ -262,15 +275,16 @@ class PipelinedExchange final : public Exchange {
     detail::check_exchange_io(dst, src, E_ * C_ * H_, dtype_, device_, who);
   }
 
-  // directions: 1 for dispatch() or combine(), 2 for the overlapped whole; minus_s: time spent outside the exchange.
-  void finish(const engine::HostTimer& t0, int directions, double minus_s) {
+  // directions: 1 for dispatch() or combine(), 2 for the overlapped whole; minus_s: time spent outside the exchange;
+  // dispatches: how many of the directions were dispatches (their reduce-scatter under sequence parallelism).
+  void finish(const engine::HostTimer& t0, int directions, double minus_s, int dispatches) {
     int64_t ep = 0, tp = 0;
     for (const Chunk& c : chunks_) {
       ep += int64_t(e_ - 1) * El_ * c.slices[size_t(tp_.rank())].size * H_ * es_;
       tp += int64_t(t_ - 1) * c.block * es_;
     }
     stats_.ep_bytes = directions * ep;
-    stats_.tp_bytes = directions * tp;
+    stats_.tp_bytes = (directions + (sp_ ? dispatches : 0)) * tp;
     stats_.seconds = t0.seconds() - minus_s;
   }
 
@@ -281,6 +295,7 @@ class PipelinedExchange final : public Exchange {
   DType dtype_;
   Device device_;
   ExchangeKind kind_;
+  bool sp_;  // sequence parallelism: dispatch's x is this TP rank's part (ExchangeShape::sequence_parallel)
   std::vector<Chunk> chunks_;
   engine::Arena arena_;
   Tensor send_, gather_;

@@ -93,15 +93,25 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         const double expert_fwd_s = c.gpu_tflops > 0 ? 2.0 * double(m.experts) * double(base.capacity) * 3.0 *
                                                            double(m.hidden) * f_l / (c.gpu_tflops * 1e12)
                                                      : 0.0;
+        // Sequence parallel: per layer and micro-step, the backward's second all-gather of the attention norm's output,
+        // and without EP the all-reduce of the dispatch buffer's TP parts in forward and backward.
+        const double dispatch_bytes = double(m.experts) * double(base.capacity) * double(m.hidden) * m.act_bytes;
+        const double sp_tp_s =
+            m.sequence_parallel && tp > 1
+                ? double(m.layers) * double(base.micro_steps) *
+                      (all_gather_time(links, tp_bytes, tp, tp_spans) +
+                       (ep == 1 ? (recompute ? 3.0 : 2.0) * all_reduce_time(links, dispatch_bytes, tp, tp_spans) : 0.0))
+                : 0.0;
         for (ExchangeKind k : o.strategies) {
           if (ep == 1 && k != ExchangeKind::duplicate) continue;  // no exchange at all: one row
+          if (ep > 1 && m.sequence_parallel && k == ExchangeKind::duplicate) continue;  // no meaning under SP
           const bool chunked = k == ExchangeKind::pipelined || k == ExchangeKind::overlapped;
           const int hi = chunked ? o.max_chunks : 1;
           for (int n = k == ExchangeKind::overlapped ? 2 : 1; n <= hi; ++n) {
             PlanRow r = base;
             r.strategy = k;
             r.chunks = n;
-            r.tp_s = tp_seconds(ep > 1 && k != ExchangeKind::duplicate);
+            r.tp_s = tp_seconds(ep > 1 && k != ExchangeKind::duplicate) + sp_tp_s;
             if (ep > 1) r.exchange = predict_exchange(k, n, v, g, links);
             // Exposed exchange time of one layer: forward and backward MoE blocks less their expert compute (the
             // backward's is about twice the forward's). Only overlapped hides any of it behind the experts.
@@ -113,6 +123,10 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
                 if (x >= 0)
                   per_layer += predict_moe_block(k, n, m.experts, r.capacity, m.hidden, m.act_bytes, g, links, x) - x;
             }
+            // Sequence parallel: the dispatches (forward, backward, and the recomputed forward) reduce-scatter first.
+            if (ep > 1 && m.sequence_parallel)
+              per_layer += (recompute ? 3 : 2) *
+                           sp_dispatch_reduce_scatter_time(k, n, m.experts, r.capacity, m.hidden, m.act_bytes, g, links);
             r.exchange_s = per_layer * double(m.layers) * double(r.micro_steps);
             r.comm_s = r.exchange_s + r.grad_sync_s + r.tp_s;
             r.step_s = r.compute_s + r.comm_s + r.offload_s;

@@ -34,6 +34,11 @@ struct PlanModel {
     double optimizer_host = 0, offloaded_params = 0;
   };
   std::function<Footprint(int tp, int ep, bool expert_tp, int dp)> footprint;
+  // parallel.sequence_parallel: no duplicate strategy (meaningless), each dispatch adds its reduce-scatter over TP
+  // (sp_dispatch_reduce_scatter_time), each layer's backward one more all-gather of (N, H) activations (the attention
+  // norm's output, gathered again rather than kept), and without EP the dispatch buffer is all-reduced over TP twice
+  // per layer. Layouts with tp 1 are left to layout_allowed to refuse.
+  bool sequence_parallel = false;
 };
 
 struct PlanOptions {

@@ -95,6 +95,12 @@ std::string layout_problem(const Config& c, int tp, int ep, bool expert_tp, int 
   p.need(!expert_tp || m.ffn % tp == 0,
          strf("model.ffn (%ld) must be divisible by parallel.tp (%d) when parallel.expert_tp is on", m.ffn, tp));
   p.need(m.experts % ep == 0, strf("model.experts (%ld) must be divisible by parallel.ep (%d)", m.experts, ep));
+  if (c.parallel.sequence_parallel) {
+    p.need(tp > 1, "parallel.sequence_parallel needs parallel.tp > 1 (it splits the tokens over the TP group)");
+    p.need(c.train.micro_batch * m.seq_len % tp == 0,
+           strf("parallel.sequence_parallel: train.micro_batch x model.seq_len (%ld tokens) must be divisible by "
+                "parallel.tp (%d)", c.train.micro_batch * m.seq_len, tp));
+  }
   if (world > 0) {
     const auto& t = c.train;
     p.need(world % tp == 0, strf("world size %d is not divisible by parallel.tp (%d)", world, tp));
@@ -113,6 +119,11 @@ std::string config_problem(const Config& c, int world) {
   check_ranges(c, p);
   if (!p.first.empty()) return p.first;  // the checks below divide by sizes the ranges keep positive
   check_model(c, p);
+  if (!p.first.empty()) return p.first;
+  // Not a layout rule: the planner picks the strategy itself (and never duplicate under sequence parallelism).
+  p.need(!c.parallel.sequence_parallel || c.parallel.ep == 1 || c.comm.exchange != "duplicate",
+         "comm.exchange duplicate has no meaning with parallel.sequence_parallel (no token is duplicated over TP); "
+         "use drop_gather, pipelined, overlapped or auto");
   if (!p.first.empty()) return p.first;
   return layout_problem(c, c.parallel.tp, c.parallel.ep, c.parallel.expert_tp, world);
 }

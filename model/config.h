@@ -48,6 +48,9 @@ Recompute recompute_mode(const TrainConfig& t);
 struct ParallelConfig {
   int tp = 1, ep = 1;
   bool expert_tp = true;  // experts split over the TP group (true) or whole on every TP rank (false)
+  // Megatron-style sequence parallelism (tp > 1): norms, residual adds, the router and the final norm run on this TP
+  // rank's N/tp tokens; all-gathers feed the column-parallel GEMMs, reduce-scatters follow the row-parallel ones.
+  bool sequence_parallel = false;
 };
 
 struct DataConfig {

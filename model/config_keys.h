@@ -127,6 +127,10 @@ void visit_config_keys(ConfigT& c, F&& f) {
   f("parallel.ep", p.ep, "expert-parallel size, carved out of data parallel (experts divide by it)", closed(1, 1 << 16));
   f("parallel.expert_tp", p.expert_tp, "split each expert's FFN over the TP group (false: whole on every TP rank)",
     any());
+  f("parallel.sequence_parallel", p.sequence_parallel,
+    "Megatron sequence parallelism (tp > 1): norms, residual adds, the router and the final norm on N/tp tokens per TP "
+    "rank, all-gather before and reduce-scatter after the TP GEMMs; each token crosses the EP all-to-all once "
+    "(not with comm.exchange duplicate)", any());
   f("data.path", c.data.path, "HDF5 token file (monta prepare-data), or builtin:markov (generated into the run dir)",
     nonempty());
   f("data.builtin_tokens", c.data.builtin_tokens, "tokens of the built-in corpus (more than model.seq_len)",

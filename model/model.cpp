@@ -62,7 +62,8 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
                                 Model* self, SpecList& L) {
   const DType stat = stat_dtype(act);
   const std::vector<Shared> shared = shared_fields(mode, exchanged);
-  const int64_t N = s.N, H = s.H, D = s.D;
+  // Nl: the tokens of the parts sequence parallelism splits over TP (norms, residual stream, router); N otherwise.
+  const int64_t N = s.N, Nl = s.N_l, H = s.H, D = s.D;
   // A layer tensor: its own buffer per layer, or (recomputed) the shared work buffer, declared once with layer 0.
   auto add = [&](int64_t l, Tensor Layer::*f, const char* name, std::vector<int64_t> shape, DType dt) {
     for (const Shared& sh : shared) {
@@ -73,22 +74,22 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
     L.add(self ? &(self->layers_[size_t(l)].*f) : nullptr, "l" + std::to_string(l) + "." + name, std::move(shape), dt);
   };
   for (int64_t l = 0; l < cfg.layers; ++l) {
-    add(l, &Layer::x, "x", {N, H}, act);
-    add(l, &Layer::xn1, "xn1", {N, H}, act);
-    add(l, &Layer::rstd1, "rstd1", {N}, stat);
+    add(l, &Layer::x, "x", {Nl, H}, act);
+    add(l, &Layer::xn1, "xn1", {Nl, H}, act);
+    add(l, &Layer::rstd1, "rstd1", {Nl}, stat);
     add(l, &Layer::q, "q", {N, s.A_l * D}, act);
     add(l, &Layer::k, "k", {N, s.G_l * D}, act);
     add(l, &Layer::v, "v", {N, s.G_l * D}, act);
     add(l, &Layer::ao, "ao", {N, s.A_l * D}, act);
     add(l, &Layer::lse, "lse", {s.B, s.A_l, s.S}, stat);
-    add(l, &Layer::h, "h", {N, H}, act);
-    add(l, &Layer::xn2, "xn2", {N, H}, act);
-    add(l, &Layer::rstd2, "rstd2", {N}, stat);
-    add(l, &Layer::rlogits, "rlogits", {N, s.E}, act);
-    add(l, &Layer::probs, "probs", {N, s.E}, act);
-    add(l, &Layer::expert_idx, "expert_idx", {N, s.K}, DType::i32);
-    add(l, &Layer::weight, "weight", {N, s.K}, act);
-    add(l, &Layer::zlse, "zlse", {N}, stat);
+    add(l, &Layer::h, "h", {Nl, H}, act);
+    add(l, &Layer::xn2, "xn2", {Nl, H}, act);
+    add(l, &Layer::rstd2, "rstd2", {Nl}, stat);
+    add(l, &Layer::rlogits, "rlogits", {Nl, s.E}, act);
+    add(l, &Layer::probs, "probs", {Nl, s.E}, act);
+    add(l, &Layer::expert_idx, "expert_idx", {Nl, s.K}, DType::i32);
+    add(l, &Layer::weight, "weight", {Nl, s.K}, act);
+    add(l, &Layer::zlse, "zlse", {Nl}, stat);
     add(l, &Layer::dbuf, "dbuf", {s.E, s.C, H}, act);
     if (exchanged) add(l, &Layer::y, "y", {s.E_l, s.EC, H}, act);
     add(l, &Layer::gate, "gate", {s.E_l, s.EC, s.F_l}, act);
@@ -102,12 +103,12 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
   L.add(self ? &self->router_stats_ : nullptr, "router_stats", {cfg.layers, 2}, stat);  // (L, 2): aux, z
   L.add(self ? &self->counts_ : nullptr, "counts", {cfg.layers, s.E}, DType::i32);        // (L, E): choices per expert before dropping
   L.add(self ? &self->ce_sum_ : nullptr, "ce_sum", {1}, stat);
-  L.add(self ? &self->slots_ : nullptr, "slots", {cfg.layers, N, s.K}, DType::i32);
+  L.add(self ? &self->slots_ : nullptr, "slots", {cfg.layers, Nl, s.K}, DType::i32);
   L.add(self ? &self->tokens_ : nullptr, "tokens", {N}, DType::i32);
   L.add(self ? &self->targets_ : nullptr, "targets", {N}, DType::i32);
-  L.add(self ? &self->x_final_ : nullptr, "x_final", {N, H}, act);
-  L.add(self ? &self->xf_ : nullptr, "xf", {N, H}, act);
-  L.add(self ? &self->rstdf_ : nullptr, "rstdf", {N}, stat);
+  L.add(self ? &self->x_final_ : nullptr, "x_final", {Nl, H}, act);
+  L.add(self ? &self->xf_ : nullptr, "xf", {Nl, H}, act);
+  L.add(self ? &self->rstdf_ : nullptr, "rstdf", {Nl}, stat);
   L.add(self ? &self->logits_ : nullptr, "logits", {N, s.V_l}, act);
   L.add(self ? &self->rowmax_ : nullptr, "rowmax", {N}, stat);
   L.add(self ? &self->sumexp_ : nullptr, "sumexp", {N}, stat);
@@ -115,7 +116,7 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
   L.add(self ? &self->lse_ : nullptr, "lse", {N}, stat);
   L.add(self ? &self->losses_ : nullptr, "losses", {N}, stat);
   // Backward scratch, reused by every layer.
-  L.add(self ? &self->dx_ : nullptr, "dx", {N, H}, act);
+  L.add(self ? &self->dx_ : nullptr, "dx", {Nl, H}, act);
   L.add(self ? &self->dxn_ : nullptr, "dxn", {N, H}, act);
   L.add(self ? &self->dq_ : nullptr, "dq", {N, s.A_l * D}, act);
   L.add(self ? &self->dk_ : nullptr, "dk", {N, s.G_l * D}, act);
@@ -128,14 +129,22 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
   L.add(self ? &self->dup_ : nullptr, "dup", {s.E_l, s.EC, s.F_l}, act);
   L.add(self ? &self->dy_ : nullptr, "dy", {s.E_l, s.EC, H}, act);
   if (exchanged) L.add(self ? &self->ddbuf_ : nullptr, "ddbuf", {s.E, s.C, H}, act);
-  L.add(self ? &self->dweight_ : nullptr, "dweight", {N, s.K}, act);
-  L.add(self ? &self->dprobs_ : nullptr, "dprobs", {N, s.E}, act);
-  L.add(self ? &self->drlogits_ : nullptr, "drlogits", {N, s.E}, act);
+  L.add(self ? &self->dweight_ : nullptr, "dweight", {Nl, s.K}, act);
+  L.add(self ? &self->dprobs_ : nullptr, "dprobs", {Nl, s.E}, act);
+  L.add(self ? &self->drlogits_ : nullptr, "drlogits", {Nl, s.E}, act);
   L.add(self ? &self->dlogits_ : nullptr, "dlogits", {N, s.V_l}, act);
   if (cfg.fp8_experts())  // the larger of the two expert GEMM shapes (gate/up: H -> F_l; down: F_l -> H)
     L.add(self ? &self->fp8_scratch_ : nullptr, "fp8_scratch",
           {std::max(fp8_expert_scratch_bytes(s.E_l, s.EC, H, s.F_l), fp8_expert_scratch_bytes(s.E_l, s.EC, s.F_l, H))},
           DType::u8);
+  if (s.sp) declare_sequence_parallel(s, act, self, L);
+}
+
+// Sequence parallelism's tensors (model.h).
+void Model::declare_sequence_parallel(const Shapes& s, DType act, Model* self, SpecList& L) {
+  L.add(self ? &self->gather_ : nullptr, "sp.gather", {s.N, s.H}, act);
+  L.add(self ? &self->dxn_l_ : nullptr, "sp.dxn_local", {s.N_l, s.H}, act);
+  L.add(self ? &self->choice_counts_ : nullptr, "sp.choice_counts", {int64_t(s.t), s.K, s.E}, DType::i32);
 }
 
 std::vector<TensorSpec> Model::activation_specs(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged,
@@ -151,7 +160,6 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
       op_(bind_outer_params(params)), act_(act), stat_(stat_dtype(act)), recompute_(recompute) {
   const Device dev = params.device();
   layers_.resize(size_t(cfg.layers));
-  const int64_t N = s.N;
   const bool exchanged = par.exchange != nullptr;
   SpecList L;
   declare_activations(cfg, s, act, exchanged, recompute, this, L);
@@ -164,7 +172,7 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
     char* row = static_cast<char*>(router_stats_.rows(l, 1).data);
     a.aux = Tensor(row, {1}, stat_, dev);
     a.z = Tensor(row + dtype_size(stat_), {1}, stat_, dev);
-    a.slot = slots_.rows(l, 1).view({N, s.K});
+    a.slot = slots_.rows(l, 1).view({s.N_l, s.K});
     a.counts = counts_.rows(l, 1).view({s.E});
   }
   // Without an exchange the expert buffers are the dispatch buffers themselves (E_l = E, e·C = C).
@@ -243,29 +251,37 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   if (a.x.data != x_in.data) copy(a.x, x_in);
   // Attention: column-parallel Q/K/V by heads, row-parallel output projection + all-reduce over TP.
   rmsnorm_forward(a.xn1, a.rstd1, a.x, w.attn_norm->compute, eps);
-  linear_forward(a.q, a.xn1, w.wq->compute);
-  linear_forward(a.k, a.xn1, w.wk->compute);
-  linear_forward(a.v, a.xn1, w.wv->compute);
+  const Tensor xn1 = whole_tokens(a.xn1);  // sequence parallel: all-gathered over TP
+  linear_forward(a.q, xn1, w.wq->compute);
+  linear_forward(a.k, xn1, w.wk->compute);
+  linear_forward(a.v, xn1, w.wv->compute);
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor v4 = a.v.view({s_.B, s_.S, s_.G_l, s_.D});
   rope_forward(q4, q4, theta);
   rope_forward(k4, k4, theta);
   attention_forward(a.ao.view({s_.B, s_.S, s_.A_l, s_.D}), a.lse, q4, k4, v4);
   // h = x + ao · woᵀ with the residual added by the GEMM; under TP only rank 0 adds it, and the all-reduce sums.
-  if (par_.tp_rank == 0)
+  // Sequence parallel: the partial sums of every token are reduce-scattered to this rank's tokens, then x is added.
+  if (s_.sp)
+    sp_output_projection(a.h, a.ao, w.wo->compute, a.x);
+  else if (par_.tp_rank == 0)
     linear_forward_residual(a.h, a.ao, w.wo->compute, a.x);
   else
     linear_forward(a.h, a.ao, w.wo->compute);
-  tp_all_reduce(a.h);
+  if (!s_.sp) tp_all_reduce(a.h);
   // MoE: router (replicated) → capacity assignment → (E, C, H) buffer → exchange → experts → back → combine.
   rmsnorm_forward(a.xn2, a.rstd2, a.h, w.ffn_norm->compute, eps);
   linear_forward(a.rlogits, a.xn2, w.router->compute);
   softmax_forward(a.probs, a.rlogits);
-  router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.C);
+  if (s_.sp)
+    sp_route(a);  // this rank's tokens, each given the slot it gets when one rank routes them all
+  else
+    router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.C);
   topk_weights_forward(a.weight, a.probs, a.expert_idx);
   load_balance_loss_forward(a.aux, a.probs, a.counts, s_.K);
   router_z_loss_forward(a.z, a.zlse, a.rlogits);
   moe_dispatch_forward(a.dbuf, a.xn2, a.expert_idx, a.slot);
+  if (s_.sp && !par_.exchange) tp_all_reduce(a.dbuf);  // sequence parallel, no EP: the TP ranks' parts summed
   const Tensor w_gate = w.w_gate->compute, w_up = w.w_up->compute, w_down = w.w_down->compute;
   exchange_experts(
       a.cbuf, a.eo, a.y, a.dbuf,
@@ -298,9 +314,10 @@ void Model::read_scalars(MicroResult& r) const {
     return double(reinterpret_cast<const float*>(p)[i]);
   };
   const auto* counts = reinterpret_cast<const int32_t*>(host.data() + (static_cast<const char*>(counts_.data) - begin));
+  const SpLossScale ls = sp_loss_scale();  // sequence parallel: the sums over TP of each rank's share
   for (size_t l = 0; l < layers_.size(); ++l) {
-    r.aux_sum += stat_at(router_stats_.data, int64_t(2 * l));
-    r.z_sum += stat_at(router_stats_.data, int64_t(2 * l + 1));
+    r.aux_sum += ls.aux * stat_at(router_stats_.data, int64_t(2 * l));
+    r.z_sum += ls.z * stat_at(router_stats_.data, int64_t(2 * l + 1));
     for (int64_t e = 0; e < s_.E; ++e) r.dropped += std::max<int64_t>(0, counts[int64_t(l) * s_.E + e] - s_.C);
   }
   r.ce_sum = stat_at(ce_sum_.data, 0);
@@ -325,15 +342,20 @@ MicroResult Model::run_forward(const int32_t* tokens, const int32_t* targets) {
   Tensor x = layers_.empty() ? x_final_ : layers_[0].x;
   auto ready = [this](int g) { if (on_forward_group) on_forward_group(g); };
   ready(-1);
-  embedding_forward(x, tokens_, op_.embed->compute, vocab_begin);
-  tp_all_reduce(x);
+  if (s_.sp) {  // every token's vocab-parallel partial row, reduce-scattered to this rank's tokens
+    embedding_forward(gather_, tokens_, op_.embed->compute, vocab_begin);
+    par_.tp_comm->reduce_scatter(x, gather_, comm::ReduceOp::sum);
+  } else {
+    embedding_forward(x, tokens_, op_.embed->compute, vocab_begin);
+    tp_all_reduce(x);
+  }
   for (int l = 0; l < int(layers_.size()); ++l) {
     ready(l);
     layer_forward(l, layers_[size_t(l)].x, layer_output(l), r);
   }
   ready(int(layers_.size()));
   rmsnorm_forward(xf_, rstdf_, x_final_, op_.final_norm->compute, float(cfg_.norm_eps));
-  linear_forward(logits_, xf_, op_.lm_head->compute);
+  linear_forward(logits_, whole_tokens(xf_), op_.lm_head->compute);
   // Vocab-parallel cross-entropy: max and Σexp are reduced over TP; the logits are never gathered.
   logits_rowmax(rowmax_, logits_);
   tp_all_reduce(rowmax_, true);
@@ -342,6 +364,7 @@ MicroResult Model::run_forward(const int32_t* tokens, const int32_t* targets) {
   tp_all_reduce(tlogit_);
   cross_entropy_finish(losses_, lse_, sumexp_, rowmax_, tlogit_, targets_);
   sum(ce_sum_, losses_, 1.0);
+  if (s_.sp) tp_all_reduce(router_stats_);  // each TP rank's share of every layer's aux and z losses
   read_scalars(r);
   return r;
 }
@@ -364,6 +387,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   const bool selective = recompute_ == Recompute::selective;
   // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual.
   moe_combine_backward(dcbuf_, dweight_, dx, a.cbuf, a.weight, a.expert_idx, a.slot);
+  if (s_.sp && !par_.exchange) tp_all_reduce(dcbuf_);  // sequence parallel, no EP: the TP ranks' parts summed
   // The backward of combine is dispatch and that of dispatch is combine: dcbuf -> deo -> experts -> dy -> ddbuf.
   const Tensor w_gate = w.w_gate->compute, w_up = w.w_up->compute, w_down = w.w_down->compute;
   exchange_experts(
@@ -384,20 +408,23 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         if (par_.expert_tp) reduce_expert_partials(dy, k);
       },
       r);
-  moe_dispatch_backward(dxn_, ddbuf_, a.expert_idx, a.slot);
-  // Router: through the chosen weights, the load-balancing loss and the z-loss.
+  const Tensor dxn = s_.sp ? dxn_l_ : dxn_;  // the gradient of this rank's norm outputs
+  moe_dispatch_backward(dxn, ddbuf_, a.expert_idx, a.slot);
+  // Router: through the chosen weights, the load-balancing loss and the z-loss (sequence parallel: this rank's
+  // share of losses that are means over all N tokens, sp_loss_scale).
+  const SpLossScale ls = sp_loss_scale();
   fill_zero(dprobs_);
   topk_weights_backward(dprobs_, dweight_, a.expert_idx);
-  load_balance_loss_backward(dprobs_, a.counts, s_.K, float(aux_scale * cfg_.aux_loss_coef));
+  load_balance_loss_backward(dprobs_, a.counts, s_.K, float(aux_scale * cfg_.aux_loss_coef * ls.aux));
   softmax_backward(drlogits_, dprobs_, a.probs);
-  router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef));
+  router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef * ls.z));
   if (selective) rmsnorm_forward(a.xn2, a.rstd2, a.h, w.ffn_norm->compute, eps);  // the shared norm output
-  linear_backward_w(dxn_, *w.router, drlogits_, a.xn2, Write::accumulate);
+  linear_backward_w(dxn, *w.router, drlogits_, a.xn2, Write::accumulate);
   // dx: now d(loss)/dh.
-  rmsnorm_backward(dx, params_.grad_accumulate(*w.ffn_norm), dxn_, a.h, w.ffn_norm->compute, a.rstd2,
+  rmsnorm_backward(dx, params_.grad_accumulate(*w.ffn_norm), dxn, a.h, w.ffn_norm->compute, a.rstd2,
                    Write::accumulate);
-  // Attention branch.
-  linear_backward_w(dao_, *w.wo, dx, a.ao);
+  // Attention branch (sequence parallel: the backward of the reduce-scatter is an all-gather).
+  linear_backward_w(dao_, *w.wo, whole_tokens(dx), a.ao);
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor v4 = a.v.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor dq4 = dq_.view({s_.B, s_.S, s_.A_l, s_.D}), dk4 = dk_.view({s_.B, s_.S, s_.G_l, s_.D});
@@ -406,12 +433,13 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   rope_backward(dq4, dq4, theta);
   rope_backward(dk4, dk4, theta);
   if (selective) rmsnorm_forward(a.xn1, a.rstd1, a.x, w.attn_norm->compute, eps);  // the shared norm output
-  linear_backward_w(dxn_, *w.wq, dq_, a.xn1);
-  linear_backward_w(dxn_, *w.wk, dk_, a.xn1, Write::accumulate);
-  linear_backward_w(dxn_, *w.wv, dv_, a.xn1, Write::accumulate);
-  tp_all_reduce(dxn_);
+  const Tensor xn1 = whole_tokens(a.xn1);  // sequence parallel: gathered again, not kept
+  linear_backward_w(dxn_, *w.wq, dq_, xn1);
+  linear_backward_w(dxn_, *w.wk, dk_, xn1, Write::accumulate);
+  linear_backward_w(dxn_, *w.wv, dv_, xn1, Write::accumulate);
+  reduce_tokens(dxn, dxn_);  // sum over TP: all-reduce, or the reduce-scatter to this rank's tokens
   // dx: now d(loss)/d(input).
-  rmsnorm_backward(dx, params_.grad_accumulate(*w.attn_norm), dxn_, a.x, w.attn_norm->compute, a.rstd1,
+  rmsnorm_backward(dx, params_.grad_accumulate(*w.attn_norm), dxn, a.x, w.attn_norm->compute, a.rstd1,
                    Write::accumulate);
 }
 
@@ -424,15 +452,16 @@ MicroResult Model::forward_backward(const int32_t* tokens, const int32_t* target
   MicroResult r = run_forward(tokens, targets);
   const int64_t vocab_begin = int64_t(par_.tp_rank) * s_.V_l;
   cross_entropy_backward(dlogits_, logits_, targets_, lse_, vocab_begin, float(ce_scale));
-  linear_backward_w(dxn_, *op_.lm_head, dlogits_, xf_);
-  tp_all_reduce(dxn_);
-  rmsnorm_backward(dx_, params_.grad_accumulate(*op_.final_norm), dxn_, x_final_, op_.final_norm->compute, rstdf_);
+  linear_backward_w(dxn_, *op_.lm_head, dlogits_, whole_tokens(xf_));
+  const Tensor dxn = s_.sp ? dxn_l_ : dxn_;
+  reduce_tokens(dxn, dxn_);
+  rmsnorm_backward(dx_, params_.grad_accumulate(*op_.final_norm), dxn, x_final_, op_.final_norm->compute, rstdf_);
   if (on_grads_ready) on_grads_ready(int(layers_.size()));
   for (int l = int(layers_.size()) - 1; l >= 0; --l) {
     layer_backward(l, dx_, aux_scale, r);
     if (on_grads_ready) on_grads_ready(l);
   }
-  embedding_backward(params_.grad_accumulate(*op_.embed), dx_, tokens_, vocab_begin);
+  embedding_backward(params_.grad_accumulate(*op_.embed), whole_tokens(dx_), tokens_, vocab_begin);
   if (on_grads_ready) on_grads_ready(-1);
   return r;
 }

@@ -45,7 +45,9 @@ class Model {
   const Shapes& shapes() const { return s_; }
   const engine::Arena& activations() const { return acts_; }
   Tensor logits() const { return logits_; }  // (N, V_l) of the last forward
-  Tensor slots() const { return slots_; }  // (L, N, K) slot of every (token, choice) of the last forward; -1: dropped
+  // (L, N_l, K) slot of every (token, choice) of the last forward; -1: dropped. Sequence parallel: this TP rank's
+  // N/t tokens (rows [tp_rank·N/t, (tp_rank+1)·N/t) of the micro-batch), with the slots they get without it.
+  Tensor slots() const { return slots_; }
   // Called during backward when a group of parameter gradients is final for this micro-batch: layer index
   // l for layer l's parameters, layers() for the LM head and final norm, -1 for the embedding. The trainer
   // starts their data-parallel reduction there (on the last micro-batch), overlapping the rest of backward.
@@ -102,6 +104,26 @@ class Model {
   // linear_backward of parameter w: dx, and its weight gradient as ParamStore::grad_write says.
   void linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Tensor& x,
                          engine::Write dx_write = engine::Write::overwrite);
+  // Sequence parallelism (model/sequence_parallel.cpp); with it off, each is the plain path's op or nothing.
+  // Its activation tensors: the (N, H) buffer of gathered tokens and partial sums, the local norm-input gradient,
+  // the gathered router counts.
+  static void declare_sequence_parallel(const Shapes& s, DType act, Model* self, SpecList& L);
+  // local (N_l, H) all-gathered over TP into gather_ (N, H), returned; local itself without sequence parallelism.
+  Tensor whole_tokens(const Tensor& local);
+  // out = the sum over TP of `whole` (N, H): all-reduced in place (out is whole), or reduce-scattered to this
+  // rank's tokens (sequence parallel; out (N_l, H)).
+  void reduce_tokens(Tensor out, Tensor whole);
+  // h (N_l, H) = x + this rank's rows of Σ_TP ao · woᵀ (the row-parallel projection, reduce-scattered).
+  void sp_output_projection(Tensor h, const Tensor& ao, const Tensor& wo, const Tensor& x);
+  // Top-k and capacity of this rank's tokens with the slots of the whole micro-batch's GShard order, global counts.
+  void sp_route(Layer& a);
+  // The router losses are means over the micro-batch's N tokens; a rank computes them as means over its N_l = N/t
+  // (the load-balancing loss E·Σ f_e·P_e has two: f from the global counts over N_l·K, P over N_l): its share of the
+  // whole is aux / t², z / t, and so are the gradient scales. 1 without sequence parallelism.
+  struct SpLossScale {
+    double aux = 1, z = 1;
+  };
+  SpLossScale sp_loss_scale() const;
   // CE sum, every layer's aux and z losses, and the dropped choices (from the expert counts and the capacity): one
   // device->host copy per micro-batch.
   void read_scalars(MicroResult& r) const;
@@ -122,6 +144,9 @@ class Model {
   Tensor dx_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, ddbuf_;
   Tensor dweight_, dprobs_, drlogits_, dlogits_;
   Tensor fp8_scratch_;  // (bytes) the quantised operands of the expert GEMMs when model.fp8 = experts
+  // Sequence parallel only: (N, H) gathered tokens / partial sums; (N_l, H) gradient of this rank's norm outputs;
+  // (t, K, E) i32 every TP rank's choices per (choice, expert).
+  Tensor gather_, dxn_l_, choice_counts_;
 };
 
 }  // namespace monta::model

@@ -67,8 +67,10 @@ void attach_exchange(ParallelSetup& ps, const model::Config& c, engine::Device d
   if (ps.ctx.ep <= 1) return;  // no all-to-all: the dispatch buffer is the experts' input
   MONTA_CHECK(device == ps.device, std::string("attach_exchange on ") + engine::device_name(device) +
                                        " but setup_parallel chose " + engine::device_name(ps.device));
-  model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, ps.ctx.tp, ps.ctx.ep, ps.ctx.dp, ps.ctx.expert_tp);
+  model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, ps.ctx.tp, ps.ctx.ep, ps.ctx.dp, ps.ctx.expert_tp,
+                                        c.parallel.sequence_parallel);
   comm::ExchangeShape shape{s.E, s.C, s.H};
+  shape.sequence_parallel = s.sp;
   int chunks = c.comm.chunks;
   comm::ExchangeKind kind = c.comm.exchange == "auto" ? choose_exchange(ps, c, s, act, device, &chunks)
                                                       : comm::parse_exchange_kind(c.comm.exchange);
@@ -86,6 +88,7 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
   in.ffn_local = s.F_l;
   in.dtype = act;
   in.device = device;
+  in.sequence_parallel = s.sp;
   if (!c.comm.links.empty())
     in.links = comm::read_link_model(c.comm.links, {comm::link_from(300, 10), comm::link_from(10, 20)});
   in.verify = c.comm.auto_verify;

@@ -12,6 +12,7 @@ comm::Plan plan_layouts(const Config& c, const comm::Cluster& cluster, int max_c
   comm::PlanModel pm{m.vocab, m.hidden, m.layers, m.heads, m.kv_heads, m.ffn, m.experts, m.top_k, m.seq_len,
                      m.capacity_factor, m.min_capacity, c.train.micro_batch, c.train.global_batch, 2,
                      train_flops_per_token(m), 0.0, {}};
+  pm.sequence_parallel = c.parallel.sequence_parallel;
   if (recompute_mode(c.train) == Recompute::full)
     pm.recompute_flops_per_token = double(m.layers) * layer_train_flops_per_token(m, FlopCount::forward);
   pm.footprint = [&c](int tp, int ep, bool expert_tp, int dp) {
@@ -42,9 +43,13 @@ std::vector<MemoryOption> memory_options() {
           opt("full", {}),
           opt("full", {{"train.optimizer_state", "bf16"}}),
           opt("full", {{"train.zero", "1"}, {"train.optimizer_state", "bf16"}}),
+          opt("selective", {{"parallel.sequence_parallel", "true"}}),
+          opt("full", {{"parallel.sequence_parallel", "true"}, {"train.optimizer_state", "bf16"}}),
           opt("selective", {{"train.optimizer_offload", "true"}}),
           opt("full", {{"train.optimizer_offload", "true"}}),
-          opt("full", {{"train.optimizer_offload", "true"}, {"train.optimizer_state", "bf16"}})};
+          opt("full", {{"train.optimizer_offload", "true"}, {"train.optimizer_state", "bf16"}}),
+          opt("selective", {{"train.optimizer_offload", "true"}, {"parallel.sequence_parallel", "true"}}),
+          opt("full", {{"train.optimizer_offload", "true"}, {"parallel.sequence_parallel", "true"}})};
 }
 
 std::string plan_memory_options(const Config& c, const comm::Cluster& cluster, int max_chunks) {

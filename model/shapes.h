@@ -12,8 +12,11 @@ struct Shapes {
   int t, e, d;                                 // TP, EP, DP sizes
   int64_t A_l, G_l, F_l, E_l, V_l;             // local heads, KV heads, expert FFN width, experts, vocab rows
   int64_t EC;                                  // capacity slots of local experts after the exchange: e·C
+  bool sp;                                     // sequence parallelism (parallel.sequence_parallel, t > 1)
+  int64_t N_l;                                 // tokens of the sequence-parallel parts on this rank: N/t with sp, else N
 
-  static Shapes make(const ModelConfig& m, int64_t micro_batch, int tp, int ep, int dp, bool expert_tp) {
+  static Shapes make(const ModelConfig& m, int64_t micro_batch, int tp, int ep, int dp, bool expert_tp,
+                     bool sequence_parallel = false) {
     Shapes s{};
     s.B = micro_batch;
     s.S = m.seq_len;
@@ -36,6 +39,8 @@ struct Shapes {
     s.E_l = s.E / ep;
     s.V_l = s.V / tp;
     s.EC = int64_t(ep) * s.C;
+    s.sp = sequence_parallel && tp > 1;
+    s.N_l = s.sp ? s.N / tp : s.N;
     return s;
   }
 };

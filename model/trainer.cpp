@@ -32,7 +32,8 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
     params_->init(cfg.train.seed);
     sync_device(device);
   }
-  Shapes s = Shapes::make(cfg.model, cfg.train.micro_batch, par.tp, par.ep, par.dp, par.expert_tp);
+  Shapes s = Shapes::make(cfg.model, cfg.train.micro_batch, par.tp, par.ep, par.dp, par.expert_tp,
+                          cfg.parallel.sequence_parallel);
   {
     const StartupPhase phase("allocating activations");
     model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_, recompute_mode(cfg.train));
@@ -120,6 +121,15 @@ void Trainer::build_buckets() {
 }
 
 void Trainer::start_reduction(int group) {
+  // Sequence parallelism: the norms and the router saw only this TP rank's tokens, so their gradients are partial
+  // sums over the TP group; summed there first (Megatron's all-reduce of the sequence-parallel parameters' gradients),
+  // then over DP as every gradient.
+  if (model_->shapes().sp)
+    for (auto& p : params_->all()) {
+      if (p.kind != ParamKind::replicated || grad_group(p.name) != group) continue;
+      params_->settle_grad(p);
+      par_.tp_comm->all_reduce(p.grad, comm::ReduceOp::sum);
+    }
   for (auto& b : buckets_) {
     if (b.group != group) continue;
     for (Param* p : b.params) params_->settle_grad(*p);  // a gradient no write reached is zero, not stale memory

@@ -19,6 +19,7 @@
 #include "engine/ops/rmsnorm.h"
 #include "engine/ops/rope.h"
 #include "engine/ops/router.h"
+#include "engine/ops/router_sp.h"
 #include "engine/ops/swiglu.h"
 
 namespace monta::engine {
@@ -140,6 +141,23 @@ void router_topk_assign(Tensor expert_idx, Tensor slot, Tensor counts, const Ten
          "expert_idx must be (N, K) with 1 <= K <= E, got " + expert_idx.str() + " for probs " + probs.str());
   expect(same_shape(slot, expert_idx), op, "slot " + slot.str() + " must match expert_idx " + expert_idx.str());
   expect_numel(op, "counts", counts, E);
+  expect(capacity >= 0, op, "capacity must be >= 0, got " + std::to_string(capacity));
+}
+// Sequence-parallel capacity: expert_idx (N, K); counts (K, E) or (E); all_counts (t, K, E); slot as expert_idx.
+void router_choice_counts(Tensor counts, const Tensor& expert_idx) {
+  const char* op = "router_choice_counts";
+  expect(expert_idx.ndim == 2 && counts.ndim == 2 && counts.dim(0) == expert_idx.dim(1), op,
+         "want counts (K, E) for expert_idx (N, K), got " + counts.str() + ", " + expert_idx.str());
+}
+void router_sp_slots(Tensor slot, Tensor counts, const Tensor& expert_idx, const Tensor& all_counts, int64_t tp_rank,
+                     int64_t capacity) {
+  const char* op = "router_sp_slots";
+  expect(expert_idx.ndim == 2 && same_shape(slot, expert_idx), op,
+         "slot " + slot.str() + " must match expert_idx (N, K) " + expert_idx.str());
+  expect(all_counts.ndim == 3 && all_counts.dim(1) == expert_idx.dim(1), op,
+         "all_counts must be (t, K, E), got " + all_counts.str() + " for expert_idx " + expert_idx.str());
+  expect_numel(op, "counts", counts, all_counts.dim(2));
+  expect(tp_rank >= 0 && tp_rank < all_counts.dim(0), op, "tp_rank " + std::to_string(tp_rank) + " outside the group");
   expect(capacity >= 0, op, "capacity must be >= 0, got " + std::to_string(capacity));
 }
 // weight (N, K) against probs (N, E) and expert_idx (N, K).
@@ -418,6 +436,7 @@ MONTA_OPS_ROPE(MONTA_OP_DEFINE)
 MONTA_OPS_ATTENTION(MONTA_OP_DEFINE)
 MONTA_OPS_SWIGLU(MONTA_OP_DEFINE)
 MONTA_OPS_ROUTER(MONTA_OP_DEFINE)
+MONTA_OPS_ROUTER_SP(MONTA_OP_DEFINE)
 MONTA_OPS_MOE_PERMUTE(MONTA_OP_DEFINE)
 MONTA_OPS_CROSS_ENTROPY(MONTA_OP_DEFINE)
 MONTA_OPS_ELEMENTWISE(MONTA_OP_DEFINE)

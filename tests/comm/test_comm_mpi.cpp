@@ -585,6 +585,47 @@ void run_exchange_case(ProcessGroups& pg, const ExchangeCase& k) {
     EXPECT_EQ(reduced_here, kind != ExchangeKind::duplicate) << name;
     EXPECT_TRUE(out == out_f) << name << ": the TP sum of partial expert outputs, combined, differs from duplicate's";
   }
+
+  // Sequence parallelism: each TP rank passes only its part of x (slot s of the (E, C) grid kept on TP rank s % t,
+  // zero elsewhere; the parts sum to x). Every capacity-sliced strategy must dispatch the whole x's rows, bit for bit,
+  // over the fused path too, with one reduce-scatter per chunk more over TP; duplicate is refused.
+  std::vector<char> part(bytes, 0);
+  for (int64_t sl = 0; sl < E * C; ++sl)
+    if (sl % t == co.tp_idx) std::memcpy(&part[size_t(sl) * slot], &x[size_t(sl) * slot], slot);
+  for (auto [kind, chunks] : runs) {
+    const std::string name = what + " " + exchange_kind_name(kind) + " chunks " + std::to_string(chunks) + " SP";
+    ExchangeShape shape{E, C, H};
+    shape.chunks = chunks;
+    shape.sequence_parallel = true;
+    if (kind == ExchangeKind::duplicate) {
+      EXPECT_ANY_THROW(make_exchange(kind, pg.tp(), pg.ep(), shape, k.dtype, Device::cpu)) << name;
+      continue;
+    }
+    ExchangeShape plain_shape = shape;
+    plain_shape.sequence_parallel = false;
+    auto ex = make_exchange(kind, pg.tp(), pg.ep(), shape, k.dtype, Device::cpu);
+    auto plain = make_exchange(kind, pg.tp(), pg.ep(), plain_shape, k.dtype, Device::cpu);
+    std::vector<char> y(bytes, char(0xAB)), out(bytes, char(0xEF)), zb(bytes, char(0xCD));
+    ex->dispatch(view_of(y, {El, e * C, H}, k.dtype), view_of(part, {E, C, H}, k.dtype));
+    EXPECT_TRUE(y == y_ref) << name << ": dispatch of the TP parts differs from the whole buffer's";
+    const ExchangeStats st = ex->last_stats();
+    plain->dispatch(view_of(y, {El, e * C, H}, k.dtype), view_of(x, {E, C, H}, k.dtype));
+    const ExchangeStats pst = plain->last_stats();
+    EXPECT_EQ(st.ep_bytes, pst.ep_bytes) << name << ": each token must cross EP once";
+    EXPECT_EQ(st.tp_bytes, t > 1 ? 2 * pst.tp_bytes : pst.tp_bytes) << name << ": one reduce-scatter per all-gather";
+    const Tensor yt = view_of(y, {El, e * C, H}, k.dtype), zt = view_of(zb, {El, e * C, H}, k.dtype);
+    ex->dispatch_experts_combine(view_of(out, {E, C, H}, k.dtype), zt, yt, view_of(part, {E, C, H}, k.dtype),
+                                 [&](int c) {
+                                   const Tensor yc = ex->expert_chunk(yt, c), zc = ex->expert_chunk(zt, c);
+                                   const size_t at = size_t(static_cast<char*>(yc.data) - y.data());
+                                   const size_t len = size_t(yc.numel()) * es;
+                                   std::vector<char> ychunk(y.begin() + ptrdiff_t(at), y.begin() + ptrdiff_t(at + len));
+                                   std::vector<char> zchunk(len);
+                                   rotate_rows(zchunk, ychunk, El, yc.dim(1), H, es);
+                                   std::memcpy(static_cast<char*>(zc.data), zchunk.data(), len);
+                                 });
+    EXPECT_TRUE(out == out_f) << name << ": dispatch, experts, combine of the TP parts differs from duplicate's";
+  }
 }
 
 TEST(Exchange, MatchesReferenceAndInvertsForEveryLayout) {

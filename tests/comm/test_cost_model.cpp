@@ -95,6 +95,25 @@ TEST(CostModel, StrategiesByHand) {
   EXPECT_DOUBLE_EQ(c.total, 20e-9 + 3 * (20e-9 + 40e-9) + 40e-9);
 }
 
+// Sequence parallelism: each dispatch reduce-scatters the TP parts into the capacity slices first, as many bytes as
+// the all-gather (t blocks of the chunk's padded slice); nothing for t = 1 or for duplicate (refused under SP).
+TEST(CostModel, SequenceParallelDispatchAddsItsReduceScatter) {
+  LinkModel l{{1e-6, 1e-9}, {1e-5, 1e-8}};
+  GroupPlacement g;
+  g.t = 2;
+  g.e = 2;
+  g.ep_peers_inter = 1;
+  // E 2, C 8, H 10, 2 B, drop_gather: the reduce-scatter of 320 B over 2 ranks = alpha + 160 B intra.
+  EXPECT_DOUBLE_EQ(sp_dispatch_reduce_scatter_time(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l), 1e-6 + 160e-9);
+  EXPECT_DOUBLE_EQ(sp_dispatch_reduce_scatter_time(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l),
+                   predict_exchange_shape(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l).ag);
+  // pipelined 4: chunks of 2 slots, 1 per rank: four reduce-scatters of 80 B, 40 B each over the link.
+  EXPECT_DOUBLE_EQ(sp_dispatch_reduce_scatter_time(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l), 4 * (1e-6 + 40e-9));
+  EXPECT_EQ(sp_dispatch_reduce_scatter_time(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, l), 0.0);
+  g.t = 1;
+  EXPECT_EQ(sp_dispatch_reduce_scatter_time(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l), 0.0);
+}
+
 // A measured back-to-back latency (alpha_next) prices the later chunks; the first still pays alpha, and one
 // chunk (drop_gather) or no measurement (alpha_next < 0) leave the prediction as it was.
 TEST(CostModel, LaterChunksPayTheBackToBackLatency) {
@@ -228,6 +247,29 @@ TEST(Planner, FullRecomputeAddsOneForwardOfComputeExchangeAndTp) {
     EXPECT_NEAR(y.exchange_s, x.exchange_s * 1.5, 1e-9 * x.exchange_s);
     EXPECT_NEAR(y.tp_s, x.tp_s * 1.5, 1e-9 * x.tp_s + 1e-15);
     ++checked;
+  }
+  EXPECT_GT(checked, 0);
+}
+
+// Sequence parallelism: no duplicate row where there is an exchange (ep 1 keeps its one row), and every layout with
+// tp > 1 pays more communication (the dispatch's reduce-scatters, the backward's second all-gather) than without.
+TEST(Planner, SequenceParallelDropsDuplicateAndPricesItsCollectives) {
+  const PlanModel m = small_model();
+  PlanModel sp = m;
+  sp.sequence_parallel = true;
+  const Plan a = make_plan(a800(), m), b = make_plan(a800(), sp);
+  int checked = 0;
+  for (const PlanRow& y : b.rows) {
+    EXPECT_FALSE(y.ep > 1 && y.strategy == ExchangeKind::duplicate) << "tp " << y.tp << " ep " << y.ep;
+    for (const PlanRow& x : a.rows) {
+      if (x.tp != y.tp || x.ep != y.ep || x.expert_tp != y.expert_tp || x.strategy != y.strategy || x.chunks != y.chunks)
+        continue;
+      if (y.tp > 1) {
+        EXPECT_GT(y.tp_s, x.tp_s);
+        if (y.ep > 1) EXPECT_GT(y.exchange_s, x.exchange_s);
+        ++checked;
+      }
+    }
   }
   EXPECT_GT(checked, 0);
 }

@@ -4,6 +4,7 @@
 #include "engine/ops/cross_entropy.h"
 #include "engine/ops/moe_permute.h"
 #include "engine/ops/router.h"
+#include "engine/ops/router_sp.h"
 #include "gpu_test_util.h"
 
 namespace monta::gputest {
@@ -89,6 +90,44 @@ TEST_P(GpuRouter, TopkWeightsAndAuxLosses) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, GpuRouter, testing::Values(DType::f32, DType::bf16), dtype_param_name);
+
+// Sequence parallelism's capacity (engine/ops/router_sp.h) on t = 3 emulated TP ranks of one device: each rank's
+// top-k with room for every choice, its per-(choice, expert) counts, then the global slots. CUDA = CPU exactly, and both
+// equal the slots and counts router_topk_assign gives the three ranks' tokens routed as one batch (ties, drops).
+TEST_P(GpuRouter, RouterSpSlotsEqualWholeBatch) {
+  MONTA_REQUIRE_GPU();
+  DType dt = GetParam();
+  const int64_t t = 3, Nl = 100, E = 8, K = 2, capacity = 40;
+  std::vector<float> p = random_values(t * Nl * E, 0.f, 1.f);
+  for (auto& x : p) x = std::floor(x * 6.f) / 8.f;  // many ties; exact in bf16
+  Pair whole(p, {t * Nl, E}, dt);
+  Pair widx = output({t * Nl, K}, DType::i32), wslot = output({t * Nl, K}, DType::i32), wcounts = output({E}, DType::i32);
+  engine::router_topk_assign(widx.c(), wslot.c(), wcounts.c(), whole.c(), capacity);
+  Pair all = output({t, K, E}, DType::i32);
+  std::vector<Pair> idx, slot;
+  for (int64_t r = 0; r < t; ++r) {
+    Pair probs(std::vector<float>(p.begin() + r * Nl * E, p.begin() + (r + 1) * Nl * E), {Nl, E}, dt);
+    idx.push_back(output({Nl, K}, DType::i32));
+    slot.push_back(output({Nl, K}, DType::i32));
+    Pair counts = output({E}, DType::i32);
+    engine::router_topk_assign(idx[r].c(), slot[r].c(), counts.c(), probs.c(), Nl * K);
+    engine::router_topk_assign(idx[r].g(), slot[r].g(), counts.g(), probs.g(), Nl * K);
+    engine::router_choice_counts(all.c().rows(r, 1).view({K, E}), idx[r].c());
+    engine::router_choice_counts(all.g().rows(r, 1).view({K, E}), idx[r].g());
+  }
+  expect_equal_i32(all.g(), all.c(), "choice counts");
+  const std::vector<int32_t> ws = download_i32(wslot.c()), wc = download_i32(wcounts.c());
+  for (int64_t r = 0; r < t; ++r) {
+    Pair counts = output({E}, DType::i32);
+    engine::router_sp_slots(slot[r].c(), counts.c(), idx[r].c(), all.c(), r, capacity);
+    engine::router_sp_slots(slot[r].g(), counts.g(), idx[r].g(), all.g(), r, capacity);
+    expect_equal_i32(slot[r].g(), slot[r].c(), "slots of rank " + std::to_string(r));
+    expect_equal_i32(counts.g(), counts.c(), "counts of rank " + std::to_string(r));
+    const std::vector<int32_t> s = download_i32(slot[r].g()), c = download_i32(counts.g());
+    EXPECT_TRUE(std::equal(s.begin(), s.end(), ws.begin() + r * Nl * K)) << "rank " << r << ": not the whole batch's slots";
+    EXPECT_EQ(c, wc) << "rank " << r << ": not the whole batch's counts";
+  }
+}
 
 class GpuMoePermute : public testing::TestWithParam<DType> {};
 

@@ -3,6 +3,7 @@
 
 #include "engine/check.h"
 #include "model/config.h"
+#include "model/footprint.h"
 
 using namespace monta;
 using namespace monta::model;
@@ -80,4 +81,39 @@ TEST(Config, Size2x70B) {
   // Llama-2-70B has 68.98 B parameters; a second expert adds 80 · 3 · 8192 · 28672 = 56.37 B.
   EXPECT_NEAR(double(s.total) / 1e9, 68.98 + 56.37, 0.05);
   EXPECT_NEAR(double(s.active_per_token) / 1e9, 68.98 - 0.26, 0.05);  // one embedding table is a lookup
+}
+
+// Sequence parallelism divides the activations of the norms, the residual stream and the router by tp (the paper's
+// layout: tp 8, micro-batch 1 at seq 8192): the footprint the allocator, --dry-run and the planner share says so, and
+// full recompute keeps only each layer's N/tp-token input.
+TEST(Config, SequenceParallelShrinksTheFootprint) {
+  Config c;
+  c.model.vocab = 32000;
+  c.model.hidden = 8192;
+  c.model.layers = 80;
+  c.model.heads = 64;
+  c.model.kv_heads = 8;
+  c.model.ffn = 28672;
+  c.model.experts = 2;
+  c.model.top_k = 1;
+  c.model.seq_len = 8192;
+  c.model.capacity_factor = 1.0;
+  c.train.micro_batch = 1;
+  c.train.global_batch = 16;
+  c.comm.exchange = "drop_gather";
+  c.parallel.tp = 8;
+  c.parallel.ep = 2;
+  const RankFootprint off = rank_footprint(c, 8, 2, true, 2, engine::Device::cuda);
+  c.parallel.sequence_parallel = true;
+  const RankFootprint on = rank_footprint(c, 8, 2, true, 2, engine::Device::cuda);
+  EXPECT_EQ(on.state(), off.state());
+  EXPECT_LT(on.activations, 0.7 * off.activations);
+  // Per layer, x, the attention norm's output, h and the MoE norm's output ((N, H) bf16 each) lose 7/8 of their rows.
+  EXPECT_GT(off.activations - on.activations, 80 * 4 * 8192.0 * 8192 * 2 * 7 / 8);
+  c.train.recompute = "full";
+  const RankFootprint full = rank_footprint(c, 8, 2, true, 2, engine::Device::cuda);
+  EXPECT_LT(full.activations, 4.0 * double(1ull << 30));
+  EXPECT_EQ(config_problem(c, 16), "");
+  c.parallel.tp = 1;
+  EXPECT_NE(config_problem(c, 16), "");
 }

@@ -63,9 +63,11 @@ struct Rig {
     groups = std::make_unique<comm::ProcessGroups>(layout, comm::discover_topology(emulate_nodes));
     par = model::context_from_groups(*groups, expert_tp);
     if (ep > 1) {
-      model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, tp, ep, par.dp, expert_tp);
+      model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, tp, ep, par.dp, expert_tp,
+                                            c.parallel.sequence_parallel);
       exchange = comm::make_exchange(comm::parse_exchange_kind(kind), *par.tp_comm, *par.ep_comm,
-                                     comm::ExchangeShape{s.E, s.C, s.H, chunks}, engine::DType::f32, engine::Device::cpu);
+                                     comm::ExchangeShape{s.E, s.C, s.H, chunks, s.sp}, engine::DType::f32,
+                                     engine::Device::cpu);
       par.exchange = exchange.get();
     }
   }

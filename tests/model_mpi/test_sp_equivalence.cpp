@@ -1,0 +1,221 @@
+// Sequence parallelism (parallel.sequence_parallel) changes memory and communication, not training: in every layout
+// with tp > 1 and every exchange that has a meaning under it (all but duplicate), expert-TP on and off, with recompute
+// none, selective and full, SP on against SP off in the same layout and against one process: the routing (every
+// slot, the dropped count) bit for bit, the loss, aux loss and every gradient, and five AdamW steps within the
+// rounding of the reordered sums (docs/memory.md, "Sequence parallelism"); the recompute modes under SP bit for bit
+// against SP with none; the activation arena is what rank_footprint predicts, and smaller than SP off's.
+#include <gtest/gtest.h>
+#include <mpi.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "comm/runtime.h"
+#include "engine/log.h"
+#include "model/footprint.h"
+#include "model/trainer.h"
+#include "layout_rig.h"
+
+using namespace monta;
+using namespace monta::testing_mpi;
+
+namespace {
+
+struct Case {
+  int tp, ep;
+  bool expert_tp;
+  std::string exchange;
+  std::string name() const {
+    return engine::strf("tp%d_ep%d_dp%d_%s_%s", tp, ep, comm::runtime_world_size() / tp,
+                        expert_tp ? "etp" : "ewhole", exchange.c_str());
+  }
+};
+
+std::vector<Case> cases(int world) {
+  std::vector<Case> out;
+  for (int tp : {2, 4})
+    for (int ep : {1, 2, 4}) {
+      if (world % tp || (world / tp) % ep) continue;
+      for (bool etp : {true, false}) {
+        if (ep == 1) {
+          out.push_back({tp, ep, etp, "none"});
+          continue;
+        }
+        for (const char* k : {"drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k});
+      }
+    }
+  return out;
+}
+
+// Largest |a - b| / max|b| of two f32 tensors of n elements (b the reference).
+double rel_dev(const float* a, const float* b, int64_t n) {
+  double scale = 1e-30, dev = 0;
+  for (int64_t i = 0; i < n; ++i) scale = std::max(scale, double(std::abs(b[i])));
+  for (int64_t i = 0; i < n; ++i) dev = std::max(dev, std::abs(double(a[i]) - double(b[i])));
+  return dev / scale;
+}
+
+// This rank's slice of every gradient against the one-process run's full tensor, in units of 1e-3 of the tensor's
+// largest gradient (the layout suite's measure, test_parallel_equivalence.cpp).
+double dev_from_one_process(model::ParamStore& local, model::ParamStore& ref) {
+  double dev = 0;
+  for (auto& p : local.all()) {
+    const auto& r = ref.get(p.name);
+    double scale = 0;
+    for (int64_t i = 0; i < r.grad.numel(); ++i) scale = std::max(scale, double(std::abs(r.grad.as<float>()[i])));
+    const size_t nd = p.full.size();
+    std::vector<int64_t> idx(nd, 0);
+    for (int64_t i = 0; i < p.grad.numel(); ++i) {
+      int64_t flat = 0;
+      for (size_t d = 0; d < nd; ++d) flat = flat * p.full[d] + idx[d] + p.offset[d];
+      dev = std::max(dev, std::abs(double(p.grad.as<float>()[i]) - double(r.grad.as<float>()[flat])) /
+                              (1e-3 * scale + 1e-6));
+      for (size_t d = nd; d-- > 0;) {
+        if (++idx[d] < p.local[d]) break;
+        idx[d] = 0;
+      }
+    }
+  }
+  return dev;
+}
+
+// The bounds (docs/memory.md, "Sequence parallelism"): SP reorders float sums (the row-parallel outputs
+// reduce-scattered and then the residual added, the norms' and router's gradients summed over TP after each rank's
+// tokens, the router losses summed over TP), a few float32 roundings per value, which the two layers carry forward.
+// First step, from the same weights: losses 1e-6 relative, every gradient 1e-5 of its tensor's largest. The AdamW steps
+// then amplify them: AdamW's early updates are nearly lr·sign(g), so a gradient element near zero whose rounding
+// flips its sign moves its weight by up to 2·lr; after that the runs are compared as the layout suite compares a
+// layout with one process: losses 2e-5 relative, gradient norms 1e-4 (the largest weight difference is printed).
+constexpr double kGradBound = 1e-5, kLossBound = 1e-6, kStepLossBound = 2e-5, kStepNormBound = 1e-4;
+
+struct Worst {
+  double loss = 0, grad = 0, weight = 0;
+};
+Worst g_worst;
+
+class SequenceParallel : public testing::TestWithParam<Case> {
+ public:
+  static void TearDownTestSuite() {
+    double all[3] = {g_worst.loss, g_worst.grad, g_worst.weight}, red[3];
+    MPI_Allreduce(all, red, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    if (comm::runtime_world_rank() == 0)
+      std::printf("world %d: sequence parallel against off, largest: first step's relative loss/aux difference %.3g, "
+                  "gradient %.3g of the tensor's largest; weight after five steps %.3g of the tensor's largest\n",
+                  comm::runtime_world_size(), red[0], red[1], red[2]);
+  }
+};
+
+}  // namespace
+
+TEST_P(SequenceParallel, EqualsOffAndOneProcess) {
+  const int world = comm::runtime_world_size();
+  const Case& k = GetParam();
+  model::Config c = small_config();
+  if (k.ep > 1) c.comm.exchange = k.exchange;  // validate() reads it: duplicate would be refused under SP
+  Rig off_rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
+  model::Config csp = c;
+  csp.parallel.sequence_parallel = true;
+  Rig sp_rig(csp, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
+  const model::ParallelContext& par = sp_rig.par;
+  model::Trainer off(c, off_rig.par, engine::Device::cpu);
+  model::Trainer ref(c, model::ParallelContext{}, engine::Device::cpu);
+  std::vector<std::unique_ptr<model::Trainer>> sp;  // recompute none, selective, full
+  const std::vector<std::string> modes = {"none", "selective", "full"};
+  for (const std::string& mode : modes) {
+    csp.train.recompute = mode;
+    sp.push_back(std::make_unique<model::Trainer>(csp, par, engine::Device::cpu));
+    const model::RankFootprint f = model::rank_footprint(csp, k.tp, k.ep, k.expert_tp, par.dp, engine::Device::cpu);
+    EXPECT_EQ(f.activations, double(sp.back()->model().activations().bytes())) << mode;
+  }
+  EXPECT_LT(sp[0]->model().activations().bytes(), off.model().activations().bytes());
+  const model::Shapes& s = sp[0]->model().shapes();
+  ASSERT_TRUE(s.sp);
+  ASSERT_EQ(s.N_l * k.tp, s.N);
+
+  const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
+  std::vector<int32_t> in, tg;
+  Worst w;
+  for (int step = 0; step < 5; ++step) {
+    make_batch(c, 100 + uint64_t(step), in, tg);  // the layout suite's batches
+    std::span<const int32_t> my_in(in.data() + par.dp_rank * per_rank, size_t(per_rank));
+    std::span<const int32_t> my_tg(tg.data() + par.dp_rank * per_rank, size_t(per_rank));
+    const bool first = step == 0;
+    const model::StepMetrics b = first ? off.compute_gradients(my_in, my_tg) : off.step(my_in, my_tg);
+    const model::StepMetrics r = first ? ref.compute_gradients(in, tg) : ref.step(in, tg);
+    std::vector<model::StepMetrics> a;
+    for (auto& t : sp) a.push_back(first ? t->compute_gradients(my_in, my_tg) : t->step(my_in, my_tg));
+    for (size_t i = 0; i < a.size(); ++i) {
+      const std::string at = modes[i] + " step " + std::to_string(step);
+      EXPECT_EQ(a[i].dropped, b.dropped) << at;
+      const double lb = first ? kLossBound : kStepLossBound;
+      EXPECT_NEAR(a[i].loss, b.loss, lb * std::abs(b.loss)) << at;
+      EXPECT_NEAR(a[i].aux_loss, b.aux_loss, lb * std::abs(b.aux_loss)) << at;
+      EXPECT_NEAR(a[i].z_loss, b.z_loss, lb * std::abs(b.z_loss)) << at;
+      EXPECT_NEAR(a[i].loss, r.loss, 2e-5 * std::abs(r.loss)) << at << " (one process)";
+      if (!first) EXPECT_NEAR(a[i].grad_norm, b.grad_norm, kStepNormBound * b.grad_norm) << at;
+      if (first)
+        w.loss = std::max({w.loss, std::abs(a[i].loss - b.loss) / std::abs(b.loss),
+                           std::abs(a[i].aux_loss - b.aux_loss) / std::abs(b.aux_loss)});
+      if (i > 0) {  // recompute under SP: bit for bit against SP without recompute
+        EXPECT_EQ(a[i].loss_total, a[0].loss_total) << at;
+        EXPECT_EQ(a[i].grad_norm, a[0].grad_norm) << at;
+      }
+    }
+    if (!first) continue;
+    // Routing: each SP rank's tokens got the slots SP off gives them (rows tp_rank·N_l ... of the micro-batch).
+    for (auto& t : sp) {
+      const model::Model& m = t->model();
+      const model::Model& o = off.model();
+      const int32_t* ms = m.slots().as<int32_t>();
+      const int32_t* os = o.slots().as<int32_t>();
+      int64_t mismatches = 0;
+      for (int64_t l = 0; l < c.model.layers; ++l)
+        for (int64_t n = 0; n < s.N_l; ++n)
+          for (int64_t j = 0; j < s.K; ++j)
+            mismatches += ms[(l * s.N_l + n) * s.K + j] != os[(l * s.N + par.tp_rank * s.N_l + n) * s.K + j];
+      EXPECT_EQ(mismatches, 0) << "slots differ from sequence parallel off";
+    }
+    for (size_t i = 0; i < sp.size(); ++i)
+      for (auto& p : sp[i]->params().all()) {
+        const auto& q = off.params().get(p.name);
+        const double d = rel_dev(p.grad.as<float>(), q.grad.as<float>(), p.grad.numel());
+        EXPECT_LE(d, kGradBound) << modes[i] << " gradient " << p.name;
+        w.grad = std::max(w.grad, d);
+        if (i > 0)
+          EXPECT_EQ(std::memcmp(p.grad.data, sp[0]->params().get(p.name).grad.data, p.grad.bytes()), 0)
+              << modes[i] << " gradient " << p.name << " differs from recompute none under SP";
+      }
+    EXPECT_LT(dev_from_one_process(sp[0]->params(), ref.params()), 1.0);
+  }
+  for (size_t i = 0; i < sp.size(); ++i)
+    for (auto& p : sp[i]->params().all()) {
+      const auto& q = off.params().get(p.name);
+      EXPECT_EQ(std::memcmp(p.master.data, sp[0]->params().get(p.name).master.data, p.master.bytes()), 0)
+          << modes[i] << " weight " << p.name << " after five steps differs from recompute none under SP";
+      w.weight = std::max(w.weight, rel_dev(p.master.as<float>(), q.master.as<float>(), p.master.numel()));
+    }
+  g_worst.loss = std::max(g_worst.loss, w.loss);
+  g_worst.grad = std::max(g_worst.grad, w.grad);
+  g_worst.weight = std::max(g_worst.weight, w.weight);
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, SequenceParallel, testing::ValuesIn(cases(comm::runtime_world_size())),
+                         [](const testing::TestParamInfo<Case>& info) { return info.param.name(); });
+
+// The one-line refusals: tp 1, and duplicate (whose every TP rank sends the whole buffer) under SP.
+TEST(SequenceParallelConfig, RefusesTp1AndDuplicate) {
+  model::Config c = small_config();
+  c.parallel.sequence_parallel = true;
+  EXPECT_NE(model::config_problem(c, 0).find("parallel.tp > 1"), std::string::npos) << model::config_problem(c, 0);
+  c.parallel.tp = 2;
+  c.parallel.ep = 2;
+  c.comm.exchange = "duplicate";
+  EXPECT_NE(model::config_problem(c, 0).find("duplicate has no meaning"), std::string::npos);
+  c.comm.exchange = "pipelined";
+  EXPECT_EQ(model::config_problem(c, 0), "");
+}
