@@ -149,6 +149,7 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
              Recompute recompute)
     : cfg_(cfg), s_(s), par_(par), params_(params), lp_(bind_layer_params(params, cfg.layers)),
       op_(bind_outer_params(params)), act_(act), stat_(stat_dtype(act)), recompute_(recompute) {
+  if (cfg.router_bias_update > 0) router_bias_ = &params.get("router_bias");
   const Device dev = params.device();
   layers_.resize(size_t(cfg.layers));
   const int64_t N = s.N;
@@ -261,8 +262,15 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   rmsnorm_forward(a.xn2, a.rstd2, a.h, w.ffn_norm->compute, eps);
   linear_forward(a.rlogits, a.xn2, w.router->compute);
   softmax_forward(a.probs, a.rlogits);
-  router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.C);
-  topk_weights_forward(a.weight, a.probs, a.expert_idx);
+  if (router_bias_)  // the balancing bias steers the choice only (DeepSeek-V3); the weights below never see it
+    router_topk_assign_biased(a.expert_idx, a.slot, a.counts, a.probs, router_bias_->compute.rows(l, 1).view({s_.E}),
+                              s_.C);
+  else
+    router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.C);
+  if (cfg_.router_norm_topk)
+    topk_weights_norm_forward(a.weight, a.probs, a.expert_idx);
+  else
+    topk_weights_forward(a.weight, a.probs, a.expert_idx);
   load_balance_loss_forward(a.aux, a.probs, a.counts, s_.K);
   router_z_loss_forward(a.z, a.zlse, a.rlogits);
   moe_dispatch_forward(a.dbuf, a.xn2, a.expert_idx, a.slot);
@@ -298,6 +306,8 @@ void Model::read_scalars(MicroResult& r) const {
     return double(reinterpret_cast<const float*>(p)[i]);
   };
   const auto* counts = reinterpret_cast<const int32_t*>(host.data() + (static_cast<const char*>(counts_.data) - begin));
+  r.load.assign(size_t(counts_.numel()), 0);
+  for (size_t i = 0; i < r.load.size(); ++i) r.load[i] = counts[i];
   for (size_t l = 0; l < layers_.size(); ++l) {
     r.aux_sum += stat_at(router_stats_.data, int64_t(2 * l));
     r.z_sum += stat_at(router_stats_.data, int64_t(2 * l + 1));
@@ -380,7 +390,10 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   moe_dispatch_backward(dxn_, ddbuf_, a.expert_idx, a.slot);
   // Router: through the chosen weights, the load-balancing loss and the z-loss.
   fill_zero(dprobs_);
-  topk_weights_backward(dprobs_, dweight_, a.expert_idx);
+  if (cfg_.router_norm_topk)
+    topk_weights_norm_backward(dprobs_, dweight_, a.probs, a.expert_idx);
+  else
+    topk_weights_backward(dprobs_, dweight_, a.expert_idx);
   load_balance_loss_backward(dprobs_, a.counts, s_.K, float(aux_scale * cfg_.aux_loss_coef));
   softmax_backward(drlogits_, dprobs_, a.probs);
   router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef));

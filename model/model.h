@@ -18,6 +18,7 @@ struct MicroResult {
   double aux_sum = 0;     // Σ over layers of the load-balancing loss
   double z_sum = 0;       // Σ over layers of the router z-loss
   int64_t dropped = 0;    // (token, choice) pairs dropped by capacity, summed over layers
+  std::vector<int64_t> load;  // (L, E) (token, choice) pairs routed to each expert, before dropping
   double exchange_s = 0;  // seconds spent in the token exchange
   double exchange_bytes = 0;
 };
@@ -118,6 +119,7 @@ class Model {
   Tensor tokens_, targets_, x_final_, xf_, rstdf_, logits_, rowmax_, sumexp_, tlogit_, lse_, losses_, ce_sum_;
   Tensor dx_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, ddbuf_;
   Tensor dweight_, dprobs_, drlogits_, dlogits_;
+  Param* router_bias_ = nullptr;  // (L, E) the balancing bias, model.router_bias_update > 0; else null
   Tensor fp8_scratch_;  // (bytes) the quantised operands of the expert GEMMs when model.fp8 = experts
 };
 
