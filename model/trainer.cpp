@@ -2,8 +2,8 @@
 // by 1 / (global tokens) or 1 / (global micro-batches), so the sum over ranks is the gradient of the mean.
 #include "model/trainer.h"
 
-#include <chrono>
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 #include <thread>
@@ -195,7 +195,7 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
     sums[1] += r.aux_sum;
     sums[2] += r.z_sum;
     sums[3] += double(r.dropped);
-    for (size_t i = 0; i < LE; ++i) sums[4 + i] += double(r.load[i]);
+    for (size_t j = 0; j < LE; ++j) sums[4 + j] += double(r.load[j]);
     exch_s += r.exchange_s;
     exch_bytes += r.exchange_bytes;
   }
