@@ -2,7 +2,8 @@
 # router_bias.sh NP TP EP: with the auxiliary-loss-free balancing bias (model.router_bias_update) and renormalised
 # top-k weights on, N steps straight and N/2 + resume + N/2 give the same metrics (losses, norms and the expert load
 # ratios, all 17 digits), the same checkpoint shards and the same export, whose router_bias is not zero (so a bias
-# lost at the save would show); the step-2 checkpoint also resumes in one process (another layout: resharding).
+# lost at the save would show); the step-2 checkpoint also resumes in one process (another layout: resharding), and
+# is refused by a config without the routing options (another model).
 source "$(dirname "$0")/lib.sh"
 np=$1 tp=$2 ep=$3
 w=$WORK/router_bias_np${np}; rm -rf "$w"; mkdir -p "$w"
@@ -44,4 +45,6 @@ PY
 train "$w/one" "${routing[@]}" --train.log_interval 100 --train.steps 3 --checkpoint.resume "$(ckpt "$w/split" 2)" \
   > "$w/one.log" || { cat "$w/one.log"; fail "resume in one process"; }
 close "$(loss_at "$w/one/metrics.jsonl" 3)" "$(loss_at "$w/straight/metrics.jsonl" 3)" 1e-5 || fail "resharded resume: loss at step 3"
+# The bias and the renormalisation are part of the model's signature: switched off, the checkpoint is refused.
+expect_error "is of another model" train "$w/off" --train.steps 3 --checkpoint.resume "$(ckpt "$w/split" 2)"
 echo "PASS: np $np tp $tp ep $ep: with the balancing bias, the resumed run equals the straight run bit for bit"
