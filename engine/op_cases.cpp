@@ -159,8 +159,11 @@ OpCase topk_weights(const OpDims& d, double el) {
 OpCase topk_weights_norm(const OpDims& d, double el) {
   const int64_t N = d.N(), E = std::max<int64_t>(d.E, 4), K = std::max<int64_t>(d.K, 2);
   return {"topk_weights_norm", strf("N%ld E%ld K%ld", N, E, K),
-          {{"logits", {N, E}, kIn, 2.0}, {"probs", {N, E}, kSaved, 1.0, OpDtype::act},
-           {"dprobs_work", {N, E}, kSaved, 1.0, OpDtype::act}, {"expert_idx", {N, K}, kIndex}, {"weight", {N, K}, kOut}},
+          {{"logits", {N, E}, kIn, 2.0},
+           {"probs", {N, E}, kSaved, 1.0, OpDtype::act},
+           {"dprobs_work", {N, E}, kSaved, 1.0, OpDtype::act},
+           {"expert_idx", {N, K}, kIndex},
+           {"weight", {N, K}, kOut}},
           [E, K](const Arena& t) {
             write_indices(t.get("expert_idx"), [E, K](int64_t i) {
               const int64_t n = i / K, k = i % K;

@@ -1,6 +1,7 @@
-// CUDA MoE router pieces (the biased top-k and the renormalised weights beside the plain ones). Capacity assignment is exact and deterministic: one block per expert walks the
-// (token, choice) pairs in choice-major order and hands out slots with a block-wide prefix count (ballot +
-// popc per warp, then the warp totals), so slot numbers never depend on scheduling.
+// CUDA MoE router pieces (the biased top-k and the renormalised weights beside the plain ones). Capacity assignment
+// is exact and deterministic: one block per expert walks the (token, choice) pairs in choice-major order and hands
+// out slots with a block-wide prefix count (ballot + popc per warp, then the warp totals), so slot numbers never
+// depend on scheduling.
 #include "engine/cuda/common.cuh"
 #include "engine/ops/router.h"
 
@@ -142,8 +143,10 @@ static __global__ void topk_weights_norm_backward_kernel(void* dprobs, bool dp_b
   if (n >= N) return;
   float sum = 0.f, dot = 0.f;
   for (int k = 0; k < K; ++k) sum = __fadd_rn(sum, ld(probs, n * E + idx[n * K + k], p_bf));
-  for (int k = 0; k < K; ++k)
-    dot = __fadd_rn(dot, __fmul_rn(ld(dweight, n * K + k, dw_bf), __fdiv_rn(ld(probs, n * E + idx[n * K + k], p_bf), sum)));
+  for (int k = 0; k < K; ++k) {
+    const float w = __fdiv_rn(ld(probs, n * E + idx[n * K + k], p_bf), sum);
+    dot = __fadd_rn(dot, __fmul_rn(ld(dweight, n * K + k, dw_bf), w));
+  }
   for (int k = 0; k < K; ++k) {
     int64_t j = n * E + idx[n * K + k];
     st(dprobs, j, dp_bf, ld(dprobs, j, dp_bf) + __fdiv_rn(ld(dweight, n * K + k, dw_bf) - dot, sum));

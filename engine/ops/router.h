@@ -14,9 +14,9 @@
 // f32, or f64 for f64 probs); the bias steers the choice only, it enters no weight and no gradient.
 // topk_weights_forward: weight (N, K) = probs[n, expert_idx[n, k]]. topk_weights_backward: dprobs (N, E) += scatter
 // of dweight (accumulates: the aux losses add to the same dprobs).
-// topk_weights_norm_forward: weight (N, K) = probs[n, expert_idx[n, k]] / Σ_j probs[n, expert_idx[n, j]] (Mixtral,
-// Qwen). topk_weights_norm_backward: dprobs (N, E) += (dweight[n, k] − Σ_j dweight[n, j] · weight[n, j]) / Σ_j p_j at
-// the chosen experts (accumulates, as topk_weights_backward), recomputing the weights from probs.
+// topk_weights_norm_forward: weight (N, K) = probs[n, expert_idx[n, k]] / S_n, S_n = Σ_j probs[n, expert_idx[n, j]]
+// (Mixtral, Qwen). topk_weights_norm_backward: dprobs (N, E) += (dweight[n, k] − Σ_j dweight[n, j] · weight[n, j])
+// / S_n at the chosen experts (accumulates, as topk_weights_backward), recomputing the weights from probs.
 // load_balance_loss_forward: Switch load-balancing loss, loss (1) = E · Σ_e f_e · P_e, f_e = counts_e / (N · top_k),
 // P_e = mean_n probs[n, e]; the gradient flows through P only; loss dtype stat_dtype(probs).
 // load_balance_loss_backward: dprobs (N, E) += dloss · E · f_e / N.

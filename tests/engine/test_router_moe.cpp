@@ -1,6 +1,7 @@
 // MoE router and token permutation on the CPU: top-k + capacity assignment on a hand-made example with
-// drops (and with a balancing bias), the renormalised weights, the aux losses' values, finite-difference gradients through logits -> softmax -> top-k weights
-// -> combine (+ load-balance and z-loss), and dispatch/combine gradients w.r.t. x, ebuf and weight.
+// drops (and with a balancing bias), the renormalised weights, the aux losses' values, finite-difference gradients
+// through logits -> softmax -> top-k weights -> combine (+ load-balance and z-loss), and dispatch/combine gradients
+// w.r.t. x, ebuf and weight.
 #include <gtest/gtest.h>
 
 #include <cmath>

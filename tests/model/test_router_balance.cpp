@@ -93,7 +93,7 @@ TEST(RouterBalance, BiasUpdateMovesSkewedLoadsTowardUniform) {
   const std::vector<double> updated = train_skewed(c, true, steps, corpus);
   c.model.aux_loss_coef = 0;
   const std::vector<double> no_aux = train_skewed(c, true, steps, corpus);
-  std::printf("load max/mean: step 1 %.3f; last 10 steps: bias held %.3f, updated %.3f, updated without aux loss %.3f\n",
+  std::printf("load max/mean: step 1 %.3f; last 10 steps: bias held %.3f, updated %.3f, updated without aux %.3f\n",
               updated[0], mean_of_last(frozen, 10), mean_of_last(updated, 10), mean_of_last(no_aux, 10));
   // The skew puts every token's first choice on expert 0: its load is N against a mean of N·K/E (E/K = 2).
   EXPECT_GT(updated[0], 1.9);
