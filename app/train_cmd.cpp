@@ -86,7 +86,8 @@ std::string metrics_json(const model::StepMetrics& m) {
   j.add("step", int64_t(m.step)).add("loss", m.loss).add("loss_total", m.loss_total).add("aux_loss", m.aux_loss);
   j.add("z_loss", m.z_loss).add("grad_norm", m.grad_norm).add("lr", m.lr, "%.6e").add("step_ms", m.step_ms, "%.3f");
   j.add("tokens_per_s", m.tokens_per_s, "%.1f").add("tflops_per_gpu", m.tflops_per_gpu, "%.3f").add("mfu", m.mfu, "%.5f");
-  j.add("dropped", int64_t(m.dropped)).add("skipped", m.skipped).add("exchange_host_ms", m.exchange_host_ms, "%.3f");
+  j.add("dropped", int64_t(m.dropped)).add("load_max", m.load_max).add("load_min", m.load_min);
+  j.add("skipped", m.skipped).add("exchange_host_ms", m.exchange_host_ms, "%.3f");
   j.add("exchange_host_gbps", m.exchange_host_gbps, "%.3f").add("host_syncs", int64_t(m.host_syncs));
   if (!std::isnan(m.val_loss)) j.add("val_loss", m.val_loss).add("val_ppl", m.val_ppl);
   return j.line();

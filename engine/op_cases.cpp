@@ -2,6 +2,7 @@
 // multiply-adds as two; bytes count each tensor read or written once (f32 parameter gradients read and written).
 #include "engine/op_cases.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "engine/check.h"
@@ -151,6 +152,36 @@ OpCase topk_weights(const OpDims& d, double el) {
           0, 0, el * N * (E + K), el * N * (E + K)};
 }
 
+// Renormalised top-k weights (model.router_norm_topk) after the softmax, as the router runs them: renormalisation is
+// scale-invariant in probs, so its gradient is checked through the softmax (probs as the op's argument alone would
+// be uniform in [-1, 1) and could sum to zero). At least 4 experts and top-2, so the renormalisation is not trivial
+// (K = E makes every weight the plain probability); each token's K experts are distinct.
+OpCase topk_weights_norm(const OpDims& d, double el) {
+  const int64_t N = d.N(), E = std::max<int64_t>(d.E, 4), K = std::max<int64_t>(d.K, 2);
+  return {"topk_weights_norm", strf("N%ld E%ld K%ld", N, E, K),
+          {{"logits", {N, E}, kIn, 2.0},
+           {"probs", {N, E}, kSaved, 1.0, OpDtype::act},
+           {"dprobs_work", {N, E}, kSaved, 1.0, OpDtype::act},
+           {"expert_idx", {N, K}, kIndex},
+           {"weight", {N, K}, kOut}},
+          [E, K](const Arena& t) {
+            write_indices(t.get("expert_idx"), [E, K](int64_t i) {
+              const int64_t n = i / K, k = i % K;
+              return int32_t((n * 3 + k * (1 + n % 3)) % E);
+            });
+          },
+          [](const Arena& t) {
+            softmax_forward(t.get("probs"), t.get("logits"));
+            topk_weights_norm_forward(t.get("weight"), t.get("probs"), t.get("expert_idx"));
+          },
+          [](const Arena& t) {
+            fill_zero(t.get("dprobs_work"));
+            topk_weights_norm_backward(t.get("dprobs_work"), t.get("dweight"), t.get("probs"), t.get("expert_idx"));
+            softmax_backward(t.get("dlogits"), t.get("dprobs_work"), t.get("probs"));
+          },
+          0, 0, el * N * (2 * E + K), el * N * (3 * E + 2 * K)};
+}
+
 OpCase moe_dispatch(const OpDims& d, double el) {
   const int64_t N = d.N(), H = d.H, E = d.E, C = d.C, K = d.K;
   return {"moe_dispatch", strf("N%ld -> E%ld C%ld H%ld", N, E, C, H),
@@ -248,7 +279,7 @@ std::vector<OpCase> op_cases(const OpDims& d, double el) {
   return {
       rmsnorm(d, el),      linear(d, el),       expert_linear(d, el), swiglu(d, el),
       rope(d, el),         attention(d, el),    embedding(d, el),     softmax(d, el),
-      topk_weights(d, el), moe_dispatch(d, el), moe_combine(d, el),   cross_entropy(d, el),
+      topk_weights(d, el), topk_weights_norm(d, el), moe_dispatch(d, el), moe_combine(d, el),   cross_entropy(d, el),
       load_balance_loss(d, el), router_z_loss(d, el), linear_residual(d, el),
   };
 }

@@ -634,8 +634,14 @@ void warn_unchecked(const std::string& dir) {
 }  // namespace
 
 std::string model_signature(const ModelConfig& m) {
-  return strf("vocab=%ld,hidden=%ld,layers=%ld,heads=%ld,kv_heads=%ld,ffn=%ld,experts=%ld", m.vocab, m.hidden, m.layers,
-              m.heads, m.kv_heads, m.ffn, m.experts);
+  std::string sig = strf("vocab=%ld,hidden=%ld,layers=%ld,heads=%ld,kv_heads=%ld,ffn=%ld,experts=%ld", m.vocab,
+                         m.hidden, m.layers, m.heads, m.kv_heads, m.ffn, m.experts);
+  // Routing options that change the function or the tensors a checkpoint holds (the balancing bias is a tensor of
+  // its own); named only when on, so checkpoints of the default routing keep their signature. The bias's rate is a
+  // training setting like the learning rate: a run may resume with another.
+  if (m.router_bias_update > 0) sig += ",router_bias";
+  if (m.router_norm_topk) sig += ",norm_topk";
+  return sig;
 }
 
 namespace {

@@ -14,6 +14,10 @@ struct ModelConfig {
   int64_t min_capacity = 4;
   double rope_theta = 10000.0, norm_eps = 1e-5, init_std = 0.02;
   double aux_loss_coef = 0.01, z_loss_coef = 0.001;
+  // Routing (docs/design.md, "Routing options"): the rate of the auxiliary-loss-free balancing bias (DeepSeek-V3;
+  // 0: no bias), and whether the chosen experts' probabilities are renormalised to sum to 1 (Mixtral, Qwen).
+  double router_bias_update = 0;
+  bool router_norm_topk = false;
   std::string fp8 = "none";  // none | experts (the expert GEMMs in FP8 E4M3, docs/fp8.md); all is refused for now
   int64_t head_dim() const { return hidden / heads; }
   bool fp8_experts() const { return fp8 == "experts"; }

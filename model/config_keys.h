@@ -72,6 +72,13 @@ void visit_config_keys(ConfigT& c, F&& f) {
     at_least(0));
   f("model.z_loss_coef", m.z_loss_coef, "weight of each layer's router z-loss in the objective (summed over layers)",
     at_least(0));
+  f("model.router_bias_update", m.router_bias_update,
+    "auxiliary-loss-free balancing (DeepSeek-V3): rate g of the per-expert bias added to the router scores for the "
+    "top-k choice only, updated after each step by g x sign(mean load - load) over the global batch; 0: no bias",
+    at_least(0));
+  f("model.router_norm_topk", m.router_norm_topk,
+    "combine weights: the chosen experts' softmax probabilities renormalised to sum to 1 (Mixtral, Qwen); false: the "
+    "probabilities themselves", any());
   f("model.fp8", m.fp8,
     "FP8 E4M3 GEMMs with 1x128/128x128 scaling (docs/fp8.md): none, or experts (expert forward, dgrad and wgrad); "
     "all is not built yet",

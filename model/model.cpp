@@ -158,6 +158,7 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
              Recompute recompute)
     : cfg_(cfg), s_(s), par_(par), params_(params), lp_(bind_layer_params(params, cfg.layers)),
       op_(bind_outer_params(params)), act_(act), stat_(stat_dtype(act)), recompute_(recompute) {
+  if (cfg.router_bias_update > 0) router_bias_ = &params.get("router_bias");
   const Device dev = params.device();
   layers_.resize(size_t(cfg.layers));
   const bool exchanged = par.exchange != nullptr;
@@ -243,6 +244,14 @@ void Model::reduce_expert_partials(Tensor t, int k) {
 
 Tensor Model::expert_chunk(const Tensor& t, int k) const { return par_.exchange ? par_.exchange->expert_chunk(t, k) : t; }
 
+void Model::route_topk(int l, Layer& a, int64_t capacity) {
+  if (router_bias_)  // the balancing bias steers the choice only (DeepSeek-V3); the combine weights never see it
+    router_topk_assign_biased(a.expert_idx, a.slot, a.counts, a.probs, router_bias_->compute.rows(l, 1).view({s_.E}),
+                              capacity);
+  else
+    router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, capacity);
+}
+
 void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
   const engine::TraceRange trace("layer " + std::to_string(l) + " forward");
   auto& a = layers_[size_t(l)];
@@ -274,10 +283,13 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   linear_forward(a.rlogits, a.xn2, w.router->compute);
   softmax_forward(a.probs, a.rlogits);
   if (s_.sp)
-    sp_route(a);  // this rank's tokens, each given the slot it gets when one rank routes them all
+    sp_route(l, a);  // this rank's tokens, each given the slot it gets when one rank routes them all
   else
-    router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.C);
-  topk_weights_forward(a.weight, a.probs, a.expert_idx);
+    route_topk(l, a, s_.C);
+  if (cfg_.router_norm_topk)
+    topk_weights_norm_forward(a.weight, a.probs, a.expert_idx);
+  else
+    topk_weights_forward(a.weight, a.probs, a.expert_idx);
   load_balance_loss_forward(a.aux, a.probs, a.counts, s_.K);
   router_z_loss_forward(a.z, a.zlse, a.rlogits);
   moe_dispatch_forward(a.dbuf, a.xn2, a.expert_idx, a.slot);
@@ -315,6 +327,8 @@ void Model::read_scalars(MicroResult& r) const {
   };
   const auto* counts = reinterpret_cast<const int32_t*>(host.data() + (static_cast<const char*>(counts_.data) - begin));
   const SpLossScale ls = sp_loss_scale();  // sequence parallel: the sums over TP of each rank's share
+  r.load.assign(size_t(counts_.numel()), 0);
+  for (size_t i = 0; i < r.load.size(); ++i) r.load[i] = counts[i];
   for (size_t l = 0; l < layers_.size(); ++l) {
     r.aux_sum += ls.aux * stat_at(router_stats_.data, int64_t(2 * l));
     r.z_sum += ls.z * stat_at(router_stats_.data, int64_t(2 * l + 1));
@@ -414,7 +428,10 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   // share of losses that are means over all N tokens, sp_loss_scale).
   const SpLossScale ls = sp_loss_scale();
   fill_zero(dprobs_);
-  topk_weights_backward(dprobs_, dweight_, a.expert_idx);
+  if (cfg_.router_norm_topk)
+    topk_weights_norm_backward(dprobs_, dweight_, a.probs, a.expert_idx);
+  else
+    topk_weights_backward(dprobs_, dweight_, a.expert_idx);
   load_balance_loss_backward(dprobs_, a.counts, s_.K, float(aux_scale * cfg_.aux_loss_coef * ls.aux));
   softmax_backward(drlogits_, dprobs_, a.probs);
   router_z_loss_backward(drlogits_, a.zlse, a.probs, float(aux_scale * cfg_.z_loss_coef * ls.z));

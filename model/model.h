@@ -18,6 +18,7 @@ struct MicroResult {
   double aux_sum = 0;     // Σ over layers of the load-balancing loss
   double z_sum = 0;       // Σ over layers of the router z-loss
   int64_t dropped = 0;    // (token, choice) pairs dropped by capacity, summed over layers
+  std::vector<int64_t> load;  // (L, E) (token, choice) pairs routed to each expert, before dropping
   double exchange_s = 0;  // seconds spent in the token exchange
   double exchange_bytes = 0;
 };
@@ -116,7 +117,9 @@ class Model {
   // h (N_l, H) = x + this rank's rows of Σ_TP ao · woᵀ (the row-parallel projection, reduce-scattered).
   void sp_output_projection(Tensor h, const Tensor& ao, const Tensor& wo, const Tensor& x);
   // Top-k and capacity of this rank's tokens with the slots of the whole micro-batch's GShard order, global counts.
-  void sp_route(Layer& a);
+  void sp_route(int l, Layer& a);
+  // Top-k choice and slots of layer l with the balancing bias when model.router_bias_update is on.
+  void route_topk(int l, Layer& a, int64_t capacity);
   // The router losses are means over the micro-batch's N tokens; a rank computes them as means over its N_l = N/t
   // (the load-balancing loss E·Σ f_e·P_e has two: f from the global counts over N_l·K, P over N_l): its share of the
   // whole is aux / t², z / t, and so are the gradient scales. 1 without sequence parallelism.
@@ -143,6 +146,7 @@ class Model {
   Tensor tokens_, targets_, x_final_, xf_, rstdf_, logits_, rowmax_, sumexp_, tlogit_, lse_, losses_, ce_sum_;
   Tensor dx_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, ddbuf_;
   Tensor dweight_, dprobs_, drlogits_, dlogits_;
+  Param* router_bias_ = nullptr;  // (L, E) the balancing bias, model.router_bias_update > 0; else null
   Tensor fp8_scratch_;  // (bytes) the quantised operands of the expert GEMMs when model.fp8 = experts
   // Sequence parallel only: (N, H) gathered tokens / partial sums; (N_l, H) gradient of this rank's norm outputs;
   // (t, K, E) i32 every TP rank's choices per (choice, expert).

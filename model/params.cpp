@@ -81,6 +81,13 @@ std::vector<Param> param_table(const ModelConfig& m, const ParallelContext& par)
     expert(L + "w_up", {E, F, H}, 1, std);
     expert(L + "w_down", {E, H, F}, 2, out_std);
   }
+  // model.router_bias_update: every layer's balancing bias (L, E), one tensor so the step's update reads and writes it
+  // once. No gradient reaches it and it takes no weight decay, so AdamW leaves it bit for bit as it is (m = v = 0);
+  // the trainer updates it (Trainer::update_router_bias). Replicated, checkpointed and exported like a weight.
+  if (m.router_bias_update > 0) {
+    replicated("router_bias", {m.layers, E}, 0, false);
+    t.back().init_zero = true;
+  }
   replicated("final_norm", {H}, 0, false);
   column("lm_head", {V, H}, std);
   for (auto& p : t) {
@@ -200,7 +207,10 @@ void ParamStore::init(uint64_t seed) {
     }
     // On the parameter's device: the values depend on (seed, name, index) only. A sharded parameter is made whole in
     // its gradient buffer (the step's scratch until the backward) and keeps its shard.
-    engine::init_normal(p.zero_comm ? p.grad : p.master, a);
+    if (p.init_zero)
+      engine::fill_zero(p.zero_comm ? p.grad : p.master);
+    else
+      engine::init_normal(p.zero_comm ? p.grad : p.master, a);
     if (p.zero_comm) engine::copy(p.master, own_block(p, p.grad_flat));
     engine::fill_zero(p.m);
     engine::fill_zero(p.v);
@@ -213,7 +223,9 @@ void ParamStore::init_for_benchmark() {
   uint64_t seed = 0;
   for (auto& p : params_) {
     const Tensor dst = p.zero_comm ? p.grad : p.master;
-    if (p.init_std == 0) {  // norm weights: ones, as init() makes them
+    if (p.init_zero) {
+      engine::fill_zero(dst);
+    } else if (p.init_std == 0) {  // norm weights: ones, as init() makes them
       engine::InitNormalArgs ones;
       for (size_t d = 0; d < p.full.size(); ++d) ones.full[d] = p.local[d];
       engine::init_normal(dst, ones);

@@ -32,6 +32,7 @@ struct Param {
   ParamKind kind = ParamKind::replicated;
   std::vector<int64_t> full, local, offset;  // logical shape, this rank's slice shape and its offset
   double init_std = 0;                       // 0: initialised to ones (norm weights)
+  bool init_zero = false;                    // initialised to zeros instead (the router's balancing bias)
   bool weight_decay = true;
   bool owner = true;  // this rank is the one that counts this slice (grad norm) and writes it (checkpoint)
   bool tp_first = true;  // not a TP replica, or TP rank 0: counts its part of a sharded gradient once over TP

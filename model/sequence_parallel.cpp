@@ -30,10 +30,10 @@ void Model::sp_output_projection(Tensor h, const Tensor& ao, const Tensor& wo, c
   accumulate(h, x);  // the residual, once per token (on its own rank)
 }
 
-void Model::sp_route(Layer& a) {
+void Model::sp_route(int l, Layer& a) {
   // Local top-k and choice-major slots with room for every choice (nothing dropped yet), each rank's counts per
   // (choice, expert) gathered, then the slots offset by the other ranks' tokens before them and cut at capacity.
-  router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.N_l * s_.K);
+  route_topk(l, a, s_.N_l * s_.K);
   const Tensor mine = choice_counts_.rows(par_.tp_rank, 1).view({s_.K, s_.E});
   router_choice_counts(mine, a.expert_idx);
   par_.tp_comm->all_gather(choice_counts_, mine);

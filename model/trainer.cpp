@@ -2,8 +2,10 @@
 // by 1 / (global tokens) or 1 / (global micro-batches), so the sum over ranks is the gradient of the mean.
 #include "model/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <numeric>
 #include <thread>
 
 #include "engine/check.h"
@@ -197,6 +199,25 @@ void Trainer::check_batch(std::span<const int32_t> inputs, std::span<const int32
 
 double Trainer::ce_scale() const { return 1.0 / double(cfg_.train.global_batch * model_->shapes().S); }
 
+void Trainer::update_router_bias() {
+  const TraceRange trace("router bias update");
+  Param& p = params_->get("router_bias");
+  const int64_t E = cfg_.model.experts;
+  std::vector<float> bias(size_t(p.numel()));
+  const Tensor host(bias.data(), {p.numel()}, DType::f32);
+  params_->state_read(p, 0, host);  // collective over the ZeRO group where sharded
+  const float rate = float(cfg_.model.router_bias_update);
+  for (int64_t l = 0; l < cfg_.model.layers; ++l) {
+    const double* load = load_.data() + l * E;
+    const double total = std::accumulate(load, load + E, 0.0);
+    for (int64_t e = 0; e < E; ++e) {  // sign(mean − load_e) = sign(total − E·load_e), in exact integer arithmetic
+      const double d = total - double(E) * load[e];
+      if (d != 0) bias[size_t(l * E + e)] += d > 0 ? rate : -rate;
+    }
+  }
+  params_->state_write(p, 0, host);
+}
+
 void Trainer::sum_over_dp(std::span<double> sums) {
   if (par_.dp <= 1) return;
   Tensor host(sums.data(), {int64_t(sums.size())}, DType::f64);
@@ -213,7 +234,8 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
 
   const TraceRange trace("forward and backward");
   params_->zero_grads();  // lazily: the first micro-batch's writes overwrite (no fill, no read of zeros)
-  double sums[4] = {0, 0, 0, 0};  // ce, aux, z, dropped
+  const size_t LE = size_t(cfg_.model.layers * s.E);
+  std::vector<double> sums(4 + LE, 0.0);  // ce, aux, z, dropped, then the (L, E) expert loads (integers: exact)
   double exch_s = 0, exch_bytes = 0;
   for (int64_t i = 0; i < micro_steps; ++i) {
     if (i + 1 == micro_steps) model_->on_grads_ready = [this](int g) { start_reduction(g); };
@@ -222,6 +244,7 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
     sums[1] += r.aux_sum;
     sums[2] += r.z_sum;
     sums[3] += double(r.dropped);
+    for (size_t j = 0; j < LE; ++j) sums[4 + j] += double(r.load[j]);
     exch_s += r.exchange_s;
     exch_bytes += r.exchange_bytes;
   }
@@ -239,6 +262,14 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
   m.aux_loss = sums[1] * aux_scale / double(cfg_.model.layers);
   m.z_loss = sums[2] * aux_scale / double(cfg_.model.layers);
   m.dropped = int64_t(sums[3]);
+  load_.assign(sums.begin() + 4, sums.end());
+  for (int64_t l = 0; l < cfg_.model.layers; ++l) {
+    const double* load = load_.data() + l * s.E;
+    const double mean = std::accumulate(load, load + s.E, 0.0) / double(s.E);
+    const auto [lo, hi] = std::minmax_element(load, load + s.E);
+    m.load_max = l == 0 ? *hi / mean : std::max(m.load_max, *hi / mean);
+    m.load_min = l == 0 ? *lo / mean : std::min(m.load_min, *lo / mean);
+  }
   m.exchange_host_ms = exch_s * 1000.0;
   m.exchange_host_gbps = exch_s > 0 ? exch_bytes / exch_s / 1e9 : 0.0;
   return m;
@@ -295,6 +326,7 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
     a.eps = t.adam_eps;
     a.step = m.step;
     a.grad_scale = (t.grad_clip > 0 && m.grad_norm > t.grad_clip) ? t.grad_clip / (m.grad_norm + 1e-6) : 1.0;
+    if (cfg_.model.router_bias_update > 0) update_router_bias();
     const TraceRange opt("optimizer");
     if (params_->offload())
       update_offloaded(a);

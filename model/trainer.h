@@ -27,6 +27,9 @@ struct StepMetrics {
   double exchange_host_ms = 0, exchange_host_gbps = 0;
   double tflops_per_gpu = 0, mfu = 0;  // model FLOPs (train_flops_per_token) per second per rank; / train.peak_tflops
   int64_t dropped = 0;
+  // Expert load over the global batch ((token, choice) pairs routed to each expert, before dropping) against the mean
+  // load, in the worst layer: the largest max_e load_e / mean and the smallest min_e load_e / mean (1 and 1: uniform).
+  double load_max = NAN, load_min = NAN;
   int64_t host_syncs = 0;  // times the host waited on the device during the step (engine::host_sync_count)
   bool skipped = false;
   double val_loss = NAN, val_ppl = NAN;  // set by the caller after a validation pass (EvalResult); NaN: none
@@ -79,6 +82,10 @@ class Trainer {
   void update_offloaded(const engine::AdamWArgs& a);  // train.optimizer_offload: the step on host threads
   double global_grad_norm();
   void check_batch(std::span<const int32_t> inputs, std::span<const int32_t> targets) const;
+  // model.router_bias_update: b_e += rate · sign(mean load − load_e) per layer, from the global batch's loads of the
+  // step (load_, equal on every rank), into the master weights; called before AdamW, which leaves the bias as it is
+  // (no gradient, no decay) and refreshes its compute copy.
+  void update_router_bias();
   double ce_scale() const;                 // 1 / tokens of a global batch
   void sum_over_dp(std::span<double> sums);  // per-rank sums -> global sums, on every rank
 
@@ -91,6 +98,7 @@ class Trainer {
   std::unique_ptr<Model> model_;
   engine::Arena scalars_;
   int64_t step_ = 0, skips_ = 0;
+  std::vector<double> load_;  // (L, E) the last compute_gradients' expert loads, summed over the global batch
   struct GradBucket {
     int group;  // layer index, layers (LM head and final norm), or -1 (embedding)
     comm::Communicator* comm;

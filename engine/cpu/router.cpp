@@ -1,6 +1,6 @@
-// CPU MoE router pieces: softmax over experts, top-k with GShard capacity assignment (choice-major slot
-// order, deterministic drops), the gather of chosen probabilities, the Switch load-balancing loss and
-// the router z-loss, each with its backward.
+// CPU MoE router pieces: softmax over experts, top-k (optionally on bias-shifted scores) with GShard capacity
+// assignment (choice-major slot order, deterministic drops), the gather of chosen probabilities (raw or renormalised),
+// the Switch load-balancing loss and the router z-loss, each with its backward.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -46,15 +46,23 @@ template <class T> void softmax_bwd(Tensor dlogits, const Tensor& dprobs, const 
   }
 }
 
-template <class T> void topk(Tensor expert_idx, const Tensor& probs) {
+// The top-k on score[e] = probs[e] (+ bias[e] when bias is not null), summed in T (f32, or f64 for f64 probs): the
+// CUDA kernel adds in f32 too, so both backends pick the same experts.
+template <class T> void topk(Tensor expert_idx, const Tensor& probs, const Tensor& bias) {
   const int64_t N = probs.dim(0), E = probs.dim(1), K = expert_idx.dim(1);
   std::vector<int32_t> order(static_cast<size_t>(E));
+  std::vector<T> score(static_cast<size_t>(E));
+  const T* b = bias.empty() ? nullptr : bias.as<T>();
   for (int64_t n = 0; n < N; ++n) {
     const T* p = probs.as<T>() + n * E;
-    for (int64_t e = 0; e < E; ++e) order[size_t(e)] = int32_t(e);
-    // Descending probability, ties to the lower expert id.
+    for (int64_t e = 0; e < E; ++e) {
+      order[size_t(e)] = int32_t(e);
+      score[size_t(e)] = b ? p[e] + b[e] : p[e];
+    }
+    const T* sc = score.data();
+    // Descending score, ties to the lower expert id.
     std::partial_sort(order.begin(), order.begin() + K, order.end(),
-                      [p](int32_t a, int32_t b) { return p[a] > p[b] || (p[a] == p[b] && a < b); });
+                      [sc](int32_t a, int32_t c) { return sc[a] > sc[c] || (sc[a] == sc[c] && a < c); });
     std::copy(order.begin(), order.begin() + K, expert_idx.as<int32_t>() + n * K);
   }
 }
@@ -71,6 +79,32 @@ template <class T> void gather_bwd(Tensor dprobs, const Tensor& dweight, const T
   const int32_t* idx = expert_idx.as<int32_t>();
   for (int64_t n = 0; n < N; ++n)
     for (int64_t k = 0; k < K; ++k) dprobs.as<T>()[n * E + idx[n * K + k]] += dweight.as<T>()[n * K + k];
+}
+
+// w_k = p_k / S, S = Σ_j p_j over the chosen experts.
+template <class T> void norm_fwd(Tensor weight, const Tensor& probs, const Tensor& expert_idx) {
+  const int64_t N = probs.dim(0), E = probs.dim(1), K = expert_idx.dim(1);
+  const int32_t* idx = expert_idx.as<int32_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    const T* p = probs.as<T>() + n * E;
+    T sum = 0;
+    for (int64_t k = 0; k < K; ++k) sum += p[idx[n * K + k]];
+    for (int64_t k = 0; k < K; ++k) weight.as<T>()[n * K + k] = p[idx[n * K + k]] / sum;
+  }
+}
+
+// ∂w_k/∂p_i = (δ_ki − w_k) / S for chosen i, so dp_i += (dw_i − Σ_k dw_k · w_k) / S.
+template <class T> void norm_bwd(Tensor dprobs, const Tensor& dweight, const Tensor& probs, const Tensor& expert_idx) {
+  const int64_t N = probs.dim(0), E = probs.dim(1), K = expert_idx.dim(1);
+  const int32_t* idx = expert_idx.as<int32_t>();
+  for (int64_t n = 0; n < N; ++n) {
+    const T* p = probs.as<T>() + n * E;
+    const T* dw = dweight.as<T>() + n * K;
+    T sum = 0, dot = 0;
+    for (int64_t k = 0; k < K; ++k) sum += p[idx[n * K + k]];
+    for (int64_t k = 0; k < K; ++k) dot += dw[k] * (p[idx[n * K + k]] / sum);
+    for (int64_t k = 0; k < K; ++k) dprobs.as<T>()[n * E + idx[n * K + k]] += (dw[k] - dot) / sum;
+  }
 }
 
 template <class T> void lb_fwd(Tensor loss, const Tensor& probs, const Tensor& counts, int64_t top_k) {
@@ -136,6 +170,30 @@ void need_stat(const char* op, const char* name, const Tensor& t, const Tensor& 
       fn<double>(__VA_ARGS__);               \
   } while (0)
 
+void topk_assign(const char* op, Tensor expert_idx, Tensor slot, Tensor counts, const Tensor& probs, const Tensor& bias,
+                 int64_t capacity) {
+  need_float(op, "probs", probs);
+  const int64_t N = probs.dim(0), E = probs.dim(1);
+  need(op, "expert_idx", expert_idx, DType::i32);
+  const int64_t K = expert_idx.dim(1);
+  need(op, "slot", slot, DType::i32);
+  need(op, "counts", counts, DType::i32);
+  if (!bias.empty()) need(op, "bias", bias, probs.dtype);
+  MONTA_CPU_FLOAT_DISPATCH(probs, topk, expert_idx, probs, bias);
+  // GShard order: every token's 1st choice (token order), then every 2nd choice, ...
+  int32_t* cnt = counts.as<int32_t>();
+  std::fill(cnt, cnt + E, 0);
+  const int32_t* idx = expert_idx.as<int32_t>();
+  int32_t* sl = slot.as<int32_t>();
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t n = 0; n < N; ++n) {
+      const int32_t e = idx[n * K + k];
+      const int32_t c = cnt[e]++;
+      sl[n * K + k] = c < capacity ? c : -1;
+    }
+  }
+}
+
 }  // namespace
 
 void softmax_forward(Tensor probs, const Tensor& logits, Stream) {
@@ -155,26 +213,12 @@ void softmax_backward(Tensor dlogits, const Tensor& dprobs, const Tensor& probs,
 
 void router_topk_assign(Tensor expert_idx, Tensor slot, Tensor counts, const Tensor& probs, int64_t capacity,
                         Stream) {
-  const char* op = "router_topk_assign";
-  need_float(op, "probs", probs);
-  const int64_t N = probs.dim(0), E = probs.dim(1);
-  need(op, "expert_idx", expert_idx, DType::i32);
-  const int64_t K = expert_idx.dim(1);
-  need(op, "slot", slot, DType::i32);
-  need(op, "counts", counts, DType::i32);
-  MONTA_CPU_FLOAT_DISPATCH(probs, topk, expert_idx, probs);
-  // GShard order: every token's 1st choice (token order), then every 2nd choice, ...
-  int32_t* cnt = counts.as<int32_t>();
-  std::fill(cnt, cnt + E, 0);
-  const int32_t* idx = expert_idx.as<int32_t>();
-  int32_t* sl = slot.as<int32_t>();
-  for (int64_t k = 0; k < K; ++k) {
-    for (int64_t n = 0; n < N; ++n) {
-      const int32_t e = idx[n * K + k];
-      const int32_t c = cnt[e]++;
-      sl[n * K + k] = c < capacity ? c : -1;
-    }
-  }
+  topk_assign("router_topk_assign", expert_idx, slot, counts, probs, Tensor(), capacity);
+}
+
+void router_topk_assign_biased(Tensor expert_idx, Tensor slot, Tensor counts, const Tensor& probs, const Tensor& bias,
+                               int64_t capacity, Stream) {
+  topk_assign("router_topk_assign_biased", expert_idx, slot, counts, probs, bias, capacity);
 }
 
 void topk_weights_forward(Tensor weight, const Tensor& probs, const Tensor& expert_idx, Stream) {
@@ -191,6 +235,24 @@ void topk_weights_backward(Tensor dprobs, const Tensor& dweight, const Tensor& e
   need_expert_idx(op, expert_idx, dprobs.dim(1));
   need(op, "dweight", dweight, dprobs.dtype);
   MONTA_CPU_FLOAT_DISPATCH(dprobs, gather_bwd, dprobs, dweight, expert_idx);
+}
+
+void topk_weights_norm_forward(Tensor weight, const Tensor& probs, const Tensor& expert_idx, Stream) {
+  const char* op = "topk_weights_norm_forward";
+  need_float(op, "probs", probs);
+  need_expert_idx(op, expert_idx, probs.dim(1));
+  need(op, "weight", weight, probs.dtype);
+  MONTA_CPU_FLOAT_DISPATCH(probs, norm_fwd, weight, probs, expert_idx);
+}
+
+void topk_weights_norm_backward(Tensor dprobs, const Tensor& dweight, const Tensor& probs, const Tensor& expert_idx,
+                                Stream) {
+  const char* op = "topk_weights_norm_backward";
+  need_float(op, "probs", probs);
+  need_expert_idx(op, expert_idx, probs.dim(1));
+  need(op, "dprobs", dprobs, probs.dtype);
+  need(op, "dweight", dweight, probs.dtype);
+  MONTA_CPU_FLOAT_DISPATCH(probs, norm_bwd, dprobs, dweight, probs, expert_idx);
 }
 
 void load_balance_loss_forward(Tensor loss, const Tensor& probs, const Tensor& counts, int64_t top_k, Stream) {

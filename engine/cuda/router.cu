@@ -1,6 +1,7 @@
-// CUDA MoE router pieces. Capacity assignment is exact and deterministic: one block per expert walks the
-// (token, choice) pairs in choice-major order and hands out slots with a block-wide prefix count (ballot +
-// popc per warp, then the warp totals), so slot numbers never depend on scheduling.
+// CUDA MoE router pieces (the biased top-k and the renormalised weights beside the plain ones). Capacity assignment
+// is exact and deterministic: one block per expert walks the (token, choice) pairs in choice-major order and hands
+// out slots with a block-wide prefix count (ballot + popc per warp, then the warp totals), so slot numbers never
+// depend on scheduling.
 #include "engine/cuda/common.cuh"
 #include "engine/ops/router.h"
 
@@ -39,9 +40,10 @@ static __global__ void softmax_backward_kernel(void* dlogits, bool dl_bf, const 
     st(dlogits, o + e, dl_bf, ld(probs, o + e, p_bf) * (ld(dprobs, o + e, dp_bf) - dot));
 }
 
-// One thread per token: top-k experts, descending, ties to the lower id.
-static __global__ void topk_kernel(int32_t* __restrict__ expert_idx, const void* probs, bool p_bf, int64_t N,
-                                   int64_t E, int K) {
+// One thread per token: top-k experts by probs (+ bias, when not null: summed in f32 as the CPU does), descending,
+// ties to the lower id.
+static __global__ void topk_kernel(int32_t* __restrict__ expert_idx, const void* probs, bool p_bf, const void* bias,
+                                   bool b_bf, int64_t N, int64_t E, int K) {
   int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (n >= N) return;
   int chosen[kMaxTopK];
@@ -53,6 +55,7 @@ static __global__ void topk_kernel(int32_t* __restrict__ expert_idx, const void*
       for (int j = 0; j < k; ++j) taken |= (chosen[j] == int(e));
       if (taken) continue;
       float v = ld(probs, n * E + e, p_bf);
+      if (bias) v = __fadd_rn(v, ld(bias, e, b_bf));
       if (best < 0 || v > bv) {
         best = int(e);
         bv = v;
@@ -118,6 +121,35 @@ static __global__ void topk_weights_backward_kernel(void* dprobs, bool dp_bf, co
   for (int k = 0; k < K; ++k) {
     int64_t j = n * E + idx[n * K + k];
     st(dprobs, j, dp_bf, ld(dprobs, j, dp_bf) + ld(dweight, n * K + k, dw_bf));
+  }
+}
+
+// One thread per token: w_k = p_k / S, S = Σ_j p_j over the chosen experts (in f32, in k order as the CPU sums).
+static __global__ void topk_weights_norm_forward_kernel(void* weight, bool w_bf, const void* probs, bool p_bf,
+                                                        const int32_t* __restrict__ idx, int64_t N, int64_t E, int K) {
+  int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (n >= N) return;
+  float sum = 0.f;
+  for (int k = 0; k < K; ++k) sum = __fadd_rn(sum, ld(probs, n * E + idx[n * K + k], p_bf));
+  for (int k = 0; k < K; ++k) st(weight, n * K + k, w_bf, __fdiv_rn(ld(probs, n * E + idx[n * K + k], p_bf), sum));
+}
+
+// One thread per token: dp_i += (dw_i − Σ_k dw_k · w_k) / S at the chosen experts (distinct, so no collisions).
+static __global__ void topk_weights_norm_backward_kernel(void* dprobs, bool dp_bf, const void* dweight, bool dw_bf,
+                                                         const void* probs, bool p_bf,
+                                                         const int32_t* __restrict__ idx, int64_t N, int64_t E,
+                                                         int K) {
+  int64_t n = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (n >= N) return;
+  float sum = 0.f, dot = 0.f;
+  for (int k = 0; k < K; ++k) sum = __fadd_rn(sum, ld(probs, n * E + idx[n * K + k], p_bf));
+  for (int k = 0; k < K; ++k) {
+    const float w = __fdiv_rn(ld(probs, n * E + idx[n * K + k], p_bf), sum);
+    dot = __fadd_rn(dot, __fmul_rn(ld(dweight, n * K + k, dw_bf), w));
+  }
+  for (int k = 0; k < K; ++k) {
+    int64_t j = n * E + idx[n * K + k];
+    st(dprobs, j, dp_bf, ld(dprobs, j, dp_bf) + __fdiv_rn(ld(dweight, n * K + k, dw_bf) - dot, sum));
   }
 }
 
@@ -201,23 +233,35 @@ void softmax_backward(Tensor dlogits, const Tensor& dprobs, const Tensor& probs,
   MONTA_LAUNCH_CHECK();
 }
 
-void router_topk_assign(Tensor expert_idx, Tensor slot, Tensor counts, const Tensor& probs, int64_t capacity,
-                        Stream s) {
-  const char* op = "router_topk_assign";
+static void topk_assign(const char* op, Tensor expert_idx, Tensor slot, Tensor counts, const Tensor& probs,
+                        const Tensor& bias, int64_t capacity, Stream s) {
   need_float(probs, op, "probs");
+  if (!bias.empty()) need_float(bias, op, "bias");
   need_dtype(expert_idx, DType::i32, op, "expert_idx");
   need_dtype(slot, DType::i32, op, "slot");
   need_dtype(counts, DType::i32, op, "counts");
   int64_t N = probs.dim(0), E = probs.dim(1), K = expert_idx.dim(1);
-  MONTA_CHECK(K <= kMaxTopK, "router_topk_assign: the CUDA top-k takes K <= 8, got expert_idx " + expert_idx.str());
+  MONTA_CHECK(K <= kMaxTopK, std::string(op) + ": the CUDA top-k takes K <= 8, got expert_idx " + expert_idx.str());
   cudaStream_t st = stream_of(s);
   if (N > 0) {
-    topk_kernel<<<grid_1d(N, 128), 128, 0, st>>>(expert_idx.as<int32_t>(), probs.data, is_bf16(probs), N, E, int(K));
+    topk_kernel<<<grid_1d(N, 128), 128, 0, st>>>(expert_idx.as<int32_t>(), probs.data, is_bf16(probs),
+                                                  bias.empty() ? nullptr : bias.data, !bias.empty() && is_bf16(bias), N,
+                                                  E, int(K));
     MONTA_LAUNCH_CHECK();
   }
   assign_slots_kernel<<<unsigned(E), 1024, 0, st>>>(slot.as<int32_t>(), counts.as<int32_t>(),
                                                     expert_idx.as<int32_t>(), N, int(K), capacity);
   MONTA_LAUNCH_CHECK();
+}
+
+void router_topk_assign(Tensor expert_idx, Tensor slot, Tensor counts, const Tensor& probs, int64_t capacity,
+                        Stream s) {
+  topk_assign("router_topk_assign", expert_idx, slot, counts, probs, Tensor(), capacity, s);
+}
+
+void router_topk_assign_biased(Tensor expert_idx, Tensor slot, Tensor counts, const Tensor& probs, const Tensor& bias,
+                               int64_t capacity, Stream s) {
+  topk_assign("router_topk_assign_biased", expert_idx, slot, counts, probs, bias, capacity, s);
 }
 
 void topk_weights_forward(Tensor weight, const Tensor& probs, const Tensor& expert_idx, Stream s) {
@@ -241,6 +285,33 @@ void topk_weights_backward(Tensor dprobs, const Tensor& dweight, const Tensor& e
   if (N == 0) return;
   topk_weights_backward_kernel<<<grid_1d(N, 256), 256, 0, stream_of(s)>>>(
       dprobs.data, is_bf16(dprobs), dweight.data, is_bf16(dweight), expert_idx.as<int32_t>(), N, E, int(K));
+  MONTA_LAUNCH_CHECK();
+}
+
+void topk_weights_norm_forward(Tensor weight, const Tensor& probs, const Tensor& expert_idx, Stream s) {
+  const char* op = "topk_weights_norm_forward";
+  need_float(weight, op, "weight");
+  need_float(probs, op, "probs");
+  need_dtype(expert_idx, DType::i32, op, "expert_idx");
+  int64_t N = probs.dim(0), E = probs.dim(1), K = expert_idx.dim(1);
+  if (N == 0) return;
+  topk_weights_norm_forward_kernel<<<grid_1d(N, 256), 256, 0, stream_of(s)>>>(
+      weight.data, is_bf16(weight), probs.data, is_bf16(probs), expert_idx.as<int32_t>(), N, E, int(K));
+  MONTA_LAUNCH_CHECK();
+}
+
+void topk_weights_norm_backward(Tensor dprobs, const Tensor& dweight, const Tensor& probs, const Tensor& expert_idx,
+                                Stream s) {
+  const char* op = "topk_weights_norm_backward";
+  need_float(dprobs, op, "dprobs");
+  need_float(dweight, op, "dweight");
+  need_float(probs, op, "probs");
+  need_dtype(expert_idx, DType::i32, op, "expert_idx");
+  int64_t N = probs.dim(0), E = probs.dim(1), K = expert_idx.dim(1);
+  if (N == 0) return;
+  topk_weights_norm_backward_kernel<<<grid_1d(N, 256), 256, 0, stream_of(s)>>>(
+      dprobs.data, is_bf16(dprobs), dweight.data, is_bf16(dweight), probs.data, is_bf16(probs),
+      expert_idx.as<int32_t>(), N, E, int(K));
   MONTA_LAUNCH_CHECK();
 }
 

@@ -160,6 +160,11 @@ void router_sp_slots(Tensor slot, Tensor counts, const Tensor& expert_idx, const
   expect(tp_rank >= 0 && tp_rank < all_counts.dim(0), op, "tp_rank " + std::to_string(tp_rank) + " outside the group");
   expect(capacity >= 0, op, "capacity must be >= 0, got " + std::to_string(capacity));
 }
+void router_topk_assign_biased(Tensor expert_idx, Tensor slot, Tensor counts, const Tensor& probs, const Tensor& bias,
+                               int64_t capacity) {
+  contract::router_topk_assign(expert_idx, slot, counts, probs, capacity);
+  expect_numel("router_topk_assign_biased", "bias", bias, probs.dim(1));
+}
 // weight (N, K) against probs (N, E) and expert_idx (N, K).
 void topk_shapes(const char* op, const char* wname, const Tensor& weight, const char* pname, const Tensor& probs,
                  const Tensor& expert_idx) {
@@ -176,6 +181,14 @@ void topk_weights_forward(Tensor weight, const Tensor& probs, const Tensor& expe
 }
 void topk_weights_backward(Tensor dprobs, const Tensor& dweight, const Tensor& expert_idx) {
   topk_shapes("topk_weights_backward", "dweight", dweight, "dprobs", dprobs, expert_idx);
+}
+void topk_weights_norm_forward(Tensor weight, const Tensor& probs, const Tensor& expert_idx) {
+  topk_shapes("topk_weights_norm_forward", "weight", weight, "probs", probs, expert_idx);
+}
+void topk_weights_norm_backward(Tensor dprobs, const Tensor& dweight, const Tensor& probs, const Tensor& expert_idx) {
+  topk_shapes("topk_weights_norm_backward", "dweight", dweight, "probs", probs, expert_idx);
+  expect(same_shape(dprobs, probs), "topk_weights_norm_backward",
+         "dprobs " + dprobs.str() + " must match probs " + probs.str());
 }
 void load_balance_shapes(const char* op, const char* pname, const Tensor& probs, const Tensor& counts, int64_t top_k) {
   router_rows(op, pname, probs);

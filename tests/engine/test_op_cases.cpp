@@ -140,6 +140,7 @@ TEST(OpCaseTable, EveryDeclaredOpHasACaseOrAReason) {
       {"sum_squares", "elementwise helpers (the gradient norm): test_loss_optim.cpp"},
       {"sum", "elementwise helpers"},
       {"router_topk_assign", "integer assignment with ties: test_router_moe.cpp, gpu/test_router_moe.cpp; bench ops"},
+      {"router_topk_assign_biased", "assignment on biased scores: test_router_moe.cpp, gpu/test_router_moe.cpp"},
   };
   std::set<std::string> ran;
   engine::set_op_timing(true);

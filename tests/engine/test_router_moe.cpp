@@ -1,6 +1,7 @@
 // MoE router and token permutation on the CPU: top-k + capacity assignment on a hand-made example with
-// drops, the aux losses' values, finite-difference gradients through logits -> softmax -> top-k weights
-// -> combine (+ load-balance and z-loss), and dispatch/combine gradients w.r.t. x, ebuf and weight.
+// drops (and with a balancing bias), the renormalised weights, the aux losses' values, finite-difference gradients
+// through logits -> softmax -> top-k weights -> combine (+ load-balance and z-loss), and dispatch/combine gradients
+// w.r.t. x, ebuf and weight.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -41,6 +42,36 @@ TEST(Router, TopkCapacityHandExampleWithDrops) {
   eng::router_topk_assign(idx, slot, counts, p64, 0);
   EXPECT_EQ(slot.values(), ints({-1, -1, -1, -1, -1, -1, -1, -1}));
   EXPECT_EQ(counts.values(), ints({4, 2, 2}));
+}
+
+// The balancing bias moves the choice (not the weights); a zero bias chooses as the plain op does.
+TEST(Router, BiasedTopkHandExample) {
+  Buf probs = from_rows({{0.5, 0.3, 0.2}, {0.6, 0.1, 0.3}, {0.7, 0.2, 0.1}, {0.2, 0.2, 0.6}}, DType::f32);
+  Buf bias({3}, DType::f32);
+  for (int e = 0; e < 3; ++e) bias.set(e, std::vector<double>{-0.4, 0.0, 0.15}[size_t(e)]);
+  Buf idx({4, 2}, DType::i32), slot({4, 2}, DType::i32), counts({3}, DType::i32);
+  eng::router_topk_assign_biased(idx, slot, counts, probs, bias, 8);
+  // Scores (0.1, 0.3, 0.35), (0.2, 0.1, 0.45), (0.3, 0.2, 0.25), (-0.2, 0.2, 0.75).
+  EXPECT_EQ(idx.values(), ints({2, 1, 2, 0, 0, 2, 2, 1}));
+  EXPECT_EQ(slot.values(), ints({0, 0, 1, 1, 0, 3, 2, 1}));
+  EXPECT_EQ(counts.values(), ints({2, 2, 4}));
+  Buf zero({3}, DType::f32), idx0({4, 2}, DType::i32), slot0({4, 2}, DType::i32), counts0({3}, DType::i32);
+  eng::router_topk_assign_biased(idx, slot, counts, probs, zero, 2);
+  eng::router_topk_assign(idx0, slot0, counts0, probs, 2);
+  EXPECT_EQ(idx.values(), idx0.values());
+  EXPECT_EQ(slot.values(), slot0.values());
+  EXPECT_EQ(counts.values(), counts0.values());
+}
+
+// Renormalised weights: the chosen probabilities over their sum; the plain weights are the probabilities.
+TEST(Router, NormalisedTopkWeightValues) {
+  Buf probs = from_rows({{0.5, 0.3, 0.2}, {0.1, 0.6, 0.3}}, DType::f64);
+  Buf idx({2, 2}, DType::i32), slot({2, 2}, DType::i32), counts({3}, DType::i32), w({2, 2}, DType::f64);
+  eng::router_topk_assign(idx, slot, counts, probs, 4);
+  eng::topk_weights_norm_forward(w, probs, idx);
+  EXPECT_EQ(idx.values(), ints({0, 1, 1, 2}));
+  const std::vector<double> want = {0.5 / 0.8, 0.3 / 0.8, 0.6 / 0.9, 0.3 / 0.9};
+  for (int i = 0; i < 4; ++i) EXPECT_NEAR(w.get(i), want[size_t(i)], 1e-15) << i;
 }
 
 TEST(Router, TopkWeightsAndAuxLossValues) {
@@ -226,6 +257,10 @@ TEST_F(RouterErrors, RejectBadRoutingAndDtypes) {
   MONTA_EXPECT_ERROR(eng::router_topk_assign(idx, slot, counts, probs, 2), "router_topk_assign");  // K > E
   Buf idxf({4, 2}, DType::f32), slot2({4, 2}, DType::i32);
   MONTA_EXPECT_ERROR(eng::router_topk_assign(idxf, slot2, counts, probs, 2), "f32[4,2]@cpu");
+  // The balancing bias must have one value per expert and the probabilities' dtype.
+  Buf short_bias({2}, DType::f32), f64_bias({3}, DType::f64), idx2({4, 2}, DType::i32);
+  MONTA_EXPECT_ERROR(eng::router_topk_assign_biased(idx2, slot2, counts, probs, short_bias, 2), "bias");
+  MONTA_EXPECT_ERROR(eng::router_topk_assign_biased(idx2, slot2, counts, probs, f64_bias, 2), "bias");
   Buf x({4, 2}, DType::f32), buf({3, 2, 2}, DType::f32), e2({4, 2}, DType::i32), s2({4, 2}, DType::i32);
   e2.set(0, 3);  // expert 3 of 3
   MONTA_EXPECT_ERROR(eng::moe_dispatch_forward(buf, x, e2, s2), "moe_dispatch_forward");

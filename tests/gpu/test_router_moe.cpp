@@ -1,6 +1,6 @@
-// GPU tests: router pieces (softmax, top-k + capacity, top-k weights, load-balancing and z losses), the
-// MoE dispatch/combine permutation and the vocabulary-parallel cross-entropy, CUDA vs CPU. Integer
-// outputs and the pure permutations must match exactly.
+// GPU tests: router pieces (softmax, top-k + capacity with and without the balancing bias, top-k weights raw and
+// renormalised, load-balancing and z losses), the MoE dispatch/combine permutation and the vocabulary-parallel
+// cross-entropy, CUDA vs CPU. Integer outputs and the pure permutations must match exactly.
 #include "engine/ops/cross_entropy.h"
 #include "engine/ops/moe_permute.h"
 #include "engine/ops/router.h"
@@ -46,6 +46,58 @@ TEST_P(GpuRouter, TopkAssignExact) {
       expect_equal_i32(slot.g(), slot.c(), "slot" + tag);
       expect_equal_i32(counts.g(), counts.c(), "counts" + tag);
     }
+  }
+}
+
+// The balancing bias (model.router_bias_update): scores probs + bias with many ties (both on a 1/16 grid, so the f32
+// sums are exact on both sides) and a skew that moves choices; then random values (sums rounded alike in f32).
+TEST_P(GpuRouter, TopkAssignBiasedExact) {
+  MONTA_REQUIRE_GPU();
+  DType dt = GetParam();
+  const int64_t N = 300, E = 8;
+  for (bool grid : {true, false}) {
+    std::vector<float> p = random_values(N * E, 0.f, 1.f), b = random_values(E, -0.3f, 0.3f);
+    if (grid) {
+      for (auto& x : p) x = std::floor(x * 6.f) / 8.f;
+      for (auto& x : b) x = std::floor(x * 16.f) / 16.f;
+      b[0] = 0.5f;  // expert 0 wins most first choices
+    }
+    Pair probs(p, {N, E}, dt), bias(b, {E}, dt);
+    for (int64_t K : {1, 2, 3}) {
+      for (int64_t capacity : {int64_t(23), int64_t(1000)}) {
+        Pair idx = output({N, K}, DType::i32), slot = output({N, K}, DType::i32), counts = output({E}, DType::i32);
+        engine::router_topk_assign_biased(idx.c(), slot.c(), counts.c(), probs.c(), bias.c(), capacity);
+        engine::router_topk_assign_biased(idx.g(), slot.g(), counts.g(), probs.g(), bias.g(), capacity);
+        std::string tag = std::string(grid ? " grid" : " random") + " K=" + std::to_string(K) +
+                          " capacity=" + std::to_string(capacity);
+        expect_equal_i32(idx.g(), idx.c(), "expert_idx" + tag);
+        expect_equal_i32(slot.g(), slot.c(), "slot" + tag);
+        expect_equal_i32(counts.g(), counts.c(), "counts" + tag);
+      }
+    }
+  }
+}
+
+// Renormalised top-k weights (model.router_norm_topk), forward and backward (which accumulates into dprobs).
+TEST_P(GpuRouter, TopkWeightsNormalised) {
+  MONTA_REQUIRE_GPU();
+  DType dt = GetParam();
+  const int64_t N = 300, E = 8;
+  Pair probs({N, E}, dt, 0.01f, 1.f);
+  for (int64_t K : {1, 2, 4}) {
+    Pair idx = output({N, K}, DType::i32), slot = output({N, K}, DType::i32), counts = output({E}, DType::i32);
+    engine::router_topk_assign(idx.c(), slot.c(), counts.c(), probs.c(), N);
+    engine::copy(idx.g(), idx.c());
+    const std::string tag = " K=" + std::to_string(K);
+    Pair w = output({N, K}, dt);
+    engine::topk_weights_norm_forward(w.c(), probs.c(), idx.c());
+    engine::topk_weights_norm_forward(w.g(), probs.g(), idx.g());
+    expect_close(w, dt == DType::bf16 ? 1e-2 : 1e-6, "normalised weights" + tag);
+    Pair dw({N, K}, dt);
+    Pair dprobs({N, E}, DType::f32);  // accumulates
+    engine::topk_weights_norm_backward(dprobs.c(), dw.c(), probs.c(), idx.c());
+    engine::topk_weights_norm_backward(dprobs.g(), dw.g(), probs.g(), idx.g());
+    expect_close(dprobs, 1e-5, "normalised weights backward" + tag);
   }
 }
 

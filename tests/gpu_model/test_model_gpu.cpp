@@ -1,7 +1,7 @@
 // Whole-model check of the CUDA path: loss and every parameter gradient of the tiny model in bf16 on the GPU
 // against the fp32 CPU run on the same weights and tokens, then a few AdamW steps track the CPU losses (and the same
-// with FP8 experts against the CPU's exact E4M3 emulation); and the optimizer offloaded to the host equals the device
-// optimizer bit for bit.
+// with FP8 experts against the CPU's exact E4M3 emulation, and with the routing options); and the optimizer
+// offloaded to the host equals the device optimizer bit for bit.
 #include "gpu_model_util.h"
 
 using namespace monta;
@@ -11,6 +11,37 @@ TEST(GpuModel, LossAndGradientsMatchCpu) {
   if (!engine::cuda_available()) GTEST_SKIP() << "no CUDA device visible";
   engine::cuda_set_device(0);
   expect_gpu_matches_cpu(gpu_config(), 1e-2, 5e-2, 2e-2);
+}
+
+// The routing options (renormalised top-k weights, the balancing bias) on the GPU against the CPU, with the bounds of
+// the plain model; then three steps each: the bias moved, and on both devices to the same values but for the few
+// experts whose load differs by a bf16-rounded choice near a tie.
+TEST(GpuModel, RoutingOptionsMatchCpu) {
+  if (!engine::cuda_available()) GTEST_SKIP() << "no CUDA device visible";
+  engine::cuda_set_device(0);
+  model::Config c = gpu_config();
+  c.model.router_norm_topk = true;
+  c.model.router_bias_update = 0.01;
+  expect_gpu_matches_cpu(c, 1e-2, 5e-2, 2e-2);
+  std::vector<int32_t> in, tg;
+  engine::Philox rng{6, 1, 0};
+  model::Trainer cpu(c, model::ParallelContext{}, engine::Device::cpu);
+  model::Trainer gpu(c, model::ParallelContext{}, engine::Device::cuda);
+  for (int s = 0; s < 3; ++s) {
+    random_batch(c, rng, in, tg);
+    auto x = cpu.step(in, tg);
+    auto y = gpu.step(in, tg);
+    EXPECT_NEAR(y.loss, x.loss, 2e-2 * x.loss) << "step " << s + 1;
+    EXPECT_NEAR(y.load_max, x.load_max, 0.1 * x.load_max) << "step " << s + 1;
+  }
+  const auto a = to_host(cpu.params().get("router_bias").master), b = to_host(gpu.params().get("router_bias").master);
+  size_t moved = 0, differ = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    moved += a[i] != 0;
+    differ += a[i] != b[i];
+  }
+  EXPECT_GT(moved, 0u) << "the bias never moved";
+  EXPECT_LE(differ * 4, a.size()) << differ << " of " << a.size() << " bias entries differ between CPU and GPU";
 }
 
 // The FP8 expert path (cuBLASLt block-scaled E4M3 GEMMs, bf16 activations) against the CPU's exact E4M3 emulation.

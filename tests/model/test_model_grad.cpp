@@ -1,10 +1,11 @@
 // Whole-model gradient check: every parameter's analytic gradient (sampled elements) against central
 // finite differences of the printed objective (loss_total: CE + coef x router losses summed over layers), in double,
-// on a tiny config with token dropping.
+// on a tiny config with token dropping; and again with renormalised top-k weights and a skewed balancing bias.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "engine/memory.h"
@@ -45,7 +46,7 @@ struct Fixture {
   Model model{cfg, s, par, params, DType::f64};
   std::vector<int32_t> tokens, targets;
   double ce_scale, aux_scale = 0.5;
-  Fixture() {
+  explicit Fixture(const ModelConfig& c = tiny_double_config()) : cfg(c) {
     params.init(7);
     engine::Philox rng{99, 1, 0};
     for (int64_t i = 0; i < s.N; ++i) {
@@ -62,16 +63,13 @@ struct Fixture {
   }
 };
 
-}  // namespace
-
-TEST(ModelGrad, EveryParameterMatchesFiniteDifferences) {
-  Fixture f;
-  f.params.zero_grads();
-  auto r = f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
-  EXPECT_GT(r.dropped, 0) << "config should drop some tokens";
+// Four sampled elements of every parameter (but `skip`) against central differences of the objective; returns how
+// many were checked.
+int check_sampled_gradients(Fixture& f, const std::string& skip = "") {
   engine::Philox pick{5, 2, 0};
   int checked = 0;
   for (auto& p : f.params.all()) {
+    if (p.name == skip) continue;
     double* w = p.master.as<double>();
     const double* g = p.grad.as<double>();
     const int64_t n = p.master.numel();
@@ -89,8 +87,47 @@ TEST(ModelGrad, EveryParameterMatchesFiniteDifferences) {
       ++checked;
     }
   }
-  EXPECT_EQ(checked, int(f.params.all().size()) * 4);
+  return checked;
 }
+
+}  // namespace
+
+TEST(ModelGrad, EveryParameterMatchesFiniteDifferences) {
+  Fixture f;
+  f.params.zero_grads();
+  auto r = f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
+  EXPECT_GT(r.dropped, 0) << "config should drop some tokens";
+  EXPECT_EQ(check_sampled_gradients(f), int(f.params.all().size()) * 4);
+}
+
+// model.router_norm_topk and model.router_bias_update: the renormalised combine weights differentiated exactly, with
+// a skewed balancing bias steering the choice. The bias takes no gradient (it is updated by the trainer, not by
+// AdamW) and is left out of the differences: a step of it can only flip a choice, a jump and not a slope.
+TEST(ModelGrad, RenormalisedWeightsWithBalancingBiasMatchFiniteDifferences) {
+  ModelConfig cfg = tiny_double_config();
+  cfg.router_norm_topk = true;
+  cfg.router_bias_update = 0.01;
+  Fixture f(cfg);
+  Param& bias = f.params.get("router_bias");
+  ASSERT_EQ(bias.full, (std::vector<int64_t>{cfg.layers, cfg.experts}));
+  for (int64_t i = 0; i < bias.master.numel(); ++i) EXPECT_EQ(bias.master.as<double>()[i], 0.0) << "initialised to 0";
+  const double before = f.loss();
+  const Tensor slots = f.model.slots();
+  const std::vector<int32_t> slots0(slots.as<int32_t>(), slots.as<int32_t>() + slots.numel());
+  const double skew[] = {0.2, 0.0, -0.1, 0.05, -0.05, 0.15, 0.0, -0.2};  // (L, E) = (2, 4)
+  for (int64_t i = 0; i < bias.master.numel(); ++i) bias.master.as<double>()[i] = skew[i];
+  const double after = f.loss();
+  EXPECT_NE(std::vector<int32_t>(slots.as<int32_t>(), slots.as<int32_t>() + slots.numel()), slots0)
+      << "the bias should move some choices";
+  EXPECT_NE(after, before);
+  f.params.zero_grads();
+  auto r = f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
+  EXPECT_GT(r.dropped, 0) << "config should drop some tokens";
+  f.params.settle_grads();
+  for (int64_t i = 0; i < bias.grad.numel(); ++i) EXPECT_EQ(bias.grad.as<double>()[i], 0.0) << "router_bias grad";
+  EXPECT_EQ(check_sampled_gradients(f, "router_bias"), int(f.params.all().size() - 1) * 4);
+}
+
 
 TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
   Fixture f;

@@ -1,7 +1,8 @@
 // N ranks in any layout = 1 rank: for every (tp, ep, expert_tp, exchange) the world size allows, the loss,
 // every parameter gradient (this rank's slice against the same slice of a single-process run on the whole
 // global batch, computed on every rank), the losses of five AdamW steps and the forward-only validation loss
-// (equal on every rank) match within float32 tolerance. Each layout is its own test, named after it
+// (equal on every rank) match within float32 tolerance; so do the routing options (renormalised top-k weights, the
+// balancing bias). Each layout is its own test, named after it
 // (Layouts/ParallelEquivalence.LayoutEqualsOneProcess/tp2_ep2_dp2_etp_pipelined).
 #include <gtest/gtest.h>
 #include <mpi.h>
@@ -221,4 +222,52 @@ TEST_P(RecomputeEquivalence, ModesEqualNoRecomputeBitForBit) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, RecomputeEquivalence, testing::ValuesIn(cases(comm::runtime_world_size())),
+                         [](const testing::TestParamInfo<Case>& info) { return info.param.name(); });
+
+// Routing options (model.router_norm_topk and model.router_bias_update) in every layout and exchange: the losses,
+// gradient norms and expert load ratios of five steps equal one process's (the loads are integers counted over the
+// global batch, so exactly), and the balancing bias after them equals the single process's bit for bit on every rank
+// (a bias updated from this rank's loads alone, not the global batch's, would differ between data-parallel ranks).
+class RoutingEquivalence : public testing::TestWithParam<Case> {};
+
+TEST_P(RoutingEquivalence, NormTopkAndBalancingBiasEqualOneProcess) {
+  const int world = comm::runtime_world_size();
+  const Case& k = GetParam();
+  std::vector<int32_t> in, tg;
+  model::Config c = small_config();
+  c.model.router_norm_topk = true;
+  c.model.router_bias_update = 0.05;  // large against the router's probability gaps: choices move within the steps
+  Rig rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
+  const model::ParallelContext& par = rig.par;
+  model::Trainer mine(c, par, engine::Device::cpu);
+  model::Trainer ref(c, model::ParallelContext{}, engine::Device::cpu);
+  const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
+  for (int step = 0; step < 5; ++step) {
+    make_batch(c, 500 + uint64_t(step), in, tg);
+    std::span<const int32_t> my_in(in.data() + par.dp_rank * per_rank, size_t(per_rank));
+    std::span<const int32_t> my_tg(tg.data() + par.dp_rank * per_rank, size_t(per_rank));
+    auto a = mine.step(my_in, my_tg);
+    auto b = ref.step(in, tg);
+    EXPECT_NEAR(a.loss, b.loss, 2e-5 * std::abs(b.loss)) << "step " << step + 1;
+    EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-4 * b.grad_norm) << "step " << step + 1;
+    EXPECT_EQ(a.load_max, b.load_max) << "step " << step + 1;
+    EXPECT_EQ(a.load_min, b.load_min) << "step " << step + 1;
+    EXPECT_EQ(a.dropped, b.dropped) << "step " << step + 1;
+  }
+  const model::Param& p = mine.params().get("router_bias");
+  const model::Param& q = ref.params().get("router_bias");
+  ASSERT_EQ(p.master.numel(), q.master.numel());  // replicated and unsharded (zero 0): the whole (L, E) tensor
+  std::vector<float> bias(p.master.as<float>(), p.master.as<float>() + p.master.numel());
+  const std::vector<float> want(q.master.as<float>(), q.master.as<float>() + q.master.numel());
+  EXPECT_EQ(bias, want) << "the balancing bias differs from one process's";
+  float moved = 0;
+  for (float v : want) moved = std::max(moved, std::abs(v));
+  EXPECT_GT(moved, 0.f) << "the bias never moved";
+  std::vector<float> lo = bias, hi = bias;
+  MPI_Allreduce(MPI_IN_PLACE, lo.data(), int(lo.size()), MPI_FLOAT, MPI_MIN, MPI_COMM_WORLD);
+  MPI_Allreduce(MPI_IN_PLACE, hi.data(), int(hi.size()), MPI_FLOAT, MPI_MAX, MPI_COMM_WORLD);
+  EXPECT_EQ(lo, hi) << "the balancing bias differs between ranks";
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, RoutingEquivalence, testing::ValuesIn(cases(comm::runtime_world_size())),
                          [](const testing::TestParamInfo<Case>& info) { return info.param.name(); });
