@@ -30,9 +30,10 @@ struct Case {
   int tp, ep;
   bool expert_tp;
   std::string exchange;
+  bool routing = false;  // with the balancing bias and renormalised top-k weights (model.router_*)
   std::string name() const {
-    return engine::strf("tp%d_ep%d_dp%d_%s_%s", tp, ep, comm::runtime_world_size() / tp,
-                        expert_tp ? "etp" : "ewhole", exchange.c_str());
+    return engine::strf("tp%d_ep%d_dp%d_%s_%s%s", tp, ep, comm::runtime_world_size() / tp,
+                        expert_tp ? "etp" : "ewhole", exchange.c_str(), routing ? "_routing" : "");
   }
 };
 
@@ -47,6 +48,7 @@ std::vector<Case> cases(int world) {
           continue;
         }
         for (const char* k : {"drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k});
+        if (etp) out.push_back({tp, ep, etp, "overlapped", true});
       }
     }
   return out;
@@ -117,6 +119,10 @@ TEST_P(SequenceParallel, EqualsOffAndOneProcess) {
   const Case& k = GetParam();
   model::Config c = small_config();
   if (k.ep > 1) c.comm.exchange = k.exchange;  // validate() reads it: duplicate would be refused under SP
+  if (k.routing) {  // each rank's own tokens choose through the bias; the loads (whole micro-batch) move it equally
+    c.model.router_bias_update = 0.01;
+    c.model.router_norm_topk = true;
+  }
   Rig off_rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
   model::Config csp = c;
   csp.parallel.sequence_parallel = true;
