@@ -112,6 +112,23 @@ TEST_P(GpuFp8, QuantizeRowsColsBlocksMatchCpu) {
   expect_same_bytes(wst.gpu, wst.cpu, "blocks: transposed scales");
 }
 
+// The dispatch payload: packing CUDA = CPU byte for byte (codes, scales, zero padding), unpacking too.
+TEST_P(GpuFp8, PackAndUnpackRowsMatchCpu) {
+  MONTA_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const int64_t B = 2, R = 300, K = 522;  // ragged tiles, K not a multiple of 4
+  const int64_t P = engine::fp8::packed_row_bytes(K) + 12;
+  Pair x = spread({B, R, K}, dt, 6, true);
+  Out packed({B, R, P}, DType::u8);
+  engine::fp8_pack_rows(packed.cpu, x.c());
+  engine::fp8_pack_rows(packed.gpu, x.g());
+  expect_same_bytes(packed.gpu, packed.cpu, "packed rows");
+  Out back({B, R, K}, dt);
+  engine::fp8_unpack_rows(back.cpu, packed.cpu);
+  engine::fp8_unpack_rows(back.gpu, packed.gpu);
+  expect_same_bytes(back.gpu, back.cpu, "unpacked rows");
+}
+
 // The GEMM on cuBLASLt against the CPU's exact dequantise-then-multiply, from the same codes and scales (quantised on
 // each device: equal, as above): bf16 out within 1e-2 relative (Frobenius; its own rounding), f32 out within 1e-4
 // (fp32 accumulation in another order), overwriting and accumulating, with 128x128-block and 1x128-tile b scales.
