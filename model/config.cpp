@@ -7,6 +7,7 @@
 
 #include "comm/cost_model.h"
 #include "engine/check.h"
+#include "engine/fp8_math.h"
 #include "engine/log.h"
 #include "model/config_keys.h"
 
@@ -65,6 +66,9 @@ void check_model(const Config& c, Problems& p) {
   p.need(m.head_dim() % 2 == 0, strf("head dimension hidden/heads = %ld must be even for RoPE", m.head_dim()));
   p.need(m.top_k <= m.experts, strf("model.top_k (%ld) cannot exceed model.experts (%ld)", m.top_k, m.experts));
   p.need(m.fp8 != "all", "model.fp8 = all (attention and LM-head GEMMs in FP8 too) is not built yet; use none or experts");
+  p.need(!c.comm.dispatch_fp8() || engine::fp8::packed_row_bytes(m.hidden) < 2 * m.hidden,
+         strf("comm.dispatch_dtype = fp8 needs model.hidden >= 8 (a packed FP8 row of %ld activations is no smaller than "
+              "bf16)", m.hidden));
   // Sizes are counted in int64: keep every product far from overflow (1e15 parameters is beyond any machine).
   const double params = double(m.layers) * double(m.experts) * 3.0 * double(m.hidden) * double(m.ffn) +
                         2.0 * double(m.vocab) * double(m.hidden) + double(m.layers) * 4.0 * double(m.hidden) * double(m.hidden);
