@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "engine/check.h"
 #include "engine/fp8_math.h"
@@ -21,6 +22,7 @@ namespace fp8 = engine::fp8;
 namespace {
 
 constexpr int64_t kAlign = 256;
+Fp8ForwardOverride g_forward_override;  // tests only (set_fp8_forward_override)
 
 // Hands out consecutive aligned pieces of the scratch bytes; sizing with a null base counts them.
 struct Carver {
@@ -63,7 +65,10 @@ int64_t fp8_expert_scratch_bytes(int64_t E, int64_t C, int64_t I, int64_t O) {
   return std::max({f.used, g.used, w.used}) + kAlign;  // + kAlign: the scratch's own start may be unaligned
 }
 
+void set_fp8_forward_override(Fp8ForwardOverride f) { g_forward_override = std::move(f); }
+
 void fp8_expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Tensor scratch) {
+  if (g_forward_override) return g_forward_override(out, x, w);
   const int64_t E = x.dim(0), C = x.dim(1), I = x.dim(2), O = w.dim(1);
   Carver c = carver(scratch);
   Tensor xq = c.take({E, C, I}, DType::e4m3), xs = c.take({E, fp8::tiles(I), C}, DType::f32);

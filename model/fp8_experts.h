@@ -3,6 +3,7 @@
 // and the scratch the quantised operands live in, one byte buffer carved from the activation arena.
 #pragma once
 #include <cstdint>
+#include <functional>
 
 #include "engine/tensor.h"
 
@@ -22,5 +23,10 @@ void fp8_expert_linear_forward(engine::Tensor out, const engine::Tensor& x, cons
 void fp8_expert_linear_backward(engine::Tensor dx, engine::Tensor dw, const engine::Tensor& dout,
                                 const engine::Tensor& x, const engine::Tensor& w, engine::Write dx_write,
                                 engine::Write dw_write, engine::Tensor scratch);
+
+// Test seam of the finite-difference check of the straight-through rule (tests/model/test_fp8_grad.cpp): when set,
+// fp8_expert_linear_forward calls it instead of quantising and multiplying; the backward is untouched. Empty: none.
+using Fp8ForwardOverride = std::function<void(engine::Tensor out, const engine::Tensor& x, const engine::Tensor& w)>;
+void set_fp8_forward_override(Fp8ForwardOverride f);
 
 }  // namespace monta::model
