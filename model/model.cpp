@@ -13,6 +13,7 @@
 #include "engine/ops/cross_entropy.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/embedding.h"
+#include "engine/ops/fp8.h"
 #include "engine/ops/linear.h"
 #include "engine/ops/moe_permute.h"
 #include "engine/ops/rmsnorm.h"
@@ -206,9 +207,9 @@ void Model::linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Ten
   linear_backward(dx, g.grad, dout, x, w.compute, dx_write, g.write);
 }
 
-void Model::expert_forward(Tensor out, const Tensor& x, const Tensor& w) {
+void Model::expert_forward(Tensor out, const Tensor& x, const Tensor& w, bool x_quantised) {
   if (cfg_.fp8_experts())
-    fp8_expert_linear_forward(out, x, w, fp8_scratch_);
+    fp8_expert_linear_forward(out, x, w, fp8_scratch_, x_quantised);
   else
     expert_linear_forward(out, x, w);
 }
@@ -283,9 +284,14 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
         const Tensor y = expert_chunk(a.y, k), gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k);
         const Tensor act = expert_chunk(a.act, k), eo = expert_chunk(a.eo, k);
         expert_forward(gate, y, w_gate);
-        expert_forward(up, y, w_up);
-        swiglu_forward(act, gate, up);
-        expert_forward(eo, act, w_down);
+        expert_forward(up, y, w_up, /*x_quantised=*/true);  // FP8: q(y) from the gate GEMM, still in the scratch
+        if (cfg_.fp8_experts()) {  // the SwiGLU output quantised where it is produced, for the down projection
+          const Fp8Rows in = fp8_expert_input(fp8_scratch_, act);
+          fp8_swiglu_forward(act, in.q, in.scale, gate, up);
+        } else {
+          swiglu_forward(act, gate, up);
+        }
+        expert_forward(eo, act, w_down, /*x_quantised=*/cfg_.fp8_experts());
         if (par_.expert_tp) reduce_expert_partials(eo, k);
       },
       r, fp8_dispatch_);

@@ -97,7 +97,8 @@ class Model {
   // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
   void reduce_expert_partials(Tensor t, int k);
   // The expert GEMMs (engine/ops/linear.h's expert_linear_*), in FP8 when model.fp8 = experts (model/fp8_experts.h).
-  void expert_forward(Tensor out, const Tensor& x, const Tensor& w);
+  // x_quantised: FP8 only, q(x) is already in the scratch (the previous call's x, or fp8_swiglu_forward's output).
+  void expert_forward(Tensor out, const Tensor& x, const Tensor& w, bool x_quantised = false);
   void expert_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
                        engine::Write dx_write, engine::Write dw_write);
   // linear_backward of parameter w: dx, and its weight gradient as ParamStore::grad_write says.

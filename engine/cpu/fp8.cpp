@@ -13,6 +13,7 @@
 #include "engine/fp8_math.h"
 #include "engine/ops/fp8.h"
 #include "engine/ops/linear.h"
+#include "engine/ops/swiglu.h"
 
 namespace monta::engine::cpu {
 namespace {
@@ -187,6 +188,12 @@ void fp8_unpack_rows(Tensor out, const Tensor& packed, Stream) {
         default: out.as<bf16_t>()[i] = float_to_bf16(v); break;
       }
     }
+}
+
+// The reference is the two ops in sequence: the fused CUDA kernel must give these bits.
+void fp8_swiglu_forward(Tensor out, Tensor q, Tensor scale, const Tensor& gate, const Tensor& up, Stream s) {
+  cpu::swiglu_forward(out, gate, up, s);
+  cpu::fp8_quantize_rows(q, scale, out, s);
 }
 
 namespace {

@@ -83,6 +83,41 @@ static __global__ void pack_rows_kernel(uint8_t* __restrict__ packed, const void
   }
 }
 
+// fp8_swiglu_forward: quantize_rows_kernel's tile over out = silu(gate)·up, computed as swiglu.cu does (the same f32
+// expression), stored in out's dtype and quantised from the stored value, so the codes equal swiglu_forward followed
+// by fp8_quantize_rows.
+static __global__ void swiglu_rows_kernel(void* __restrict__ out, uint8_t* __restrict__ q, float* __restrict__ scale,
+                                          const void* __restrict__ gate, const void* __restrict__ up, bool b16,
+                                          int64_t B, int64_t R, int64_t K) {
+  const int64_t T = fp8::tiles(K);
+  const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= B * R * T) return;
+  const int64_t t = warp % T, br = warp / T, b = br / R, r = br % R;
+  const int64_t row = br * K, c0 = t * kTile + lane * 4;
+  float v[4];
+  float amax = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    v[j] = 0.f;
+    if (c0 + j < K) {
+      const int64_t i = row + c0 + j;
+      const float g = ld(gate, i, b16), u = ld(up, i, b16);
+      const float sg = 1.f / (1.f + expf(-g));
+      st(out, i, b16, g * sg * u);
+      v[j] = ld(out, i, b16);  // the stored value (rounded to bf16 when out is bf16)
+    }
+    amax = fmaxf(amax, mag(v[j]));
+  }
+  amax = warp_max(amax);
+  const bool finite = amax <= FLT_MAX;
+  if (lane == 0) scale[(b * T + t) * R + r] = fp8::tile_scale(amax, finite);
+  const float inv = finite ? fp8::pow2(-fp8::scale_exponent(amax)) : 1.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (c0 + j < K) q[row + c0 + j] = fp8::quantize(v[j], inv, finite);
+}
+
 // fp8_unpack_rows: one thread per element.
 static __global__ void unpack_rows_kernel(void* __restrict__ out, bool ob, const uint8_t* __restrict__ packed,
                                           int64_t n, int64_t K, int64_t P) {
@@ -259,6 +294,20 @@ void fp8_unpack_rows(Tensor out, const Tensor& packed, Stream s) {
   if (n == 0) return;
   unpack_rows_kernel<<<grid_1d(n, 256), 256, 0, stream_of(s)>>>(out.data, is_bf16(out), packed.as<uint8_t>(), n, d.c,
                                                                  packed.dim(packed.ndim - 1));
+  MONTA_LAUNCH_CHECK();
+}
+
+void fp8_swiglu_forward(Tensor out, Tensor q, Tensor scale, const Tensor& gate, const Tensor& up, Stream s) {
+  const char* op = "fp8_swiglu_forward";
+  need_source(out, op, "out");
+  need_dtype(q, DType::e4m3, op, "q");
+  need_dtype(scale, DType::f32, op, "scale");
+  const D3 d = d3(out);
+  const int64_t warps = d.b * d.r * fp8::tiles(d.c);
+  if (warps == 0) return;
+  swiglu_rows_kernel<<<grid_1d(warps * 32, 256), 256, 0, stream_of(s)>>>(out.data, q.as<uint8_t>(), scale.as<float>(),
+                                                                         gate.data, up.data, is_bf16(out), d.b, d.r,
+                                                                         d.c);
   MONTA_LAUNCH_CHECK();
 }
 

@@ -377,6 +377,15 @@ void expect_packed(const char* op, const Tensor& packed, const Tensor& x) {
 }
 void fp8_pack_rows(Tensor packed, const Tensor& x) { expect_packed("fp8_pack_rows", packed, x); }
 void fp8_unpack_rows(Tensor out, const Tensor& packed) { expect_packed("fp8_unpack_rows", packed, out); }
+void fp8_swiglu_forward(Tensor out, Tensor q, Tensor scale, const Tensor& gate, const Tensor& up) {
+  const char* op = "fp8_swiglu_forward";
+  const Dims3 d = dims3(op, "out", out);
+  expect_dims(op, "gate", gate, d);
+  expect_dims(op, "up", up, d);
+  expect_dims(op, "q", q, d);
+  expect_dims(op, "scale", scale, {d.b, fp8::tiles(d.c), d.r});
+  expect(gate.dtype == out.dtype && up.dtype == out.dtype, op, "gate, up and out must share a dtype");
+}
 void fp8_gemm(Tensor out, const Tensor& a, const Tensor& a_scale, const Tensor& b, const Tensor& b_scale,
               Fp8Scaling b_scaling, Write) {
   const char* op = "fp8_gemm";

@@ -10,6 +10,7 @@
 
 #include "engine/fp8_math.h"
 #include "engine/ops/fp8.h"
+#include "engine/ops/swiglu.h"
 #include "test_util.h"
 
 namespace monta::enginetest {
@@ -202,6 +203,23 @@ TEST(Fp8Quantize, PackedRowsHoldTheRowTilesAndUnpackExactly) {
     }
   EXPECT_TRUE(std::isnan(back.t.as<float>()[R * K]));  // the marked tile unpacks to NaN
   EXPECT_FALSE(std::isnan(back.t.as<float>()[R * K + 200]));
+}
+
+// The fused SwiGLU + quantise op: the SwiGLU output as swiglu_forward writes it, and its row tiles.
+TEST(Fp8Quantize, FusedSwigluEqualsSwigluThenRowTiles) {
+  const int64_t B = 2, R = 5, K = 200;
+  Buf gate = spread_values({B, R, K}, 21), up = spread_values({B, R, K}, 22);
+  Buf act({B, R, K}, DType::f32), q({B, R, K}, DType::e4m3), s({B, 2, R}, DType::f32);
+  Buf act2({B, R, K}, DType::f32), q2({B, R, K}, DType::e4m3), s2({B, 2, R}, DType::f32);
+  engine::fp8_swiglu_forward(act, q, s, gate, up);
+  engine::swiglu_forward(act2, gate, up);
+  engine::fp8_quantize_rows(q2, s2, act2);
+  EXPECT_EQ(std::memcmp(act.t.data, act2.t.data, act.t.bytes()), 0);
+  EXPECT_EQ(std::memcmp(q.t.data, q2.t.data, q.t.bytes()), 0);
+  EXPECT_EQ(std::memcmp(s.t.data, s2.t.data, s.t.bytes()), 0);
+  bool nonzero = false;
+  for (int64_t i = 0; i < q.numel(); ++i) nonzero = nonzero || (q.t.as<uint8_t>()[i] & 0x7F) != 0;
+  EXPECT_TRUE(nonzero);
 }
 
 TEST(Fp8Quantize, ColumnTilesEqualRowTilesOfTheTranspose) {
