@@ -118,7 +118,8 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
       "exchange auto: predicted MoE blocks of one layer, forward + backward, for (E, C, H) = (%ld, %ld, %ld), experts "
       "measured at %.1f us forward (backward taken as 2x)%s\n  %-12s %6s %12s %14s\n",
       long(E), long(C), long(H), xf * 1e6,
-      Hd != H ? engine::strf("; forward dispatch of %ld-element packed FP8 rows", long(Hd)).c_str() : "", "strategy", "chunks", "call us", "fwd+bwd us");
+      Hd != H ? engine::strf("; forward dispatch of %ld-element packed FP8 rows", long(Hd)).c_str() : "", "strategy",
+      "chunks", "call us", "fwd+bwd us");
   // The predicted best chunk count of every strategy, in order of simplicity.
   std::vector<Candidate> cands;
   for (auto k : {ExchangeKind::duplicate, ExchangeKind::drop_gather, ExchangeKind::pipelined, ExchangeKind::overlapped}) {

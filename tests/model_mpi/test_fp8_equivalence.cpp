@@ -42,10 +42,15 @@ std::vector<Fp8Case> fp8_cases(int world) {
       if (world % tp || (world / tp) % ep) continue;
       for (bool etp : {true, false}) {
         if (!etp && tp == 1) continue;
-        std::vector<std::string> kinds = {"none"};
-        if (ep > 1) kinds = {"duplicate", "drop_gather", "pipelined", "overlapped"};
-        for (const std::string& k : kinds)
-          for (bool experts : {false, true}) out.push_back({tp, ep, etp, k, experts});
+        if (ep == 1) {
+          for (bool experts : {false, true}) out.push_back({tp, ep, etp, "none", experts});
+          continue;
+        }
+        // Every strategy with the FP8 dispatch; FP8 experts with the plainest and the most reordering one (the
+        // expert GEMMs see the same rows in every strategy, in overlapped's chunk-major order), to keep the suite
+        // inside its time limit at 8 ranks.
+        for (const char* k : {"duplicate", "drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k, false});
+        for (const char* k : {"duplicate", "overlapped"}) out.push_back({tp, ep, etp, k, true});
       }
     }
   return out;
@@ -99,7 +104,7 @@ TEST_P(Fp8Equivalence, LayoutEqualsOneProcess) {
   const int world = comm::runtime_world_size();
   const Fp8Case& k = GetParam();
   model::Config c = small_config();
-  c.model.ffn = 512;  // F/tp a multiple of 128 for tp <= 4: the FP8 forward and dgrad tiles do not depend on tp
+  if (k.experts) c.model.ffn = 512;  // F/tp a multiple of 128 for tp <= 4: FP8 forward and dgrad tiles as with tp 1
   c.comm.dispatch_dtype = "fp8";
   if (k.experts) c.model.fp8 = "experts";
   Rig rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
