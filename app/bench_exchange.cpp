@@ -20,7 +20,7 @@ namespace {
 
 // The sweep's options, straight from the command line; false when only --help was asked for (and printed).
 bool parse_options(int argc, char** argv, comm::ExchangeBenchOptions& o, std::string& json) {
-  std::string chunks_s = "2,4", cluster, links, device = "cpu";
+  std::string chunks_s = "2,4", cluster, links, device = "cpu", dispatch = "bf16";
   po::options_description desc("monta bench exchange options (run under mpirun)");
   desc.add_options()("help,h", "print this help")("tp", po::value(&o.tp)->default_value(1), "TP size")(
       "ep", po::value(&o.ep)->default_value(1), "EP size")(
@@ -37,6 +37,8 @@ bool parse_options(int argc, char** argv, comm::ExchangeBenchOptions& o, std::st
       "links", po::value(&links), "predict with this link-model cache (key = value) instead of calibrating")(
       "device", po::value(&device)->default_value("cpu"),
       "cpu (MPI on host buffers, f32) | cuda (NCCL on device buffers, bf16)")(
+      "dispatch-dtype", po::value(&dispatch)->default_value("bf16"),
+      "bf16 | fp8: fp8 adds each strategy with the FP8 dispatch (E4M3 + 1x128 scales; rows <strategy>+fp8)")(
       "json", po::value(&json), "write the rows as JSON here");
   const po::variables_map vm = parse_command_line(argc, argv, desc, "bench exchange");
   if (vm.count("help")) {
@@ -48,6 +50,8 @@ bool parse_options(int argc, char** argv, comm::ExchangeBenchOptions& o, std::st
   MONTA_USER_CHECK(device == "cpu", "--device cuda: this build has no CUDA backend (use --device cpu)");
 #endif
   o.device = device == "cuda" ? engine::Device::cuda : engine::Device::cpu;
+  MONTA_USER_CHECK(dispatch == "bf16" || dispatch == "fp8", "--dispatch-dtype must be bf16 or fp8, not '" + dispatch + "'");
+  o.dispatch_fp8 = dispatch == "fp8";
   o.chunks = engine::parse_int_list(chunks_s, "--chunks");
   if (!json.empty()) engine::check_output_path(json, "--json");
   MONTA_USER_CHECK(o.iters > 0 && o.warmup >= 0 && o.factor > 1 && o.min_bytes > 0 && o.max_bytes >= o.min_bytes &&

@@ -164,11 +164,17 @@ double sp_dispatch_reduce_scatter_time(ExchangeKind kind, int chunks, int64_t E,
 
 double predict_moe_block(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
                          const GroupPlacement& g, const LinkModel& l, double expert_s) {
-  const ExchangePrediction p = predict_exchange_shape(kind, chunks, E, C, H, elem_bytes, g, l);
-  if (kind != ExchangeKind::overlapped) return 2 * p.total + expert_s;
-  const double x = expert_s / p.chunks, fill = p.chunk_a2a + p.chunk_ag;
-  const double drain = p.chunks > 1 ? p.next_a2a + p.next_ag : fill;  // the last chunk's combine
-  return fill + x + (p.chunks - 1) * std::max(2 * p.stage, x) + drain;
+  return predict_moe_block_rows(kind, chunks, E, C, H, H, elem_bytes, g, l, expert_s);
+}
+
+double predict_moe_block_rows(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t Hd, int64_t H,
+                              int elem_bytes, const GroupPlacement& g, const LinkModel& l, double expert_s) {
+  const ExchangePrediction d = predict_exchange_shape(kind, chunks, E, C, Hd, elem_bytes, g, l);
+  const ExchangePrediction c = predict_exchange_shape(kind, chunks, E, C, H, elem_bytes, g, l);
+  if (kind != ExchangeKind::overlapped) return d.total + c.total + expert_s;
+  const double x = expert_s / d.chunks, fill = d.chunk_a2a + d.chunk_ag;
+  const double drain = c.chunks > 1 ? c.next_a2a + c.next_ag : c.chunk_a2a + c.chunk_ag;  // the last chunk's combine
+  return fill + x + (d.chunks - 1) * std::max(d.stage + c.stage, x) + drain;
 }
 
 ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const ExchangeVolume& v, const GroupPlacement& g,

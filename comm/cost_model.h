@@ -120,5 +120,12 @@ inline constexpr int kExchangesPerLayer = 4;
 // n = 1 gives drop_gather's 2·(A + G) + X.
 double predict_moe_block(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
                          const GroupPlacement& g, const LinkModel& l, double expert_s);
+// The same when the dispatch moves narrower rows than the combine: Hd elements a slot (the FP8 dispatch's packed
+// rows, comm::fp8_dispatch_width; H + 4·H/128 bytes instead of 2H) against the combine's H. Each direction is
+// priced on its own bytes: T = T_dispatch + T_combine + X, and for overlapped the stage carries one chunk of each:
+//   T = (A_d + G_d) + x + (n−1)·max(stage_d + stage_c, x) + (A_c + G_c)
+// Hd = H gives predict_moe_block.
+double predict_moe_block_rows(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t Hd, int64_t H,
+                              int elem_bytes, const GroupPlacement& g, const LinkModel& l, double expert_s);
 
 }  // namespace monta::comm

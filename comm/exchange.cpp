@@ -40,41 +40,42 @@ class DuplicateExchange final : public Exchange {
   void dispatch(Tensor y, const Tensor& x) override {
     const engine::TraceRange trace("exchange dispatch");
     const engine::HostTimer tm;
-    detail::check_exchange_io(y, x, n(), dtype_, device_, "dispatch");
-    const Tensor xf = flat(x, 0, n()), yf = flat(y, 0, n());
+    const int64_t W = detail::exchange_row_width(y, x, E_ * C_, H_, dtype_, device_, "dispatch");
+    const int64_t n = E_ * C_ * W;
+    const Tensor xf = flat(x, 0, n), yf = flat(y, 0, n);
     if (El_ == 1) {
       ep_.all_to_all(yf, xf);
     } else {
-      ep_.all_to_all(stage_, xf);
-      const int64_t row = C_ * H_;
+      ep_.all_to_all(flat(stage_, 0, n), xf);
+      const int64_t row = C_ * W;
       for (int64_t p = 0; p < e_; ++p)
         for (int64_t j = 0; j < El_; ++j)
           engine::copy(flat(y, (j * e_ + p) * row, row), flat(stage_, (p * El_ + j) * row, row));
     }
-    finish(tm);
+    finish(tm, W);
   }
 
   void combine(Tensor out, const Tensor& z) override {
     const engine::TraceRange trace("exchange combine");
     const engine::HostTimer tm;
-    detail::check_exchange_io(out, z, n(), dtype_, device_, "combine");
-    const Tensor zf = flat(z, 0, n()), of = flat(out, 0, n());
+    const int64_t W = detail::exchange_row_width(out, z, E_ * C_, H_, dtype_, device_, "combine");
+    const int64_t n = E_ * C_ * W;
+    const Tensor zf = flat(z, 0, n), of = flat(out, 0, n);
     if (El_ == 1) {
       ep_.all_to_all(of, zf);
     } else {
-      const int64_t row = C_ * H_;
+      const int64_t row = C_ * W;
       for (int64_t p = 0; p < e_; ++p)
         for (int64_t j = 0; j < El_; ++j)
           engine::copy(flat(stage_, (p * El_ + j) * row, row), flat(z, (j * e_ + p) * row, row));
-      ep_.all_to_all(of, stage_);
+      ep_.all_to_all(of, flat(stage_, 0, n));
     }
-    finish(tm);
+    finish(tm, W);
   }
 
  private:
-  int64_t n() const { return E_ * C_ * H_; }  // elements of x (E, C, H) and of y (E_l, e*C, H)
-  void finish(const engine::HostTimer& tm) {
-    stats_.ep_bytes = int64_t(e_ - 1) * El_ * C_ * H_ * es_;
+  void finish(const engine::HostTimer& tm, int64_t W) {  // W: the row width moved
+    stats_.ep_bytes = int64_t(e_ - 1) * El_ * C_ * W * es_;
     stats_.tp_bytes = 0;
     stats_.seconds = tm.seconds();
   }

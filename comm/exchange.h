@@ -36,6 +36,8 @@ struct ExchangeStats {
 
 // EP group of size e, E_l = E / e local experts; EP rank p owns global experts [p*E_l, (p+1)*E_l).
 // Both calls are collective over the TP and EP groups and need every rank of both to call them.
+// Rows may be narrower than H: x (E, C, W) -> y (E_l, e*C, W) for any W <= H, the same on every rank of a call (the
+// FP8 dispatch moves packed rows of W < H elements this way, comm/fp8_dispatch.h); stats count the W moved.
 //
 // Gradients: dispatch and combine are inverse permutations of slots, so each is the other's backward:
 //   backward of dispatch: dx = combine(dy)       backward of combine: dz = dispatch(dout)

@@ -8,6 +8,7 @@
 
 #include "comm/calibrate.h"
 #include "comm/exchange.h"
+#include "comm/fp8_dispatch.h"
 #include "comm/groups.h"
 #include "comm/mpi_communicator.h"
 #include "comm/runtime.h"
@@ -88,18 +89,23 @@ ExchangeBenchResult run_exchange_bench(const ExchangeBenchOptions& o) {
   engine::BenchSweep sweep(warmup, iters, [&](int w, int n, const std::function<void()>& fn) {
     return slowest_median_seconds(*W, dev, w, n, fn);
   });
-  // A row's predicted time, and its chunk count (0: not chunked) for the table and the JSON.
-  auto with_prediction = [](engine::BenchCase c, int chunks, double pred_s) {
+  // A row's predicted time, its chunk count (0: not chunked), and for an exchange the bytes this rank sends per call
+  // and their ratio to a bf16 dispatch of the same strategy, for the table and the JSON.
+  auto with_prediction = [](engine::BenchCase c, int chunks, double pred_s, double sent = 0, double vs_bf16 = 0) {
     c.extra.add("chunks", chunks).add("pred_us", pred_s * 1e6, "%.3f");
-    c.values = {double(chunks), pred_s * 1e6};
+    if (sent > 0) c.extra.add("sent_bytes", sent, "%.0f").add("vs_bf16", vs_bf16, "%.4f");
+    c.values = {double(chunks), pred_s * 1e6, sent, vs_bf16};
     return c;
   };
+  const int64_t Wq = o.dispatch_fp8 ? fp8_dispatch_width(hidden, dt) : 0;  // packed FP8 row, elements of dt
   const RankCoords co = pg.coords();
   for (double target = double(o.min_bytes); target <= double(o.max_bytes) * 1.0001; target *= o.factor) {
     const int64_t C = std::max<int64_t>(1, int64_t(target) / (E * hidden * es));
     const int64_t n = E * C * hidden;
     const double X = double(n) * es;
-    engine::Arena a("bench_exchange", dev, {{"x", {n}, dt}, {"y", {n}, dt}, {"back", {n}, dt}, {"ref", {n}, dt}});
+    engine::Arena a("bench_exchange", dev,
+                    {{"x", {n}, dt}, {"y", {n}, dt}, {"back", {n}, dt}, {"ref", {n}, dt},
+                     {"xq", {std::max<int64_t>(1, E * C * Wq)}, dt}, {"yq", {std::max<int64_t>(1, E * C * Wq)}, dt}});
     Tensor x = a.get("x"), y = a.get("y"), back = a.get("back");
     engine::fill_pseudo_random(x, uint64_t(co.dp_idx), 1.0);  // identical on every TP rank
     const Tensor x3 = x.view({E, C, hidden}), y3 = y.view({E / ep, ep * C, hidden}), b3 = back.view({E, C, hidden});
@@ -137,8 +143,34 @@ ExchangeBenchResult run_exchange_bench(const ExchangeBenchOptions& o) {
         W->all_reduce(Tensor(bad.data(), {1}, DType::i32), ReduceOp::max);
         return bad[0] == 0;
       };
-      sweep.run(with_prediction(c, kind == ExchangeKind::pipelined ? k : 0,
-                                predict_exchange_shape(kind, k, E, C, hidden, es, g, lm).total));
+      ex->dispatch(y3, x3);  // once untimed, for the bytes it sends
+      const ExchangeStats plain = ex->last_stats();
+      const double sent = double(plain.ep_bytes + plain.tp_bytes), bf16_sent = sent * 2 / es;
+      const int shown_chunks = kind == ExchangeKind::pipelined ? k : 0;
+      sweep.run(with_prediction(c, shown_chunks, predict_exchange_shape(kind, k, E, C, hidden, es, g, lm).total, sent,
+                                sent / bf16_sent));
+      if (!o.dispatch_fp8) continue;
+      const Tensor xq = engine::make_view(a.get("xq").data, {E, C, Wq}, dt, dev);
+      const Tensor yq = engine::make_view(a.get("yq").data, {E / ep, ep * C, Wq}, dt, dev);
+      engine::BenchCase f = engine::bench_case(std::string(exchange_kind_name(kind)) + "+fp8", "", 0,
+                                               double(E * C * Wq) * es, [&] { fp8_dispatch(*ex, y3, x3, xq, yq); });
+      f.group = ep;
+      f.check = [&] {  // equals quantise→dequantise of this strategy's plain dispatch, on every rank
+        ex->dispatch(y3, x3);
+        fp8_round_trip(y3, engine::make_view(a.get("xq").data, {E / ep, ep * C, Wq}, dt, dev));
+        engine::sync_device(dev);
+        const std::vector<char> want = to_host(y);
+        engine::fill_zero(y);
+        fp8_dispatch(*ex, y3, x3, xq, yq);
+        engine::sync_device(dev);
+        std::vector<int32_t> bad = {to_host(y) != want ? 1 : 0};
+        W->all_reduce(Tensor(bad.data(), {1}, DType::i32), ReduceOp::max);
+        return bad[0] == 0;
+      };
+      const ExchangeStats q = fp8_dispatch(*ex, y3, x3, xq, yq);
+      const double fsent = double(q.ep_bytes + q.tp_bytes);
+      sweep.run(with_prediction(f, shown_chunks, predict_exchange_shape(kind, k, E, C, Wq, es, g, lm).total, fsent,
+                                fsent / bf16_sent));
     }
   }
   ExchangeBenchResult res;
@@ -173,6 +205,8 @@ std::string ExchangeBenchResult::table() const {
                  engine::bench_number_column("pred (us)", 12, "%.1f", [](const R& r) { return r.values[1]; }),
                  engine::bench_number_column("pred err %", 11, "%.1f",
                                              [](const R& r) { return 100.0 * (r.us() - r.values[1]) / r.values[1]; }),
+                 {"sent (B)", 12, [](const R& r) { return r.values[2] > 0 ? strf("%.0f", r.values[2]) : std::string("-"); }},
+                 {"vs bf16", 8, [](const R& r) { return r.values[2] > 0 ? strf("%.3f", r.values[3]) : std::string("-"); }},
                  {"ok", 13, [](const R& r) { return std::string(r.ok ? "ok" : "WRONG"); }},
              });
 }

@@ -1,8 +1,11 @@
 // The exchange sweep behind `monta bench exchange`, cases of the benchmark engine (engine/bench.h): for each buffer
 // size, the raw all-to-all over EP and all-gather over TP of the same groups, then every strategy (pipelined at each
 // chunk count), timed as the slowest rank's median (comm/timing.h), as time / algbw / busbw with nccl-tests'
-// formulas, beside the cost model's prediction. Correctness (every strategy's dispatch equals duplicate's, and
-// combine inverts it) is each case's check, outside the timed region. Collective over MPI_COMM_WORLD.
+// formulas, beside the cost model's prediction, and the bytes this rank sends per call (EP + TP) with their ratio to
+// a bf16 dispatch. With dispatch_fp8, every strategy also runs as an FP8 dispatch (comm/fp8_dispatch.h: pack,
+// exchange, unpack). Correctness (every strategy's dispatch equals duplicate's, and combine inverts it; an FP8
+// dispatch equals quantise→dequantise of the plain one) is each case's check, outside the timed region. Collective
+// over MPI_COMM_WORLD.
 #pragma once
 #include <optional>
 #include <string>
@@ -21,11 +24,14 @@ struct ExchangeBenchOptions {
   std::vector<int> chunks = {2, 4};
   std::optional<LinkModel> links;  // predict with these links; unset: calibrate with a short probe
   engine::Device device = engine::Device::cpu;  // cpu: MPI on f32 host buffers; cuda: NCCL on bf16 device buffers
+  bool dispatch_fp8 = false;  // also each strategy with the FP8 dispatch (rows "<strategy>+fp8")
 };
 
 struct ExchangeBenchResult {
   ExchangeBenchOptions options;
-  engine::BenchSweep sweep{0, 1, nullptr};  // rows: extra "chunks", "pred_us"; values {chunks, predicted us}
+  // rows: extra "chunks", "pred_us", "sent_bytes", "vs_bf16"; values {chunks, predicted us, bytes this rank sends per
+  // call over EP and TP (0: a raw collective), their ratio to the same strategy's bf16 dispatch}
+  engine::BenchSweep sweep{0, 1, nullptr};
   LinkModel links;
   GroupPlacement placement;
   int world = 1, nodes = 1;

@@ -43,15 +43,18 @@ struct Candidate {
 // order; the slowest rank's median of 3 after a warm-up, so every rank gets the same numbers.
 void measure_forward_blocks(Communicator& world, Communicator& tp, Communicator& ep, const ExchangeChoiceInput& in,
                             const ExpertShape& s, std::vector<Candidate>& cands) {
-  const int64_t E = in.experts, C = in.capacity, n = E * C * s.H;
+  // The forward dispatch moves rows of Hd elements (the FP8 dispatch's packed rows, or H); pack and unpack are not
+  // timed (elementwise, the same for every strategy).
+  const int64_t E = in.experts, C = in.capacity, n = E * C * s.H, Hd = in.dispatch_width > 0 ? in.dispatch_width : s.H;
   const engine::DType act = in.dtype;
   engine::Arena scratch("exchange_auto_probe", in.device,
                         {{"x", {n}, act}, {"y", {n}, act}, {"z", {n}, act}, {"out", {n}, act},
                          {"w", {s.El, s.F, s.H}, act}, {"o", {s.El, s.EC, s.F}, act}});
   for (const char* t : {"x", "z", "w"}) engine::fill_zero(scratch.get(t));
-  const Tensor x = scratch.get("x").view({E, C, s.H}), y = scratch.get("y").view({s.El, s.EC, s.H});
+  const Tensor x = engine::make_view(scratch.get("x").data, {E, C, Hd}, act, in.device);
+  const Tensor y = engine::make_view(scratch.get("y").data, {s.El, s.EC, Hd}, act, in.device);
   const Tensor z = scratch.get("z").view({s.El, s.EC, s.H}), out = scratch.get("out").view({E, C, s.H});
-  const Tensor w = scratch.get("w"), o = scratch.get("o");
+  const Tensor w = scratch.get("w"), o = scratch.get("o"), yfull = scratch.get("y").view({s.El, s.EC, s.H});
   for (Candidate& k : cands) {
     ExchangeShape shape{E, C, s.H};
     shape.chunks = k.chunks;
@@ -59,7 +62,7 @@ void measure_forward_blocks(Communicator& world, Communicator& tp, Communicator&
     auto ex = make_exchange(k.kind, tp, ep, shape, act, in.device);
     auto block = [&] {
       ex->dispatch_experts_combine(out, z, y, x, [&](int c) {
-        const Tensor yc = ex->expert_chunk(y, c), oc = ex->expert_chunk(o, c);
+        const Tensor yc = ex->expert_chunk(yfull, c), oc = ex->expert_chunk(o, c);
         for (int g = 0; g < 3; ++g) engine::expert_linear_forward(oc, yc, w);
       });
     };
@@ -107,15 +110,17 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
   }
   // Predict every strategy on this layer's (E, C, H) buffer and measured expert time: the forward and backward MoE
   // blocks (dispatch, experts, combine) of one layer.
-  const int64_t E = in.experts, C = in.capacity, H = in.hidden;
+  const int64_t E = in.experts, C = in.capacity, H = in.hidden, Hd = in.dispatch_width > 0 ? in.dispatch_width : H;
   const ExpertShape xs{E / ep.size(), C * ep.size(), H, in.ffn_local};
   const int es = int(engine::dtype_size(in.dtype));
   const double xf = expert_forward_seconds(world, xs, in.dtype, in.device);
   ExchangeChoice out;
   out.table = calibration + engine::strf(
       "exchange auto: predicted MoE blocks of one layer, forward + backward, for (E, C, H) = (%ld, %ld, %ld), experts "
-      "measured at %.1f us forward (backward taken as 2x)\n  %-12s %6s %12s %14s\n",
-      long(E), long(C), long(H), xf * 1e6, "strategy", "chunks", "call us", "fwd+bwd us");
+      "measured at %.1f us forward (backward taken as 2x)%s\n  %-12s %6s %12s %14s\n",
+      long(E), long(C), long(H), xf * 1e6,
+      Hd != H ? engine::strf("; forward dispatch of %ld-element packed FP8 rows", long(Hd)).c_str() : "", "strategy",
+      "chunks", "call us", "fwd+bwd us");
   // The predicted best chunk count of every strategy, in order of simplicity.
   std::vector<Candidate> cands;
   for (auto k : {ExchangeKind::duplicate, ExchangeKind::drop_gather, ExchangeKind::pipelined, ExchangeKind::overlapped}) {
@@ -125,7 +130,7 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
       const auto p = predict_exchange_shape(k, n, E, C, H, es, place, links);
       // Sequence parallel: one dispatch per block, each with its reduce-scatter over TP.
       const double sp = in.sequence_parallel ? sp_dispatch_reduce_scatter_time(k, n, E, C, H, es, place, links) : 0;
-      const double fwd = predict_moe_block(k, n, E, C, H, es, place, links, xf) + sp;
+      const double fwd = predict_moe_block_rows(k, n, E, C, Hd, H, es, place, links, xf) + sp;
       const double t = fwd + predict_moe_block(k, n, E, C, H, es, place, links, 2 * xf) + sp;
       out.table += engine::strf("  %-12s %6d %12.1f %14.1f\n", exchange_kind_name(k), n, p.total * 1e6, t * 1e6);
       if (cands.empty() || cands.back().kind != k) cands.push_back({k, n, t, fwd, 0});

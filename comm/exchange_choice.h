@@ -16,6 +16,8 @@ namespace monta::comm {
 struct ExchangeChoiceInput {
   int64_t experts = 0, capacity = 0, hidden = 0;  // E, C, H of the dispatch buffer
   int64_t ffn_local = 0;                          // F_l: the width of the experts' GEMMs on this rank
+  int64_t dispatch_width = 0;  // elements of dtype a forward dispatch sends per slot: H, or the FP8 dispatch's packed
+                               // rows (comm::fp8_dispatch_width); 0: hidden. The backward's dispatch sends H.
   engine::DType dtype = engine::DType::f32;
   engine::Device device = engine::Device::cpu;
   std::optional<LinkModel> links;  // given (a cache file, a cluster description); empty: calibrate the groups

@@ -23,6 +23,18 @@ inline void check_exchange_io(const engine::Tensor& dst, const engine::Tensor& s
   MONTA_CHECK(dst.data != src.data, std::string("exchange ") + who + ": output must not alias input");
 }
 
+// The row width W of one dispatch or combine whose operands hold `slots` rows each (E*C): W = numel / slots, at most
+// the exchange's H (its staging is sized for H; the FP8 dispatch moves narrower packed rows, comm/fp8_dispatch.h).
+inline int64_t exchange_row_width(const engine::Tensor& dst, const engine::Tensor& src, int64_t slots, int64_t H,
+                                  engine::DType dtype, engine::Device device, const char* who) {
+  const int64_t W = slots > 0 ? src.numel() / slots : 0;
+  MONTA_CHECK(W > 0 && W <= H && src.numel() == slots * W,
+              std::string("exchange ") + who + ": expected " + n2s(slots) + " rows of at most " + n2s(H) +
+                  " elements, got " + src.str());
+  check_exchange_io(dst, src, slots * W, dtype, device, who);
+  return W;
+}
+
 // 1-D view of n elements starting elem_off elements into t.
 inline engine::Tensor flat(const engine::Tensor& t, int64_t elem_off, int64_t n) {
   return engine::make_view(static_cast<char*>(t.data) + size_t(elem_off) * engine::dtype_size(t.dtype), {n}, t.dtype,

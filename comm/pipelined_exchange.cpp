@@ -29,8 +29,8 @@ using detail::n2s;
 struct Chunk {
   int64_t off = 0, size = 0, cp = 0;  // cp = ceil(size / t): the equal-count all-gather block's capacity
   std::vector<Shard> slices;          // (t) slice of each TP rank, offsets relative to the chunk
-  int64_t block = 0;                  // elements of one TP rank's gather block: e * E_l * cp * H
-  int64_t send_at = 0, gather_at = 0; // element offsets of this chunk's send and gather regions in the arena
+  int64_t block = 0;                  // slots of one TP rank's gather block: e * E_l * cp (times the row width W)
+  int64_t send_at = 0, gather_at = 0; // element offsets of this chunk's send and gather regions, sized for W = H
 };
 
 class PipelinedExchange final : public Exchange {
@@ -59,16 +59,17 @@ class PipelinedExchange final : public Exchange {
       c.size = s.size;
       c.cp = (s.size + t_ - 1) / t_;
       for (int r = 0; r < t_; ++r) c.slices.push_back(shard(s.size, t_, r, false));
-      c.block = int64_t(e_) * El_ * c.cp * H_;
+      c.block = int64_t(e_) * El_ * c.cp;
       c.send_at = send_total;
       c.gather_at = gather_total;
-      send_total += c.block;
-      gather_total += int64_t(t_) * c.block;
+      send_total += c.block * H_;
+      gather_total += int64_t(t_) * c.block * H_;
       chunks_.push_back(c);
     }
     // Every chunk has its own regions: all of them may be in flight at once. The overlapped combine of chunk k
     // reuses chunk k's regions: it is packed only after chunk k's dispatch has been unpacked, which orders it
-    // after both of that dispatch's collectives.
+    // after both of that dispatch's collectives. A leg of narrower rows (W < H, the FP8 dispatch) packs its blocks
+    // W apart inside the same regions, so the regions of different chunks never overlap whatever the widths.
     arena_ = engine::Arena(std::string("exchange_") + exchange_kind_name(kind), device,
                            {{"send", {send_total}, dtype},        // per chunk (e, E_l, cs, H), this TP rank's slice
                             {"gather", {gather_total}, dtype}});  // per chunk (t, e, E_l, cp, H)
@@ -84,20 +85,18 @@ class PipelinedExchange final : public Exchange {
   void dispatch(Tensor y, const Tensor& x) override {
     const engine::TraceRange trace("exchange dispatch");
     const engine::HostTimer t0;
-    check_io(y, x, "dispatch");
-    Leg leg{x, y, token_side(), expert_side()};
+    Leg leg{x, y, token_side(), expert_side(), check_io(y, x, "dispatch")};
     leg.partial_src = sp_;
     run(leg);
-    finish(t0, 1, 0, 1);
+    finish(t0, leg.W, 0, leg.W);
   }
 
   void combine(Tensor out, const Tensor& z) override {
     const engine::TraceRange trace("exchange combine");
     const engine::HostTimer t0;
-    check_io(out, z, "combine");
-    Leg leg{z, out, expert_side(), token_side()};
+    Leg leg{z, out, expert_side(), token_side(), check_io(out, z, "combine")};
     run(leg);
-    finish(t0, 1, 0, 0);
+    finish(t0, leg.W, 0, 0);
   }
 
   int expert_chunks() const override { return overlapped() ? int(chunks_.size()) : 1; }
@@ -127,12 +126,13 @@ class PipelinedExchange final : public Exchange {
     MONTA_CHECK(k >= 0 && k < (one ? int(chunks_.size()) : 1), "exchange: reduce_tp_partials chunk " + n2s(k));
     const Position at = one ? chunk_major() : expert_side();
     const int64_t base = one ? El_ * e_ * chunks_[size_t(k)].off : 0;  // zk's first slot in the whole z
+    const int64_t W = H_;                                               // z holds the experts' output rows
     for (int ci = one ? k : 0; ci < (one ? k + 1 : int(chunks_.size())); ++ci) {
       const Chunk& c = chunks_[size_t(ci)];
-      for (int r = 0; r < t_; ++r) move_slice(c, r, zk, at, base, gather_, c.gather_at + r * c.block, true);
-      tp_.reduce_scatter(flat(send_, c.send_at, c.block), flat(gather_, c.gather_at, int64_t(t_) * c.block),
-                         ReduceOp::sum);
-      move_slice(c, tp_.rank(), zk, at, base, send_, c.send_at, false);
+      const int64_t blk = c.block * W;
+      for (int r = 0; r < t_; ++r) move_slice(c, r, W, zk, at, base, gather_, c.gather_at + r * blk, true);
+      tp_.reduce_scatter(flat(send_, c.send_at, blk), flat(gather_, c.gather_at, int64_t(t_) * blk), ReduceOp::sum);
+      move_slice(c, tp_.rank(), W, zk, at, base, send_, c.send_at, false);
     }
     return true;
   }
@@ -149,10 +149,9 @@ class PipelinedExchange final : public Exchange {
     if (!overlapped()) return Exchange::dispatch_experts_combine(out, z, y, x, experts);
     const engine::TraceRange trace("exchange overlapped: dispatch, experts, combine");
     const engine::HostTimer t0;
-    check_io(y, x, "dispatch");
-    check_io(out, z, "combine");
     const int n = int(chunks_.size());
-    Leg d{x, y, token_side(), chunk_major()}, c{z, out, chunk_major(), token_side()};
+    Leg d{x, y, token_side(), chunk_major(), check_io(y, x, "dispatch")};
+    Leg c{z, out, chunk_major(), token_side(), check_io(out, z, "combine")};
     d.partial_src = sp_;
     double in_experts = 0;
     auto compute = [&](int k) {
@@ -176,7 +175,7 @@ class PipelinedExchange final : public Exchange {
       if (k > 0) unpack(c, k - 1);
     }
     unpack(c, n - 1);
-    finish(t0, 2, in_experts, 1);
+    finish(t0, d.W + c.W, in_experts, d.W);
     return stats_;
   }
 
@@ -194,15 +193,16 @@ class PipelinedExchange final : public Exchange {
     return [this](const Chunk& c, int64_t p, int64_t j) { return El_ * e_ * c.off + (j * e_ + p) * c.size; };
   }
 
-  // Copies TP slice r of every (peer p, local expert j) run of chunk c between `side` (runs placed by `at`, whose
-  // slot `base` is side's first) and the packed (e, E_l, slice, H) block at element `packed_at` of `packed`.
-  void move_slice(const Chunk& c, int r, const Tensor& side, const Position& at, int64_t base, const Tensor& packed,
-                  int64_t packed_at, bool to_packed) const {
+  // Copies TP slice r of every (peer p, local expert j) run of chunk c between `side` (rows of W elements, runs placed
+  // by `at`, whose slot `base` is side's first) and the packed (e, E_l, slice, W) block at element `packed_at` of
+  // `packed`.
+  void move_slice(const Chunk& c, int r, int64_t W, const Tensor& side, const Position& at, int64_t base,
+                  const Tensor& packed, int64_t packed_at, bool to_packed) const {
     const Shard s = c.slices[size_t(r)];
-    const int64_t m = s.size * H_;
+    const int64_t m = s.size * W;
     for (int64_t p = 0; p < e_; ++p)
       for (int64_t j = 0; j < El_; ++j) {
-        const Tensor run = flat(side, (at(c, p, j) - base + s.offset) * H_, m);
+        const Tensor run = flat(side, (at(c, p, j) - base + s.offset) * W, m);
         const Tensor blk = flat(packed, packed_at + (p * El_ + j) * m, m);
         if (to_packed)
           engine::copy(blk, run);
@@ -211,10 +211,11 @@ class PipelinedExchange final : public Exchange {
       }
   }
 
-  // One direction of the exchange: src -> dst, with the requests of its chunks.
+  // One direction of the exchange: src -> dst, rows of W elements, with the requests of its chunks.
   struct Leg {
     Tensor src, dst;
     Position src_at, dst_at;
+    int64_t W = 0;
     std::vector<std::unique_ptr<Request>> a2a{}, ag{};
     bool partial_src = false;  // src is this TP rank's part of the buffer (sequence parallelism): reduce-scatter it
   };
@@ -222,31 +223,31 @@ class PipelinedExchange final : public Exchange {
   void pack_and_send(Leg& leg, int k) {
     const engine::TraceRange trace("exchange pack + all-to-all chunk " + std::to_string(k));
     const Chunk& c = chunks_[size_t(k)];
-    const int64_t cnt = int64_t(e_) * El_ * c.slices[size_t(tp_.rank())].size * H_;
+    const int64_t cnt = int64_t(e_) * El_ * c.slices[size_t(tp_.rank())].size * leg.W;
     if (leg.partial_src) {
       // Sequence parallelism: every slice of this rank's part, rank-major into the chunk's gather region (idle until
       // this chunk's all-to-all lands there), then reduce-scatter: this rank's slice, summed over TP, in the send
       // region. Each slot is non-zero on one TP rank only, so the sum adds zeros: the bytes are the tokens' own.
       const engine::TraceRange rs("exchange reduce-scatter of TP parts (sequence parallel)");
-      for (int r = 0; r < t_; ++r) move_slice(c, r, leg.src, leg.src_at, 0, gather_, c.gather_at + r * c.block, true);
-      tp_.reduce_scatter(flat(send_, c.send_at, c.block), flat(gather_, c.gather_at, int64_t(t_) * c.block),
-                         ReduceOp::sum);
+      const int64_t blk = c.block * leg.W;
+      for (int r = 0; r < t_; ++r) move_slice(c, r, leg.W, leg.src, leg.src_at, 0, gather_, c.gather_at + r * blk, true);
+      tp_.reduce_scatter(flat(send_, c.send_at, blk), flat(gather_, c.gather_at, int64_t(t_) * blk), ReduceOp::sum);
     } else {
-      move_slice(c, tp_.rank(), leg.src, leg.src_at, 0, send_, c.send_at, true);
+      move_slice(c, tp_.rank(), leg.W, leg.src, leg.src_at, 0, send_, c.send_at, true);
     }
     if (leg.a2a.empty()) leg.a2a.resize(chunks_.size());
-    // Lands directly in this TP rank's block of the chunk's gather region (packed (e, E_l, cs, H)).
-    leg.a2a[size_t(k)] = ep_.all_to_all_async(flat(gather_, c.gather_at + tp_.rank() * c.block, cnt),
+    // Lands directly in this TP rank's block of the chunk's gather region (packed (e, E_l, cs, W)).
+    leg.a2a[size_t(k)] = ep_.all_to_all_async(flat(gather_, c.gather_at + tp_.rank() * c.block * leg.W, cnt),
                                               flat(send_, c.send_at, cnt));
   }
   // Starts chunk k's all-gather once its all-to-all is done; the caller's stream does not wait for the latter.
   void gather(Leg& leg, int k) {
     const Chunk& c = chunks_[size_t(k)];
     if (leg.ag.empty()) leg.ag.resize(chunks_.size());
+    const int64_t blk = c.block * leg.W;
     if (t_ > 1)
-      leg.ag[size_t(k)] =
-          tp_.all_gather_async_after(*leg.a2a[size_t(k)], flat(gather_, c.gather_at, int64_t(t_) * c.block),
-                                     flat(gather_, c.gather_at + tp_.rank() * c.block, c.block));
+      leg.ag[size_t(k)] = tp_.all_gather_async_after(*leg.a2a[size_t(k)], flat(gather_, c.gather_at, int64_t(t_) * blk),
+                                                     flat(gather_, c.gather_at + tp_.rank() * blk, blk));
     else
       leg.a2a[size_t(k)]->wait();
   }
@@ -254,7 +255,8 @@ class PipelinedExchange final : public Exchange {
     const engine::TraceRange trace("exchange unpack chunk " + std::to_string(k));
     const Chunk& c = chunks_[size_t(k)];
     if (leg.ag[size_t(k)]) leg.ag[size_t(k)]->wait();
-    for (int r = 0; r < t_; ++r) move_slice(c, r, leg.dst, leg.dst_at, 0, gather_, c.gather_at + r * c.block, false);
+    for (int r = 0; r < t_; ++r)
+      move_slice(c, r, leg.W, leg.dst, leg.dst_at, 0, gather_, c.gather_at + r * c.block * leg.W, false);
   }
 
   // The pipeline of one direction. Schedule, chunk k:
@@ -271,20 +273,21 @@ class PipelinedExchange final : public Exchange {
     unpack(leg, n - 1);
   }
 
-  void check_io(const Tensor& dst, const Tensor& src, const char* who) const {
-    detail::check_exchange_io(dst, src, E_ * C_ * H_, dtype_, device_, who);
+  int64_t check_io(const Tensor& dst, const Tensor& src, const char* who) const {  // -> the row width W
+    return detail::exchange_row_width(dst, src, E_ * C_, H_, dtype_, device_, who);
   }
 
-  // directions: 1 for dispatch() or combine(), 2 for the overlapped whole; minus_s: time spent outside the exchange;
-  // dispatches: how many of the directions were dispatches (their reduce-scatter under sequence parallelism).
-  void finish(const engine::HostTimer& t0, int directions, double minus_s, int dispatches) {
-    int64_t ep = 0, tp = 0;
+  // widths: the row widths of the directions moved, summed (H for dispatch() or combine() of full rows, the two legs'
+  // widths for the overlapped whole); minus_s: time spent outside the exchange; dispatch_widths: the part of widths
+  // that dispatches moved (each adds its reduce-scatter over TP under sequence parallelism).
+  void finish(const engine::HostTimer& t0, int64_t widths, double minus_s, int64_t dispatch_widths) {
+    int64_t ep = 0, tp = 0;  // per unit of row width
     for (const Chunk& c : chunks_) {
-      ep += int64_t(e_ - 1) * El_ * c.slices[size_t(tp_.rank())].size * H_ * es_;
+      ep += int64_t(e_ - 1) * El_ * c.slices[size_t(tp_.rank())].size * es_;
       tp += int64_t(t_ - 1) * c.block * es_;
     }
-    stats_.ep_bytes = directions * ep;
-    stats_.tp_bytes = (directions + (sp_ ? dispatches : 0)) * tp;
+    stats_.ep_bytes = ep * widths;
+    stats_.tp_bytes = tp * (widths + (sp_ ? dispatch_widths : 0));
     stats_.seconds = t0.seconds() - minus_s;
   }
 

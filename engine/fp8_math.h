@@ -18,6 +18,10 @@ constexpr int kMinScaleExp = -120;  // scales stay >= 2^-120, so 1/scale is a fi
 // leading dimension of a BLK128x128 scale tensor padded to a multiple of 4 floats).
 MONTA_HD int64_t tiles(int64_t n) { return (n + kTile - 1) / kTile; }
 MONTA_HD int64_t block_scale_ld(int64_t n) { return (tiles(n) + 3) / 4 * 4; }
+// Bytes of one packed row of n elements (fp8_pack_rows, the FP8 dispatch payload): n codes padded to a multiple of 4,
+// then the row's tiles(n) fp32 scales, so the scales are 4-byte aligned whenever the row is.
+MONTA_HD int64_t packed_scales_at(int64_t n) { return (n + 3) / 4 * 4; }
+MONTA_HD int64_t packed_row_bytes(int64_t n) { return packed_scales_at(n) + 4 * tiles(n); }
 
 MONTA_HD uint32_t f32_bits(float f) {
 #ifdef __CUDA_ARCH__

@@ -258,7 +258,11 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
   m.top_k = o.top_k;
   m.seq_len = S;
   m.capacity_factor = 1.0;
-  m.fp8 = o.fp8;
+  const std::vector<std::string> fp8_modes = split_list(o.fp8);
+  MONTA_USER_CHECK(!fp8_modes.empty(), "bench layer: --fp8 lists no mode");
+  for (const auto& f : fp8_modes)
+    MONTA_USER_CHECK(f == "none" || f == "experts", "bench layer: --fp8 takes none or experts (or a comma list), not '" +
+                                                        f + "'");
   const int world = comm::runtime_world_size(), me = comm::runtime_world_rank();
   MONTA_USER_CHECK(o.tp > 0 && o.ep > 0 && world % o.tp == 0,
                    strf("bench layer: --tp %d must divide the %d ranks, --ep must be positive", o.tp, world));
@@ -304,7 +308,11 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
   // and the share each GPU does: the tp ranks of a DP group split one micro-batch.
   const double flops = model::layer_train_flops_per_token(m, model::FlopCount::executed) * double(s.N) / o.tp;
   JsonRecord breakdowns;
-  for (const auto& name : strategies) {
+  std::vector<std::pair<std::string, std::string>> runs;  // (model.fp8, strategy), fp8 modes outermost
+  for (const auto& f : fp8_modes)
+    for (const auto& k : strategies) runs.push_back({f, k});
+  for (const auto& [fp8_mode, name] : runs) {
+    m.fp8 = fp8_mode;
     if (o.ep > 1) {
       c.comm.exchange = name;
       model::attach_exchange(ps, c, dev, act);
@@ -314,9 +322,11 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
     // auto: the cost model's pick for this layer (start-up calibration and prediction), timed like the others.
     const std::string kind = o.ep == 1 ? name : comm::exchange_kind_name(ps.exchange->kind());
     const int chunks = o.ep == 1 ? 1 : ps.exchange->pipeline_chunks();
-    const std::string label = o.ep == 1 ? std::string("layer fwd+bwd")
-                              : name == "auto" ? strf("layer fwd+bwd auto=%s", kind.c_str())
-                                               : strf("layer fwd+bwd %s", name.c_str());
+    const std::string fp8_label = fp8_modes.size() > 1 || fp8_mode != "none" ? " fp8=" + fp8_mode : "";
+    const std::string label = (o.ep == 1 ? std::string("layer fwd+bwd")
+                               : name == "auto" ? strf("layer fwd+bwd auto=%s", kind.c_str())
+                                                : strf("layer fwd+bwd %s", name.c_str())) +
+                              fp8_label;
     const std::string shape = strf("S%ld H%ld F%ld E%ld top%ld tp%d ep%d%s", long(S), long(m.hidden), long(m.ffn),
                                    long(m.experts), long(m.top_k), o.tp, o.ep,
                                    kind == "pipelined" || kind == "overlapped"
@@ -327,9 +337,10 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
     sweep.run(layer);
     if (world == 1) {  // the forward alone, for where the time goes (FlopCount::forward)
       const double fwd_flops = model::layer_train_flops_per_token(m, model::FlopCount::forward) * double(s.N) / o.tp;
-      sweep.run(bench_case("layer fwd only", shape, fwd_flops, 0, [&] { model.bench_layer(0, false); }));
+      sweep.run(bench_case("layer fwd only" + fp8_label, shape, fwd_flops, 0, [&] { model.bench_layer(0, false); }));
       // As on a later micro-batch of a step: the weight gradients are added to, not written (GEMMs with beta 1).
-      sweep.run(bench_case("layer fwd+bwd, grads added", shape, flops, 0, [&] { model.bench_layer(0, true, true); }));
+      sweep.run(bench_case("layer fwd+bwd, grads added" + fp8_label, shape, flops, 0,
+                           [&] { model.bench_layer(0, true, true); }));
     }
     if (o.breakdown) breakdowns.add(name, layer_breakdown(dev, model, label, me == 0));
   }

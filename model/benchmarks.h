@@ -15,7 +15,7 @@ struct BenchLayerOptions {
   int tp = 1, ep = 1, chunks = 4, emulate_nodes = 0;
   bool expert_tp = true, breakdown = false;
   std::string strategies = "duplicate,drop_gather,pipelined,overlapped";
-  std::string fp8 = "none";  // model.fp8 of the layer: none | experts (docs/fp8.md)
+  std::string fp8 = "none";  // model.fp8 of the layer: none | experts (docs/fp8.md), or a comma list: one model each
   int64_t hidden = 8192, ffn = 28672, heads = 64, kv_heads = 8, experts = 2, top_k = 1, vocab = 32000;
 };
 

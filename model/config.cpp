@@ -7,6 +7,7 @@
 
 #include "comm/cost_model.h"
 #include "engine/check.h"
+#include "engine/fp8_math.h"
 #include "engine/log.h"
 #include "model/config_keys.h"
 
@@ -65,6 +66,9 @@ void check_model(const Config& c, Problems& p) {
   p.need(m.head_dim() % 2 == 0, strf("head dimension hidden/heads = %ld must be even for RoPE", m.head_dim()));
   p.need(m.top_k <= m.experts, strf("model.top_k (%ld) cannot exceed model.experts (%ld)", m.top_k, m.experts));
   p.need(m.fp8 != "all", "model.fp8 = all (attention and LM-head GEMMs in FP8 too) is not built yet; use none or experts");
+  p.need(!c.comm.dispatch_fp8() || engine::fp8::packed_row_bytes(m.hidden) < 2 * m.hidden,
+         strf("comm.dispatch_dtype = fp8 needs model.hidden >= 8 (a packed FP8 row of %ld activations is no smaller than "
+              "bf16)", m.hidden));
   // Sizes are counted in int64: keep every product far from overflow (1e15 parameters is beyond any machine).
   const double params = double(m.layers) * double(m.experts) * 3.0 * double(m.hidden) * double(m.ffn) +
                         2.0 * double(m.vocab) * double(m.hidden) + double(m.layers) * 4.0 * double(m.hidden) * double(m.hidden);
@@ -124,6 +128,11 @@ std::string config_problem(const Config& c, int world) {
   p.need(!c.parallel.sequence_parallel || c.parallel.ep == 1 || c.comm.exchange != "duplicate",
          "comm.exchange duplicate has no meaning with parallel.sequence_parallel (no token is duplicated over TP); "
          "use drop_gather, pipelined, overlapped or auto");
+  // Under SP each TP rank's dispatch buffer holds its own tokens and the exchange sums the parts over TP (zeros
+  // elsewhere): a sum of packed FP8 bytes read as activations would not keep them (-0 + 0, NaN payloads).
+  p.need(!c.parallel.sequence_parallel || !c.comm.dispatch_fp8(),
+         "comm.dispatch_dtype = fp8 is not supported with parallel.sequence_parallel yet (the exchange sums each TP "
+         "rank's part of the dispatch buffer, which packed FP8 rows do not survive); use comm.dispatch_dtype = bf16");
   if (!p.first.empty()) return p.first;
   return layout_problem(c, c.parallel.tp, c.parallel.ep, c.parallel.expert_tp, world);
 }

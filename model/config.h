@@ -78,6 +78,10 @@ struct CheckpointConfig {
 struct CommConfig {
   std::string exchange = "duplicate";  // duplicate | drop_gather | pipelined | overlapped | auto (cost model picks)
   int chunks = 4;                      // capacity chunks of the pipelined and overlapped exchanges
+  // The tokens the dispatch sends: "bf16" (the activation dtype) or "fp8" (E4M3 plus 1x128 scales, comm/fp8_dispatch.h;
+  // rounded so also with one EP rank, so every layout computes the same).
+  std::string dispatch_dtype = "bf16";
+  bool dispatch_fp8() const { return dispatch_dtype == "fp8"; }
   int emulate_nodes = 0;
   std::string links;  // link-model file (intra/inter GB/s and µs) for auto; empty: measure with a short probe
   bool auto_verify = true;  // auto: time the predicted best of each strategy on the real groups, keep the fastest

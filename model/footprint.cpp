@@ -43,7 +43,8 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   f.offload = opt.offload;
   if (opt.offload) f.host_bytes = f.weights + f.adam + bytes(st.host_grad) + bytes(st.host_lowp);
   const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp, c.parallel.sequence_parallel);
-  f.activations = double(engine::Arena::bytes_for(Model::activation_specs(c.model, s, act, ep > 1, recompute_mode(c.train))));
+  f.activations = double(engine::Arena::bytes_for(
+      Model::activation_specs(c.model, s, act, ep > 1, recompute_mode(c.train), c.comm.dispatch_fp8())));
   // Rank 0 owns every slice it holds (the most any rank snapshots). Saves use the snapshot when asynchronous, or from
   // the GPU (a synchronous save stages through it).
   const bool snapshot = c.checkpoint.async || device == engine::Device::cuda;

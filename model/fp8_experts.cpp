@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <string>
+#include <utility>
 
 #include "engine/check.h"
 #include "engine/fp8_math.h"
@@ -21,6 +22,7 @@ namespace fp8 = engine::fp8;
 namespace {
 
 constexpr int64_t kAlign = 256;
+Fp8ForwardOverride g_forward_override;  // tests only (set_fp8_forward_override)
 
 // Hands out consecutive aligned pieces of the scratch bytes; sizing with a null base counts them.
 struct Carver {
@@ -63,12 +65,22 @@ int64_t fp8_expert_scratch_bytes(int64_t E, int64_t C, int64_t I, int64_t O) {
   return std::max({f.used, g.used, w.used}) + kAlign;  // + kAlign: the scratch's own start may be unaligned
 }
 
-void fp8_expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Tensor scratch) {
+void set_fp8_forward_override(Fp8ForwardOverride f) { g_forward_override = std::move(f); }
+
+Fp8Rows fp8_expert_input(Tensor scratch, const Tensor& x) {
+  const int64_t E = x.dim(0), C = x.dim(1), I = x.dim(2);
+  Carver c = carver(scratch);  // the forward's first two pieces, as below
+  Tensor xq = c.take({E, C, I}, DType::e4m3), xs = c.take({E, fp8::tiles(I), C}, DType::f32);
+  return {xq, xs};
+}
+
+void fp8_expert_linear_forward(Tensor out, const Tensor& x, const Tensor& w, Tensor scratch, bool x_quantised) {
+  if (g_forward_override) return g_forward_override(out, x, w);
   const int64_t E = x.dim(0), C = x.dim(1), I = x.dim(2), O = w.dim(1);
   Carver c = carver(scratch);
   Tensor xq = c.take({E, C, I}, DType::e4m3), xs = c.take({E, fp8::tiles(I), C}, DType::f32);
   Tensor wq = c.take({E, O, I}, DType::e4m3), ws = c.take({E, fp8::tiles(O), fp8::block_scale_ld(I)}, DType::f32);
-  engine::fp8_quantize_rows(xq, xs, x);
+  if (!x_quantised) engine::fp8_quantize_rows(xq, xs, x);
   engine::fp8_quantize_blocks(wq, ws, Tensor(), Tensor(), w);
   engine::fp8_gemm(out, xq, xs, wq, ws, engine::Fp8Scaling::blocks);
 }

@@ -3,6 +3,7 @@
 // and the scratch the quantised operands live in, one byte buffer carved from the activation arena.
 #pragma once
 #include <cstdint>
+#include <functional>
 
 #include "engine/tensor.h"
 
@@ -11,9 +12,18 @@ namespace monta::model {
 // Bytes of scratch one expert linear out (E, C, O) = x (E, C, I) · w (E, O, I)ᵀ needs, forward or backward.
 int64_t fp8_expert_scratch_bytes(int64_t E, int64_t C, int64_t I, int64_t O);
 
-// out (E, C, O) = q(x) · q(w)ᵀ: x in 1x128 tiles along I, w in 128x128 blocks.
+// out (E, C, O) = q(x) · q(w)ᵀ: x in 1x128 tiles along I, w in 128x128 blocks. x_quantised: q(x) is already in the
+// scratch (fp8_expert_input: a previous call on the same x, or a producer that quantised it, fp8_swiglu_forward), so
+// only the weight is quantised.
 void fp8_expert_linear_forward(engine::Tensor out, const engine::Tensor& x, const engine::Tensor& w,
-                               engine::Tensor scratch);
+                               engine::Tensor scratch, bool x_quantised = false);
+
+// Where fp8_expert_linear_forward keeps q(x) of an x (E, C, I) in the scratch: codes (E, C, I), scales (E, T(I), C),
+// for a producer to write it there.
+struct Fp8Rows {
+  engine::Tensor q, scale;
+};
+Fp8Rows fp8_expert_input(engine::Tensor scratch, const engine::Tensor& x);
 
 // The straight-through backward of the forward above (quantisation counts as the identity):
 // dx (E, C, I) = q(dout) · q(w), dout in 1x128 tiles along O and w in the same 128x128 blocks (transposed), written
@@ -22,5 +32,10 @@ void fp8_expert_linear_forward(engine::Tensor out, const engine::Tensor& x, cons
 void fp8_expert_linear_backward(engine::Tensor dx, engine::Tensor dw, const engine::Tensor& dout,
                                 const engine::Tensor& x, const engine::Tensor& w, engine::Write dx_write,
                                 engine::Write dw_write, engine::Tensor scratch);
+
+// Test seam of the finite-difference check of the straight-through rule (tests/model/test_fp8_grad.cpp): when set,
+// fp8_expert_linear_forward calls it instead of quantising and multiplying; the backward is untouched. Empty: none.
+using Fp8ForwardOverride = std::function<void(engine::Tensor out, const engine::Tensor& x, const engine::Tensor& w)>;
+void set_fp8_forward_override(Fp8ForwardOverride f);
 
 }  // namespace monta::model

@@ -6,12 +6,14 @@
 #include <chrono>
 
 #include "comm/exchange.h"
+#include "comm/fp8_dispatch.h"
 #include "engine/check.h"
 #include "engine/trace.h"
 #include "engine/ops/attention.h"
 #include "engine/ops/cross_entropy.h"
 #include "engine/ops/elementwise.h"
 #include "engine/ops/embedding.h"
+#include "engine/ops/fp8.h"
 #include "engine/ops/linear.h"
 #include "engine/ops/moe_permute.h"
 #include "engine/ops/rmsnorm.h"
@@ -59,7 +61,7 @@ std::vector<Model::Shared> Model::shared_fields(Recompute mode, bool exchanged) 
 }
 
 void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged, Recompute mode,
-                                Model* self, SpecList& L) {
+                                bool fp8_dispatch, Model* self, SpecList& L) {
   const DType stat = stat_dtype(act);
   const std::vector<Shared> shared = shared_fields(mode, exchanged);
   // Nl: the tokens of the parts sequence parallelism splits over TP (norms, residual stream, router); N otherwise.
@@ -137,6 +139,11 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
     L.add(self ? &self->fp8_scratch_ : nullptr, "fp8_scratch",
           {std::max(fp8_expert_scratch_bytes(s.E_l, s.EC, H, s.F_l), fp8_expert_scratch_bytes(s.E_l, s.EC, s.F_l, H))},
           DType::u8);
+  if (fp8_dispatch) {  // packed FP8 token rows: sent (or rounded through, without an exchange) and received
+    const int64_t Wq = comm::fp8_dispatch_width(H, act);
+    L.add(self ? &self->dispatch_q_ : nullptr, "dispatch_q", {s.E, s.C, Wq}, act);
+    if (exchanged) L.add(self ? &self->expert_q_ : nullptr, "expert_q", {s.E_l, s.EC, Wq}, act);
+  }
   if (s.sp) declare_sequence_parallel(s, act, self, L);
 }
 
@@ -148,22 +155,23 @@ void Model::declare_sequence_parallel(const Shapes& s, DType act, Model* self, S
 }
 
 std::vector<TensorSpec> Model::activation_specs(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged,
-                                                Recompute recompute) {
+                                                Recompute recompute, bool fp8_dispatch) {
   SpecList L;
-  declare_activations(cfg, s, act, exchanged, recompute, nullptr, L);
+  declare_activations(cfg, s, act, exchanged, recompute, fp8_dispatch, nullptr, L);
   return L.specs;
 }
 
 Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par, ParamStore& params, DType act,
-             Recompute recompute)
+             Recompute recompute, bool fp8_dispatch)
     : cfg_(cfg), s_(s), par_(par), params_(params), lp_(bind_layer_params(params, cfg.layers)),
-      op_(bind_outer_params(params)), act_(act), stat_(stat_dtype(act)), recompute_(recompute) {
+      op_(bind_outer_params(params)), act_(act), stat_(stat_dtype(act)), recompute_(recompute),
+      fp8_dispatch_(fp8_dispatch) {
   if (cfg.router_bias_update > 0) router_bias_ = &params.get("router_bias");
   const Device dev = params.device();
   layers_.resize(size_t(cfg.layers));
   const bool exchanged = par.exchange != nullptr;
   SpecList L;
-  declare_activations(cfg, s, act, exchanged, recompute, this, L);
+  declare_activations(cfg, s, act, exchanged, recompute, fp8_dispatch, this, L);
   acts_ = Arena("activations", dev, L.specs);
   for (size_t i = 0; i < L.targets.size(); ++i) *L.targets[i] = acts_.at(i);
   const std::vector<Shared> shared = shared_fields(recompute, exchanged);
@@ -208,9 +216,9 @@ void Model::linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Ten
   linear_backward(dx, g.grad, dout, x, w.compute, dx_write, g.write);
 }
 
-void Model::expert_forward(Tensor out, const Tensor& x, const Tensor& w) {
+void Model::expert_forward(Tensor out, const Tensor& x, const Tensor& w, bool x_quantised) {
   if (cfg_.fp8_experts())
-    fp8_expert_linear_forward(out, x, w, fp8_scratch_);
+    fp8_expert_linear_forward(out, x, w, fp8_scratch_, x_quantised);
   else
     expert_linear_forward(out, x, w);
 }
@@ -227,12 +235,15 @@ void Model::tp_all_reduce(Tensor t, bool max) {
 }
 
 void Model::exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x,
-                             const std::function<void(int)>& experts, MicroResult& r) {
+                             const std::function<void(int)>& experts, MicroResult& r, bool fp8) {
   if (!par_.exchange) {
+    if (fp8) comm::fp8_round_trip(y, dispatch_q_);  // y is x here: the same rounding as a sent token's
     experts(0);
     return;
   }
-  const comm::ExchangeStats st = par_.exchange->dispatch_experts_combine(out, z, y, x, experts);
+  const comm::ExchangeStats st =
+      fp8 ? comm::fp8_dispatch_experts_combine(*par_.exchange, out, z, y, x, dispatch_q_, expert_q_, experts)
+          : par_.exchange->dispatch_experts_combine(out, z, y, x, experts);
   r.exchange_s += st.seconds;
   r.exchange_bytes += double(st.ep_bytes + st.tp_bytes);
 }
@@ -301,12 +312,17 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
         const Tensor y = expert_chunk(a.y, k), gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k);
         const Tensor act = expert_chunk(a.act, k), eo = expert_chunk(a.eo, k);
         expert_forward(gate, y, w_gate);
-        expert_forward(up, y, w_up);
-        swiglu_forward(act, gate, up);
-        expert_forward(eo, act, w_down);
+        expert_forward(up, y, w_up, /*x_quantised=*/true);  // FP8: q(y) from the gate GEMM, still in the scratch
+        if (cfg_.fp8_experts()) {  // the SwiGLU output quantised where it is produced, for the down projection
+          const Fp8Rows in = fp8_expert_input(fp8_scratch_, act);
+          fp8_swiglu_forward(act, in.q, in.scale, gate, up);
+        } else {
+          swiglu_forward(act, gate, up);
+        }
+        expert_forward(eo, act, w_down, /*x_quantised=*/cfg_.fp8_experts());
         if (par_.expert_tp) reduce_expert_partials(eo, k);
       },
-      r);
+      r, fp8_dispatch_);
   moe_combine_forward(x_out, a.cbuf, a.weight, a.expert_idx, a.slot, a.h);  // x_out = h + the weighted expert rows
 }
 

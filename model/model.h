@@ -32,8 +32,10 @@ double training_objective(const ModelConfig& m, double ce_sum, double aux_sum, d
 
 class Model {
  public:
+  // fp8_dispatch (comm.dispatch_dtype = fp8): the dispatched tokens are rounded through FP8 (comm/fp8_dispatch.h),
+  // sent that way when an exchange is attached, rounded in place without one, so every layout computes the same.
   Model(const ModelConfig& cfg, const Shapes& shapes, const ParallelContext& par, ParamStore& params, DType act_dtype,
-        Recompute recompute = Recompute::none);
+        Recompute recompute = Recompute::none, bool fp8_dispatch = false);
   // One micro-batch (N = B·S tokens, host int32). Parameter gradients accumulate into params.grad with
   // d(total)/d(param), total = ce_scale · Σ CE + aux_scale · Σ_layers (aux_coef · aux + z_coef · z); after
   // params.zero_grads() the first micro-batch's writes overwrite instead (ParamStore's lazy zeroing).
@@ -42,7 +44,8 @@ class Model {
   // The activation arena's tensors in allocation order (name, shape, dtype): what the constructor allocates, for
   // sizing memory without allocating (--dry-run, the planner). exchanged: an exchange is attached (ep > 1).
   static std::vector<engine::TensorSpec> activation_specs(const ModelConfig& cfg, const Shapes& s, DType act,
-                                                          bool exchanged, Recompute recompute = Recompute::none);
+                                                          bool exchanged, Recompute recompute = Recompute::none,
+                                                          bool fp8_dispatch = false);
   const Shapes& shapes() const { return s_; }
   const engine::Arena& activations() const { return acts_; }
   Tensor logits() const { return logits_; }  // (N, V_l) of the last forward
@@ -85,21 +88,23 @@ class Model {
   static std::vector<Shared> shared_fields(Recompute mode, bool exchanged);
   // Declares every activation tensor in allocation order, binding each to its field of self (null: sizing only).
   static void declare_activations(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged, Recompute mode,
-                                  Model* self, SpecList& L);
+                                  bool fp8_dispatch, Model* self, SpecList& L);
   MicroResult run_forward(const int32_t* tokens, const int32_t* targets);
   void layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r);
   void layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r);
   Tensor layer_output(int l) const;  // where layer l's forward writes: the next layer's input, or x_final_
   void tp_all_reduce(Tensor t, bool max = false);
   // The MoE exchange around the experts: dispatch x -> y, experts(k) per expert chunk (y -> z), combine z -> out.
-  // Without an exchange y aliases x and out aliases z, and experts(0) runs on the whole buffers.
+  // Without an exchange y aliases x and out aliases z, and experts(0) runs on the whole buffers. fp8: the forward's
+  // token dispatch under comm.dispatch_dtype = fp8 (y = the FP8-rounded rows of x, sent packed).
   void exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x, const std::function<void(int)>& experts,
-                        MicroResult& r);
+                        MicroResult& r, bool fp8 = false);
   Tensor expert_chunk(const Tensor& t, int k) const;  // chunk k of an expert-side (E_l, e*C, W) tensor
   // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
   void reduce_expert_partials(Tensor t, int k);
   // The expert GEMMs (engine/ops/linear.h's expert_linear_*), in FP8 when model.fp8 = experts (model/fp8_experts.h).
-  void expert_forward(Tensor out, const Tensor& x, const Tensor& w);
+  // x_quantised: FP8 only, q(x) is already in the scratch (the previous call's x, or fp8_swiglu_forward's output).
+  void expert_forward(Tensor out, const Tensor& x, const Tensor& w, bool x_quantised = false);
   void expert_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
                        engine::Write dx_write, engine::Write dw_write);
   // linear_backward of parameter w: dx, and its weight gradient as ParamStore::grad_write says.
@@ -151,6 +156,8 @@ class Model {
   // Sequence parallel only: (N, H) gathered tokens / partial sums; (N_l, H) gradient of this rank's norm outputs;
   // (t, K, E) i32 every TP rank's choices per (choice, expert).
   Tensor gather_, dxn_l_, choice_counts_;
+  bool fp8_dispatch_ = false;
+  Tensor dispatch_q_, expert_q_;  // (E, C, Wq), (E_l, e·C, Wq): packed FP8 tokens sent and received (fp8_dispatch_)
 };
 
 }  // namespace monta::model

@@ -3,6 +3,7 @@
 
 #include "comm/calibrate.h"
 #include "comm/exchange_choice.h"
+#include "comm/fp8_dispatch.h"
 #include "comm/runtime.h"
 #include "comm/topology.h"
 #include "engine/check.h"
@@ -85,6 +86,7 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
   in.experts = s.E;
   in.capacity = s.C;
   in.hidden = s.H;
+  if (c.comm.dispatch_fp8()) in.dispatch_width = comm::fp8_dispatch_width(s.H, act);
   in.ffn_local = s.F_l;
   in.dtype = act;
   in.device = device;

@@ -38,7 +38,8 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
                           cfg.parallel.sequence_parallel);
   {
     const StartupPhase phase("allocating activations");
-    model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_, recompute_mode(cfg.train));
+    model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_, recompute_mode(cfg.train),
+                                     cfg.comm.dispatch_fp8());
   }
   build_buckets();
   for (auto& p : params_->all())

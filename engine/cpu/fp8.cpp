@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,7 @@
 #include "engine/fp8_math.h"
 #include "engine/ops/fp8.h"
 #include "engine/ops/linear.h"
+#include "engine/ops/swiglu.h"
 
 namespace monta::engine::cpu {
 namespace {
@@ -143,6 +145,55 @@ void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, cons
           }
       }
   }
+}
+
+void fp8_pack_rows(Tensor packed, const Tensor& x, Stream) {
+  const char* op = "fp8_pack_rows";
+  need_source(op, "x", x);
+  need_cpu(op, "packed", packed, DType::u8);
+  const D3 d = d3(x);
+  const int64_t P = packed.dim(packed.ndim - 1), T = fp8::tiles(d.c), at = fp8::packed_scales_at(d.c);
+  auto* base = packed.as<uint8_t>();
+  for (int64_t r = 0; r < d.b * d.r; ++r) {
+    uint8_t* row = base + r * P;
+    std::fill(row, row + P, uint8_t(0));
+    for (int64_t t = 0; t < T; ++t) {
+      const int64_t c0 = t * kTile, c1 = std::min(d.c, c0 + kTile);
+      TileStat st;
+      for (int64_t c = c0; c < c1; ++c) st.add(load(x, r * d.c + c));
+      const float s = st.scale();
+      std::memcpy(row + at + 4 * t, &s, 4);
+      const float inv = st.inv();
+      for (int64_t c = c0; c < c1; ++c) row[c] = fp8::quantize(load(x, r * d.c + c), inv, st.finite);
+    }
+  }
+}
+
+void fp8_unpack_rows(Tensor out, const Tensor& packed, Stream) {
+  const char* op = "fp8_unpack_rows";
+  need_cpu(op, "packed", packed, DType::u8);
+  need_source(op, "out", out);
+  const D3 d = d3(out);
+  const int64_t P = packed.dim(packed.ndim - 1), at = fp8::packed_scales_at(d.c);
+  const auto* base = packed.as<uint8_t>();
+  for (int64_t r = 0; r < d.b * d.r; ++r)
+    for (int64_t c = 0; c < d.c; ++c) {
+      float s;
+      std::memcpy(&s, base + r * P + at + 4 * (c / kTile), 4);
+      const float v = fp8::e4m3_to_float(base[r * P + c]) * s;  // exact: 4 significant bits times 2^k
+      const int64_t i = r * d.c + c;
+      switch (out.dtype) {
+        case DType::f32: out.as<float>()[i] = v; break;
+        case DType::f64: out.as<double>()[i] = double(v); break;
+        default: out.as<bf16_t>()[i] = float_to_bf16(v); break;
+      }
+    }
+}
+
+// The reference is the two ops in sequence: the fused CUDA kernel must give these bits.
+void fp8_swiglu_forward(Tensor out, Tensor q, Tensor scale, const Tensor& gate, const Tensor& up, Stream s) {
+  cpu::swiglu_forward(out, gate, up, s);
+  cpu::fp8_quantize_rows(q, scale, out, s);
 }
 
 namespace {

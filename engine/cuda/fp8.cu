@@ -52,6 +52,83 @@ static __global__ void quantize_rows_kernel(uint8_t* __restrict__ q, float* __re
     if (c0 + j < K) q[row + c0 + j] = fp8::quantize(v[j], inv, finite);
 }
 
+// fp8_pack_rows: quantize_rows_kernel's tile, written into the packed row (codes, then the scale at its slot); the
+// warp of tile 0 also zeroes the row's padding bytes so the payload is deterministic.
+static __global__ void pack_rows_kernel(uint8_t* __restrict__ packed, const void* __restrict__ x, bool xb, int64_t rows,
+                                        int64_t K, int64_t P) {
+  const int64_t T = fp8::tiles(K), at = fp8::packed_scales_at(K);
+  const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= rows * T) return;
+  const int64_t t = warp % T, r = warp / T;
+  uint8_t* row = packed + r * P;
+  const int64_t c0 = t * kTile + lane * 4;
+  float v[4];
+  float amax = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    v[j] = c0 + j < K ? ld(x, r * K + c0 + j, xb) : 0.f;
+    amax = fmaxf(amax, mag(v[j]));
+  }
+  amax = warp_max(amax);
+  const bool finite = amax <= FLT_MAX;
+  if (lane == 0) reinterpret_cast<float*>(row + at)[t] = fp8::tile_scale(amax, finite);
+  const float inv = finite ? fp8::pow2(-fp8::scale_exponent(amax)) : 1.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (c0 + j < K) row[c0 + j] = fp8::quantize(v[j], inv, finite);
+  if (t == 0) {
+    for (int64_t i = K + lane; i < at; i += 32) row[i] = 0;
+    for (int64_t i = at + 4 * T + lane; i < P; i += 32) row[i] = 0;
+  }
+}
+
+// fp8_swiglu_forward: quantize_rows_kernel's tile over out = silu(gate)·up, computed as swiglu.cu does (the same f32
+// expression), stored in out's dtype and quantised from the stored value, so the codes equal swiglu_forward followed
+// by fp8_quantize_rows.
+static __global__ void swiglu_rows_kernel(void* __restrict__ out, uint8_t* __restrict__ q, float* __restrict__ scale,
+                                          const void* __restrict__ gate, const void* __restrict__ up, bool b16,
+                                          int64_t B, int64_t R, int64_t K) {
+  const int64_t T = fp8::tiles(K);
+  const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= B * R * T) return;
+  const int64_t t = warp % T, br = warp / T, b = br / R, r = br % R;
+  const int64_t row = br * K, c0 = t * kTile + lane * 4;
+  float v[4];
+  float amax = 0.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    v[j] = 0.f;
+    if (c0 + j < K) {
+      const int64_t i = row + c0 + j;
+      const float g = ld(gate, i, b16), u = ld(up, i, b16);
+      const float sg = 1.f / (1.f + expf(-g));
+      st(out, i, b16, g * sg * u);
+      v[j] = ld(out, i, b16);  // the stored value (rounded to bf16 when out is bf16)
+    }
+    amax = fmaxf(amax, mag(v[j]));
+  }
+  amax = warp_max(amax);
+  const bool finite = amax <= FLT_MAX;
+  if (lane == 0) scale[(b * T + t) * R + r] = fp8::tile_scale(amax, finite);
+  const float inv = finite ? fp8::pow2(-fp8::scale_exponent(amax)) : 1.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (c0 + j < K) q[row + c0 + j] = fp8::quantize(v[j], inv, finite);
+}
+
+// fp8_unpack_rows: one thread per element.
+static __global__ void unpack_rows_kernel(void* __restrict__ out, bool ob, const uint8_t* __restrict__ packed,
+                                          int64_t n, int64_t K, int64_t P) {
+  const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t r = i / K, c = i % K;
+  const uint8_t* row = packed + r * P;
+  const float s = reinterpret_cast<const float*>(row + fp8::packed_scales_at(K))[c / kTile];
+  st(out, i, ob, fp8::e4m3_to_float(row[c]) * s);
+}
+
 // One block of 32x8 threads per (b, 128-row tile, 32 columns): column maxima over the tile, then the codes through
 // shared memory so the transposed writes run along R.
 constexpr int kColsPanel = 32;
@@ -190,6 +267,47 @@ void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, cons
                                                          qt.empty() ? nullptr : qt.as<uint8_t>(),
                                                          qt.empty() ? nullptr : scale_t.as<float>(), w.data, is_bf16(w),
                                                          d.r, d.c);
+  MONTA_LAUNCH_CHECK();
+}
+
+void fp8_pack_rows(Tensor packed, const Tensor& x, Stream s) {
+  const char* op = "fp8_pack_rows";
+  need_source(x, op, "x");
+  need_dtype(packed, DType::u8, op, "packed");
+  const D3 d = d3(x);
+  const int64_t P = packed.dim(packed.ndim - 1);
+  MONTA_CHECK(reinterpret_cast<uintptr_t>(packed.data) % 4 == 0, std::string(op) + ": packed must be 4-byte aligned");
+  const int64_t warps = d.b * d.r * fp8::tiles(d.c);
+  if (warps == 0) return;
+  pack_rows_kernel<<<grid_1d(warps * 32, 256), 256, 0, stream_of(s)>>>(packed.as<uint8_t>(), x.data, is_bf16(x),
+                                                                       d.b * d.r, d.c, P);
+  MONTA_LAUNCH_CHECK();
+}
+
+void fp8_unpack_rows(Tensor out, const Tensor& packed, Stream s) {
+  const char* op = "fp8_unpack_rows";
+  need_source(out, op, "out");
+  need_dtype(packed, DType::u8, op, "packed");
+  MONTA_CHECK(reinterpret_cast<uintptr_t>(packed.data) % 4 == 0, std::string(op) + ": packed must be 4-byte aligned");
+  const D3 d = d3(out);
+  const int64_t n = d.b * d.r * d.c;
+  if (n == 0) return;
+  unpack_rows_kernel<<<grid_1d(n, 256), 256, 0, stream_of(s)>>>(out.data, is_bf16(out), packed.as<uint8_t>(), n, d.c,
+                                                                 packed.dim(packed.ndim - 1));
+  MONTA_LAUNCH_CHECK();
+}
+
+void fp8_swiglu_forward(Tensor out, Tensor q, Tensor scale, const Tensor& gate, const Tensor& up, Stream s) {
+  const char* op = "fp8_swiglu_forward";
+  need_source(out, op, "out");
+  need_dtype(q, DType::e4m3, op, "q");
+  need_dtype(scale, DType::f32, op, "scale");
+  const D3 d = d3(out);
+  const int64_t warps = d.b * d.r * fp8::tiles(d.c);
+  if (warps == 0) return;
+  swiglu_rows_kernel<<<grid_1d(warps * 32, 256), 256, 0, stream_of(s)>>>(out.data, q.as<uint8_t>(), scale.as<float>(),
+                                                                         gate.data, up.data, is_bf16(out), d.b, d.r,
+                                                                         d.c);
   MONTA_LAUNCH_CHECK();
 }
 

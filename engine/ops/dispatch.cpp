@@ -400,6 +400,23 @@ void fp8_quantize_blocks(Tensor q, Tensor scale, Tensor qt, Tensor scale_t, cons
   expect_dims(op, "qt", qt, {d.b, d.c, d.r});
   expect_dims(op, "scale_t", scale_t, {d.b, fp8::tiles(d.c), fp8::block_scale_ld(d.r)});
 }
+void expect_packed(const char* op, const Tensor& packed, const Tensor& x) {
+  const Dims3 d = dims3(op, "x", x), p = dims3(op, "packed", packed);
+  expect(p.b == d.b && p.r == d.r && p.c >= fp8::packed_row_bytes(d.c) && p.c % 4 == 0, op,
+         "packed " + packed.str() + " must be (" + std::to_string(d.b) + ", " + std::to_string(d.r) +
+             ", P) with P >= " + std::to_string(fp8::packed_row_bytes(d.c)) + " a multiple of 4");
+}
+void fp8_pack_rows(Tensor packed, const Tensor& x) { expect_packed("fp8_pack_rows", packed, x); }
+void fp8_unpack_rows(Tensor out, const Tensor& packed) { expect_packed("fp8_unpack_rows", packed, out); }
+void fp8_swiglu_forward(Tensor out, Tensor q, Tensor scale, const Tensor& gate, const Tensor& up) {
+  const char* op = "fp8_swiglu_forward";
+  const Dims3 d = dims3(op, "out", out);
+  expect_dims(op, "gate", gate, d);
+  expect_dims(op, "up", up, d);
+  expect_dims(op, "q", q, d);
+  expect_dims(op, "scale", scale, {d.b, fp8::tiles(d.c), d.r});
+  expect(gate.dtype == out.dtype && up.dtype == out.dtype, op, "gate, up and out must share a dtype");
+}
 void fp8_gemm(Tensor out, const Tensor& a, const Tensor& a_scale, const Tensor& b, const Tensor& b_scale,
               Fp8Scaling b_scaling, Write) {
   const char* op = "fp8_gemm";

@@ -12,6 +12,7 @@
 
 #include "comm/exchange.h"
 #include "comm/exchange_choice.h"
+#include "comm/fp8_dispatch.h"
 #include "comm/groups.h"
 #include "comm/mpi_communicator.h"
 #include "comm/runtime.h"
@@ -643,6 +644,95 @@ TEST(Exchange, MatchesReferenceAndInvertsForEveryLayout) {
         }
   }
   EXPECT_GE(cases, 24);
+}
+
+// FP8 dispatch (comm/fp8_dispatch.h) through every strategy equals quantise→dequantise of duplicate's plain dispatch,
+// bit for bit, in the fused form too (experts rotate rows; combine stays in the activation dtype), and moves
+// Wq/H of the plain dispatch's bytes over EP and TP.
+void run_fp8_dispatch_case(ProcessGroups& pg, const ExchangeCase& k) {
+  const Layout& l = pg.layout();
+  const int e = l.ep;
+  const int64_t E = k.E, C = k.C, H = k.H, El = E / e, Wq = fp8_dispatch_width(H, k.dtype);
+  const size_t es = engine::dtype_size(k.dtype), bytes = size_t(E * C * H) * es, qbytes = size_t(E * C * Wq) * es;
+  const std::string what = "fp8 dispatch tp " + std::to_string(l.tp) + " ep " + std::to_string(e) + " E " +
+                           std::to_string(E) + " C " + std::to_string(C) + " " + engine::dtype_name(k.dtype);
+  // x depends on the DP index only (equal on the TP ranks); magnitudes spread over binades, so tiles get different
+  // scales and a scale applied to the wrong row shows.
+  std::vector<char> x(bytes);
+  std::mt19937 rng(uint32_t(77 + pg.coords().dp_idx));
+  std::uniform_real_distribution<float> u(-2.f, 2.f);
+  for (int64_t i = 0; i < E * C * H; ++i) {
+    const float v = std::ldexp(u(rng), int((i / 128 + i / H) % 9) - 4);
+    if (k.dtype == DType::f32) reinterpret_cast<float*>(x.data())[i] = v;
+    else reinterpret_cast<engine::bf16_t*>(x.data())[i] = engine::float_to_bf16(v);
+  }
+  const Tensor xt = view_of(x, {E, C, H}, k.dtype);
+  // Reference: duplicate's plain dispatch, rounded through FP8 row by row; the fused reference combines its rotation.
+  std::vector<char> y_ref(bytes), scratch(qbytes), z_ref(bytes), out_ref(bytes);
+  auto dup = make_exchange(ExchangeKind::duplicate, pg.tp(), pg.ep(), ExchangeShape{E, C, H}, k.dtype, Device::cpu);
+  dup->dispatch(view_of(y_ref, {El, e * C, H}, k.dtype), xt);
+  const ExchangeStats plain = dup->last_stats();
+  fp8_round_trip(view_of(y_ref, {El * e * C, H}, k.dtype), view_of(scratch, {El * e * C, Wq}, k.dtype));
+  rotate_rows(z_ref, y_ref, El, e * C, H, es);
+  dup->combine(view_of(out_ref, {E, C, H}, k.dtype), view_of(z_ref, {El, e * C, H}, k.dtype));
+  bool some_rounded = false;
+  {
+    std::vector<char> y_plain(bytes);
+    dup->dispatch(view_of(y_plain, {El, e * C, H}, k.dtype), xt);
+    some_rounded = y_plain != y_ref;
+  }
+  EXPECT_TRUE(some_rounded) << what << ": FP8 rounding changed nothing; the test would not see a missing quantisation";
+
+  std::vector<std::pair<ExchangeKind, int64_t>> runs = {{ExchangeKind::duplicate, 1}, {ExchangeKind::drop_gather, 1}};
+  for (int64_t n : {1, 2, 5}) runs.push_back({ExchangeKind::pipelined, n});
+  for (int64_t n : {1, 3, 5}) runs.push_back({ExchangeKind::overlapped, n});
+  for (auto [kind, chunks] : runs) {
+    const std::string name = what + " " + exchange_kind_name(kind) + " chunks " + std::to_string(chunks);
+    ExchangeShape shape{E, C, H};
+    shape.chunks = chunks;
+    auto ex = make_exchange(kind, pg.tp(), pg.ep(), shape, k.dtype, Device::cpu);
+    std::vector<char> y(bytes, char(0xAB)), xq(qbytes, char(0x11)), yq(qbytes, char(0x22));
+    const Tensor yt = view_of(y, {El, e * C, H}, k.dtype);
+    const Tensor xqt = view_of(xq, {E, C, Wq}, k.dtype), yqt = view_of(yq, {El, e * C, Wq}, k.dtype);
+    const ExchangeStats st = fp8_dispatch(*ex, yt, xt, xqt, yqt);
+    EXPECT_TRUE(y == y_ref) << name << ": differs from quantise→dequantise of the plain dispatch";
+    // Bytes: the plain dispatch's (for duplicate; per-rank slices for the others), scaled by Wq/H exactly.
+    ex->dispatch(view_of(z_ref, {El, e * C, H}, k.dtype), xt);  // z_ref is free again: a plain dispatch's stats
+    const ExchangeStats full = ex->last_stats();
+    EXPECT_EQ(st.ep_bytes * H, full.ep_bytes * Wq) << name;
+    EXPECT_EQ(st.tp_bytes * H, full.tp_bytes * Wq) << name;
+    if (kind == ExchangeKind::duplicate) EXPECT_EQ(full.ep_bytes, plain.ep_bytes) << name;
+
+    // Fused: experts rotate the (unpacked) rows of their chunk.
+    std::vector<char> zb(bytes, char(0xCD)), out(bytes, char(0xEF));
+    std::fill(y.begin(), y.end(), char(0xAB));
+    const Tensor zt = view_of(zb, {El, e * C, H}, k.dtype);
+    ex->dispatch(yt, xt);  // y now holds unrounded rows: each chunk must be overwritten by its unpacked FP8 rows
+    fp8_dispatch_experts_combine(*ex, view_of(out, {E, C, H}, k.dtype), zt, yt, xt, xqt, yqt, [&](int c) {
+      const Tensor yc = ex->expert_chunk(yt, c), zc = ex->expert_chunk(zt, c);
+      const size_t at = size_t(static_cast<char*>(yc.data) - y.data()), len = size_t(yc.numel()) * es;
+      std::vector<char> ychunk(y.begin() + ptrdiff_t(at), y.begin() + ptrdiff_t(at + len)), zchunk(len);
+      rotate_rows(zchunk, ychunk, El, yc.dim(1), H, es);
+      std::memcpy(static_cast<char*>(zc.data), zchunk.data(), len);
+    });
+    EXPECT_TRUE(out == out_ref) << name << ": fused FP8 dispatch, experts, combine differs from the reference";
+  }
+}
+
+TEST(Exchange, Fp8DispatchEqualsRoundedPlainDispatchForEveryStrategy) {
+  const Topology topo = discover_topology(0);
+  int cases = 0;
+  for (auto [t, e] : layouts_for(wsize())) {
+    ProcessGroups pg(test_layout(t, e), topo);
+    // H = 300: three 1x128 tiles, the last ragged; C = 5 and 3 split unevenly over TP and chunks.
+    for (int64_t E : {int64_t(e), int64_t(2 * e)})
+      for (int64_t C : {5, 3})
+        for (DType dt : {DType::f32, DType::bf16}) {
+          run_fp8_dispatch_case(pg, {E, C, 300, dt});
+          ++cases;
+        }
+  }
+  EXPECT_GE(cases, 8);
 }
 
 // --comm.exchange auto on tp 2 x ep 2, two ranks a node (each TP pair on a node, each EP pair across nodes): every

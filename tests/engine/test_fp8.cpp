@@ -10,6 +10,7 @@
 
 #include "engine/fp8_math.h"
 #include "engine/ops/fp8.h"
+#include "engine/ops/swiglu.h"
 #include "test_util.h"
 
 namespace monta::enginetest {
@@ -166,6 +167,59 @@ TEST(Fp8Quantize, RowTilesAlongTheLastDimension) {
         expect_tile(xv, qv, s.t.as<float>()[(b * 3 + t) * R + r], "tile b" + std::to_string(b) + " r" +
                                                                       std::to_string(r) + " t" + std::to_string(t));
       }
+}
+
+// The dispatch payload: each packed row holds fp8_quantize_rows' codes and scales of that row (the scales moved into
+// the row), zero padding, and unpacks to code · scale exactly.
+TEST(Fp8Quantize, PackedRowsHoldTheRowTilesAndUnpackExactly) {
+  const int64_t B = 2, R = 3, K = 302;  // ragged last tile; K not a multiple of 4 (padding before the scales)
+  const int64_t T = 3, at = engine::fp8::packed_scales_at(K), P = engine::fp8::packed_row_bytes(K) + 8;
+  ASSERT_EQ(at, 304);
+  Buf x = spread_values({B, R, K}, 13);
+  x.t.as<float>()[R * K + 5] = INFINITY;  // one non-finite tile (b 1, r 0, t 0)
+  Buf q({B, R, K}, DType::e4m3), s({B, T, R}, DType::f32), packed({B, R, P}, DType::u8);
+  std::memset(packed.t.data, 0xAB, size_t(packed.numel()));
+  engine::fp8_quantize_rows(q, s, x);
+  engine::fp8_pack_rows(packed, x);
+  Buf back({B, R, K}, DType::f32);
+  engine::fp8_unpack_rows(back, packed);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r = 0; r < R; ++r) {
+      const uint8_t* row = packed.t.as<uint8_t>() + (b * R + r) * P;
+      for (int64_t c = 0; c < K; ++c) ASSERT_EQ(row[c], q.t.as<uint8_t>()[(b * R + r) * K + c]) << b << " " << r << " " << c;
+      for (int64_t c = K; c < at; ++c) ASSERT_EQ(row[c], 0) << "padding before the scales";
+      for (int64_t c = at + 4 * T; c < P; ++c) ASSERT_EQ(row[c], 0) << "padding after the scales";
+      for (int64_t t = 0; t < T; ++t) {
+        float sc;
+        std::memcpy(&sc, row + at + 4 * t, 4);
+        const float want = s.t.as<float>()[(b * T + t) * R + r];
+        ASSERT_TRUE(sc == want || (std::isnan(sc) && std::isnan(want))) << "scale " << b << " " << r << " " << t;
+        for (int64_t c = t * 128; c < std::min(K, (t + 1) * 128); ++c) {
+          const float v = back.t.as<float>()[(b * R + r) * K + c];
+          const float w = e4m3_to_float(row[c]) * want;
+          ASSERT_TRUE(v == w || (std::isnan(v) && std::isnan(w))) << "unpack " << b << " " << r << " " << c;
+        }
+      }
+    }
+  EXPECT_TRUE(std::isnan(back.t.as<float>()[R * K]));  // the marked tile unpacks to NaN
+  EXPECT_FALSE(std::isnan(back.t.as<float>()[R * K + 200]));
+}
+
+// The fused SwiGLU + quantise op: the SwiGLU output as swiglu_forward writes it, and its row tiles.
+TEST(Fp8Quantize, FusedSwigluEqualsSwigluThenRowTiles) {
+  const int64_t B = 2, R = 5, K = 200;
+  Buf gate = spread_values({B, R, K}, 21), up = spread_values({B, R, K}, 22);
+  Buf act({B, R, K}, DType::f32), q({B, R, K}, DType::e4m3), s({B, 2, R}, DType::f32);
+  Buf act2({B, R, K}, DType::f32), q2({B, R, K}, DType::e4m3), s2({B, 2, R}, DType::f32);
+  engine::fp8_swiglu_forward(act, q, s, gate, up);
+  engine::swiglu_forward(act2, gate, up);
+  engine::fp8_quantize_rows(q2, s2, act2);
+  EXPECT_EQ(std::memcmp(act.t.data, act2.t.data, act.t.bytes()), 0);
+  EXPECT_EQ(std::memcmp(q.t.data, q2.t.data, q.t.bytes()), 0);
+  EXPECT_EQ(std::memcmp(s.t.data, s2.t.data, s.t.bytes()), 0);
+  bool nonzero = false;
+  for (int64_t i = 0; i < q.numel(); ++i) nonzero = nonzero || (q.t.as<uint8_t>()[i] & 0x7F) != 0;
+  EXPECT_TRUE(nonzero);
 }
 
 TEST(Fp8Quantize, ColumnTilesEqualRowTilesOfTheTranspose) {

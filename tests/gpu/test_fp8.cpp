@@ -7,6 +7,7 @@
 
 #include "engine/fp8_math.h"
 #include "engine/ops/fp8.h"
+#include "engine/ops/swiglu.h"
 #include "gpu_test_util.h"
 
 namespace monta::gputest {
@@ -110,6 +111,47 @@ TEST_P(GpuFp8, QuantizeRowsColsBlocksMatchCpu) {
   expect_same_bytes(ws.gpu, ws.cpu, "blocks: scales");
   expect_same_bytes(wqt.gpu, wqt.cpu, "blocks: transposed codes");
   expect_same_bytes(wst.gpu, wst.cpu, "blocks: transposed scales");
+}
+
+// The dispatch payload: packing CUDA = CPU byte for byte (codes, scales, zero padding), unpacking too.
+TEST_P(GpuFp8, PackAndUnpackRowsMatchCpu) {
+  MONTA_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const int64_t B = 2, R = 300, K = 522;  // ragged tiles, K not a multiple of 4
+  const int64_t P = engine::fp8::packed_row_bytes(K) + 12;
+  Pair x = spread({B, R, K}, dt, 6, true);
+  Out packed({B, R, P}, DType::u8);
+  engine::fp8_pack_rows(packed.cpu, x.c());
+  engine::fp8_pack_rows(packed.gpu, x.g());
+  expect_same_bytes(packed.gpu, packed.cpu, "packed rows");
+  Out back({B, R, K}, dt);
+  engine::fp8_unpack_rows(back.cpu, packed.cpu);
+  engine::fp8_unpack_rows(back.gpu, packed.gpu);
+  expect_same_bytes(back.gpu, back.cpu, "unpacked rows");
+}
+
+// SwiGLU with its output quantised in the same kernel = swiglu_forward then fp8_quantize_rows on the GPU, byte for byte
+// (output, codes, scales); and its codes = the CPU's fused op's wherever the two backends' SwiGLU outputs agree.
+TEST_P(GpuFp8, FusedSwigluQuantiseMatchesTheTwoOps) {
+  MONTA_REQUIRE_GPU();
+  const DType dt = GetParam();
+  const int64_t B = 2, R = 200, K = 400;  // ragged last tile
+  Pair gate = spread({B, R, K}, dt, 9, false), up = spread({B, R, K}, dt, 10, true);
+  Out act({B, R, K}, dt), q({B, R, K}, DType::e4m3), s({B, tiles(K), R}, DType::f32);
+  Out act2({B, R, K}, dt), q2({B, R, K}, DType::e4m3), s2({B, tiles(K), R}, DType::f32);
+  engine::fp8_swiglu_forward(act.gpu, q.gpu, s.gpu, gate.g(), up.g());
+  engine::swiglu_forward(act2.gpu, gate.g(), up.g());
+  engine::fp8_quantize_rows(q2.gpu, s2.gpu, act2.gpu);
+  expect_same_bytes(act.gpu, act2.gpu, "fused swiglu: output");
+  expect_same_bytes(q.gpu, q2.gpu, "fused swiglu: codes");
+  expect_same_bytes(s.gpu, s2.gpu, "fused swiglu: scales");
+  // Against the CPU: quantising the GPU's SwiGLU output on the CPU gives the fused kernel's codes.
+  Out q3({B, R, K}, DType::e4m3), s3({B, tiles(K), R}, DType::f32), act_cpu({B, R, K}, dt);
+  engine::copy(act_cpu.cpu, act.gpu);
+  engine::sync_device(Device::cuda);
+  engine::fp8_quantize_rows(q3.cpu, s3.cpu, act_cpu.cpu);
+  expect_same_bytes(q.gpu, q3.cpu, "fused swiglu: codes vs the CPU's quantisation");
+  expect_same_bytes(s.gpu, s3.cpu, "fused swiglu: scales vs the CPU's quantisation");
 }
 
 // The GEMM on cuBLASLt against the CPU's exact dequantise-then-multiply, from the same codes and scales (quantised on

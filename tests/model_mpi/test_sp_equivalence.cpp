@@ -213,7 +213,7 @@ TEST_P(SequenceParallel, EqualsOffAndOneProcess) {
 INSTANTIATE_TEST_SUITE_P(Layouts, SequenceParallel, testing::ValuesIn(cases(comm::runtime_world_size())),
                          [](const testing::TestParamInfo<Case>& info) { return info.param.name(); });
 
-// The one-line refusals: tp 1, and duplicate (whose every TP rank sends the whole buffer) under SP.
+// The one-line refusals: tp 1, duplicate (whose every TP rank sends the whole buffer) and FP8 dispatch under SP.
 TEST(SequenceParallelConfig, RefusesTp1AndDuplicate) {
   model::Config c = small_config();
   c.parallel.sequence_parallel = true;
@@ -224,4 +224,6 @@ TEST(SequenceParallelConfig, RefusesTp1AndDuplicate) {
   EXPECT_NE(model::config_problem(c, 0).find("duplicate has no meaning"), std::string::npos);
   c.comm.exchange = "pipelined";
   EXPECT_EQ(model::config_problem(c, 0), "");
+  c.comm.dispatch_dtype = "fp8";  // the exchange sums the TP parts, which packed FP8 rows would not survive
+  EXPECT_NE(model::config_problem(c, 0).find("not supported with parallel.sequence_parallel"), std::string::npos);
 }
