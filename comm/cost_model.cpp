@@ -44,6 +44,9 @@ double all_reduce_time(const LinkModel& l, double M, int n, bool spans_nodes) {
 
 int64_t capacity_of(int64_t tokens, int64_t top_k, int64_t experts, double capacity_factor, int64_t min_capacity) {
   // The one capacity rule (model::expert_capacity calls this): max(min_capacity, ceil(cf · tokens · top_k / experts)).
+  // capacity_factor 0 is dropless: the buffers' capacity is the worst case, every token to one expert (a token's top_k
+  // experts are distinct, so no expert gets more than `tokens` choices); each step then uses its own, smaller one.
+  if (capacity_factor == 0) return tokens;
   const int64_t c = int64_t(std::ceil(capacity_factor * double(tokens) * double(top_k) / double(experts)));
   return std::max(min_capacity, c);
 }

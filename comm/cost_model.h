@@ -68,7 +68,8 @@ struct ExchangeVolume {
   int64_t capacity() const;                                    // C = max(min_cap, ceil(cf·N·K/E))
   double dispatch_bytes() const;                               // X = E·C·H·es
 };
-// The same formula as model::expert_capacity (replicated here: comm may not depend on model).
+// The same formula as model::expert_capacity (replicated here: comm may not depend on model). capacity_factor 0
+// (dropless): `tokens`, the worst case the buffers are sized for.
 int64_t capacity_of(int64_t tokens, int64_t top_k, int64_t experts, double capacity_factor, int64_t min_capacity);
 
 // Where one rank's groups sit: t, e, and the EP group's peers per link class, for the bottleneck (worst) rank.

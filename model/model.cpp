@@ -18,6 +18,7 @@
 #include "engine/ops/rope.h"
 #include "engine/ops/router.h"
 #include "engine/ops/swiglu.h"
+#include "model/dropless.h"
 #include "model/fp8_experts.h"
 
 namespace monta::model {
@@ -136,6 +137,7 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
     L.add(self ? &self->fp8_scratch_ : nullptr, "fp8_scratch",
           {std::max(fp8_expert_scratch_bytes(s.E_l, s.EC, H, s.F_l), fp8_expert_scratch_bytes(s.E_l, s.EC, s.F_l, H))},
           DType::u8);
+  if (cfg.dropless()) L.add(self ? &self->load_ : nullptr, "load", {s.E}, DType::i32);
 }
 
 std::vector<TensorSpec> Model::activation_specs(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged,
@@ -235,6 +237,16 @@ void Model::reduce_expert_partials(Tensor t, int k) {
 
 Tensor Model::expert_chunk(const Tensor& t, int k) const { return par_.exchange ? par_.exchange->expert_chunk(t, k) : t; }
 
+void Model::set_layer_capacity(int l) {
+  auto& a = layers_[size_t(l)];
+  if (!cfg_.dropless()) {
+    a.cap = s_.C;
+    return;
+  }
+  a.cap = dropless_step_capacity(dropless_max_load(a.counts, load_, par_.exchange ? par_.ep_comm : nullptr), s_.N);
+  if (par_.exchange) par_.exchange->set_capacity(a.cap);
+}
+
 void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
   const engine::TraceRange trace("layer " + std::to_string(l) + " forward");
   auto& a = layers_[size_t(l)];
@@ -260,18 +272,24 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   // MoE: router (replicated) → capacity assignment → (E, C, H) buffer → exchange → experts → back → combine.
   rmsnorm_forward(a.xn2, a.rstd2, a.h, w.ffn_norm->compute, eps);
   linear_forward(a.rlogits, a.xn2, w.router->compute);
+  if (on_router_logits) on_router_logits(l, a.rlogits);
   softmax_forward(a.probs, a.rlogits);
-  router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.C);
+  router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, s_.C);  // dropless: s.C = N, nothing is dropped
+  set_layer_capacity(l);
+  // The expert-path buffers at this step's capacity C (the whole buffers unless dropless).
+  const auto tcap = [C = a.cap](const Tensor& t) { return capacity_view(t, C); };         // (E, C, W)
+  const auto ecap = [C = a.cap * s_.e](const Tensor& t) { return capacity_view(t, C); };  // (E_l, e*C, W)
   topk_weights_forward(a.weight, a.probs, a.expert_idx);
   load_balance_loss_forward(a.aux, a.probs, a.counts, s_.K);
   router_z_loss_forward(a.z, a.zlse, a.rlogits);
-  moe_dispatch_forward(a.dbuf, a.xn2, a.expert_idx, a.slot);
+  moe_dispatch_forward(tcap(a.dbuf), a.xn2, a.expert_idx, a.slot);
   const Tensor w_gate = w.w_gate->compute, w_up = w.w_up->compute, w_down = w.w_down->compute;
   exchange_experts(
-      a.cbuf, a.eo, a.y, a.dbuf,
+      tcap(a.cbuf), ecap(a.eo), ecap(a.y), tcap(a.dbuf),
       [&](int k) {
-        const Tensor y = expert_chunk(a.y, k), gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k);
-        const Tensor act = expert_chunk(a.act, k), eo = expert_chunk(a.eo, k);
+        const Tensor y = expert_chunk(ecap(a.y), k), gate = expert_chunk(ecap(a.gate), k);
+        const Tensor up = expert_chunk(ecap(a.up), k);
+        const Tensor act = expert_chunk(ecap(a.act), k), eo = expert_chunk(ecap(a.eo), k);
         expert_forward(gate, y, w_gate);
         expert_forward(up, y, w_up);
         swiglu_forward(act, gate, up);
@@ -279,7 +297,7 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
         if (par_.expert_tp) reduce_expert_partials(eo, k);
       },
       r);
-  moe_combine_forward(x_out, a.cbuf, a.weight, a.expert_idx, a.slot, a.h);  // x_out = h + the weighted expert rows
+  moe_combine_forward(x_out, tcap(a.cbuf), a.weight, a.expert_idx, a.slot, a.h);  // x_out = h + the weighted expert rows
 }
 
 void Model::read_scalars(MicroResult& r) const {
@@ -355,17 +373,23 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   const LayerParams& w = lp_[size_t(l)];
   const float theta = float(cfg_.rope_theta), eps = float(cfg_.norm_eps);
   const bool selective = recompute_ == Recompute::selective;
-  // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual.
-  moe_combine_backward(dcbuf_, dweight_, dx, a.cbuf, a.weight, a.expert_idx, a.slot);
+  // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual. The expert path at
+  // the forward's capacity (the exchange's is set back to it: later layers' forwards changed it when dropless).
+  if (cfg_.dropless() && par_.exchange) par_.exchange->set_capacity(a.cap);
+  const auto tcap = [C = a.cap](const Tensor& t) { return capacity_view(t, C); };         // (E, C, W)
+  const auto ecap = [C = a.cap * s_.e](const Tensor& t) { return capacity_view(t, C); };  // (E_l, e*C, W)
+  moe_combine_backward(tcap(dcbuf_), dweight_, dx, tcap(a.cbuf), a.weight, a.expert_idx, a.slot);
   // The backward of combine is dispatch and that of dispatch is combine: dcbuf -> deo -> experts -> dy -> ddbuf.
   const Tensor w_gate = w.w_gate->compute, w_up = w.w_up->compute, w_down = w.w_down->compute;
   exchange_experts(
-      ddbuf_, dy_, deo_, dcbuf_,
+      tcap(ddbuf_), ecap(dy_), ecap(deo_), tcap(dcbuf_),
       [&](int k) {
-        const Tensor deo = expert_chunk(deo_, k), act = expert_chunk(a.act, k), dact = expert_chunk(dact_, k);
-        const Tensor gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k), y = expert_chunk(a.y, k);
-        const Tensor dgate = expert_chunk(dgate_, k), dup = expert_chunk(dup_, k);
-        const Tensor dy = expert_chunk(dy_, k);
+        const Tensor deo = expert_chunk(ecap(deo_), k), act = expert_chunk(ecap(a.act), k);
+        const Tensor dact = expert_chunk(ecap(dact_), k);
+        const Tensor gate = expert_chunk(ecap(a.gate), k), up = expert_chunk(ecap(a.up), k);
+        const Tensor y = expert_chunk(ecap(a.y), k);
+        const Tensor dgate = expert_chunk(ecap(dgate_), k), dup = expert_chunk(ecap(dup_), k);
+        const Tensor dy = expert_chunk(ecap(dy_), k);
         const GradWrite g_down = params_.grad_write(*w.w_down), g_gate = params_.grad_write(*w.w_gate);
         const GradWrite g_up = params_.grad_write(*w.w_up);
         if (selective) swiglu_forward(act, gate, up);  // the shared SwiGLU output, re-computed for this chunk
@@ -377,7 +401,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         if (par_.expert_tp) reduce_expert_partials(dy, k);
       },
       r);
-  moe_dispatch_backward(dxn_, ddbuf_, a.expert_idx, a.slot);
+  moe_dispatch_backward(dxn_, tcap(ddbuf_), a.expert_idx, a.slot);
   // Router: through the chosen weights, the load-balancing loss and the z-loss.
   fill_zero(dprobs_);
   topk_weights_backward(dprobs_, dweight_, a.expert_idx);

@@ -50,6 +50,11 @@ class Model {
   // l for layer l's parameters, layers() for the LM head and final norm, -1 for the embedding. The trainer
   // starts their data-parallel reduction there (on the last micro-batch), overlapping the rest of backward.
   std::function<void(int)> on_grads_ready;
+  // Test hook: may change layer l's router logits (N, E) in place before the softmax, e.g. bias them so most tokens
+  // pick one expert (a skewed router for the dropless tests). The backward treats the change as a constant.
+  std::function<void(int, Tensor)> on_router_logits;
+  // The capacity layer l's last forward used: s.C, or with dropless routing that step's (model/dropless.h).
+  int64_t capacity(int l) const { return layers_[size_t(l)].cap; }
   // Forward (+ backward) of layer l alone on the activations of the last forward (benchmarks), as on a step's
   // first micro-batch (its weight gradients are written) or, with later_micro_batch, a later one (they are added).
   void bench_layer(int l, bool backward = true, bool later_micro_batch = false);
@@ -70,6 +75,7 @@ class Model {
     Tensor x, xn1, rstd1, q, k, v, ao, lse, h, xn2, rstd2;
     Tensor rlogits, probs, expert_idx, slot, weight, counts, zlse, aux, z;
     Tensor dbuf, y, gate, up, act, eo, cbuf;
+    int64_t cap = 0;  // capacity of the last forward: s.C, or this step's when dropless
   };
   // A layer tensor the recompute mode does not keep per layer: every layer's `field` is the shared work_.`work`.
   struct Shared {
@@ -90,6 +96,9 @@ class Model {
   void exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x, const std::function<void(int)>& experts,
                         MicroResult& r);
   Tensor expert_chunk(const Tensor& t, int k) const;  // chunk k of an expert-side (E_l, e*C, W) tensor
+  // Layer l's capacity a.cap from its expert counts (dropless: this step's, agreed over EP; else s.C), set into the
+  // exchange.
+  void set_layer_capacity(int l);
   // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
   void reduce_expert_partials(Tensor t, int k);
   // The expert GEMMs (engine/ops/linear.h's expert_linear_*), in FP8 when model.fp8 = experts (model/fp8_experts.h).
@@ -119,6 +128,7 @@ class Model {
   Tensor dx_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, ddbuf_;
   Tensor dweight_, dprobs_, drlogits_, dlogits_;
   Tensor fp8_scratch_;  // (bytes) the quantised operands of the expert GEMMs when model.fp8 = experts
+  Tensor load_;         // (E) i32 the expert loads all-reduced over EP when dropless (model/dropless.h)
 };
 
 }  // namespace monta::model

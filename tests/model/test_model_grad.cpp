@@ -1,6 +1,6 @@
 // Whole-model gradient check: every parameter's analytic gradient (sampled elements) against central
 // finite differences of the printed objective (loss_total: CE + coef x router losses summed over layers), in double,
-// on a tiny config with token dropping.
+// on a tiny config with token dropping, and with dropless routing under a skewed router.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -38,14 +38,14 @@ ModelConfig tiny_double_config() {
 }
 
 struct Fixture {
-  ModelConfig cfg = tiny_double_config();
+  ModelConfig cfg;
   ParallelContext par;
   ParamStore params{cfg, par, Device::cpu, DType::f64, DType::f64};
   Shapes s = Shapes::make(cfg, 2, 1, 1, 1, true);
   Model model{cfg, s, par, params, DType::f64};
   std::vector<int32_t> tokens, targets;
   double ce_scale, aux_scale = 0.5;
-  Fixture() {
+  explicit Fixture(const ModelConfig& m = tiny_double_config()) : cfg(m) {
     params.init(7);
     engine::Philox rng{99, 1, 0};
     for (int64_t i = 0; i < s.N; ++i) {
@@ -64,11 +64,8 @@ struct Fixture {
 
 }  // namespace
 
-TEST(ModelGrad, EveryParameterMatchesFiniteDifferences) {
-  Fixture f;
-  f.params.zero_grads();
-  auto r = f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
-  EXPECT_GT(r.dropped, 0) << "config should drop some tokens";
+// Four sampled elements of every parameter: the gradient of the last forward_backward against central differences.
+void expect_gradients_match_finite_differences(Fixture& f) {
   engine::Philox pick{5, 2, 0};
   int checked = 0;
   for (auto& p : f.params.all()) {
@@ -90,6 +87,42 @@ TEST(ModelGrad, EveryParameterMatchesFiniteDifferences) {
     }
   }
   EXPECT_EQ(checked, int(f.params.all().size()) * 4);
+}
+
+TEST(ModelGrad, EveryParameterMatchesFiniteDifferences) {
+  Fixture f;
+  f.params.zero_grads();
+  auto r = f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
+  EXPECT_GT(r.dropped, 0) << "config should drop some tokens";
+  expect_gradients_match_finite_differences(f);
+}
+
+// Dropless routing (capacity_factor 0) under a router skewed towards expert 0 in layer 0 (its logit raised by 2 for
+// every token; layer 1 is left alone): nothing is dropped, each layer runs at its own step capacity (layer 0 above
+// the balanced N·K/E, layer 1 below the worst case N, so the buffers are used in part), and every parameter's
+// gradient matches finite differences.
+TEST(ModelGrad, DroplessSkewedRouterMatchesFiniteDifferences) {
+  ModelConfig m = tiny_double_config();
+  m.capacity_factor = 0;
+  Fixture f(m);
+  f.model.on_router_logits = [](int l, Tensor logits) {
+    if (l != 0) return;
+    for (int64_t n = 0; n < logits.dim(0); ++n) logits.as<double>()[n * logits.dim(1)] += 2.0;
+  };
+  f.params.zero_grads();
+  auto r = f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
+  EXPECT_EQ(r.dropped, 0);
+  const int64_t N = f.s.N, balanced = N * m.top_k / m.experts;
+  EXPECT_EQ(f.s.C, N) << "dropless buffers are sized for every token to one expert";
+  EXPECT_GT(f.model.capacity(0), balanced) << "the skewed layer's largest load";
+  EXPECT_LT(f.model.capacity(1), N) << "the other layer runs below the worst case";
+  const Tensor slots = f.model.slots();
+  for (int64_t l = 0; l < m.layers; ++l)
+    for (int64_t i = 0; i < N * m.top_k; ++i) {
+      const int32_t slot = slots.as<int32_t>()[l * N * m.top_k + i];
+      ASSERT_TRUE(slot >= 0 && slot < f.model.capacity(int(l))) << "layer " << l << " choice " << i << " slot " << slot;
+    }
+  expect_gradients_match_finite_differences(f);
 }
 
 TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
