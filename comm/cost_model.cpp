@@ -51,7 +51,17 @@ int64_t capacity_of(int64_t tokens, int64_t top_k, int64_t experts, double capac
   return std::max(min_capacity, c);
 }
 
-int64_t ExchangeVolume::capacity() const { return capacity_of(tokens(), K, E, capacity_factor, min_capacity); }
+int64_t dropless_expected_capacity(int64_t tokens, int64_t top_k, int64_t experts, int ep, double skew) {
+  const double mu = double(tokens) * double(top_k) / double(experts), sigma = std::sqrt(mu * (1.0 - 1.0 / double(experts)));
+  const double loads = double(experts) * double(std::max(ep, 1));
+  const double max_load = skew * mu + sigma * std::sqrt(2.0 * std::log(std::max(loads, 1.0)));
+  return std::clamp<int64_t>(int64_t(std::ceil(max_load)), 1, tokens);
+}
+
+int64_t ExchangeVolume::capacity() const {
+  if (capacity_factor == 0) return dropless_expected_capacity(tokens(), K, E, ep);
+  return capacity_of(tokens(), K, E, capacity_factor, min_capacity);
+}
 double ExchangeVolume::dispatch_bytes() const { return double(E) * double(capacity()) * double(H) * elem_bytes; }
 
 GroupPlacement rank_placement(const Topology& topo, int rank, const std::vector<int>& tp_members,

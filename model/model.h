@@ -46,6 +46,7 @@ class Model {
   const engine::Arena& activations() const { return acts_; }
   Tensor logits() const { return logits_; }  // (N, V_l) of the last forward
   Tensor slots() const { return slots_; }  // (L, N, K) slot of every (token, choice) of the last forward; -1: dropped
+  Tensor counts() const { return counts_; }  // (L, E) i32 choices per expert of the last forward, before dropping
   // Called during backward when a group of parameter gradients is final for this micro-batch: layer index
   // l for layer l's parameters, layers() for the LM head and final norm, -1 for the embedding. The trainer
   // starts their data-parallel reduction there (on the last micro-batch), overlapping the rest of backward.

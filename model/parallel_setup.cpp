@@ -2,6 +2,7 @@
 #include "model/parallel_setup.h"
 
 #include "comm/calibrate.h"
+#include "comm/cost_model.h"
 #include "comm/exchange_choice.h"
 #include "comm/runtime.h"
 #include "comm/topology.h"
@@ -81,7 +82,8 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
                                    engine::Device device, int* chunks) {
   comm::ExchangeChoiceInput in;
   in.experts = s.E;
-  in.capacity = s.C;
+  // Dropless: measure and predict at the expected step capacity (comm/cost_model.h), not the worst case s.C = N.
+  in.capacity = c.model.dropless() ? comm::dropless_expected_capacity(s.N, s.K, s.E, s.e) : s.C;
   in.hidden = s.H;
   in.ffn_local = s.F_l;
   in.dtype = act;
