@@ -55,6 +55,11 @@ TEST(Config, RejectsBadValues) {
   c = Config();
   c.model.capacity_factor = -1;  // 0 is dropless routing
   expect_user_error(c, 0, "capacity_factor");
+  c = Config();
+  c.model.capacity_factor = 0;
+  c.model.fp8 = "experts";
+  c.model.seq_len = 100;
+  expect_user_error(c, 0, "multiple of 128");
 }
 
 TEST(Config, CapacityFormula) {

@@ -211,7 +211,7 @@ TEST_P(DroplessEquivalence, SkewedRouterEqualsOneProcess) {
   const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
   const int64_t N = mine.model().shapes().N, balanced = N * c.model.top_k / c.model.experts;
   int64_t lowest = N;  // the smallest step capacity any layer of this rank ran at
-  for (int step = 0; step < 5; ++step) {
+  for (int step = 0; step < 3; ++step) {  // three steps (of five elsewhere): np8 runs 37 such layouts
     make_batch(c, 500 + uint64_t(step), in, tg);
     std::span<const int32_t> my_in(in.data() + par.dp_rank * per_rank, size_t(per_rank));
     std::span<const int32_t> my_tg(tg.data() + par.dp_rank * per_rank, size_t(per_rank));
