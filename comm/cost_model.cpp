@@ -44,11 +44,24 @@ double all_reduce_time(const LinkModel& l, double M, int n, bool spans_nodes) {
 
 int64_t capacity_of(int64_t tokens, int64_t top_k, int64_t experts, double capacity_factor, int64_t min_capacity) {
   // The one capacity rule (model::expert_capacity calls this): max(min_capacity, ceil(cf · tokens · top_k / experts)).
+  // capacity_factor 0 is dropless: the buffers' capacity is the worst case, every token to one expert (a token's top_k
+  // experts are distinct, so no expert gets more than `tokens` choices); each step then uses its own, smaller one.
+  if (capacity_factor == 0) return tokens;
   const int64_t c = int64_t(std::ceil(capacity_factor * double(tokens) * double(top_k) / double(experts)));
   return std::max(min_capacity, c);
 }
 
-int64_t ExchangeVolume::capacity() const { return capacity_of(tokens(), K, E, capacity_factor, min_capacity); }
+int64_t dropless_expected_capacity(int64_t tokens, int64_t top_k, int64_t experts, int ep, double skew) {
+  const double mu = double(tokens) * double(top_k) / double(experts), sigma = std::sqrt(mu * (1.0 - 1.0 / double(experts)));
+  const double loads = double(experts) * double(std::max(ep, 1));
+  const double max_load = skew * mu + sigma * std::sqrt(2.0 * std::log(std::max(loads, 1.0)));
+  return std::clamp<int64_t>(int64_t(std::ceil(max_load)), 1, tokens);
+}
+
+int64_t ExchangeVolume::capacity() const {
+  if (capacity_factor == 0) return dropless_expected_capacity(tokens(), K, E, ep);
+  return capacity_of(tokens(), K, E, capacity_factor, min_capacity);
+}
 double ExchangeVolume::dispatch_bytes() const { return double(E) * double(capacity()) * double(H) * elem_bytes; }
 
 GroupPlacement rank_placement(const Topology& topo, int rank, const std::vector<int>& tp_members,

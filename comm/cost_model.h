@@ -64,11 +64,20 @@ struct ExchangeVolume {
   int64_t B = 1, S = 1, H = 1, K = 1, E = 1, min_capacity = 0;
   double capacity_factor = 1.0;
   int elem_bytes = 2;
+  int ep = 1;  // EP size e: dropless (capacity_factor 0) prices the expected largest load over the EP group
   int64_t tokens() const { return B * S; }                    // N = B·S
-  int64_t capacity() const;                                    // C = max(min_cap, ceil(cf·N·K/E))
+  int64_t capacity() const;                                    // C = max(min_cap, ceil(cf·N·K/E)); dropless: expected
   double dispatch_bytes() const;                               // X = E·C·H·es
 };
-// The same formula as model::expert_capacity (replicated here: comm may not depend on model).
+// Dropless routing's expected step capacity, the number its exchange and expert time are priced with. Every rank of
+// the EP group runs at the group's largest per-expert load (the slowest rank is the critical path: the others wait
+// for it in the all-to-all), so the price is the expected maximum of the E·e per-(expert, rank) loads. A balanced
+// router's loads are Binomial(N·K, 1/E): mean μ = N·K/E, σ² = μ·(1 − 1/E); their maximum is about
+// μ + σ·sqrt(2·ln(E·e)) (the Gaussian extreme-value estimate). skew multiplies μ (1: balanced; a measured max/mean load
+// such as `bench layer --dropless` prints, for a skewed router). At most N; the 128-row rounding is left out.
+int64_t dropless_expected_capacity(int64_t tokens, int64_t top_k, int64_t experts, int ep, double skew = 1.0);
+// The same formula as model::expert_capacity (replicated here: comm may not depend on model). capacity_factor 0
+// (dropless): `tokens`, the worst case the buffers are sized for.
 int64_t capacity_of(int64_t tokens, int64_t top_k, int64_t experts, double capacity_factor, int64_t min_capacity);
 
 // Where one rank's groups sit: t, e, and the EP group's peers per link class, for the bottleneck (worst) rank.

@@ -22,7 +22,8 @@ using detail::n2s;
 class DuplicateExchange final : public Exchange {
  public:
   DuplicateExchange(Communicator& ep, ExchangeShape shape, DType dtype, Device device)
-      : ep_(ep), E_(shape.experts), C_(shape.capacity), H_(shape.hidden), dtype_(dtype), device_(device) {
+      : ep_(ep), E_(shape.experts), C_(shape.capacity), C_max_(shape.capacity), H_(shape.hidden), dtype_(dtype),
+        device_(device) {
     e_ = ep.size();
     MONTA_CHECK(E_ > 0 && C_ > 0 && H_ > 0, "exchange shape (E " + n2s(E_) + ", C " + n2s(C_) + ", H " + n2s(H_) +
                                                 ") must be positive");
@@ -30,11 +31,17 @@ class DuplicateExchange final : public Exchange {
     El_ = E_ / e_;
     es_ = int64_t(engine::dtype_size(dtype));
     if (El_ > 1) {
-      arena_ = engine::Arena("exchange_duplicate", device, {{"stage", {e_ * El_ * C_ * H_}, dtype}});  // (e, E_l, C, H)
+      arena_ = engine::Arena("exchange_duplicate", device, {{"stage", {e_ * El_ * C_max_ * H_}, dtype}});  // (e, E_l, C, H)
       stage_ = arena_.get("stage");
     }
   }
   ExchangeKind kind() const override { return ExchangeKind::duplicate; }
+  void set_capacity(int64_t capacity) override {
+    MONTA_CHECK(capacity > 0 && capacity <= C_max_, "exchange duplicate: capacity " + n2s(capacity) +
+                                                        " outside [1, " + n2s(C_max_) + "] (the buffers' capacity)");
+    C_ = capacity;
+  }
+  int64_t capacity() const override { return C_; }
   ExchangeStats last_stats() const override { return stats_; }
 
   void dispatch(Tensor y, const Tensor& x) override {
@@ -80,7 +87,7 @@ class DuplicateExchange final : public Exchange {
     stats_.seconds = tm.seconds();
   }
   Communicator& ep_;
-  int64_t E_, C_, H_, El_ = 0, es_ = 0;
+  int64_t E_, C_, C_max_, H_, El_ = 0, es_ = 0;  // C_: this step's capacity; C_max_: the buffers'
   int e_ = 1;
   DType dtype_;
   Device device_;

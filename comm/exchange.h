@@ -25,6 +25,7 @@ struct ExchangeShape {
   // rank's capacity slice before the all-to-all, so each token still crosses EP once; `duplicate` (every TP rank
   // sends the whole buffer) has no meaning and is refused. combine() is unchanged: out is whole on every TP rank.
   bool sequence_parallel = false;
+  // capacity is the largest C of any call (the buffers' size); Exchange::set_capacity lowers it per step (dropless).
 };
 
 // What the last dispatch/combine cost this rank: bytes it sent to other ranks (its own block excluded, padding
@@ -53,6 +54,12 @@ class Exchange {
   virtual void combine(Tensor out, const Tensor& z) = 0;
   virtual ExchangeStats last_stats() const = 0;
   virtual ExchangeKind kind() const = 0;
+  // Dropless routing (model.capacity_factor = 0): the capacity C of the calls that follow, 1 <= C <= the shape's
+  // (the worst case every buffer was sized for); the tensors of those calls are (E, C, H) and (E_l, e*C, H), and the
+  // chunks of pipelined and overlapped split this C. Collective in effect: every rank of the TP and EP groups must
+  // set the same C before the next call. Nothing is allocated.
+  virtual void set_capacity(int64_t capacity) = 0;
+  virtual int64_t capacity() const = 0;
 
   // Dispatch, the experts and combine as one call, so that a strategy may overlap them:
   //   dispatch(y, x); experts(k) for every expert chunk k; combine(out, z)

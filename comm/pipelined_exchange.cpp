@@ -6,6 +6,7 @@
 // backward, so both directions of both passes are pipelined.
 #include <algorithm>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "comm/exchange.h"
@@ -49,23 +50,9 @@ class PipelinedExchange final : public Exchange {
                                       n2s(shape.chunks));
     El_ = E_ / e_;
     es_ = int64_t(engine::dtype_size(dtype));
-    // More chunks than slots would only add empty collectives: at most C chunks.
-    const int n = int(std::min<int64_t>(shape.chunks, C_));
-    int64_t send_total = 0, gather_total = 0;
-    for (int k = 0; k < n; ++k) {
-      const Shard s = shard(C_, n, k, false);
-      Chunk c;
-      c.off = s.offset;
-      c.size = s.size;
-      c.cp = (s.size + t_ - 1) / t_;
-      for (int r = 0; r < t_; ++r) c.slices.push_back(shard(s.size, t_, r, false));
-      c.block = int64_t(e_) * El_ * c.cp;
-      c.send_at = send_total;
-      c.gather_at = gather_total;
-      send_total += c.block * H_;
-      gather_total += int64_t(t_) * c.block * H_;
-      chunks_.push_back(c);
-    }
+    chunks_wanted_ = shape.chunks;
+    C_max_ = C_;
+    const auto [send_total, gather_total] = plan(C_);  // the largest capacity needs the largest regions
     // Every chunk has its own regions: all of them may be in flight at once. The overlapped combine of chunk k
     // reuses chunk k's regions: it is packed only after chunk k's dispatch has been unpacked, which orders it
     // after both of that dispatch's collectives. A leg of narrower rows (W < H, the FP8 dispatch) packs its blocks
@@ -78,6 +65,18 @@ class PipelinedExchange final : public Exchange {
   }
   ExchangeKind kind() const override { return kind_; }
   bool overlapped() const { return kind_ == ExchangeKind::overlapped; }
+  // A smaller capacity needs no larger regions (every chunk's slices shrink or chunks vanish), checked anyway.
+  void set_capacity(int64_t capacity) override {
+    MONTA_CHECK(capacity > 0 && capacity <= C_max_, std::string("exchange ") + exchange_kind_name(kind_) +
+                                                        ": capacity " + n2s(capacity) + " outside [1, " + n2s(C_max_) +
+                                                        "] (the buffers' capacity)");
+    if (capacity == C_) return;
+    const auto [send_total, gather_total] = plan(capacity);
+    MONTA_CHECK(send_total <= send_.numel() && gather_total <= gather_.numel(),
+                "exchange: the chunks of capacity " + n2s(capacity) + " do not fit the staging arena");
+    C_ = capacity;
+  }
+  int64_t capacity() const override { return C_; }
   ExchangeStats last_stats() const override { return stats_; }
 
   // Slot (expert row, capacity c) of x/out is at (row * C + c) * H; of y/z (local expert j, peer p) at
@@ -180,6 +179,29 @@ class PipelinedExchange final : public Exchange {
   }
 
  private:
+  // The chunks of capacity C (at most C of them: more would only add empty collectives) into chunks_; returns the
+  // elements of the send and gather regions they need.
+  std::pair<int64_t, int64_t> plan(int64_t C) {
+    const int n = int(std::min<int64_t>(chunks_wanted_, C));
+    int64_t send_total = 0, gather_total = 0;
+    chunks_.clear();
+    for (int k = 0; k < n; ++k) {
+      const Shard s = shard(C, n, k, false);
+      Chunk c;
+      c.off = s.offset;
+      c.size = s.size;
+      c.cp = (s.size + t_ - 1) / t_;
+      for (int r = 0; r < t_; ++r) c.slices.push_back(shard(s.size, t_, r, false));
+      c.block = int64_t(e_) * El_ * c.cp;
+      c.send_at = send_total;
+      c.gather_at = gather_total;
+      send_total += c.block * H_;
+      gather_total += int64_t(t_) * c.block * H_;
+      chunks_.push_back(c);
+    }
+    return {send_total, gather_total};
+  }
+
   // Where the (peer p, local expert j) run of chunk k starts, as a slot index (times H for elements); the slots of
   // the run are contiguous in every layout, so a TP slice adds its offset within the chunk.
   using Position = std::function<int64_t(const Chunk&, int64_t p, int64_t j)>;
@@ -294,6 +316,7 @@ class PipelinedExchange final : public Exchange {
   Communicator& tp_;
   Communicator& ep_;
   int64_t E_, C_, H_, El_ = 0, es_ = 0;
+  int64_t C_max_ = 0, chunks_wanted_ = 1;  // the buffers' capacity (C_ is this step's, set_capacity); shape.chunks
   int t_ = 1, e_ = 1;
   DType dtype_;
   Device device_;

@@ -66,7 +66,10 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
           base.why_not = "batch";
         }
         base.micro_steps = std::max<int64_t>(1, m.global_batch / (int64_t(dp) * m.micro_batch));
-        base.capacity = capacity_of(m.micro_batch * m.seq_len, m.top_k, m.experts, m.capacity_factor, m.min_capacity);
+        // Dropless: the expected step capacity (ExchangeVolume::capacity), not the worst case the buffers hold.
+        base.capacity = m.capacity_factor == 0
+                            ? dropless_expected_capacity(m.micro_batch * m.seq_len, m.top_k, m.experts, ep)
+                            : capacity_of(m.micro_batch * m.seq_len, m.top_k, m.experts, m.capacity_factor, m.min_capacity);
         // Gradient all-reduce of fp32 gradients: dense over dp, experts over expert-dp (rings; strides tp, tp·ep).
         const bool dp_spans = (dp - 1) * tp >= c.gpus_per_node, edp_spans = (dp / ep - 1) * tp * ep >= c.gpus_per_node;
         base.grad_sync_s = all_reduce_time(links, 4.0 * fp.dense_params, dp, dp_spans) +
@@ -87,7 +90,7 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
                              (etp ? 0.0 : double(tp - 1) * (recompute ? 4.0 / 3.0 : 1.0) * expert_flops);
         base.compute_s = c.gpu_tflops > 0 ? flops * double(m.global_batch * m.seq_len) / world / (c.gpu_tflops * 1e12) : 0;
         ExchangeVolume v{m.micro_batch, m.seq_len, m.hidden, m.top_k, m.experts, m.min_capacity, m.capacity_factor,
-                         m.act_bytes};
+                         m.act_bytes, ep};
         // One layer's expert forward on one GPU: E·C rows (E_l experts × e·C slots) through three H×F_l GEMMs.
         const double f_l = double(m.ffn) / (etp ? tp : 1);
         const double expert_fwd_s = c.gpu_tflops > 0 ? 2.0 * double(m.experts) * double(base.capacity) * 3.0 *

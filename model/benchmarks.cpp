@@ -245,6 +245,45 @@ int bench_optimizer(int iters, const std::string& json, int64_t params, int max_
   return 0;
 }
 
+namespace {
+
+// The router logits (N, E) of --router balanced or skewed (empty for natural), in `act` on dev: token n ranks
+// experts r, r+1, ... mod E, with r = n (balanced) or, skewed, r = 0 for 3 tokens in 4 and n for the fourth.
+Tensor router_pattern(Buffers& B, const std::string& router, int64_t N, int64_t E, DType act) {
+  MONTA_USER_CHECK(router == "natural" || router == "balanced" || router == "skewed",
+                   "--router must be natural, balanced or skewed, got '" + router + "'");
+  if (router == "natural") return Tensor();
+  std::vector<float> host(size_t(N * E));
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t r = router == "skewed" && n % 4 != 3 ? 0 : n % E;
+    for (int64_t e = 0; e < E; ++e) host[size_t(n * E + e)] = -float((e - r + E) % E);
+  }
+  Tensor f32 = B.make({N, E}, DType::f32), out = B.make({N, E}, act);
+  copy(f32, Tensor(host.data(), {N, E}, DType::f32));
+  cast(out, f32);
+  return out;
+}
+
+// Routing of layer 0's last forward: choices routed to experts (N·K), those an expert processed (less the dropped),
+// and the load imbalance max_e load / mean load on this rank.
+struct RoutedLoad {
+  int64_t routed = 0, processed = 0;
+  double imbalance = 0;
+};
+RoutedLoad routed_load(const Model& model, const MicroResult& r) {
+  const Tensor c = model.counts();
+  const int64_t E = c.dim(1);
+  std::vector<int32_t> host(static_cast<size_t>(E), 0);
+  read_to_host(Tensor(host.data(), {E}, DType::i32), c.rows(0, 1).view({E}), "bench layer expert loads");
+  RoutedLoad l;
+  for (int32_t v : host) l.routed += v;
+  l.processed = l.routed - r.dropped;
+  l.imbalance = double(*std::max_element(host.begin(), host.end())) / (double(l.routed) / double(E));
+  return l;
+}
+
+}  // namespace
+
 int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const BenchLayerOptions& o) {
   model::Config c;
   model::ModelConfig& m = c.model;
@@ -308,6 +347,18 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
   // and the share each GPU does: the tp ranks of a DP group split one micro-batch.
   const double flops = model::layer_train_flops_per_token(m, model::FlopCount::executed) * double(s.N) / o.tp;
   JsonRecord breakdowns;
+  const Tensor pattern = router_pattern(B, o.router, s.N, m.experts, act);
+  const auto set_router = [&](Model& model) {
+    if (pattern.data) model.on_router_logits = [&](int, Tensor logits) { copy(logits, pattern); };
+  };
+  // The per-routed-choice figures of a layer row (JSON fields and one log line on rank 0).
+  const auto add_routing = [&](BenchCase& layer, const Model& model, const MicroResult& r) {
+    const RoutedLoad l = routed_load(model, r);
+    layer.extra.add("routed", l.routed).add("processed", l.processed).add("capacity", model.capacity(0));
+    layer.extra.add("imbalance", l.imbalance, "%.4f");
+    return l;
+  };
+  std::vector<std::pair<std::string, RoutedLoad>> per_token;  // label, loads: for the ns per routed choice
   std::vector<std::pair<std::string, std::string>> runs;  // (model.fp8, strategy), fp8 modes outermost
   for (const auto& f : fp8_modes)
     for (const auto& k : strategies) runs.push_back({f, k});
@@ -318,7 +369,8 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
       model::attach_exchange(ps, c, dev, act);
     }
     model::Model model(m, s, ps.ctx, params, act);
-    model.forward(tok.data(), tgt.data());  // real activations for the layer to start from
+    set_router(model);
+    const MicroResult r0 = model.forward(tok.data(), tgt.data());  // real activations for the layer to start from
     // auto: the cost model's pick for this layer (start-up calibration and prediction), timed like the others.
     const std::string kind = o.ep == 1 ? name : comm::exchange_kind_name(ps.exchange->kind());
     const int chunks = o.ep == 1 ? 1 : ps.exchange->pipeline_chunks();
@@ -334,6 +386,7 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
                                        : "");
     BenchCase layer = bench_case(label, shape, flops, 0, [&] { model.bench_layer(0); });
     layer.timer = over_ranks;
+    per_token.push_back({label, add_routing(layer, model, r0)});
     sweep.run(layer);
     if (world == 1) {  // the forward alone, for where the time goes (FlopCount::forward)
       const double fwd_flops = model::layer_train_flops_per_token(m, model::FlopCount::forward) * double(s.N) / o.tp;
@@ -344,8 +397,49 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
     }
     if (o.breakdown) breakdowns.add(name, layer_breakdown(dev, model, label, me == 0));
   }
+  if (o.dropless) {
+    // The same layer, parameters and tokens with dropless routing: buffers for the worst case (C = N), each step at
+    // its own capacity. FLOPs count the routed choices, as for the capacity rows: the padding is not work.
+    model::Config cd = c;
+    cd.model.capacity_factor = 0;
+    const model::Shapes sd = model::Shapes::make(cd.model, 1, o.tp, o.ep, dp, o.expert_tp);
+    for (const auto& name : strategies) {
+      if (o.ep > 1) {
+        cd.comm.exchange = name;
+        model::attach_exchange(ps, cd, dev, act);
+      }
+      model::Model model(cd.model, sd, ps.ctx, params, act);
+      set_router(model);
+      const MicroResult r0 = model.forward(tok.data(), tgt.data());
+      const std::string label = o.ep == 1 ? std::string("layer fwd+bwd dropless")
+                                          : strf("layer fwd+bwd dropless %s", name.c_str());
+      BenchCase layer = bench_case(label, strf("S%ld E%ld top%ld C%ld", long(S), long(m.experts), long(m.top_k),
+                                               long(model.capacity(0))),
+                                   flops, 0, [&] { model.bench_layer(0); });
+      layer.timer = over_ranks;
+      per_token.push_back({label, add_routing(layer, model, r0)});
+      sweep.run(layer);
+    }
+  }
   const std::vector<BenchRow>& rows = sweep.rows();
   const double best = rows[1].tflops, layer_ms = rows[1].ms();  // the first strategy's fwd+bwd
+  // Time per processed (token, choice) of every layer row: capacity rows process the routed choices less the dropped,
+  // dropless rows all of them; the yardstick compares the two under a balanced router.
+  JsonRecord routing;
+  for (const auto& [label, l] : per_token) {
+    const auto row = std::find_if(rows.begin(), rows.end(), [&](const BenchRow& b) { return b.name == label; });
+    if (row == rows.end() || l.processed <= 0) continue;
+    const double ns = row->seconds / double(l.processed) * 1e9;
+    routing.add(label, JsonRecord()
+                           .add("ms", row->ms(), "%.4f")
+                           .add("routed", l.routed)
+                           .add("processed", l.processed)
+                           .add("imbalance", l.imbalance, "%.4f")
+                           .add("ns_per_processed_choice", ns, "%.4f"));
+    if (me == 0)
+      log_info(strf("  %-36s %9.3f ms  %8ld routed  %8ld processed  imbalance %.3f  %.3f ns per processed choice",
+                    label.c_str(), row->ms(), long(l.routed), long(l.processed), l.imbalance, ns));
+  }
   // The same GEMM again, back to back for as long as one layer step takes, measured after the layer: the rate the
   // card holds under sustained load (clocks drop with power), beside the short-burst ceiling above. One row per
   // GEMM-sized call: the case runs `reps` GEMMs, the row reports one.
@@ -375,6 +469,7 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
     header.add("gemm_sustained_tflops", sus_tflops, "%.3f").add("layer_tflops", best, "%.3f");
     header.add("fraction_of_gemm", best / gemm_tflops, "%.4f").add("fraction_of_sustained_gemm", best / sus_tflops, "%.4f");
     if (o.breakdown) header.add("breakdown", breakdowns);
+    header.add("router", o.router).add("routing", routing);
     report(shown, json, title, header);
   }
   return 0;

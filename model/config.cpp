@@ -75,6 +75,11 @@ void check_model(const Config& c, Problems& p) {
   p.need(params < 1e15, strf("the model would have %.3g parameters; sizes this large overflow the size arithmetic", params));
   const auto& t = c.train;
   p.need(t.min_lr <= t.lr, strf("train.min_lr (%g) must not exceed train.lr (%g)", t.min_lr, t.lr));
+  // The CUDA FP8 GEMM wants 16 | rows; a dropless step capacity is a multiple of min(128, N/8) or N (model/dropless.h).
+  p.need(!(m.dropless() && m.fp8_experts()) || (t.micro_batch * m.seq_len) % 128 == 0,
+         strf("model.capacity_factor 0 (dropless) with model.fp8 = experts needs train.micro_batch x model.seq_len (%ld) "
+              "to be a multiple of 128",
+              long(t.micro_batch * m.seq_len)));
   p.need(double(t.micro_batch) * double(m.seq_len) < 2147483648.0,
          strf("train.micro_batch x model.seq_len = %.0f tokens per micro-batch exceeds 2^31", double(t.micro_batch) * double(m.seq_len)));
   p.need(t.global_batch >= t.micro_batch,

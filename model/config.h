@@ -10,7 +10,7 @@ namespace monta::model {
 struct ModelConfig {
   int64_t vocab = 256, hidden = 64, layers = 2, heads = 4, kv_heads = 2, ffn = 128;
   int64_t experts = 4, top_k = 2, seq_len = 64;
-  double capacity_factor = 1.25;
+  double capacity_factor = 1.25;  // 0: dropless routing (model/dropless.h)
   int64_t min_capacity = 4;
   double rope_theta = 10000.0, norm_eps = 1e-5, init_std = 0.02;
   double aux_loss_coef = 0.01, z_loss_coef = 0.001;
@@ -21,6 +21,7 @@ struct ModelConfig {
   std::string fp8 = "none";  // none | experts (the expert GEMMs in FP8 E4M3, docs/fp8.md); all is refused for now
   int64_t head_dim() const { return hidden / heads; }
   bool fp8_experts() const { return fp8 == "experts"; }
+  bool dropless() const { return capacity_factor == 0; }
 };
 
 struct TrainConfig {

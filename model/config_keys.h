@@ -60,8 +60,10 @@ void visit_config_keys(ConfigT& c, F&& f) {
   f("model.top_k", m.top_k, "experts each token is routed to, K (at most model.experts)", closed(1, 1 << 16));
   f("model.seq_len", m.seq_len, "sequence length S in tokens", closed(1, 1 << 24));
   f("model.capacity_factor", m.capacity_factor,
-    "expert capacity C = max(min_capacity, ceil(capacity_factor x tokens x top_k / experts)) slots per micro-batch",
-    positive(1e6));
+    "expert capacity C = max(min_capacity, ceil(capacity_factor x tokens x top_k / experts)) slots per micro-batch; "
+    "0: dropless, no token is dropped (each step's capacity is its largest per-expert load, buffers sized for every "
+    "token to one expert)",
+    closed(0, 1e6));
   f("model.min_capacity", m.min_capacity, "lower bound on the expert capacity, in slots", closed(0, kInt32));
   f("model.rope_theta", m.rope_theta, "RoPE base frequency", positive());
   f("model.norm_eps", m.norm_eps, "RMSNorm epsilon added to the mean square", KeyRange{0, 1, true, true});

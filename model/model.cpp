@@ -20,6 +20,7 @@
 #include "engine/ops/rope.h"
 #include "engine/ops/router.h"
 #include "engine/ops/swiglu.h"
+#include "model/dropless.h"
 #include "model/fp8_experts.h"
 
 namespace monta::model {
@@ -144,6 +145,7 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
     L.add(self ? &self->dispatch_q_ : nullptr, "dispatch_q", {s.E, s.C, Wq}, act);
     if (exchanged) L.add(self ? &self->expert_q_ : nullptr, "expert_q", {s.E_l, s.EC, Wq}, act);
   }
+  if (cfg.dropless()) L.add(self ? &self->load_ : nullptr, "load", {s.E}, DType::i32);
   if (s.sp) declare_sequence_parallel(s, act, self, L);
 }
 
@@ -236,13 +238,15 @@ void Model::tp_all_reduce(Tensor t, bool max) {
 
 void Model::exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x,
                              const std::function<void(int)>& experts, MicroResult& r, bool fp8) {
+  // The packed FP8 buffers at the capacity of x and y (this step's when dropless).
   if (!par_.exchange) {
-    if (fp8) comm::fp8_round_trip(y, dispatch_q_);  // y is x here: the same rounding as a sent token's
+    if (fp8) comm::fp8_round_trip(y, capacity_view(dispatch_q_, y.dim(1)));  // y is x: a sent token's rounding
     experts(0);
     return;
   }
   const comm::ExchangeStats st =
-      fp8 ? comm::fp8_dispatch_experts_combine(*par_.exchange, out, z, y, x, dispatch_q_, expert_q_, experts)
+      fp8 ? comm::fp8_dispatch_experts_combine(*par_.exchange, out, z, y, x, capacity_view(dispatch_q_, x.dim(1)),
+                                               capacity_view(expert_q_, y.dim(1)), experts)
           : par_.exchange->dispatch_experts_combine(out, z, y, x, experts);
   r.exchange_s += st.seconds;
   r.exchange_bytes += double(st.ep_bytes + st.tp_bytes);
@@ -261,6 +265,16 @@ void Model::route_topk(int l, Layer& a, int64_t capacity) {
                               capacity);
   else
     router_topk_assign(a.expert_idx, a.slot, a.counts, a.probs, capacity);
+}
+
+void Model::set_layer_capacity(int l) {
+  auto& a = layers_[size_t(l)];
+  if (!cfg_.dropless()) {
+    a.cap = s_.C;
+    return;
+  }
+  a.cap = dropless_step_capacity(dropless_max_load(a.counts, load_, par_.exchange ? par_.ep_comm : nullptr), s_.N);
+  if (par_.exchange) par_.exchange->set_capacity(a.cap);
 }
 
 void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
@@ -292,25 +306,31 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   // MoE: router (replicated) → capacity assignment → (E, C, H) buffer → exchange → experts → back → combine.
   rmsnorm_forward(a.xn2, a.rstd2, a.h, w.ffn_norm->compute, eps);
   linear_forward(a.rlogits, a.xn2, w.router->compute);
+  if (on_router_logits) on_router_logits(l, a.rlogits);
   softmax_forward(a.probs, a.rlogits);
   if (s_.sp)
     sp_route(l, a);  // this rank's tokens, each given the slot it gets when one rank routes them all
   else
-    route_topk(l, a, s_.C);
+    route_topk(l, a, s_.C);  // dropless: s.C = N, nothing is dropped
+  set_layer_capacity(l);
+  // The expert-path buffers at this step's capacity C (the whole buffers unless dropless).
+  const auto tcap = [C = a.cap](const Tensor& t) { return capacity_view(t, C); };         // (E, C, W)
+  const auto ecap = [C = a.cap * s_.e](const Tensor& t) { return capacity_view(t, C); };  // (E_l, e*C, W)
   if (cfg_.router_norm_topk)
     topk_weights_norm_forward(a.weight, a.probs, a.expert_idx);
   else
     topk_weights_forward(a.weight, a.probs, a.expert_idx);
   load_balance_loss_forward(a.aux, a.probs, a.counts, s_.K);
   router_z_loss_forward(a.z, a.zlse, a.rlogits);
-  moe_dispatch_forward(a.dbuf, a.xn2, a.expert_idx, a.slot);
-  if (s_.sp && !par_.exchange) tp_all_reduce(a.dbuf);  // sequence parallel, no EP: the TP ranks' parts summed
+  moe_dispatch_forward(tcap(a.dbuf), a.xn2, a.expert_idx, a.slot);
+  if (s_.sp && !par_.exchange) tp_all_reduce(tcap(a.dbuf));  // sequence parallel, no EP: the TP ranks' parts summed
   const Tensor w_gate = w.w_gate->compute, w_up = w.w_up->compute, w_down = w.w_down->compute;
   exchange_experts(
-      a.cbuf, a.eo, a.y, a.dbuf,
+      tcap(a.cbuf), ecap(a.eo), ecap(a.y), tcap(a.dbuf),
       [&](int k) {
-        const Tensor y = expert_chunk(a.y, k), gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k);
-        const Tensor act = expert_chunk(a.act, k), eo = expert_chunk(a.eo, k);
+        const Tensor y = expert_chunk(ecap(a.y), k), gate = expert_chunk(ecap(a.gate), k);
+        const Tensor up = expert_chunk(ecap(a.up), k);
+        const Tensor act = expert_chunk(ecap(a.act), k), eo = expert_chunk(ecap(a.eo), k);
         expert_forward(gate, y, w_gate);
         expert_forward(up, y, w_up, /*x_quantised=*/true);  // FP8: q(y) from the gate GEMM, still in the scratch
         if (cfg_.fp8_experts()) {  // the SwiGLU output quantised where it is produced, for the down projection
@@ -323,7 +343,7 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
         if (par_.expert_tp) reduce_expert_partials(eo, k);
       },
       r, fp8_dispatch_);
-  moe_combine_forward(x_out, a.cbuf, a.weight, a.expert_idx, a.slot, a.h);  // x_out = h + the weighted expert rows
+  moe_combine_forward(x_out, tcap(a.cbuf), a.weight, a.expert_idx, a.slot, a.h);  // x_out = h + the weighted expert rows
 }
 
 void Model::read_scalars(MicroResult& r) const {
@@ -415,18 +435,24 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   const LayerParams& w = lp_[size_t(l)];
   const float theta = float(cfg_.rope_theta), eps = float(cfg_.norm_eps);
   const bool selective = recompute_ == Recompute::selective;
-  // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual.
-  moe_combine_backward(dcbuf_, dweight_, dx, a.cbuf, a.weight, a.expert_idx, a.slot);
-  if (s_.sp && !par_.exchange) tp_all_reduce(dcbuf_);  // sequence parallel, no EP: the TP ranks' parts summed
+  // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual. The expert path at
+  // the forward's capacity (the exchange's is set back to it: later layers' forwards changed it when dropless).
+  if (cfg_.dropless() && par_.exchange) par_.exchange->set_capacity(a.cap);
+  const auto tcap = [C = a.cap](const Tensor& t) { return capacity_view(t, C); };         // (E, C, W)
+  const auto ecap = [C = a.cap * s_.e](const Tensor& t) { return capacity_view(t, C); };  // (E_l, e*C, W)
+  moe_combine_backward(tcap(dcbuf_), dweight_, dx, tcap(a.cbuf), a.weight, a.expert_idx, a.slot);
+  if (s_.sp && !par_.exchange) tp_all_reduce(tcap(dcbuf_));  // sequence parallel, no EP: the TP ranks' parts summed
   // The backward of combine is dispatch and that of dispatch is combine: dcbuf -> deo -> experts -> dy -> ddbuf.
   const Tensor w_gate = w.w_gate->compute, w_up = w.w_up->compute, w_down = w.w_down->compute;
   exchange_experts(
-      ddbuf_, dy_, deo_, dcbuf_,
+      tcap(ddbuf_), ecap(dy_), ecap(deo_), tcap(dcbuf_),
       [&](int k) {
-        const Tensor deo = expert_chunk(deo_, k), act = expert_chunk(a.act, k), dact = expert_chunk(dact_, k);
-        const Tensor gate = expert_chunk(a.gate, k), up = expert_chunk(a.up, k), y = expert_chunk(a.y, k);
-        const Tensor dgate = expert_chunk(dgate_, k), dup = expert_chunk(dup_, k);
-        const Tensor dy = expert_chunk(dy_, k);
+        const Tensor deo = expert_chunk(ecap(deo_), k), act = expert_chunk(ecap(a.act), k);
+        const Tensor dact = expert_chunk(ecap(dact_), k);
+        const Tensor gate = expert_chunk(ecap(a.gate), k), up = expert_chunk(ecap(a.up), k);
+        const Tensor y = expert_chunk(ecap(a.y), k);
+        const Tensor dgate = expert_chunk(ecap(dgate_), k), dup = expert_chunk(ecap(dup_), k);
+        const Tensor dy = expert_chunk(ecap(dy_), k);
         const GradWrite g_down = params_.grad_write(*w.w_down), g_gate = params_.grad_write(*w.w_gate);
         const GradWrite g_up = params_.grad_write(*w.w_up);
         if (selective) swiglu_forward(act, gate, up);  // the shared SwiGLU output, re-computed for this chunk
@@ -439,7 +465,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
       },
       r);
   const Tensor dxn = s_.sp ? dxn_l_ : dxn_;  // the gradient of this rank's norm outputs
-  moe_dispatch_backward(dxn, ddbuf_, a.expert_idx, a.slot);
+  moe_dispatch_backward(dxn, tcap(ddbuf_), a.expert_idx, a.slot);
   // Router: through the chosen weights, the load-balancing loss and the z-loss (sequence parallel: this rank's
   // share of losses that are means over all N tokens, sp_loss_scale).
   const SpLossScale ls = sp_loss_scale();

@@ -52,6 +52,7 @@ class Model {
   // (L, N_l, K) slot of every (token, choice) of the last forward; -1: dropped. Sequence parallel: this TP rank's
   // N/t tokens (rows [tp_rank·N/t, (tp_rank+1)·N/t) of the micro-batch), with the slots they get without it.
   Tensor slots() const { return slots_; }
+  Tensor counts() const { return counts_; }  // (L, E) i32 choices per expert of the last forward, before dropping
   // Called during backward when a group of parameter gradients is final for this micro-batch: layer index
   // l for layer l's parameters, layers() for the LM head and final norm, -1 for the embedding. The trainer
   // starts their data-parallel reduction there (on the last micro-batch), overlapping the rest of backward.
@@ -59,6 +60,11 @@ class Model {
   // Called during forward before a group of parameters is first read, with the same group numbers: the trainer
   // waits there for that group's compute copies (train.zero 1 all-gathers them while the forward runs).
   std::function<void(int)> on_forward_group;
+  // Test hook: may change layer l's router logits (N, E) in place before the softmax, e.g. bias them so most tokens
+  // pick one expert (a skewed router for the dropless tests). The backward treats the change as a constant.
+  std::function<void(int, Tensor)> on_router_logits;
+  // The capacity layer l's last forward used: s.C, or with dropless routing that step's (model/dropless.h).
+  int64_t capacity(int l) const { return layers_[size_t(l)].cap; }
   // Forward (+ backward) of layer l alone on the activations of the last forward (benchmarks), as on a step's
   // first micro-batch (its weight gradients are written) or, with later_micro_batch, a later one (they are added).
   void bench_layer(int l, bool backward = true, bool later_micro_batch = false);
@@ -79,6 +85,7 @@ class Model {
     Tensor x, xn1, rstd1, q, k, v, ao, lse, h, xn2, rstd2;
     Tensor rlogits, probs, expert_idx, slot, weight, counts, zlse, aux, z;
     Tensor dbuf, y, gate, up, act, eo, cbuf;
+    int64_t cap = 0;  // capacity of the last forward: s.C, or this step's when dropless
   };
   // A layer tensor the recompute mode does not keep per layer: every layer's `field` is the shared work_.`work`.
   struct Shared {
@@ -100,6 +107,9 @@ class Model {
   void exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x, const std::function<void(int)>& experts,
                         MicroResult& r, bool fp8 = false);
   Tensor expert_chunk(const Tensor& t, int k) const;  // chunk k of an expert-side (E_l, e*C, W) tensor
+  // Layer l's capacity a.cap from its expert counts (dropless: this step's, agreed over EP; else s.C), set into the
+  // exchange.
+  void set_layer_capacity(int l);
   // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
   void reduce_expert_partials(Tensor t, int k);
   // The expert GEMMs (engine/ops/linear.h's expert_linear_*), in FP8 when model.fp8 = experts (model/fp8_experts.h).
@@ -158,6 +168,7 @@ class Model {
   Tensor gather_, dxn_l_, choice_counts_;
   bool fp8_dispatch_ = false;
   Tensor dispatch_q_, expert_q_;  // (E, C, Wq), (E_l, e·C, Wq): packed FP8 tokens sent and received (fp8_dispatch_)
+  Tensor load_;         // (E) i32 the expert loads all-reduced over EP when dropless (model/dropless.h)
 };
 
 }  // namespace monta::model

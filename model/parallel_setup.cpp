@@ -2,6 +2,7 @@
 #include "model/parallel_setup.h"
 
 #include "comm/calibrate.h"
+#include "comm/cost_model.h"
 #include "comm/exchange_choice.h"
 #include "comm/fp8_dispatch.h"
 #include "comm/runtime.h"
@@ -84,7 +85,8 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
                                    engine::Device device, int* chunks) {
   comm::ExchangeChoiceInput in;
   in.experts = s.E;
-  in.capacity = s.C;
+  // Dropless: measure and predict at the expected step capacity (comm/cost_model.h), not the worst case s.C = N.
+  in.capacity = c.model.dropless() ? comm::dropless_expected_capacity(s.N, s.K, s.E, s.e) : s.C;
   in.hidden = s.H;
   if (c.comm.dispatch_fp8()) in.dispatch_width = comm::fp8_dispatch_width(s.H, act);
   in.ffn_local = s.F_l;

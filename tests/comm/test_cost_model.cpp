@@ -24,6 +24,19 @@ TEST(CostModel, CapacityAndVolumeByHand) {
   EXPECT_EQ(capacity_of(10, 2, 4, 1.25, 9), 9);  // min capacity wins
 }
 
+// Dropless (capacity factor 0): buffers for the worst case N; time priced at the expected largest load over the EP
+// group. 2x70B, ep 2: μ = 4096, σ = sqrt(4096·(1 − 1/2)) = 45.25, sqrt(2·ln 4) = 1.665: 4096 + 75.35 -> 4172.
+TEST(CostModel, DroplessPricedAtTheExpectedLargestLoad) {
+  EXPECT_EQ(capacity_of(8192, 1, 2, 0.0, 4), 8192);  // the buffers: every token to one expert
+  ExchangeVolume v{1, 8192, 8192, 1, 2, 4, 0.0, 2, 2};
+  EXPECT_EQ(v.capacity(), 4172);
+  EXPECT_EQ(dropless_expected_capacity(8192, 1, 2, 2), 4172);
+  // More loads in the group, a larger expected maximum; a skew multiplies the mean; never above N.
+  EXPECT_GT(dropless_expected_capacity(8192, 1, 2, 8), 4172);
+  EXPECT_EQ(dropless_expected_capacity(8192, 1, 2, 2, 1.5), 6220);  // 6144 + 75.35
+  EXPECT_EQ(dropless_expected_capacity(8192, 1, 2, 2, 3.0), 8192);
+}
+
 TEST(CostModel, PlacementOfGroups) {
   const GroupPlacement g = place_groups(a800(), 8, 2);  // EP pairs rank r with r+8: other node
   EXPECT_EQ(g.ep_peers_inter, 1);

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "engine/memory.h"
@@ -59,12 +60,18 @@ inline std::vector<uint8_t> bytes_of(const engine::Tensor& t) {
 
 // The config on the GPU against the CPU from the same weights and tokens: the loss within loss_rel, every parameter
 // gradient within grad_rel (relative Frobenius), then three AdamW steps' losses within step_rel.
-inline void expect_gpu_matches_cpu(const model::Config& c, double loss_rel, double grad_rel, double step_rel) {
+// setup, when given, runs on both models first (a router hook, say).
+inline void expect_gpu_matches_cpu(const model::Config& c, double loss_rel, double grad_rel, double step_rel,
+                                   const std::function<void(model::Model&)>& setup = nullptr) {
   std::vector<int32_t> in, tg;
   engine::Philox rng{5, 1, 0};
   random_batch(c, rng, in, tg);
   model::Trainer cpu(c, model::ParallelContext{}, engine::Device::cpu);
   model::Trainer gpu(c, model::ParallelContext{}, engine::Device::cuda);
+  if (setup) {
+    setup(cpu.model());
+    setup(gpu.model());
+  }
   auto a = cpu.compute_gradients(in, tg);
   auto b = gpu.compute_gradients(in, tg);
   EXPECT_NEAR(b.loss, a.loss, loss_rel * a.loss);

@@ -1,7 +1,10 @@
 // Whole-model check of the CUDA path: loss and every parameter gradient of the tiny model in bf16 on the GPU
 // against the fp32 CPU run on the same weights and tokens, then a few AdamW steps track the CPU losses (and the same
-// with FP8 experts against the CPU's exact E4M3 emulation, and with the routing options); and the optimizer
-// offloaded to the host equals the device optimizer bit for bit.
+// with FP8 experts against the CPU's exact E4M3 emulation, with the routing options, and with dropless routing under
+// a skewed router); and the optimizer offloaded to the host equals the device optimizer bit for bit.
+#include <memory>
+
+#include "engine/ops/elementwise.h"
 #include "gpu_model_util.h"
 
 using namespace monta;
@@ -53,6 +56,37 @@ TEST(GpuFp8Model, LossAndGradientsMatchCpuEmulation) {
   model::Config c = gpu_config();
   c.model.fp8 = "experts";
   expect_gpu_matches_cpu(c, 2e-2, 1e-1, 4e-2);
+}
+
+// Dropless routing on the GPU against the CPU: top-2 of 4 experts with a router bias that makes the choices decisive
+// (bf16 rounding cannot flip them) and skewed (expert 0 is the first choice of 3 tokens in 4), so the step capacity
+// (a multiple of N/8 = 16 rows) is well above the balanced load and below the worst case N, and the expert GEMMs, the
+// dispatch and the combine run on partial buffers. The bias is added by the same op on both devices.
+TEST(GpuDroplessModel, SkewedRouterMatchesCpu) {
+  if (!engine::cuda_available()) GTEST_SKIP() << "no CUDA device visible";
+  engine::cuda_set_device(0);
+  model::Config c = gpu_config();
+  c.model.capacity_factor = 0;
+  c.model.top_k = 2;
+  const int64_t N = c.train.micro_batch * c.model.seq_len, E = c.model.experts;
+  std::vector<float> bias(size_t(N * E), 0.0f);
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t first = n % 4 != 3 ? 0 : n % E, second = (first + 1 + n % (E - 1)) % E;
+    bias[size_t(n * E + first)] = 8.0f;
+    bias[size_t(n * E + second)] = 4.0f;
+  }
+  std::vector<std::unique_ptr<engine::Arena>> keep;  // the bias on each device, alive as long as the trainers
+  const auto setup = [&](model::Model& m) {
+    const engine::Device dev = m.logits().device;
+    const engine::DType act = dev == engine::Device::cuda ? engine::DType::bf16 : engine::DType::f32;
+    keep.push_back(std::make_unique<engine::Arena>(
+        "test_bias", dev, std::vector<engine::TensorSpec>{{"f32", {N, E}, engine::DType::f32}, {"act", {N, E}, act}}));
+    engine::copy(keep.back()->get("f32"), engine::Tensor(bias.data(), {N, E}, engine::DType::f32));
+    engine::cast(keep.back()->get("act"), keep.back()->get("f32"));
+    const engine::Tensor b = keep.back()->get("act");
+    m.on_router_logits = [b](int, engine::Tensor logits) { engine::accumulate(logits, b); };
+  };
+  expect_gpu_matches_cpu(c, 1e-2, 5e-2, 2e-2, setup);
 }
 
 // train.optimizer_offload on the GPU: master weights and moments in pinned host memory, AdamW on host threads, the

@@ -3,6 +3,7 @@
 
 #include "engine/check.h"
 #include "model/config.h"
+#include "model/dropless.h"
 #include "model/footprint.h"
 
 using namespace monta;
@@ -53,8 +54,13 @@ TEST(Config, RejectsBadValues) {
   c.parallel.tp = 2;
   expect_user_error(c, 3, "world size 3");
   c = Config();
-  c.model.capacity_factor = 0;
+  c.model.capacity_factor = -1;  // 0 is dropless routing
   expect_user_error(c, 0, "capacity_factor");
+  c = Config();
+  c.model.capacity_factor = 0;
+  c.model.fp8 = "experts";
+  c.model.seq_len = 100;
+  expect_user_error(c, 0, "multiple of 128");
 }
 
 TEST(Config, CapacityFormula) {
@@ -65,6 +71,22 @@ TEST(Config, CapacityFormula) {
   m.min_capacity = 4;
   EXPECT_EQ(expert_capacity(m, 256), 160);  // ceil(1.25 * 256 * 2 / 4)
   EXPECT_EQ(expert_capacity(m, 2), 4);      // min capacity
+}
+
+// Dropless (capacity factor 0): the buffers' capacity is every token to one expert; a step's capacity is its largest
+// load rounded up to 128 rows (N/8 for small micro-batches), never above N.
+TEST(Config, DroplessCapacity) {
+  ModelConfig m;
+  m.capacity_factor = 0;
+  m.min_capacity = 4;
+  EXPECT_TRUE(m.dropless());
+  EXPECT_EQ(expert_capacity(m, 4096), 4096);
+  EXPECT_EQ(dropless_step_capacity(1, 4096), 128);
+  EXPECT_EQ(dropless_step_capacity(1025, 4096), 1152);
+  EXPECT_EQ(dropless_step_capacity(4000, 4096), 4096);  // rounded up past N: capped
+  EXPECT_EQ(dropless_step_capacity(0, 4096), 1);         // never 0
+  EXPECT_EQ(dropless_step_capacity(5, 32), 8);           // q = 32/8 = 4
+  EXPECT_EQ(dropless_step_capacity(5, 7), 5);            // q = 1
 }
 
 TEST(Config, Size2x70B) {

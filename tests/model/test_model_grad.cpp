@@ -1,6 +1,7 @@
 // Whole-model gradient check: every parameter's analytic gradient (sampled elements) against central
 // finite differences of the printed objective (loss_total: CE + coef x router losses summed over layers), in double,
-// on a tiny config with token dropping; and again with renormalised top-k weights and a skewed balancing bias.
+// on a tiny config with token dropping; again with renormalised top-k weights and a skewed balancing bias; and with
+// dropless routing under a skewed router.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -128,6 +129,34 @@ TEST(ModelGrad, RenormalisedWeightsWithBalancingBiasMatchFiniteDifferences) {
   EXPECT_EQ(check_sampled_gradients(f, "router_bias"), int(f.params.all().size() - 1) * 4);
 }
 
+
+// Dropless routing (capacity_factor 0) under a router skewed towards expert 0 in layer 0 (its logit raised by 2 for
+// every token; layer 1 is left alone): nothing is dropped, each layer runs at its own step capacity (layer 0 above
+// the balanced N·K/E, layer 1 below the worst case N, so the buffers are used in part), and every parameter's
+// gradient matches finite differences.
+TEST(ModelGrad, DroplessSkewedRouterMatchesFiniteDifferences) {
+  ModelConfig m = tiny_double_config();
+  m.capacity_factor = 0;
+  Fixture f(m);
+  f.model.on_router_logits = [](int l, Tensor logits) {
+    if (l != 0) return;
+    for (int64_t n = 0; n < logits.dim(0); ++n) logits.as<double>()[n * logits.dim(1)] += 2.0;
+  };
+  f.params.zero_grads();
+  auto r = f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
+  EXPECT_EQ(r.dropped, 0);
+  const int64_t N = f.s.N, balanced = N * m.top_k / m.experts;
+  EXPECT_EQ(f.s.C, N) << "dropless buffers are sized for every token to one expert";
+  EXPECT_GT(f.model.capacity(0), balanced) << "the skewed layer's largest load";
+  EXPECT_LT(f.model.capacity(1), N) << "the other layer runs below the worst case";
+  const Tensor slots = f.model.slots();
+  for (int64_t l = 0; l < m.layers; ++l)
+    for (int64_t i = 0; i < N * m.top_k; ++i) {
+      const int32_t slot = slots.as<int32_t>()[l * N * m.top_k + i];
+      ASSERT_TRUE(slot >= 0 && slot < f.model.capacity(int(l))) << "layer " << l << " choice " << i << " slot " << slot;
+    }
+  EXPECT_EQ(check_sampled_gradients(f), int(f.params.all().size()) * 4);
+}
 
 TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
   Fixture f;

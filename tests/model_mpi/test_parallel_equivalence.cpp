@@ -181,6 +181,65 @@ TEST_P(ParallelEquivalence, LayoutEqualsOneProcess) {
 INSTANTIATE_TEST_SUITE_P(Layouts, ParallelEquivalence, testing::ValuesIn(cases(comm::runtime_world_size())),
                          [](const testing::TestParamInfo<Case>& info) { return info.param.name(); });
 
+// Dropless routing (model.capacity_factor = 0) in every layout and exchange equals one process: no choice is dropped
+// anywhere, so the layout changes only each step's capacity (its padding rows), never a token's experts. Layer 0's
+// router is skewed towards expert 0 (its logit raised by 2 for every token, on every rank and in the reference) and
+// layer 1's spread round-robin, so the per-expert and per-rank loads differ and the exchange runs at a capacity agreed over EP that changes per layer
+// and per step; the arena is what rank_footprint predicts for the worst case.
+class DroplessEquivalence : public testing::TestWithParam<Case> {};
+
+TEST_P(DroplessEquivalence, SkewedRouterEqualsOneProcess) {
+  const int world = comm::runtime_world_size();
+  const Case& k = GetParam();
+  std::vector<int32_t> in, tg;
+  model::Config c = small_config();
+  c.model.capacity_factor = 0;
+  c.model.seq_len = 16;  // room below the worst case: the largest load over 4 EP ranks of 8 tokens each reaches 8
+  Rig rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
+  const model::ParallelContext& par = rig.par;
+  model::Trainer mine(c, par, engine::Device::cpu);
+  model::Trainer ref(c, model::ParallelContext{}, engine::Device::cpu);
+  // Layer 0: every token's logit of expert 0 raised (skewed); layer 1: token n's logit of expert n mod E raised (near
+  // balanced, so its capacity stays below the worst case).
+  const auto skew = [](int l, engine::Tensor logits) {
+    const int64_t E = logits.dim(1);
+    for (int64_t n = 0; n < logits.dim(0); ++n) logits.as<float>()[n * E + (l == 0 ? 0 : n % E)] += 2.0f;
+  };
+  mine.model().on_router_logits = skew;
+  ref.model().on_router_logits = skew;
+  const model::RankFootprint f = model::rank_footprint(c, k.tp, k.ep, k.expert_tp, par.dp, engine::Device::cpu);
+  EXPECT_EQ(f.activations, double(mine.model().activations().bytes()));
+  const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;
+  const int64_t N = mine.model().shapes().N, balanced = N * c.model.top_k / c.model.experts;
+  int64_t lowest = N;  // the smallest step capacity any layer of this rank ran at
+  for (int step = 0; step < 3; ++step) {  // three steps (of five elsewhere): np8 runs 37 such layouts
+    make_batch(c, 500 + uint64_t(step), in, tg);
+    std::span<const int32_t> my_in(in.data() + par.dp_rank * per_rank, size_t(per_rank));
+    std::span<const int32_t> my_tg(tg.data() + par.dp_rank * per_rank, size_t(per_rank));
+    if (step == 0) {
+      auto a = mine.compute_gradients(my_in, my_tg);
+      auto b = ref.compute_gradients(in, tg);
+      EXPECT_EQ(a.dropped, 0);
+      EXPECT_EQ(b.dropped, 0);
+      EXPECT_NEAR(a.loss, b.loss, 1e-5 * std::abs(b.loss));
+      EXPECT_NEAR(a.aux_loss, b.aux_loss, 1e-5 * std::abs(b.aux_loss));
+      std::string where;
+      EXPECT_LT(compare_grads(mine.params(), ref.params(), &where), 1.0) << "worst gradient element " << where;
+    }
+    auto a = mine.step(my_in, my_tg);
+    auto b = ref.step(in, tg);
+    EXPECT_EQ(a.dropped, 0) << "step " << step + 1;
+    EXPECT_NEAR(a.loss, b.loss, 2e-5 * std::abs(b.loss)) << "step " << step + 1;
+    EXPECT_NEAR(a.grad_norm, b.grad_norm, 1e-4 * b.grad_norm) << "step " << step + 1;
+    EXPECT_GT(mine.model().capacity(0), balanced) << "the skewed layer's largest load, step " << step + 1;
+    for (int l = 0; l < int(c.model.layers); ++l) lowest = std::min(lowest, mine.model().capacity(l));
+  }
+  EXPECT_LT(lowest, N) << "no layer ran below the worst-case capacity: the partial buffers went untested";
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, DroplessEquivalence, testing::ValuesIn(cases(comm::runtime_world_size())),
+                         [](const testing::TestParamInfo<Case>& info) { return info.param.name(); });
+
 // Recompute changes memory and time only: in every layout and exchange, train.recompute = selective and full give the
 // losses, every gradient and five steps of recompute = none bit for bit (same layout, deterministic CPU ops and MPI
 // reductions), and the arena each allocates is what rank_footprint predicts.
