@@ -3,7 +3,8 @@
 // none, selective and full, SP on against SP off in the same layout and against one process: the routing (every
 // slot, the dropped count) bit for bit, the loss, aux loss and every gradient, and five AdamW steps within the
 // rounding of the reordered sums (docs/memory.md, "Sequence parallelism"); the recompute modes under SP bit for bit
-// against SP with none; the activation arena is what rank_footprint predicts, and smaller than SP off's.
+// against SP with none; the activation arena is what rank_footprint predicts, and smaller than SP off's. One case
+// per layout adds the routing options (balancing bias, renormalised top-k), one dropless routing.
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -30,10 +31,12 @@ struct Case {
   int tp, ep;
   bool expert_tp;
   std::string exchange;
-  bool routing = false;  // with the balancing bias and renormalised top-k weights (model.router_*)
+  bool routing = false;   // with the balancing bias and renormalised top-k weights (model.router_*)
+  bool dropless = false;  // model.capacity_factor = 0: each layer at its step's capacity
   std::string name() const {
-    return engine::strf("tp%d_ep%d_dp%d_%s_%s%s", tp, ep, comm::runtime_world_size() / tp,
-                        expert_tp ? "etp" : "ewhole", exchange.c_str(), routing ? "_routing" : "");
+    return engine::strf("tp%d_ep%d_dp%d_%s_%s%s%s", tp, ep, comm::runtime_world_size() / tp,
+                        expert_tp ? "etp" : "ewhole", exchange.c_str(), routing ? "_routing" : "",
+                        dropless ? "_dropless" : "");
   }
 };
 
@@ -45,10 +48,12 @@ std::vector<Case> cases(int world) {
       for (bool etp : {true, false}) {
         if (ep == 1) {
           out.push_back({tp, ep, etp, "none"});
+          if (etp) out.push_back({tp, ep, etp, "none", false, true});
           continue;
         }
         for (const char* k : {"drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k});
         if (etp) out.push_back({tp, ep, etp, "overlapped", true});
+        if (etp) out.push_back({tp, ep, etp, "pipelined", false, true});
       }
     }
   return out;
@@ -123,6 +128,7 @@ TEST_P(SequenceParallel, EqualsOffAndOneProcess) {
     c.model.router_bias_update = 0.01;
     c.model.router_norm_topk = true;
   }
+  if (k.dropless) c.model.capacity_factor = 0;  // the step's capacity from the whole micro-batch's counts
   Rig off_rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
   model::Config csp = c;
   csp.parallel.sequence_parallel = true;
