@@ -30,12 +30,14 @@ class DuplicateExchange final : public Exchange {
     MONTA_CHECK(E_ % e_ == 0, "exchange: " + n2s(E_) + " experts do not divide over an EP group of " + n2s(e_));
     El_ = E_ / e_;
     es_ = int64_t(engine::dtype_size(dtype));
-    if (El_ > 1) {
-      arena_ = engine::Arena("exchange_duplicate", device, {{"stage", {e_ * El_ * C_max_ * H_}, dtype}});  // (e, E_l, C, H)
+    const auto specs = exchange_staging_specs(ExchangeKind::duplicate, shape, 1, e_, dtype);
+    if (!specs.empty()) {
+      arena_ = engine::Arena("exchange_duplicate", device, specs);
       stage_ = arena_.get("stage");
     }
   }
   ExchangeKind kind() const override { return ExchangeKind::duplicate; }
+  int64_t staging_bytes() const override { return int64_t(arena_.bytes()); }
   void set_capacity(int64_t capacity) override {
     MONTA_CHECK(capacity > 0 && capacity <= C_max_, "exchange duplicate: capacity " + n2s(capacity) +
                                                         " outside [1, " + n2s(C_max_) + "] (the buffers' capacity)");
@@ -131,6 +133,14 @@ const char* exchange_kind_name(ExchangeKind k) {
     case ExchangeKind::overlapped: return "overlapped";
   }
   return "?";
+}
+
+std::vector<engine::TensorSpec> exchange_staging_specs(ExchangeKind kind, const ExchangeShape& shape, int t, int e,
+                                                       engine::DType dtype) {
+  if (kind != ExchangeKind::duplicate) return pipelined_staging_specs(kind, shape, t, e, dtype);
+  const int64_t El = shape.experts / e;
+  if (El <= 1) return {};  // one local expert: the all-to-all lands in y's order already
+  return {{"stage", {int64_t(e) * El * shape.capacity * shape.hidden}, dtype}};  // (e, E_l, C, H)
 }
 
 std::unique_ptr<Exchange> make_exchange(ExchangeKind kind, Communicator& tp, Communicator& ep, ExchangeShape shape,

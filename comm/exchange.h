@@ -7,6 +7,7 @@
 #include <string>
 
 #include "comm/communicator.h"
+#include "engine/memory.h"
 #include "engine/tensor.h"
 
 namespace monta::comm {
@@ -54,6 +55,8 @@ class Exchange {
   virtual void combine(Tensor out, const Tensor& z) = 0;
   virtual ExchangeStats last_stats() const = 0;
   virtual ExchangeKind kind() const = 0;
+  // Bytes of the staging buffers allocated at construction (exchange_staging_specs below).
+  virtual int64_t staging_bytes() const = 0;
   // Dropless routing (model.capacity_factor = 0): the capacity C of the calls that follow, 1 <= C <= the shape's
   // (the worst case every buffer was sized for); the tensors of those calls are (E, C, H) and (E_l, e*C, H), and the
   // chunks of pipelined and overlapped split this C. Collective in effect: every rank of the TP and EP groups must
@@ -103,5 +106,15 @@ std::unique_ptr<Exchange> make_exchange(ExchangeKind kind, Communicator& tp, Com
 // it). drop_gather ignores shape.chunks: it is the one-chunk pipeline.
 std::unique_ptr<Exchange> make_pipelined_exchange(ExchangeKind kind, Communicator& tp, Communicator& ep,
                                                   ExchangeShape shape, engine::DType dtype, engine::Device device);
+
+// The staging buffers an exchange of `kind` allocates at construction, for TP group size t and EP group size e: the
+// one rule its constructor allocates by and the memory model (model::rank_footprint, engine::Arena::bytes_for) counts.
+// duplicate: a reorder stage (e, E_l, C, H) when E_l > 1, else none; the capacity-sliced strategies: a send region
+// (this TP rank's slice of every chunk) and a gather region (every TP rank's).
+std::vector<engine::TensorSpec> exchange_staging_specs(ExchangeKind kind, const ExchangeShape& shape, int t, int e,
+                                                       engine::DType dtype);
+// The capacity-sliced strategies' part of it (comm/pipelined_exchange.cpp).
+std::vector<engine::TensorSpec> pipelined_staging_specs(ExchangeKind kind, const ExchangeShape& shape, int t, int e,
+                                                        engine::DType dtype);
 
 }  // namespace monta::comm

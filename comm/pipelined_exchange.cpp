@@ -34,6 +34,43 @@ struct Chunk {
   int64_t send_at = 0, gather_at = 0; // element offsets of this chunk's send and gather regions, sized for W = H
 };
 
+// The chunks of capacity C (at most C of them: more would only add empty collectives; drop_gather has one) into
+// *out when given; returns the elements of the send and gather regions they need. The one rule of the staging memory:
+// the exchange's constructor and exchange_staging_specs (the memory model) both come here.
+std::pair<int64_t, int64_t> plan_chunks(int64_t C, int64_t chunks_wanted, int t, int e, int64_t El, int64_t H,
+                                        std::vector<Chunk>* out) {
+  const int n = int(std::min<int64_t>(chunks_wanted, C));
+  int64_t send_total = 0, gather_total = 0;
+  if (out) out->clear();
+  for (int k = 0; k < n; ++k) {
+    const Shard s = shard(C, n, k, false);
+    Chunk c;
+    c.off = s.offset;
+    c.size = s.size;
+    c.cp = (s.size + t - 1) / t;
+    for (int r = 0; r < t; ++r) c.slices.push_back(shard(s.size, t, r, false));
+    c.block = int64_t(e) * El * c.cp;
+    c.send_at = send_total;
+    c.gather_at = gather_total;
+    send_total += c.block * H;
+    gather_total += int64_t(t) * c.block * H;
+    if (out) out->push_back(c);
+  }
+  return {send_total, gather_total};
+}
+
+}  // namespace
+
+std::vector<engine::TensorSpec> pipelined_staging_specs(ExchangeKind kind, const ExchangeShape& shape, int t, int e,
+                                                        DType dtype) {
+  const int64_t chunks = kind == ExchangeKind::drop_gather ? 1 : shape.chunks;  // drop_gather: the one-chunk pipeline
+  const auto [send, gather] = plan_chunks(shape.capacity, chunks, t, e, shape.experts / e, shape.hidden, nullptr);
+  return {{"send", {send}, dtype},      // per chunk (e, E_l, cs, H), this TP rank's slice
+          {"gather", {gather}, dtype}};  // per chunk (t, e, E_l, cp, H)
+}
+
+namespace {
+
 class PipelinedExchange final : public Exchange {
  public:
   PipelinedExchange(Communicator& tp, Communicator& ep, ExchangeShape shape, DType dtype, Device device, ExchangeKind kind)
@@ -52,18 +89,18 @@ class PipelinedExchange final : public Exchange {
     es_ = int64_t(engine::dtype_size(dtype));
     chunks_wanted_ = shape.chunks;
     C_max_ = C_;
-    const auto [send_total, gather_total] = plan(C_);  // the largest capacity needs the largest regions
+    plan(C_);  // the largest capacity needs the largest regions (pipelined_staging_specs sizes them)
     // Every chunk has its own regions: all of them may be in flight at once. The overlapped combine of chunk k
     // reuses chunk k's regions: it is packed only after chunk k's dispatch has been unpacked, which orders it
     // after both of that dispatch's collectives. A leg of narrower rows (W < H, the FP8 dispatch) packs its blocks
     // W apart inside the same regions, so the regions of different chunks never overlap whatever the widths.
     arena_ = engine::Arena(std::string("exchange_") + exchange_kind_name(kind), device,
-                           {{"send", {send_total}, dtype},        // per chunk (e, E_l, cs, H), this TP rank's slice
-                            {"gather", {gather_total}, dtype}});  // per chunk (t, e, E_l, cp, H)
+                           pipelined_staging_specs(kind, shape, t_, e_, dtype));
     send_ = arena_.get("send");
     gather_ = arena_.get("gather");
   }
   ExchangeKind kind() const override { return kind_; }
+  int64_t staging_bytes() const override { return int64_t(arena_.bytes()); }
   bool overlapped() const { return kind_ == ExchangeKind::overlapped; }
   // A smaller capacity needs no larger regions (every chunk's slices shrink or chunks vanish), checked anyway.
   void set_capacity(int64_t capacity) override {
@@ -181,26 +218,7 @@ class PipelinedExchange final : public Exchange {
  private:
   // The chunks of capacity C (at most C of them: more would only add empty collectives) into chunks_; returns the
   // elements of the send and gather regions they need.
-  std::pair<int64_t, int64_t> plan(int64_t C) {
-    const int n = int(std::min<int64_t>(chunks_wanted_, C));
-    int64_t send_total = 0, gather_total = 0;
-    chunks_.clear();
-    for (int k = 0; k < n; ++k) {
-      const Shard s = shard(C, n, k, false);
-      Chunk c;
-      c.off = s.offset;
-      c.size = s.size;
-      c.cp = (s.size + t_ - 1) / t_;
-      for (int r = 0; r < t_; ++r) c.slices.push_back(shard(s.size, t_, r, false));
-      c.block = int64_t(e_) * El_ * c.cp;
-      c.send_at = send_total;
-      c.gather_at = gather_total;
-      send_total += c.block * H_;
-      gather_total += int64_t(t_) * c.block * H_;
-      chunks_.push_back(c);
-    }
-    return {send_total, gather_total};
-  }
+  std::pair<int64_t, int64_t> plan(int64_t C) { return plan_chunks(C, chunks_wanted_, t_, e_, El_, H_, &chunks_); }
 
   // Where the (peer p, local expert j) run of chunk k starts, as a slot index (times H for elements); the slots of
   // the run are contiguous in every layout, so a TP slice adds its offset within the chunk.

@@ -118,13 +118,22 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
             if (ep > 1) r.exchange = predict_exchange(k, n, v, g, links);
             // Exposed exchange time of one layer: forward and backward MoE blocks less their expert compute (the
             // backward's is about twice the forward's). Only overlapped hides any of it behind the experts.
-            // Full recompute runs the forward block (dispatch and combine) once more.
+            // Full recompute runs the forward block (dispatch and combine) once more. FP8 dispatch: the forward
+            // dispatches move the packed rows (Hd elements), every other call H.
+            const int64_t Hd = m.dispatch_width > 0 ? m.dispatch_width : m.hidden;
+            const int forward_dispatches = recompute ? 2 : 1;
             double per_layer = r.exchange.total * (kExchangesPerLayer + (recompute ? 2 : 0));
+            if (ep > 1 && Hd != m.hidden) {
+              ExchangeVolume vd = v;
+              vd.H = Hd;
+              per_layer += forward_dispatches * (predict_exchange(k, n, vd, g, links).total - r.exchange.total);
+            }
             if (ep > 1 && k == ExchangeKind::overlapped) {
               per_layer = 0;
               for (double x : {expert_fwd_s, 2 * expert_fwd_s, recompute ? expert_fwd_s : -1.0})
                 if (x >= 0)
-                  per_layer += predict_moe_block(k, n, m.experts, r.capacity, m.hidden, m.act_bytes, g, links, x) - x;
+                  per_layer += predict_moe_block_rows(k, n, m.experts, r.capacity, x == 2 * expert_fwd_s ? m.hidden : Hd,
+                                                      m.hidden, m.act_bytes, g, links, x) - x;
             }
             // Sequence parallel: the dispatches (forward, backward, and the recomputed forward) reduce-scatter first.
             if (ep > 1 && m.sequence_parallel)

@@ -39,6 +39,10 @@ struct PlanModel {
   // norm's output, gathered again rather than kept), and without EP the dispatch buffer is all-reduced over TP twice
   // per layer. Layouts with tp 1 are left to layout_allowed to refuse.
   bool sequence_parallel = false;
+  // comm.dispatch_dtype = fp8: the forward's dispatches (and the recomputed forward's) move rows of dispatch_width
+  // activation elements (comm::fp8_dispatch_width: the packed FP8 row); 0: hidden. Combines and the backward's
+  // dispatch move H.
+  int64_t dispatch_width = 0;
 };
 
 struct PlanOptions {

@@ -1,8 +1,12 @@
 // Memory of one rank from the allocators' own tables (model/footprint.h).
 #include "model/footprint.h"
 
+#include <algorithm>
+#include "comm/exchange.h"
+
 #include "engine/memory.h"
 #include "model/model.h"
+#include "model/parallel_setup.h"
 #include "model/params.h"
 #include "model/shapes.h"
 
@@ -45,6 +49,20 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp, c.parallel.sequence_parallel);
   f.activations = double(engine::Arena::bytes_for(
       Model::activation_specs(c.model, s, act, ep > 1, recompute_mode(c.train), c.comm.dispatch_fp8())));
+  if (ep > 1) {
+    std::vector<comm::ExchangeKind> kinds;
+    std::vector<int> chunks = {int(c.comm.chunks)};
+    if (c.comm.exchange == "auto") {  // what choose_exchange may pick (never duplicate under SP), 1 to 8 chunks
+      kinds = {comm::ExchangeKind::drop_gather, comm::ExchangeKind::pipelined, comm::ExchangeKind::overlapped};
+      if (!s.sp) kinds.push_back(comm::ExchangeKind::duplicate);
+      chunks = {1, 2, 3, 4, 5, 6, 7, 8};
+    } else {
+      kinds = {comm::parse_exchange_kind(c.comm.exchange)};
+    }
+    for (comm::ExchangeKind k : kinds)
+      for (int n : chunks)
+        f.exchange = std::max(f.exchange, bytes(comm::exchange_staging_specs(k, exchange_shape(s, n), tp, ep, act)));
+  }
   // Rank 0 owns every slice it holds (the most any rank snapshots). Saves use the snapshot when asynchronous, or from
   // the GPU (a synchronous save stages through it).
   const bool snapshot = c.checkpoint.async || device == engine::Device::cuda;

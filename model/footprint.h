@@ -18,6 +18,9 @@ struct RankFootprint {
   // Bytes of each arena: fp32 master weights, gradients, both AdamW moments (fp32 or bf16), the compute copy (bf16 on a GPU; none on
   // the CPU unless offload or zero need one), and the activations of one micro-batch (every layer's saved tensors and the backward scratch).
   double weights = 0, grads = 0, adam = 0, compute_copy = 0, activations = 0;
+  // The MoE exchange's staging buffers (ep > 1; comm::exchange_staging_specs): for comm.exchange auto the largest of
+  // the strategies and chunk counts it may pick.
+  double exchange = 0;
   // Host memory (not in total(), which is the device's): the checkpoint snapshot a save takes, pinned when the
   // parameters are on a GPU; 0 when saves need none (a synchronous save on the CPU writes from the parameters). Held
   // from start-up when checkpoint.interval > 0.
@@ -28,7 +31,7 @@ struct RankFootprint {
   bool offload = false;
   double host_bytes = 0;
   double state() const { return offload ? grads + compute_copy : weights + grads + adam + compute_copy; }  // on device
-  double total() const { return state() + activations; }  // device memory
+  double total() const { return state() + activations + exchange; }  // device memory
 };
 
 // Bytes of the host snapshot a checkpoint save takes of `params`: every owned slice's master weights and both AdamW

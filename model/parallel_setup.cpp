@@ -71,14 +71,18 @@ void attach_exchange(ParallelSetup& ps, const model::Config& c, engine::Device d
                                        " but setup_parallel chose " + engine::device_name(ps.device));
   model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, ps.ctx.tp, ps.ctx.ep, ps.ctx.dp, ps.ctx.expert_tp,
                                         c.parallel.sequence_parallel);
-  comm::ExchangeShape shape{s.E, s.C, s.H};
-  shape.sequence_parallel = s.sp;
   int chunks = c.comm.chunks;
   comm::ExchangeKind kind = c.comm.exchange == "auto" ? choose_exchange(ps, c, s, act, device, &chunks)
                                                       : comm::parse_exchange_kind(c.comm.exchange);
-  shape.chunks = chunks;
-  ps.exchange = comm::make_exchange(kind, *ps.ctx.tp_comm, *ps.ctx.ep_comm, shape, act, device);
+  ps.exchange = comm::make_exchange(kind, *ps.ctx.tp_comm, *ps.ctx.ep_comm, exchange_shape(s, chunks), act, device);
   ps.ctx.exchange = ps.exchange.get();
+}
+
+comm::ExchangeShape exchange_shape(const model::Shapes& s, int chunks) {
+  comm::ExchangeShape shape{s.E, s.C, s.H};
+  shape.chunks = chunks;
+  shape.sequence_parallel = s.sp;
+  return shape;
 }
 
 comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, const model::Shapes& s, engine::DType act,

@@ -48,5 +48,8 @@ ParallelSetup setup_parallel(const model::Config& c, engine::Device device = eng
 comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, const model::Shapes& s, engine::DType act,
                                    engine::Device device, int* chunks);
 void attach_exchange(ParallelSetup& ps, const model::Config& c, engine::Device device, engine::DType act);
+// The exchange's buffer shape for the layer shapes s and `chunks` capacity chunks: what attach_exchange builds and
+// rank_footprint counts the staging memory of.
+comm::ExchangeShape exchange_shape(const model::Shapes& s, int chunks);
 
 }  // namespace monta::model

@@ -1,6 +1,7 @@
 // The planner over a model config (model/plan.h).
 #include "model/plan.h"
 
+#include "comm/fp8_dispatch.h"
 #include "engine/log.h"
 #include "model/config_keys.h"
 #include "model/footprint.h"
@@ -13,6 +14,7 @@ comm::Plan plan_layouts(const Config& c, const comm::Cluster& cluster, int max_c
                      m.capacity_factor, m.min_capacity, c.train.micro_batch, c.train.global_batch, 2,
                      train_flops_per_token(m), 0.0, {}};
   pm.sequence_parallel = c.parallel.sequence_parallel;
+  if (c.comm.dispatch_fp8()) pm.dispatch_width = comm::fp8_dispatch_width(m.hidden, engine::DType::bf16);
   if (recompute_mode(c.train) == Recompute::full)
     pm.recompute_flops_per_token = double(m.layers) * layer_train_flops_per_token(m, FlopCount::forward);
   pm.footprint = [&c](int tp, int ep, bool expert_tp, int dp) {

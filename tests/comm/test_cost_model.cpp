@@ -315,6 +315,30 @@ TEST(Planner, SequenceParallelDropsDuplicateAndPricesItsCollectives) {
   EXPECT_GT(checked, 0);
 }
 
+// FP8 dispatch: the forward's dispatch (one of a layer's four exchange calls) moves narrower rows, so every layout with
+// an exchange pays less exchange time, but no less than its other three calls; without EP nothing changes.
+TEST(Planner, Fp8DispatchPricesTheForwardDispatchAtItsWidth) {
+  const PlanModel m = small_model();
+  PlanModel f = m;
+  f.dispatch_width = m.hidden / 2;  // about the packed FP8 row of bf16 activations
+  const Plan a = make_plan(a800(), m), b = make_plan(a800(), f);
+  ASSERT_EQ(a.rows.size(), b.rows.size());
+  int checked = 0;
+  for (const PlanRow& y : b.rows)
+    for (const PlanRow& x : a.rows) {
+      if (x.tp != y.tp || x.ep != y.ep || x.expert_tp != y.expert_tp || x.strategy != y.strategy || x.chunks != y.chunks)
+        continue;
+      if (y.ep == 1) {
+        EXPECT_DOUBLE_EQ(y.exchange_s, x.exchange_s);
+        continue;
+      }
+      EXPECT_LT(y.exchange_s, x.exchange_s) << "tp " << y.tp << " ep " << y.ep;
+      if (y.strategy != ExchangeKind::overlapped) EXPECT_GT(y.exchange_s, 0.75 * x.exchange_s);
+      ++checked;
+    }
+  EXPECT_GT(checked, 0);
+}
+
 // Offload: a layout fits only when its host memory (snapshot + optimizer) times the GPUs of a node fits the node's host
 // memory, when the cluster gives it; the step time adds gradients down, host AdamW at the node's rate shared by its
 // GPUs, and bf16 weights up.

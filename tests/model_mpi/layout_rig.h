@@ -9,6 +9,7 @@
 #include "comm/groups.h"
 #include "comm/topology.h"
 #include "engine/rng.h"
+#include "model/parallel_setup.h"
 #include "model/trainer.h"
 
 namespace monta::testing_mpi {
@@ -63,11 +64,12 @@ struct Rig {
     groups = std::make_unique<comm::ProcessGroups>(layout, comm::discover_topology(emulate_nodes));
     par = model::context_from_groups(*groups, expert_tp);
     if (ep > 1) {
+      c.comm.exchange = kind;  // as a run would configure it: rank_footprint sizes the staging from these
+      c.comm.chunks = chunks;
       model::Shapes s = model::Shapes::make(c.model, c.train.micro_batch, tp, ep, par.dp, expert_tp,
                                             c.parallel.sequence_parallel);
       exchange = comm::make_exchange(comm::parse_exchange_kind(kind), *par.tp_comm, *par.ep_comm,
-                                     comm::ExchangeShape{s.E, s.C, s.H, chunks, s.sp}, engine::DType::f32,
-                                     engine::Device::cpu);
+                                     model::exchange_shape(s, chunks), engine::DType::f32, engine::Device::cpu);
       par.exchange = exchange.get();
     }
   }

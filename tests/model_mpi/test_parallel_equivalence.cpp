@@ -125,6 +125,8 @@ TEST_P(ParallelEquivalence, LayoutEqualsOneProcess) {
     {  // --dry-run and the planner size memory with rank_footprint: it must be what this rank allocated
       const model::RankFootprint f = model::rank_footprint(c, k.tp, k.ep, k.expert_tp, par.dp, engine::Device::cpu);
       EXPECT_EQ(f.activations, double(mine.model().activations().bytes()));
+      EXPECT_EQ(f.exchange, par.exchange ? double(par.exchange->staging_bytes()) : 0.0) << "exchange staging";
+      if (par.exchange && par.exchange->kind() != comm::ExchangeKind::duplicate) EXPECT_GT(f.exchange, 0.0);
       size_t state = 0;
       for (const auto* a : mine.params().arenas()) state += a->bytes();
       EXPECT_EQ(f.state(), double(state));
