@@ -1,6 +1,8 @@
 // Shared pieces of the multi-rank model tests (tests/model_mpi): the small config every layout divides, the global
 // batch every rank draws alike, and the process groups, parallel context and exchange of one layout.
 #pragma once
+#include <algorithm>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -74,5 +76,42 @@ struct Rig {
     }
   }
 };
+
+// Largest |a - b| / max|b| of two f32 tensors of n elements (b the reference).
+inline double rel_dev(const float* a, const float* b, int64_t n) {
+  double scale = 1e-30, dev = 0;
+  for (int64_t i = 0; i < n; ++i) scale = std::max(scale, double(std::abs(b[i])));
+  for (int64_t i = 0; i < n; ++i) dev = std::max(dev, std::abs(double(a[i]) - double(b[i])));
+  return dev / scale;
+}
+
+// Max |a - b| / (1e-3·max|b| + 1e-6) of this rank's slice of every parameter's gradient against the one-process run's
+// full tensor b, in units of 1e-3 of each tensor's largest gradient; worst, when given, names the element.
+inline double compare_grads(model::ParamStore& local, model::ParamStore& ref, std::string* worst = nullptr) {
+  double dev = 0;
+  for (auto& p : local.all()) {
+    const auto& r = ref.get(p.name);
+    double scale = 0;
+    const int64_t nr = r.grad.numel();
+    for (int64_t i = 0; i < nr; ++i) scale = std::max(scale, double(std::abs(r.grad.as<float>()[i])));
+    const size_t nd = p.full.size();
+    std::vector<int64_t> idx(nd, 0);
+    for (int64_t i = 0; i < p.grad.numel(); ++i) {
+      int64_t flat = 0;
+      for (size_t d = 0; d < nd; ++d) flat = flat * p.full[d] + idx[d] + p.offset[d];
+      double a = p.grad.as<float>()[i], b = r.grad.as<float>()[flat];
+      double e = std::abs(a - b) / (1e-3 * scale + 1e-6);
+      if (e > dev) {
+        dev = e;
+        if (worst) *worst = p.name + "[" + std::to_string(i) + "]";
+      }
+      for (size_t d = nd; d-- > 0;) {
+        if (++idx[d] < p.local[d]) break;
+        idx[d] = 0;
+      }
+    }
+  }
+  return dev;  // in units of 1e-3 of each tensor's largest gradient
+}
 
 }  // namespace monta::testing_mpi

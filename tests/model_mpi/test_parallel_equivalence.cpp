@@ -60,34 +60,6 @@ std::vector<Case> cases(int world) {
   return out;
 }
 
-// Max |a - b| / (|b| + scale) of this rank's slice of every parameter's gradient against the full reference.
-double compare_grads(model::ParamStore& local, model::ParamStore& ref, std::string* worst) {
-  double dev = 0;
-  for (auto& p : local.all()) {
-    const auto& r = ref.get(p.name);
-    double scale = 0;
-    const int64_t nr = r.grad.numel();
-    for (int64_t i = 0; i < nr; ++i) scale = std::max(scale, double(std::abs(r.grad.as<float>()[i])));
-    const size_t nd = p.full.size();
-    std::vector<int64_t> idx(nd, 0);
-    for (int64_t i = 0; i < p.grad.numel(); ++i) {
-      int64_t flat = 0;
-      for (size_t d = 0; d < nd; ++d) flat = flat * p.full[d] + idx[d] + p.offset[d];
-      double a = p.grad.as<float>()[i], b = r.grad.as<float>()[flat];
-      double e = std::abs(a - b) / (1e-3 * scale + 1e-6);
-      if (e > dev) {
-        dev = e;
-        *worst = p.name + "[" + std::to_string(i) + "]";
-      }
-      for (size_t d = nd; d-- > 0;) {
-        if (++idx[d] < p.local[d]) break;
-        idx[d] = 0;
-      }
-    }
-  }
-  return dev;  // in units of 1e-3 of each tensor's largest gradient
-}
-
 // The largest deviations over every layout of the run, printed (over all ranks) after the last one.
 struct Worst {
   double loss = 0, grad = 0, val = 0;

@@ -59,38 +59,6 @@ std::vector<Case> cases(int world) {
   return out;
 }
 
-// Largest |a - b| / max|b| of two f32 tensors of n elements (b the reference).
-double rel_dev(const float* a, const float* b, int64_t n) {
-  double scale = 1e-30, dev = 0;
-  for (int64_t i = 0; i < n; ++i) scale = std::max(scale, double(std::abs(b[i])));
-  for (int64_t i = 0; i < n; ++i) dev = std::max(dev, std::abs(double(a[i]) - double(b[i])));
-  return dev / scale;
-}
-
-// This rank's slice of every gradient against the one-process run's full tensor, in units of 1e-3 of the tensor's
-// largest gradient (the layout suite's measure, test_parallel_equivalence.cpp).
-double dev_from_one_process(model::ParamStore& local, model::ParamStore& ref) {
-  double dev = 0;
-  for (auto& p : local.all()) {
-    const auto& r = ref.get(p.name);
-    double scale = 0;
-    for (int64_t i = 0; i < r.grad.numel(); ++i) scale = std::max(scale, double(std::abs(r.grad.as<float>()[i])));
-    const size_t nd = p.full.size();
-    std::vector<int64_t> idx(nd, 0);
-    for (int64_t i = 0; i < p.grad.numel(); ++i) {
-      int64_t flat = 0;
-      for (size_t d = 0; d < nd; ++d) flat = flat * p.full[d] + idx[d] + p.offset[d];
-      dev = std::max(dev, std::abs(double(p.grad.as<float>()[i]) - double(r.grad.as<float>()[flat])) /
-                              (1e-3 * scale + 1e-6));
-      for (size_t d = nd; d-- > 0;) {
-        if (++idx[d] < p.local[d]) break;
-        idx[d] = 0;
-      }
-    }
-  }
-  return dev;
-}
-
 // The bounds (docs/memory.md, "Sequence parallelism"): SP reorders float sums (the row-parallel outputs
 // reduce-scattered and then the residual added, the norms' and router's gradients summed over TP after each rank's
 // tokens, the router losses summed over TP), a few float32 roundings per value, which the two layers carry forward.
@@ -202,7 +170,7 @@ TEST_P(SequenceParallel, EqualsOffAndOneProcess) {
           EXPECT_EQ(std::memcmp(p.grad.data, sp[0]->params().get(p.name).grad.data, p.grad.bytes()), 0)
               << modes[i] << " gradient " << p.name << " differs from recompute none under SP";
       }
-    EXPECT_LT(dev_from_one_process(sp[0]->params(), ref.params()), 1.0);
+    EXPECT_LT(compare_grads(sp[0]->params(), ref.params()), 1.0);
   }
   for (size_t i = 0; i < sp.size(); ++i)
     for (auto& p : sp[i]->params().all()) {

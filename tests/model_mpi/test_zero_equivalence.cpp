@@ -38,14 +38,6 @@ model::Config zero_config() {
   return c;
 }
 
-// Largest |a - b| / max|b| over a tensor pair of f32 (b the reference).
-double rel_dev(const float* a, const float* b, int64_t n) {
-  double scale = 1e-30, dev = 0;
-  for (int64_t i = 0; i < n; ++i) scale = std::max(scale, double(std::abs(b[i])));
-  for (int64_t i = 0; i < n; ++i) dev = std::max(dev, std::abs(double(a[i]) - double(b[i])));
-  return dev / scale;
-}
-
 }  // namespace
 
 // Bound: a different reduction order. The reduce-scatter sums the same per-rank gradients as the all-reduce, but MPI
