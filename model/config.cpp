@@ -1,11 +1,13 @@
 // Validation and size arithmetic for the run configuration.
 #include "model/config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <type_traits>
 
 #include "comm/cost_model.h"
+#include "comm/shard.h"
 #include "engine/check.h"
 #include "engine/fp8_math.h"
 #include "engine/log.h"
@@ -92,6 +94,30 @@ void check_model(const Config& c, Problems& p) {
 }
 
 }  // namespace
+
+std::string fp8_cuda_shape_problem(const Config& c, int tp, int ep, bool expert_tp) {
+  const auto& m = c.model;
+  if (!m.fp8_experts()) return "";
+  Problems p;
+  const int64_t F_l = expert_tp ? m.ffn / tp : m.ffn;
+  p.need(m.hidden % 16 == 0 && F_l % 16 == 0,
+         strf("model.fp8 = experts on a GPU needs model.hidden (%ld) and the expert FFN width per rank (%ld) to be "
+              "multiples of 16 (cuBLASLt's FP8 GEMM)", m.hidden, F_l));
+  if (!m.dropless()) {  // dropless: its step capacities are multiples of 128 (checked with the config)
+    const int64_t C = expert_capacity(m, c.train.micro_batch * m.seq_len);
+    const int n = ep > 1 && c.comm.exchange == "overlapped" ? int(std::min<int64_t>(c.comm.chunks, C)) : 1;
+    for (int k = 0; k < n; ++k) {
+      const int64_t rows = int64_t(ep) * comm::shard(C, n, k, false).size;
+      p.need(rows % 16 == 0,
+             strf("model.fp8 = experts on a GPU: an expert GEMM would process %ld rows (ep %d x capacity %ld%s), not a "
+                  "multiple of 16 (cuBLASLt's FP8 GEMM); change model.capacity_factor or model.min_capacity%s",
+                  rows, ep, n > 1 ? comm::shard(C, n, k, false).size : C, n > 1 ? strf(", overlapped chunk %d", k).c_str() : "",
+                  n > 1 ? " or comm.chunks" : ""));
+      if (!p.first.empty()) break;
+    }
+  }
+  return p.first;
+}
 
 std::string layout_problem(const Config& c, int tp, int ep, bool expert_tp, int world) {
   const auto& m = c.model;

@@ -107,6 +107,10 @@ std::string config_problem(const Config& c, int world);
 // Whether a layout (tp, ep, expert_tp, and the world size when > 0) suits the model: the one rule `train`, `plan` and
 // `bench` share. "" when it does, else the first reason.
 std::string layout_problem(const Config& c, int tp, int ep, bool expert_tp, int world);
+// model.fp8 = experts on a GPU: cuBLASLt's FP8 GEMM needs 16 | M, N, K of every expert GEMM (hidden, the expert FFN
+// width per rank, and the rows an expert processes per call: e·C, or each overlapped chunk's e·c_k). "" when the
+// layout has them or FP8 experts are off; the CPU emulation has no such limit, so setup_parallel checks it for CUDA.
+std::string fp8_cuda_shape_problem(const Config& c, int tp, int ep, bool expert_tp);
 
 struct ModelSize {
   int64_t total = 0, expert = 0, embedding = 0;  // parameters

@@ -38,6 +38,10 @@ ParallelSetup setup_parallel(const model::Config& c, engine::Device device) {
   ps.device = device;
   const int world = comm::runtime_world_size();
   model::validate(c, world);
+  if (device == engine::Device::cuda) {
+    const std::string fp8 = model::fp8_cuda_shape_problem(c, c.parallel.tp, c.parallel.ep, c.parallel.expert_tp);
+    MONTA_USER_CHECK(fp8.empty(), fp8);
+  }
   const auto& m = c.model;
   comm::Layout layout = comm::make_layout(world, c.parallel.tp, c.parallel.ep, c.parallel.expert_tp, int(m.experts),
                                           int(m.heads), int(m.kv_heads), m.vocab, m.ffn);

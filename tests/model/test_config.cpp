@@ -63,6 +63,28 @@ TEST(Config, RejectsBadValues) {
   expect_user_error(c, 0, "multiple of 128");
 }
 
+// FP8 experts on a GPU: every expert GEMM's rows and widths must be multiples of 16 (cuBLASLt), checked before the
+// run starts, for the layout at hand; FP8 off, or every shape a multiple, passes.
+TEST(Config, Fp8CudaShapes) {
+  Config c;  // the defaults: hidden 64, ffn 128, 4 experts top-2, seq 64, micro-batch 4: N 256, C 160
+  EXPECT_EQ(fp8_cuda_shape_problem(c, 1, 1, true), "");  // fp8 off
+  c.model.fp8 = "experts";
+  EXPECT_EQ(fp8_cuda_shape_problem(c, 1, 1, true), "");
+  EXPECT_EQ(fp8_cuda_shape_problem(c, 2, 2, true), "");
+  c.model.ffn = 144;  // 72 per rank with expert-TP over 2; whole experts keep 144 = 9 x 16
+  EXPECT_NE(fp8_cuda_shape_problem(c, 2, 1, true).find("multiples of 16"), std::string::npos);
+  EXPECT_EQ(fp8_cuda_shape_problem(c, 2, 1, false), "");
+  c.model.ffn = 128;
+  c.model.capacity_factor = 1.26;  // C = ceil(1.26 x 128) = 162 rows: not a multiple of 16
+  EXPECT_NE(fp8_cuda_shape_problem(c, 1, 1, true).find("162 rows"), std::string::npos);
+  c.model.capacity_factor = 1.25;
+  c.comm.exchange = "overlapped";  // C 160 in 3 chunks of 54, 53, 53 slots: 108 rows over ep 2
+  c.comm.chunks = 3;
+  EXPECT_NE(fp8_cuda_shape_problem(c, 1, 2, true).find("overlapped chunk 0"), std::string::npos);
+  c.comm.exchange = "pipelined";  // the experts see the whole 320 rows at once
+  EXPECT_EQ(fp8_cuda_shape_problem(c, 1, 2, true), "");
+}
+
 TEST(Config, CapacityFormula) {
   ModelConfig m;
   m.experts = 4;
