@@ -3,7 +3,8 @@
 // layout when F/tp is a multiple of 128; the wgrad tiles run along the tokens an expert holds, which layouts group
 // differently, but with power-of-two scales a value's code does not depend on its tile's scale unless it falls
 // into E4M3's subnormals (docs/fp8.md), so float tolerance holds there too. Each layout is its own test
-// (Layouts/Fp8Equivalence.LayoutEqualsOneProcess/tp2_ep2_dp1_etp_overlapped_fp8experts).
+// (Layouts/Fp8Equivalence.LayoutEqualsOneProcess/tp2_ep2_dp1_etp_overlapped_fp8experts). One case per layout runs
+// the FP8 dispatch with dropless routing (the packed buffers at each step's capacity).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -29,9 +30,11 @@ struct Fp8Case {
   bool expert_tp;
   std::string exchange;
   bool experts;  // model.fp8 = experts as well as the FP8 dispatch
+  bool dropless = false;  // model.capacity_factor = 0: the packed buffers viewed at each step's capacity
   std::string name() const {
-    return engine::strf("tp%d_ep%d_dp%d_%s_%s_%s", tp, ep, comm::runtime_world_size() / tp,
-                        expert_tp ? "etp" : "ewhole", exchange.c_str(), experts ? "fp8experts" : "fp8dispatch");
+    return engine::strf("tp%d_ep%d_dp%d_%s_%s_%s%s", tp, ep, comm::runtime_world_size() / tp,
+                        expert_tp ? "etp" : "ewhole", exchange.c_str(), experts ? "fp8experts" : "fp8dispatch",
+                        dropless ? "_dropless" : "");
   }
 };
 
@@ -44,6 +47,7 @@ std::vector<Fp8Case> fp8_cases(int world) {
         if (!etp && tp == 1) continue;
         if (ep == 1) {
           for (bool experts : {false, true}) out.push_back({tp, ep, etp, "none", experts});
+          if (etp) out.push_back({tp, ep, etp, "none", false, true});
           continue;
         }
         // Every strategy with the FP8 dispatch; FP8 experts with the plainest and the most reordering one (the
@@ -51,6 +55,7 @@ std::vector<Fp8Case> fp8_cases(int world) {
         // inside its time limit at 8 ranks.
         for (const char* k : {"duplicate", "drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k, false});
         for (const char* k : {"duplicate", "overlapped"}) out.push_back({tp, ep, etp, k, true});
+        if (etp) out.push_back({tp, ep, etp, "pipelined", false, true});
       }
     }
   return out;
@@ -107,6 +112,7 @@ TEST_P(Fp8Equivalence, LayoutEqualsOneProcess) {
   if (k.experts) c.model.ffn = 512;  // F/tp a multiple of 128 for tp <= 4: FP8 forward and dgrad tiles as with tp 1
   c.comm.dispatch_dtype = "fp8";
   if (k.experts) c.model.fp8 = "experts";
+  if (k.dropless) c.model.capacity_factor = 0;
   Rig rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
   const model::ParallelContext& par = rig.par;
   model::Trainer mine(c, par, engine::Device::cpu);
