@@ -27,6 +27,20 @@ D3 d3(const Tensor& t) { return t.ndim == 2 ? D3{1, t.dim(0), t.dim(1)} : D3{t.d
 
 __device__ __forceinline__ float mag(float v) { return isfinite(v) ? fabsf(v) : INFINITY; }
 
+// The end of a 1×128 row tile's quantisation, one warp per tile: this lane's 4 values v (of which `valid` are in the
+// row) and its |max|, reduced over the warp into the tile's scale (written by lane 0 at scale[s]) and the codes at
+// q[at..]. Shared by fp8_quantize_rows and the fused SwiGLU, so both give the same bytes.
+__device__ __forceinline__ void quantize_lane(uint8_t* __restrict__ q, float* __restrict__ scale, const float (&v)[4],
+                                              float amax, int lane, int64_t s, int64_t at, int64_t valid) {
+  amax = warp_max(amax);
+  const bool finite = amax <= FLT_MAX;
+  if (lane == 0) scale[s] = fp8::tile_scale(amax, finite);
+  const float inv = finite ? fp8::pow2(-fp8::scale_exponent(amax)) : 1.f;
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    if (j < valid) q[at + j] = fp8::quantize(v[j], inv, finite);
+}
+
 // One warp per (b, r, tile): 4 elements a lane.
 static __global__ void quantize_rows_kernel(uint8_t* __restrict__ q, float* __restrict__ scale, const void* __restrict__ x,
                                             bool xb, int64_t B, int64_t R, int64_t K) {
@@ -43,13 +57,7 @@ static __global__ void quantize_rows_kernel(uint8_t* __restrict__ q, float* __re
     v[j] = c0 + j < K ? ld(x, row + c0 + j, xb) : 0.f;
     amax = fmaxf(amax, mag(v[j]));
   }
-  amax = warp_max(amax);
-  const bool finite = amax <= FLT_MAX;
-  if (lane == 0) scale[(b * T + t) * R + r] = fp8::tile_scale(amax, finite);
-  const float inv = finite ? fp8::pow2(-fp8::scale_exponent(amax)) : 1.f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-    if (c0 + j < K) q[row + c0 + j] = fp8::quantize(v[j], inv, finite);
+  quantize_lane(q, scale, v, amax, lane, (b * T + t) * R + r, row + c0, K - c0);
 }
 
 // fp8_pack_rows: quantize_rows_kernel's tile, written into the packed row (codes, then the scale at its slot); the
@@ -109,13 +117,7 @@ static __global__ void swiglu_rows_kernel(void* __restrict__ out, uint8_t* __res
     }
     amax = fmaxf(amax, mag(v[j]));
   }
-  amax = warp_max(amax);
-  const bool finite = amax <= FLT_MAX;
-  if (lane == 0) scale[(b * T + t) * R + r] = fp8::tile_scale(amax, finite);
-  const float inv = finite ? fp8::pow2(-fp8::scale_exponent(amax)) : 1.f;
-#pragma unroll
-  for (int j = 0; j < 4; ++j)
-    if (c0 + j < K) q[row + c0 + j] = fp8::quantize(v[j], inv, finite);
+  quantize_lane(q, scale, v, amax, lane, (b * T + t) * R + r, row + c0, K - c0);
 }
 
 // fp8_unpack_rows: one thread per element.

@@ -18,6 +18,7 @@
 #include "engine/rng.h"
 #include "model/fp8_experts.h"
 #include "model/model.h"
+#include "model_test_util.h"
 
 using namespace monta;
 using namespace monta::model;
@@ -91,29 +92,6 @@ struct Surrogate {
   }
 };
 
-struct Fixture {
-  ModelConfig cfg = fp8_grad_config();
-  ParallelContext par;
-  ParamStore params{cfg, par, Device::cpu, DType::f64, DType::f64};
-  Shapes s = Shapes::make(cfg, 2, 1, 1, 1, true);
-  Model model{cfg, s, par, params, DType::f64};
-  std::vector<int32_t> tokens, targets;
-  double ce_scale = 0, aux_scale = 0.5;
-  Fixture() {
-    params.init(7);
-    engine::Philox rng{99, 1, 0};
-    for (int64_t i = 0; i < s.N; ++i) {
-      tokens.push_back(int32_t(rng.below(uint64_t(cfg.vocab))));
-      targets.push_back(int32_t(rng.below(uint64_t(cfg.vocab))));
-    }
-    ce_scale = 1.0 / double(s.N);
-  }
-  double loss() {
-    auto r = model.forward(tokens.data(), targets.data());
-    return training_objective(cfg, r.ce_sum, r.aux_sum, r.z_sum, ce_scale, aux_scale);
-  }
-};
-
 struct OverrideScope {
   explicit OverrideScope(Surrogate& s) {
     set_fp8_forward_override([&s](Tensor out, const Tensor& x, const Tensor& w) { s(out, x, w); });
@@ -129,7 +107,7 @@ struct OverrideScope {
 // central differences of the smooth surrogate are exact to ~1e-9. A rule applied wrongly (a missing scale, the
 // wrong operand, the non-straight-through zero gradient) gives O(1).
 TEST(Fp8Grad, BackwardMatchesFiniteDifferencesOfTheStraightThroughSurrogate) {
-  Fixture f;
+  monta::testing_model::GradFixture f(fp8_grad_config());
   const double fp8_loss = f.loss();  // the real FP8 forward, no override
   Surrogate sur;
   OverrideScope scope(sur);

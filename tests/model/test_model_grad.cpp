@@ -12,6 +12,7 @@
 #include "engine/memory.h"
 #include "engine/rng.h"
 #include "model/model.h"
+#include "model_test_util.h"
 
 using namespace monta;
 using namespace monta::model;
@@ -19,6 +20,8 @@ using engine::DType;
 using engine::Device;
 
 namespace {
+
+using monta::testing_model::GradFixture;
 
 ModelConfig tiny_double_config() {
   ModelConfig m;
@@ -39,34 +42,9 @@ ModelConfig tiny_double_config() {
   return m;
 }
 
-struct Fixture {
-  ModelConfig cfg = tiny_double_config();
-  ParallelContext par;
-  ParamStore params{cfg, par, Device::cpu, DType::f64, DType::f64};
-  Shapes s = Shapes::make(cfg, 2, 1, 1, 1, true);
-  Model model{cfg, s, par, params, DType::f64};
-  std::vector<int32_t> tokens, targets;
-  double ce_scale, aux_scale = 0.5;
-  explicit Fixture(const ModelConfig& c = tiny_double_config()) : cfg(c) {
-    params.init(7);
-    engine::Philox rng{99, 1, 0};
-    for (int64_t i = 0; i < s.N; ++i) {
-      tokens.push_back(int32_t(rng.below(uint64_t(cfg.vocab))));
-      targets.push_back(int32_t(rng.below(uint64_t(cfg.vocab))));
-    }
-    ce_scale = 1.0 / double(s.N);
-  }
-  // Exactly the objective the trainer prints as loss_total (training_objective), not a copy of its formula: with
-  // several layers a gradient of coef x mean-over-layers would differ from it by the layer count.
-  double loss() {
-    auto r = model.forward(tokens.data(), targets.data());
-    return training_objective(cfg, r.ce_sum, r.aux_sum, r.z_sum, ce_scale, aux_scale);
-  }
-};
-
 // Four sampled elements of every parameter (but `skip`) against central differences of the objective; returns how
 // many were checked.
-int check_sampled_gradients(Fixture& f, const std::string& skip = "") {
+int check_sampled_gradients(GradFixture& f, const std::string& skip = "") {
   engine::Philox pick{5, 2, 0};
   int checked = 0;
   for (auto& p : f.params.all()) {
@@ -94,7 +72,7 @@ int check_sampled_gradients(Fixture& f, const std::string& skip = "") {
 }  // namespace
 
 TEST(ModelGrad, EveryParameterMatchesFiniteDifferences) {
-  Fixture f;
+  GradFixture f(tiny_double_config());
   f.params.zero_grads();
   auto r = f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
   EXPECT_GT(r.dropped, 0) << "config should drop some tokens";
@@ -108,7 +86,7 @@ TEST(ModelGrad, RenormalisedWeightsWithBalancingBiasMatchFiniteDifferences) {
   ModelConfig cfg = tiny_double_config();
   cfg.router_norm_topk = true;
   cfg.router_bias_update = 0.01;
-  Fixture f(cfg);
+  GradFixture f(cfg);
   Param& bias = f.params.get("router_bias");
   ASSERT_EQ(bias.full, (std::vector<int64_t>{cfg.layers, cfg.experts}));
   for (int64_t i = 0; i < bias.master.numel(); ++i) EXPECT_EQ(bias.master.as<double>()[i], 0.0) << "initialised to 0";
@@ -137,7 +115,7 @@ TEST(ModelGrad, RenormalisedWeightsWithBalancingBiasMatchFiniteDifferences) {
 TEST(ModelGrad, DroplessSkewedRouterMatchesFiniteDifferences) {
   ModelConfig m = tiny_double_config();
   m.capacity_factor = 0;
-  Fixture f(m);
+  GradFixture f(m);
   f.model.on_router_logits = [](int l, Tensor logits) {
     if (l != 0) return;
     for (int64_t n = 0; n < logits.dim(0); ++n) logits.as<double>()[n * logits.dim(1)] += 2.0;
@@ -159,7 +137,7 @@ TEST(ModelGrad, DroplessSkewedRouterMatchesFiniteDifferences) {
 }
 
 TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
-  Fixture f;
+  GradFixture f(tiny_double_config());
   f.params.zero_grads();
   f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
   std::vector<double> once(size_t(f.params.get("lm_head").grad.numel()));
@@ -172,7 +150,7 @@ TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
 // Lazy zeroing: after zero_grads() every gradient of the backward is written over whatever its memory held (NaN
 // here), giving the same bits as a backward onto filled zeros.
 TEST(ModelGrad, FirstMicroBatchOverwritesStaleGradients) {
-  Fixture f;
+  GradFixture f(tiny_double_config());
   for (auto& p : f.params.all()) engine::fill_zero(p.grad);
   f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);  // accumulates onto zeros
   std::vector<std::vector<double>> want;
@@ -215,7 +193,7 @@ TEST(ModelInit, ValuesDependOnNameAndIndexOnly) {
 // Dropped choices are counted from the expert counts and the capacity (no copy of the slots): the count must equal
 // the slots marked -1 by the capacity assignment, over every layer.
 TEST(ModelGrad, DroppedCountEqualsDroppedSlots) {
-  Fixture f;
+  GradFixture f(tiny_double_config());
   auto r = f.model.forward(f.tokens.data(), f.targets.data());
   const Tensor slots = f.model.slots();
   int64_t want = 0;
