@@ -2,6 +2,8 @@
 // `duplicate` strategy (full all-to-all on every TP rank); the capacity-sliced ones are in pipelined_exchange.cpp.
 #include "comm/exchange.h"
 
+#include <algorithm>
+
 #include "comm/exchange_util.h"
 #include "engine/check.h"
 #include "engine/memory.h"
@@ -42,8 +44,17 @@ class DuplicateExchange final : public Exchange {
     MONTA_CHECK(capacity > 0 && capacity <= C_max_, "exchange duplicate: capacity " + n2s(capacity) +
                                                         " outside [1, " + n2s(C_max_) + "] (the buffers' capacity)");
     C_ = capacity;
+    loads_.clear();
   }
   int64_t capacity() const override { return C_; }
+  void set_loads(std::span<const int32_t> loads) override {
+    detail::check_loads(loads, e_, E_, C_, "duplicate");
+    loads_.assign(loads.begin(), loads.end());
+  }
+  std::vector<ExpertRun> expert_runs(int k) const override {
+    MONTA_CHECK(k == 0, "exchange duplicate: expert chunk " + n2s(k) + " of a single-chunk strategy");
+    return filled_runs(e_, El_, ep_.rank(), 0, C_, loads_);
+  }
   ExchangeStats last_stats() const override { return stats_; }
 
   void dispatch(Tensor y, const Tensor& x) override {
@@ -96,9 +107,25 @@ class DuplicateExchange final : public Exchange {
   ExchangeStats stats_;
   engine::Arena arena_;
   Tensor stage_;
+  std::vector<int32_t> loads_;  // set_loads: (e, E), empty = every slot filled
 };
 
 }  // namespace
+
+std::vector<ExpertRun> filled_runs(int e, int64_t El, int ep_rank, int64_t off, int64_t c,
+                                   std::span<const int32_t> loads) {
+  MONTA_CHECK(loads.empty() || int64_t(loads.size()) == int64_t(e) * e * El,
+              "filled_runs: " + n2s(int64_t(loads.size())) + " loads for an EP group of " + n2s(e) + " and " +
+                  n2s(e * El) + " experts");
+  std::vector<ExpertRun> runs;
+  for (int64_t j = 0; j < El; ++j)
+    for (int p = 0; p < e; ++p) {
+      const int64_t load = loads.empty() ? off + c : loads[size_t(int64_t(p) * e * El + ep_rank * El + j)];
+      const int64_t n = std::clamp<int64_t>(load - off, 0, c);
+      if (n > 0) runs.push_back({j, p * c, n});
+    }
+  return runs;
+}
 
 Tensor Exchange::expert_chunk(const Tensor& t, int k) const {
   MONTA_CHECK(k == 0, "exchange " + std::string(exchange_kind_name(kind())) + ": expert chunk " + n2s(k) +

@@ -4,7 +4,9 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.h"
 #include "engine/memory.h"
@@ -28,6 +30,19 @@ struct ExchangeShape {
   bool sequence_parallel = false;
   // capacity is the largest C of any call (the buffers' size); Exchange::set_capacity lowers it per step (dropless).
 };
+
+// Dropless routing, stage B: a run of filled rows in an expert-side view (E_l, e*c, W) of c capacity slots per
+// (local expert j, EP peer p): rows [row, row + count) of expert j's (e*c, W) part hold tokens, the rest of that
+// peer's c rows are padding.
+struct ExpertRun {
+  int64_t j = 0, row = 0, count = 0;
+};
+// The runs of such a view that covers capacity slots [off, off + c) of every (j, p), when loads[p*E + x] leading
+// slots of global expert x are filled on EP rank p (E = e*E_l experts; this rank, ep_rank, owns x = ep_rank*E_l + j):
+// one run per (j, p) in view order, count = clamp(load - off, 0, c), empty runs left out. An empty loads: every slot
+// is filled (one run of c rows per (j, p)).
+std::vector<ExpertRun> filled_runs(int e, int64_t El, int ep_rank, int64_t off, int64_t c,
+                                   std::span<const int32_t> loads);
 
 // What the last dispatch/combine cost this rank: bytes it sent to other ranks (its own block excluded, padding
 // included) over the EP all-to-all and over the TP all-gather, and the wall time of the call.
@@ -63,6 +78,14 @@ class Exchange {
   // set the same C before the next call. Nothing is allocated.
   virtual void set_capacity(int64_t capacity) = 0;
   virtual int64_t capacity() const = 0;
+  // Dropless routing, stage B: the filled slots of the calls that follow (until the next set_loads or
+  // set_capacity). loads has e*E entries, loads[p*E + x] = how many leading slots of global expert x EP rank p's
+  // dispatch buffer fills, each <= capacity(); identical on every rank of the TP and EP groups. Empty: every slot is
+  // filled (the capacity routing of the default, and what set_capacity resets to). The rows outside the filled slots
+  // are padding: dispatch writes them as zeros in y, combine leaves them unspecified in out (no token reads them).
+  virtual void set_loads(std::span<const int32_t> loads) = 0;
+  // The filled rows of expert chunk k (the view expert_chunk(t, k) gives), per (local expert, peer) in view order.
+  virtual std::vector<ExpertRun> expert_runs(int k) const = 0;
 
   // Dispatch, the experts and combine as one call, so that a strategy may overlap them:
   //   dispatch(y, x); experts(k) for every expert chunk k; combine(out, z)

@@ -1,6 +1,7 @@
 // Small helpers shared by the exchange strategies (exchange.cpp, pipelined_exchange.cpp); internal to comm/.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 
 #include "engine/check.h"
@@ -33,6 +34,16 @@ inline int64_t exchange_row_width(const engine::Tensor& dst, const engine::Tenso
                   " elements, got " + src.str());
   check_exchange_io(dst, src, slots * W, dtype, device, who);
   return W;
+}
+
+// set_loads' argument: e*E loads, each in [0, C] (an empty span: every slot filled).
+inline void check_loads(std::span<const int32_t> loads, int e, int64_t E, int64_t C, const char* who) {
+  MONTA_CHECK(loads.empty() || int64_t(loads.size()) == int64_t(e) * E,
+              std::string("exchange ") + who + ": " + n2s(int64_t(loads.size())) + " loads, expected " +
+                  n2s(int64_t(e) * E) + " (EP ranks x experts)");
+  for (const int32_t v : loads)
+    MONTA_CHECK(v >= 0 && v <= C, std::string("exchange ") + who + ": load " + n2s(v) + " outside [0, capacity " +
+                                      n2s(C) + "]");
 }
 
 // 1-D view of n elements starting elem_off elements into t.

@@ -107,6 +107,7 @@ class PipelinedExchange final : public Exchange {
     MONTA_CHECK(capacity > 0 && capacity <= C_max_, std::string("exchange ") + exchange_kind_name(kind_) +
                                                         ": capacity " + n2s(capacity) + " outside [1, " + n2s(C_max_) +
                                                         "] (the buffers' capacity)");
+    loads_.clear();
     if (capacity == C_) return;
     const auto [send_total, gather_total] = plan(capacity);
     MONTA_CHECK(send_total <= send_.numel() && gather_total <= gather_.numel(),
@@ -114,6 +115,18 @@ class PipelinedExchange final : public Exchange {
     C_ = capacity;
   }
   int64_t capacity() const override { return C_; }
+  void set_loads(std::span<const int32_t> loads) override {
+    detail::check_loads(loads, e_, E_, C_, exchange_kind_name(kind_));
+    loads_.assign(loads.begin(), loads.end());
+  }
+  // Single-chunk strategies: the whole capacity; overlapped: chunk k's slots of every (j, p).
+  std::vector<ExpertRun> expert_runs(int k) const override {
+    MONTA_CHECK(k >= 0 && k < expert_chunks(), std::string("exchange ") + exchange_kind_name(kind_) +
+                                                   ": expert chunk " + n2s(k) + " of " + n2s(expert_chunks()));
+    if (!overlapped()) return filled_runs(e_, El_, ep_.rank(), 0, C_, loads_);
+    const Chunk& c = chunks_[size_t(k)];
+    return filled_runs(e_, El_, ep_.rank(), c.off, c.size, loads_);
+  }
   ExchangeStats last_stats() const override { return stats_; }
 
   // Slot (expert row, capacity c) of x/out is at (row * C + c) * H; of y/z (local expert j, peer p) at
@@ -341,6 +354,7 @@ class PipelinedExchange final : public Exchange {
   ExchangeKind kind_;
   bool sp_;  // sequence parallelism: dispatch's x is this TP rank's part (ExchangeShape::sequence_parallel)
   std::vector<Chunk> chunks_;
+  std::vector<int32_t> loads_;  // set_loads: (e, E), empty = every slot filled
   engine::Arena arena_;
   Tensor send_, gather_;
   ExchangeStats stats_;

@@ -341,5 +341,26 @@ TEST(TopologyPure, CrossNodeFraction) {
   EXPECT_DOUBLE_EQ(cross_node_fraction(four, all), 48.0 / 56.0);
 }
 
+// Dropless stage B: the filled rows of an expert-side view, per (local expert, peer) in view order.
+TEST(FilledRuns, ClampsEachLoadToTheChunkAndSkipsEmptyRuns) {
+  // EP group of 2, 4 experts (2 local); this rank is EP rank 1 and owns experts 2 and 3.
+  // loads[p*4 + x]: rank 0 fills 5 slots of expert 2 and 0 of expert 3; rank 1 fills 8 and 3.
+  const std::vector<int32_t> loads = {1, 1, 5, 0, /*rank 1:*/ 2, 2, 8, 3};
+  using R = ExpertRun;
+  auto eq = [](const std::vector<R>& a, const std::vector<R>& b) {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i)
+      if (a[i].j != b[i].j || a[i].row != b[i].row || a[i].count != b[i].count) return false;
+    return true;
+  };
+  // The whole capacity (8 slots): (j 0, p 0) 5 rows at 0, (j 0, p 1) 8 rows at 8, (j 1, p 1) 3 rows at 8.
+  EXPECT_TRUE(eq(filled_runs(2, 2, 1, 0, 8, loads), {{0, 0, 5}, {0, 8, 8}, {1, 8, 3}}));
+  // Slots [4, 8) as a chunk of 4: 1 of (0, 0), 4 of (0, 1), none of expert 3.
+  EXPECT_TRUE(eq(filled_runs(2, 2, 1, 4, 4, loads), {{0, 0, 1}, {0, 4, 4}}));
+  // No loads: every slot filled.
+  EXPECT_TRUE(eq(filled_runs(2, 2, 0, 2, 3, {}), {{0, 0, 3}, {0, 3, 3}, {1, 0, 3}, {1, 3, 3}}));
+  EXPECT_THROW(filled_runs(2, 2, 0, 0, 8, std::vector<int32_t>(3, 0)), engine::Error);
+}
+
 }  // namespace
 }  // namespace monta::comm
