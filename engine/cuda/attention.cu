@@ -47,6 +47,25 @@ __device__ __forceinline__ float row_sum(float v) {
   return v;
 }
 
+// Stages keys and values j0 .. j0+BC-1 of KV head g (batch b) in shared memory as f32, zeros past S; the whole block
+// cooperates. The tile loop of the forward and of the dq backward.
+template <class T, int D, int BC>
+__device__ __forceinline__ void load_kv_tile(float4 (&ks)[BC][D / 4], float4 (&vs)[BC][D / 4], const T* k, const T* v,
+                                             int b, int g, int j0, int S, int G) {
+  constexpr int D4 = D / 4;
+  for (int idx = threadIdx.x; idx < BC * D4; idx += blockDim.x) {
+    const int jj = idx / D4, c4 = idx - jj * D4, j = j0 + jj;
+    float4 kk = make_float4(0.f, 0.f, 0.f, 0.f), vv = kk;
+    if (j < S) {
+      const int64_t off = ((int64_t(b) * S + j) * G + g) * D + 4 * c4;
+      kk = load4(k + off);
+      vv = load4(v + off);
+    }
+    ks[jj][c4] = kk;
+    vs[jj][c4] = vv;
+  }
+}
+
 // ---------------------------------------------------------------------------------------------------------
 template <class T, int D>
 static __global__ void __launch_bounds__(256) attn_forward_kernel(T* __restrict__ out, float* __restrict__ lse,
@@ -73,17 +92,7 @@ static __global__ void __launch_bounds__(256) attn_forward_kernel(T* __restrict_
   const int kv_end = min(S, (int(blockIdx.x) + 1) * BR);
   for (int j0 = 0; j0 < kv_end; j0 += BC) {
     __syncthreads();
-    for (int idx = threadIdx.x; idx < BC * D4; idx += blockDim.x) {
-      int jj = idx / D4, c4 = idx - jj * D4, j = j0 + jj;
-      float4 kk = make_float4(0.f, 0.f, 0.f, 0.f), vv = kk;
-      if (j < S) {
-        int64_t off = ((int64_t(b) * S + j) * G + g) * D + 4 * c4;
-        kk = load4(k + off);
-        vv = load4(v + off);
-      }
-      ks[jj][c4] = kk;
-      vs[jj][c4] = vv;
-    }
+    load_kv_tile<T, D, BC>(ks, vs, k, v, b, g, j0, S, G);
     __syncthreads();
     float sc[BC];
     float mt = m;
@@ -153,17 +162,7 @@ static __global__ void __launch_bounds__(256) attn_backward_dq_kernel(
   const int kv_end = min(S, (int(blockIdx.x) + 1) * BR);
   for (int j0 = 0; j0 < kv_end; j0 += BC) {
     __syncthreads();
-    for (int idx = threadIdx.x; idx < BC * D4; idx += blockDim.x) {
-      int jj = idx / D4, c4 = idx - jj * D4, j = j0 + jj;
-      float4 kk = make_float4(0.f, 0.f, 0.f, 0.f), vv = kk;
-      if (j < S) {
-        int64_t off = ((int64_t(b) * S + j) * G + g) * D + 4 * c4;
-        kk = load4(k + off);
-        vv = load4(v + off);
-      }
-      ks[jj][c4] = kk;
-      vs[jj][c4] = vv;
-    }
+    load_kv_tile<T, D, BC>(ks, vs, k, v, b, g, j0, S, G);
     __syncthreads();
 #pragma unroll 4
     for (int jj = 0; jj < BC; ++jj) {

@@ -14,6 +14,7 @@
 #include "engine/check.h"
 #include "engine/memory.h"
 #include "engine/tensor.h"
+#include "tests/owned_tensor.h"
 
 namespace monta::enginetest {
 
@@ -21,28 +22,10 @@ using engine::DType;
 using engine::Device;
 using engine::Tensor;
 
-// Owning host tensor.
-struct Buf {
-  Tensor t;
+// Owning host tensor, zero-filled.
+struct Buf : testing_util::OwnedTensor {
   Buf() = default;
-  Buf(std::vector<int64_t> shape, DType dt) {
-    int64_t n = 1;
-    for (int64_t v : shape) n *= v;
-    void* p = engine::device_alloc(Device::cpu, size_t(n) * engine::dtype_size(dt));
-    t = engine::make_view(p, shape, dt, Device::cpu);
-    engine::fill_zero(t);
-  }
-  ~Buf() {
-    if (t.data) engine::device_free(Device::cpu, t.data);
-  }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  Buf(Buf&& o) noexcept : t(o.t) { o.t.data = nullptr; }
-  Buf& operator=(Buf&& o) noexcept {
-    std::swap(t, o.t);
-    return *this;
-  }
-  operator Tensor() const { return t; }
+  Buf(std::vector<int64_t> shape, DType dt) : OwnedTensor(std::move(shape), dt, Device::cpu) { engine::fill_zero(t); }
   int64_t numel() const { return t.numel(); }
   double get(int64_t i) const {
     switch (t.dtype) {

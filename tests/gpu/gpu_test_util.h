@@ -12,6 +12,7 @@
 
 #include "engine/memory.h"
 #include "engine/tensor.h"
+#include "tests/owned_tensor.h"
 
 namespace monta::gputest {
 
@@ -23,26 +24,8 @@ using engine::Tensor;
   if (!::monta::engine::cuda_available()) GTEST_SKIP() << "no CUDA device visible"
 
 // Owning buffer on one device.
-struct Buf {
-  Tensor t;
-  Buf() = default;
-  Buf(std::vector<int64_t> shape, DType dt, Device dev) {
-    int64_t n = 1;
-    for (int64_t v : shape) n *= v;
-    void* p = engine::device_alloc(dev, size_t(n) * engine::dtype_size(dt));
-    t = engine::make_view(p, shape, dt, dev);
-  }
-  ~Buf() {
-    if (t.data) engine::device_free(t.device, t.data);
-  }
-  Buf(const Buf&) = delete;
-  Buf& operator=(const Buf&) = delete;
-  Buf(Buf&& o) noexcept : t(o.t) { o.t.data = nullptr; }
-  Buf& operator=(Buf&& o) noexcept {
-    std::swap(t, o.t);
-    return *this;
-  }
-  operator Tensor() const { return t; }
+struct Buf : testing_util::OwnedTensor {
+  using OwnedTensor::OwnedTensor;
 };
 
 inline std::mt19937& rng() {
