@@ -16,6 +16,7 @@ OUT=${OUT:-/tmp/monta-out}
 CORPUS=${CORPUS:-markov}
 STEPS=${STEPS:-200}
 MODES=${MODES:-"none experts all"}
+LR=${LR:-3e-4}  # peak; the cosine ends at LR/10
 EXTRA=${EXTRA:-}
 MODEL=${MODEL:-"--config configs/layer2x70b.ini --model.layers 2 --train.device cuda"}  # a CPU check: tiny.ini
 WORK=${WORKDIR:-$PWD/.fp8_accuracy_work}
@@ -48,7 +49,7 @@ for mode in $MODES; do
   echo "== $CORPUS, model.fp8 $mode"
   # shellcheck disable=SC2086
   timeout 280 "$BIN/monta" train $MODEL \
-    --train.steps "$STEPS" --train.lr 3e-4 --train.min_lr 3e-5 --train.warmup_steps 20 --train.log_interval 20 \
+    --train.steps "$STEPS" --train.lr "$LR" --train.min_lr "$(python3 -c "print($LR / 10)")" --train.warmup_steps 20 --train.log_interval 20 \
     --train.eval_interval 50 --train.eval_steps 2 --train.run_dir "$WORK/run_$mode" --model.fp8 "$mode" \
     "${data[@]}" $EXTRA > "$log" 2>&1
   rc=$?
