@@ -219,7 +219,8 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
   if (!exchanged) {
     deo_ = dcbuf_;
     ddbuf_ = dy_;
-  }  // The FP8 weights' codes, bound in fp8_weight_specs' order.
+  }
+  // The FP8 weights' codes, bound in fp8_weight_specs' order.
   fp8_weights_ = Arena("fp8_weights", dev, fp8_weight_specs(cfg, s));
   for (size_t l = 0; l < lp_.size() && fp8_weights_.count() > 0; ++l) {
     const LayerParams& w = lp_[l];
