@@ -57,7 +57,8 @@ po::options_description bench_options(BenchArgs& a) {
       "vocab", po::value(&lo.vocab)->default_value(lo.vocab), "layer: vocabulary (embedding and LM head around it)")(
       "breakdown", po::bool_switch(&lo.breakdown), "layer: one more step with op timing: time per op and its share")(
       "fp8", po::value(&lo.fp8)->default_value(lo.fp8),
-      "layer: none | experts: the expert GEMMs in FP8 (model.fp8); a comma list (none,experts) times each in one run")(
+      "layer: none | experts | all (model.fp8), experts and all optionally with :bf16-wgrad (model.fp8_wgrad false); a "
+      "comma list (none,experts,experts:bf16-wgrad,all) times each in one run")(
       "dropless", po::bool_switch(&lo.dropless), "layer: also time the layer with dropless routing (model.capacity_factor 0), per strategy")(
       "router", po::value(&lo.router)->default_value(lo.router), "layer: natural | balanced | skewed: the routing of every row")(
       "small", po::bool_switch(&a.small), "ops: the op table at test widths instead of 2x70B (a quick run on the CPU)")(

@@ -54,12 +54,13 @@ void print_sizes(const model::Config& c, int world, engine::Device device) {
   const model::RankFootprint f = model::rank_footprint(c, tp, ep, c.parallel.expert_tp, std::max(1, world / tp), device);
   const double gib = double(1 << 30);
   log_info(strf("per rank (tp %d, ep %d%s%s, %s): %.3f %s parameters; %.3f GiB %s%s, %.3f GiB "
-                "activations (micro-batch %ld)%s: %.3f GiB in all",
+                "activations (micro-batch %ld)%s%s: %.3f GiB in all",
                 tp, ep, c.parallel.expert_tp ? ", experts TP-split" : "",
                 c.parallel.sequence_parallel ? ", sequence parallel" : "", engine::device_name(device),
                 double(f.params) / u, un, f.state() / gib, f.offload ? "grads" : "weights+grads+AdamW",
                 f.compute_copy > 0 ? " (+ compute copy)" : "", f.activations / gib, c.train.micro_batch,
-                f.exchange > 0 ? strf(", %.3f GiB exchange staging", f.exchange / gib).c_str() : "", f.total() / gib));
+                f.exchange > 0 ? strf(", %.3f GiB exchange staging", f.exchange / gib).c_str() : "",
+                f.fp8_weights > 0 ? strf(", %.3f GiB FP8 weight codes", f.fp8_weights / gib).c_str() : "", f.total() / gib));
   log_info(strf("optimizer state: fp32 master %.3f GiB, AdamW moments (%s) %.3f GiB%s", f.weights / gib,
                 c.train.optimizer_state.c_str(), f.adam / gib,
                 f.offload ? strf("; offloaded: %.3f GiB host memory per rank (master, moments, gradient and upload "
@@ -161,6 +162,9 @@ class TrainJob {
                     engine::device_name(a->device()), a->pinned() ? ", pinned" : ""));
     log_info(strf("arena %-16s %10.2f MiB (%s)", "activations", double(trainer_->model().activations().bytes()) / (1 << 20),
                   engine::device_name(device_)));
+    if (trainer_->model().fp8_weights().bytes() > 0)
+      log_info(strf("arena %-16s %10.2f MiB (%s)", "fp8_weights", double(trainer_->model().fp8_weights().bytes()) / (1 << 20),
+                    engine::device_name(device_)));
     find_resume();
     if (!resume_.empty()) load_resume();
     open_run_dir_and_data();

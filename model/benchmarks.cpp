@@ -299,9 +299,15 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
   m.capacity_factor = 1.0;
   const std::vector<std::string> fp8_modes = split_list(o.fp8);
   MONTA_USER_CHECK(!fp8_modes.empty(), "bench layer: --fp8 lists no mode");
-  for (const auto& f : fp8_modes)
-    MONTA_USER_CHECK(f == "none" || f == "experts", "bench layer: --fp8 takes none or experts (or a comma list), not '" +
-                                                        f + "'");
+  // A mode is model.fp8, with ":bf16-wgrad" for model.fp8_wgrad = false (e.g. experts:bf16-wgrad).
+  const auto fp8_mode_of = [](const std::string& f) { return f.substr(0, f.find(':')); };
+  for (const auto& f : fp8_modes) {
+    const std::string mode = fp8_mode_of(f), suffix = f.size() > mode.size() ? f.substr(mode.size()) : "";
+    MONTA_USER_CHECK((mode == "none" || mode == "experts" || mode == "all") &&
+                         (suffix.empty() || (suffix == ":bf16-wgrad" && mode != "none")),
+                     "bench layer: --fp8 takes none, experts or all, the last two optionally with :bf16-wgrad (or a "
+                     "comma list), not '" + f + "'");
+  }
   const int world = comm::runtime_world_size(), me = comm::runtime_world_rank();
   MONTA_USER_CHECK(o.tp > 0 && o.ep > 0 && world % o.tp == 0,
                    strf("bench layer: --tp %d must divide the %d ranks, --ep must be positive", o.tp, world));
@@ -363,7 +369,8 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
   for (const auto& f : fp8_modes)
     for (const auto& k : strategies) runs.push_back({f, k});
   for (const auto& [fp8_mode, name] : runs) {
-    m.fp8 = fp8_mode;
+    m.fp8 = fp8_mode_of(fp8_mode);
+    m.fp8_wgrad = fp8_mode.find(":bf16-wgrad") == std::string::npos;
     if (o.ep > 1) {
       c.comm.exchange = name;
       model::attach_exchange(ps, c, dev, act);

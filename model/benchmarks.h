@@ -15,7 +15,9 @@ struct BenchLayerOptions {
   int tp = 1, ep = 1, chunks = 4, emulate_nodes = 0;
   bool expert_tp = true, breakdown = false;
   std::string strategies = "duplicate,drop_gather,pipelined,overlapped";
-  std::string fp8 = "none";  // model.fp8 of the layer: none | experts (docs/fp8.md), or a comma list: one model each
+  // model.fp8 of the layer: none | experts | all (docs/fp8.md), experts and all optionally with ":bf16-wgrad"
+  // (model.fp8_wgrad = false); or a comma list: one model each
+  std::string fp8 = "none";
   // dropless: after the capacity-1.0 rows, the same layer with dropless routing (model.capacity_factor = 0), one row
   // per strategy, each row with its routed choices, expert load imbalance (max / mean) and time per routed choice.
   bool dropless = false;

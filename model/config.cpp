@@ -67,7 +67,6 @@ void check_model(const Config& c, Problems& p) {
          strf("model.heads (%ld) must be divisible by model.kv_heads (%ld) for grouped-query attention", m.heads, m.kv_heads));
   p.need(m.head_dim() % 2 == 0, strf("head dimension hidden/heads = %ld must be even for RoPE", m.head_dim()));
   p.need(m.top_k <= m.experts, strf("model.top_k (%ld) cannot exceed model.experts (%ld)", m.top_k, m.experts));
-  p.need(m.fp8 != "all", "model.fp8 = all (attention and LM-head GEMMs in FP8 too) is not built yet; use none or experts");
   p.need(!c.comm.dispatch_fp8() || engine::fp8::packed_row_bytes(m.hidden) < 2 * m.hidden,
          strf("comm.dispatch_dtype = fp8 needs model.hidden >= 8 (a packed FP8 row of %ld activations is no smaller than "
               "bf16)", m.hidden));
@@ -101,8 +100,15 @@ std::string fp8_cuda_shape_problem(const Config& c, int tp, int ep, bool expert_
   Problems p;
   const int64_t F_l = expert_tp ? m.ffn / tp : m.ffn;
   p.need(m.hidden % 16 == 0 && F_l % 16 == 0,
-         strf("model.fp8 = experts on a GPU needs model.hidden (%ld) and the expert FFN width per rank (%ld) to be "
-              "multiples of 16 (cuBLASLt's FP8 GEMM)", m.hidden, F_l));
+         strf("model.fp8 = %s on a GPU needs model.hidden (%ld) and the expert FFN width per rank (%ld) to be "
+              "multiples of 16 (cuBLASLt's FP8 GEMM)", m.fp8.c_str(), m.hidden, F_l));
+  if (m.fp8_all()) {  // the attention projections: rows = the micro-batch's tokens, widths per TP rank
+    const int64_t N = c.train.micro_batch * m.seq_len, q = m.heads / tp * m.head_dim(), kv = m.kv_heads / tp * m.head_dim();
+    p.need(N % 16 == 0 && q % 16 == 0 && kv % 16 == 0,
+           strf("model.fp8 = all on a GPU needs the tokens per micro-batch (%ld), and the Q (%ld) and K/V (%ld) "
+                "projection widths per TP rank to be multiples of 16 (cuBLASLt's FP8 GEMM)",
+                long(N), long(q), long(kv)));
+  }
   if (!m.dropless()) {  // dropless: its step capacities are multiples of 128 (checked with the config)
     const int64_t C = expert_capacity(m, c.train.micro_batch * m.seq_len);
     const int n = ep > 1 && c.comm.exchange == "overlapped" ? int(std::min<int64_t>(c.comm.chunks, C)) : 1;

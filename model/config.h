@@ -18,9 +18,11 @@ struct ModelConfig {
   // 0: no bias), and whether the chosen experts' probabilities are renormalised to sum to 1 (Mixtral, Qwen).
   double router_bias_update = 0;
   bool router_norm_topk = false;
-  std::string fp8 = "none";  // none | experts (the expert GEMMs in FP8 E4M3, docs/fp8.md); all is refused for now
+  std::string fp8 = "none";  // none | experts (the expert GEMMs in FP8 E4M3, docs/fp8.md) | all (+ attention projections)
+  bool fp8_wgrad = true;     // the weight-gradient GEMMs of the FP8 GEMMs in FP8 too; false: in the activation dtype
   int64_t head_dim() const { return hidden / heads; }
-  bool fp8_experts() const { return fp8 == "experts"; }
+  bool fp8_experts() const { return fp8 == "experts" || fp8 == "all"; }
+  bool fp8_all() const { return fp8 == "all"; }
   bool dropless() const { return capacity_factor == 0; }
 };
 
@@ -108,8 +110,9 @@ std::string config_problem(const Config& c, int world);
 // `bench` share. "" when it does, else the first reason.
 std::string layout_problem(const Config& c, int tp, int ep, bool expert_tp, int world);
 // model.fp8 = experts on a GPU: cuBLASLt's FP8 GEMM needs 16 | M, N, K of every expert GEMM (hidden, the expert FFN
-// width per rank, and the rows an expert processes per call: e·C, or each overlapped chunk's e·c_k). "" when the
-// layout has them or FP8 experts are off; the CPU emulation has no such limit, so setup_parallel checks it for CUDA.
+// width per rank, and the rows an expert processes per call: e·C, or each overlapped chunk's e·c_k); model.fp8 = all
+// also of the attention projections (the tokens of a micro-batch, the Q and the K/V widths per TP rank). "" when the
+// layout has them or FP8 is off; the CPU emulation has no such limit, so setup_parallel checks it for CUDA.
 std::string fp8_cuda_shape_problem(const Config& c, int tp, int ep, bool expert_tp);
 
 struct ModelSize {

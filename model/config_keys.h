@@ -82,9 +82,13 @@ void visit_config_keys(ConfigT& c, F&& f) {
     "combine weights: the chosen experts' softmax probabilities renormalised to sum to 1 (Mixtral, Qwen); false: the "
     "probabilities themselves", any());
   f("model.fp8", m.fp8,
-    "FP8 E4M3 GEMMs with 1x128/128x128 scaling (docs/fp8.md): none, or experts (expert forward, dgrad and wgrad); "
-    "all is not built yet",
+    "FP8 E4M3 GEMMs with 1x128/128x128 scaling (docs/fp8.md): none; experts (expert forward, dgrad and wgrad); all "
+    "(the experts and the attention's Q/K/V and output projections; router, LM head, embedding and SDPA stay bf16)",
     choices("none|experts|all"));
+  f("model.fp8_wgrad", m.fp8_wgrad,
+    "with model.fp8 experts or all: the weight-gradient GEMMs in FP8 too (DeepSeek-V3's recipe); false: those in the "
+    "activation dtype from the unquantised operands, forward and dgrad still FP8 (docs/fp8.md)",
+    any());
   auto& t = c.train;
   f("train.steps", t.steps, "optimizer steps to train to (a resumed run continues up to this step)", at_least(0));
   f("train.micro_batch", t.micro_batch, "sequences per rank per forward/backward", closed(1, 1 << 20));

@@ -49,6 +49,7 @@ RankFootprint rank_footprint(const Config& c, int tp, int ep, bool expert_tp, in
   const Shapes s = Shapes::make(c.model, c.train.micro_batch, tp, ep, dp, expert_tp, c.parallel.sequence_parallel);
   f.activations = double(engine::Arena::bytes_for(
       Model::activation_specs(c.model, s, act, ep > 1, recompute_mode(c.train), c.comm.dispatch_fp8())));
+  f.fp8_weights = bytes(Model::fp8_weight_specs(c.model, s));
   if (ep > 1) {
     std::vector<comm::ExchangeKind> kinds;
     std::vector<int> chunks = {int(c.comm.chunks)};

@@ -21,6 +21,9 @@ struct RankFootprint {
   // The MoE exchange's staging buffers (ep > 1; comm::exchange_staging_specs): for comm.exchange auto the largest of
   // the strategies and chunk counts it may pick.
   double exchange = 0;
+  // model.fp8 experts or all: the FP8 codes of the weights those GEMMs read, q and qᵀ with their block scales
+  // (Model::fp8_weight_specs; about 2 bytes per such parameter), held for the whole run.
+  double fp8_weights = 0;
   // Host memory (not in total(), which is the device's): the checkpoint snapshot a save takes, pinned when the
   // parameters are on a GPU; 0 when saves need none (a synchronous save on the CPU writes from the parameters). Held
   // from start-up when checkpoint.interval > 0.
@@ -31,7 +34,7 @@ struct RankFootprint {
   bool offload = false;
   double host_bytes = 0;
   double state() const { return offload ? grads + compute_copy : weights + grads + adam + compute_copy; }  // on device
-  double total() const { return state() + activations + exchange; }  // device memory
+  double total() const { return state() + activations + exchange + fp8_weights; }  // device memory
 };
 
 // Bytes of the host snapshot a checkpoint save takes of `params`: every owned slice's master weights and both AdamW

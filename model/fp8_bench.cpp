@@ -1,7 +1,8 @@
 // `monta bench fp8` (model/fp8_bench.h). Timing as `monta bench ops` does it (warm-up, median of timed iterations,
 // host clock around a device sync; ceilings: a square GEMM of 8192 and a 1 GiB copy), so the ratios compare. Rows:
-// "bf16" the expert_linear ops; "fp8 gemm" fp8_gemm alone on operands quantised beforehand; "fp8 + quantise" the
-// model's path (model/fp8_experts.h), quantising every operand at each call as training does now.
+// "bf16" the expert_linear ops; "fp8 gemm" fp8_gemm alone on operands quantised beforehand; "fp8 + quantise"
+// (model/fp8_experts.h) quantising every operand at each call, weights included; "fp8 + quantise x, cached w" the
+// model's path in training, the weights' codes made once per step (model.fp8_wgrad = false: wgrad is the bf16 row).
 #include "model/fp8_bench.h"
 
 #include <algorithm>
@@ -168,6 +169,13 @@ int bench_fp8(Device dev, int iters, const std::string& json, int64_t S) {
         [&] { fp8_expert_linear_backward(dx, Tensor(), dg, x, w, Write::overwrite, Write::accumulate, scratch); });
   b.add("fp8 + quantise wgrad (gate)", dw_s, gemm, el * E * (C * H + C * F) + 8.0 * E * F * H,
         [&] { fp8_expert_linear_backward(Tensor(), dw, dg, x, w, Write::overwrite, Write::accumulate, scratch); });
+  // The model's path with the weight codes cached per step (model.fp8 experts/all in training): only the activation
+  // operands are quantised at each call.
+  const Fp8Weight codes{wq, ws, wtq, wts};
+  b.add("fp8 + quantise x, cached w fwd", fwd_s, gemm, el * E * (C * H + C * F) + E * F * H,
+        [&] { fp8_expert_linear_forward(g8, x, w, scratch, false, &codes); });
+  b.add("fp8 + quantise x, cached w dgrad", dx_s, gemm, el * E * (C * H + C * F) + E * F * H,
+        [&] { fp8_expert_linear_backward(dx, Tensor(), dg, x, w, Write::overwrite, Write::accumulate, scratch, &codes); });
   // The quantise ops alone (memory-bound: bytes read + codes and scales written).
   b.add("quantise rows (x)", strf("E%ld C%ld H%ld", E, C, H), 0, double(E * C * H) * (el + 1),
         [&] { fp8_quantize_rows(xq, xs, x); });

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <tuple>
+#include <utility>
 
 #include "comm/exchange.h"
 #include "comm/fp8_dispatch.h"
@@ -136,10 +138,14 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
   L.add(self ? &self->dprobs_ : nullptr, "dprobs", {Nl, s.E}, act);
   L.add(self ? &self->drlogits_ : nullptr, "drlogits", {Nl, s.E}, act);
   L.add(self ? &self->dlogits_ : nullptr, "dlogits", {N, s.V_l}, act);
-  if (cfg.fp8_experts())  // the larger of the two expert GEMM shapes (gate/up: H -> F_l; down: F_l -> H)
-    L.add(self ? &self->fp8_scratch_ : nullptr, "fp8_scratch",
-          {std::max(fp8_expert_scratch_bytes(s.E_l, s.EC, H, s.F_l), fp8_expert_scratch_bytes(s.E_l, s.EC, s.F_l, H))},
-          DType::u8);
+  if (cfg.fp8_experts()) {  // the largest FP8 GEMM's activation operands (the weights' codes are cached)
+    int64_t bytes = std::max(fp8_expert_scratch_bytes(s.E_l, s.EC, H, s.F_l, false),  // gate/up: H -> F_l
+                             fp8_expert_scratch_bytes(s.E_l, s.EC, s.F_l, H, false));  // down: F_l -> H
+    if (cfg.fp8_all())  // the attention projections: Q, K/V (H -> A_l·D, G_l·D) and the output (A_l·D -> H)
+      for (const auto& [i, o] : {std::pair{H, s.A_l * D}, {H, s.G_l * D}, {s.A_l * D, H}})
+        bytes = std::max(bytes, fp8_expert_scratch_bytes(1, N, i, o, false));
+    L.add(self ? &self->fp8_scratch_ : nullptr, "fp8_scratch", {bytes}, DType::u8);
+  }
   if (fp8_dispatch) {  // packed FP8 token rows: sent (or rounded through, without an exchange) and received
     const int64_t Wq = comm::fp8_dispatch_width(H, act);
     L.add(self ? &self->dispatch_q_ : nullptr, "dispatch_q", {s.E, s.C, Wq}, act);
@@ -154,6 +160,23 @@ void Model::declare_sequence_parallel(const Shapes& s, DType act, Model* self, S
   L.add(self ? &self->gather_ : nullptr, "sp.gather", {s.N, s.H}, act);
   L.add(self ? &self->dxn_l_ : nullptr, "sp.dxn_local", {s.N_l, s.H}, act);
   L.add(self ? &self->choice_counts_ : nullptr, "sp.choice_counts", {int64_t(s.t), s.K, s.E}, DType::i32);
+}
+
+std::vector<TensorSpec> Model::fp8_weight_specs(const ModelConfig& cfg, const Shapes& s) {
+  std::vector<TensorSpec> out;
+  if (!cfg.fp8_experts()) return out;
+  const int64_t H = s.H, Q = s.A_l * s.D, KV = s.G_l * s.D;
+  for (int64_t l = 0; l < cfg.layers; ++l) {  // the order the constructor binds them in (fp8_cache_)
+    const std::string P = "l" + std::to_string(l) + ".";
+    std::vector<std::vector<TensorSpec>> w = {model::fp8_weight_specs(P + "w_gate", s.E_l, s.F_l, H),
+                                              model::fp8_weight_specs(P + "w_up", s.E_l, s.F_l, H),
+                                              model::fp8_weight_specs(P + "w_down", s.E_l, H, s.F_l)};
+    if (cfg.fp8_all())
+      for (auto [name, o, i] : {std::tuple{"wq", Q, H}, {"wk", KV, H}, {"wv", KV, H}, {"wo", H, Q}})
+        w.push_back(model::fp8_weight_specs(P + name, 1, o, i));
+    for (auto& v : w) out.insert(out.end(), v.begin(), v.end());
+  }
+  return out;
 }
 
 std::vector<TensorSpec> Model::activation_specs(const ModelConfig& cfg, const Shapes& s, DType act, bool exchanged,
@@ -197,6 +220,18 @@ Model::Model(const ModelConfig& cfg, const Shapes& s, const ParallelContext& par
     deo_ = dcbuf_;
     ddbuf_ = dy_;
   }
+  // The FP8 weights' codes, bound in fp8_weight_specs' order.
+  fp8_weights_ = Arena("fp8_weights", dev, fp8_weight_specs(cfg, s));
+  for (size_t l = 0; l < lp_.size() && fp8_weights_.count() > 0; ++l) {
+    const LayerParams& w = lp_[l];
+    std::vector<const Param*> ps = {w.w_gate, w.w_up, w.w_down};
+    if (cfg.fp8_all()) ps.insert(ps.end(), {w.wq, w.wk, w.wv, w.wo});
+    for (const Param* p : ps) {
+      const Fp8Weight codes = fp8_weight_bind(fp8_weights_, 4 * fp8_cache_.size());
+      MONTA_CHECK(codes.q.numel() == p->compute.numel(), "fp8 weight codes of " + p->name + " sized wrong");
+      fp8_cache_.push_back({p, codes});
+    }
+  }
 }
 
 std::vector<Model::LayerParams> Model::bind_layer_params(ParamStore& params, int layers) {
@@ -218,18 +253,47 @@ void Model::linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Ten
   linear_backward(dx, g.grad, dout, x, w.compute, dx_write, g.write);
 }
 
+const Fp8Weight* Model::fp8_codes(const Tensor& w) {
+  for (Fp8Cached& c : fp8_cache_) {
+    if (c.p->compute.data != w.data) continue;
+    // Lazily, at the first use after publish_compute: under ZeRO-1 that is after the forward awaited the gather.
+    if (c.version != c.p->version || fp8_quantize_every_use) {
+      fp8_weight_quantize(c.codes, w.view({c.codes.q.dim(0), c.codes.q.dim(1), c.codes.q.dim(2)}));
+      c.version = c.p->version;
+    }
+    return &c.codes;
+  }
+  MONTA_CHECK(false, "model: no FP8 codes for a weight of shape " + w.str());
+}
+
 void Model::expert_forward(Tensor out, const Tensor& x, const Tensor& w, bool x_quantised) {
   if (cfg_.fp8_experts())
-    fp8_expert_linear_forward(out, x, w, fp8_scratch_, x_quantised);
+    fp8_expert_linear_forward(out, x, w, fp8_scratch_, x_quantised, fp8_codes(w));
   else
     expert_linear_forward(out, x, w);
 }
 void Model::expert_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
                             Write dx_write, Write dw_write) {
   if (cfg_.fp8_experts())
-    fp8_expert_linear_backward(dx, dw, dout, x, w, dx_write, dw_write, fp8_scratch_);
+    fp8_expert_linear_backward(dx, dw, dout, x, w, dx_write, dw_write, fp8_scratch_, dx.empty() ? nullptr : fp8_codes(w),
+                               cfg_.fp8_wgrad);
   else
     expert_linear_backward(dx, dw, dout, x, w, dx_write, dw_write);
+}
+
+// (N, K) as a batch of one expert: the FP8 GEMMs' shapes.
+static Tensor one_batch(const Tensor& t) { return t.view({1, t.dim(0), t.dim(1)}); }
+
+void Model::proj_forward(Tensor out, const Tensor& x, const Param& w, bool x_quantised) {
+  if (!cfg_.fp8_all()) return linear_forward(out, x, w.compute);
+  fp8_expert_linear_forward(one_batch(out), one_batch(x), one_batch(w.compute), fp8_scratch_, x_quantised,
+                            fp8_codes(w.compute));
+}
+void Model::proj_backward(Tensor dx, Param& w, const Tensor& dout, const Tensor& x, Write dx_write) {
+  if (!cfg_.fp8_all()) return linear_backward_w(dx, w, dout, x, dx_write);
+  const GradWrite g = params_.grad_write(w);
+  fp8_expert_linear_backward(one_batch(dx), one_batch(g.grad), one_batch(dout), one_batch(x), one_batch(w.compute),
+                             dx_write, g.write, fp8_scratch_, fp8_codes(w.compute), cfg_.fp8_wgrad);
 }
 
 void Model::tp_all_reduce(Tensor t, bool max) {
@@ -286,9 +350,9 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   // Attention: column-parallel Q/K/V by heads, row-parallel output projection + all-reduce over TP.
   rmsnorm_forward(a.xn1, a.rstd1, a.x, w.attn_norm->compute, eps);
   const Tensor xn1 = whole_tokens(a.xn1);  // sequence parallel: all-gathered over TP
-  linear_forward(a.q, xn1, w.wq->compute);
-  linear_forward(a.k, xn1, w.wk->compute);
-  linear_forward(a.v, xn1, w.wv->compute);
+  proj_forward(a.q, xn1, *w.wq);
+  proj_forward(a.k, xn1, *w.wk, /*x_quantised=*/true);  // FP8: q(xn1) from the Q projection, still in the scratch
+  proj_forward(a.v, xn1, *w.wv, /*x_quantised=*/true);
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor v4 = a.v.view({s_.B, s_.S, s_.G_l, s_.D});
   rope_forward(q4, q4, theta);
@@ -296,12 +360,16 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
   attention_forward(a.ao.view({s_.B, s_.S, s_.A_l, s_.D}), a.lse, q4, k4, v4);
   // h = x + ao · woᵀ with the residual added by the GEMM; under TP only rank 0 adds it, and the all-reduce sums.
   // Sequence parallel: the partial sums of every token are reduce-scattered to this rank's tokens, then x is added.
-  if (s_.sp)
-    sp_output_projection(a.h, a.ao, w.wo->compute, a.x);
-  else if (par_.tp_rank == 0)
+  if (s_.sp) {
+    sp_output_projection(a.h, a.ao, *w.wo, a.x);
+  } else if (cfg_.fp8_all()) {  // FP8: the residual added after the GEMM
+    proj_forward(a.h, a.ao, *w.wo);
+    if (par_.tp_rank == 0) accumulate(a.h, a.x);
+  } else if (par_.tp_rank == 0) {
     linear_forward_residual(a.h, a.ao, w.wo->compute, a.x);
-  else
+  } else {
     linear_forward(a.h, a.ao, w.wo->compute);
+  }
   if (!s_.sp) tp_all_reduce(a.h);
   // MoE: router (replicated) → capacity assignment → (E, C, H) buffer → exchange → experts → back → combine.
   rmsnorm_forward(a.xn2, a.rstd2, a.h, w.ffn_norm->compute, eps);
@@ -483,7 +551,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   rmsnorm_backward(dx, params_.grad_accumulate(*w.ffn_norm), dxn, a.h, w.ffn_norm->compute, a.rstd2,
                    Write::accumulate);
   // Attention branch (sequence parallel: the backward of the reduce-scatter is an all-gather).
-  linear_backward_w(dao_, *w.wo, whole_tokens(dx), a.ao);
+  proj_backward(dao_, *w.wo, whole_tokens(dx), a.ao);
   Tensor q4 = a.q.view({s_.B, s_.S, s_.A_l, s_.D}), k4 = a.k.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor v4 = a.v.view({s_.B, s_.S, s_.G_l, s_.D});
   Tensor dq4 = dq_.view({s_.B, s_.S, s_.A_l, s_.D}), dk4 = dk_.view({s_.B, s_.S, s_.G_l, s_.D});
@@ -493,9 +561,9 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   rope_backward(dk4, dk4, theta);
   if (selective) rmsnorm_forward(a.xn1, a.rstd1, a.x, w.attn_norm->compute, eps);  // the shared norm output
   const Tensor xn1 = whole_tokens(a.xn1);  // sequence parallel: gathered again, not kept
-  linear_backward_w(dxn_, *w.wq, dq_, xn1);
-  linear_backward_w(dxn_, *w.wk, dk_, xn1, Write::accumulate);
-  linear_backward_w(dxn_, *w.wv, dv_, xn1, Write::accumulate);
+  proj_backward(dxn_, *w.wq, dq_, xn1);
+  proj_backward(dxn_, *w.wk, dk_, xn1, Write::accumulate);
+  proj_backward(dxn_, *w.wv, dv_, xn1, Write::accumulate);
   reduce_tokens(dxn, dxn_);  // sum over TP: all-reduce, or the reduce-scatter to this rank's tokens
   // dx: now d(loss)/d(input).
   rmsnorm_backward(dx, params_.grad_accumulate(*w.attn_norm), dxn, a.x, w.attn_norm->compute, a.rstd1,

@@ -7,6 +7,7 @@
 
 #include "engine/memory.h"
 #include "model/config.h"
+#include "model/fp8_experts.h"
 #include "model/params.h"
 #include "model/parallel.h"
 #include "model/shapes.h"
@@ -46,8 +47,12 @@ class Model {
   static std::vector<engine::TensorSpec> activation_specs(const ModelConfig& cfg, const Shapes& s, DType act,
                                                           bool exchanged, Recompute recompute = Recompute::none,
                                                           bool fp8_dispatch = false);
+  // The FP8 codes of the weights the FP8 GEMMs read (model.fp8 experts or all; model/fp8_experts.h Fp8Weight), in
+  // layer order: its own arena, held for the whole run and refreshed when a weight's version changes.
+  static std::vector<engine::TensorSpec> fp8_weight_specs(const ModelConfig& cfg, const Shapes& s);
   const Shapes& shapes() const { return s_; }
   const engine::Arena& activations() const { return acts_; }
+  const engine::Arena& fp8_weights() const { return fp8_weights_; }
   Tensor logits() const { return logits_; }  // (N, V_l) of the last forward
   // (L, N_l, K) slot of every (token, choice) of the last forward; -1: dropped. Sequence parallel: this TP rank's
   // N/t tokens (rows [tp_rank·N/t, (tp_rank+1)·N/t) of the micro-batch), with the slots they get without it.
@@ -63,6 +68,9 @@ class Model {
   // Test hook: may change layer l's router logits (N, E) in place before the softmax, e.g. bias them so most tokens
   // pick one expert (a skewed router for the dropless tests). The backward treats the change as a constant.
   std::function<void(int, Tensor)> on_router_logits;
+  // Test hook: quantise the FP8 GEMMs' weights at every use (into the same arena) instead of once per weight version,
+  // the reference the cache must equal bit for bit.
+  bool fp8_quantize_every_use = false;
   // The capacity layer l's last forward used: s.C, or with dropless routing that step's (model/dropless.h).
   int64_t capacity(int l) const { return layers_[size_t(l)].cap; }
   // Forward (+ backward) of layer l alone on the activations of the last forward (benchmarks), as on a step's
@@ -117,6 +125,14 @@ class Model {
   void expert_forward(Tensor out, const Tensor& x, const Tensor& w, bool x_quantised = false);
   void expert_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
                        engine::Write dx_write, engine::Write dw_write);
+  // w's FP8 codes (w: the compute copy of a weight with codes), quantised first if w's version moved since.
+  const Fp8Weight* fp8_codes(const Tensor& w);
+  // An attention projection out (N, O) = x (N, I) · wᵀ and its backward (dx as dx_write says, the weight gradient as
+  // grad_write says): in FP8 with model.fp8 = all (a batch of one), else linear_forward / linear_backward_w.
+  // x_quantised: FP8 only, q(x) is in the scratch from the previous projection of the same x.
+  void proj_forward(Tensor out, const Tensor& x, const Param& w, bool x_quantised = false);
+  void proj_backward(Tensor dx, Param& w, const Tensor& dout, const Tensor& x,
+                     engine::Write dx_write = engine::Write::overwrite);
   // linear_backward of parameter w: dx, and its weight gradient as ParamStore::grad_write says.
   void linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Tensor& x,
                          engine::Write dx_write = engine::Write::overwrite);
@@ -130,7 +146,7 @@ class Model {
   // rank's tokens (sequence parallel; out (N_l, H)).
   void reduce_tokens(Tensor out, Tensor whole);
   // h (N_l, H) = x + this rank's rows of Σ_TP ao · woᵀ (the row-parallel projection, reduce-scattered).
-  void sp_output_projection(Tensor h, const Tensor& ao, const Tensor& wo, const Tensor& x);
+  void sp_output_projection(Tensor h, const Tensor& ao, const Param& wo, const Tensor& x);
   // Top-k and capacity of this rank's tokens with the slots of the whole micro-batch's GShard order, global counts.
   void sp_route(int l, Layer& a);
   // Top-k choice and slots of layer l with the balancing bias when model.router_bias_update is on.
@@ -162,7 +178,15 @@ class Model {
   Tensor dx_, dxn_, dq_, dk_, dv_, dao_, dcbuf_, deo_, dact_, dgate_, dup_, dy_, ddbuf_;
   Tensor dweight_, dprobs_, drlogits_, dlogits_;
   Param* router_bias_ = nullptr;  // (L, E) the balancing bias, model.router_bias_update > 0; else null
-  Tensor fp8_scratch_;  // (bytes) the quantised operands of the expert GEMMs when model.fp8 = experts
+  Tensor fp8_scratch_;  // (bytes) the quantised activation operands of the FP8 GEMMs (model.fp8 experts or all)
+  // Each FP8 GEMM weight's codes, with the version of the weights they were made from (none yet: ~0).
+  struct Fp8Cached {
+    const Param* p;
+    Fp8Weight codes;
+    uint64_t version = ~uint64_t(0);
+  };
+  std::vector<Fp8Cached> fp8_cache_;
+  engine::Arena fp8_weights_;
   // Sequence parallel only: (N, H) gathered tokens / partial sums; (N_l, H) gradient of this rank's norm outputs;
   // (t, K, E) i32 every TP rank's choices per (choice, expert).
   Tensor gather_, dxn_l_, choice_counts_;

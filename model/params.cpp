@@ -311,7 +311,8 @@ void ParamStore::publish_compute(size_t first, size_t last, bool async) {
   await_compute(first, last);  // a gather still in flight into the copies this overwrites
   if (async) gathering_.resize(params_.size());
   for (size_t i = first; i < std::min(last, params_.size()); ++i) {
-    const Param& p = params_[i];
+    Param& p = params_[i];
+    ++p.version;
     if (p.compute.data == p.master.data) continue;
     const Tensor mine = p.zero_comm ? own_block(p, p.compute_flat) : p.compute;
     if (offload_)

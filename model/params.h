@@ -50,6 +50,10 @@ struct Param {
   Tensor grad_flat, compute_flat, grad_shard;
   int64_t numel() const;  // elements of this rank's slice (p.local)
   bool grad_stale = false;    // logically zero since zero_grads(), memory not yet written: the next write overwrites
+  // Counts the weights publish_compute published: what is derived from `compute` and kept (the FP8 weight codes,
+  // model/model.cpp) is current while it was made at this version. Every writer of weights ends in publish_compute
+  // (the optimizer step, refresh_compute after init or a checkpoint load).
+  uint64_t version = 0;
 };
 
 // A parameter gradient as one write of the backward sees it: overwrite on the step's first write (the gradient is
@@ -116,7 +120,8 @@ class ParamStore {
   // bytes are there once s is synchronised).
   void grad_to_host_async(size_t i, engine::Stream s);
   // After the update of params [first, last): the new weights into their compute copies (the upload with offload, a
-  // copy where the step wrote no low-precision copy) and, for sharded parameters, the all-gather of the compute copy.
+  // copy where the step wrote no low-precision copy) and, for sharded parameters, the all-gather of the compute copy;
+  // every parameter's version advances (also where the compute copy is the master, or the step wrote it).
   // With async the all-gathers are only started: await_compute() of the same params must come before their compute
   // copies are next read (the trainer waits per layer as the next forward reaches it, so the gathers overlap the
   // forward of the layers before).

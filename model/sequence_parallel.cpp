@@ -24,8 +24,8 @@ void Model::reduce_tokens(Tensor out, Tensor whole) {
     tp_all_reduce(whole);
 }
 
-void Model::sp_output_projection(Tensor h, const Tensor& ao, const Tensor& wo, const Tensor& x) {
-  linear_forward(gather_, ao, wo);  // (N, H) partial sums of this rank's heads
+void Model::sp_output_projection(Tensor h, const Tensor& ao, const Param& wo, const Tensor& x) {
+  proj_forward(gather_, ao, wo);  // (N, H) partial sums of this rank's heads
   par_.tp_comm->reduce_scatter(h, gather_, comm::ReduceOp::sum);
   accumulate(h, x);  // the residual, once per token (on its own rank)
 }

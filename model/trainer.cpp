@@ -334,8 +334,9 @@ StepMetrics Trainer::step(std::span<const int32_t> inputs, std::span<const int32
     else
       adamw_step_many(adamw_entries_, a);  // one fused pass over every parameter (a few launches on the GPU)
     // Sharded compute copies are all-gathered asynchronously; the next forward waits for each group as it reaches it
-    // (on_forward_group), so the gathers of later layers overlap the forward of earlier ones.
-    if (!params_->offload() && params_->zero()) params_->publish_compute(0, params_->all().size(), /*async=*/true);
+    // (on_forward_group), so the gathers of later layers overlap the forward of earlier ones. Unsharded, the step
+    // wrote the compute copies itself and publishing only advances the weights' versions (the FP8 codes' validity).
+    if (!params_->offload()) params_->publish_compute(0, params_->all().size(), /*async=*/params_->zero() != 0);
   }
   ++step_;
   sync_device(device_);

@@ -6,7 +6,8 @@
 # 2x70B layer with fp8 none and experts in one run, and `bench exchange` bytes per call with bf16 and FP8 dispatch
 # (4 MPI ranks on host buffers: the byte counts do not depend on the device; plus one GPU rank as a functional check
 # of the FP8 dispatch on device buffers). Logs and JSON go to $OUT; exit non-zero when anything failed. About 2
-# minutes on an H200. ITERS: the benchmarks' timed iterations; TRAIN=1 adds 200 tiny training steps per fp8 mode.
+# minutes on an H200. ITERS: the benchmarks' timed iterations; TRAIN=1 adds 200 tiny training steps per fp8 mode
+# (none, experts, all). The layer with every FP8 mode and the cached-weight GEMM rows: scripts/device_fp8_layer.sh.
 set -uo pipefail
 BIN=${BIN:-.devbin}
 OUT=${OUT:-/tmp/monta-out}
@@ -39,7 +40,7 @@ fi
 run bench_exchange_gpu "$BIN/monta" bench exchange --device cuda --hidden 8192 --min-bytes 16777216 \
   --max-bytes 16777216 --iters "$ITERS" --dispatch-dtype fp8 --json "$OUT/bench_exchange_gpu.json"
 if [ "${TRAIN:-0}" = 1 ]; then
-  for mode in none experts; do
+  for mode in none experts all; do
     run "train_tiny_fp8_$mode" "$BIN/monta" train --config configs/tiny.ini --train.device cuda --train.steps 200 \
       --train.eval_interval 0 --model.fp8 "$mode" --train.run_dir "$OUT/run_tiny_fp8_$mode"
   done
@@ -79,8 +80,9 @@ def final_loss(mode):
     if not os.path.exists(p): return None
     rows = [json.loads(l) for l in open(p) if l.strip()]
     return sum(r["loss"] for r in rows[-10:]) / min(10, len(rows))
-a, e = final_loss("none"), final_loss("experts")
+a, e, f = final_loss("none"), final_loss("experts"), final_loss("all")
 if a and e:
-    print(f"tiny on the GPU, mean loss of the last 10 of 200 steps: none {a:.4f}, experts {e:.4f} (ratio {e / a:.4f})")
+    print(f"tiny on the GPU, mean loss of the last 10 of 200 steps: none {a:.4f}, experts {e:.4f} (ratio {e / a:.4f})"
+          + (f", all {f:.4f} (ratio {f / a:.4f})" if f else ""))
 PY
 exit $status

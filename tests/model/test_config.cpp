@@ -64,7 +64,8 @@ TEST(Config, RejectsBadValues) {
 }
 
 // FP8 experts on a GPU: every expert GEMM's rows and widths must be multiples of 16 (cuBLASLt), checked before the
-// run starts, for the layout at hand; FP8 off, or every shape a multiple, passes.
+// run starts, for the layout at hand, and with model.fp8 = all the attention projections' too; FP8 off, or every
+// shape a multiple, passes.
 TEST(Config, Fp8CudaShapes) {
   Config c;  // the defaults: hidden 64, ffn 128, 4 experts top-2, seq 64, micro-batch 4: N 256, C 160
   EXPECT_EQ(fp8_cuda_shape_problem(c, 1, 1, true), "");  // fp8 off
@@ -83,6 +84,16 @@ TEST(Config, Fp8CudaShapes) {
   EXPECT_NE(fp8_cuda_shape_problem(c, 1, 2, true).find("overlapped chunk 0"), std::string::npos);
   c.comm.exchange = "pipelined";  // the experts see the whole 320 rows at once
   EXPECT_EQ(fp8_cuda_shape_problem(c, 1, 2, true), "");
+  // model.fp8 = all: the attention projections too (defaults: 4 heads, 2 KV heads of 16: Q 64, K/V 32 wide).
+  c.model.fp8 = "all";
+  EXPECT_EQ(fp8_cuda_shape_problem(c, 1, 2, true), "");
+  EXPECT_EQ(fp8_cuda_shape_problem(c, 2, 2, true), "");  // Q 32, K/V 16 per rank
+  c.model.hidden = 96;  // head dim 24: Q 96, K/V 48 on one rank; over tp 2: Q 48, K/V 24
+  EXPECT_NE(fp8_cuda_shape_problem(c, 2, 1, false).find("K/V (24)"), std::string::npos);
+  c.model.hidden = 64;
+  c.model.seq_len = 60;
+  c.train.micro_batch = 3;  // 180 tokens per micro-batch
+  EXPECT_NE(fp8_cuda_shape_problem(c, 1, 1, true).find("tokens per micro-batch (180)"), std::string::npos);
 }
 
 TEST(Config, CapacityFormula) {

@@ -4,7 +4,9 @@
 // differently, but with power-of-two scales a value's code does not depend on its tile's scale unless it falls
 // into E4M3's subnormals (docs/fp8.md), so float tolerance holds there too. Each layout is its own test
 // (Layouts/Fp8Equivalence.LayoutEqualsOneProcess/tp2_ep2_dp1_etp_overlapped_fp8experts). One case per layout runs
-// the FP8 dispatch with dropless routing (the packed buffers at each step's capacity).
+// the FP8 dispatch with dropless routing (the packed buffers at each step's capacity), and one model.fp8 = all (the
+// attention projections in FP8 too: their tiles and blocks are split by TP like the weights, so the same argument
+// holds).
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -31,9 +33,11 @@ struct Fp8Case {
   std::string exchange;
   bool experts;  // model.fp8 = experts as well as the FP8 dispatch
   bool dropless = false;  // model.capacity_factor = 0: the packed buffers viewed at each step's capacity
+  bool all = false;       // model.fp8 = all instead of experts
   std::string name() const {
     return engine::strf("tp%d_ep%d_dp%d_%s_%s_%s%s", tp, ep, comm::runtime_world_size() / tp,
-                        expert_tp ? "etp" : "ewhole", exchange.c_str(), experts ? "fp8experts" : "fp8dispatch",
+                        expert_tp ? "etp" : "ewhole", exchange.c_str(),
+                        experts ? (all ? "fp8all" : "fp8experts") : "fp8dispatch",
                         dropless ? "_dropless" : "");
   }
 };
@@ -48,6 +52,7 @@ std::vector<Fp8Case> fp8_cases(int world) {
         if (ep == 1) {
           for (bool experts : {false, true}) out.push_back({tp, ep, etp, "none", experts});
           if (etp) out.push_back({tp, ep, etp, "none", false, true});
+          if (etp) out.push_back({tp, ep, etp, "none", true, false, true});
           continue;
         }
         // Every strategy with the FP8 dispatch; FP8 experts with the plainest and the most reordering one (the
@@ -56,6 +61,7 @@ std::vector<Fp8Case> fp8_cases(int world) {
         for (const char* k : {"duplicate", "drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k, false});
         for (const char* k : {"duplicate", "overlapped"}) out.push_back({tp, ep, etp, k, true});
         if (etp) out.push_back({tp, ep, etp, "pipelined", false, true});
+        if (etp) out.push_back({tp, ep, etp, "overlapped", true, false, true});
       }
     }
   return out;
@@ -111,7 +117,7 @@ TEST_P(Fp8Equivalence, LayoutEqualsOneProcess) {
   model::Config c = small_config();
   if (k.experts) c.model.ffn = 512;  // F/tp a multiple of 128 for tp <= 4: FP8 forward and dgrad tiles as with tp 1
   c.comm.dispatch_dtype = "fp8";
-  if (k.experts) c.model.fp8 = "experts";
+  if (k.experts) c.model.fp8 = k.all ? "all" : "experts";
   if (k.dropless) c.model.capacity_factor = 0;
   Rig rig(c, world, k.tp, k.ep, k.expert_tp, k.exchange, 3, world >= 4 ? 2 : 0);
   const model::ParallelContext& par = rig.par;
@@ -119,6 +125,8 @@ TEST_P(Fp8Equivalence, LayoutEqualsOneProcess) {
   model::Trainer ref(c, model::ParallelContext{}, engine::Device::cpu);
   const model::RankFootprint f = model::rank_footprint(c, k.tp, k.ep, k.expert_tp, par.dp, engine::Device::cpu);
   EXPECT_EQ(f.activations, double(mine.model().activations().bytes())) << "the packed FP8 buffers are not sized alike";
+  EXPECT_EQ(f.fp8_weights, double(mine.model().fp8_weights().bytes())) << "the FP8 weight codes are not sized alike";
+  EXPECT_EQ(f.fp8_weights > 0, k.experts);
   std::vector<int32_t> in, tg;
   make_batch(c, 500, in, tg);
   const int64_t per_rank = c.train.global_batch / par.dp * c.model.seq_len;

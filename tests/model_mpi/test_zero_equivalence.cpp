@@ -1,6 +1,6 @@
 // The distributed optimizer (train.zero 1) changes memory, not training: in every layout with data parallelism,
 // zero 1 (alone, with bf16 moments, with host offload, with the routing options: the balancing bias is then updated
-// through its shards) against zero 0 of the same options: the reduced gradient shards, five steps' losses and
+// through its shards; with model.fp8 = all, whose cached weight codes must follow the all-gathered weights) against zero 0 of the same options: the reduced gradient shards, five steps' losses and
 // gradient norms, and the compute weights after them; the footprint is what the store allocates; and a zero-1
 // checkpoint loads into a zero-0 store as the same state.
 #include <gtest/gtest.h>
@@ -54,11 +54,13 @@ TEST(ZeroEquivalence, Zero1EqualsZero0InEveryDataParallelLayout) {
   for (int tp : {1, 2, 4})
     for (int ep : {1, 2, 4})
       for (bool etp : {true, false})
-        for (const char* variant : {"plain", "bf16", "offload", "route"}) {
+        for (const char* variant : {"plain", "bf16", "offload", "route", "fp8"}) {
           if (world % tp || (world / tp) % ep || world / tp < 2 || (!etp && tp == 1)) continue;
+          if (std::string(variant) == "fp8" && !etp) continue;  // one FP8 case per layout
           model::Config c = zero_config();
           if (std::string(variant) == "bf16") c.train.optimizer_state = "bf16";
           if (std::string(variant) == "offload") c.train.optimizer_offload = true;
+          if (std::string(variant) == "fp8") c.model.fp8 = "all";
           if (std::string(variant) == "route") {  // the balancing bias: updated through the sharded master weights
             c.model.router_norm_topk = true;
             c.model.router_bias_update = 0.05;

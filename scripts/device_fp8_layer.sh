@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The FP8 layer on one GPU (docs/fp8.md), binaries built with CUDA in $BIN: what the cached weight codes,
+# model.fp8_wgrad and model.fp8 = all buy. `monta bench fp8` (the expert GEMMs at 2x70B shapes: bf16, FP8 GEMM alone,
+# FP8 quantising every operand, FP8 with the weight codes cached) and the 2x70B layer in one `bench layer` run with
+# model.fp8 none / experts / experts with bf16 wgrad / all / all with bf16 wgrad; first the GPU FP8 model tests (the
+# cached codes and `all` against the CPU emulation). JSON, logs and fp8_layer_summary.txt (the ratios) go to $OUT;
+# exit non-zero when anything failed. Under 4 minutes on an H200 at ITERS=5.
+set -uo pipefail
+BIN=${BIN:-build/bin}
+OUT=${OUT:-/tmp/monta-out}
+ITERS=${ITERS:-5}
+mkdir -p "$OUT"
+status=0
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
+run() {  # run NAME CMD...: tee to $OUT/NAME.log, remember a failure
+  local name=$1
+  shift
+  echo "== $name: $*"
+  local t0=$SECONDS
+  "$@" 2>&1 | tee "$OUT/$name.log" | tail -n 30
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "$name FAILED"; status=1; }
+  echo "== $name: $((SECONDS - t0)) s"
+}
+run test_gpu_model_fp8 "$BIN/test_gpu_model" --gtest_filter='GpuFp8*' --gtest_brief=1
+run bench_fp8 "$BIN/monta" bench fp8 --iters "$ITERS" --json "$OUT/bench_fp8.json"
+run bench_layer "$BIN/monta" bench layer --iters "$ITERS" \
+  --fp8 none,experts,experts:bf16-wgrad,all,all:bf16-wgrad --json "$OUT/bench_layer.json"
+python3 - "$OUT" <<'PY' | tee "$OUT/fp8_layer_summary.txt"
+import json, os, sys
+out = sys.argv[1]
+def load(name):
+    p = os.path.join(out, name)
+    return json.load(open(p)) if os.path.exists(p) else None
+b = load("bench_fp8.json")
+if b:
+    rows = {r["op"]: r["ms"] for r in b["rows"]}
+    print(f"GEMM ceilings: bf16 {b['gemm_bf16_tflops']:.1f} TFLOP/s, fp8 {b['gemm_fp8_tflops']:.1f} TFLOP/s "
+          f"(fp8/bf16 {b['gemm_fp8_tflops'] / b['gemm_bf16_tflops']:.2f}x); fp8 forward vs bf16 rel. error {b['fp8_fwd_rel_err']:.4f}")
+    print("expert GEMM (gate, 2x70B)   bf16 ms | fp8 gemm alone | fp8 + quantise all | fp8 + quantise x, cached w")
+    for g in ("fwd", "dgrad", "wgrad"):
+        bf = rows.get(f"bf16 {g} (gate)")
+        cols = [rows.get(f"fp8 gemm {g} (gate)"), rows.get(f"fp8 + quantise {g} (gate)"),
+                rows.get(f"fp8 + quantise x, cached w {g}")]
+        cells = [f"{c:7.3f} ({bf / c:.2f}x)" if c and bf else "      -        " for c in cols]
+        print(f"  {g:6s} {bf:21.3f} | " + " | ".join(cells))
+l = load("bench_layer.json")
+if l:
+    ms = {r["op"]: r["ms"] for r in l["rows"]}
+    base = ms.get("layer fwd+bwd fp8=none")
+    for mode in ("none", "experts", "experts:bf16-wgrad", "all", "all:bf16-wgrad"):
+        for kind in ("layer fwd+bwd", "layer fwd only"):
+            t = ms.get(f"{kind} fp8={mode}")
+            ref = ms.get(f"{kind} fp8=none")
+            if t and ref:
+                print(f"2x70B {kind:13s} fp8={mode:19s} {t:8.2f} ms  {ref / t:.3f}x of bf16")
+PY
+exit $status
