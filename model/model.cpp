@@ -3,6 +3,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 
 #include "comm/exchange.h"
@@ -145,7 +146,7 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
     L.add(self ? &self->dispatch_q_ : nullptr, "dispatch_q", {s.E, s.C, Wq}, act);
     if (exchanged) L.add(self ? &self->expert_q_ : nullptr, "expert_q", {s.E_l, s.EC, Wq}, act);
   }
-  if (cfg.dropless()) L.add(self ? &self->load_ : nullptr, "load", {s.E}, DType::i32);
+  if (cfg.dropless()) L.add(self ? &self->load_ : nullptr, "load", {int64_t(s.e), s.E}, DType::i32);
   if (s.sp) declare_sequence_parallel(s, act, self, L);
 }
 
@@ -273,9 +274,34 @@ void Model::set_layer_capacity(int l) {
     a.cap = s_.C;
     return;
   }
-  a.cap = dropless_step_capacity(dropless_max_load(a.counts, load_, par_.exchange ? par_.ep_comm : nullptr), s_.N);
-  if (par_.exchange) par_.exchange->set_capacity(a.cap);
+  a.loads = dropless_loads(a.counts, load_, par_.exchange ? par_.ep_comm : nullptr);
+  a.cap = dropless_step_capacity(*std::max_element(a.loads.begin(), a.loads.end()), s_.N);
+  apply_layer_capacity(a);
 }
+
+void Model::apply_layer_capacity(const Layer& a) {
+  if (!cfg_.dropless() || !par_.exchange) return;
+  par_.exchange->set_capacity(a.cap);
+  par_.exchange->set_loads(a.loads);
+}
+
+std::optional<std::vector<comm::ExpertRun>> Model::expert_calls(const Layer& a, int k, int64_t rows) const {
+  if (!cfg_.dropless() || !dropless_filled_rows) return std::nullopt;
+  const std::vector<comm::ExpertRun> runs =
+      par_.exchange ? par_.exchange->expert_runs(k) : comm::filled_runs(1, s_.E, 0, 0, a.cap, a.loads);
+  std::vector<comm::ExpertRun> calls = dropless_gemm_runs(runs, rows);
+  if (dropless_runs_cover_all(calls, s_.E_l, rows)) return std::nullopt;
+  return calls;
+}
+
+namespace {
+// Rows [c.row, c.row + c.count) of local expert c.j of an expert-side tensor t (E_l, R, W): a (1, count, W) view.
+Tensor call_rows(const Tensor& t, const comm::ExpertRun& c) {
+  const int64_t at = (c.j * t.dim(1) + c.row) * t.dim(2);
+  return make_view(static_cast<char*>(t.data) + size_t(at) * dtype_size(t.dtype), {1, c.count, t.dim(2)}, t.dtype,
+                   t.device);
+}
+}  // namespace
 
 void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
   const engine::TraceRange trace("layer " + std::to_string(l) + " forward");
@@ -331,15 +357,25 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
         const Tensor y = expert_chunk(ecap(a.y), k), gate = expert_chunk(ecap(a.gate), k);
         const Tensor up = expert_chunk(ecap(a.up), k);
         const Tensor act = expert_chunk(ecap(a.act), k), eo = expert_chunk(ecap(a.eo), k);
-        expert_forward(gate, y, w_gate);
-        expert_forward(up, y, w_up, /*x_quantised=*/true);  // FP8: q(y) from the gate GEMM, still in the scratch
-        if (cfg_.fp8_experts()) {  // the SwiGLU output quantised where it is produced, for the down projection
-          const Fp8Rows in = fp8_expert_input(fp8_scratch_, act);
-          fp8_swiglu_forward(act, in.q, in.scale, gate, up);
-        } else {
-          swiglu_forward(act, gate, up);
-        }
-        expert_forward(eo, act, w_down, /*x_quantised=*/cfg_.fp8_experts());
+        // The expert FFN over rows of this chunk: v maps a chunk tensor to those rows; the weights are their experts'.
+        const auto ffn = [&](const auto& v, const Tensor& wg, const Tensor& wu, const Tensor& wd) {
+          expert_forward(v(gate), v(y), wg);
+          expert_forward(v(up), v(y), wu, /*x_quantised=*/true);  // FP8: q(y) from the gate GEMM, still in the scratch
+          if (cfg_.fp8_experts()) {  // the SwiGLU output quantised where it is produced, for the down projection
+            const Fp8Rows in = fp8_expert_input(fp8_scratch_, v(act));
+            fp8_swiglu_forward(v(act), in.q, in.scale, v(gate), v(up));
+          } else {
+            swiglu_forward(v(act), v(gate), v(up));
+          }
+          expert_forward(v(eo), v(act), wd, /*x_quantised=*/cfg_.fp8_experts());
+        };
+        // Dropless: one chain per call over filled rows (model/dropless.h); the rows no call covers are never read.
+        if (const auto calls = expert_calls(a, k, y.dim(1)))
+          for (const comm::ExpertRun& c : *calls)
+            ffn([&c](const Tensor& t) { return call_rows(t, c); }, w_gate.rows(c.j, 1), w_up.rows(c.j, 1),
+                w_down.rows(c.j, 1));
+        else
+          ffn([](const Tensor& t) { return t; }, w_gate, w_up, w_down);
         if (par_.expert_tp) reduce_expert_partials(eo, k);
       },
       r, fp8_dispatch_);
@@ -437,7 +473,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   const bool selective = recompute_ == Recompute::selective;
   // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual. The expert path at
   // the forward's capacity (the exchange's is set back to it: later layers' forwards changed it when dropless).
-  if (cfg_.dropless() && par_.exchange) par_.exchange->set_capacity(a.cap);
+  apply_layer_capacity(a);
   const auto tcap = [C = a.cap](const Tensor& t) { return capacity_view(t, C); };         // (E, C, W)
   const auto ecap = [C = a.cap * s_.e](const Tensor& t) { return capacity_view(t, C); };  // (E_l, e*C, W)
   moe_combine_backward(tcap(dcbuf_), dweight_, dx, tcap(a.cbuf), a.weight, a.expert_idx, a.slot);
@@ -455,12 +491,38 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         const Tensor dy = expert_chunk(ecap(dy_), k);
         const GradWrite g_down = params_.grad_write(*w.w_down), g_gate = params_.grad_write(*w.w_gate);
         const GradWrite g_up = params_.grad_write(*w.w_up);
-        if (selective) swiglu_forward(act, gate, up);  // the shared SwiGLU output, re-computed for this chunk
-        expert_backward(dact, g_down.grad, deo, act, w_down, Write::overwrite, g_down.write);
-        swiglu_backward(dgate, dup, dact, gate, up);
-        expert_backward(dy, g_gate.grad, dgate, y, w_gate, Write::overwrite, g_gate.write);
-        // dy += the up branch's gradient
-        expert_backward(dy, g_up.grad, dup, y, w_up, Write::accumulate, g_up.write);
+        // The expert FFN's backward over rows of this chunk (v as in the forward), the weight gradients g written as
+        // `write` says (per parameter: down, gate, up).
+        const auto chain = [&](const auto& v, const Tensor& wg, const Tensor& wu, const Tensor& wd, Tensor gg, Tensor gu,
+                               Tensor gd, const std::array<Write, 3>& write) {
+          if (selective) swiglu_forward(v(act), v(gate), v(up));  // the shared SwiGLU output, re-computed
+          expert_backward(v(dact), gd, v(deo), v(act), wd, Write::overwrite, write[0]);
+          swiglu_backward(v(dgate), v(dup), v(dact), v(gate), v(up));
+          expert_backward(v(dy), gg, v(dgate), v(y), wg, Write::overwrite, write[1]);
+          // dy += the up branch's gradient
+          expert_backward(v(dy), gu, v(dup), v(y), wu, Write::accumulate, write[2]);
+        };
+        const std::array<GradWrite, 3> g{g_down, g_gate, g_up};
+        if (const auto calls = expert_calls(a, k, y.dim(1))) {
+          // Dropless, one chain per call over filled rows: an expert's first call writes its gradient as this chunk
+          // asks (overwrite on the step's first write), its later calls add; an expert no call reaches in this chunk
+          // still gets its gradient written, zeros when overwriting (nothing to add otherwise).
+          std::vector<char> seen(size_t(s_.E_l), 0);
+          for (const comm::ExpertRun& c : *calls) {
+            std::array<Write, 3> write{};
+            for (size_t i = 0; i < 3; ++i) write[i] = seen[size_t(c.j)] ? Write::accumulate : g[i].write;
+            seen[size_t(c.j)] = 1;
+            chain([&c](const Tensor& t) { return call_rows(t, c); }, w_gate.rows(c.j, 1), w_up.rows(c.j, 1),
+                  w_down.rows(c.j, 1), g_gate.grad.rows(c.j, 1), g_up.grad.rows(c.j, 1), g_down.grad.rows(c.j, 1),
+                  write);
+          }
+          for (int64_t j = 0; j < s_.E_l; ++j)
+            for (const GradWrite& gw : g)
+              if (!seen[size_t(j)] && gw.write == Write::overwrite) fill_zero(gw.grad.rows(j, 1));
+        } else {
+          chain([](const Tensor& t) { return t; }, w_gate, w_up, w_down, g_gate.grad, g_up.grad, g_down.grad,
+                {g_down.write, g_gate.write, g_up.write});
+        }
         if (par_.expert_tp) reduce_expert_partials(dy, k);
       },
       r);
