@@ -289,7 +289,7 @@ std::optional<std::vector<comm::ExpertRun>> Model::expert_calls(const Layer& a, 
   if (!cfg_.dropless() || !dropless_filled_rows) return std::nullopt;
   const std::vector<comm::ExpertRun> runs =
       par_.exchange ? par_.exchange->expert_runs(k) : comm::filled_runs(1, s_.E, 0, 0, a.cap, a.loads);
-  std::vector<comm::ExpertRun> calls = dropless_gemm_runs(runs, rows);
+  std::vector<comm::ExpertRun> calls = dropless_gemm_runs(runs, rows, dropless_row_quantum);
   if (dropless_runs_cover_all(calls, s_.E_l, rows)) return std::nullopt;
   return calls;
 }

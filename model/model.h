@@ -71,6 +71,10 @@ class Model {
   // dropless_gemm_runs), or over every row of the step's capacity, padding included (false: the all-rows path the
   // tests compare against).
   bool dropless_filled_rows = true;
+  // Dropless routing only: each GEMM call's rows rounded up to a multiple of this (dropless_gemm_runs' quantum: 16, for
+  // CUDA's FP8 GEMM and whole tiles). Tests lower it to 1: at their sizes (step capacities of 16 rows or less) 16 would
+  // merge every expert's runs into one call over all rows and leave the per-call path untested.
+  int64_t dropless_row_quantum = 16;
   // Forward (+ backward) of layer l alone on the activations of the last forward (benchmarks), as on a step's
   // first micro-batch (its weight gradients are written) or, with later_micro_batch, a later one (they are added).
   void bench_layer(int l, bool backward = true, bool later_micro_batch = false);

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "engine/check.h"
@@ -86,17 +87,18 @@ int expert_gemm_calls(model::Model& model, const std::vector<int32_t>& tok, cons
 
 }  // namespace
 
-// The per-call path (filled rows, rounded up to 16 within the step capacity) equals the all-rows path bit for bit in
-// one process: rows are independent in the forward and the dgrad, and each expert's one run starts at row 0 like its
+// The per-call path (filled rows, rounded up to 16 within the step capacity, or exactly the filled rows) equals the
+// all-rows path bit for bit in one process: rows are independent in the forward and the dgrad, and each expert's one run starts at row 0 like its
 // all-rows GEMM, so its weight gradient sums the same products in the same order, plus exact zeros. Layer 0 is skewed
 // to expert 0 and expert 3 gets no token (in the second micro-batch only, or in both): its weight gradient is the
 // first micro-batch's (the second adds nothing) or exactly zero, although NaN filled the gradients before the step.
-class DroplessFilledRows : public ::testing::TestWithParam<bool> {};
+class DroplessFilledRows : public ::testing::TestWithParam<std::tuple<bool, int64_t>> {};
 
 TEST_P(DroplessFilledRows, EqualAllRowsBitForBit) {
-  const bool starve_both = GetParam();
+  const auto [starve_both, quantum] = GetParam();
   const model::ModelConfig m = dropless_config();
   testing_model::GradFixture runs(m), all(m);
+  runs.model.dropless_row_quantum = quantum;
   all.model.dropless_filled_rows = false;
   int micro = 0;
   const auto router = [&](int l, engine::Tensor logits) {
@@ -151,5 +153,9 @@ TEST_P(DroplessFilledRows, EqualAllRowsBitForBit) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Starved, DroplessFilledRows, ::testing::Values(false, true),
-                         [](const auto& info) { return info.param ? "ExpertStarvedInBoth" : "ExpertStarvedInSecond"; });
+INSTANTIATE_TEST_SUITE_P(Starved, DroplessFilledRows,
+                         ::testing::Combine(::testing::Values(false, true), ::testing::Values(int64_t(16), int64_t(1))),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) ? "ExpertStarvedInBoth" : "ExpertStarvedInSecond") +
+                                  "_RowsRoundedTo" + std::to_string(std::get<1>(info.param));
+                         });
