@@ -60,7 +60,9 @@ po::options_description bench_options(BenchArgs& a) {
       "layer: none | experts | all (model.fp8), experts and all optionally with :bf16-wgrad (model.fp8_wgrad false); a "
       "comma list (none,experts,experts:bf16-wgrad,all) times each in one run")(
       "dropless", po::bool_switch(&lo.dropless), "layer: also time the layer with dropless routing (model.capacity_factor 0), per strategy")(
-      "router", po::value(&lo.router)->default_value(lo.router), "layer: natural | balanced | skewed: the routing of every row")(
+      "router", po::value(&lo.router)->default_value(lo.router),
+      "layer: natural | balanced | skewed, or a comma list: the capacity rows use the first, the dropless rows each")(
+      "skew", po::value(&lo.skew)->default_value(lo.skew), "layer: --router skewed: the fraction of tokens whose first choice is expert 0")(
       "small", po::bool_switch(&a.small), "ops: the op table at test widths instead of 2x70B (a quick run on the CPU)")(
       "params", po::value(&a.opt_params)->default_value(a.opt_params), "optimizer: parameters the host AdamW updates")(
       "threads", po::value(&a.opt_threads)->default_value(0), "optimizer: most threads to sweep to (0: every hardware thread)");

@@ -248,14 +248,17 @@ int bench_optimizer(int iters, const std::string& json, int64_t params, int max_
 namespace {
 
 // The router logits (N, E) of --router balanced or skewed (empty for natural), in `act` on dev: token n ranks
-// experts r, r+1, ... mod E, with r = n (balanced) or, skewed, r = 0 for 3 tokens in 4 and n for the fourth.
-Tensor router_pattern(Buffers& B, const std::string& router, int64_t N, int64_t E, DType act) {
+// experts r, r+1, ... mod E, with r = n (balanced) or, skewed, r = 0 for a fraction `skew` of the tokens spread
+// evenly (token n when floor((n+1)·skew) > floor(n·skew): 3 in 4 for 0.75) and r = n for the others.
+Tensor router_pattern(Buffers& B, const std::string& router, double skew, int64_t N, int64_t E, DType act) {
   MONTA_USER_CHECK(router == "natural" || router == "balanced" || router == "skewed",
-                   "--router must be natural, balanced or skewed, got '" + router + "'");
+                   "--router must be natural, balanced or skewed (or a comma list of them), got '" + router + "'");
+  MONTA_USER_CHECK(skew >= 0 && skew <= 1, strf("--skew must be a fraction in [0, 1], got %g", skew));
   if (router == "natural") return Tensor();
   std::vector<float> host(size_t(N * E));
   for (int64_t n = 0; n < N; ++n) {
-    const int64_t r = router == "skewed" && n % 4 != 3 ? 0 : n % E;
+    const bool to_0 = router == "skewed" && std::floor(double(n + 1) * skew) > std::floor(double(n) * skew);
+    const int64_t r = to_0 ? 0 : n % E;
     for (int64_t e = 0; e < E; ++e) host[size_t(n * E + e)] = -float((e - r + E) % E);
   }
   Tensor f32 = B.make({N, E}, DType::f32), out = B.make({N, E}, act);
@@ -349,83 +352,98 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
                                  [&] { linear_forward(out, a, w); });
   ceiling.warmup = 2;
   const double gemm_ms = sweep.run(ceiling).ms(), gemm_tflops = sweep.rows()[0].tflops;
-  // FLOPs of one layer's forward + backward on the micro-batch as the kernels execute them (model::FlopCount::executed),
-  // and the share each GPU does: the tp ranks of a DP group split one micro-batch.
-  const double flops = model::layer_train_flops_per_token(m, model::FlopCount::executed) * double(s.N) / o.tp;
-  JsonRecord breakdowns;
-  const Tensor pattern = router_pattern(B, o.router, s.N, m.experts, act);
-  const auto set_router = [&](Model& model) {
-    if (pattern.data) model.on_router_logits = [&](int, Tensor logits) { copy(logits, pattern); };
+  // FLOPs of one layer's forward + backward on the micro-batch as the kernels execute them (model::FlopCount::executed)
+  // with the (token, choice) rows the experts processed (the routed ones less the dropped; never the padding), and the
+  // share each GPU does: the tp ranks of a DP group split one micro-batch.
+  const auto layer_flops = [&](const RoutedLoad& l, model::FlopCount count) {
+    return model::layer_train_flops_per_token(m, count, double(l.processed) / double(s.N)) * double(s.N) / o.tp;
   };
-  // The per-routed-choice figures of a layer row (JSON fields and one log line on rank 0).
+  JsonRecord breakdowns;
+  const std::vector<std::string> routers = split_list(o.router);
+  MONTA_USER_CHECK(!routers.empty(), "bench layer: --router lists no router");
+  std::vector<Tensor> patterns;  // per router
+  for (const auto& name : routers) patterns.push_back(router_pattern(B, name, o.skew, s.N, m.experts, act));
+  const auto set_router = [&](Model& model, size_t router) {
+    if (patterns[router].data)
+      model.on_router_logits = [&pattern = patterns[router]](int, Tensor logits) { copy(logits, pattern); };
+  };
+  // The routing figures of a layer row (JSON fields), and its FLOPs from the processed rows.
   const auto add_routing = [&](BenchCase& layer, const Model& model, const MicroResult& r) {
     const RoutedLoad l = routed_load(model, r);
     layer.extra.add("routed", l.routed).add("processed", l.processed).add("capacity", model.capacity(0));
     layer.extra.add("imbalance", l.imbalance, "%.4f");
+    layer.flops = layer_flops(l, model::FlopCount::executed);
     return l;
   };
   std::vector<std::pair<std::string, RoutedLoad>> per_token;  // label, loads: for the ns per routed choice
-  std::vector<std::pair<std::string, std::string>> runs;  // (model.fp8, strategy), fp8 modes outermost
-  for (const auto& f : fp8_modes)
-    for (const auto& k : strategies) runs.push_back({f, k});
-  for (const auto& [fp8_mode, name] : runs) {
+  for (const auto& fp8_mode : fp8_modes) {
     m.fp8 = fp8_mode_of(fp8_mode);
     m.fp8_wgrad = fp8_mode.find(":bf16-wgrad") == std::string::npos;
-    if (o.ep > 1) {
-      c.comm.exchange = name;
-      model::attach_exchange(ps, c, dev, act);
-    }
-    model::Model model(m, s, ps.ctx, params, act);
-    set_router(model);
-    const MicroResult r0 = model.forward(tok.data(), tgt.data());  // real activations for the layer to start from
-    // auto: the cost model's pick for this layer (start-up calibration and prediction), timed like the others.
-    const std::string kind = o.ep == 1 ? name : comm::exchange_kind_name(ps.exchange->kind());
-    const int chunks = o.ep == 1 ? 1 : ps.exchange->pipeline_chunks();
     const std::string fp8_label = fp8_modes.size() > 1 || fp8_mode != "none" ? " fp8=" + fp8_mode : "";
-    const std::string label = (o.ep == 1 ? std::string("layer fwd+bwd")
-                               : name == "auto" ? strf("layer fwd+bwd auto=%s", kind.c_str())
-                                                : strf("layer fwd+bwd %s", name.c_str())) +
-                              fp8_label;
-    const std::string shape = strf("S%ld H%ld F%ld E%ld top%ld tp%d ep%d%s", long(S), long(m.hidden), long(m.ffn),
-                                   long(m.experts), long(m.top_k), o.tp, o.ep,
-                                   kind == "pipelined" || kind == "overlapped"
-                                       ? strf(" n%d", chunks).c_str()
-                                       : "");
-    BenchCase layer = bench_case(label, shape, flops, 0, [&] { model.bench_layer(0); });
-    layer.timer = over_ranks;
-    per_token.push_back({label, add_routing(layer, model, r0)});
-    sweep.run(layer);
-    if (world == 1) {  // the forward alone, for where the time goes (FlopCount::forward)
-      const double fwd_flops = model::layer_train_flops_per_token(m, model::FlopCount::forward) * double(s.N) / o.tp;
-      sweep.run(bench_case("layer fwd only" + fp8_label, shape, fwd_flops, 0, [&] { model.bench_layer(0, false); }));
-      // As on a later micro-batch of a step: the weight gradients are added to, not written (GEMMs with beta 1).
-      sweep.run(bench_case("layer fwd+bwd, grads added" + fp8_label, shape, flops, 0,
-                           [&] { model.bench_layer(0, true, true); }));
-    }
-    if (o.breakdown) breakdowns.add(name, layer_breakdown(dev, model, label, me == 0));
-  }
-  if (o.dropless) {
-    // The same layer, parameters and tokens with dropless routing: buffers for the worst case (C = N), each step at
-    // its own capacity. FLOPs count the routed choices, as for the capacity rows: the padding is not work.
-    model::Config cd = c;
-    cd.model.capacity_factor = 0;
-    const model::Shapes sd = model::Shapes::make(cd.model, 1, o.tp, o.ep, dp, o.expert_tp);
     for (const auto& name : strategies) {
       if (o.ep > 1) {
-        cd.comm.exchange = name;
-        model::attach_exchange(ps, cd, dev, act);
+        c.comm.exchange = name;
+        model::attach_exchange(ps, c, dev, act);
       }
-      model::Model model(cd.model, sd, ps.ctx, params, act);
-      set_router(model);
-      const MicroResult r0 = model.forward(tok.data(), tgt.data());
-      const std::string label = o.ep == 1 ? std::string("layer fwd+bwd dropless")
-                                          : strf("layer fwd+bwd dropless %s", name.c_str());
-      BenchCase layer = bench_case(label, strf("S%ld E%ld top%ld C%ld", long(S), long(m.experts), long(m.top_k),
-                                               long(model.capacity(0))),
-                                   flops, 0, [&] { model.bench_layer(0); });
+      model::Model model(m, s, ps.ctx, params, act);
+      set_router(model, 0);
+      const MicroResult r0 = model.forward(tok.data(), tgt.data());  // real activations for the layer to start from
+      // auto: the cost model's pick for this layer (start-up calibration and prediction), timed like the others.
+      const std::string kind = o.ep == 1 ? name : comm::exchange_kind_name(ps.exchange->kind());
+      const int chunks = o.ep == 1 ? 1 : ps.exchange->pipeline_chunks();
+      const std::string label = (o.ep == 1 ? std::string("layer fwd+bwd")
+                                 : name == "auto" ? strf("layer fwd+bwd auto=%s", kind.c_str())
+                                                  : strf("layer fwd+bwd %s", name.c_str())) +
+                                fp8_label;
+      const std::string shape = strf("S%ld H%ld F%ld E%ld top%ld tp%d ep%d%s", long(S), long(m.hidden), long(m.ffn),
+                                     long(m.experts), long(m.top_k), o.tp, o.ep,
+                                     kind == "pipelined" || kind == "overlapped"
+                                         ? strf(" n%d", chunks).c_str()
+                                         : "");
+      BenchCase layer = bench_case(label, shape, 0, 0, [&] { model.bench_layer(0); });
       layer.timer = over_ranks;
-      per_token.push_back({label, add_routing(layer, model, r0)});
+      const RoutedLoad l0 = add_routing(layer, model, r0);
+      per_token.push_back({label, l0});
       sweep.run(layer);
+      if (world == 1) {  // the forward alone, for where the time goes (FlopCount::forward)
+        sweep.run(bench_case("layer fwd only" + fp8_label, shape, layer_flops(l0, model::FlopCount::forward), 0,
+                             [&] { model.bench_layer(0, false); }));
+        // As on a later micro-batch of a step: the weight gradients are added to, not written (GEMMs with beta 1).
+        sweep.run(bench_case("layer fwd+bwd, grads added" + fp8_label, shape, layer.flops, 0,
+                             [&] { model.bench_layer(0, true, true); }));
+      }
+      if (o.breakdown) breakdowns.add(name + fp8_label, layer_breakdown(dev, model, label, me == 0));
+    }
+    if (!o.dropless) continue;
+    // The same layer, parameters and tokens with dropless routing, once per router: buffers for the worst case
+    // (C = N), each step at its own capacity and the expert GEMMs over the filled rows. FLOPs count the routed
+    // choices, as for the capacity rows: the padding is not work.
+    model::Config cd = c;
+    cd.model.capacity_factor = 0;
+    cd.model.fp8 = m.fp8;
+    cd.model.fp8_wgrad = m.fp8_wgrad;
+    const model::Shapes sd = model::Shapes::make(cd.model, 1, o.tp, o.ep, dp, o.expert_tp);
+    for (size_t ri = 0; ri < routers.size(); ++ri) {
+      for (const auto& name : strategies) {
+        if (o.ep > 1) {
+          cd.comm.exchange = name;
+          model::attach_exchange(ps, cd, dev, act);
+        }
+        model::Model model(cd.model, sd, ps.ctx, params, act);
+        set_router(model, ri);
+        const MicroResult r0 = model.forward(tok.data(), tgt.data());
+        const std::string router_label = routers.size() > 1 ? " " + routers[ri] : "";
+        const std::string label = (o.ep == 1 ? std::string("layer fwd+bwd dropless")
+                                             : strf("layer fwd+bwd dropless %s", name.c_str())) +
+                                  router_label + fp8_label;
+        BenchCase layer = bench_case(label, strf("S%ld E%ld top%ld C%ld", long(S), long(m.experts), long(m.top_k),
+                                                 long(model.capacity(0))),
+                                     0, 0, [&] { model.bench_layer(0); });
+        layer.timer = over_ranks;
+        per_token.push_back({label, add_routing(layer, model, r0)});
+        if (o.breakdown) breakdowns.add(label, layer_breakdown(dev, model, label, me == 0));
+        sweep.run(layer);
+      }
     }
   }
   const std::vector<BenchRow>& rows = sweep.rows();
@@ -444,7 +462,7 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
                            .add("imbalance", l.imbalance, "%.4f")
                            .add("ns_per_processed_choice", ns, "%.4f"));
     if (me == 0)
-      log_info(strf("  %-36s %9.3f ms  %8ld routed  %8ld processed  imbalance %.3f  %.3f ns per processed choice",
+      log_info(strf("  %-48s %9.3f ms  %8ld routed  %8ld processed  imbalance %.3f  %.3f ns per processed choice",
                     label.c_str(), row->ms(), long(l.routed), long(l.processed), l.imbalance, ns));
   }
   // The same GEMM again, back to back for as long as one layer step takes, measured after the layer: the rate the
@@ -476,7 +494,7 @@ int bench_layer(Device dev, int iters, const std::string& json, int64_t S, const
     header.add("gemm_sustained_tflops", sus_tflops, "%.3f").add("layer_tflops", best, "%.3f");
     header.add("fraction_of_gemm", best / gemm_tflops, "%.4f").add("fraction_of_sustained_gemm", best / sus_tflops, "%.4f");
     if (o.breakdown) header.add("breakdown", breakdowns);
-    header.add("router", o.router).add("routing", routing);
+    header.add("router", o.router).add("skew", o.skew, "%.4f").add("routing", routing);
     report(shown, json, title, header);
   }
   return 0;

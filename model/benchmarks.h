@@ -18,12 +18,15 @@ struct BenchLayerOptions {
   // model.fp8 of the layer: none | experts | all (docs/fp8.md), experts and all optionally with ":bf16-wgrad"
   // (model.fp8_wgrad = false); or a comma list: one model each
   std::string fp8 = "none";
-  // dropless: after the capacity-1.0 rows, the same layer with dropless routing (model.capacity_factor = 0), one row
-  // per strategy, each row with its routed choices, expert load imbalance (max / mean) and time per routed choice.
+  // dropless: after the capacity-1.0 rows of each FP8 mode, the same layer with dropless routing
+  // (model.capacity_factor = 0), one row per router and strategy, each row with its routed choices, expert load
+  // imbalance (max / mean) and time per routed choice.
   bool dropless = false;
-  // The router of every row: natural (the benchmark weights' own), balanced (token n's choices are experts n, n+1,
-  // ... mod E: equal loads) or skewed (3 tokens in 4 pick expert 0 first).
+  // The routers, a comma list of natural (the benchmark weights' own), balanced (token n's choices are experts n,
+  // n+1, ... mod E: equal loads) or skewed (a fraction `skew` of the tokens, spread evenly, pick expert 0 first, the
+  // others as balanced): the capacity rows use the first, the dropless rows each in turn.
   std::string router = "natural";
+  double skew = 0.75;
   int64_t hidden = 8192, ffn = 28672, heads = 64, kv_heads = 8, experts = 2, top_k = 1, vocab = 32000;
 };
 

@@ -192,11 +192,12 @@ ModelSize model_size(const ModelConfig& m) {
   return s;
 }
 
-double layer_train_flops_per_token(const ModelConfig& m, FlopCount count) {
+double layer_train_flops_per_token(const ModelConfig& m, FlopCount count, double expert_rows) {
   const double D = double(m.head_dim()), H = double(m.hidden);
+  const double rows = expert_rows < 0 ? double(m.top_k) : expert_rows;
   const double attn_proj = 2.0 * H * (2.0 * double(m.heads) * D + 2.0 * double(m.kv_heads) * D);
   const double attn_core = 2.0 * double(m.seq_len) * double(m.heads) * D;  // QKᵀ and PV, halved by the mask
-  const double moe = 2.0 * double(m.top_k) * 3.0 * H * double(m.ffn) + 2.0 * H * double(m.experts);
+  const double moe = 2.0 * rows * 3.0 * H * double(m.ffn) + 2.0 * H * double(m.experts);
   if (count == FlopCount::forward) return attn_proj + moe + attn_core;
   const double attn_factor = count == FlopCount::model ? 3.0 : 3.5;
   return 3.0 * (attn_proj + moe) + attn_factor * attn_core;

@@ -123,9 +123,11 @@ ModelSize model_size(const ModelConfig& m);
 // FLOPs per token of forward + backward, attention counted causal (half the scores). FlopCount::model, MFU's
 // convention (PaLM, Megatron): every part 3x its forward. FlopCount::executed: causal attention's backward at 2.5x
 // its forward, as the fused kernel runs it (it recomputes the scores), for the rates `bench layer` reports.
-// FlopCount::forward: the forward alone.
+// FlopCount::forward: the forward alone. expert_rows: the (token, choice) rows the experts process per token, top_k
+// when negative (every routed choice; dropless routing processes exactly those); fewer when capacity drops some (what
+// `bench layer` measures). Padding rows are never counted: they are not work.
 enum class FlopCount { model, executed, forward };
-double layer_train_flops_per_token(const ModelConfig& m, FlopCount count);  // one decoder layer
+double layer_train_flops_per_token(const ModelConfig& m, FlopCount count, double expert_rows = -1);  // one decoder layer
 double train_flops_per_token(const ModelConfig& m, FlopCount count = FlopCount::model);  // layers + LM head
 
 }  // namespace monta::model

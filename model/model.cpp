@@ -3,6 +3,7 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <tuple>
 #include <utility>
@@ -151,7 +152,7 @@ void Model::declare_activations(const ModelConfig& cfg, const Shapes& s, DType a
     L.add(self ? &self->dispatch_q_ : nullptr, "dispatch_q", {s.E, s.C, Wq}, act);
     if (exchanged) L.add(self ? &self->expert_q_ : nullptr, "expert_q", {s.E_l, s.EC, Wq}, act);
   }
-  if (cfg.dropless()) L.add(self ? &self->load_ : nullptr, "load", {s.E}, DType::i32);
+  if (cfg.dropless()) L.add(self ? &self->load_ : nullptr, "load", {int64_t(s.e), s.E}, DType::i32);
   if (s.sp) declare_sequence_parallel(s, act, self, L);
 }
 
@@ -253,32 +254,40 @@ void Model::linear_backward_w(Tensor dx, Param& w, const Tensor& dout, const Ten
   linear_backward(dx, g.grad, dout, x, w.compute, dx_write, g.write);
 }
 
-const Fp8Weight* Model::fp8_codes(const Tensor& w) {
+Fp8Weight Model::fp8_codes(const Tensor& w) {
+  const char* at = static_cast<const char*>(w.data);
   for (Fp8Cached& c : fp8_cache_) {
-    if (c.p->compute.data != w.data) continue;
+    const Tensor& whole = c.p->compute;
+    const char* begin = static_cast<const char*>(whole.data);
+    if (at < begin || at >= begin + whole.bytes()) continue;
+    const int64_t E = c.codes.q.dim(0), per = whole.numel() / E;  // elements per expert
     // Lazily, at the first use after publish_compute: under ZeRO-1 that is after the forward awaited the gather.
     if (c.version != c.p->version || fp8_quantize_every_use) {
-      fp8_weight_quantize(c.codes, w.view({c.codes.q.dim(0), c.codes.q.dim(1), c.codes.q.dim(2)}));
+      fp8_weight_quantize(c.codes, whole.view({E, c.codes.q.dim(1), c.codes.q.dim(2)}));
       c.version = c.p->version;
     }
-    return &c.codes;
+    // w may be experts [j, j + n) of the weight (dropless stage B: one call per run of filled rows of one expert).
+    const int64_t off = int64_t(at - begin) / int64_t(engine::dtype_size(whole.dtype));
+    const int64_t j = off / per, n = w.numel() / per;
+    MONTA_CHECK(off % per == 0 && w.numel() % per == 0 && n >= 1 && j + n <= E,
+                "model: FP8 codes asked for " + w.str() + ", not whole experts of " + c.p->name);
+    if (j == 0 && n == E) return c.codes;
+    return {c.codes.q.rows(j, n), c.codes.scale.rows(j, n), c.codes.qt.rows(j, n), c.codes.scale_t.rows(j, n)};
   }
   MONTA_CHECK(false, "model: no FP8 codes for a weight of shape " + w.str());
 }
 
 void Model::expert_forward(Tensor out, const Tensor& x, const Tensor& w, bool x_quantised) {
-  if (cfg_.fp8_experts())
-    fp8_expert_linear_forward(out, x, w, fp8_scratch_, x_quantised, fp8_codes(w));
-  else
-    expert_linear_forward(out, x, w);
+  if (!cfg_.fp8_experts()) return expert_linear_forward(out, x, w);
+  const Fp8Weight codes = fp8_codes(w);
+  fp8_expert_linear_forward(out, x, w, fp8_scratch_, x_quantised, &codes);
 }
 void Model::expert_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
                             Write dx_write, Write dw_write) {
-  if (cfg_.fp8_experts())
-    fp8_expert_linear_backward(dx, dw, dout, x, w, dx_write, dw_write, fp8_scratch_, dx.empty() ? nullptr : fp8_codes(w),
-                               cfg_.fp8_wgrad);
-  else
-    expert_linear_backward(dx, dw, dout, x, w, dx_write, dw_write);
+  if (!cfg_.fp8_experts()) return expert_linear_backward(dx, dw, dout, x, w, dx_write, dw_write);
+  const Fp8Weight codes = dx.empty() ? Fp8Weight{} : fp8_codes(w);
+  fp8_expert_linear_backward(dx, dw, dout, x, w, dx_write, dw_write, fp8_scratch_, dx.empty() ? nullptr : &codes,
+                             cfg_.fp8_wgrad);
 }
 
 // (N, K) as a batch of one expert: the FP8 GEMMs' shapes.
@@ -286,14 +295,15 @@ static Tensor one_batch(const Tensor& t) { return t.view({1, t.dim(0), t.dim(1)}
 
 void Model::proj_forward(Tensor out, const Tensor& x, const Param& w, bool x_quantised) {
   if (!cfg_.fp8_all()) return linear_forward(out, x, w.compute);
-  fp8_expert_linear_forward(one_batch(out), one_batch(x), one_batch(w.compute), fp8_scratch_, x_quantised,
-                            fp8_codes(w.compute));
+  const Fp8Weight codes = fp8_codes(w.compute);
+  fp8_expert_linear_forward(one_batch(out), one_batch(x), one_batch(w.compute), fp8_scratch_, x_quantised, &codes);
 }
 void Model::proj_backward(Tensor dx, Param& w, const Tensor& dout, const Tensor& x, Write dx_write) {
   if (!cfg_.fp8_all()) return linear_backward_w(dx, w, dout, x, dx_write);
   const GradWrite g = params_.grad_write(w);
+  const Fp8Weight codes = fp8_codes(w.compute);
   fp8_expert_linear_backward(one_batch(dx), one_batch(g.grad), one_batch(dout), one_batch(x), one_batch(w.compute),
-                             dx_write, g.write, fp8_scratch_, fp8_codes(w.compute), cfg_.fp8_wgrad);
+                             dx_write, g.write, fp8_scratch_, &codes, cfg_.fp8_wgrad);
 }
 
 void Model::tp_all_reduce(Tensor t, bool max) {
@@ -337,9 +347,34 @@ void Model::set_layer_capacity(int l) {
     a.cap = s_.C;
     return;
   }
-  a.cap = dropless_step_capacity(dropless_max_load(a.counts, load_, par_.exchange ? par_.ep_comm : nullptr), s_.N);
-  if (par_.exchange) par_.exchange->set_capacity(a.cap);
+  a.loads = dropless_loads(a.counts, load_, par_.exchange ? par_.ep_comm : nullptr);
+  a.cap = dropless_step_capacity(*std::max_element(a.loads.begin(), a.loads.end()), s_.N);
+  apply_layer_capacity(a);
 }
+
+void Model::apply_layer_capacity(const Layer& a) {
+  if (!cfg_.dropless() || !par_.exchange) return;
+  par_.exchange->set_capacity(a.cap);
+  par_.exchange->set_loads(a.loads);
+}
+
+std::optional<std::vector<comm::ExpertRun>> Model::expert_calls(const Layer& a, int k, int64_t rows) const {
+  if (!cfg_.dropless() || !dropless_filled_rows) return std::nullopt;
+  const std::vector<comm::ExpertRun> runs =
+      par_.exchange ? par_.exchange->expert_runs(k) : comm::filled_runs(1, s_.E, 0, 0, a.cap, a.loads);
+  std::vector<comm::ExpertRun> calls = dropless_gemm_runs(runs, rows, dropless_row_quantum);
+  if (dropless_runs_cover_all(calls, s_.E_l, rows)) return std::nullopt;
+  return calls;
+}
+
+namespace {
+// Rows [c.row, c.row + c.count) of local expert c.j of an expert-side tensor t (E_l, R, W): a (1, count, W) view.
+Tensor call_rows(const Tensor& t, const comm::ExpertRun& c) {
+  const int64_t at = (c.j * t.dim(1) + c.row) * t.dim(2);
+  return make_view(static_cast<char*>(t.data) + size_t(at) * dtype_size(t.dtype), {1, c.count, t.dim(2)}, t.dtype,
+                   t.device);
+}
+}  // namespace
 
 void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& r) {
   const engine::TraceRange trace("layer " + std::to_string(l) + " forward");
@@ -399,15 +434,25 @@ void Model::layer_forward(int l, const Tensor& x_in, Tensor x_out, MicroResult& 
         const Tensor y = expert_chunk(ecap(a.y), k), gate = expert_chunk(ecap(a.gate), k);
         const Tensor up = expert_chunk(ecap(a.up), k);
         const Tensor act = expert_chunk(ecap(a.act), k), eo = expert_chunk(ecap(a.eo), k);
-        expert_forward(gate, y, w_gate);
-        expert_forward(up, y, w_up, /*x_quantised=*/true);  // FP8: q(y) from the gate GEMM, still in the scratch
-        if (cfg_.fp8_experts()) {  // the SwiGLU output quantised where it is produced, for the down projection
-          const Fp8Rows in = fp8_expert_input(fp8_scratch_, act);
-          fp8_swiglu_forward(act, in.q, in.scale, gate, up);
-        } else {
-          swiglu_forward(act, gate, up);
-        }
-        expert_forward(eo, act, w_down, /*x_quantised=*/cfg_.fp8_experts());
+        // The expert FFN over rows of this chunk: v maps a chunk tensor to those rows; the weights are their experts'.
+        const auto ffn = [&](const auto& v, const Tensor& wg, const Tensor& wu, const Tensor& wd) {
+          expert_forward(v(gate), v(y), wg);
+          expert_forward(v(up), v(y), wu, /*x_quantised=*/true);  // FP8: q(y) from the gate GEMM, still in the scratch
+          if (cfg_.fp8_experts()) {  // the SwiGLU output quantised where it is produced, for the down projection
+            const Fp8Rows in = fp8_expert_input(fp8_scratch_, v(act));
+            fp8_swiglu_forward(v(act), in.q, in.scale, v(gate), v(up));
+          } else {
+            swiglu_forward(v(act), v(gate), v(up));
+          }
+          expert_forward(v(eo), v(act), wd, /*x_quantised=*/cfg_.fp8_experts());
+        };
+        // Dropless: one chain per call over filled rows (model/dropless.h); the rows no call covers are never read.
+        if (const auto calls = expert_calls(a, k, y.dim(1)))
+          for (const comm::ExpertRun& c : *calls)
+            ffn([&c](const Tensor& t) { return call_rows(t, c); }, w_gate.rows(c.j, 1), w_up.rows(c.j, 1),
+                w_down.rows(c.j, 1));
+        else
+          ffn([](const Tensor& t) { return t; }, w_gate, w_up, w_down);
         if (par_.expert_tp) reduce_expert_partials(eo, k);
       },
       r, fp8_dispatch_);
@@ -505,7 +550,7 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
   const bool selective = recompute_ == Recompute::selective;
   // MoE branch; dx is the gradient of the layer output = of moe_out = of h through the residual. The expert path at
   // the forward's capacity (the exchange's is set back to it: later layers' forwards changed it when dropless).
-  if (cfg_.dropless() && par_.exchange) par_.exchange->set_capacity(a.cap);
+  apply_layer_capacity(a);
   const auto tcap = [C = a.cap](const Tensor& t) { return capacity_view(t, C); };         // (E, C, W)
   const auto ecap = [C = a.cap * s_.e](const Tensor& t) { return capacity_view(t, C); };  // (E_l, e*C, W)
   moe_combine_backward(tcap(dcbuf_), dweight_, dx, tcap(a.cbuf), a.weight, a.expert_idx, a.slot);
@@ -523,12 +568,38 @@ void Model::layer_backward(int l, Tensor dx, double aux_scale, MicroResult& r) {
         const Tensor dy = expert_chunk(ecap(dy_), k);
         const GradWrite g_down = params_.grad_write(*w.w_down), g_gate = params_.grad_write(*w.w_gate);
         const GradWrite g_up = params_.grad_write(*w.w_up);
-        if (selective) swiglu_forward(act, gate, up);  // the shared SwiGLU output, re-computed for this chunk
-        expert_backward(dact, g_down.grad, deo, act, w_down, Write::overwrite, g_down.write);
-        swiglu_backward(dgate, dup, dact, gate, up);
-        expert_backward(dy, g_gate.grad, dgate, y, w_gate, Write::overwrite, g_gate.write);
-        // dy += the up branch's gradient
-        expert_backward(dy, g_up.grad, dup, y, w_up, Write::accumulate, g_up.write);
+        // The expert FFN's backward over rows of this chunk (v as in the forward), the weight gradients g written as
+        // `write` says (per parameter: down, gate, up).
+        const auto chain = [&](const auto& v, const Tensor& wg, const Tensor& wu, const Tensor& wd, Tensor gg, Tensor gu,
+                               Tensor gd, const std::array<Write, 3>& write) {
+          if (selective) swiglu_forward(v(act), v(gate), v(up));  // the shared SwiGLU output, re-computed
+          expert_backward(v(dact), gd, v(deo), v(act), wd, Write::overwrite, write[0]);
+          swiglu_backward(v(dgate), v(dup), v(dact), v(gate), v(up));
+          expert_backward(v(dy), gg, v(dgate), v(y), wg, Write::overwrite, write[1]);
+          // dy += the up branch's gradient
+          expert_backward(v(dy), gu, v(dup), v(y), wu, Write::accumulate, write[2]);
+        };
+        const std::array<GradWrite, 3> g{g_down, g_gate, g_up};
+        if (const auto calls = expert_calls(a, k, y.dim(1))) {
+          // Dropless, one chain per call over filled rows: an expert's first call writes its gradient as this chunk
+          // asks (overwrite on the step's first write), its later calls add; an expert no call reaches in this chunk
+          // still gets its gradient written, zeros when overwriting (nothing to add otherwise).
+          std::vector<char> seen(size_t(s_.E_l), 0);
+          for (const comm::ExpertRun& c : *calls) {
+            std::array<Write, 3> write{};
+            for (size_t i = 0; i < 3; ++i) write[i] = seen[size_t(c.j)] ? Write::accumulate : g[i].write;
+            seen[size_t(c.j)] = 1;
+            chain([&c](const Tensor& t) { return call_rows(t, c); }, w_gate.rows(c.j, 1), w_up.rows(c.j, 1),
+                  w_down.rows(c.j, 1), g_gate.grad.rows(c.j, 1), g_up.grad.rows(c.j, 1), g_down.grad.rows(c.j, 1),
+                  write);
+          }
+          for (int64_t j = 0; j < s_.E_l; ++j)
+            for (const GradWrite& gw : g)
+              if (!seen[size_t(j)] && gw.write == Write::overwrite) fill_zero(gw.grad.rows(j, 1));
+        } else {
+          chain([](const Tensor& t) { return t; }, w_gate, w_up, w_down, g_gate.grad, g_up.grad, g_down.grad,
+                {g_down.write, g_gate.write, g_up.write});
+        }
         if (par_.expert_tp) reduce_expert_partials(dy, k);
       },
       r);

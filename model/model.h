@@ -3,8 +3,10 @@
 // shapes at construction; tensor/expert parallelism enters only through ParallelContext's communicators.
 #pragma once
 #include <functional>
+#include <optional>
 #include <vector>
 
+#include "comm/exchange.h"
 #include "engine/memory.h"
 #include "model/config.h"
 #include "model/fp8_experts.h"
@@ -73,6 +75,14 @@ class Model {
   bool fp8_quantize_every_use = false;
   // The capacity layer l's last forward used: s.C, or with dropless routing that step's (model/dropless.h).
   int64_t capacity(int l) const { return layers_[size_t(l)].cap; }
+  // Dropless routing only: the expert GEMMs run over each expert's filled rows (true, model/dropless.h
+  // dropless_gemm_runs), or over every row of the step's capacity, padding included (false: the all-rows path the
+  // tests compare against).
+  bool dropless_filled_rows = true;
+  // Dropless routing only: each GEMM call's rows rounded up to a multiple of this (dropless_gemm_runs' quantum: 16, for
+  // CUDA's FP8 GEMM and whole tiles). Tests lower it to 1: at their sizes (step capacities of 16 rows or less) 16 would
+  // merge every expert's runs into one call over all rows and leave the per-call path untested.
+  int64_t dropless_row_quantum = 16;
   // Forward (+ backward) of layer l alone on the activations of the last forward (benchmarks), as on a step's
   // first micro-batch (its weight gradients are written) or, with later_micro_batch, a later one (they are added).
   void bench_layer(int l, bool backward = true, bool later_micro_batch = false);
@@ -94,6 +104,7 @@ class Model {
     Tensor rlogits, probs, expert_idx, slot, weight, counts, zlse, aux, z;
     Tensor dbuf, y, gate, up, act, eo, cbuf;
     int64_t cap = 0;  // capacity of the last forward: s.C, or this step's when dropless
+    std::vector<int32_t> loads;  // dropless: (e, E) the last forward's slots filled per EP rank and expert
   };
   // A layer tensor the recompute mode does not keep per layer: every layer's `field` is the shared work_.`work`.
   struct Shared {
@@ -115,9 +126,17 @@ class Model {
   void exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x, const std::function<void(int)>& experts,
                         MicroResult& r, bool fp8 = false);
   Tensor expert_chunk(const Tensor& t, int k) const;  // chunk k of an expert-side (E_l, e*C, W) tensor
-  // Layer l's capacity a.cap from its expert counts (dropless: this step's, agreed over EP; else s.C), set into the
-  // exchange.
+  // Layer l's capacity a.cap from its expert counts (dropless: this step's, from the loads of every EP rank, a.loads;
+  // else s.C), set into the exchange with the loads (apply_layer_capacity).
   void set_layer_capacity(int l);
+  // Dropless with an exchange: sets a's capacity and loads into it (the forward, and the backward again, since later
+  // layers' forwards changed them). Nothing otherwise.
+  void apply_layer_capacity(const Layer& a);
+  // The expert GEMM calls of expert chunk k of rows R (its dim 1) under dropless routing: the filled runs
+  // (Exchange::expert_runs, or comm::filled_runs of a.loads without an exchange) made into calls by
+  // dropless_gemm_runs. nullopt: one batched GEMM per projection over the whole chunk (capacity routing, a step whose
+  // calls would cover every row anyway, or dropless_filled_rows off).
+  std::optional<std::vector<comm::ExpertRun>> expert_calls(const Layer& a, int k, int64_t rows) const;
   // Sums expert-TP partial outputs over TP: the exchange's reduce-scatter where it has one, else an all-reduce.
   void reduce_expert_partials(Tensor t, int k);
   // The expert GEMMs (engine/ops/linear.h's expert_linear_*), in FP8 when model.fp8 = experts (model/fp8_experts.h).
@@ -125,8 +144,9 @@ class Model {
   void expert_forward(Tensor out, const Tensor& x, const Tensor& w, bool x_quantised = false);
   void expert_backward(Tensor dx, Tensor dw, const Tensor& dout, const Tensor& x, const Tensor& w,
                        engine::Write dx_write, engine::Write dw_write);
-  // w's FP8 codes (w: the compute copy of a weight with codes), quantised first if w's version moved since.
-  const Fp8Weight* fp8_codes(const Tensor& w);
+  // w's FP8 codes (w: the compute copy of a weight with codes, or whole experts of it: views of their codes),
+  // quantised first, the whole weight, if its version moved since.
+  Fp8Weight fp8_codes(const Tensor& w);
   // An attention projection out (N, O) = x (N, I) · wᵀ and its backward (dx as dx_write says, the weight gradient as
   // grad_write says): in FP8 with model.fp8 = all (a batch of one), else linear_forward / linear_backward_w.
   // x_quantised: FP8 only, q(x) is in the scratch from the previous projection of the same x.
@@ -192,7 +212,7 @@ class Model {
   Tensor gather_, dxn_l_, choice_counts_;
   bool fp8_dispatch_ = false;
   Tensor dispatch_q_, expert_q_;  // (E, C, Wq), (E_l, e·C, Wq): packed FP8 tokens sent and received (fp8_dispatch_)
-  Tensor load_;         // (E) i32 the expert loads all-reduced over EP when dropless (model/dropless.h)
+  Tensor load_;         // (e, E) i32 the expert loads of every EP rank when dropless (model/dropless.h)
 };
 
 }  // namespace monta::model
