@@ -922,6 +922,29 @@ void run_fp8_dispatch_case(ProcessGroups& pg, const ExchangeCase& k) {
       std::memcpy(static_cast<char*>(zc.data), zchunk.data(), len);
     });
     EXPECT_TRUE(out == out_ref) << name << ": fused FP8 dispatch, experts, combine differs from the reference";
+
+    // Dropless (set_loads): only the filled slots' packed rows travel; y's filled rows as above, its padding zeros
+    // (zero codes and zero scales unpack to zeros), and the EP bytes are the filled rows' Wq elements.
+    const int me = pg.coords().ep_idx;
+    const std::vector<int32_t> L = make_loads(e, E, C, chunks == 2, uint32_t(E + C + chunks));
+    ex->set_loads(L);
+    std::fill(y.begin(), y.end(), char(0xAB));
+    const ExchangeStats sl = fp8_dispatch(*ex, yt, xt, xqt, yqt);
+    int64_t sent = 0;
+    bool rows_ok = true;
+    for (int p = 0; p < e; ++p)
+      for (int64_t j = 0; j < El; ++j) {
+        if (p != me) sent += L[size_t(me * E + p * El + j)];
+        for (int64_t c = 0; c < C; ++c) {
+          const size_t at = size_t(j * e * C + p * C + c) * size_t(H) * es;
+          const bool filled = c < L[size_t(p * E + me * El + j)];
+          for (size_t b = 0; b < size_t(H) * es; ++b) rows_ok &= y[at + b] == (filled ? y_ref[at + b] : char(0));
+        }
+      }
+    EXPECT_TRUE(rows_ok) << name << " with loads: filled rows differ or padding is not zero";
+    std::vector<int64_t> ep_sum = {sl.ep_bytes};
+    pg.tp().all_reduce(tens(ep_sum, DType::i64), ReduceOp::sum);
+    EXPECT_EQ(kind == ExchangeKind::duplicate ? sl.ep_bytes : ep_sum[0], sent * Wq * int64_t(es)) << name;
   }
 }
 
