@@ -677,8 +677,9 @@ void run_loads_case(ProcessGroups& pg, const ExchangeCase& k, int64_t Hx, bool s
                            std::to_string(H) + " H " + std::to_string(Hx) + " " + engine::dtype_name(k.dtype);
   const std::vector<int32_t> L = make_loads(e, E, C, skewed, uint32_t(E * 131 + C * 7 + e + (skewed ? 1 : 0)));
   auto load = [&](int p, int64_t x) { return int64_t(L[size_t(p * E + x)]); };
-  auto exp_filled = [&](int64_t j, int64_t p, int64_t c) { return c < load(int(p), me * El + j); };  // y/z row (j, p, c)
-  auto tok_filled = [&](int64_t x, int64_t c) { return c < load(me, x); };                         // x/out row (x, c)
+  // Whether y/z row (j, p, c) and x/out row (x, c) hold a token.
+  auto exp_filled = [&](int64_t j, int64_t p, int64_t c) { return c < load(int(p), me * El + j); };
+  auto tok_filled = [&](int64_t x, int64_t c) { return c < load(me, x); };
   int64_t sent_d = 0, sent_c = 0, received = 0;  // filled rows: dispatched and combined to other ranks, received
   for (int p = 0; p < e; ++p)
     for (int64_t j = 0; j < El; ++j) {
