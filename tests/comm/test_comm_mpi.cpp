@@ -997,6 +997,11 @@ TEST(ExchangeChoice, FollowsTheLinksAndAllRanksAgree) {
   const ExchangeChoice measured = choose_exchange(pg, pg.world(), pg.tp(), pg.ep(), in);
   EXPECT_NE(measured.table.find("measured forward MoE block"), std::string::npos) << measured.table;
   agree(measured, "verified");
+  // Dropless stage B: priced at the most loaded rank, measured with loads like it.
+  in.load = {0.5, 1.5};
+  const ExchangeChoice dropless = choose_exchange(pg, pg.world(), pg.tp(), pg.ep(), in);
+  EXPECT_NE(dropless.table.find("50.0% of the slots filled"), std::string::npos) << dropless.table;
+  agree(dropless, "dropless loads");
 }
 
 TEST(Exchange, WrongBuffersFailLoudly) {
