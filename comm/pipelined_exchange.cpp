@@ -3,7 +3,8 @@
 // i's all-gather over TP (intra-node) runs while chunk i+1's all-to-all over EP (inter-node) is in flight;
 // `overlapped` puts the experts in the pipeline too (dispatch_experts_combine). One class: drop_gather is the
 // one-chunk pipeline. Pure data movement, so bit-identical to `duplicate`; dispatch and combine are each other's
-// backward, so both directions of both passes are pipelined.
+// backward, so both directions of both passes are pipelined. Dropless loads (set_loads): the chunks and slices become
+// even shares of the filled rows only, moved by all-to-all-v's (route(); docs/exchange.md, "Dropless, stage B").
 #include <algorithm>
 #include <functional>
 #include <utility>
