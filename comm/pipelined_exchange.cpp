@@ -207,6 +207,7 @@ class PipelinedExchange final : public Exchange {
       const Chunk& c = chunks_[size_t(ci)];
       const Pieces& exp = one ? c.exp_cm : c.exp;
       const int64_t blk = max_rows(exp) * W;
+      if (blk == 0) continue;  // no rows of this chunk go back from this EP rank (the same on every TP rank)
       for (int r = 0; r < t_; ++r) move(exp[size_t(r)], W, zk, base, gather_, c.gather_at + r * blk, true);
       tp_.reduce_scatter(flat(send_, c.send_at, blk), flat(gather_, c.gather_at, int64_t(t_) * blk), ReduceOp::sum);
       move(exp[size_t(tp_.rank())], W, zk, base, send_, c.send_at, false);
@@ -370,7 +371,8 @@ class PipelinedExchange final : public Exchange {
       const engine::TraceRange rs("exchange reduce-scatter of TP parts (sequence parallel)");
       const int64_t blk = max_rows(from) * leg.W;
       for (int q = 0; q < t_; ++q) move(from[size_t(q)], leg.W, leg.src, 0, gather_, c.gather_at + q * blk, true);
-      tp_.reduce_scatter(flat(send_, c.send_at, blk), flat(gather_, c.gather_at, int64_t(t_) * blk), ReduceOp::sum);
+      if (blk > 0)
+        tp_.reduce_scatter(flat(send_, c.send_at, blk), flat(gather_, c.gather_at, int64_t(t_) * blk), ReduceOp::sum);
       leg.tp_bytes += int64_t(t_ - 1) * blk * es_;
     } else {
       move(from[size_t(r)], leg.W, leg.src, 0, send_, c.send_at, true);
@@ -396,7 +398,7 @@ class PipelinedExchange final : public Exchange {
     const Chunk& c = chunks_[size_t(k)];
     if (leg.ag.empty()) leg.ag.resize(chunks_.size());
     const int64_t blk = max_rows(leg.to(c)) * leg.W;
-    if (t_ > 1) {
+    if (t_ > 1 && blk > 0) {  // blk is the same on every TP rank: none of them issues an empty all-gather
       leg.ag[size_t(k)] = tp_.all_gather_async_after(*leg.a2a[size_t(k)], flat(gather_, c.gather_at, int64_t(t_) * blk),
                                                      flat(gather_, c.gather_at + tp_.rank() * blk, blk));
       leg.tp_bytes += int64_t(t_ - 1) * blk * es_;
