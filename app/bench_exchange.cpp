@@ -39,6 +39,9 @@ bool parse_options(int argc, char** argv, comm::ExchangeBenchOptions& o, std::st
       "cpu (MPI on host buffers, f32) | cuda (NCCL on device buffers, bf16)")(
       "dispatch-dtype", po::value(&dispatch)->default_value("bf16"),
       "bf16 | fp8: fp8 adds each strategy with the FP8 dispatch (E4M3 + 1x128 scales; rows <strategy>+fp8)")(
+      "skew", po::value(&o.skew)->default_value(0.0),
+      "dropless loads: share of every rank's tokens routed to expert 0 (which fills C), the rest even; only filled "
+      "slots travel (0: every slot, no loads)")(
       "json", po::value(&json), "write the rows as JSON here");
   const po::variables_map vm = parse_command_line(argc, argv, desc, "bench exchange");
   if (vm.count("help")) {
@@ -58,6 +61,7 @@ bool parse_options(int argc, char** argv, comm::ExchangeBenchOptions& o, std::st
                        o.hidden > 0 && o.experts_per_rank > 0,
                    "bench exchange: need iters > 0, factor > 1, 0 < min-bytes <= max-bytes, hidden > 0");
   for (int n : o.chunks) MONTA_USER_CHECK(n > 0, "--chunks: every chunk count must be positive");
+  MONTA_USER_CHECK(o.skew >= 0 && o.skew <= 1, "--skew must be in [0, 1] (0: no loads), not " + std::to_string(o.skew));
   if (!cluster.empty() || !links.empty()) {  // predict with given links instead of calibrating
     comm::LinkModel lm;
     lm.intra = comm::link_from(100, 5);

@@ -38,6 +38,12 @@ class Communicator {
   // Per-peer element counts; blocks packed in rank order in both buffers.
   virtual void all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
                             std::span<const int64_t> send_counts) = 0;
+  // all_to_all_v started now, each peer's block at its own element offset in both buffers (gaps allowed, blocks
+  // must not overlap): the dropless exchange sends the filled rows of a padded buffer without packing them first.
+  virtual std::unique_ptr<Request> all_to_all_v_async(Tensor out, std::span<const int64_t> recv_counts,
+                                                      std::span<const int64_t> recv_offsets, const Tensor& in,
+                                                      std::span<const int64_t> send_counts,
+                                                      std::span<const int64_t> send_offsets) = 0;
   virtual void broadcast(Tensor buf, int root) = 0;
   virtual void barrier() = 0;
 

@@ -63,6 +63,56 @@ int64_t ExchangeVolume::capacity() const {
   return capacity_of(tokens(), K, E, capacity_factor, min_capacity);
 }
 double ExchangeVolume::dispatch_bytes() const { return double(E) * double(capacity()) * double(H) * elem_bytes; }
+ExchangeLoad ExchangeVolume::load() const {
+  if (capacity_factor != 0) return {};
+  return {std::min(1.0, double(tokens()) * double(K) / (double(E) * double(capacity()))), imbalance};
+}
+
+double ExchangeLoad::moved() const {
+  MONTA_CHECK(fill > 0 && fill <= 1 && imbalance >= 1, "exchange load: fill " + std::to_string(fill) +
+                                                           " must be in (0, 1] and imbalance " +
+                                                           std::to_string(imbalance) + " at least 1");
+  return std::min(1.0, fill * imbalance);
+}
+
+ExchangeLoad load_of(std::span<const int32_t> loads, int e, int64_t E, int64_t C) {
+  MONTA_CHECK(int64_t(loads.size()) == int64_t(e) * E && E % e == 0 && C > 0,
+              "load_of: " + std::to_string(loads.size()) + " loads for " + std::to_string(e) + " EP ranks of " +
+                  std::to_string(E) + " experts");
+  const int64_t El = E / e;
+  double total = 0, most = 0;
+  for (int q = 0; q < e; ++q) {
+    double sent = 0, received = 0;
+    for (int64_t x = 0; x < E; ++x) sent += loads[size_t(q * E + x)];
+    for (int p = 0; p < e; ++p)
+      for (int64_t j = 0; j < El; ++j) received += loads[size_t(p * E + q * El + j)];
+    total += sent;
+    most = std::max({most, sent, received});
+  }
+  if (total == 0) return {1e-9, 1};  // nothing travels: the latencies alone
+  const double mean = total / e;
+  return {std::min(1.0, total / (double(e) * double(E) * double(C))), std::max(1.0, most / mean)};
+}
+
+std::vector<int32_t> skewed_loads(int e, int64_t E, int64_t C, double skew) {
+  MONTA_CHECK(skew > 0 && skew <= 1, "skewed_loads: skew " + std::to_string(skew) + " outside (0, 1]");
+  const double rest = E > 1 ? double(C) * (1 - skew) / (skew * double(E - 1)) : 0;  // tokens per other expert
+  std::vector<int32_t> loads(size_t(int64_t(e) * E));
+  for (int p = 0; p < e; ++p)
+    for (int64_t x = 0; x < E; ++x)
+      loads[size_t(p * E + x)] = int32_t(x == 0 ? C : std::min<int64_t>(C, std::llround(rest)));
+  return loads;
+}
+
+std::vector<int32_t> loads_like(int e, int64_t E, int64_t C, const ExchangeLoad& load) {
+  load.moved();  // checks the load
+  const int64_t El = E / e, base = std::llround(load.fill * double(C));
+  std::vector<int32_t> loads(size_t(int64_t(e) * E));
+  for (int p = 0; p < e; ++p)
+    for (int64_t x = 0; x < E; ++x)
+      loads[size_t(p * E + x)] = int32_t(std::min<int64_t>(C, x < El ? std::llround(double(base) * load.imbalance) : base));
+  return loads;
+}
 
 GroupPlacement rank_placement(const Topology& topo, int rank, const std::vector<int>& tp_members,
                               const std::vector<int>& ep_members) {
@@ -114,8 +164,9 @@ GroupPlacement place_groups(const Cluster& c, int tp, int ep) {
 }
 
 ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
-                                          const GroupPlacement& g, const LinkModel& l) {
-  const double row = double(E) * double(H) * elem_bytes;  // bytes of one capacity slot over all experts
+                                          const GroupPlacement& g, const LinkModel& l, const ExchangeLoad& load) {
+  // Bytes of one capacity slot over all experts, times the share the most loaded rank moves (1 without loads).
+  const double row = double(E) * double(H) * elem_bytes * load.moved();
   const int t = g.t, e = g.e;
   ExchangePrediction p;
   auto a2a_bytes = [&](double M) {  // per class: what this rank sends to peers of that class
@@ -165,25 +216,26 @@ ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t
 }
 
 double sp_dispatch_reduce_scatter_time(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
-                                       const GroupPlacement& g, const LinkModel& l) {
+                                       const GroupPlacement& g, const LinkModel& l, const ExchangeLoad& load) {
   if (kind == ExchangeKind::duplicate || g.t < 2) return 0;
   const bool chunked = kind == ExchangeKind::pipelined || kind == ExchangeKind::overlapped;
   const int n = chunked ? int(std::clamp<int64_t>(chunks, 1, C)) : 1;
   const int64_t ck = (C + n - 1) / n, cp = (ck + g.t - 1) / g.t;  // as predict_exchange_shape's chunks
-  const double Mg = double(E) * double(H) * elem_bytes * double(cp) * g.t;
+  const double Mg = double(E) * double(H) * elem_bytes * double(cp) * g.t * load.moved();
   const double first = reduce_scatter_time(l, Mg, g.t, g.tp_spans_nodes);
   return first + (n - 1) * reduce_scatter_time(l.chained(), Mg, g.t, g.tp_spans_nodes);
 }
 
 double predict_moe_block(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
-                         const GroupPlacement& g, const LinkModel& l, double expert_s) {
-  return predict_moe_block_rows(kind, chunks, E, C, H, H, elem_bytes, g, l, expert_s);
+                         const GroupPlacement& g, const LinkModel& l, double expert_s, const ExchangeLoad& load) {
+  return predict_moe_block_rows(kind, chunks, E, C, H, H, elem_bytes, g, l, expert_s, load);
 }
 
 double predict_moe_block_rows(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t Hd, int64_t H,
-                              int elem_bytes, const GroupPlacement& g, const LinkModel& l, double expert_s) {
-  const ExchangePrediction d = predict_exchange_shape(kind, chunks, E, C, Hd, elem_bytes, g, l);
-  const ExchangePrediction c = predict_exchange_shape(kind, chunks, E, C, H, elem_bytes, g, l);
+                              int elem_bytes, const GroupPlacement& g, const LinkModel& l, double expert_s,
+                              const ExchangeLoad& load) {
+  const ExchangePrediction d = predict_exchange_shape(kind, chunks, E, C, Hd, elem_bytes, g, l, load);
+  const ExchangePrediction c = predict_exchange_shape(kind, chunks, E, C, H, elem_bytes, g, l, load);
   if (kind != ExchangeKind::overlapped) return d.total + c.total + expert_s;
   const double x = expert_s / d.chunks, fill = d.chunk_a2a + d.chunk_ag;
   const double drain = c.chunks > 1 ? c.next_a2a + c.next_ag : c.chunk_a2a + c.chunk_ag;  // the last chunk's combine
@@ -192,7 +244,7 @@ double predict_moe_block_rows(ExchangeKind kind, int chunks, int64_t E, int64_t 
 
 ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const ExchangeVolume& v, const GroupPlacement& g,
                                     const LinkModel& l) {
-  return predict_exchange_shape(kind, chunks, v.E, v.capacity(), v.H, v.elem_bytes, g, l);
+  return predict_exchange_shape(kind, chunks, v.E, v.capacity(), v.H, v.elem_bytes, g, l, v.load());
 }
 
 }  // namespace monta::comm

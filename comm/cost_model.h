@@ -3,6 +3,7 @@
 // layout, the EP group's cross-node share, NVLink contention, and the pipeline. Pure functions, no MPI.
 #pragma once
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -59,15 +60,40 @@ double all_reduce_time(const LinkModel& l, double M, int n, bool spans_nodes);
 // Ring reduce-scatter of an M-byte input into n blocks: the all-gather's cost, (n−1)·α + (n−1)/n·M·β.
 double reduce_scatter_time(const LinkModel& l, double M, int n, bool spans_nodes);
 
+// Dropless routing, stage B (Exchange::set_loads): only the filled slots travel. fill: the mean share of a rank's
+// (E, C) slots that hold a token (1: every slot travels, the capacity path); imbalance: the most loaded EP rank's
+// filled rows over the mean (max/mean over the EP ranks of the rows each sends or receives, >= 1). Every collective
+// waits for its slowest member, so a call is priced at that rank's volume: every leg's bytes scale by moved() =
+// min(1, fill * imbalance) (a rank never sends more than its whole buffer); the messages (alpha terms) stay.
+struct ExchangeLoad {
+  double fill = 1, imbalance = 1;
+  double moved() const;  // checks fill in (0, 1] and imbalance >= 1
+};
+
+// The ExchangeLoad of explicit loads (e·E entries as Exchange::set_loads takes them) of capacity C: fill = their sum
+// over e·E·C; imbalance = the most rows an EP rank sends or receives over the mean.
+ExchangeLoad load_of(std::span<const int32_t> loads, int e, int64_t E, int64_t C);
+// A step's loads with a share `skew` of every rank's tokens routed to expert 0, which fills its C slots (dropless: C
+// is the largest load), the rest spread evenly over the other experts: fill ≈ 1/(skew·E) for skew in [1/E, 1]
+// (1/E: balanced, every slot filled). What `bench exchange --skew` runs.
+std::vector<int32_t> skewed_loads(int e, int64_t E, int64_t C, double skew);
+// Loads with a given ExchangeLoad, near enough to time it: round(fill·C) slots of every expert, EP rank 0's experts
+// imbalance times that (at most C). What `auto` measures its candidates with.
+std::vector<int32_t> loads_like(int e, int64_t E, int64_t C, const ExchangeLoad& load);
+
 // The numbers of one MoE layer's exchange (comm may not include model/, so these are passed in).
 struct ExchangeVolume {
   int64_t B = 1, S = 1, H = 1, K = 1, E = 1, min_capacity = 0;
   double capacity_factor = 1.0;
   int elem_bytes = 2;
   int ep = 1;  // EP size e: dropless (capacity_factor 0) prices the expected largest load over the EP group
+  double imbalance = 1.0;  // dropless: the EP ranks' max/mean filled rows (ExchangeLoad)
   int64_t tokens() const { return B * S; }                    // N = B·S
   int64_t capacity() const;                                    // C = max(min_cap, ceil(cf·N·K/E)); dropless: expected
   double dispatch_bytes() const;                               // X = E·C·H·es
+  // What travels: every slot with a capacity factor; dropless, the filled ones: fill = N·K / (E·C), each of a
+  // rank's N tokens taking K of its E·C slots.
+  ExchangeLoad load() const;
 };
 // Dropless routing's expected step capacity, the number its exchange and expert time are priced with. Every rank of
 // the EP group runs at the group's largest per-expert load (the slowest rank is the critical path: the others wait
@@ -109,15 +135,16 @@ struct ExchangePrediction {
 ExchangePrediction predict_exchange(ExchangeKind kind, int chunks, const ExchangeVolume& v, const GroupPlacement& g,
                                     const LinkModel& l);
 // The same for an explicit (E, C, H) buffer of elem_bytes elements (what `monta bench exchange` runs).
+// load: the filled slots only (dropless stage B), priced at the most loaded rank (ExchangeLoad).
 ExchangePrediction predict_exchange_shape(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
-                                          const GroupPlacement& g, const LinkModel& l);
+                                          const GroupPlacement& g, const LinkModel& l, const ExchangeLoad& load = {});
 // Sequence parallelism (ExchangeShape::sequence_parallel): a dispatch first reduce-scatters this TP rank's part of the
 // buffer over TP into the capacity slices, one reduce-scatter per chunk of the all-gather's size (t blocks of cp
 // slots of E·H elements), before that chunk's all-to-all. Counted serial with the call (on the TP link it queues
 // behind the previous chunk's all-gather): the seconds one dispatch call takes longer. 0 for t = 1; duplicate has no
 // sequence-parallel form (refused), so 0 too.
 double sp_dispatch_reduce_scatter_time(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
-                                       const GroupPlacement& g, const LinkModel& l);
+                                       const GroupPlacement& g, const LinkModel& l, const ExchangeLoad& load = {});
 // Dispatch + combine, forward + backward, of one MoE layer: 4 exchange calls.
 inline constexpr int kExchangesPerLayer = 4;
 
@@ -128,13 +155,14 @@ inline constexpr int kExchangesPerLayer = 4;
 //   T = (A + G) + x + (n−1)·max(2·stage, x) + (A + G)      (A, G, stage: one chunk's, as in predict_exchange)
 // n = 1 gives drop_gather's 2·(A + G) + X.
 double predict_moe_block(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t H, int elem_bytes,
-                         const GroupPlacement& g, const LinkModel& l, double expert_s);
+                         const GroupPlacement& g, const LinkModel& l, double expert_s, const ExchangeLoad& load = {});
 // The same when the dispatch moves narrower rows than the combine: Hd elements a slot (the FP8 dispatch's packed
 // rows, comm::fp8_dispatch_width; H + 4·H/128 bytes instead of 2H) against the combine's H. Each direction is
 // priced on its own bytes: T = T_dispatch + T_combine + X, and for overlapped the stage carries one chunk of each:
 //   T = (A_d + G_d) + x + (n−1)·max(stage_d + stage_c, x) + (A_c + G_c)
 // Hd = H gives predict_moe_block.
 double predict_moe_block_rows(ExchangeKind kind, int chunks, int64_t E, int64_t C, int64_t Hd, int64_t H,
-                              int elem_bytes, const GroupPlacement& g, const LinkModel& l, double expert_s);
+                              int elem_bytes, const GroupPlacement& g, const LinkModel& l, double expert_s,
+                              const ExchangeLoad& load = {});
 
 }  // namespace monta::comm

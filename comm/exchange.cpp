@@ -63,7 +63,9 @@ class DuplicateExchange final : public Exchange {
     const int64_t W = detail::exchange_row_width(y, x, E_ * C_, H_, dtype_, device_, "dispatch");
     const int64_t n = E_ * C_ * W;
     const Tensor xf = flat(x, 0, n), yf = flat(y, 0, n);
-    if (El_ == 1) {
+    if (!loads_.empty()) {
+      move_filled(y, x, W, true);
+    } else if (El_ == 1) {
       ep_.all_to_all(yf, xf);
     } else {
       ep_.all_to_all(flat(stage_, 0, n), xf);
@@ -72,7 +74,7 @@ class DuplicateExchange final : public Exchange {
         for (int64_t j = 0; j < El_; ++j)
           engine::copy(flat(y, (j * e_ + p) * row, row), flat(stage_, (p * El_ + j) * row, row));
     }
-    finish(tm, W);
+    finish(tm, W, true);
   }
 
   void combine(Tensor out, const Tensor& z) override {
@@ -81,7 +83,9 @@ class DuplicateExchange final : public Exchange {
     const int64_t W = detail::exchange_row_width(out, z, E_ * C_, H_, dtype_, device_, "combine");
     const int64_t n = E_ * C_ * W;
     const Tensor zf = flat(z, 0, n), of = flat(out, 0, n);
-    if (El_ == 1) {
+    if (!loads_.empty()) {
+      move_filled(out, z, W, false);
+    } else if (El_ == 1) {
       ep_.all_to_all(of, zf);
     } else {
       const int64_t row = C_ * W;
@@ -90,12 +94,76 @@ class DuplicateExchange final : public Exchange {
           engine::copy(flat(stage_, (p * El_ + j) * row, row), flat(z, (j * e_ + p) * row, row));
       ep_.all_to_all(of, flat(stage_, 0, n));
     }
-    finish(tm, W);
+    finish(tm, W, false);
   }
 
  private:
-  void finish(const engine::HostTimer& tm, int64_t W) {  // W: the row width moved
-    stats_.ep_bytes = int64_t(e_ - 1) * El_ * C_ * W * es_;
+  int64_t load(int64_t p, int64_t x) const { return loads_.empty() ? C_ : loads_[size_t(p * E_ + x)]; }
+  // Rows of the (p, j) run: global expert p*E_l + j of this rank to peer p (token side), or this rank's expert j
+  // from peer p (expert side). With loads, only these travel.
+  int64_t sent(int64_t p, int64_t j, bool dispatch) const {
+    const int me = ep_.rank();
+    return dispatch ? load(me, p * El_ + j) : load(p, me * El_ + j);
+  }
+
+  // The all-to-all-v of the filled rows only (set_loads). One local expert: each peer's rows are one run in both
+  // buffers, sent and received in place (offsets, no copy). Several: the runs are packed into dst first (free until
+  // now: dst never aliases src), exchanged into the stage, and unpacked into dst. Dispatch then zeroes y's padding.
+  void move_filled(Tensor dst, const Tensor& src, int64_t W, bool dispatch) {
+    const int me = ep_.rank();
+    std::vector<int64_t> sc(size_t(e_), 0), so(size_t(e_), 0), rc(size_t(e_), 0), ro(size_t(e_), 0);
+    // Token side (E, C): run (p, j) at row (p*E_l + j)*C; expert side (E_l, e*C): at row j*e*C + p*C.
+    auto tok = [&](int64_t p, int64_t j) { return (p * El_ + j) * C_; };
+    auto exp = [&](int64_t p, int64_t j) { return j * e_ * C_ + p * C_; };
+    auto src_at = [&](int64_t p, int64_t j) { return dispatch ? tok(p, j) : exp(p, j); };
+    auto dst_at = [&](int64_t p, int64_t j) { return dispatch ? exp(p, j) : tok(p, j); };
+    for (int64_t p = 0; p < e_; ++p) {
+      for (int64_t j = 0; j < El_; ++j) {
+        sc[size_t(p)] += sent(p, j, dispatch) * W;
+        rc[size_t(p)] += sent(p, j, !dispatch) * W;
+      }
+      if (El_ == 1) {
+        so[size_t(p)] = src_at(p, 0) * W;
+        ro[size_t(p)] = dst_at(p, 0) * W;
+      } else if (p > 0) {
+        so[size_t(p)] = so[size_t(p - 1)] + sc[size_t(p - 1)];
+        ro[size_t(p)] = ro[size_t(p - 1)] + rc[size_t(p - 1)];
+      }
+    }
+    if (El_ == 1) {
+      ep_.all_to_all_v_async(dst, rc, ro, src, sc, so)->wait();
+    } else {
+      int64_t at = 0;
+      for (int64_t p = 0; p < e_; ++p)
+        for (int64_t j = 0; j < El_; ++j) {
+          const int64_t m = sent(p, j, dispatch) * W;
+          if (m) engine::copy(flat(dst, at, m), flat(src, src_at(p, j) * W, m));
+          at += m;
+        }
+      ep_.all_to_all_v_async(stage_, rc, ro, dst, sc, so)->wait();
+      at = 0;
+      for (int64_t p = 0; p < e_; ++p)
+        for (int64_t j = 0; j < El_; ++j) {
+          const int64_t m = sent(p, j, !dispatch) * W;
+          if (m) engine::copy(flat(dst, dst_at(p, j) * W, m), flat(stage_, at, m));
+          at += m;
+        }
+    }
+    if (dispatch)
+      for (int64_t p = 0; p < e_; ++p)
+        for (int64_t j = 0; j < El_; ++j) {
+          const int64_t m = load(p, me * El_ + j);
+          if (m < C_) engine::fill_zero(flat(dst, (exp(p, j) + m) * W, (C_ - m) * W));
+        }
+  }
+
+  // The bytes this rank sent to other ranks: every row of its peers' runs, or with loads the filled ones.
+  void finish(const engine::HostTimer& tm, int64_t W, bool dispatch) {  // W: the row width moved
+    int64_t rows = 0;
+    for (int64_t p = 0; p < e_; ++p)
+      for (int64_t j = 0; j < El_; ++j)
+        if (p != ep_.rank()) rows += sent(p, j, dispatch);
+    stats_.ep_bytes = rows * W * es_;
     stats_.tp_bytes = 0;
     stats_.seconds = tm.seconds();
   }

@@ -44,8 +44,9 @@ struct ExpertRun {
 std::vector<ExpertRun> filled_runs(int e, int64_t El, int ep_rank, int64_t off, int64_t c,
                                    std::span<const int32_t> loads);
 
-// What the last dispatch/combine cost this rank: bytes it sent to other ranks (its own block excluded, padding
-// included) over the EP all-to-all and over the TP all-gather, and the wall time of the call.
+// What the last dispatch/combine cost this rank: bytes it sent to other ranks (its own block excluded; padding slots
+// included unless set_loads named the filled ones) over the EP all-to-all and over TP (the all-gathers' equal blocks,
+// and the sequence-parallel reduce-scatters), and the wall time of the call.
 struct ExchangeStats {
   int64_t ep_bytes = 0, tp_bytes = 0;
   double seconds = 0;
@@ -83,6 +84,8 @@ class Exchange {
   // dispatch buffer fills, each <= capacity(); identical on every rank of the TP and EP groups. Empty: every slot is
   // filled (the capacity routing of the default, and what set_capacity resets to). The rows outside the filled slots
   // are padding: dispatch writes them as zeros in y, combine leaves them unspecified in out (no token reads them).
+  // Only the filled rows travel (an all-to-all-v); the chunks and the TP split cut the filled rows evenly
+  // (docs/exchange.md, "Dropless, stage B"), and the staging of exchange_staging_specs holds any loads.
   virtual void set_loads(std::span<const int32_t> loads) = 0;
   // The filled rows of expert chunk k (the view expert_chunk(t, k) gives), per (local expert, peer) in view order.
   virtual std::vector<ExpertRun> expert_runs(int k) const = 0;
@@ -94,8 +97,9 @@ class Exchange {
   // layout of dispatch(). `overlapped` has expert_chunks() chunks along capacity and starts combining chunk k
   // while later chunks are still arriving or being computed; its expert-side rows are then chunk-major (chunk k,
   // then local expert j, then peer p, then slot): each chunk is one contiguous (E_l, e*c_k, W) block. The experts
-  // are row-wise, so only the order of their rows differs, never a value. Returns the stats of both directions,
-  // with the wall time spent in experts() left out.
+  // are row-wise, so only the order of their rows differs, never a value. With loads (set_loads), (j, p)'s share
+  // of chunk k's filled rows sits at the head of its c_k rows: expert_runs(k) names them. Returns the stats of both
+  // directions, with the wall time spent in experts() left out.
   virtual int expert_chunks() const { return 1; }
   // Chunks along capacity of the exchange's schedule (pipelined and overlapped; 1 for the others).
   virtual int pipeline_chunks() const { return 1; }
@@ -113,7 +117,8 @@ class Exchange {
 
 // duplicate:   every TP rank runs the whole all-to-all over EP (the DeepSpeed baseline).
 // drop_gather: TP rank r sends only capacity slice r (balanced shard of C over t, padded to ceil(C/t) for the
-//              equal-count all-gather), all-to-all over EP, then all-gather over TP and reorder; combine is the
+//              equal-count all-gather; with loads, its even share of each run's filled rows), all-to-all over EP,
+//              then all-gather over TP and reorder; combine is the
 //              same in reverse (comm/pipelined_exchange.cpp: the one-chunk pipeline). Staging buffers come from one
 //              arena allocated at construction, never per call; reorders use engine::copy, so device buffers work
 //              with a device communicator.

@@ -60,6 +60,7 @@ void measure_forward_blocks(Communicator& world, Communicator& tp, Communicator&
     shape.chunks = k.chunks;
     shape.sequence_parallel = in.sequence_parallel;
     auto ex = make_exchange(k.kind, tp, ep, shape, act, in.device);
+    if (in.load.fill < 1 || in.load.imbalance > 1) ex->set_loads(loads_like(ep.size(), E, C, in.load));
     auto block = [&] {
       ex->dispatch_experts_combine(out, z, y, x, [&](int c) {
         const Tensor yc = ex->expert_chunk(yfull, c), oc = ex->expert_chunk(o, c);
@@ -115,7 +116,13 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
   const int es = int(engine::dtype_size(in.dtype));
   const double xf = expert_forward_seconds(world, xs, in.dtype, in.device);
   ExchangeChoice out;
-  out.table = calibration + engine::strf(
+  const bool loads = in.load.fill < 1 || in.load.imbalance > 1;
+  out.table = calibration +
+              (loads ? engine::strf("exchange auto: dropless, %.1f%% of the slots filled, the most loaded EP rank at "
+                                    "%.2fx the mean rows (priced at that rank)\n",
+                                    100 * in.load.fill, in.load.imbalance)
+                     : std::string()) +
+              engine::strf(
       "exchange auto: predicted MoE blocks of one layer, forward + backward, for (E, C, H) = (%ld, %ld, %ld), experts "
       "measured at %.1f us forward (backward taken as 2x)%s\n  %-12s %6s %12s %14s\n",
       long(E), long(C), long(H), xf * 1e6,
@@ -127,11 +134,12 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
     if (in.sequence_parallel && k == ExchangeKind::duplicate) continue;
     const bool chunked = k == ExchangeKind::pipelined || k == ExchangeKind::overlapped;
     for (int n = chunked ? 2 : 1; n <= (chunked ? 8 : 1); ++n) {
-      const auto p = predict_exchange_shape(k, n, E, C, H, es, place, links);
+      const auto p = predict_exchange_shape(k, n, E, C, H, es, place, links, in.load);
       // Sequence parallel: one dispatch per block, each with its reduce-scatter over TP.
-      const double sp = in.sequence_parallel ? sp_dispatch_reduce_scatter_time(k, n, E, C, H, es, place, links) : 0;
-      const double fwd = predict_moe_block_rows(k, n, E, C, Hd, H, es, place, links, xf) + sp;
-      const double t = fwd + predict_moe_block(k, n, E, C, H, es, place, links, 2 * xf) + sp;
+      const double sp =
+          in.sequence_parallel ? sp_dispatch_reduce_scatter_time(k, n, E, C, H, es, place, links, in.load) : 0;
+      const double fwd = predict_moe_block_rows(k, n, E, C, Hd, H, es, place, links, xf, in.load) + sp;
+      const double t = fwd + predict_moe_block(k, n, E, C, H, es, place, links, 2 * xf, in.load) + sp;
       out.table += engine::strf("  %-12s %6d %12.1f %14.1f\n", exchange_kind_name(k), n, p.total * 1e6, t * 1e6);
       if (cands.empty() || cands.back().kind != k) cands.push_back({k, n, t, fwd, 0});
       else if (t < cands.back().predicted) cands.back() = {k, n, t, fwd, 0};

@@ -25,6 +25,9 @@ struct ExchangeChoiceInput {
   // Sequence parallelism: each dispatch also reduce-scatters over TP (sp_dispatch_reduce_scatter_time); duplicate
   // has no meaning then and is not a candidate.
   bool sequence_parallel = false;
+  // Dropless routing, stage B (Exchange::set_loads): the share of slots filled and the EP ranks' max/mean rows; the
+  // predictions price the most loaded rank (ExchangeLoad), the measurements run loads_like(load). Default: every slot.
+  ExchangeLoad load;
 };
 
 struct ExchangeChoice {

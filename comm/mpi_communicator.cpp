@@ -54,6 +54,18 @@ class MpiRequest final : public Request {
   MPI_Request req_;
 };
 
+// A non-blocking all-to-all-v: MPI reads its count and displacement arrays until completion, so they live here.
+struct MpiVRequest final : public Request {
+  ~MpiVRequest() override {
+    if (req != MPI_REQUEST_NULL) MPI_Wait(&req, MPI_STATUS_IGNORE);
+  }
+  void wait() override {
+    if (req != MPI_REQUEST_NULL) MPI_CHECK(MPI_Wait(&req, MPI_STATUS_IGNORE));
+  }
+  MPI_Request req = MPI_REQUEST_NULL;
+  std::vector<int> sc, sd, rc, rd;
+};
+
 // In-place all-gather: in is exactly out's own block.
 bool gather_in_place(const Tensor& out, const Tensor& in, int rank) {
   return in.data == static_cast<const char*>(out.data) + size_t(rank) * in.bytes();
@@ -109,29 +121,46 @@ void MpiCommunicator::all_to_all(Tensor out, const Tensor& in) { all_to_all_asyn
 
 void MpiCommunicator::all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
                                    std::span<const int64_t> send_counts) {
+  const size_t np = size_t(size_);
+  MONTA_CHECK(recv_counts.size() == np && send_counts.size() == np,
+              name_ + " all_to_all_v: need " + std::to_string(size_) + " send and receive counts");
+  std::vector<int64_t> so(np), ro(np);  // packed in rank order
+  for (size_t i = 1; i < np; ++i) {
+    so[i] = so[i - 1] + send_counts[i - 1];
+    ro[i] = ro[i - 1] + recv_counts[i - 1];
+  }
+  all_to_all_v_async(out, recv_counts, ro, in, send_counts, so)->wait();
+}
+
+std::unique_ptr<Request> MpiCommunicator::all_to_all_v_async(Tensor out, std::span<const int64_t> recv_counts,
+                                                             std::span<const int64_t> recv_offsets, const Tensor& in,
+                                                             std::span<const int64_t> send_counts,
+                                                             std::span<const int64_t> send_offsets) {
   const std::string who = name_ + " all_to_all_v";
   check_host(out, who);
   check_host(in, who);
   check_same_dtype(out, in, who);
-  MONTA_CHECK(recv_counts.size() == size_t(size_) && send_counts.size() == size_t(size_),
-              who + ": need " + std::to_string(size_) + " send and receive counts");
-  const int64_t es = int64_t(engine::dtype_size(in.dtype));
   const size_t np = size_t(size_);
-  std::vector<int> sc(np), sd(np), rc(np), rd(np);
-  int64_t soff = 0, roff = 0;
-  for (size_t i = 0; i < size_t(size_); ++i) {
-    MONTA_CHECK(send_counts[i] >= 0 && recv_counts[i] >= 0, who + ": negative count");
-    sc[i] = as_count(send_counts[i] * es, who);
-    rc[i] = as_count(recv_counts[i] * es, who);
-    sd[i] = as_count(soff * es, who);
-    rd[i] = as_count(roff * es, who);
-    soff += send_counts[i];
-    roff += recv_counts[i];
+  MONTA_CHECK(recv_counts.size() == np && send_counts.size() == np && recv_offsets.size() == np &&
+                  send_offsets.size() == np,
+              who + ": need " + std::to_string(size_) + " send and receive counts and offsets");
+  const int64_t es = int64_t(engine::dtype_size(in.dtype));
+  // MPI reads the count and displacement arrays until the request completes: the request owns them.
+  auto req = std::make_unique<MpiVRequest>();
+  req->sc.resize(np), req->sd.resize(np), req->rc.resize(np), req->rd.resize(np);
+  for (size_t i = 0; i < np; ++i) {
+    MONTA_CHECK(send_counts[i] >= 0 && recv_counts[i] >= 0 && send_offsets[i] >= 0 && recv_offsets[i] >= 0,
+                who + ": negative count or offset");
+    MONTA_CHECK(send_offsets[i] + send_counts[i] <= in.numel() && recv_offsets[i] + recv_counts[i] <= out.numel(),
+                who + ": block of peer " + std::to_string(i) + " outside in " + in.str() + " / out " + out.str());
+    req->sc[i] = as_count(send_counts[i] * es, who);
+    req->rc[i] = as_count(recv_counts[i] * es, who);
+    req->sd[i] = as_count(send_offsets[i] * es, who);
+    req->rd[i] = as_count(recv_offsets[i] * es, who);
   }
-  MONTA_CHECK(soff <= in.numel() && roff <= out.numel(),
-              who + ": counts sum to " + std::to_string(soff) + " sent / " + std::to_string(roff) +
-                  " received elements, more than in " + in.str() + " / out " + out.str());
-  MPI_CHECK(MPI_Alltoallv(in.data, sc.data(), sd.data(), MPI_BYTE, out.data, rc.data(), rd.data(), MPI_BYTE, comm_));
+  MPI_CHECK(MPI_Ialltoallv(in.data, req->sc.data(), req->sd.data(), MPI_BYTE, out.data, req->rc.data(),
+                           req->rd.data(), MPI_BYTE, comm_, &req->req));
+  return req;
 }
 
 void MpiCommunicator::broadcast(Tensor buf, int root) {

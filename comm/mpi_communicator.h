@@ -39,6 +39,10 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<Request> all_reduce_async(Tensor buf, ReduceOp op) override;
   std::unique_ptr<Request> all_gather_async(Tensor out, const Tensor& in) override;
   std::unique_ptr<Request> all_to_all_async(Tensor out, const Tensor& in) override;
+  std::unique_ptr<Request> all_to_all_v_async(Tensor out, std::span<const int64_t> recv_counts,
+                                              std::span<const int64_t> recv_offsets, const Tensor& in,
+                                              std::span<const int64_t> send_counts,
+                                              std::span<const int64_t> send_offsets) override;
   std::unique_ptr<Request> reduce_scatter_async(Tensor out, const Tensor& in, ReduceOp op) override;
 
  private:

@@ -6,7 +6,8 @@
 #      NCCL against MPI byte for byte);
 #   2. the tiny model trained on the GPU on 1 rank and on 2 and 4 ranks in several layouts and strategies: the
 #      loss of every step must match the 1-rank run within LOSS_TOL (bf16 rounding differs between layouts);
-#   3. `bench exchange --device cuda` sweeps (tp 1 ep 2 on 2 ranks, tp 2 ep 2 on 4 ranks), all links sockets;
+#   3. `bench exchange --device cuda` sweeps (tp 1 ep 2 on 2 ranks, tp 2 ep 2 on 4 ranks, and that one again with
+#      skewed dropless loads, --skew 0.5), all links sockets;
 #   4. `bench layer` at 2x70B widths over 2 ranks with tp 2 (nodes NODES2), then over 4 ranks (tp 2, ep 2), one
 #      row per exchange strategy and one for auto (the cost model's pick). MAX_BYTES: the sweeps' largest buffer.
 # Logs and JSON go to $OUT. Exit status non-zero if a test or a loss comparison fails. SKIP_TESTS, SKIP_TRAIN,
@@ -82,6 +83,11 @@ if [ "${SKIP_BENCH:-0}" != 1 ]; then
   $MPI -np 4 "$BIN/monta" bench exchange --device cuda --tp 2 --ep 2 --emulate-nodes $NODES4 --min-bytes 1048576 \
     --max-bytes "${MAX_BYTES:-67108864}" --factor 4 --chunks 2,4 --hidden 1024 --iters 5 --json "$OUT/bench_exchange_np4.json" 2>&1 |
     tee "$OUT/bench_exchange_np4.log" | grep -vE "^\s*\[|NCCL INFO" | tail -n 40 || status=1
+  echo "== bench exchange over NCCL with skewed dropless loads (half the tokens to expert 0; filled slots only)"
+  $MPI -np 4 "$BIN/monta" bench exchange --device cuda --tp 2 --ep 2 --experts-per-rank 2 --skew 0.5 \
+    --emulate-nodes $NODES4 --min-bytes 1048576 --max-bytes "${MAX_BYTES:-67108864}" --factor 4 --chunks 2,4 \
+    --hidden 1024 --iters 5 --json "$OUT/bench_exchange_np4_skew.json" 2>&1 |
+    tee "$OUT/bench_exchange_np4_skew.log" | grep -vE "^\s*\[|NCCL INFO" | tail -n 40 || status=1
 fi
 if [ "${SKIP_BENCH:-0}" != 1 ] && [ "${SKIP_LAYER:-0}" != 1 ]; then
   echo "== bench layer, 2x70B widths, tp 2 over 2 ranks (emulated nodes: $NODES2)"

@@ -244,31 +244,43 @@ std::unique_ptr<Request> NcclCommunicator::reduce_scatter_async(Tensor out, cons
 
 void NcclCommunicator::all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
                                     std::span<const int64_t> send_counts) {
+  const size_t n = size_t(size_);
+  MONTA_CHECK(recv_counts.size() == n && send_counts.size() == n,
+              name_ + " all_to_all_v: need " + std::to_string(size_) + " send and receive counts");
+  std::vector<int64_t> so(n), ro(n);  // packed in rank order
+  for (size_t p = 1; p < n; ++p) {
+    so[p] = so[p - 1] + send_counts[p - 1];
+    ro[p] = ro[p - 1] + recv_counts[p - 1];
+  }
+  all_to_all_v_async(out, recv_counts, ro, in, send_counts, so)->wait();
+}
+
+std::unique_ptr<Request> NcclCommunicator::all_to_all_v_async(Tensor out, std::span<const int64_t> recv_counts,
+                                                              std::span<const int64_t> recv_offsets, const Tensor& in,
+                                                              std::span<const int64_t> send_counts,
+                                                              std::span<const int64_t> send_offsets) {
   if (host_ && out.device == Device::cpu && in.device == Device::cpu)
-    return host_->all_to_all_v(out, recv_counts, in, send_counts);
+    return host_->all_to_all_v_async(out, recv_counts, recv_offsets, in, send_counts, send_offsets);
   const std::string who = name_ + " all_to_all_v";
   check_device(out, who);
   check_device(in, who);
   check_same_dtype(out, in, who);
-  MONTA_CHECK(recv_counts.size() == size_t(size_) && send_counts.size() == size_t(size_),
-              who + ": need " + std::to_string(size_) + " send and receive counts");
   const size_t es = engine::dtype_size(in.dtype), n = size_t(size_);
+  MONTA_CHECK(recv_counts.size() == n && send_counts.size() == n && recv_offsets.size() == n &&
+                  send_offsets.size() == n,
+              who + ": need " + std::to_string(size_) + " send and receive counts and offsets");
   std::vector<size_t> so(n), sb(n), ro(n), rb(n);
-  int64_t soff = 0, roff = 0;
   for (size_t p = 0; p < n; ++p) {
-    MONTA_CHECK(send_counts[p] >= 0 && recv_counts[p] >= 0, who + ": negative count");
-    so[p] = size_t(soff) * es;
-    ro[p] = size_t(roff) * es;
+    MONTA_CHECK(send_counts[p] >= 0 && recv_counts[p] >= 0 && send_offsets[p] >= 0 && recv_offsets[p] >= 0,
+                who + ": negative count or offset");
+    MONTA_CHECK(send_offsets[p] + send_counts[p] <= in.numel() && recv_offsets[p] + recv_counts[p] <= out.numel(),
+                who + ": block of peer " + std::to_string(p) + " outside in " + in.str() + " / out " + out.str());
+    so[p] = size_t(send_offsets[p]) * es;
+    ro[p] = size_t(recv_offsets[p]) * es;
     sb[p] = size_t(send_counts[p]) * es;
     rb[p] = size_t(recv_counts[p]) * es;
-    soff += send_counts[p];
-    roff += recv_counts[p];
   }
-  MONTA_CHECK(soff <= in.numel() && roff <= out.numel(),
-              who + ": counts sum to " + std::to_string(soff) + " sent / " + std::to_string(roff) +
-                  " received elements, more than in " + in.str() + " / out " + out.str());
-  MONTA_CHECK(in.data != out.data || (soff == 0 && roff == 0), who + ": in and out must not alias");
-  issue([&](cudaStream_t s) { send_recv_all(out, in, so, sb, ro, rb, comm_, s); })->wait();
+  return issue([&](cudaStream_t s) { send_recv_all(out, in, so, sb, ro, rb, comm_, s); });
 }
 
 void NcclCommunicator::broadcast(Tensor buf, int root) {

@@ -6,6 +6,8 @@
 #include <mpi.h>
 
 #include <algorithm>
+#include <array>
+#include <tuple>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -646,6 +648,211 @@ TEST(Exchange, MatchesReferenceAndInvertsForEveryLayout) {
   EXPECT_GE(cases, 24);
 }
 
+// ---- dropless routing, stage B: only the filled slots travel (Exchange::set_loads) ---------------------------
+
+// The loads of one case, identical on every rank (seeded by the case only): loads[p*E + x] filled leading slots of
+// expert x on EP rank p. Skewed: expert 0 full everywhere, the others one slot or none.
+std::vector<int32_t> make_loads(int e, int64_t E, int64_t C, bool skewed, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<int32_t> loads(size_t(int64_t(e) * E));
+  for (int p = 0; p < e; ++p)
+    for (int64_t x = 0; x < E; ++x) {
+      int32_t& l = loads[size_t(p * E + x)];
+      l = skewed ? (x == 0 ? int32_t(C) : int32_t(rng() % 2) * int32_t(x % 3 != 0)) : int32_t(rng() % uint32_t(C + 1));
+    }
+  return loads;
+}
+
+// Every strategy with loads against duplicate's plain (no-loads) result: rows of W = k.H elements through exchanges
+// sized for Hx >= W (the FP8 dispatch's narrower rows), built for capacity C + 1 and set to C as a dropless step does.
+void run_loads_case(ProcessGroups& pg, const ExchangeCase& k, int64_t Hx, bool skewed) {
+  const Layout& l = pg.layout();
+  const int e = l.ep, t = l.tp;
+  const RankCoords co = pg.coords();
+  const int me = co.ep_idx;
+  const int64_t E = k.E, C = k.C, H = k.H, El = E / e;
+  const size_t es = engine::dtype_size(k.dtype), slot = size_t(H) * es, bytes = size_t(E * C * H) * es;
+  const std::string what = std::string(skewed ? "skewed" : "random") + " loads tp " + std::to_string(t) + " ep " +
+                           std::to_string(e) + " E " + std::to_string(E) + " C " + std::to_string(C) + " W " +
+                           std::to_string(H) + " H " + std::to_string(Hx) + " " + engine::dtype_name(k.dtype);
+  const std::vector<int32_t> L = make_loads(e, E, C, skewed, uint32_t(E * 131 + C * 7 + e + (skewed ? 1 : 0)));
+  auto load = [&](int p, int64_t x) { return int64_t(L[size_t(p * E + x)]); };
+  // Whether y/z row (j, p, c) and x/out row (x, c) hold a token.
+  auto exp_filled = [&](int64_t j, int64_t p, int64_t c) { return c < load(int(p), me * El + j); };
+  auto tok_filled = [&](int64_t x, int64_t c) { return c < load(me, x); };
+  int64_t sent_d = 0, sent_c = 0, received = 0;  // filled rows: dispatched and combined to other ranks, received
+  for (int p = 0; p < e; ++p)
+    for (int64_t j = 0; j < El; ++j) {
+      if (p != me) sent_d += load(me, p * El + j), sent_c += load(p, me * El + j);
+      received += load(p, me * El + j);
+    }
+  // x and z with random padding rows too: they must not travel.
+  std::vector<char> x = make_input(k, co.dp_idx, 1), z = make_input(k, co.dp_idx, 2);
+  const Tensor xt = view_of(x, {E, C, H}, k.dtype), zt = view_of(z, {El, e * C, H}, k.dtype);
+  std::vector<char> y_plain(bytes), out_plain(bytes), out_f(bytes), zr(bytes);
+  {
+    auto dup = make_exchange(ExchangeKind::duplicate, pg.tp(), pg.ep(), ExchangeShape{E, C, H}, k.dtype, Device::cpu);
+    dup->dispatch(view_of(y_plain, {El, e * C, H}, k.dtype), xt);
+    dup->combine(view_of(out_plain, {E, C, H}, k.dtype), zt);
+    rotate_rows(zr, y_plain, El, e * C, H, es);
+    dup->combine(view_of(out_f, {E, C, H}, k.dtype), view_of(zr, {El, e * C, H}, k.dtype));
+  }
+  const std::vector<char> zero_row(slot, 0);
+  auto row = [&](const std::vector<char>& b, int64_t i) { return b.data() + size_t(i) * slot; };
+  // Filled rows of y equal want's, the others are zeros; filled rows of out equal want's.
+  auto check_y = [&](const std::vector<char>& y, const std::vector<char>& want, const std::string& name) {
+    int bad = 0;
+    for (int64_t j = 0; j < El; ++j)
+      for (int64_t p = 0; p < e; ++p)
+        for (int64_t c = 0; c < C; ++c) {
+          const int64_t i = j * e * C + p * C + c;
+          const bool ok = exp_filled(j, p, c) ? !std::memcmp(row(y, i), row(want, i), slot)
+                                              : !std::memcmp(row(y, i), zero_row.data(), slot);
+          if (!ok && bad++ < 3)
+            ADD_FAILURE() << name << ": y row (j " << j << ", p " << p << ", c " << c << ") "
+                          << (exp_filled(j, p, c) ? "differs" : "is padding, not zero");
+        }
+  };
+  auto check_out = [&](const std::vector<char>& out, const std::vector<char>& want, const std::string& name) {
+    int bad = 0;
+    for (int64_t xr = 0; xr < E; ++xr)
+      for (int64_t c = 0; c < C; ++c)
+        if (tok_filled(xr, c) && std::memcmp(row(out, xr * C + c), row(want, xr * C + c), slot) && bad++ < 3)
+          ADD_FAILURE() << name << ": out row (x " << xr << ", c " << c << ") differs";
+  };
+  auto tp_sum_max_min = [&](int64_t v) {
+    std::vector<int64_t> s = {v}, mx = {v}, mn = {-v};
+    pg.tp().all_reduce(tens(s, DType::i64), ReduceOp::sum);
+    pg.tp().all_reduce(tens(mx, DType::i64), ReduceOp::max);
+    pg.tp().all_reduce(tens(mn, DType::i64), ReduceOp::max);
+    return std::array<int64_t, 3>{s[0], mx[0], -mn[0]};
+  };
+  const int64_t rowb = H * int64_t(es);
+
+  std::vector<std::pair<ExchangeKind, int64_t>> runs = {{ExchangeKind::duplicate, 1}, {ExchangeKind::drop_gather, 1}};
+  for (int64_t n : {1, 2, 3, 5}) runs.push_back({ExchangeKind::pipelined, n});
+  for (int64_t n : {1, 2, 3, 5}) runs.push_back({ExchangeKind::overlapped, n});
+  for (auto [kind, chunks] : runs) {
+    const std::string name = what + " " + exchange_kind_name(kind) + " chunks " + std::to_string(chunks);
+    ExchangeShape shape{E, C + 1, Hx};
+    shape.chunks = chunks;
+    auto ex = make_exchange(kind, pg.tp(), pg.ep(), shape, k.dtype, Device::cpu);
+    ex->set_capacity(C);
+    ex->set_loads(L);
+    const int nc = int(std::min<int64_t>(kind == ExchangeKind::overlapped ? chunks : 1, C));
+    std::vector<char> y(bytes, char(0xAB)), out(bytes, char(0xEF)), back(bytes, char(0xCD));
+    const Tensor yt = view_of(y, {El, e * C, H}, k.dtype);
+    ex->dispatch(yt, xt);
+    const ExchangeStats sd = ex->last_stats();
+    ex->combine(view_of(out, {E, C, H}, k.dtype), zt);
+    const ExchangeStats sc = ex->last_stats();
+    ex->combine(view_of(back, {E, C, H}, k.dtype), yt);
+    check_y(y, y_plain, name + " dispatch");
+    check_out(out, out_plain, name + " combine");
+    check_out(back, x, name + " combine(dispatch(x))");
+    // Bytes: exactly the filled rows sent to other ranks; the TP ranks of a capacity-sliced strategy share them,
+    // each (expert, peer, chunk) run split evenly, so they differ by at most a row per run.
+    if (kind == ExchangeKind::duplicate) {
+      EXPECT_EQ(sd.ep_bytes, sent_d * rowb) << name;
+      EXPECT_EQ(sc.ep_bytes, sent_c * rowb) << name;
+      EXPECT_EQ(sd.tp_bytes + sc.tp_bytes, 0) << name;
+    } else {
+      const int pc = ex->pipeline_chunks();
+      for (auto [st, sent, recv] : {std::tuple{sd, sent_d, received}, std::tuple{sc, sent_c, int64_t(-1)}}) {
+        const auto [sum, mx, mn] = tp_sum_max_min(st.ep_bytes);
+        EXPECT_EQ(sum, sent * rowb) << name;
+        EXPECT_LE(mx - mn, int64_t(pc) * (e - 1) * El * rowb) << name << ": the TP ranks' EP traffic is unbalanced";
+        if (recv >= 0) {  // the all-gather of the received rows: at least their share, at most a row a run more
+          EXPECT_GE(t * st.tp_bytes, (t - 1) * recv * rowb) << name;
+          EXPECT_LE(t * st.tp_bytes, (t - 1) * (recv + int64_t(t) * pc * e * El) * rowb) << name;
+        }
+      }
+    }
+
+    // Fused, experts rotating only the runs expert_runs names: the runs cover the received filled rows once, the
+    // rows outside them are zero, and the combined result is the plain one's on the filled rows.
+    std::fill(y.begin(), y.end(), char(0xAB));
+    std::fill(out.begin(), out.end(), char(0xEF));
+    std::vector<char> zb(bytes, char(0xCD));
+    const Tensor zbt = view_of(zb, {El, e * C, H}, k.dtype);
+    int64_t covered = 0;
+    std::vector<int> seen;
+    auto experts = [&](int c, bool partial) {
+      seen.push_back(c);
+      const Tensor yc = ex->expert_chunk(yt, c), zc = ex->expert_chunk(zbt, c);
+      const int64_t rows = yc.dim(1);
+      char* yb = static_cast<char*>(yc.data);
+      char* zcb = static_cast<char*>(zc.data);
+      std::vector<char> mark(size_t(El * rows), 0);
+      for (const ExpertRun& r : ex->expert_runs(c)) {
+        ASSERT_TRUE(r.j >= 0 && r.j < El && r.row >= 0 && r.count > 0 && r.row + r.count <= rows) << name;
+        for (int64_t i = r.row; i < r.row + r.count; ++i) {
+          EXPECT_EQ(mark[size_t(r.j * rows + i)]++, 0) << name << ": row covered twice";
+          ++covered;
+        }
+        std::vector<char> src(yb + size_t((r.j * rows + r.row) * H) * es,
+                              yb + size_t((r.j * rows + r.row + r.count) * H) * es),
+            dst(src.size(), 0);
+        if (!partial || co.tp_idx == t - 1) {
+          // rotate_rows on one expert's run: shift by j + 1 as the whole-buffer reference does.
+          for (int64_t i = 0; i < r.count; ++i)
+            for (int64_t h = 0; h < H; ++h)
+              std::memcpy(&dst[size_t(i * H + h) * es], &src[size_t(i * H + (h + r.j + 1) % H) * es], es);
+        }
+        std::memcpy(zcb + size_t((r.j * rows + r.row) * H) * es, dst.data(), dst.size());
+      }
+      for (int64_t i = 0; i < El * rows; ++i)
+        if (!mark[size_t(i)])
+          EXPECT_EQ(std::memcmp(yb + size_t(i) * slot, zero_row.data(), slot), 0) << name << ": padding row not zero";
+      if (partial && !ex->reduce_tp_partials(zc, c)) pg.tp().all_reduce(zc, ReduceOp::sum);
+    };
+    ex->dispatch_experts_combine(view_of(out, {E, C, H}, k.dtype), zbt, yt, xt, [&](int c) { experts(c, false); });
+    EXPECT_EQ(covered, received) << name << ": expert runs do not cover the filled rows";
+    EXPECT_EQ(int(seen.size()), nc) << name;
+    check_out(out, out_f, name + " fused");
+    if (k.dtype == DType::f32) {  // expert-TP partial sums (MPI reduces f32 only)
+      std::fill(out.begin(), out.end(), char(0xEF));
+      std::fill(zb.begin(), zb.end(), char(0));
+      ex->dispatch_experts_combine(view_of(out, {E, C, H}, k.dtype), zbt, yt, xt, [&](int c) { experts(c, true); });
+      check_out(out, out_f, name + " TP partials");
+    }
+    // set_capacity resets the loads: every slot travels again.
+    ex->set_capacity(C);
+    ex->dispatch(yt, xt);
+    EXPECT_TRUE(y == y_plain) << name << ": set_capacity did not reset the loads";
+
+    if (kind == ExchangeKind::duplicate || k.dtype != DType::f32) continue;  // MPI reduce-scatters f32 only
+    // Sequence parallelism: TP rank s % t holds slot s of x (padding included), the others zeros.
+    std::vector<char> part(bytes, 0);
+    for (int64_t sl = 0; sl < E * C; ++sl)
+      if (sl % t == co.tp_idx) std::memcpy(&part[size_t(sl) * slot], &x[size_t(sl) * slot], slot);
+    shape.sequence_parallel = true;
+    auto sp = make_exchange(kind, pg.tp(), pg.ep(), shape, k.dtype, Device::cpu);
+    sp->set_capacity(C);
+    sp->set_loads(L);
+    std::fill(y.begin(), y.end(), char(0xAB));
+    sp->dispatch(yt, view_of(part, {E, C, H}, k.dtype));
+    check_y(y, y_plain, name + " SP dispatch");
+    EXPECT_EQ(sp->last_stats().ep_bytes, sd.ep_bytes) << name << " SP: each filled row must cross EP once";
+  }
+}
+
+TEST(Exchange, DroplessLoadsMoveOnlyFilledRowsInEveryStrategy) {
+  const Topology topo = discover_topology(0);
+  int cases = 0;
+  for (auto [t, e] : layouts_for(wsize())) {
+    ProcessGroups pg(test_layout(t, e), topo);
+    for (int64_t E : {int64_t(e), int64_t(2 * e)})
+      for (int64_t C : {5, 11})
+        for (DType dt : {DType::f32, DType::bf16})
+          for (bool skewed : {false, true}) {
+            run_loads_case(pg, {E, C, 3, dt}, C == 5 ? 5 : 3, skewed);
+            ++cases;
+          }
+  }
+  EXPECT_GE(cases, 32);
+}
+
 // FP8 dispatch (comm/fp8_dispatch.h) through every strategy equals quantise→dequantise of duplicate's plain dispatch,
 // bit for bit, in the fused form too (experts rotate rows; combine stays in the activation dtype), and moves
 // Wq/H of the plain dispatch's bytes over EP and TP.
@@ -716,6 +923,29 @@ void run_fp8_dispatch_case(ProcessGroups& pg, const ExchangeCase& k) {
       std::memcpy(static_cast<char*>(zc.data), zchunk.data(), len);
     });
     EXPECT_TRUE(out == out_ref) << name << ": fused FP8 dispatch, experts, combine differs from the reference";
+
+    // Dropless (set_loads): only the filled slots' packed rows travel; y's filled rows as above, its padding zeros
+    // (zero codes and zero scales unpack to zeros), and the EP bytes are the filled rows' Wq elements.
+    const int me = pg.coords().ep_idx;
+    const std::vector<int32_t> L = make_loads(e, E, C, chunks == 2, uint32_t(E + C + chunks));
+    ex->set_loads(L);
+    std::fill(y.begin(), y.end(), char(0xAB));
+    const ExchangeStats sl = fp8_dispatch(*ex, yt, xt, xqt, yqt);
+    int64_t sent = 0;
+    bool rows_ok = true;
+    for (int p = 0; p < e; ++p)
+      for (int64_t j = 0; j < El; ++j) {
+        if (p != me) sent += L[size_t(me * E + p * El + j)];
+        for (int64_t c = 0; c < C; ++c) {
+          const size_t at = size_t(j * e * C + p * C + c) * size_t(H) * es;
+          const bool filled = c < L[size_t(p * E + me * El + j)];
+          for (size_t b = 0; b < size_t(H) * es; ++b) rows_ok &= y[at + b] == (filled ? y_ref[at + b] : char(0));
+        }
+      }
+    EXPECT_TRUE(rows_ok) << name << " with loads: filled rows differ or padding is not zero";
+    std::vector<int64_t> ep_sum = {sl.ep_bytes};
+    pg.tp().all_reduce(tens(ep_sum, DType::i64), ReduceOp::sum);
+    EXPECT_EQ(kind == ExchangeKind::duplicate ? sl.ep_bytes : ep_sum[0], sent * Wq * int64_t(es)) << name;
   }
 }
 
@@ -767,6 +997,11 @@ TEST(ExchangeChoice, FollowsTheLinksAndAllRanksAgree) {
   const ExchangeChoice measured = choose_exchange(pg, pg.world(), pg.tp(), pg.ep(), in);
   EXPECT_NE(measured.table.find("measured forward MoE block"), std::string::npos) << measured.table;
   agree(measured, "verified");
+  // Dropless stage B: priced at the most loaded rank, measured with loads like it.
+  in.load = {0.5, 1.5};
+  const ExchangeChoice dropless = choose_exchange(pg, pg.world(), pg.tp(), pg.ep(), in);
+  EXPECT_NE(dropless.table.find("50.0% of the slots filled"), std::string::npos) << dropless.table;
+  agree(dropless, "dropless loads");
 }
 
 TEST(Exchange, WrongBuffersFailLoudly) {

@@ -464,4 +464,69 @@ TEST(Calibration, CacheTextRoundTripAndErrors) {
 }
 
 }  // namespace
+// Dropless stage B: only the filled slots travel, and every collective waits for the most loaded rank, so each
+// leg's bytes scale by fill x imbalance (at most 1); the latencies stay.
+TEST(CostModel, FilledSlotsPricedAtTheMostLoadedRank) {
+  LinkModel l{{0, 1e-9}, {0, 1e-8}};  // no latency: pure volumes
+  GroupPlacement g;
+  g.t = 2;
+  g.e = 2;
+  g.ep_peers_inter = 1;
+  // E 2, C 8, H 10, 2 B: duplicate sends 160 B inter with every slot; a quarter filled, balanced: 40 B.
+  const auto quarter = predict_exchange_shape(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, l, {0.25, 1});
+  EXPECT_DOUBLE_EQ(quarter.inter_bytes, 40);
+  EXPECT_DOUBLE_EQ(quarter.total, 40e-8);
+  // The slowest rank moves twice the mean: 80 B; three times half the slots would exceed the buffer: all of it.
+  EXPECT_DOUBLE_EQ(predict_exchange_shape(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, l, {0.25, 2}).total, 80e-8);
+  EXPECT_DOUBLE_EQ(predict_exchange_shape(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, l, {0.5, 3}).total, 160e-8);
+  // drop_gather at 0.5 x 1.5 = 0.75 of StrategiesByHand's volumes: 60 B inter, an all-gather of 240 B (120 B sent).
+  const auto dg = predict_exchange_shape(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l, {0.5, 1.5});
+  EXPECT_DOUBLE_EQ(dg.inter_bytes, 60);
+  EXPECT_DOUBLE_EQ(dg.tp_bytes, 120);
+  EXPECT_DOUBLE_EQ(dg.total, 60e-8 + 120e-9);
+  // pipelined 4 at half: A = 10e-8, G = 20e-9: A + 3·max(A, G) + G.
+  EXPECT_DOUBLE_EQ(predict_exchange_shape(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l, {0.5, 1}).total,
+                   10e-8 + 3 * 10e-8 + 20e-9);
+  // The MoE block and the SP reduce-scatter take the same load.
+  EXPECT_DOUBLE_EQ(predict_moe_block(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l, 1e-6, {0.5, 1.5}),
+                   2 * dg.total + 1e-6);
+  EXPECT_DOUBLE_EQ(sp_dispatch_reduce_scatter_time(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l, {0.5, 1.5}),
+                   120e-9);
+  // Latency is per message, not per byte: unchanged.
+  LinkModel lat{{1e-6, 1e-9}, {1e-5, 1e-8}};
+  EXPECT_DOUBLE_EQ(predict_exchange_shape(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, lat, {0.25, 1}).total,
+                   1e-5 + 40e-8);
+  // A dropless volume fills N·K of its E·C slots (C the expected largest load, 4172 for N 8192, K 1, E 2, e 2);
+  // with a capacity factor every slot travels.
+  ExchangeVolume v{1, 8192, 8192, 1, 2, 4, 0.0, 2, 2, 1.25};
+  EXPECT_DOUBLE_EQ(v.load().fill, 8192.0 / (2 * 4172));
+  EXPECT_DOUBLE_EQ(v.load().imbalance, 1.25);
+  v.imbalance = 1;  // 1.25 x 0.98 would move the whole buffer
+  EXPECT_DOUBLE_EQ(predict_exchange(ExchangeKind::duplicate, 1, v, g, l).ep_bytes, 0.5 * 2 * 8192 * 2 * 8192 / 2);
+  v.capacity_factor = 1.0;
+  EXPECT_DOUBLE_EQ(v.load().fill, 1);
+  EXPECT_DOUBLE_EQ(v.load().imbalance, 1);
+  EXPECT_THROW(predict_exchange_shape(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, l, {0, 1}), engine::Error);
+  EXPECT_THROW(predict_exchange_shape(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, l, {0.5, 0.5}), engine::Error);
+}
+
+// The loads behind `bench exchange --skew` and auto's measurement, and the ExchangeLoad read back from loads.
+TEST(CostModel, SkewedLoadsAndTheirLoad) {
+  // e 2, E 4, C 8, half of the tokens to expert 0: it fills its 8 slots, the other three get 8/3 -> 3 each.
+  const std::vector<int32_t> L = skewed_loads(2, 4, 8, 0.5);
+  EXPECT_EQ(L, (std::vector<int32_t>{8, 3, 3, 3, 8, 3, 3, 3}));
+  // Each rank sends 17 rows of its 32 slots; EP rank 0 (experts 0 and 1) receives 2 x 11 = 22: 22/17 the mean.
+  const ExchangeLoad ld = load_of(L, 2, 4, 8);
+  EXPECT_DOUBLE_EQ(ld.fill, 34.0 / 64);
+  EXPECT_DOUBLE_EQ(ld.imbalance, 22.0 / 17);
+  // Balanced (skew 1/E): every slot filled, no imbalance.
+  const ExchangeLoad even = load_of(skewed_loads(2, 4, 8, 0.25), 2, 4, 8);
+  EXPECT_DOUBLE_EQ(even.fill, 1);
+  EXPECT_DOUBLE_EQ(even.imbalance, 1);
+  // loads_like: round(0.5 x 8) = 4 slots each, EP rank 0's experts 1.5 times that.
+  EXPECT_EQ(loads_like(2, 4, 8, {0.5, 1.5}), (std::vector<int32_t>{6, 6, 4, 4, 6, 6, 4, 4}));
+  EXPECT_THROW(skewed_loads(2, 4, 8, 0), engine::Error);
+  EXPECT_THROW(load_of(L, 2, 3, 8), engine::Error);
+}
+
 }  // namespace monta::comm
