@@ -63,9 +63,14 @@ int64_t ExchangeVolume::capacity() const {
   return capacity_of(tokens(), K, E, capacity_factor, min_capacity);
 }
 double ExchangeVolume::dispatch_bytes() const { return double(E) * double(capacity()) * double(H) * elem_bytes; }
+ExchangeLoad dropless_expected_load(int64_t tokens, int64_t top_k, int64_t experts, int64_t capacity) {
+  return {std::min(1.0, double(tokens) * double(top_k) / (double(experts) * double(capacity))), 1.0};
+}
 ExchangeLoad ExchangeVolume::load() const {
   if (capacity_factor != 0) return {};
-  return {std::min(1.0, double(tokens()) * double(K) / (double(E) * double(capacity()))), imbalance};
+  ExchangeLoad l = dropless_expected_load(tokens(), K, E, capacity());
+  l.imbalance = imbalance;
+  return l;
 }
 
 double ExchangeLoad::moved() const {

@@ -72,6 +72,10 @@ struct ExchangeLoad {
 
 // The ExchangeLoad of explicit loads (e·E entries as Exchange::set_loads takes them) of capacity C: fill = their sum
 // over e·E·C; imbalance = the most rows an EP rank sends or receives over the mean.
+// The expected ExchangeLoad of dropless routing at capacity C (dropless_expected_capacity): fill = N·K/(E·C), the
+// routed rows over the slots; imbalance 1 (C already carries the largest load's margin). ExchangeVolume::load and
+// `auto` (model/parallel_setup.cpp) price dropless with it.
+ExchangeLoad dropless_expected_load(int64_t tokens, int64_t top_k, int64_t experts, int64_t capacity);
 ExchangeLoad load_of(std::span<const int32_t> loads, int e, int64_t E, int64_t C);
 // A step's loads with a share `skew` of every rank's tokens routed to expert 0, which fills its C slots (dropless: C
 // is the largest load), the rest spread evenly over the other experts: fill ≈ 1/(skew·E) for skew in [1/E, 1]

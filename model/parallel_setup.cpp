@@ -95,6 +95,7 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
   in.experts = s.E;
   // Dropless: measure and predict at the expected step capacity (comm/cost_model.h), not the worst case s.C = N.
   in.capacity = c.model.dropless() ? comm::dropless_expected_capacity(s.N, s.K, s.E, s.e) : s.C;
+  if (c.model.dropless()) in.load = comm::dropless_expected_load(s.N, s.K, s.E, in.capacity);  // filled rows only
   in.hidden = s.H;
   if (c.comm.dispatch_fp8()) in.dispatch_width = comm::fp8_dispatch_width(s.H, act);
   in.ffn_local = s.F_l;
