@@ -256,9 +256,10 @@ Tensor router_pattern(Buffers& B, const std::string& router, double skew, int64_
   MONTA_USER_CHECK(skew >= 0 && skew <= 1, strf("--skew must be a fraction in [0, 1], got %g", skew));
   if (router == "natural") return Tensor();
   std::vector<float> host(size_t(N * E));
+  int64_t rest = 0;  // the tokens not sent to expert 0 so far: they cycle over the experts on their own count
   for (int64_t n = 0; n < N; ++n) {
     const bool to_0 = router == "skewed" && std::floor(double(n + 1) * skew) > std::floor(double(n) * skew);
-    const int64_t r = to_0 ? 0 : n % E;
+    const int64_t r = to_0 ? 0 : rest++ % E;
     for (int64_t e = 0; e < E; ++e) host[size_t(n * E + e)] = -float((e - r + E) % E);
   }
   Tensor f32 = B.make({N, E}, DType::f32), out = B.make({N, E}, act);
