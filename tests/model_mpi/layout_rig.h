@@ -1,7 +1,11 @@
 // Shared pieces of the multi-rank model tests (tests/model_mpi): the small config every layout divides, the global
 // batch every rank draws alike, and the process groups, parallel context and exchange of one layout.
 #pragma once
+#include <mpi.h>
+
 #include <algorithm>
+#include <cstdio>
+#include <functional>
 #include <cmath>
 #include <memory>
 #include <string>
@@ -76,6 +80,14 @@ struct Rig {
     }
   }
 };
+
+// A suite's largest deviations over its cases, reduced (max) over every rank; rank 0 prints them with `print` after
+// the suite's last case (its TearDownTestSuite).
+inline void print_largest(std::vector<double> v, const std::function<void(const std::vector<double>&)>& print) {
+  std::vector<double> red(v.size());
+  MPI_Allreduce(v.data(), red.data(), int(v.size()), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+  if (comm::runtime_world_rank() == 0) print(red);
+}
 
 // Largest |a - b| / max|b| of two f32 tensors of n elements (b the reference).
 inline double rel_dev(const float* a, const float* b, int64_t n) {

@@ -96,12 +96,11 @@ double g_worst_other = 0, g_worst_expert = 0;
 class Fp8Equivalence : public testing::TestWithParam<Fp8Case> {
  public:
   static void TearDownTestSuite() {
-    double all[2] = {g_worst_other, g_worst_expert}, red[2];
-    MPI_Allreduce(all, red, 2, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    if (comm::runtime_world_rank() == 0)
+    print_largest({g_worst_other, g_worst_expert}, [](const std::vector<double>& r) {
       std::printf("world %d, fp8: largest relative gradient error against 1 rank: %.3g (non-expert, all cases), "
                   "%.3g (expert weights with model.fp8 experts)\n",
-                  comm::runtime_world_size(), red[0], red[1]);
+                  comm::runtime_world_size(), r[0], r[1]);
+    });
   }
 };
 

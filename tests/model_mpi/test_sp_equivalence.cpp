@@ -82,12 +82,11 @@ Worst g_worst;
 class SequenceParallel : public testing::TestWithParam<Case> {
  public:
   static void TearDownTestSuite() {
-    double all[3] = {g_worst.loss, g_worst.grad, g_worst.weight}, red[3];
-    MPI_Allreduce(all, red, 3, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    if (comm::runtime_world_rank() == 0)
+    print_largest({g_worst.loss, g_worst.grad, g_worst.weight}, [](const std::vector<double>& r) {
       std::printf("world %d: sequence parallel against off, largest: first step's relative loss/aux difference %.3g, "
                   "gradient %.3g of the tensor's largest; weight after five steps %.3g of the tensor's largest\n",
-                  comm::runtime_world_size(), red[0], red[1], red[2]);
+                  comm::runtime_world_size(), r[0], r[1], r[2]);
+    });
   }
 };
 
