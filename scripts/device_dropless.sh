@@ -13,15 +13,8 @@ OUT=${OUT:-/tmp/monta-out}
 ITERS=${ITERS:-5}
 SKEW=${SKEW:-0.75}
 mkdir -p "$OUT"
-status=0
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-run() {  # run NAME CMD...: tee to $OUT/NAME.log, remember a failure
-  local name=$1
-  shift
-  echo "== $name: $*"
-  "$@" 2>&1 | tee "$OUT/$name.log" | tail -n 25
-  [ "${PIPESTATUS[0]}" = 0 ] || { echo "$name FAILED"; status=1; }
-}
+RUN_TAIL=25
+source "$(dirname "$0")/device_lib.sh"  # gpu.txt, run(), status
 run test_gpu_model_dropless "$BIN/test_gpu_model" --gtest_filter='GpuDropless*:GpuModel.LossAndGradientsMatchCpu' --gtest_brief=1
 run test_model_dropless "$BIN/test_model" --gtest_filter='*Dropless*' --gtest_brief=1
 run bench_layer_dropless "$BIN/monta" bench layer --iters "$ITERS" --dropless --router balanced,skewed --skew "$SKEW" \

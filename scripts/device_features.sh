@@ -12,20 +12,11 @@ OUT=${OUT:-/tmp/monta-out}
 ITERS=${ITERS:-5}
 STEPS=${STEPS:-10}
 mkdir -p "$OUT"
+RUN_TAIL=6
+RUN_TIMEOUT=150
+source "$(dirname "$0")/device_lib.sh"  # gpu.txt, run(), status
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none"
-status=0
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-run() {  # run NAME CMD...: tee to $OUT/NAME.log, remember a failure
-  local name=$1 t0=$SECONDS
-  shift
-  echo "== $name: $*"
-  timeout 150 "$@" > "$OUT/$name.log" 2>&1
-  local rc=$?
-  tail -n 6 "$OUT/$name.log"
-  [ $rc = 0 ] || { echo "$name FAILED (exit $rc)"; status=1; }
-  echo "== $name: $((SECONDS - t0)) s"
-}
 run test_gpu_new "$BIN/test_gpu" --gtest_filter='*Fp8*:*GpuRouter*:*OpParity*topk_weights*:*RouterSp*' --gtest_brief=1
 run test_gpu_model "$BIN/test_gpu_model" --gtest_brief=1
 run bench_layer_dropless "$BIN/monta" bench layer --iters "$ITERS" --strategies duplicate --dropless --router balanced \

@@ -13,18 +13,9 @@ BIN=${BIN:-.devbin}
 OUT=${OUT:-/tmp/monta-out}
 ITERS=${ITERS:-5}
 mkdir -p "$OUT"
-status=0
+RUN_TAIL=25
+source "$(dirname "$0")/device_lib.sh"  # gpu.txt, run(), status
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-run() {  # run NAME CMD...: tee to $OUT/NAME.log, remember a failure
-  local name=$1
-  shift
-  echo "== $name: $*"
-  local t0=$SECONDS
-  "$@" 2>&1 | tee "$OUT/$name.log" | tail -n 25
-  [ "${PIPESTATUS[0]}" = 0 ] || { echo "$name FAILED"; status=1; }
-  echo "== $name: $((SECONDS - t0)) s"
-}
 run test_gpu_fp8 "$BIN/test_gpu" --gtest_filter='*Fp8*' --gtest_brief=1
 run test_gpu_model_fp8 "$BIN/test_gpu_model" --gtest_filter='GpuFp8*' --gtest_brief=1
 run test_engine_fp8 "$BIN/test_engine" --gtest_filter='*Fp8*' --gtest_brief=1

@@ -10,17 +10,8 @@ BIN=${BIN:-build/bin}
 OUT=${OUT:-/tmp/monta-out}
 ITERS=${ITERS:-5}
 mkdir -p "$OUT"
-status=0
-nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm,power.limit --format=csv | tee "$OUT/gpu.txt"
-run() {  # run NAME CMD...: tee to $OUT/NAME.log, remember a failure
-  local name=$1
-  shift
-  echo "== $name: $*"
-  local t0=$SECONDS
-  "$@" 2>&1 | tee "$OUT/$name.log" | tail -n 30
-  [ "${PIPESTATUS[0]}" = 0 ] || { echo "$name FAILED"; status=1; }
-  echo "== $name: $((SECONDS - t0)) s"
-}
+RUN_TAIL=30
+source "$(dirname "$0")/device_lib.sh"  # gpu.txt, run(), status
 run test_gpu_model_fp8 "$BIN/test_gpu_model" --gtest_filter='GpuFp8*' --gtest_brief=1
 run bench_fp8 "$BIN/monta" bench fp8 --iters "$ITERS" --json "$OUT/bench_fp8.json"
 run bench_layer "$BIN/monta" bench layer --iters "$ITERS" \

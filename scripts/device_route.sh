@@ -8,15 +8,8 @@ set -uo pipefail
 BIN=${BIN:-.devbin}
 OUT=${OUT:-/tmp/monta-out}
 mkdir -p "$OUT"
-status=0
-nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-run() {  # run NAME CMD...: tee to $OUT/NAME.log, remember a failure
-  local name=$1
-  shift
-  echo "== $name: $*"
-  "$@" 2>&1 | tee "$OUT/$name.log" | tail -n 25
-  [ "${PIPESTATUS[0]}" = 0 ] || { echo "$name FAILED"; status=1; }
-}
+RUN_TAIL=25
+source "$(dirname "$0")/device_lib.sh"  # gpu.txt, run(), status
 run test_gpu_router "$BIN/test_gpu" --gtest_filter='*GpuRouter*:*OpParity*topk_weights*' --gtest_brief=1
 run test_gpu_model_routing "$BIN/test_gpu_model" --gtest_filter='GpuModel.RoutingOptionsMatchCpu' --gtest_brief=1
 run train_tiny_route "$BIN/monta" train --config configs/tiny.ini --train.device cuda --train.steps 60 \
