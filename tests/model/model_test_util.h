@@ -28,6 +28,27 @@ inline model::Config tiny_test_config() {
 }
 
 
+// The small model of the gradient checks (f64 on the CPU, every element perturbed): two layers, four experts, top-2, a
+// capacity factor under 1 so the dropped path is covered; the dropless tests start from it too.
+inline model::ModelConfig grad_test_config() {
+  model::ModelConfig m;
+  m.vocab = 32;
+  m.hidden = 16;
+  m.layers = 2;
+  m.heads = 4;
+  m.kv_heads = 2;
+  m.ffn = 24;
+  m.experts = 4;
+  m.top_k = 2;
+  m.seq_len = 8;
+  m.capacity_factor = 0.75;  // forces drops, so the dropped path is covered
+  m.min_capacity = 1;
+  m.init_std = 0.3;          // larger weights: less flat loss, well-separated router probabilities
+  m.aux_loss_coef = 0.1;
+  m.z_loss_coef = 0.01;
+  return m;
+}
+
 // A one-process model in f64 on the CPU with fixed tokens and targets, for gradient checks against finite
 // differences: loss() is exactly the objective the trainer prints as loss_total (model::training_objective), not a
 // copy of its formula (with several layers a gradient of coef x mean-over-layers would differ by the layer count).

@@ -57,19 +57,11 @@ TEST(DroplessGemmRuns, RoundCapAndMerge) {
 namespace {
 
 model::ModelConfig dropless_config() {
-  model::ModelConfig m;
-  m.vocab = 32;
-  m.hidden = 16;
-  m.layers = 2;
-  m.heads = 4;
-  m.kv_heads = 2;
-  m.ffn = 24;
-  m.experts = 4;
-  m.top_k = 2;
+  model::ModelConfig m = testing_model::grad_test_config();
   m.seq_len = 32;  // N = 64 tokens: step capacities in multiples of 8, loads that are not
   m.capacity_factor = 0;
-  m.init_std = 0.3;
-  m.aux_loss_coef = 0.1;
+  m.min_capacity = model::ModelConfig().min_capacity;
+  m.z_loss_coef = model::ModelConfig().z_loss_coef;
   return m;
 }
 

@@ -23,24 +23,6 @@ namespace {
 
 using monta::testing_model::GradFixture;
 
-ModelConfig tiny_double_config() {
-  ModelConfig m;
-  m.vocab = 32;
-  m.hidden = 16;
-  m.layers = 2;
-  m.heads = 4;
-  m.kv_heads = 2;
-  m.ffn = 24;
-  m.experts = 4;
-  m.top_k = 2;
-  m.seq_len = 8;
-  m.capacity_factor = 0.75;  // forces drops, so the dropped path is covered
-  m.min_capacity = 1;
-  m.init_std = 0.3;          // larger weights: less flat loss, well-separated router probabilities
-  m.aux_loss_coef = 0.1;
-  m.z_loss_coef = 0.01;
-  return m;
-}
 
 // Four sampled elements of every parameter (but `skip`) against central differences of the objective; returns how
 // many were checked.
@@ -72,7 +54,7 @@ int check_sampled_gradients(GradFixture& f, const std::string& skip = "") {
 }  // namespace
 
 TEST(ModelGrad, EveryParameterMatchesFiniteDifferences) {
-  GradFixture f(tiny_double_config());
+  GradFixture f(testing_model::grad_test_config());
   f.params.zero_grads();
   auto r = f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
   EXPECT_GT(r.dropped, 0) << "config should drop some tokens";
@@ -83,7 +65,7 @@ TEST(ModelGrad, EveryParameterMatchesFiniteDifferences) {
 // a skewed balancing bias steering the choice. The bias takes no gradient (it is updated by the trainer, not by
 // AdamW) and is left out of the differences: a step of it can only flip a choice, a jump and not a slope.
 TEST(ModelGrad, RenormalisedWeightsWithBalancingBiasMatchFiniteDifferences) {
-  ModelConfig cfg = tiny_double_config();
+  ModelConfig cfg = testing_model::grad_test_config();
   cfg.router_norm_topk = true;
   cfg.router_bias_update = 0.01;
   GradFixture f(cfg);
@@ -113,7 +95,7 @@ TEST(ModelGrad, RenormalisedWeightsWithBalancingBiasMatchFiniteDifferences) {
 // the balanced N·K/E, layer 1 below the worst case N, so the buffers are used in part), and every parameter's
 // gradient matches finite differences.
 TEST(ModelGrad, DroplessSkewedRouterMatchesFiniteDifferences) {
-  ModelConfig m = tiny_double_config();
+  ModelConfig m = testing_model::grad_test_config();
   m.capacity_factor = 0;
   GradFixture f(m);
   f.model.on_router_logits = [](int l, Tensor logits) {
@@ -137,7 +119,7 @@ TEST(ModelGrad, DroplessSkewedRouterMatchesFiniteDifferences) {
 }
 
 TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
-  GradFixture f(tiny_double_config());
+  GradFixture f(testing_model::grad_test_config());
   f.params.zero_grads();
   f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);
   std::vector<double> once(size_t(f.params.get("lm_head").grad.numel()));
@@ -150,7 +132,7 @@ TEST(ModelGrad, GradientsAccumulateAcrossMicroBatches) {
 // Lazy zeroing: after zero_grads() every gradient of the backward is written over whatever its memory held (NaN
 // here), giving the same bits as a backward onto filled zeros.
 TEST(ModelGrad, FirstMicroBatchOverwritesStaleGradients) {
-  GradFixture f(tiny_double_config());
+  GradFixture f(testing_model::grad_test_config());
   for (auto& p : f.params.all()) engine::fill_zero(p.grad);
   f.model.forward_backward(f.tokens.data(), f.targets.data(), f.ce_scale, f.aux_scale);  // accumulates onto zeros
   std::vector<std::vector<double>> want;
@@ -167,7 +149,7 @@ TEST(ModelGrad, FirstMicroBatchOverwritesStaleGradients) {
 }
 
 TEST(ModelInit, ValuesDependOnNameAndIndexOnly) {
-  ModelConfig cfg = tiny_double_config();
+  ModelConfig cfg = testing_model::grad_test_config();
   ParallelContext one, tp2;
   tp2.tp = 2;
   tp2.tp_rank = 1;
@@ -193,7 +175,7 @@ TEST(ModelInit, ValuesDependOnNameAndIndexOnly) {
 // Dropped choices are counted from the expert counts and the capacity (no copy of the slots): the count must equal
 // the slots marked -1 by the capacity assignment, over every layer.
 TEST(ModelGrad, DroppedCountEqualsDroppedSlots) {
-  GradFixture f(tiny_double_config());
+  GradFixture f(testing_model::grad_test_config());
   auto r = f.model.forward(f.tokens.data(), f.targets.data());
   const Tensor slots = f.model.slots();
   int64_t want = 0;
