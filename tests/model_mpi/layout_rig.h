@@ -81,6 +81,17 @@ struct Rig {
   }
 };
 
+// The layouts the suites run on `world` ranks: tp and ep in {1, 2, 4} that divide it (ep within the DP ranks), the
+// experts split over TP or whole (whole only where tp > 1), in this order.
+inline void for_each_layout(int world, const std::function<void(int tp, int ep, bool expert_tp)>& fn) {
+  for (int tp : {1, 2, 4})
+    for (int ep : {1, 2, 4}) {
+      if (world % tp || (world / tp) % ep) continue;
+      for (bool etp : {true, false})
+        if (etp || tp > 1) fn(tp, ep, etp);
+    }
+}
+
 // A suite's largest deviations over its cases, reduced (max) over every rank; rank 0 prints them with `print` after
 // the suite's last case (its TearDownTestSuite).
 inline void print_largest(std::vector<double> v, const std::function<void(const std::vector<double>&)>& print) {

@@ -44,26 +44,21 @@ struct Fp8Case {
 
 std::vector<Fp8Case> fp8_cases(int world) {
   std::vector<Fp8Case> out;
-  for (int tp : {1, 2, 4})
-    for (int ep : {1, 2, 4}) {
-      if (world % tp || (world / tp) % ep) continue;
-      for (bool etp : {true, false}) {
-        if (!etp && tp == 1) continue;
-        if (ep == 1) {
-          for (bool experts : {false, true}) out.push_back({tp, ep, etp, "none", experts});
-          if (etp) out.push_back({tp, ep, etp, "none", false, true});
-          if (etp) out.push_back({tp, ep, etp, "none", true, false, true});
-          continue;
-        }
-        // Every strategy with the FP8 dispatch; FP8 experts with the plainest and the most reordering one (the
-        // expert GEMMs see the same rows in every strategy, in overlapped's chunk-major order), to keep the suite
-        // inside its time limit at 8 ranks.
-        for (const char* k : {"duplicate", "drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k, false});
-        for (const char* k : {"duplicate", "overlapped"}) out.push_back({tp, ep, etp, k, true});
-        if (etp) out.push_back({tp, ep, etp, "pipelined", false, true});
-        if (etp) out.push_back({tp, ep, etp, "overlapped", true, false, true});
-      }
+  for_each_layout(world, [&](int tp, int ep, bool etp) {
+    if (ep == 1) {
+      for (bool experts : {false, true}) out.push_back({tp, ep, etp, "none", experts});
+      if (etp) out.push_back({tp, ep, etp, "none", false, true});
+      if (etp) out.push_back({tp, ep, etp, "none", true, false, true});
+      return;
     }
+    // Every strategy with the FP8 dispatch; FP8 experts with the plainest and the most reordering one (the expert
+    // GEMMs see the same rows in every strategy, in overlapped's chunk-major order), to keep the suite inside its
+    // time limit at 8 ranks.
+    for (const char* k : {"duplicate", "drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k, false});
+    for (const char* k : {"duplicate", "overlapped"}) out.push_back({tp, ep, etp, k, true});
+    if (etp) out.push_back({tp, ep, etp, "pipelined", false, true});
+    if (etp) out.push_back({tp, ep, etp, "overlapped", true, false, true});
+  });
   return out;
 }
 

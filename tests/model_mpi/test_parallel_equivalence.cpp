@@ -45,18 +45,10 @@ struct Case {
 
 std::vector<Case> cases(int world) {
   std::vector<Case> out;
-  for (int tp : {1, 2, 4})
-    for (int ep : {1, 2, 4}) {
-      if (world % tp || (world / tp) % ep) continue;
-      for (bool etp : {true, false}) {
-        if (!etp && tp == 1) continue;
-        if (ep == 1) {
-          out.push_back({tp, ep, etp, "none"});
-          continue;
-        }
-        for (const char* k : {"duplicate", "drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k});
-      }
-    }
+  for_each_layout(world, [&](int tp, int ep, bool etp) {
+    if (ep == 1) return out.push_back({tp, ep, etp, "none"});
+    for (const char* k : {"duplicate", "drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k});
+  });
   return out;
 }
 

@@ -43,22 +43,19 @@ struct Case {
 
 std::vector<Case> cases(int world) {
   std::vector<Case> out;
-  for (int tp : {2, 4})
-    for (int ep : {1, 2, 4}) {
-      if (world % tp || (world / tp) % ep) continue;
-      for (bool etp : {true, false}) {
-        if (ep == 1) {
-          out.push_back({tp, ep, etp, "none"});
-          if (etp) out.push_back({tp, ep, etp, "none", false, true});
-          if (etp) out.push_back({tp, ep, etp, "none", false, false, true});
-          continue;
-        }
-        for (const char* k : {"drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k});
-        if (etp) out.push_back({tp, ep, etp, "overlapped", true});
-        if (etp) out.push_back({tp, ep, etp, "pipelined", false, true});
-        if (etp) out.push_back({tp, ep, etp, "overlapped", false, false, true});
-      }
+  for_each_layout(world, [&](int tp, int ep, bool etp) {
+    if (tp == 1) return;  // sequence parallelism splits tokens over TP
+    if (ep == 1) {
+      out.push_back({tp, ep, etp, "none"});
+      if (etp) out.push_back({tp, ep, etp, "none", false, true});
+      if (etp) out.push_back({tp, ep, etp, "none", false, false, true});
+      return;
     }
+    for (const char* k : {"drop_gather", "pipelined", "overlapped"}) out.push_back({tp, ep, etp, k});
+    if (etp) out.push_back({tp, ep, etp, "overlapped", true});
+    if (etp) out.push_back({tp, ep, etp, "pipelined", false, true});
+    if (etp) out.push_back({tp, ep, etp, "overlapped", false, false, true});
+  });
   return out;
 }
 
