@@ -49,6 +49,25 @@ inline model::ModelConfig grad_test_config() {
   return m;
 }
 
+// The FP8 tests' model: hidden 160 and FFN 136, two 1x128 tiles along each with the second ragged, 4 experts top-2
+// over 2 layers at capacity 1.0; the vocabulary, sequence and init scale are each test's.
+inline model::ModelConfig fp8_test_base(int64_t vocab, int64_t seq_len, double init_std) {
+  model::ModelConfig m;
+  m.vocab = vocab;
+  m.hidden = 160;
+  m.layers = 2;
+  m.heads = 4;
+  m.kv_heads = 2;
+  m.ffn = 136;
+  m.experts = 4;
+  m.top_k = 2;
+  m.seq_len = seq_len;
+  m.capacity_factor = 1.0;
+  m.min_capacity = 1;
+  m.init_std = init_std;
+  return m;
+}
+
 // A one-process model in f64 on the CPU with fixed tokens and targets, for gradient checks against finite
 // differences: loss() is exactly the objective the trainer prints as loss_total (model::training_objective), not a
 // copy of its formula (with several layers a gradient of coef x mean-over-layers would differ by the layer count).

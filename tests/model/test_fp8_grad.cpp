@@ -29,19 +29,7 @@ using engine::Tensor;
 namespace {
 
 ModelConfig fp8_grad_config() {
-  ModelConfig m;
-  m.vocab = 32;
-  m.hidden = 160;  // two 1x128 tiles along H, the second ragged; F likewise
-  m.layers = 2;
-  m.heads = 4;
-  m.kv_heads = 2;
-  m.ffn = 136;
-  m.experts = 4;
-  m.top_k = 2;
-  m.seq_len = 8;
-  m.capacity_factor = 1.0;
-  m.min_capacity = 1;
-  m.init_std = 0.1;
+  ModelConfig m = testing_model::fp8_test_base(32, 8, 0.1);
   m.fp8 = "experts";
   return m;
 }

@@ -18,6 +18,7 @@
 #include "model/footprint.h"
 #include "model/model.h"
 #include "model/trainer.h"
+#include "model_test_util.h"
 
 using namespace monta;
 using namespace monta::model;
@@ -27,19 +28,7 @@ using engine::Device;
 namespace {
 
 ModelConfig fp8_test_config(const std::string& fp8, bool wgrad = true) {
-  ModelConfig m;
-  m.vocab = 64;
-  m.hidden = 160;  // two 128-tiles along H, the second ragged; ffn likewise
-  m.layers = 2;
-  m.heads = 4;
-  m.kv_heads = 2;
-  m.ffn = 136;
-  m.experts = 4;
-  m.top_k = 2;
-  m.seq_len = 24;
-  m.capacity_factor = 1.0;
-  m.min_capacity = 1;
-  m.init_std = 0.05;
+  ModelConfig m = testing_model::fp8_test_base(64, 24, 0.05);
   m.fp8 = fp8;
   m.fp8_wgrad = wgrad;
   return m;
