@@ -1,7 +1,9 @@
 // CUDA FP8 E4M3 quantisation: 1x128 row tiles (one warp per tile), 1x128 tiles down the columns written transposed
-// (a shared-memory transpose per 128x32 panel), and 128x128 weight blocks with an optional transposed copy. Codes and
+// (a shared-memory transpose per 128x64 panel), and 128x128 weight blocks with an optional transposed copy. Codes and
 // scales come from engine/fp8_math.h, the CPU's arithmetic, so both backends give the same bits. A non-finite element
-// enters the tile maximum as +inf, which marks the tile (NaN scale and codes, fp8::tile_scale).
+// enters the tile maximum as +inf, which marks the tile (NaN scale and codes, fp8::tile_scale). Where shapes and
+// alignment allow, a thread moves its elements with one vector load and its codes with one 4-byte store (the kernels'
+// vec flags: the quantise passes are memory-bound); the scalar path covers the rest, with the same arithmetic.
 // fp8_gemm runs on cuBLASLt's block-scaled FP8 GEMM (CUDA >= 12.9, Hopper): VEC128_32F scales for 1x128 tiles,
 // BLK128x128_32F for weight blocks, E4M3 operands in the "TN" layout FP8 needs on Hopper (both K-contiguous), fp32
 // accumulation; one call per batch entry (expert), see docs/fp8.md for why not a strided batch.
@@ -30,34 +32,63 @@ __device__ __forceinline__ float mag(float v) { return isfinite(v) ? fabsf(v) : 
 // The end of a 1×128 row tile's quantisation, one warp per tile: this lane's 4 values v (of which `valid` are in the
 // row) and its |max|, reduced over the warp into the tile's scale (written by lane 0 at scale[s]) and the codes at
 // q[at..]. Shared by fp8_quantize_rows and the fused SwiGLU, so both give the same bytes.
+// vec: the 4 codes go out as one 4-byte store (the caller checked that q + at is 4-byte aligned and valid >= 4).
 __device__ __forceinline__ void quantize_lane(uint8_t* __restrict__ q, float* __restrict__ scale, const float (&v)[4],
-                                              float amax, int lane, int64_t s, int64_t at, int64_t valid) {
+                                              float amax, int lane, int64_t s, int64_t at, int64_t valid, bool vec) {
   amax = warp_max(amax);
   const bool finite = amax <= FLT_MAX;
   if (lane == 0) scale[s] = fp8::tile_scale(amax, finite);
   const float inv = finite ? fp8::pow2(-fp8::scale_exponent(amax)) : 1.f;
+  if (vec) {
+    uint32_t word = 0;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) word |= uint32_t(fp8::quantize(v[j], inv, finite)) << (8 * j);
+    *reinterpret_cast<uint32_t*>(q + at) = word;
+    return;
+  }
 #pragma unroll
   for (int j = 0; j < 4; ++j)
     if (j < valid) q[at + j] = fp8::quantize(v[j], inv, finite);
 }
 
+// 4 consecutive elements x[i..i+3] of a bf16 or f32 source as floats: one 8- or 16-byte load when vec (i a multiple
+// of 4 and x 16-byte aligned), else element by element, zeros past n.
+__device__ __forceinline__ void load_quad(float (&v)[4], const void* __restrict__ x, int64_t i, bool xb, int64_t n,
+                                          bool vec) {
+  if (vec) {
+    if (xb) {
+      const uint2 w = *reinterpret_cast<const uint2*>(static_cast<const bf16*>(x) + i);
+      const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w.x));
+      const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w.y));
+      v[0] = a.x, v[1] = a.y, v[2] = b.x, v[3] = b.y;
+    } else {
+      const float4 w = *reinterpret_cast<const float4*>(static_cast<const float*>(x) + i);
+      v[0] = w.x, v[1] = w.y, v[2] = w.z, v[3] = w.w;
+    }
+    return;
+  }
+#pragma unroll
+  for (int j = 0; j < 4; ++j) v[j] = j < n ? ld(x, i + j, xb) : 0.f;
+}
+
 // One warp per (b, r, tile): 4 elements a lane.
+// vec: K % 4 == 0, x 16-byte and q 4-byte aligned (fp8_quantize_rows checks), so every lane's 4 elements are one
+// aligned load and its 4 codes one store (a lane past K has none: c0 >= K).
 static __global__ void quantize_rows_kernel(uint8_t* __restrict__ q, float* __restrict__ scale, const void* __restrict__ x,
-                                            bool xb, int64_t B, int64_t R, int64_t K) {
+                                            bool xb, int64_t B, int64_t R, int64_t K, bool vec) {
   const int64_t T = fp8::tiles(K);
   const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (warp >= B * R * T) return;  // whole warps leave together
   const int64_t t = warp % T, br = warp / T, b = br / R, r = br % R;
   const int64_t row = br * K, c0 = t * kTile + lane * 4;
+  const bool lane_vec = vec && c0 < K;
   float v[4];
+  load_quad(v, x, row + c0, xb, K - c0, lane_vec);
   float amax = 0.f;
 #pragma unroll
-  for (int j = 0; j < 4; ++j) {
-    v[j] = c0 + j < K ? ld(x, row + c0 + j, xb) : 0.f;
-    amax = fmaxf(amax, mag(v[j]));
-  }
-  quantize_lane(q, scale, v, amax, lane, (b * T + t) * R + r, row + c0, K - c0);
+  for (int j = 0; j < 4; ++j) amax = fmaxf(amax, mag(v[j]));
+  quantize_lane(q, scale, v, amax, lane, (b * T + t) * R + r, row + c0, K - c0, lane_vec);
 }
 
 // fp8_pack_rows: quantize_rows_kernel's tile, written into the packed row (codes, then the scale at its slot); the
@@ -96,28 +127,39 @@ static __global__ void pack_rows_kernel(uint8_t* __restrict__ packed, const void
 // by fp8_quantize_rows.
 static __global__ void swiglu_rows_kernel(void* __restrict__ out, uint8_t* __restrict__ q, float* __restrict__ scale,
                                           const void* __restrict__ gate, const void* __restrict__ up, bool b16,
-                                          int64_t B, int64_t R, int64_t K) {
+                                          int64_t B, int64_t R, int64_t K, bool vec) {
   const int64_t T = fp8::tiles(K);
   const int64_t warp = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (warp >= B * R * T) return;
   const int64_t t = warp % T, br = warp / T, b = br / R, r = br % R;
   const int64_t row = br * K, c0 = t * kTile + lane * 4;
-  float v[4];
+  const bool lane_vec = vec && c0 < K;
+  float g[4], u[4], v[4];
+  load_quad(g, gate, row + c0, b16, K - c0, lane_vec);
+  load_quad(u, up, row + c0, b16, K - c0, lane_vec);
   float amax = 0.f;
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
-    v[j] = 0.f;
-    if (c0 + j < K) {
-      const int64_t i = row + c0 + j;
-      const float g = ld(gate, i, b16), u = ld(up, i, b16);
-      const float sg = 1.f / (1.f + expf(-g));
-      st(out, i, b16, g * sg * u);
-      v[j] = ld(out, i, b16);  // the stored value (rounded to bf16 when out is bf16)
-    }
+    const float sg = 1.f / (1.f + expf(-g[j]));
+    const float y = g[j] * sg * u[j];
+    v[j] = c0 + j < K ? (b16 ? __bfloat162float(__float2bfloat16_rn(y)) : y) : 0.f;  // the stored value
     amax = fmaxf(amax, mag(v[j]));
   }
-  quantize_lane(q, scale, v, amax, lane, (b * T + t) * R + r, row + c0, K - c0);
+  if (lane_vec && b16) {
+    const __nv_bfloat162 lo = __floats2bfloat162_rn(v[0], v[1]), hi = __floats2bfloat162_rn(v[2], v[3]);
+    uint2 w;
+    w.x = *reinterpret_cast<const uint32_t*>(&lo);
+    w.y = *reinterpret_cast<const uint32_t*>(&hi);
+    *reinterpret_cast<uint2*>(static_cast<bf16*>(out) + row + c0) = w;
+  } else if (lane_vec) {
+    *reinterpret_cast<float4*>(static_cast<float*>(out) + row + c0) = make_float4(v[0], v[1], v[2], v[3]);
+  } else {
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      if (c0 + j < K) st(out, row + c0 + j, b16, v[j]);
+  }
+  quantize_lane(q, scale, v, amax, lane, (b * T + t) * R + r, row + c0, K - c0, lane_vec);
 }
 
 // fp8_unpack_rows: one thread per element.
@@ -131,41 +173,67 @@ static __global__ void unpack_rows_kernel(void* __restrict__ out, bool ob, const
   st(out, i, ob, fp8::e4m3_to_float(row[c]) * s);
 }
 
-// One block of 32x8 threads per (b, 128-row tile, 32 columns): column maxima over the tile, then the codes through
-// shared memory so the transposed writes run along R.
-constexpr int kColsPanel = 32;
+// One block per (b, 128-row tile, panel of 64 columns): 32 x 8 threads, each column pair (c, c+1) read by one
+// thread column as a bf16x2 / float2 (128 bytes a warp), 16 rows per thread; the tile maximum per column over the
+// block, the codes transposed through shared memory and written 4 rows at a time. vec: K even and x 8-byte aligned
+// (the pair loads), R % 4 == 0 and qt 4-byte aligned (the 4-byte stores); fp8_quantize_cols checks.
+constexpr int kColsPanel = 64;
 static __global__ void quantize_cols_kernel(uint8_t* __restrict__ qt, float* __restrict__ scale, const void* __restrict__ x,
-                                            bool xb, int64_t R, int64_t K) {
+                                            bool xb, int64_t R, int64_t K, bool vec_load, bool vec_store) {
   __shared__ float red[8][kColsPanel];
-  __shared__ uint8_t codes[kColsPanel][kTile + 4];
+  __shared__ __align__(4) uint8_t codes[kColsPanel][kTile + 4];
   const int64_t T = fp8::tiles(R);
-  const int64_t b = blockIdx.z, t = blockIdx.y, c = int64_t(blockIdx.x) * kColsPanel + threadIdx.x;
+  const int64_t b = blockIdx.z, t = blockIdx.y, c = int64_t(blockIdx.x) * kColsPanel + 2 * threadIdx.x;
   const int64_t r0 = t * kTile;
-  const bool col_ok = c < K;
-  float v[kTile / 8];
-  float amax = 0.f;
+  float v[2][kTile / 8];
+  float amax[2] = {0.f, 0.f};
 #pragma unroll
   for (int j = 0; j < kTile / 8; ++j) {
     const int64_t r = r0 + threadIdx.y + 8 * j;
-    v[j] = col_ok && r < R ? ld(x, (b * R + r) * K + c, xb) : 0.f;
-    amax = fmaxf(amax, mag(v[j]));
+    const int64_t i = (b * R + r) * K + c;
+    if (r < R && vec_load && c + 1 < K) {
+      if (xb) {
+        const float2 p = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(static_cast<const bf16*>(x) + i));
+        v[0][j] = p.x, v[1][j] = p.y;
+      } else {
+        const float2 p = *reinterpret_cast<const float2*>(static_cast<const float*>(x) + i);
+        v[0][j] = p.x, v[1][j] = p.y;
+      }
+    } else {
+      v[0][j] = r < R && c < K ? ld(x, i, xb) : 0.f;
+      v[1][j] = r < R && c + 1 < K ? ld(x, i + 1, xb) : 0.f;
+    }
+    amax[0] = fmaxf(amax[0], mag(v[0][j]));
+    amax[1] = fmaxf(amax[1], mag(v[1][j]));
   }
-  red[threadIdx.y][threadIdx.x] = amax;
-  __syncthreads();
-  amax = red[0][threadIdx.x];
 #pragma unroll
-  for (int y = 1; y < 8; ++y) amax = fmaxf(amax, red[y][threadIdx.x]);
-  const bool finite = amax <= FLT_MAX;
-  if (threadIdx.y == 0 && col_ok) scale[(b * T + t) * K + c] = fp8::tile_scale(amax, finite);
-  const float inv = finite ? fp8::pow2(-fp8::scale_exponent(amax)) : 1.f;
-#pragma unroll
-  for (int j = 0; j < kTile / 8; ++j) codes[threadIdx.x][threadIdx.y + 8 * j] = fp8::quantize(v[j], inv, finite);
+  for (int h = 0; h < 2; ++h) red[threadIdx.y][2 * threadIdx.x + h] = amax[h];
   __syncthreads();
-  const int tid = threadIdx.y * kColsPanel + threadIdx.x;
-  for (int i = tid; i < kColsPanel * kTile; i += kColsPanel * 8) {
-    const int cc = i / kTile, rr = i % kTile;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    float m = red[0][2 * threadIdx.x + h];
+#pragma unroll
+    for (int y = 1; y < 8; ++y) m = fmaxf(m, red[y][2 * threadIdx.x + h]);
+    const bool finite = m <= FLT_MAX;
+    if (threadIdx.y == 0 && c + h < K) scale[(b * T + t) * K + c + h] = fp8::tile_scale(m, finite);
+    const float inv = finite ? fp8::pow2(-fp8::scale_exponent(m)) : 1.f;
+#pragma unroll
+    for (int j = 0; j < kTile / 8; ++j)
+      codes[2 * threadIdx.x + h][threadIdx.y + 8 * j] = fp8::quantize(v[h][j], inv, finite);
+  }
+  __syncthreads();
+  // Column cc of the panel is the contiguous run qt[(b, c0 + cc), r0 .. r0 + 127]: 32 words of 4 codes.
+  const int tid = threadIdx.y * 32 + threadIdx.x;
+  for (int w = tid; w < kColsPanel * (kTile / 4); w += 256) {
+    const int cc = w / (kTile / 4), rr = 4 * (w % (kTile / 4));
     const int64_t col = int64_t(blockIdx.x) * kColsPanel + cc, r = r0 + rr;
-    if (col < K && r < R) qt[(b * K + col) * R + r] = codes[cc][rr];
+    if (col >= K || r >= R) continue;
+    uint8_t* dst = qt + (b * K + col) * R + r;
+    if (vec_store && r + 3 < R) {
+      *reinterpret_cast<uint32_t*>(dst) = *reinterpret_cast<const uint32_t*>(&codes[cc][rr]);
+    } else {
+      for (int k = 0; k < 4 && r + k < R; ++k) dst[k] = codes[cc][rr + k];
+    }
   }
 }
 
@@ -219,6 +287,7 @@ static __global__ void quantize_blocks_kernel(uint8_t* __restrict__ q, float* __
 }
 
 void need_source(const Tensor& t, const char* op, const char* name) { need_float(t, op, name); }
+bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 }  // namespace
 
@@ -230,8 +299,9 @@ void fp8_quantize_rows(Tensor q, Tensor scale, const Tensor& x, Stream s) {
   const D3 d = d3(x);
   const int64_t warps = d.b * d.r * fp8::tiles(d.c);
   if (warps == 0) return;
+  const bool vec = d.c % 4 == 0 && aligned(x.data, 16) && aligned(q.data, 4);
   quantize_rows_kernel<<<grid_1d(warps * 32, 256), 256, 0, stream_of(s)>>>(q.as<uint8_t>(), scale.as<float>(), x.data,
-                                                                           is_bf16(x), d.b, d.r, d.c);
+                                                                           is_bf16(x), d.b, d.r, d.c, vec);
   MONTA_LAUNCH_CHECK();
 }
 
@@ -244,8 +314,9 @@ void fp8_quantize_cols(Tensor qt, Tensor scale, const Tensor& x, Stream s) {
   if (d.b * d.r * d.c == 0) return;
   MONTA_CHECK(d.b <= 65535 && fp8::tiles(d.r) <= 65535, std::string(op) + ": too many tiles for one grid, " + x.str());
   const dim3 grid(unsigned((d.c + kColsPanel - 1) / kColsPanel), unsigned(fp8::tiles(d.r)), unsigned(d.b));
-  quantize_cols_kernel<<<grid, dim3(kColsPanel, 8), 0, stream_of(s)>>>(qt.as<uint8_t>(), scale.as<float>(), x.data,
-                                                                      is_bf16(x), d.r, d.c);
+  const bool vec_load = d.c % 2 == 0 && aligned(x.data, 8), vec_store = d.r % 4 == 0 && aligned(qt.data, 4);
+  quantize_cols_kernel<<<grid, dim3(32, 8), 0, stream_of(s)>>>(qt.as<uint8_t>(), scale.as<float>(), x.data, is_bf16(x),
+                                                              d.r, d.c, vec_load, vec_store);
   MONTA_LAUNCH_CHECK();
 }
 
@@ -307,9 +378,11 @@ void fp8_swiglu_forward(Tensor out, Tensor q, Tensor scale, const Tensor& gate, 
   const D3 d = d3(out);
   const int64_t warps = d.b * d.r * fp8::tiles(d.c);
   if (warps == 0) return;
+  const bool vec = d.c % 4 == 0 && aligned(out.data, 16) && aligned(gate.data, 16) && aligned(up.data, 16) &&
+                   aligned(q.data, 4);
   swiglu_rows_kernel<<<grid_1d(warps * 32, 256), 256, 0, stream_of(s)>>>(out.data, q.as<uint8_t>(), scale.as<float>(),
                                                                          gate.data, up.data, is_bf16(out), d.b, d.r,
-                                                                         d.c);
+                                                                         d.c, vec);
   MONTA_LAUNCH_CHECK();
 }
 

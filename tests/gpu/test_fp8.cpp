@@ -117,29 +117,33 @@ class GpuFp8 : public testing::TestWithParam<DType> {};
 TEST_P(GpuFp8, QuantizeRowsColsBlocksMatchCpu) {
   MONTA_REQUIRE_GPU();
   const DType dt = GetParam();
-  const int64_t B = 2, R = 300, K = 520;  // ragged tiles both ways
-  Pair x = spread({B, R, K}, dt, 5, true);
+  // Ragged tiles both ways; the kernels' vector path (K % 4 == 0, R % 4 == 0) and their scalar path (odd sizes).
+  for (const auto [R, K] : {std::pair<int64_t, int64_t>{300, 520}, {131, 261}}) {
+    SCOPED_TRACE("R " + std::to_string(R) + ", K " + std::to_string(K));
+    const int64_t B = 2;
+    Pair x = spread({B, R, K}, dt, 5, true);
 
-  Out q({B, R, K}, DType::e4m3), s({B, tiles(K), R}, DType::f32);
-  engine::fp8_quantize_rows(q.cpu, s.cpu, x.c());
-  engine::fp8_quantize_rows(q.gpu, s.gpu, x.g());
-  expect_same_bytes(q.gpu, q.cpu, "rows: codes");
-  expect_same_bytes(s.gpu, s.cpu, "rows: scales");
+    Out q({B, R, K}, DType::e4m3), s({B, tiles(K), R}, DType::f32);
+    engine::fp8_quantize_rows(q.cpu, s.cpu, x.c());
+    engine::fp8_quantize_rows(q.gpu, s.gpu, x.g());
+    expect_same_bytes(q.gpu, q.cpu, "rows: codes");
+    expect_same_bytes(s.gpu, s.cpu, "rows: scales");
 
-  Out qt({B, K, R}, DType::e4m3), st({B, tiles(R), K}, DType::f32);
-  engine::fp8_quantize_cols(qt.cpu, st.cpu, x.c());
-  engine::fp8_quantize_cols(qt.gpu, st.gpu, x.g());
-  expect_same_bytes(qt.gpu, qt.cpu, "cols: codes");
-  expect_same_bytes(st.gpu, st.cpu, "cols: scales");
+    Out qt({B, K, R}, DType::e4m3), st({B, tiles(R), K}, DType::f32);
+    engine::fp8_quantize_cols(qt.cpu, st.cpu, x.c());
+    engine::fp8_quantize_cols(qt.gpu, st.gpu, x.g());
+    expect_same_bytes(qt.gpu, qt.cpu, "cols: codes");
+    expect_same_bytes(st.gpu, st.cpu, "cols: scales");
 
-  Out wq({B, R, K}, DType::e4m3), ws({B, tiles(R), block_scale_ld(K)}, DType::f32);
-  Out wqt({B, K, R}, DType::e4m3), wst({B, tiles(K), block_scale_ld(R)}, DType::f32);
-  engine::fp8_quantize_blocks(wq.cpu, ws.cpu, wqt.cpu, wst.cpu, x.c());
-  engine::fp8_quantize_blocks(wq.gpu, ws.gpu, wqt.gpu, wst.gpu, x.g());
-  expect_same_bytes(wq.gpu, wq.cpu, "blocks: codes");
-  expect_same_bytes(ws.gpu, ws.cpu, "blocks: scales");
-  expect_same_bytes(wqt.gpu, wqt.cpu, "blocks: transposed codes");
-  expect_same_bytes(wst.gpu, wst.cpu, "blocks: transposed scales");
+    Out wq({B, R, K}, DType::e4m3), ws({B, tiles(R), block_scale_ld(K)}, DType::f32);
+    Out wqt({B, K, R}, DType::e4m3), wst({B, tiles(K), block_scale_ld(R)}, DType::f32);
+    engine::fp8_quantize_blocks(wq.cpu, ws.cpu, wqt.cpu, wst.cpu, x.c());
+    engine::fp8_quantize_blocks(wq.gpu, ws.gpu, wqt.gpu, wst.gpu, x.g());
+    expect_same_bytes(wq.gpu, wq.cpu, "blocks: codes");
+    expect_same_bytes(ws.gpu, ws.cpu, "blocks: scales");
+    expect_same_bytes(wqt.gpu, wqt.cpu, "blocks: transposed codes");
+    expect_same_bytes(wst.gpu, wst.cpu, "blocks: transposed scales");
+  }
 }
 
 // The dispatch payload: packing CUDA = CPU byte for byte (codes, scales, zero padding), unpacking too.
@@ -164,23 +168,27 @@ TEST_P(GpuFp8, PackAndUnpackRowsMatchCpu) {
 TEST_P(GpuFp8, FusedSwigluQuantiseMatchesTheTwoOps) {
   MONTA_REQUIRE_GPU();
   const DType dt = GetParam();
-  const int64_t B = 2, R = 200, K = 400;  // ragged last tile
-  Pair gate = spread({B, R, K}, dt, 9, false), up = spread({B, R, K}, dt, 10, true);
-  Out act({B, R, K}, dt), q({B, R, K}, DType::e4m3), s({B, tiles(K), R}, DType::f32);
-  Out act2({B, R, K}, dt), q2({B, R, K}, DType::e4m3), s2({B, tiles(K), R}, DType::f32);
-  engine::fp8_swiglu_forward(act.gpu, q.gpu, s.gpu, gate.g(), up.g());
-  engine::swiglu_forward(act2.gpu, gate.g(), up.g());
-  engine::fp8_quantize_rows(q2.gpu, s2.gpu, act2.gpu);
-  expect_same_bytes(act.gpu, act2.gpu, "fused swiglu: output");
-  expect_same_bytes(q.gpu, q2.gpu, "fused swiglu: codes");
-  expect_same_bytes(s.gpu, s2.gpu, "fused swiglu: scales");
-  // Against the CPU: quantising the GPU's SwiGLU output on the CPU gives the fused kernel's codes.
-  Out q3({B, R, K}, DType::e4m3), s3({B, tiles(K), R}, DType::f32), act_cpu({B, R, K}, dt);
-  engine::copy(act_cpu.cpu, act.gpu);
-  engine::sync_device(Device::cuda);
-  engine::fp8_quantize_rows(q3.cpu, s3.cpu, act_cpu.cpu);
-  expect_same_bytes(q.gpu, q3.cpu, "fused swiglu: codes vs the CPU's quantisation");
-  expect_same_bytes(s.gpu, s3.cpu, "fused swiglu: scales vs the CPU's quantisation");
+  // Ragged last tile; the vector path (K % 4 == 0) and the scalar one.
+  for (const auto [R, K] : {std::pair<int64_t, int64_t>{200, 400}, {67, 203}}) {
+    SCOPED_TRACE("R " + std::to_string(R) + ", K " + std::to_string(K));
+    const int64_t B = 2;
+    Pair gate = spread({B, R, K}, dt, 9, false), up = spread({B, R, K}, dt, 10, true);
+    Out act({B, R, K}, dt), q({B, R, K}, DType::e4m3), s({B, tiles(K), R}, DType::f32);
+    Out act2({B, R, K}, dt), q2({B, R, K}, DType::e4m3), s2({B, tiles(K), R}, DType::f32);
+    engine::fp8_swiglu_forward(act.gpu, q.gpu, s.gpu, gate.g(), up.g());
+    engine::swiglu_forward(act2.gpu, gate.g(), up.g());
+    engine::fp8_quantize_rows(q2.gpu, s2.gpu, act2.gpu);
+    expect_same_bytes(act.gpu, act2.gpu, "fused swiglu: output");
+    expect_same_bytes(q.gpu, q2.gpu, "fused swiglu: codes");
+    expect_same_bytes(s.gpu, s2.gpu, "fused swiglu: scales");
+    // Against the CPU: quantising the GPU's SwiGLU output on the CPU gives the fused kernel's codes.
+    Out q3({B, R, K}, DType::e4m3), s3({B, tiles(K), R}, DType::f32), act_cpu({B, R, K}, dt);
+    engine::copy(act_cpu.cpu, act.gpu);
+    engine::sync_device(Device::cuda);
+    engine::fp8_quantize_rows(q3.cpu, s3.cpu, act_cpu.cpu);
+    expect_same_bytes(q.gpu, q3.cpu, "fused swiglu: codes vs the CPU's quantisation");
+    expect_same_bytes(s.gpu, s3.cpu, "fused swiglu: scales vs the CPU's quantisation");
+  }
 }
 
 // The GEMM on cuBLASLt against the CPU's exact dequantise-then-multiply, from the same codes and scales (quantised on
