@@ -160,6 +160,19 @@ struct LtDescs {
   }
 };
 
+// Optional autotuning of cuBLASLt GEMMs, bf16 (linear.cu) and FP8 (fp8.cu) alike (engine::settings().gemm_tune;
+// MONTA_GEMM_TUNE=1 sets it): the heuristic's first kTuneCandidates algorithms (`found` of them in res) are timed once
+// per key on the real operands A, B, writing into a scratch output of c_bytes (a beta = 1 accumulation is never
+// disturbed), and the fastest is returned for the caller to cache; the heuristic's pick stays unless another is at
+// least 3% faster when timed again beside it, or when the scratch cannot be allocated. GEMMs under kTuneMinFlops are
+// not tuned. Off by default: on the H200 (2026-11-29, `monta bench ops`, same run, tuned vs not) it made the expert
+// backward GEMM 1.7% faster but the gate forward 14% slower, and the whole 2x70B layer moved by less than the
+// run-to-run spread (74.3 vs 74.9 ms). Tuning allocates and syncs once per shape, on its first use.
+constexpr int kTuneCandidates = 8;
+constexpr double kTuneMinFlops = 1e11;
+cublasLtMatmulAlgo_t lt_tune(cublasLtHandle_t h, const LtDescs& d, int found, const cublasLtMatmulHeuristicResult_t* res,
+                             const void* A, const void* B, size_t c_bytes, float beta, cudaStream_t st);
+
 float* reduce_scratch(Stream s);  // kReduceBlocks floats
 constexpr int64_t kColumnScratchFloats = int64_t(1) << 20;  // partial column sums (rmsnorm weight gradient)
 float* column_scratch(Stream s);                            // kColumnScratchFloats floats

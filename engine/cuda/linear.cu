@@ -57,63 +57,6 @@ void make_layout(cublasLtMatrixLayout_t* l, DType t, int64_t rows, int64_t cols,
   }
 }
 
-// Optional autotuning (engine::settings().gemm_tune; MONTA_GEMM_TUNE=1 sets it): the heuristic's first
-// kTuneCandidates algorithms are timed once per key on the real operands, writing into a scratch output (a beta = 1
-// accumulation is never disturbed), and the fastest is cached. Off by default: on the H200 (2026-11-29, `monta bench ops`, same run, tuned vs not) it made
-// the expert backward GEMM 1.7% faster but the gate forward 14% slower, and the whole 2x70B layer moved by less
-// than the run-to-run spread (74.3 vs 74.9 ms). Tuning allocates and syncs once per shape, on its first use.
-constexpr int kTuneCandidates = 8;
-constexpr double kTuneMinFlops = 1e11;
-
-cublasLtMatmulAlgo_t tune(cublasLtHandle_t h, const LtDescs& d, int found, const cublasLtMatmulHeuristicResult_t* res,
-                          const void* A, const void* B, size_t c_bytes, float beta, cudaStream_t st) {
-  void* scratch = nullptr;
-  if (cudaMalloc(&scratch, c_bytes) != cudaSuccess) {
-    cudaGetLastError();  // not enough memory to tune: keep the heuristic's pick
-    return res[0].algo;
-  }
-  CUDA_CHECK(cudaMemsetAsync(scratch, 0, c_bytes, st));
-  cudaEvent_t e0, e1;
-  CUDA_CHECK(cudaEventCreate(&e0));
-  CUDA_CHECK(cudaEventCreate(&e1));
-  const float alpha = 1.f;
-  auto run = [&](int i) {
-    return cublasLtMatmul(h, d.op, &alpha, A, d.a, B, d.b, &beta, scratch, d.c, scratch, d.c, &res[i].algo,
-                          lt_workspace(st), kLtWorkspaceBytes, st);
-  };
-  auto time_ms = [&](int i) {  // mean of 5 runs after one warm-up; +inf for an algorithm that fails
-    if (res[i].state != CUBLAS_STATUS_SUCCESS || run(i) != CUBLAS_STATUS_SUCCESS) return 1e30f;
-    CUDA_CHECK(cudaEventRecord(e0, st));
-    for (int r = 0; r < 5; ++r) CUBLAS_CHECK(run(i));
-    CUDA_CHECK(cudaEventRecord(e1, st));
-    CUDA_CHECK(cudaEventSynchronize(e1));
-    float ms = 0;
-    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
-    return ms / 5;
-  };
-  // Lift the clocks first (an idle GPU starts slow and would make the first candidates look bad).
-  for (int r = 0; r < 10; ++r) CUBLAS_CHECK(run(0));
-  int best = 0;
-  float best_ms = time_ms(0);
-  for (int i = 1; i < found; ++i) {
-    float ms = time_ms(i);
-    if (ms < best_ms) {
-      best_ms = ms;
-      best = i;
-    }
-  }
-  // Keep the heuristic's pick unless the winner is clearly faster when timed again right beside it.
-  if (best != 0) {
-    float again0 = time_ms(0), again = time_ms(best);
-    if (!(again < 0.97f * again0)) best = 0;
-  }
-  CUDA_CHECK(cudaEventDestroy(e0));
-  CUDA_CHECK(cudaEventDestroy(e1));
-  CUDA_CHECK(cudaStreamSynchronize(st));
-  CUDA_CHECK(cudaFree(scratch));
-  return res[best].algo;
-}
-
 // Column-major D(m×n) = alpha·op(A)·op(B) + beta·Cin, batched with strides; A is (m×k) after op, B (k×n); Cin is
 // D itself unless given (same layout and type as D).
 void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, DType dta, int64_t lda, int64_t sa,
@@ -178,7 +121,7 @@ void gemm(bool ta, bool tb, int64_t m, int64_t n, int64_t k, const void* A, DTyp
       algo = res[0].algo;
       const double flops = 2.0 * double(m) * double(n) * double(k) * double(batch);
       if (found > 1 && flops >= kTuneMinFlops && settings().gemm_tune)
-        algo = tune(h, d, found, res, A, B, size_t(sc * batch > ldc * n ? sc * batch : ldc * n) * dtype_size(dtc),
+        algo = lt_tune(h, d, found, res, A, B, size_t(sc * batch > ldc * n ? sc * batch : ldc * n) * dtype_size(dtc),
                     beta, stream_of(s));
       g_algos.emplace(key, algo);
     }

@@ -217,4 +217,53 @@ float* column_scratch(Stream s) {
   return scratch_for(s).columns;
 }
 
+cublasLtMatmulAlgo_t lt_tune(cublasLtHandle_t h, const LtDescs& d, int found, const cublasLtMatmulHeuristicResult_t* res,
+                          const void* A, const void* B, size_t c_bytes, float beta, cudaStream_t st) {
+  void* scratch = nullptr;
+  if (cudaMalloc(&scratch, c_bytes) != cudaSuccess) {
+    cudaGetLastError();  // not enough memory to tune: keep the heuristic's pick
+    return res[0].algo;
+  }
+  CUDA_CHECK(cudaMemsetAsync(scratch, 0, c_bytes, st));
+  cudaEvent_t e0, e1;
+  CUDA_CHECK(cudaEventCreate(&e0));
+  CUDA_CHECK(cudaEventCreate(&e1));
+  const float alpha = 1.f;
+  auto run = [&](int i) {
+    return cublasLtMatmul(h, d.op, &alpha, A, d.a, B, d.b, &beta, scratch, d.c, scratch, d.c, &res[i].algo,
+                          lt_workspace(st), kLtWorkspaceBytes, st);
+  };
+  auto time_ms = [&](int i) {  // mean of 5 runs after one warm-up; +inf for an algorithm that fails
+    if (res[i].state != CUBLAS_STATUS_SUCCESS || run(i) != CUBLAS_STATUS_SUCCESS) return 1e30f;
+    CUDA_CHECK(cudaEventRecord(e0, st));
+    for (int r = 0; r < 5; ++r) CUBLAS_CHECK(run(i));
+    CUDA_CHECK(cudaEventRecord(e1, st));
+    CUDA_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    return ms / 5;
+  };
+  // Lift the clocks first (an idle GPU starts slow and would make the first candidates look bad).
+  for (int r = 0; r < 10; ++r) CUBLAS_CHECK(run(0));
+  int best = 0;
+  float best_ms = time_ms(0);
+  for (int i = 1; i < found; ++i) {
+    float ms = time_ms(i);
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = i;
+    }
+  }
+  // Keep the heuristic's pick unless the winner is clearly faster when timed again right beside it.
+  if (best != 0) {
+    float again0 = time_ms(0), again = time_ms(best);
+    if (!(again < 0.97f * again0)) best = 0;
+  }
+  CUDA_CHECK(cudaEventDestroy(e0));
+  CUDA_CHECK(cudaEventDestroy(e1));
+  CUDA_CHECK(cudaStreamSynchronize(st));
+  CUDA_CHECK(cudaFree(scratch));
+  return res[best].algo;
+}
+
 }  // namespace monta::engine::cuda

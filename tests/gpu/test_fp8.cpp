@@ -117,8 +117,9 @@ class GpuFp8 : public testing::TestWithParam<DType> {};
 TEST_P(GpuFp8, QuantizeRowsColsBlocksMatchCpu) {
   MONTA_REQUIRE_GPU();
   const DType dt = GetParam();
-  // Ragged tiles both ways; the kernels' vector path (K % 4 == 0, R % 4 == 0) and their scalar path (odd sizes).
-  for (const auto [R, K] : {std::pair<int64_t, int64_t>{300, 520}, {131, 261}}) {
+  // Ragged tiles both ways; the kernels' vector paths (rows: K % 8 == 0; cols: K % 8 == 0 to load, R % 16 == 0 to
+  // store) and their scalar paths (odd sizes).
+  for (const auto [R, K] : {std::pair<int64_t, int64_t>{300, 520}, {272, 392}, {131, 261}}) {
     SCOPED_TRACE("R " + std::to_string(R) + ", K " + std::to_string(K));
     const int64_t B = 2;
     Pair x = spread({B, R, K}, dt, 5, true);
@@ -146,6 +147,36 @@ TEST_P(GpuFp8, QuantizeRowsColsBlocksMatchCpu) {
   }
 }
 
+// The kernels encode with the GPU's conversion instruction, the CPU with fp8::e4m3_from_float: every 37th float bit
+// pattern of magnitude <= 448 (subnormals, ties and both signs included), in tiles whose maximum is 448 (scale 1, so
+// a code is the encoding of the value itself), through the row kernel's vector path (pairs) and the block kernel
+// (single values): the same bytes on both devices.
+TEST(GpuFp8Codes, HardwareCodesMatchCpuOnFloatPatterns) {
+  MONTA_REQUIRE_GPU();
+  std::vector<float> v;
+  const uint32_t top = 0x43E00000u;  // 448
+  for (uint32_t u = 0; u <= top; u += 37)
+    for (const uint32_t sign : {0u, 0x80000000u}) {
+      if (v.size() % 128 == 0) v.push_back(v.size() % 256 == 0 ? 448.f : -448.f);  // each tile's maximum
+      float x;
+      const uint32_t bits = u | sign;
+      std::memcpy(&x, &bits, 4);
+      v.push_back(x);
+    }
+  const int64_t K = 8192, R = (int64_t(v.size()) + K - 1) / K;
+  while (int64_t(v.size()) < R * K) v.push_back(v.size() % 128 == 0 ? 448.f : 0.f);
+  Pair x(v, {1, R, K}, DType::f32);
+  Out q({1, R, K}, DType::e4m3), s({1, tiles(K), R}, DType::f32);
+  engine::fp8_quantize_rows(q.cpu, s.cpu, x.c());
+  engine::fp8_quantize_rows(q.gpu, s.gpu, x.g());
+  expect_same_bytes(q.gpu, q.cpu, "rows: codes");
+  expect_same_bytes(s.gpu, s.cpu, "rows: scales");
+  Out wq({1, R, K}, DType::e4m3), ws({1, tiles(R), block_scale_ld(K)}, DType::f32);
+  engine::fp8_quantize_blocks(wq.cpu, ws.cpu, Tensor(), Tensor(), x.c());
+  engine::fp8_quantize_blocks(wq.gpu, ws.gpu, Tensor(), Tensor(), x.g());
+  expect_same_bytes(wq.gpu, wq.cpu, "blocks: codes");
+}
+
 // The dispatch payload: packing CUDA = CPU byte for byte (codes, scales, zero padding), unpacking too.
 TEST_P(GpuFp8, PackAndUnpackRowsMatchCpu) {
   MONTA_REQUIRE_GPU();
@@ -168,7 +199,7 @@ TEST_P(GpuFp8, PackAndUnpackRowsMatchCpu) {
 TEST_P(GpuFp8, FusedSwigluQuantiseMatchesTheTwoOps) {
   MONTA_REQUIRE_GPU();
   const DType dt = GetParam();
-  // Ragged last tile; the vector path (K % 4 == 0) and the scalar one.
+  // Ragged last tile; the vector path (K % 8 == 0) and the scalar one.
   for (const auto [R, K] : {std::pair<int64_t, int64_t>{200, 400}, {67, 203}}) {
     SCOPED_TRACE("R " + std::to_string(R) + ", K " + std::to_string(K));
     const int64_t B = 2;
