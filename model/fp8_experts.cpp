@@ -64,10 +64,10 @@ int64_t fp8_expert_scratch_bytes(int64_t E, int64_t C, int64_t I, int64_t O, boo
     g.take({E, I, O}, DType::e4m3);
     g.take({E, fp8::tiles(I), fp8::block_scale_ld(O)}, DType::f32);
   }
-  w.take({E, O, C}, DType::e4m3);  // wgrad: doutᵀ and xᵀ, tiles along C
+  w.take({E, O, C}, DType::e4m3);  // wgrad: doutᵀ in tiles along C, xᵀ in 128x128 blocks
   w.take({E, fp8::tiles(C), O}, DType::f32);
   w.take({E, I, C}, DType::e4m3);
-  w.take({E, fp8::tiles(C), I}, DType::f32);
+  w.take({E, fp8::tiles(I), fp8::block_scale_ld(C)}, DType::f32);
   return std::max({f.used, g.used, w.used}) + kAlign;  // + kAlign: the scratch's own start may be unaligned
 }
 
@@ -132,10 +132,10 @@ void fp8_expert_linear_backward(Tensor dx, Tensor dw, const Tensor& dout, const 
   if (!dw.empty()) {
     Carver c = carver(scratch);
     Tensor dt = c.take({E, O, C}, DType::e4m3), dts = c.take({E, fp8::tiles(C), O}, DType::f32);
-    Tensor xt = c.take({E, I, C}, DType::e4m3), xts = c.take({E, fp8::tiles(C), I}, DType::f32);
+    Tensor xt = c.take({E, I, C}, DType::e4m3), xts = c.take({E, fp8::tiles(I), fp8::block_scale_ld(C)}, DType::f32);
     engine::fp8_quantize_cols(dt, dts, dout);
-    engine::fp8_quantize_cols(xt, xts, x);
-    engine::fp8_gemm(dw, dt, dts, xt, xts, engine::Fp8Scaling::tiles, dw_write);
+    engine::fp8_quantize_blocks(Tensor(), Tensor(), xt, xts, x);  // xᵀ: the transposed codes of x's blocks
+    engine::fp8_gemm(dw, dt, dts, xt, xts, engine::Fp8Scaling::blocks, dw_write);
   }
 }
 
