@@ -20,6 +20,7 @@
 #include "engine/ops/elementwise.h"
 #include "engine/ops/fp8.h"
 #include "engine/ops/linear.h"
+#include "engine/ops/swiglu.h"
 #include "model/fp8_experts.h"
 
 namespace monta::model {
@@ -160,6 +161,23 @@ int bench_fp8(Device dev, int iters, const std::string& json, int64_t S) {
         [&] { fp8_gemm(dx, dgq, dgs, wtq, wts, Fp8Scaling::blocks); });
   b.add("fp8 gemm wgrad (gate)", dw_s, gemm, E * (C * H + C * F) + 8.0 * E * F * H,
         [&] { fp8_gemm(dw, dgt, dgts, xt, xts, Fp8Scaling::tiles, Write::accumulate); });
+  // Why wgrad gains least: the same GEMM overwriting, with a bf16 output, with x in 128x128 blocks instead of 1x128
+  // tiles, and the forward with the weight in 1x128 tiles (both operands 1-D scaled, as wgrad's are).
+  b.add("fp8 gemm wgrad, overwrite", dw_s, gemm, E * (C * H + C * F) + 4.0 * E * F * H,
+        [&] { fp8_gemm(dw, dgt, dgts, xt, xts, Fp8Scaling::tiles); });
+  {
+    Tensor dw16 = b.make({E, F, H}, act);
+    b.add("fp8 gemm wgrad, bf16 out", dw_s, gemm, E * (C * H + C * F) + el * E * F * H,
+          [&] { fp8_gemm(dw16, dgt, dgts, xt, xts, Fp8Scaling::tiles); });
+    Tensor xt16 = b.make({E, H, C}, act), xtb = b.make({E, H, C}, DType::e4m3), xtbs = b.make({E, T(H), L(C)}, DType::f32);
+    fp8_quantize_blocks(xtb, xtbs, Tensor(), Tensor(), xt16);
+    b.add("fp8 gemm wgrad, x in blocks", dw_s, gemm, E * (C * H + C * F) + 8.0 * E * F * H,
+          [&] { fp8_gemm(dw, dgt, dgts, xtb, xtbs, Fp8Scaling::blocks, Write::accumulate); });
+    Tensor wrq = b.make({E, F, H}, DType::e4m3), wrs = b.make({E, T(H), F}, DType::f32);
+    fp8_quantize_rows(wrq, wrs, w);
+    b.add("fp8 gemm fwd, w in 1x128 tiles", fwd_s, gemm, E * (C * H + F * H + el * C * F),
+          [&] { fp8_gemm(g8, xq, xs, wrq, wrs, Fp8Scaling::tiles); });
+  }
   // The model's path: quantise the operands, then the GEMM.
   const int64_t scratch_bytes = fp8_expert_scratch_bytes(E, C, H, F);
   Tensor scratch = b.make({scratch_bytes}, DType::u8);
@@ -181,6 +199,15 @@ int bench_fp8(Device dev, int iters, const std::string& json, int64_t S) {
         [&] { fp8_quantize_rows(xq, xs, x); });
   b.add("quantise cols (dout)", strf("E%ld C%ld F%ld", E, C, F), 0, double(E * C * F) * (el + 1),
         [&] { fp8_quantize_cols(dgt, dgts, dg); });
+  b.add("quantise rows (dout)", strf("E%ld C%ld F%ld", E, C, F), 0, double(E * C * F) * (el + 1),
+        [&] { fp8_quantize_rows(dgq, dgs, dg); });
+  {
+    Tensor up = b.make({E, C, F}, act), h = b.make({E, C, F}, act);
+    b.add("swiglu fwd", strf("E%ld C%ld F%ld", E, C, F), 0, double(E * C * F) * 3 * el,
+          [&] { swiglu_forward(h, g, up); });
+    b.add("fp8 swiglu fwd (+ quantise)", strf("E%ld C%ld F%ld", E, C, F), 0, double(E * C * F) * (3 * el + 1),
+          [&] { fp8_swiglu_forward(h, dgq, dgs, g, up); });
+  }
   b.add("quantise blocks + T (w)", strf("E%ld F%ld H%ld", E, F, H), 0, double(E * F * H) * (el + 2),
         [&] { fp8_quantize_blocks(wq, ws, wtq, wts, w); });
   // Correctness outside the timed region: the FP8 forward against bf16 (quantisation bound, docs/fp8.md).

@@ -2,20 +2,25 @@
 # The FP8 layer on one GPU (docs/fp8.md), binaries built with CUDA in $BIN: what the cached weight codes,
 # model.fp8_wgrad and model.fp8 = all buy. `monta bench fp8` (the expert GEMMs at 2x70B shapes: bf16, FP8 GEMM alone,
 # FP8 quantising every operand, FP8 with the weight codes cached) and the 2x70B layer in one `bench layer` run with
-# model.fp8 none / experts / experts with bf16 wgrad / all / all with bf16 wgrad; first the GPU FP8 model tests (the
-# cached codes and `all` against the CPU emulation). JSON, logs and fp8_layer_summary.txt (the ratios) go to $OUT;
+# model.fp8 none / experts / experts with bf16 wgrad / all / all with bf16 wgrad; first the GPU FP8 op and model tests (the
+# kernels, the cached codes and `all` against the CPU emulation). JSON, logs and fp8_layer_summary.txt (the ratios) go to $OUT;
 # exit non-zero when anything failed. Under 4 minutes on an H200 at ITERS=5.
 set -uo pipefail
 BIN=${BIN:-build/bin}
 OUT=${OUT:-/tmp/monta-out}
 ITERS=${ITERS:-5}
+MODES=${MODES:-none,experts,experts:bf16-wgrad,all,all:bf16-wgrad}
+BREAKDOWN=${BREAKDOWN:-}  # modes to time op by op (bench layer --breakdown), e.g. none,experts
 mkdir -p "$OUT"
 RUN_TAIL=30
 source "$(dirname "$0")/device_lib.sh"  # gpu.txt, run(), status
-run test_gpu_model_fp8 "$BIN/test_gpu_model" --gtest_filter='GpuFp8*' --gtest_brief=1
+run test_gpu_fp8 "$BIN/test_gpu" --gtest_filter='*Fp8*' --gtest_brief=1
+run test_gpu_model_fp8 "$BIN/test_gpu_model" --gtest_filter='GpuFp8*:GpuDropless*' --gtest_brief=1
 run bench_fp8 "$BIN/monta" bench fp8 --iters "$ITERS" --json "$OUT/bench_fp8.json"
 run bench_layer "$BIN/monta" bench layer --iters "$ITERS" \
-  --fp8 none,experts,experts:bf16-wgrad,all,all:bf16-wgrad --json "$OUT/bench_layer.json"
+  --fp8 "$MODES" --json "$OUT/bench_layer.json"
+[ -z "$BREAKDOWN" ] || run bench_layer_breakdown "$BIN/monta" bench layer --iters 2 --fp8 "$BREAKDOWN" --breakdown \
+  --json "$OUT/bench_layer_breakdown.json"
 python3 - "$OUT" <<'PY' | tee "$OUT/fp8_layer_summary.txt"
 import json, os, sys
 out = sys.argv[1]
