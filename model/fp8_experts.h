@@ -46,8 +46,8 @@ Fp8Rows fp8_expert_input(engine::Tensor scratch, const engine::Tensor& x);
 // dx (E, C, I) = q(dout) · q(w), dout in 1x128 tiles along O and w in the same 128x128 blocks (transposed; wq's qt
 // when given), written as dx_write says; dw (E, O, I) = q(doutᵀ) · q(xᵀ)ᵀ, doutᵀ in 1x128 tiles along C (the tokens)
 // and xᵀ in 128x128 blocks (the GEMM with 1x128 scales on both operands runs at 1.1x bf16 on an H200, with one operand
-// in blocks at 1.6x; with power-of-two scales a block changes only values more than 2^14 below its maximum,
-// docs/fp8.md), or with fp8_wgrad false doutᵀ · x unquantised (expert_linear_backward, model.fp8_wgrad), written as
+// in blocks at 1.6x; with power-of-two scales a value above 1/14336 of its block's maximum keeps its 1x128-tile
+// value, docs/fp8.md), or with fp8_wgrad false doutᵀ · x unquantised (expert_linear_backward, model.fp8_wgrad), written as
 // dw_write says.
 // Either dx or dw may be empty.
 void fp8_expert_linear_backward(engine::Tensor dx, engine::Tensor dw, const engine::Tensor& dout,
