@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The 2x70B-shaped MoE decoder layer of `monta bench layer`, written in plain PyTorch eager, timed the same way.
+"""The 2x70B-shaped MoE decoder layer of `monta bench layer` in plain PyTorch (eager or --compile), timed alike.
 
 It is the yardstick the CUDA issue names ("a plain PyTorch eager version of this layer reaches about 70% of the
 GEMM rate"): run it on the same GPU, in the same session, as `monta bench layer`, and compare the two rows.
@@ -113,6 +113,9 @@ def main():
     ap.add_argument("--capacity-factor", type=float, default=1.0)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--json", default="")
+    ap.add_argument("--compile", action="store_true",
+                    help="time torch.compile(layer) (default mode; the data-dependent routing breaks the graph) "
+                         "instead of eager; rows are labelled 'torch.compile layer ...'")
     a = ap.parse_args()
     torch.manual_seed(1)
     dev = torch.device("cuda")
@@ -129,13 +132,16 @@ def main():
     x = torch.randn(1, S, H, device=dev, dtype=torch.bfloat16)
     dy = torch.randn(1, S, H, device=dev, dtype=torch.bfloat16) * 1e-3
 
+    run = torch.compile(layer) if a.compile else layer
+    warmup = 3 if a.compile else 1  # compiling happens in the first calls (forward, backward, no-grad forward)
+
     def step():
-        y = layer(x)
+        y = run(x)
         y.backward(dy)
 
     def fwd():
         with torch.no_grad():
-            layer(x)
+            run(x)
 
     N = float(S)
     proj = 2.0 * N * H * (2.0 * A * D + 2.0 * G * D)
@@ -143,8 +149,8 @@ def main():
     attn = 2.0 * S * S * H
     flops = 3.0 * (proj + experts) + 3.5 * attn
     fwd_flops = proj + experts + attn
-    layer_ms = time_ms(step, 1, a.iters)
-    fwd_ms = time_ms(fwd, 1, a.iters)
+    layer_ms = time_ms(step, warmup, a.iters)
+    fwd_ms = time_ms(fwd, warmup, a.iters)
     reps = max(1, round(layer_ms / gemm_ms))
 
     def sustained():
@@ -154,14 +160,15 @@ def main():
     sus_ms = time_ms(sustained, 1, a.iters) / reps
     sus_tf = 2.0 * M ** 3 / (sus_ms * 1e-3) / 1e12
     shape = f"S{S} H{H} F{Fd} E{E} top{K}"
+    name = "torch.compile layer" if a.compile else "torch layer"
     rows = [
         {"op": "ceiling: GEMM", "shape": f"{M}x{M}x{M}", "ms": gemm_ms, "tflops": gemm_tf},
-        {"op": "torch layer fwd+bwd", "shape": shape, "ms": layer_ms, "tflops": flops / (layer_ms * 1e-3) / 1e12},
-        {"op": "torch layer fwd only", "shape": shape, "ms": fwd_ms, "tflops": fwd_flops / (fwd_ms * 1e-3) / 1e12},
+        {"op": f"{name} fwd+bwd", "shape": shape, "ms": layer_ms, "tflops": flops / (layer_ms * 1e-3) / 1e12},
+        {"op": f"{name} fwd only", "shape": shape, "ms": fwd_ms, "tflops": fwd_flops / (fwd_ms * 1e-3) / 1e12},
         {"op": "ceiling: GEMM sustained", "shape": f"{M}x{M}x{M} x{reps}", "ms": sus_ms, "tflops": sus_tf},
     ]
     lt = rows[1]["tflops"]
-    print(f"torch {torch.__version__} eager layer ({torch.cuda.get_device_name()}, median of {a.iters}): "
+    print(f"torch {torch.__version__} {'compiled' if a.compile else 'eager'} layer ({torch.cuda.get_device_name()}, median of {a.iters}): "
           f"{100 * lt / gemm_tf:.1f}% of the GEMM ceiling ({100 * lt / sus_tf:.1f}% of the sustained GEMM rate); "
           f"peak memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB")
     print(f"{'op':28s} {'shape':34s} {'ms':>10s} {'TFLOP/s':>10s}")
@@ -169,7 +176,7 @@ def main():
         print(f"{r['op']:28s} {r['shape']:34s} {r['ms']:10.3f} {r['tflops']:10.1f}")
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"torch": torch.__version__, "gemm_tflops": gemm_tf, "gemm_sustained_tflops": sus_tf,
+            json.dump({"torch": torch.__version__, "compiled": a.compile, "gemm_tflops": gemm_tf, "gemm_sustained_tflops": sus_tf,
                        "layer_tflops": lt, "fraction_of_gemm": lt / gemm_tf, "fraction_of_sustained_gemm": lt / sus_tf,
                        "rows": rows}, f, indent=1)
 
