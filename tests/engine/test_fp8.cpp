@@ -316,6 +316,36 @@ std::vector<double> deq(const Buf& q, const Buf& s, bool blocks) {
   return v;
 }
 
+// wgrad quantises its activation operand in 128x128 blocks instead of 1x128 tiles (docs/fp8.md): with power-of-two
+// scales both give every value above 1/14336 of its block's maximum exactly the same dequantised value; below that the
+// block's coarser scale pushes values into E4M3's subnormals (the data reaches there, so the bound is exercised).
+TEST(Fp8Quantize, BlocksKeepTheTileValuesAboveTheBlocksSubnormalRange) {
+  const int64_t R = 256, K = 384;
+  Buf x = spread_values({1, R, K}, 17);
+  Buf qr({1, R, K}, DType::e4m3), sr({1, 3, R}, DType::f32), qb({1, R, K}, DType::e4m3), sb({1, 2, 4}, DType::f32);
+  engine::fp8_quantize_rows(qr, sr, x);
+  engine::fp8_quantize_blocks(qb, sb, Tensor(), Tensor(), x);
+  const std::vector<double> tiles = deq(qr, sr, false), blocks = deq(qb, sb, true);
+  std::vector<float> bmax(6, 0.f);
+  const float* xv = x.t.as<float>();
+  auto block = [](int64_t r, int64_t k) { return size_t(r / 128 * 3 + k / 128); };
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t k = 0; k < K; ++k) bmax[block(r, k)] = std::max(bmax[block(r, k)], std::fabs(xv[r * K + k]));
+  int64_t above = 0, below_differ = 0;
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t k = 0; k < K; ++k) {
+      const size_t i = size_t(r * K + k);
+      if (std::fabs(xv[i]) >= bmax[block(r, k)] / 14336.f) {
+        ++above;
+        ASSERT_EQ(tiles[i], blocks[i]) << "x = " << xv[i] << " at (" << r << ", " << k << ")";
+      } else if (tiles[i] != blocks[i]) {
+        ++below_differ;
+      }
+    }
+  EXPECT_GT(above, R * K / 4);  // the values span 35 binades: about 55% lie above the bound
+  EXPECT_GT(below_differ, 0);
+}
+
 // out (B, M, N) = a (B, M, K) · b (B, N, K)ᵀ in double, and Σ|a||b| per element (the scale of rounding errors).
 void gemm_ref(const std::vector<double>& a, const std::vector<double>& b, int64_t B, int64_t M, int64_t N, int64_t K,
               std::vector<double>& out, std::vector<double>& mag) {
