@@ -81,7 +81,7 @@ if [ "$PART" = exchange ]; then
       NCCL_SOCKET_NTHREADS=$t NCCL_NSOCKS_PERTHREAD=$s $MPIX -np "$NP" python3 scripts/torch_exchange_ref.py \
         --tp "$TP" --ep "$EP" --emulate-nodes "$NODES" --hidden "$HIDDEN" --min-bytes 67108864 --max-bytes 67108864 \
         --iters 3 --json "$OUT/socket_${g}.json" >"$OUT/socket_${g}.log" 2>&1
-      us=$(python3 -c "import json,sys; r=[w for w in json.load(open(sys.argv[1]))['rows'] if w['op']=='torch all_to_all(ep)']; print(r[0]['time_us'])" "$OUT/socket_${g}.json" 2>/dev/null)
+      us=$(python3 -c "import json,sys; r=[w for w in json.load(open(sys.argv[1]))['rows'] if w['op']=='torch all_to_all(ep)']; print(round(r[0]['time_us']))" "$OUT/socket_${g}.json" 2>/dev/null)
       echo "  NCCL_SOCKET_NTHREADS=$t NCCL_NSOCKS_PERTHREAD=$s: ${us:-failed} us"
       if [ -n "$us" ] && { [ -z "$best_us" ] || python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) < float(sys.argv[2]) else 1)" "$us" "$best_us"; }; then
         best=$g best_us=$us
