@@ -90,6 +90,7 @@ std::string metrics_json(const model::StepMetrics& m) {
   j.add("dropped", int64_t(m.dropped)).add("load_max", m.load_max).add("load_min", m.load_min);
   j.add("skipped", m.skipped).add("exchange_host_ms", m.exchange_host_ms, "%.3f");
   j.add("exchange_host_gbps", m.exchange_host_gbps, "%.3f").add("host_syncs", int64_t(m.host_syncs));
+  j.add("exchange_ep_ms", m.exchange_ep_ms, "%.3f").add("exchange_tp_ms", m.exchange_tp_ms, "%.3f");
   if (!std::isnan(m.val_loss)) j.add("val_loss", m.val_loss).add("val_ppl", m.val_ppl);
   return j.line();
 }
@@ -325,10 +326,13 @@ class TrainJob {
   }
 
   static std::string step_line(const model::StepMetrics& m) {
+    const std::string dev_exch = m.exchange_ep_ms + m.exchange_tp_ms > 0
+                                     ? strf(" | exch(dev) ep %.2f tp %.2f ms", m.exchange_ep_ms, m.exchange_tp_ms)
+                                     : std::string();
     return strf("step %5ld | loss %.4f | aux %.4f | gnorm %7.4f | lr %.3e | %8.1f ms | %9.0f tok/s | MFU %5.1f%% | "
-                "drop %4ld | exch(host) %.2f ms %.2f GB/s%s%s",
+                "drop %4ld | exch(host) %.2f ms %.2f GB/s%s%s%s",
                 m.step, m.loss, m.aux_loss, m.grad_norm, m.lr, m.step_ms, m.tokens_per_s, 100.0 * m.mfu, m.dropped,
-                m.exchange_host_ms, m.exchange_host_gbps, m.skipped ? " | SKIPPED" : "",
+                m.exchange_host_ms, m.exchange_host_gbps, dev_exch.c_str(), m.skipped ? " | SKIPPED" : "",
                 std::isnan(m.val_loss) ? "" : strf(" | val_loss %.4f ppl %.3f", m.val_loss, m.val_ppl).c_str());
   }
 

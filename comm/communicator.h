@@ -60,6 +60,14 @@ class Communicator {
     after.wait();
     return all_gather_async(out, in);
   }
+
+  // Device time of this group's collectives (the trainer's exchange time): while metering is on, a backend with a
+  // communication stream (NCCL) records a pair of CUDA events around each collective it issues there;
+  // take_metered_ms() waits for the last of them, returns the summed intervals in milliseconds and forgets them.
+  // One stream runs its collectives one after another, so the sum is the time that stream was busy with them. A
+  // blocking backend (MPI) has no such stream: nothing is recorded, 0 (its callers time the calls on the host).
+  virtual void set_metering(bool) {}
+  virtual double take_metered_ms() { return 0; }
 };
 
 }  // namespace monta::comm

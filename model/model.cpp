@@ -318,10 +318,17 @@ void Model::exchange_experts(Tensor out, Tensor z, Tensor y, const Tensor& x,
     experts(0);
     return;
   }
+  const auto meter = [&](bool on) {
+    if (!meter_exchange) return;
+    par_.tp_comm->set_metering(on);
+    par_.ep_comm->set_metering(on);
+  };
+  meter(true);
   const comm::ExchangeStats st =
       fp8 ? comm::fp8_dispatch_experts_combine(*par_.exchange, out, z, y, x, capacity_view(dispatch_q_, x.dim(1)),
                                                capacity_view(expert_q_, y.dim(1)), experts)
           : par_.exchange->dispatch_experts_combine(out, z, y, x, experts);
+  meter(false);
   r.exchange_s += st.seconds;
   r.exchange_bytes += double(st.ep_bytes + st.tp_bytes);
 }

@@ -67,6 +67,10 @@ class Model {
   // Called during forward before a group of parameters is first read, with the same group numbers: the trainer
   // waits there for that group's compute copies (train.zero 1 all-gathers them while the forward runs).
   std::function<void(int)> on_forward_group;
+  // The trainer's exchange time: while on, the exchange's collectives (and the expert-TP reductions run inside it)
+  // are metered on the TP and EP groups' communication streams (Communicator::set_metering; NCCL only), for the
+  // trainer to take once per step. Off: nothing recorded (bench layer, tests).
+  bool meter_exchange = false;
   // Test hook: may change layer l's router logits (N, E) in place before the softmax, e.g. bias them so most tokens
   // pick one expert (a skewed router for the dropless tests). The backward treats the change as a constant.
   std::function<void(int, Tensor)> on_router_logits;

@@ -41,6 +41,7 @@ Trainer::Trainer(const Config& cfg, const ParallelContext& par, Device device)
     model_ = std::make_unique<Model>(cfg.model, s, par, *params_, act_, recompute_mode(cfg.train),
                                      cfg.comm.dispatch_fp8());
   }
+  model_->meter_exchange = true;  // StepMetrics' exchange_ep_ms / exchange_tp_ms
   build_buckets();
   for (auto& p : params_->all())
     if (p.zero_comm) zero_params_.push_back(&p);
@@ -225,6 +226,10 @@ void Trainer::sum_over_dp(std::span<double> sums) {
   par_.dp_comm->all_reduce(host, comm::ReduceOp::sum);
 }
 
+std::pair<double, double> Trainer::take_exchange_ms() {
+  return {par_.ep_comm ? par_.ep_comm->take_metered_ms() : 0.0, par_.tp_comm ? par_.tp_comm->take_metered_ms() : 0.0};
+}
+
 StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::span<const int32_t> targets) {
   const auto& t = cfg_.train;
   const Shapes& s = model_->shapes();
@@ -235,6 +240,7 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
 
   const TraceRange trace("forward and backward");
   params_->zero_grads();  // lazily: the first micro-batch's writes overwrite (no fill, no read of zeros)
+  take_exchange_ms();  // forget what was metered since the last step (a validation pass)
   const size_t LE = size_t(cfg_.model.layers * s.E);
   std::vector<double> sums(4 + LE, 0.0);  // ce, aux, z, dropped, then the (L, E) expert loads (integers: exact)
   double exch_s = 0, exch_bytes = 0;
@@ -272,6 +278,7 @@ StepMetrics Trainer::compute_gradients(std::span<const int32_t> inputs, std::spa
     m.load_min = l == 0 ? *lo / mean : std::min(m.load_min, *lo / mean);
   }
   m.exchange_host_ms = exch_s * 1000.0;
+  std::tie(m.exchange_ep_ms, m.exchange_tp_ms) = take_exchange_ms();
   m.exchange_host_gbps = exch_s > 0 ? exch_bytes / exch_s / 1e9 : 0.0;
   return m;
 }

@@ -6,6 +6,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <utility>
 
 #include "engine/ops/adamw.h"
 #include "engine/schedule.h"
@@ -25,6 +26,10 @@ struct StepMetrics {
   // Host time inside the exchange calls: on the CPU (blocking MPI) the transfer time; on the GPU only what the host
   // spends enqueuing NCCL work, not the transfers (hence the name; the benches time transfers with events).
   double exchange_host_ms = 0, exchange_host_gbps = 0;
+  // Device time of the exchange's collectives on the EP and TP groups' communication streams (CUDA events,
+  // Model::meter_exchange; 0 where the groups have no such stream, i.e. over MPI). The two streams may overlap each
+  // other and the experts (pipelined, overlapped): each is that stream's busy time, not the step's exposed time.
+  double exchange_ep_ms = 0, exchange_tp_ms = 0;
   double tflops_per_gpu = 0, mfu = 0;  // model FLOPs (train_flops_per_token) per second per rank; / train.peak_tflops
   int64_t dropped = 0;
   // Expert load over the global batch ((token, choice) pairs routed to each expert, before dropping) against the mean
@@ -75,6 +80,8 @@ class Trainer {
   DType act_dtype() const { return act_; }
 
  private:
+  // The exchange's metered device time since the last call, EP then TP, in ms (Model::meter_exchange).
+  std::pair<double, double> take_exchange_ms();
   int grad_group(const std::string& name) const;  // layer index, layers (head and final norm), or -1 (embedding)
   void build_buckets();
   void start_reduction(int group);  // group: layer index, layers (head), -1 (embedding)

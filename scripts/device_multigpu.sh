@@ -177,15 +177,20 @@ for f in sorted(glob.glob(os.path.join(out, "layer_*.json"))):
               f"{t.get('duplicate', float('nan')) / fixed[best]:.2f}x; measured best {best}, {auto}")
 trains = sorted(glob.glob(os.path.join(out, "train_*.log")))
 if trains:
-    print("\n4-layer training, mean over the steps after the first two: ms per step, tokens/s, MFU")
+    print("\n4-layer training, mean over the steps after the first two: ms per step, tokens/s, MFU, and the exchange's"
+          " device time on the EP and TP streams (exch(dev))")
 for f in trains:
     steps = [l for l in open(f, errors="replace") if re.match(r"\s*(\[.*\]\s*)?step\s+\d+ \|", l)]
     vals = [re.search(r"\|\s+([\d.]+) ms \|\s+(\d+) tok/s \| MFU\s+([\d.]+)%", l) for l in steps[2:]]
     vals = [tuple(float(x) for x in v.groups()) for v in vals if v]
+    dev = [re.search(r"exch\(dev\) ep ([\d.]+) tp ([\d.]+) ms", l) for l in steps[2:]]
+    dev = [tuple(float(x) for x in d.groups()) for d in dev if d]
     if vals:
         n = len(vals)
+        ex = (f"  exch(dev) ep {sum(d[0] for d in dev) / len(dev):8.1f} tp {sum(d[1] for d in dev) / len(dev):8.1f} ms"
+              if dev else "")
         print(f"  {os.path.basename(f)[6:-4]:14s} {sum(v[0] for v in vals) / n:10.1f} ms {sum(v[1] for v in vals) / n:10.0f} tok/s"
-              f" {sum(v[2] for v in vals) / n:6.1f}% MFU  ({n} steps)")
+              f" {sum(v[2] for v in vals) / n:6.1f}% MFU{ex}  ({n} steps)")
     else:
         print(f"  {os.path.basename(f)[6:-4]:14s} no steps (see the log)")
 PY

@@ -170,14 +170,38 @@ NcclCommunicator::~NcclCommunicator() {
   ncclCommDestroy(comm_);
   cudaFree(barrier_buf_);
   cudaEventDestroy(ready_);
+  for (cudaEvent_t e : meter_events_) cudaEventDestroy(e);
   cudaStreamDestroy(stream_);
+}
+
+cudaEvent_t NcclCommunicator::meter_event() {
+  if (meter_used_ == meter_events_.size()) {
+    cudaEvent_t e = nullptr;
+    CUDA_CHECK(cudaEventCreate(&e));
+    meter_events_.push_back(e);
+  }
+  return meter_events_[meter_used_++];
+}
+
+double NcclCommunicator::take_metered_ms() {
+  double ms = 0;
+  for (size_t i = 0; i + 1 < meter_used_; i += 2) {
+    CUDA_CHECK(cudaEventSynchronize(meter_events_[i + 1]));
+    float t = 0;
+    CUDA_CHECK(cudaEventElapsedTime(&t, meter_events_[i], meter_events_[i + 1]));
+    ms += double(t);
+  }
+  meter_used_ = 0;
+  return ms;
 }
 
 template <class Issue>
 std::unique_ptr<Request> NcclCommunicator::issue(Issue&& body) {
   CUDA_CHECK(cudaEventRecord(ready_, compute_));
   CUDA_CHECK(cudaStreamWaitEvent(stream_, ready_, 0));
+  if (metering_) CUDA_CHECK(cudaEventRecord(meter_event(), stream_));
   body(stream_);
+  if (metering_) CUDA_CHECK(cudaEventRecord(meter_event(), stream_));
   cudaEvent_t done = nullptr;
   CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
   CUDA_CHECK(cudaEventRecord(done, stream_));

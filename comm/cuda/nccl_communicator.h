@@ -8,6 +8,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.h"
 #include "comm/groups.h"
@@ -67,6 +68,9 @@ class NcclCommunicator final : public Communicator {
   // Chained on the device when `after` is an NCCL request: comm_stream() waits for its event.
   std::unique_ptr<Request> all_gather_async_after(Request& after, Tensor out, const Tensor& in) override;
 
+  void set_metering(bool on) override { metering_ = on; }
+  double take_metered_ms() override;
+
   // For a watchdog: fails (NCCL_CHECK path, so the job aborts) if NCCL reported an asynchronous error on this
   // communicator (a peer died, a network error). Cheap; never blocks.
   void check_async_errors() const;
@@ -80,6 +84,10 @@ class NcclCommunicator final : public Communicator {
   cudaStream_t compute_ = nullptr;  // borrowed
   cudaEvent_t ready_ = nullptr;     // recorded on compute_, waited on by stream_ before each collective
   int32_t* barrier_buf_ = nullptr;  // one device int for barrier()
+  bool metering_ = false;
+  std::vector<cudaEvent_t> meter_events_;  // timing events, reused: [2i] before and [2i+1] after collective i
+  size_t meter_used_ = 0;
+  cudaEvent_t meter_event();  // the next free one (created on first need)
   std::string name_;
   int rank_ = 0, size_ = 1;
   Communicator* host_ = nullptr;

@@ -288,6 +288,31 @@ TEST_F(Nccl, AsyncFormsOrderAfterAndBeforeTheComputeStream) {
 }
 
 // Each fails its MONTA_CHECK before NCCL is called, identically on every rank, so nobody hangs.
+// Metering (the trainer's exchange time): collectives issued while it is on are timed on the communication stream,
+// those issued while it is off are not, and take_metered_ms() forgets what it returned.
+TEST_F(Nccl, MeteringTimesOnlyTheCollectivesIssuedWhileOn) {
+  for (auto& tc : test_comms()) {
+    NcclCommunicator& c = *tc.nccl;
+    DeviceVec big(int64_t(1) << 24, DType::f32, 0);  // 64 MiB of zeros: a collective that takes measurable time
+    EXPECT_EQ(c.take_metered_ms(), 0.0) << c.name();
+    c.all_reduce(big.t(), ReduceOp::sum);  // not metered
+    EXPECT_EQ(c.take_metered_ms(), 0.0) << c.name();
+    c.set_metering(true);
+    c.all_reduce(big.t(), ReduceOp::sum);
+    c.all_reduce(big.t(), ReduceOp::sum);
+    c.set_metering(false);
+    c.all_reduce(big.t(), ReduceOp::sum);
+    const double two = c.take_metered_ms();
+    EXPECT_GT(two, 0.0) << c.name();
+    EXPECT_EQ(c.take_metered_ms(), 0.0) << c.name();
+    c.set_metering(true);
+    c.all_reduce(big.t(), ReduceOp::sum);
+    c.set_metering(false);
+    const double one = c.take_metered_ms();
+    EXPECT_GT(one, 0.0) << c.name();
+  }
+}
+
 TEST_F(Nccl, BadArgumentsFailLoudly) {
   NcclCommunicator& c = *test_comms().front().nccl;
   const int s = c.size();
