@@ -24,12 +24,21 @@ struct ExpertShape {
 // One layer's expert forward on this device, measured: the gate GEMM of this layer's shape (E_l experts, e*C rows,
 // H -> F_l) on scratch buffers, the slowest rank's median of 3 after a warm-up, times 3 (gate, up and down have the
 // same FLOPs). Collective over world, so every rank predicts with the same number.
-double expert_forward_seconds(Communicator& world, const ExpertShape& s, engine::DType act, engine::Device device) {
-  engine::Arena scratch("expert_probe", device,
+// The model's expert GEMM (ExchangeChoiceInput::expert_gemm), or the plain one.
+void expert_gemm(const ExchangeChoiceInput& in, Tensor o, const Tensor& y, const Tensor& w) {
+  if (in.expert_gemm)
+    in.expert_gemm(o, y, w);
+  else
+    engine::expert_linear_forward(o, y, w);
+}
+
+double expert_forward_seconds(Communicator& world, const ExpertShape& s, const ExchangeChoiceInput& in) {
+  const engine::DType act = in.dtype;
+  engine::Arena scratch("expert_probe", in.device,
                         {{"y", {s.El, s.EC, s.H}, act}, {"w", {s.El, s.F, s.H}, act}, {"o", {s.El, s.EC, s.F}, act}});
   for (const char* n : {"y", "w"}) engine::fill_zero(scratch.get(n));
   const Tensor y = scratch.get("y"), w = scratch.get("w"), o = scratch.get("o");
-  return 3 * slowest_median_seconds(world, device, 1, 3, [&] { engine::expert_linear_forward(o, y, w); });
+  return 3 * slowest_median_seconds(world, in.device, 1, 3, [&] { expert_gemm(in, o, y, w); });
 }
 
 struct Candidate {
@@ -64,7 +73,7 @@ void measure_forward_blocks(Communicator& world, Communicator& tp, Communicator&
     auto block = [&] {
       ex->dispatch_experts_combine(out, z, y, x, [&](int c) {
         const Tensor yc = ex->expert_chunk(yfull, c), oc = ex->expert_chunk(o, c);
-        for (int g = 0; g < 3; ++g) engine::expert_linear_forward(oc, yc, w);
+        for (int g = 0; g < 3; ++g) expert_gemm(in, oc, yc, w);
       });
     };
     k.measured = slowest_median_seconds(world, in.device, 1, 3, block);
@@ -114,7 +123,7 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
   const int64_t E = in.experts, C = in.capacity, H = in.hidden, Hd = in.dispatch_width > 0 ? in.dispatch_width : H;
   const ExpertShape xs{E / ep.size(), C * ep.size(), H, in.ffn_local};
   const int es = int(engine::dtype_size(in.dtype));
-  const double xf = expert_forward_seconds(world, xs, in.dtype, in.device);
+  const double xf = expert_forward_seconds(world, xs, in);
   ExchangeChoice out;
   const bool loads = in.load.fill < 1 || in.load.imbalance > 1;
   out.table = calibration +
@@ -124,8 +133,8 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
                      : std::string()) +
               engine::strf(
       "exchange auto: predicted MoE blocks of one layer, forward + backward, for (E, C, H) = (%ld, %ld, %ld), experts "
-      "measured at %.1f us forward (backward taken as 2x)%s\n  %-12s %6s %12s %14s\n",
-      long(E), long(C), long(H), xf * 1e6,
+      "measured at %.1f us forward%s (backward taken as 2x)%s\n  %-12s %6s %12s %14s\n",
+      long(E), long(C), long(H), xf * 1e6, in.expert_gemm ? " with the model's expert GEMM" : "",
       Hd != H ? engine::strf("; forward dispatch of %ld-element packed FP8 rows", long(Hd)).c_str() : "", "strategy",
       "chunks", "call us", "fwd+bwd us");
   // The predicted best chunk count of every strategy, in order of simplicity.
@@ -134,6 +143,7 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
     if (in.sequence_parallel && k == ExchangeKind::duplicate) continue;
     const bool chunked = k == ExchangeKind::pipelined || k == ExchangeKind::overlapped;
     for (int n = chunked ? 2 : 1; n <= (chunked ? 8 : 1); ++n) {
+      if (in.runnable && !in.runnable(k, n)) continue;
       const auto p = predict_exchange_shape(k, n, E, C, H, es, place, links, in.load);
       // Sequence parallel: one dispatch per block, each with its reduce-scatter over TP.
       const double sp =
@@ -145,6 +155,7 @@ ExchangeChoice choose_exchange(const ProcessGroups& groups, Communicator& world,
       else if (t < cands.back().predicted) cands.back() = {k, n, t, fwd, 0};
     }
   }
+  MONTA_CHECK(!cands.empty(), "exchange auto: no strategy the model can run");
   size_t pick_i = fastest(cands, &Candidate::predicted);
   if (in.verify) {
     // Ranks may place their groups differently and predict other chunk counts: all measure rank 0's candidates.

@@ -3,6 +3,7 @@
 // docs/cost_model.md ("--comm.exchange auto") states the procedure.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 
@@ -28,6 +29,13 @@ struct ExchangeChoiceInput {
   // Dropless routing, stage B (Exchange::set_loads): the share of slots filled and the EP ranks' max/mean rows; the
   // predictions price the most loaded rank (ExchangeLoad), the measurements run loads_like(load). Default: every slot.
   ExchangeLoad load;
+  // The experts' forward GEMM as the model runs it, out (E_l, rows, F_l) = y (E_l, rows, H) · w (E_l, F_l, H)ᵀ
+  // (model.fp8 experts: the FP8 GEMM with the weight's codes made once, as the model caches them): the measured
+  // expert time and the candidates' measured blocks use it. Empty: engine::expert_linear_forward.
+  std::function<void(engine::Tensor out, const engine::Tensor& y, const engine::Tensor& w)> expert_gemm;
+  // Whether the model can run a (strategy, chunks) (FP8 experts on a GPU: every expert GEMM's rows a multiple of 16,
+  // model::fp8_cuda_shape_problem). Others are neither predicted nor measured. Empty: all can.
+  std::function<bool(ExchangeKind, int)> runnable;
 };
 
 struct ExchangeChoice {

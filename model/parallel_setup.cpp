@@ -1,6 +1,9 @@
 // Parallel setup: the config is validated against the world size before any group or buffer exists.
 #include "model/parallel_setup.h"
 
+#include <memory>
+#include <vector>
+
 #include "comm/calibrate.h"
 #include "comm/cost_model.h"
 #include "comm/exchange_choice.h"
@@ -10,6 +13,7 @@
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#include "model/fp8_experts.h"
 #include "model/shapes.h"
 #ifdef MONTA_WITH_CUDA
 #include "comm/cuda/nccl_communicator.h"
@@ -105,6 +109,28 @@ comm::ExchangeKind choose_exchange(ParallelSetup& ps, const model::Config& c, co
   if (!c.comm.links.empty())
     in.links = comm::read_link_model(c.comm.links, {comm::link_from(300, 10), comm::link_from(10, 20)});
   in.verify = c.comm.auto_verify;
+  if (c.model.fp8_experts()) {
+    // Time the experts as they will run: the FP8 GEMM, the weight's codes made once (the model caches them per
+    // step), the activations quantised at each call, in an arena of this probe's own (freed when auto is done).
+    const int64_t E_l = s.E / ps.ctx.ep, rows = in.capacity * ps.ctx.ep;
+    std::vector<engine::TensorSpec> specs = model::fp8_weight_specs("w", E_l, s.F_l, s.H);
+    specs.push_back({"scratch", {model::fp8_expert_scratch_bytes(E_l, rows, s.H, s.F_l, false)}, engine::DType::u8});
+    auto arena = std::make_shared<engine::Arena>("exchange_auto_fp8_probe", device, specs);
+    auto made = std::make_shared<bool>(false);
+    in.expert_gemm = [arena, made](engine::Tensor o, const engine::Tensor& y, const engine::Tensor& w) {
+      const model::Fp8Weight codes = model::fp8_weight_bind(*arena, 0);
+      if (!*made) model::fp8_weight_quantize(codes, w);  // the probe's w never changes
+      *made = true;
+      model::fp8_expert_linear_forward(o, y, w, arena->get("scratch"), false, &codes);
+    };
+    if (device == engine::Device::cuda)  // the same rule start-up checked for the configured exchange
+      in.runnable = [c, &ps](comm::ExchangeKind k, int n) {
+        model::Config cc = c;
+        cc.comm.exchange = comm::exchange_kind_name(k);
+        cc.comm.chunks = n;
+        return model::fp8_cuda_shape_problem(cc, ps.ctx.tp, ps.ctx.ep, ps.ctx.expert_tp).empty();
+      };
+  }
   const comm::ExchangeChoice pick =
       comm::choose_exchange(*ps.groups, *ps.ctx.world, *ps.ctx.tp_comm, *ps.ctx.ep_comm, in);
   engine::log_info(pick.table);

@@ -23,6 +23,7 @@
 #include "engine/check.h"
 #include "engine/log.h"
 #include "engine/memory.h"
+#include "engine/ops/linear.h"
 
 namespace monta::comm {
 namespace {
@@ -1002,6 +1003,22 @@ TEST(ExchangeChoice, FollowsTheLinksAndAllRanksAgree) {
   const ExchangeChoice dropless = choose_exchange(pg, pg.world(), pg.tp(), pg.ep(), in);
   EXPECT_NE(dropless.table.find("50.0% of the slots filled"), std::string::npos) << dropless.table;
   agree(dropless, "dropless loads");
+  // The model's expert GEMM (FP8 experts) is what gets timed, and only the strategies it can run are candidates.
+  in.load = {};
+  int gemms = 0;
+  in.expert_gemm = [&](Tensor o, const Tensor& y, const Tensor& w) {
+    ++gemms;
+    engine::expert_linear_forward(o, y, w);
+  };
+  in.runnable = [](ExchangeKind k, int n) { return k != ExchangeKind::overlapped || n == 3; };
+  const ExchangeChoice model_gemm = choose_exchange(pg, pg.world(), pg.tp(), pg.ep(), in);
+  EXPECT_GT(gemms, 0);
+  EXPECT_NE(model_gemm.table.find("with the model's expert GEMM"), std::string::npos) << model_gemm.table;
+  EXPECT_NE(model_gemm.table.find("  overlapped        3"), std::string::npos) << model_gemm.table;
+  EXPECT_EQ(model_gemm.table.find("  overlapped        2"), std::string::npos) << model_gemm.table;
+  EXPECT_NE(model_gemm.table.find("  pipelined         2"), std::string::npos) << model_gemm.table;
+  EXPECT_TRUE(model_gemm.kind != ExchangeKind::overlapped || model_gemm.chunks == 3) << model_gemm.table;
+  agree(model_gemm, "model's GEMM, runnable candidates");
 }
 
 TEST(Exchange, WrongBuffersFailLoudly) {
