@@ -1,6 +1,8 @@
 // FP8 E4M3 arithmetic written once for the host and the device: encoding a float (round to nearest even, saturating),
-// decoding, and the power-of-two scale of a 128-element tile or 128x128 block. The CPU quantise ops and the CUDA
-// kernels both call these, so a quantised tensor has the same bits on either backend (docs/fp8.md).
+// decoding, and the power-of-two scale of a 128-element tile or 128x128 block. The CPU quantise ops call all of it;
+// the CUDA kernels take the scales from here and encode with the GPU's conversion instruction, which rounds exactly
+// as e4m3_from_float (tests/gpu/test_fp8.cpp), so a quantised tensor has the same bits on either backend
+// (docs/fp8.md).
 #pragma once
 #include <cstdint>
 #include <cstring>

@@ -37,7 +37,7 @@ __device__ __forceinline__ float mag(float v) { return isfinite(v) ? fabsf(v) : 
 // E4M3 codes of values of a finite tile with scale 2^k (inv = 2^-k; x · inv is exact), by the hardware conversion
 // (cvt.rn.satfinite.e4m3x2.f32: round to nearest even, saturating, as fp8::e4m3_from_float; one instruction per pair
 // where the integer emulation took dozens, which made the quantise passes compute-bound). GpuFp8Codec and
-// GpuFp8.HardwareCodesMatchCpuOnFloatPatterns check the two agree. A non-finite tile's codes are all NaN.
+// GpuFp8Codes.HardwareCodesMatchCpuOnFloatPatterns check the two agree. A non-finite tile's codes are all NaN.
 __device__ __forceinline__ uint32_t code_pair(float a, float b, float inv) {
   return uint32_t(__nv_cvt_float2_to_fp8x2(make_float2(a * inv, b * inv), __NV_SATFINITE, __NV_E4M3));
 }
