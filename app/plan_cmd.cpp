@@ -32,6 +32,7 @@ comm::Cluster load_cluster(const std::string& spec) {
       "cluster.inter_latency_us", po::value(&c.inter_latency_us)->default_value(10.0), "")(
       "cluster.gpu_mem_gib", po::value(&c.gpu_mem_gib)->required(), "")(
       "cluster.gpu_tflops", po::value(&c.gpu_tflops)->default_value(0.0), "")(
+      "cluster.gpu_fp8_tflops", po::value(&c.gpu_fp8_tflops)->default_value(0.0), "")(
       "cluster.host_mem_gib", po::value(&c.host_mem_gib)->default_value(0.0), "")(
       "cluster.host_adamw_gparams_s", po::value(&c.host_adamw_gparams_s)->default_value(0.0), "")(
       "cluster.pcie_gbps", po::value(&c.pcie_gbps)->default_value(0.0), "");
@@ -59,7 +60,7 @@ comm::Cluster load_cluster(const std::string& spec) {
   } catch (const po::error& e) {
     engine::fail_user("cluster '" + spec + "': " + e.what() +
                       " (keys: name, nodes, gpus_per_node, intra_gbps, intra_latency_us, inter_gbps, inter_latency_us, "
-                      "gpu_mem_gib, gpu_tflops, host_mem_gib, host_adamw_gparams_s, pcie_gbps)");
+                      "gpu_mem_gib, gpu_tflops, gpu_fp8_tflops, host_mem_gib, host_adamw_gparams_s, pcie_gbps)");
   }
   auto finite_pos = [](double v) { return std::isfinite(v) && v > 0; };
   auto finite_nonneg = [](double v) { return std::isfinite(v) && v >= 0; };
@@ -68,9 +69,10 @@ comm::Cluster load_cluster(const std::string& spec) {
                    "cluster '" + spec + "': nodes, gpus_per_node, intra_gbps, inter_gbps and gpu_mem_gib must be positive");
   MONTA_USER_CHECK(double(c.nodes) * double(c.gpus_per_node) <= 1e6,
                    "cluster '" + spec + "': nodes x gpus_per_node must be at most 1000000");
-  MONTA_USER_CHECK(finite_nonneg(c.intra_latency_us) && finite_nonneg(c.inter_latency_us) && finite_nonneg(c.gpu_tflops),
-                   "cluster '" + spec + "': intra_latency_us, inter_latency_us and gpu_tflops must be >= 0 (gpu_tflops 0: "
-                   "rank by communication only)");
+  MONTA_USER_CHECK(finite_nonneg(c.intra_latency_us) && finite_nonneg(c.inter_latency_us) && finite_nonneg(c.gpu_tflops) &&
+                       finite_nonneg(c.gpu_fp8_tflops),
+                   "cluster '" + spec + "': intra_latency_us, inter_latency_us, gpu_fp8_tflops and gpu_tflops must be >= 0 "
+                   "(gpu_tflops 0: rank by communication only; gpu_fp8_tflops 0: FP8 GEMMs priced at gpu_tflops)");
   MONTA_USER_CHECK(finite_nonneg(c.host_mem_gib) && finite_nonneg(c.host_adamw_gparams_s) && finite_nonneg(c.pcie_gbps),
                    "cluster '" + spec + "': host_mem_gib, host_adamw_gparams_s and pcie_gbps must be >= 0 (0: host memory "
                    "not checked, offload not priced)");
@@ -192,9 +194,14 @@ int cmd_plan(int argc, char** argv) {
 
   engine::log_info(engine::strf(
       "monta plan: cluster %s = %d nodes x %d GPUs, NVLink %.1f GB/s + %.1f us, network %.2f GB/s/GPU + %.1f us, "
-      "%.0f GiB, %.0f TFLOP/s",
+      "%.0f GiB, %.0f TFLOP/s%s",
       cl.name.c_str(), cl.nodes, cl.gpus_per_node, cl.intra_gbps, cl.intra_latency_us, cl.inter_gbps,
-      cl.inter_latency_us, cl.gpu_mem_gib, cl.gpu_tflops));
+      cl.inter_latency_us, cl.gpu_mem_gib, cl.gpu_tflops,
+      !m.fp8_experts()       ? ""
+      : cl.gpu_fp8_tflops > 0 ? engine::strf(" (model.fp8 %s: its FP8 GEMMs at %.0f TFLOP/s)", m.fp8.c_str(),
+                                             cl.gpu_fp8_tflops).c_str()
+                              : engine::strf(" (model.fp8 %s: the cluster gives no gpu_fp8_tflops, so its FP8 GEMMs "
+                                             "are priced at the bf16 rate)", m.fp8.c_str()).c_str()));
   engine::log_info(engine::strf(
       "model %s: H %ld, L %ld, E %ld, top-%ld, S %ld, cf %.2f, micro-batch %ld, global batch %ld (bf16 exchange)",
       config.empty() ? "(defaults)" : config.c_str(), long(m.hidden), long(m.layers), long(m.experts), long(m.top_k),

@@ -41,6 +41,9 @@ struct Cluster {
   double inter_gbps = 0, inter_latency_us = 0;  // network, per GPU (node bandwidth / gpus_per_node), one direction
   double gpu_mem_gib = 0;
   double gpu_tflops = 0;  // achieved bf16 TFLOP/s per GPU, for the step-time estimate (0: not estimated)
+  // Achieved FP8 TFLOP/s per GPU of the block-scaled FP8 GEMMs (model.fp8; Hopper), for the FLOPs the model runs in
+  // FP8. 0: the cluster gives none, and those FLOPs are priced at gpu_tflops.
+  double gpu_fp8_tflops = 0;
   // Host side, for optimizer offload and the checkpoint snapshot: memory per node (0: not checked), the host AdamW
   // rate of a whole node in billions of parameters per second (monta bench optimizer; 0: offload not priced), and
   // the host<->GPU copy rate per GPU in GB/s.

@@ -88,13 +88,20 @@ Plan make_plan(const Cluster& c, const PlanModel& m, const PlanOptions& o) {
         const double expert_flops = 3.0 * 2.0 * double(m.top_k) * 3.0 * double(m.hidden) * double(m.ffn) * double(m.layers);
         const double flops = m.flops_per_token + m.recompute_flops_per_token +
                              (etp ? 0.0 : double(tp - 1) * (recompute ? 4.0 / 3.0 : 1.0) * expert_flops);
-        base.compute_s = c.gpu_tflops > 0 ? flops * double(m.global_batch * m.seq_len) / world / (c.gpu_tflops * 1e12) : 0;
+        // FP8 GEMMs (model.fp8) at the FP8 rate, the rest at bf16's; with FP8 experts their expert-TP-off repeats too.
+        const bool fp8_experts = m.fp8_flops_per_token > 0;
+        const double fp8_flops = m.fp8_flops_per_token + m.fp8_recompute_flops_per_token +
+                                 (fp8_experts ? flops - m.flops_per_token - m.recompute_flops_per_token : 0.0);
+        const double bf16_rate = c.gpu_tflops * 1e12, fp8_rate = (c.gpu_fp8_tflops > 0 ? c.gpu_fp8_tflops : c.gpu_tflops) * 1e12;
+        base.compute_s = c.gpu_tflops > 0 ? ((flops - fp8_flops) / bf16_rate + fp8_flops / fp8_rate) *
+                                                double(m.global_batch * m.seq_len) / world
+                                          : 0;
         ExchangeVolume v{m.micro_batch, m.seq_len, m.hidden, m.top_k, m.experts, m.min_capacity, m.capacity_factor,
                          m.act_bytes, ep};
         // One layer's expert forward on one GPU: E·C rows (E_l experts × e·C slots) through three H×F_l GEMMs.
         const double f_l = double(m.ffn) / (etp ? tp : 1);
         const double expert_fwd_s = c.gpu_tflops > 0 ? 2.0 * double(m.experts) * double(base.capacity) * 3.0 *
-                                                           double(m.hidden) * f_l / (c.gpu_tflops * 1e12)
+                                                           double(m.hidden) * f_l / (fp8_experts ? fp8_rate : bf16_rate)
                                                      : 0.0;
         // Sequence parallel: per layer and micro-step, the backward's second all-gather of the attention norm's output,
         // and without EP the all-reduce of the dispatch buffer's TP parts in forward and backward.

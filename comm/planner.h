@@ -43,6 +43,9 @@ struct PlanModel {
   // activation elements (comm::fp8_dispatch_width: the packed FP8 row); 0: hidden. Combines and the backward's
   // dispatch move H.
   int64_t dispatch_width = 0;
+  // model.fp8: of flops_per_token and recompute_flops_per_token, those of the FP8 GEMMs (model::fp8_train_flops_per_
+  // token), priced at the cluster's gpu_fp8_tflops; the experts' forward in the exposed-exchange estimate too. 0: none.
+  double fp8_flops_per_token = 0, fp8_recompute_flops_per_token = 0;
 };
 
 struct PlanOptions {

@@ -192,15 +192,33 @@ ModelSize model_size(const ModelConfig& m) {
   return s;
 }
 
-double layer_train_flops_per_token(const ModelConfig& m, FlopCount count, double expert_rows) {
+namespace {
+// One decoder layer's forward FLOPs per token, by part.
+struct LayerFlops {
+  double attn_proj, attn_core, experts, router;
+};
+LayerFlops layer_forward_flops(const ModelConfig& m, double expert_rows) {
   const double D = double(m.head_dim()), H = double(m.hidden);
   const double rows = expert_rows < 0 ? double(m.top_k) : expert_rows;
-  const double attn_proj = 2.0 * H * (2.0 * double(m.heads) * D + 2.0 * double(m.kv_heads) * D);
-  const double attn_core = 2.0 * double(m.seq_len) * double(m.heads) * D;  // QKᵀ and PV, halved by the mask
-  const double moe = 2.0 * rows * 3.0 * H * double(m.ffn) + 2.0 * H * double(m.experts);
-  if (count == FlopCount::forward) return attn_proj + moe + attn_core;
+  return {2.0 * H * (2.0 * double(m.heads) * D + 2.0 * double(m.kv_heads) * D),
+          2.0 * double(m.seq_len) * double(m.heads) * D,  // QKᵀ and PV, halved by the mask
+          2.0 * rows * 3.0 * H * double(m.ffn), 2.0 * H * double(m.experts)};
+}
+}  // namespace
+
+double layer_train_flops_per_token(const ModelConfig& m, FlopCount count, double expert_rows) {
+  const LayerFlops f = layer_forward_flops(m, expert_rows);
+  const double gemms = f.attn_proj + f.experts + f.router;
+  if (count == FlopCount::forward) return gemms + f.attn_core;
   const double attn_factor = count == FlopCount::model ? 3.0 : 3.5;
-  return 3.0 * (attn_proj + moe) + attn_factor * attn_core;
+  return 3.0 * gemms + attn_factor * f.attn_core;
+}
+
+double fp8_train_flops_per_token(const ModelConfig& m, FlopCount count) {
+  if (!m.fp8_experts()) return 0;
+  const LayerFlops f = layer_forward_flops(m, -1);
+  const double fp8 = f.experts + (m.fp8_all() ? f.attn_proj : 0.0);
+  return double(m.layers) * (count == FlopCount::forward ? 1.0 : 3.0) * fp8;
 }
 
 double train_flops_per_token(const ModelConfig& m, FlopCount count) {

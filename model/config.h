@@ -129,5 +129,8 @@ ModelSize model_size(const ModelConfig& m);
 enum class FlopCount { model, executed, forward };
 double layer_train_flops_per_token(const ModelConfig& m, FlopCount count, double expert_rows = -1);  // one decoder layer
 double train_flops_per_token(const ModelConfig& m, FlopCount count = FlopCount::model);  // layers + LM head
+// Of train_flops_per_token, the GEMMs model.fp8 runs in FP8 (the experts'; with `all` also the attention
+// projections'), over all layers, by the same count; 0 with model.fp8 none. The planner prices them at the FP8 rate.
+double fp8_train_flops_per_token(const ModelConfig& m, FlopCount count = FlopCount::model);
 
 }  // namespace monta::model

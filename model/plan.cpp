@@ -15,8 +15,11 @@ comm::Plan plan_layouts(const Config& c, const comm::Cluster& cluster, int max_c
                      train_flops_per_token(m), 0.0, {}};
   pm.sequence_parallel = c.parallel.sequence_parallel;
   if (c.comm.dispatch_fp8()) pm.dispatch_width = comm::fp8_dispatch_width(m.hidden, engine::DType::bf16);
-  if (recompute_mode(c.train) == Recompute::full)
+  pm.fp8_flops_per_token = fp8_train_flops_per_token(m);
+  if (recompute_mode(c.train) == Recompute::full) {
     pm.recompute_flops_per_token = double(m.layers) * layer_train_flops_per_token(m, FlopCount::forward);
+    pm.fp8_recompute_flops_per_token = fp8_train_flops_per_token(m, FlopCount::forward);
+  }
   pm.footprint = [&c](int tp, int ep, bool expert_tp, int dp) {
     const RankFootprint f = rank_footprint(c, tp, ep, expert_tp, dp, engine::Device::cuda);
     return comm::PlanModel::Footprint{double(f.params - f.expert_params), double(f.expert_params), f.total(),

@@ -292,6 +292,39 @@ TEST(Planner, FullRecomputeAddsOneForwardOfComputeExchangeAndTp) {
   EXPECT_GT(checked, 0);
 }
 
+// model.fp8: the FP8 GEMMs' FLOPs go at the cluster's FP8 rate, the rest at bf16's (expert-TP on: no repeats), and
+// overlapped's experts run at the FP8 rate too (they hide less of the exchange); no FP8 rate: nothing changes.
+TEST(Planner, Fp8GemmsArePricedAtTheFp8Rate) {
+  const PlanModel m = small_model();
+  PlanModel f = m;
+  f.fp8_flops_per_token = 0.6e9;
+  Cluster c = a800();
+  const Plan plain = make_plan(c, m), same = make_plan(c, f);
+  c.gpu_fp8_tflops = 2 * c.gpu_tflops;
+  const Plan fast = make_plan(c, f);
+  ASSERT_EQ(plain.rows.size(), fast.rows.size());
+  int checked = 0, hid_less = 0;
+  for (size_t i = 0; i < plain.rows.size(); ++i) {
+    const PlanRow &x = plain.rows[i], &y = same.rows[i];
+    EXPECT_DOUBLE_EQ(y.compute_s, x.compute_s);  // no FP8 rate given
+    EXPECT_DOUBLE_EQ(y.exchange_s, x.exchange_s);
+  }
+  for (const PlanRow& x : plain.rows)
+    for (const PlanRow& y : fast.rows) {
+      if (!(y.tp == x.tp && y.ep == x.ep && y.expert_tp == x.expert_tp && y.strategy == x.strategy &&
+            y.chunks == x.chunks))
+        continue;
+      if (x.expert_tp || x.tp == 1) {
+        EXPECT_NEAR(y.compute_s, x.compute_s * (0.4 + 0.6 / 2), 1e-12 * x.compute_s);
+        ++checked;
+      }
+      if (x.strategy == ExchangeKind::overlapped && x.ep > 1) hid_less += y.exchange_s > x.exchange_s;
+      else EXPECT_DOUBLE_EQ(y.exchange_s, x.exchange_s);
+    }
+  EXPECT_GT(checked, 0);
+  EXPECT_GT(hid_less, 0);
+}
+
 // Sequence parallelism: no duplicate row where there is an exchange (ep 1 keeps its one row), and every layout with
 // tp > 1 pays more communication (the dispatch's reduce-scatters, the backward's second all-gather) than without.
 TEST(Planner, SequenceParallelDropsDuplicateAndPricesItsCollectives) {

@@ -138,6 +138,28 @@ TEST(Config, Size2x70B) {
   EXPECT_NEAR(double(s.active_per_token) / 1e9, 68.98 - 0.26, 0.05);  // one embedding table is a lookup
 }
 
+// The FLOPs model.fp8 runs in FP8, by hand at 2x70B widths: the experts' three GEMMs (2·k·3·H·F a token forward),
+// with `all` also the Q/K/V/O projections (2·H·(2·A·D + 2·G·D)); 3x for forward + backward; none with fp8 none; a
+// share of the whole.
+TEST(Config, Fp8FlopsAreTheExpertAndProjectionGemms) {
+  ModelConfig m;
+  m.vocab = 32000, m.hidden = 8192, m.layers = 4, m.heads = 64, m.kv_heads = 8, m.ffn = 28672, m.experts = 2;
+  m.top_k = 1, m.seq_len = 8192;
+  const double H = 8192, F = 28672, D = 128, L = 4;
+  const double experts = 2 * 3 * H * F, proj = 2 * H * (2 * 64 * D + 2 * 8 * D);
+  m.fp8 = "none";
+  EXPECT_EQ(fp8_train_flops_per_token(m), 0.0);
+  m.fp8 = "experts";
+  EXPECT_DOUBLE_EQ(fp8_train_flops_per_token(m), 3 * L * experts);
+  EXPECT_DOUBLE_EQ(fp8_train_flops_per_token(m, FlopCount::forward), L * experts);
+  m.fp8 = "all";
+  EXPECT_DOUBLE_EQ(fp8_train_flops_per_token(m), 3 * L * (experts + proj));
+  EXPECT_LT(fp8_train_flops_per_token(m), train_flops_per_token(m));
+  // The parts add up to the layer count the trainer's MFU uses: GEMMs 3x, causal attention 3x its forward.
+  const double core = 2 * 8192.0 * 64 * D, router = 2 * H * 2;
+  EXPECT_DOUBLE_EQ(layer_train_flops_per_token(m, FlopCount::model), 3 * (experts + proj + router) + 3 * core);
+}
+
 // Sequence parallelism divides the activations of the norms, the residual stream and the router by tp (the paper's
 // layout: tp 8, micro-batch 1 at seq 8192): the footprint the allocator, --dry-run and the planner share says so, and
 // full recompute keeps only each layer's N/tp-token input.
