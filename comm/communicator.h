@@ -35,9 +35,10 @@ class Communicator {
   virtual void reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) = 0;
   // Block j of in (in.numel()/size() elements) goes to rank j; block i of out comes from rank i.
   virtual void all_to_all(Tensor out, const Tensor& in) = 0;
-  // Per-peer element counts; blocks packed in rank order in both buffers.
-  virtual void all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
-                            std::span<const int64_t> send_counts) = 0;
+  // Per-peer element counts; blocks packed in rank order in both buffers. Every backend: all_to_all_v_async at the
+  // packed offsets, waited on (communicator.cpp).
+  void all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
+                    std::span<const int64_t> send_counts);
   // all_to_all_v started now, each peer's block at its own element offset in both buffers (gaps allowed, blocks
   // must not overlap): the dropless exchange sends the filled rows of a padded buffer without packing them first.
   virtual std::unique_ptr<Request> all_to_all_v_async(Tensor out, std::span<const int64_t> recv_counts,

@@ -119,19 +119,6 @@ std::unique_ptr<Request> MpiCommunicator::reduce_scatter_async(Tensor out, const
 // The blocking forms are the asynchronous ones waited at once: one place validates and issues each collective.
 void MpiCommunicator::all_to_all(Tensor out, const Tensor& in) { all_to_all_async(out, in)->wait(); }
 
-void MpiCommunicator::all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
-                                   std::span<const int64_t> send_counts) {
-  const size_t np = size_t(size_);
-  MONTA_CHECK(recv_counts.size() == np && send_counts.size() == np,
-              name_ + " all_to_all_v: need " + std::to_string(size_) + " send and receive counts");
-  std::vector<int64_t> so(np), ro(np);  // packed in rank order
-  for (size_t i = 1; i < np; ++i) {
-    so[i] = so[i - 1] + send_counts[i - 1];
-    ro[i] = ro[i - 1] + recv_counts[i - 1];
-  }
-  all_to_all_v_async(out, recv_counts, ro, in, send_counts, so)->wait();
-}
-
 std::unique_ptr<Request> MpiCommunicator::all_to_all_v_async(Tensor out, std::span<const int64_t> recv_counts,
                                                              std::span<const int64_t> recv_offsets, const Tensor& in,
                                                              std::span<const int64_t> send_counts,

@@ -30,8 +30,6 @@ class MpiCommunicator final : public Communicator {
   void all_gather(Tensor out, const Tensor& in) override;
   void reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) override;
   void all_to_all(Tensor out, const Tensor& in) override;
-  void all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
-                    std::span<const int64_t> send_counts) override;
   void broadcast(Tensor buf, int root) override;
   void barrier() override;
 

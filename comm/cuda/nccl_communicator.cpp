@@ -266,19 +266,6 @@ std::unique_ptr<Request> NcclCommunicator::reduce_scatter_async(Tensor out, cons
   });
 }
 
-void NcclCommunicator::all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
-                                    std::span<const int64_t> send_counts) {
-  const size_t n = size_t(size_);
-  MONTA_CHECK(recv_counts.size() == n && send_counts.size() == n,
-              name_ + " all_to_all_v: need " + std::to_string(size_) + " send and receive counts");
-  std::vector<int64_t> so(n), ro(n);  // packed in rank order
-  for (size_t p = 1; p < n; ++p) {
-    so[p] = so[p - 1] + send_counts[p - 1];
-    ro[p] = ro[p - 1] + recv_counts[p - 1];
-  }
-  all_to_all_v_async(out, recv_counts, ro, in, send_counts, so)->wait();
-}
-
 std::unique_ptr<Request> NcclCommunicator::all_to_all_v_async(Tensor out, std::span<const int64_t> recv_counts,
                                                               std::span<const int64_t> recv_offsets, const Tensor& in,
                                                               std::span<const int64_t> send_counts,

@@ -48,8 +48,6 @@ class NcclCommunicator final : public Communicator {
   void all_gather(Tensor out, const Tensor& in) override;
   void reduce_scatter(Tensor out, const Tensor& in, ReduceOp op) override;
   void all_to_all(Tensor out, const Tensor& in) override;
-  void all_to_all_v(Tensor out, std::span<const int64_t> recv_counts, const Tensor& in,
-                    std::span<const int64_t> send_counts) override;
   void broadcast(Tensor buf, int root) override;
   // A one-element all-reduce, then the host waits for it: every rank has reached this point and all device work
   // issued before it (compute and communication) has finished.
