@@ -12,6 +12,15 @@
 namespace monta::comm {
 namespace {
 
+// tp 2 x ep 2, each EP pair across two nodes and each TP pair on one: the placement the by-hand tests price.
+GroupPlacement tp2_ep2_across_nodes() {
+  GroupPlacement g;
+  g.t = 2;
+  g.e = 2;
+  g.ep_peers_inter = 1;
+  return g;
+}
+
 // (test_comm.cpp installs the throwing error handler for the whole test_comm binary.)
 Cluster a800() { return {"a800", 2, 8, 200, 5, 12.5, 10, 80, 156}; }
 
@@ -84,10 +93,7 @@ TEST(CostModel, CollectiveTimesByHand) {
 
 TEST(CostModel, StrategiesByHand) {
   LinkModel l{{0, 1e-9}, {0, 1e-8}};  // no latency: pure volumes
-  GroupPlacement g;
-  g.t = 2;
-  g.e = 2;
-  g.ep_peers_inter = 1;
+  GroupPlacement g = tp2_ep2_across_nodes();
   // E 2, C 8, H 10, 2 B: X = 320 B. duplicate: 160 B inter.
   const auto d = predict_exchange_shape(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, l);
   EXPECT_DOUBLE_EQ(d.inter_bytes, 160);
@@ -113,10 +119,7 @@ TEST(CostModel, StrategiesByHand) {
 // the all-gather (t blocks of the chunk's padded slice); nothing for t = 1 or for duplicate (refused under SP).
 TEST(CostModel, SequenceParallelDispatchAddsItsReduceScatter) {
   LinkModel l{{1e-6, 1e-9}, {1e-5, 1e-8}};
-  GroupPlacement g;
-  g.t = 2;
-  g.e = 2;
-  g.ep_peers_inter = 1;
+  GroupPlacement g = tp2_ep2_across_nodes();
   // E 2, C 8, H 10, 2 B, drop_gather: the reduce-scatter of 320 B over 2 ranks = alpha + 160 B intra.
   EXPECT_DOUBLE_EQ(sp_dispatch_reduce_scatter_time(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l), 1e-6 + 160e-9);
   EXPECT_DOUBLE_EQ(sp_dispatch_reduce_scatter_time(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l),
@@ -132,10 +135,7 @@ TEST(CostModel, SequenceParallelDispatchAddsItsReduceScatter) {
 // chunk (drop_gather) or no measurement (alpha_next < 0) leave the prediction as it was.
 TEST(CostModel, LaterChunksPayTheBackToBackLatency) {
   LinkModel l{{1e-6, 1e-9}, {3e-3, 1e-8}};
-  GroupPlacement g;
-  g.t = 2;
-  g.e = 2;
-  g.ep_peers_inter = 1;
+  GroupPlacement g = tp2_ep2_across_nodes();
   const auto base = predict_exchange_shape(ExchangeKind::pipelined, 4, 2, 8, 10, 2, g, l);
   const auto dg0 = predict_exchange_shape(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l);
   // As in StrategiesByHand plus latencies: A = 3e-3 + 20e-8, G = 1e-6 + 40e-9 (t = 2: one ring step).
@@ -157,10 +157,7 @@ TEST(CostModel, LaterChunksPayTheBackToBackLatency) {
 
 TEST(CostModel, OverlappedBlockByHand) {
   LinkModel l{{0, 1e-9}, {0, 1e-8}};
-  GroupPlacement g;
-  g.t = 2;
-  g.e = 2;
-  g.ep_peers_inter = 1;
+  GroupPlacement g = tp2_ep2_across_nodes();
   // As above, 4 chunks: A = 20e-8, G = 40e-9, stage = max(A_intra + G, A_inter) = 20e-8 (TP intra-node).
   const double A = 20e-8, G = 40e-9, stage = 20e-8;
   const auto dg = predict_exchange_shape(ExchangeKind::drop_gather, 1, 2, 8, 10, 2, g, l);
@@ -188,10 +185,7 @@ TEST(CostModel, Fp8DispatchPricesTheNarrowerRows) {
   EXPECT_EQ(fp8_dispatch_width(300, engine::DType::bf16), (300 + 12) / 2);  // 3 scales after 300 codes
   EXPECT_EQ(fp8_dispatch_width(301, engine::DType::f32), (304 + 12) / 4);   // codes padded to 4 bytes
   LinkModel l{{0, 1e-9}, {0, 1e-8}};
-  GroupPlacement g;
-  g.t = 2;
-  g.e = 2;
-  g.ep_peers_inter = 1;
+  GroupPlacement g = tp2_ep2_across_nodes();
   // Without latency every time scales with the bytes: a dispatch of half-width rows costs half.
   const double A = 20e-8, G = 40e-9, stage = 20e-8;  // OverlappedBlockByHand's H = 10 numbers
   const auto half = predict_exchange_shape(ExchangeKind::pipelined, 4, 2, 8, 5, 2, g, l);
@@ -501,10 +495,7 @@ TEST(Calibration, CacheTextRoundTripAndErrors) {
 // leg's bytes scale by fill x imbalance (at most 1); the latencies stay.
 TEST(CostModel, FilledSlotsPricedAtTheMostLoadedRank) {
   LinkModel l{{0, 1e-9}, {0, 1e-8}};  // no latency: pure volumes
-  GroupPlacement g;
-  g.t = 2;
-  g.e = 2;
-  g.ep_peers_inter = 1;
+  GroupPlacement g = tp2_ep2_across_nodes();
   // E 2, C 8, H 10, 2 B: duplicate sends 160 B inter with every slot; a quarter filled, balanced: 40 B.
   const auto quarter = predict_exchange_shape(ExchangeKind::duplicate, 1, 2, 8, 10, 2, g, l, {0.25, 1});
   EXPECT_DOUBLE_EQ(quarter.inter_bytes, 40);
