@@ -36,17 +36,16 @@ if [ "${TRAIN:-0}" = 1 ]; then
       --train.eval_interval 0 --model.fp8 "$mode" --train.run_dir "$OUT/run_tiny_fp8_$mode"
   done
 fi
-python3 - "$OUT" <<'PY' | tee "$OUT/fp8_summary.txt"
+python3 - "$OUT" "$(dirname "$0")" <<'PY' | tee "$OUT/fp8_summary.txt"
 import json, os, sys
+sys.path.insert(0, sys.argv[2])
+from fp8_summary_lib import ceilings_line, loader
 out = sys.argv[1]
-def load(name):
-    p = os.path.join(out, name)
-    return json.load(open(p)) if os.path.exists(p) else None
+load = loader(out)
 b = load("bench_fp8.json")
 if b:
     rows = {r["op"]: r for r in b["rows"]}
-    print(f"GEMM ceilings: bf16 {b['gemm_bf16_tflops']:.1f} TFLOP/s, fp8 {b['gemm_fp8_tflops']:.1f} TFLOP/s "
-          f"(fp8/bf16 {b['gemm_fp8_tflops'] / b['gemm_bf16_tflops']:.2f}x); fp8 forward vs bf16 rel. error {b['fp8_fwd_rel_err']:.4f}")
+    print(ceilings_line(b))
     for g in ("fwd", "dgrad", "wgrad"):
         bf, f8, fq = (rows.get(f"{k} {g} (gate)") for k in ("bf16", "fp8 gemm", "fp8 + quantise"))
         if bf and f8 and fq:

@@ -21,17 +21,15 @@ run bench_layer "$BIN/monta" bench layer --iters "$ITERS" \
   --fp8 "$MODES" --json "$OUT/bench_layer.json"
 [ -z "$BREAKDOWN" ] || run bench_layer_breakdown "$BIN/monta" bench layer --iters 2 --fp8 "$BREAKDOWN" --breakdown \
   --json "$OUT/bench_layer_breakdown.json"
-python3 - "$OUT" <<'PY' | tee "$OUT/fp8_layer_summary.txt"
-import json, os, sys
-out = sys.argv[1]
-def load(name):
-    p = os.path.join(out, name)
-    return json.load(open(p)) if os.path.exists(p) else None
+python3 - "$OUT" "$(dirname "$0")" <<'PY' | tee "$OUT/fp8_layer_summary.txt"
+import sys
+sys.path.insert(0, sys.argv[2])
+from fp8_summary_lib import ceilings_line, loader
+load = loader(sys.argv[1])
 b = load("bench_fp8.json")
 if b:
     rows = {r["op"]: r["ms"] for r in b["rows"]}
-    print(f"GEMM ceilings: bf16 {b['gemm_bf16_tflops']:.1f} TFLOP/s, fp8 {b['gemm_fp8_tflops']:.1f} TFLOP/s "
-          f"(fp8/bf16 {b['gemm_fp8_tflops'] / b['gemm_bf16_tflops']:.2f}x); fp8 forward vs bf16 rel. error {b['fp8_fwd_rel_err']:.4f}")
+    print(ceilings_line(b))
     print("expert GEMM (gate, 2x70B)   bf16 ms | fp8 gemm alone | fp8 + quantise all | fp8 + quantise x, cached w")
     for g in ("fwd", "dgrad", "wgrad"):
         bf = rows.get(f"bf16 {g} (gate)")

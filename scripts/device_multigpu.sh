@@ -33,13 +33,14 @@ SOCKET_GRID=${SOCKET_GRID:-"2x1 4x1 4x2 4x4 8x2"}
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMPI_MCA_rmaps_base_oversubscribe=1
 MPI="mpirun --allow-run-as-root --oversubscribe --bind-to none"
-status=0
+RUN_TAIL=${RUN_TAIL:-12}
+RUN_FILTER='NCCL INFO|^\s*\['  # NCCL's chatter and per-rank prefixed lines stay in the logs
+source "$(dirname "$0")/device_lib.sh"  # gpu.txt, run(), status
 if [ "$DEVICE" = cuda ]; then
-  nvidia-smi --query-gpu=name,memory.total,power.limit --format=csv | tee "$OUT/gpu.txt"
   GPUS=$(nvidia-smi -L | wc -l)
 else
   GPUS=${GPUS:-2}
-  echo "cpu: a functional run (MPI and gloo), layouts as for $GPUS GPUs" | tee "$OUT/gpu.txt"
+  echo "cpu: a functional run (MPI and gloo), layouts as for $GPUS GPUs" | tee -a "$OUT/gpu.txt"
 fi
 if [ "$GPUS" -ge 8 ]; then
   LAYOUTS=${LAYOUTS:-"8:2:4:2 8:2:2:4 4:2:2:2"}
@@ -52,15 +53,6 @@ TRAIN_LAYOUT=${TRAIN_LAYOUT:-${LAYOUTS%% *}}
 export NCCL_SOCKET_NTHREADS=${NCCL_SOCKET_NTHREADS:-4} NCCL_NSOCKS_PERTHREAD=${NCCL_NSOCKS_PERTHREAD:-4}
 MPIX="$MPI -x NCCL_SOCKET_NTHREADS -x NCCL_NSOCKS_PERTHREAD -x NCCL_NVLS_ENABLE"
 export NCCL_NVLS_ENABLE=${NCCL_NVLS_ENABLE:-0}  # as the machine sets it: never multicast
-run() {  # run NAME CMD...: log to $OUT/NAME.log, show its tail, remember a failure
-  local name=$1
-  shift
-  echo "== $name: $*"
-  "$@" >"$OUT/$name.log" 2>&1
-  local rc=$?
-  grep -vE "NCCL INFO|^\s*\[" "$OUT/$name.log" | tail -n "${RUN_TAIL:-12}"
-  [ $rc = 0 ] || { echo "$name FAILED (exit $rc)"; status=1; }
-}
 split() { IFS=: read -r NP NODES TP EP <<<"$1"; }
 
 if [ "$PART" = tests ]; then

@@ -61,7 +61,7 @@ TEST(GpuFp8Model, LossAndGradientsMatchCpuEmulation) {
 }
 
 // model.fp8 = all (the attention projections too), with FP8 and with bf16 wgrad, against the CPU emulation; bounds
-// 1.5 times the experts' (more quantised GEMMs; not yet measured on a GPU when written).
+// 1.5 times the experts' (more quantised GEMMs; passed on the H200, 2026-12-02).
 TEST(GpuFp8Model, AllAndBf16WgradMatchCpuEmulation) {
   if (!engine::cuda_available()) GTEST_SKIP() << "no CUDA device visible";
   engine::cuda_set_device(0);
